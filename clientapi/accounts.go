@@ -1,0 +1,876 @@
+package clientapi
+
+// Accounts: password hashing, token minting, access-token authentication
+// (with its in-memory cache), session issuance shared by login/register/
+// refresh, and the /account and /logout endpoints.
+//
+// Helpers other endpoints should use:
+//
+//	a.requireUIA(r, body, dev, flows)           uia.go — user-interactive auth
+//	a.deleteDevices(ctx, userID, deviceIDs)     delete devices + tokens, drop cached tokens
+//	a.invalidateUserTokens(userID)              drop cached tokens after revoking some yourself
+//	a.touchDevice(userID, deviceID, ip, ua)     record last-seen (throttled, async)
+//	a.verifyUserPassword(ctx, userID, password) check a local user's password
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/crypto/argon2"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+func (a *API) accountRoutes() {
+	// Login and sessions.
+	a.openBoth(http.MethodGet, "/login", "login", a.getLoginFlows)
+	a.openBoth(http.MethodPost, "/login", "login", a.postLogin)
+	a.open(http.MethodPost, "/_matrix/client/v3/refresh", "login", a.postRefresh)
+	a.authedBoth(http.MethodPost, "/logout", "login", a.postLogout)
+	a.authedBoth(http.MethodPost, "/logout/all", "login", a.postLogoutAll)
+
+	// Registration.
+	a.openBoth(http.MethodPost, "/register", "register", a.postRegister)
+	a.openBoth(http.MethodGet, "/register/available", "register", a.getRegisterAvailable)
+	a.open(http.MethodGet, "/_matrix/client/v1/register/m.login.registration_token/validity", "register", a.getRegistrationTokenValidity)
+	a.open(http.MethodGet, "/_synapse/admin/v1/register", "admin", a.getAdminRegisterNonce)
+	a.open(http.MethodPost, "/_synapse/admin/v1/register", "admin", a.postAdminRegister)
+
+	// Account management.
+	a.authedBoth(http.MethodGet, "/account/whoami", "account", a.getWhoami)
+	a.authedBoth(http.MethodPost, "/account/password", "account", a.postPassword)
+	a.authedBoth(http.MethodPost, "/account/deactivate", "account", a.postDeactivate)
+	a.authedBoth(http.MethodGet, "/account/3pid", "account", a.getThreepids)
+}
+
+// openBoth / authedBoth register path under /_matrix/client/v3 and /r0.
+func (a *API) openBoth(method, path, group string, h handler) {
+	a.open(method, "/_matrix/client/v3"+path, group, h)
+	a.open(method, "/_matrix/client/r0"+path, group, h)
+}
+
+func (a *API) authedBoth(method, path, group string, h authedHandler) {
+	a.authed(method, "/_matrix/client/v3"+path, group, h)
+	a.authed(method, "/_matrix/client/r0"+path, group, h)
+}
+
+// ---------------------------------------------------------------------------
+// Per-API account state. API's fields live in router.go; the account code
+// keeps its own in-memory state here, one per *API.
+
+type accountState struct {
+	tokens     tokenCache
+	nonces     nonceStore
+	seenMu     sync.Mutex
+	seen       map[string]seenEntry // "user|device" -> last write
+	maintainMu sync.Mutex
+	lastMaint  time.Time
+}
+
+type seenEntry struct {
+	at     time.Time
+	ip, ua string
+}
+
+var accountStates sync.Map // *API -> *accountState
+
+func (a *API) acct() *accountState {
+	if v, ok := accountStates.Load(a); ok {
+		return v.(*accountState)
+	}
+	v, _ := accountStates.LoadOrStore(a, &accountState{
+		tokens: tokenCache{entries: map[string]cachedToken{}, gen: map[string]uint64{}},
+		nonces: nonceStore{m: map[string]time.Time{}},
+		seen:   map[string]seenEntry{},
+	})
+	return v.(*accountState)
+}
+
+// ---------------------------------------------------------------------------
+// Passwords: argon2id in PHC string form.
+//
+// Parameters follow OWASP's first argon2id recommendation (m=19 MiB, t=2,
+// p=1): about 26 ms per hash on the 2-core reference box. Hashes carry
+// their parameters, so raising them later keeps old hashes verifiable
+// (and login rehashes them).
+
+const (
+	argonTime    = 2
+	argonMemory  = 19 * 1024 // KiB
+	argonThreads = 1
+	argonKeyLen  = 32
+	argonSaltLen = 16
+	// maxPasswordBytes bounds hashing work per request.
+	maxPasswordBytes = 512
+)
+
+// hashSem bounds concurrent hashes so a login flood cannot take
+// argonMemory × N of RAM or starve other requests of CPU.
+var hashSem = make(chan struct{}, max(2, runtime.NumCPU()))
+
+func acquireHash(ctx context.Context) error {
+	select {
+	case hashSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func releaseHash() { <-hashSem }
+
+// hashPassword returns the argon2id PHC string of pw.
+func hashPassword(ctx context.Context, pw string) (string, error) {
+	salt := make([]byte, argonSaltLen)
+	if _, err := rand.Read(salt); err != nil {
+		return "", err
+	}
+	if err := acquireHash(ctx); err != nil {
+		return "", err
+	}
+	key := argon2.IDKey([]byte(pw), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+	releaseHash()
+	b64 := base64.RawStdEncoding
+	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key)), nil
+}
+
+type argonParams struct {
+	m, t uint32
+	p    uint8
+	salt []byte
+	key  []byte
+}
+
+func parsePHC(s string) (*argonParams, bool) {
+	parts := strings.Split(s, "$")
+	// "", "argon2id", "v=19", "m=..,t=..,p=..", salt, key
+	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" || parts[2] != "v="+strconv.Itoa(argon2.Version) {
+		return nil, false
+	}
+	var p argonParams
+	for _, kv := range strings.Split(parts[3], ",") {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok {
+			return nil, false
+		}
+		n, err := strconv.ParseUint(v, 10, 32)
+		if err != nil || n == 0 {
+			return nil, false
+		}
+		switch k {
+		case "m":
+			p.m = uint32(n)
+		case "t":
+			p.t = uint32(n)
+		case "p":
+			if n > 255 {
+				return nil, false
+			}
+			p.p = uint8(n)
+		default:
+			return nil, false
+		}
+	}
+	var err error
+	if p.salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil {
+		return nil, false
+	}
+	if p.key, err = base64.RawStdEncoding.DecodeString(parts[5]); err != nil || len(p.key) == 0 {
+		return nil, false
+	}
+	// Refuse absurd parameters from a corrupted or hostile row.
+	if p.m == 0 || p.t == 0 || p.p == 0 || p.m > 1<<20 || p.t > 16 || len(p.key) > 128 {
+		return nil, false
+	}
+	return &p, true
+}
+
+// verifyPassword checks pw against a PHC hash in constant time. rehash
+// reports that the hash uses other parameters than today's.
+func verifyPassword(ctx context.Context, pw, phc string) (ok, rehash bool, err error) {
+	p, valid := parsePHC(phc)
+	if !valid {
+		// Spend the time anyway so a missing/odd hash is not observable.
+		p, _ = parsePHC(dummyHash())
+		phc = ""
+	}
+	if err := acquireHash(ctx); err != nil {
+		return false, false, err
+	}
+	key := argon2.IDKey([]byte(pw), p.salt, p.t, p.m, p.p, uint32(len(p.key)))
+	releaseHash()
+	if phc == "" {
+		return false, false, nil
+	}
+	ok = subtle.ConstantTimeCompare(key, p.key) == 1
+	rehash = ok && (p.m != argonMemory || p.t != argonTime || p.p != argonThreads || len(p.key) != argonKeyLen)
+	return ok, rehash, nil
+}
+
+var (
+	dummyOnce sync.Once
+	dummyPHC  string
+)
+
+// dummyHash is a valid hash of a random password, verified against for
+// unknown users so that their login costs as long as a real one.
+func dummyHash() string {
+	dummyOnce.Do(func() {
+		salt := make([]byte, argonSaltLen)
+		pw := make([]byte, 16)
+		_, _ = rand.Read(salt)
+		_, _ = rand.Read(pw)
+		key := argon2.IDKey(pw, salt, argonTime, argonMemory, argonThreads, argonKeyLen)
+		b64 := base64.RawStdEncoding
+		dummyPHC = fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key))
+	})
+	return dummyPHC
+}
+
+// verifyUserPassword checks a local user's password. It returns the
+// account (nil if unknown) and whether the password matched; unknown users
+// and users without a password take as long as real ones and never match.
+// Deactivated accounts are returned as found: callers decide.
+func (a *API) verifyUserPassword(ctx context.Context, userID, password string) (*storage.Account, bool, error) {
+	acc, err := storage.GetAccount(ctx, a.db, userID)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return nil, false, err
+	}
+	hash := ""
+	if acc != nil {
+		hash = acc.PasswordHash
+	}
+	if len(password) > maxPasswordBytes || password == "" {
+		// Still spend the time: lengths must not reveal whether the user exists.
+		hash = ""
+	}
+	ok, rehash, err := verifyPassword(ctx, password, hash)
+	if err != nil {
+		return nil, false, err
+	}
+	if ok && rehash {
+		if h, err := hashPassword(ctx, password); err == nil {
+			if err := storage.SetPassword(ctx, a.db, userID, h); err != nil {
+				logrus.WithError(err).Warn("accounts: rehashing password")
+			}
+		}
+	}
+	return acc, ok, nil
+}
+
+// ---------------------------------------------------------------------------
+// Tokens: 256 random bits, base64url, with a type prefix that makes leaked
+// tokens recognisable. Only the hex SHA-256 is stored.
+
+const (
+	accessTokenPrefix  = "enc_at_"
+	refreshTokenPrefix = "enc_rt_"
+	loginTokenPrefix   = "enc_lt_"
+)
+
+func newToken(prefix string) (token, hash string) {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error()) // never happens on Linux
+	}
+	token = prefix + base64.RawURLEncoding.EncodeToString(b)
+	return token, hashToken(token)
+}
+
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// newDeviceID returns 10 random uppercase letters.
+func newDeviceID() string {
+	const letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+	out := make([]byte, 0, 10)
+	buf := make([]byte, 16)
+	for len(out) < 10 {
+		if _, err := rand.Read(buf); err != nil {
+			panic("crypto/rand failed: " + err.Error())
+		}
+		for _, c := range buf {
+			if c < 26*9 && len(out) < 10 { // reject the biased tail
+				out = append(out, letters[c%26])
+			}
+		}
+	}
+	return string(out)
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b)
+}
+
+// ---------------------------------------------------------------------------
+// Access-token authentication, on every request's path.
+
+// tokenCacheTTL bounds how long another process's revocation can go
+// unnoticed here. Revocations in this process take effect at once.
+const tokenCacheTTL = 30 * time.Second
+
+const tokenCacheMax = 200000
+
+type tokenCache struct {
+	mu      sync.RWMutex
+	entries map[string]cachedToken // token hash -> entry
+	gen     map[string]uint64      // user -> generation; bumping it drops the user's entries
+	epoch   uint64                 // bumped by every invalidation
+}
+
+type cachedToken struct {
+	dev       Device
+	expiresTS int64
+	cachedAt  time.Time
+	gen       uint64
+}
+
+func (c *tokenCache) get(hash string, now time.Time) (cachedToken, bool) {
+	c.mu.RLock()
+	e, ok := c.entries[hash]
+	if ok && (now.Sub(e.cachedAt) >= tokenCacheTTL || c.gen[e.dev.UserID] != e.gen) {
+		ok = false
+	}
+	c.mu.RUnlock()
+	return e, ok
+}
+
+func (c *tokenCache) currentEpoch() uint64 {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	return c.epoch
+}
+
+// put caches an entry read from the store. epoch is currentEpoch() from
+// before the read: if any invalidation happened since, the row may be
+// stale and is not cached.
+func (c *tokenCache) put(hash string, e cachedToken, epoch uint64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.epoch != epoch {
+		return
+	}
+	if len(c.entries) >= tokenCacheMax {
+		c.entries = map[string]cachedToken{}
+	}
+	e.gen = c.gen[e.dev.UserID]
+	c.entries[hash] = e
+}
+
+func (c *tokenCache) invalidateUser(userID string) {
+	c.mu.Lock()
+	c.gen[userID]++
+	c.epoch++
+	c.mu.Unlock()
+}
+
+// invalidateUserTokens drops every cached access token of the user. Call it
+// after revoking tokens or deleting devices yourself (deleteDevices does).
+func (a *API) invalidateUserTokens(userID string) { a.acct().tokens.invalidateUser(userID) }
+
+func unknownToken(soft bool, msg string) Response {
+	return Response{Code: http.StatusUnauthorized, Body: &MatrixError{ErrCode: "M_UNKNOWN_TOKEN", Err: msg, SoftLogout: soft}}
+}
+
+// lookupAccessToken authenticates a request's access token.
+func (a *API) lookupAccessToken(ctx context.Context, token string) (*Device, Response, bool) {
+	now := time.Now()
+	hash := hashToken(token)
+	st := a.acct()
+	e, ok := st.tokens.get(hash, now)
+	if !ok {
+		epoch := st.tokens.currentEpoch()
+		info, err := storage.LookupAccessToken(ctx, a.db, hash)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, unknownToken(false, "unknown access token"), false
+		}
+		if err != nil {
+			logrus.WithError(err).Error("accounts: looking up access token")
+			return nil, Errf(http.StatusInternalServerError, "M_UNKNOWN", "internal server error"), false
+		}
+		if info.Deactivated {
+			return nil, unknownToken(false, "account deactivated"), false
+		}
+		e = cachedToken{
+			dev:       Device{UserID: info.UserID, DeviceID: info.DeviceID, AccessTokenID: info.ID, IsAdmin: info.IsAdmin, IsGuest: info.IsGuest},
+			expiresTS: info.ExpiresTS,
+			cachedAt:  now,
+		}
+		st.tokens.put(hash, e, epoch)
+		a.touchDevice(info.UserID, info.DeviceID, "", "")
+	}
+	if e.expiresTS > 0 && now.UnixMilli() >= e.expiresTS {
+		return nil, unknownToken(true, "access token expired"), false
+	}
+	dev := e.dev
+	return &dev, Response{}, true
+}
+
+// touchDevice records that a device was used. Writes are throttled to one
+// per device per 5 minutes (or when the IP/user agent changes) and made in
+// the background. Empty ip/ua keep the stored ones.
+func (a *API) touchDevice(userID, deviceID, ip, ua string) {
+	st := a.acct()
+	key := userID + "|" + deviceID
+	now := time.Now()
+	st.seenMu.Lock()
+	prev, ok := st.seen[key]
+	if ok && now.Sub(prev.at) < 5*time.Minute && (ip == "" || ip == prev.ip) && (ua == "" || ua == prev.ua) {
+		st.seenMu.Unlock()
+		return
+	}
+	if len(st.seen) > tokenCacheMax {
+		st.seen = map[string]seenEntry{}
+	}
+	if ip == "" {
+		ip = prev.ip
+	}
+	if ua == "" {
+		ua = prev.ua
+	}
+	st.seen[key] = seenEntry{at: now, ip: ip, ua: ua}
+	st.seenMu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := storage.UpdateDeviceLastSeen(ctx, a.db, userID, deviceID, now.UnixMilli(), ip, ua); err != nil {
+			logrus.WithError(err).Debug("accounts: updating last seen")
+		}
+	}()
+}
+
+// ---------------------------------------------------------------------------
+// Sessions: a device with an access token (and maybe a refresh token).
+
+type issuedSession struct {
+	DeviceID     string
+	AccessToken  string
+	RefreshToken string
+	ExpiresInMs  int64
+}
+
+// issueSession creates (or reuses) the user's device and mints tokens for
+// it inside q (a transaction). Reusing an existing device ID revokes that
+// device's previous tokens; the caller must invalidateUserTokens after
+// commit (issueSession's callers do).
+func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, deviceID, displayName string, withRefresh bool, now time.Time) (*issuedSession, error) {
+	nowMs := now.UnixMilli()
+	if deviceID == "" {
+		for {
+			deviceID = newDeviceID()
+			created, err := storage.CreateDevice(ctx, q, &storage.Device{UserID: userID, DeviceID: deviceID, DisplayName: displayName, CreatedTS: nowMs, LastSeenTS: nowMs})
+			if err != nil {
+				return nil, err
+			}
+			if created {
+				break
+			}
+		}
+	} else {
+		created, err := storage.CreateDevice(ctx, q, &storage.Device{UserID: userID, DeviceID: deviceID, DisplayName: displayName, CreatedTS: nowMs, LastSeenTS: nowMs})
+		if err != nil {
+			return nil, err
+		}
+		if !created {
+			if err := storage.DeleteDeviceTokens(ctx, q, userID, deviceID); err != nil {
+				return nil, err
+			}
+		}
+	}
+	out := &issuedSession{DeviceID: deviceID}
+	at := &storage.AccessToken{UserID: userID, DeviceID: deviceID, CreatedTS: nowMs}
+	if withRefresh {
+		rt, rhash := newToken(refreshTokenPrefix)
+		id, err := storage.InsertRefreshToken(ctx, q, &storage.RefreshToken{TokenHash: rhash, UserID: userID, DeviceID: deviceID, CreatedTS: nowMs})
+		if err != nil {
+			return nil, err
+		}
+		out.RefreshToken = rt
+		at.RefreshTokenID = id
+		out.ExpiresInMs = a.refreshAccessLifetime().Milliseconds()
+	} else if a.opts.AccessTokenLifetime > 0 {
+		out.ExpiresInMs = a.opts.AccessTokenLifetime.Milliseconds()
+	}
+	if out.ExpiresInMs > 0 {
+		at.ExpiresTS = nowMs + out.ExpiresInMs
+	}
+	out.AccessToken, at.TokenHash = newToken(accessTokenPrefix)
+	if _, err := storage.InsertAccessToken(ctx, q, at); err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (a *API) refreshAccessLifetime() time.Duration {
+	if a.opts.RefreshTokenAccess > 0 {
+		return a.opts.RefreshTokenAccess
+	}
+	return 5 * time.Minute
+}
+
+// createLoginToken mints a one-shot m.login.token for the user (for
+// /login/get_token or SSO, when they exist).
+func (a *API) createLoginToken(ctx context.Context, userID string) (string, time.Duration, error) {
+	life := a.opts.LoginTokenLifetime
+	if life <= 0 {
+		life = 2 * time.Minute
+	}
+	tok, hash := newToken(loginTokenPrefix)
+	now := time.Now()
+	err := storage.InsertLoginToken(ctx, a.db, hash, userID, now.UnixMilli(), now.Add(life).UnixMilli())
+	return tok, life, err
+}
+
+// deleteDevices deletes devices of the user (with their tokens and the
+// registered per-device cleanups) in one transaction and drops the user's
+// cached tokens. Use it for DELETE /devices/{id} and /delete_devices.
+func (a *API) deleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error { return storage.DeleteDevices(ctx, tx, userID, deviceIDs) })
+	a.invalidateUserTokens(userID)
+	return err
+}
+
+// maintain purges expired UIA sessions (releasing their pending
+// registration-token uses), login tokens and long-expired access tokens.
+// It runs at most every 5 minutes per process, in the background.
+func (a *API) maintain() {
+	st := a.acct()
+	st.maintainMu.Lock()
+	if time.Since(st.lastMaint) < 5*time.Minute {
+		st.maintainMu.Unlock()
+		return
+	}
+	st.lastMaint = time.Now()
+	st.maintainMu.Unlock()
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		now := time.Now()
+		err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+			sessions, err := storage.PurgeUIASessions(ctx, tx, now.Add(-uiaSessionLifetime).UnixMilli())
+			if err != nil {
+				return err
+			}
+			for _, s := range sessions {
+				if tok := s.Data[uiaDataRegToken]; tok != "" {
+					if err := storage.ReleaseRegistrationToken(ctx, tx, tok); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			err = storage.PurgeExpiredLoginTokens(ctx, a.db, now.UnixMilli())
+		}
+		if err == nil {
+			// Expired tokens answer soft_logout for a week, then look unknown.
+			_, err = storage.PurgeExpiredAccessTokens(ctx, a.db, now.Add(-7*24*time.Hour).UnixMilli())
+		}
+		if err != nil {
+			logrus.WithError(err).Warn("accounts: maintenance")
+		}
+	}()
+}
+
+// ---------------------------------------------------------------------------
+// User IDs.
+
+// validLocalpart reports whether s uses only the characters the spec
+// allows in new user IDs (lowercase historical set) and is not reserved.
+func validLocalpart(s string) bool {
+	if s == "" || strings.HasPrefix(s, "_") {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
+		case c == '.', c == '_', c == '=', c == '-', c == '/', c == '+':
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+func (a *API) userID(localpart string) string { return "@" + localpart + ":" + a.opts.ServerName }
+
+// checkNewLocalpart validates a localpart for a new account.
+func (a *API) checkNewLocalpart(localpart string) (Response, bool) {
+	if !validLocalpart(localpart) {
+		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'"), false
+	}
+	if len(a.userID(localpart)) > 255 {
+		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may not be longer than 255 characters"), false
+	}
+	return Response{}, true
+}
+
+// resolveLocalUser turns a login identifier (localpart or full user ID)
+// into a local user ID, lowercasing the localpart. ok is false for users of
+// other servers or malformed input.
+func (a *API) resolveLocalUser(s string) (string, bool) {
+	if s == "" || len(s) > 255 {
+		return "", false
+	}
+	local := s
+	if strings.HasPrefix(s, "@") {
+		l, server, found := strings.Cut(s[1:], ":")
+		if !found || !strings.EqualFold(server, a.opts.ServerName) {
+			return "", false
+		}
+		local = l
+	}
+	if local == "" {
+		return "", false
+	}
+	return a.userID(strings.ToLower(local)), true
+}
+
+// ErrUserInUse and ErrInvalidUsername are returned by CreateUser.
+var (
+	ErrUserInUse       = errors.New("user ID already taken")
+	ErrInvalidUsername = errors.New("invalid username: use a-z, 0-9 and . _ = - / + (not starting with _)")
+)
+
+// CreateUser creates a local account with a password (for `enclave
+// create-user` and tests). The localpart is lowercased.
+func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, password string, admin bool) (string, error) {
+	localpart = strings.ToLower(localpart)
+	userID := "@" + localpart + ":" + serverName
+	if !validLocalpart(localpart) || len(userID) > 255 {
+		return "", ErrInvalidUsername
+	}
+	if password == "" || len(password) > maxPasswordBytes {
+		return "", fmt.Errorf("password must be 1 to %d bytes", maxPasswordBytes)
+	}
+	hash, err := hashPassword(ctx, password)
+	if err != nil {
+		return "", err
+	}
+	ok, err := storage.CreateAccount(ctx, db, &storage.Account{UserID: userID, Localpart: localpart, PasswordHash: hash, CreatedTS: time.Now().UnixMilli(), IsAdmin: admin, DisplayName: localpart})
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", ErrUserInUse
+	}
+	return userID, nil
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints.
+
+func (a *API) getWhoami(r *http.Request, dev *Device) Response {
+	return JSON(http.StatusOK, map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest})
+}
+
+func (a *API) getThreepids(r *http.Request, dev *Device) Response {
+	return JSON(http.StatusOK, map[string]any{"threepids": []any{}})
+}
+
+// POST /logout: revoke this token and delete its device.
+func (a *API) postLogout(r *http.Request, dev *Device) Response {
+	if err := a.deleteDevices(r.Context(), dev.UserID, []string{dev.DeviceID}); err != nil {
+		return InternalError(r, err)
+	}
+	// A token without a device row (should not happen) is revoked too.
+	if err := storage.DeleteAccessToken(r.Context(), a.db, dev.AccessTokenID); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+// POST /logout/all: revoke every token and delete every device.
+func (a *API) postLogoutAll(r *http.Request, dev *Device) Response {
+	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		_, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
+		return err
+	})
+	a.invalidateUserTokens(dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+// POST /account/password
+func (a *API) postPassword(r *http.Request, dev *Device) Response {
+	body, resp, ok := readBody(r)
+	if !ok {
+		return resp
+	}
+	var req struct {
+		NewPassword   *string `json:"new_password"`
+		LogoutDevices *bool   `json:"logout_devices"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return BadJSON("request body has the wrong shape: %v", err)
+	}
+	if req.NewPassword == nil || *req.NewPassword == "" {
+		return MissingParam("new_password is required")
+	}
+	if len(*req.NewPassword) > maxPasswordBytes {
+		return Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", maxPasswordBytes)
+	}
+	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		return resp
+	}
+	hash, err := hashPassword(r.Context(), *req.NewPassword)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	logout := req.LogoutDevices == nil || *req.LogoutDevices
+	err = a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		if err := storage.SetPassword(r.Context(), tx, dev.UserID, hash); err != nil {
+			return err
+		}
+		if !logout {
+			return nil
+		}
+		if _, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, dev.DeviceID); err != nil {
+			return err
+		}
+		return storage.DeleteAccessTokens(r.Context(), tx, dev.UserID, dev.AccessTokenID)
+	})
+	if logout {
+		a.invalidateUserTokens(dev.UserID)
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+// POST /account/deactivate
+func (a *API) postDeactivate(r *http.Request, dev *Device) Response {
+	body, resp, ok := readBody(r)
+	if !ok {
+		return resp
+	}
+	var req struct {
+		Erase    bool   `json:"erase"`
+		IDServer string `json:"id_server"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return BadJSON("request body has the wrong shape: %v", err)
+	}
+	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		return resp
+	}
+	ctx := r.Context()
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error { return storage.Deactivate(ctx, tx, dev.UserID, req.Erase) })
+	a.invalidateUserTokens(dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	a.leaveAllRooms(ctx, dev.UserID)
+	return JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "no-support"})
+}
+
+// leaveAllRooms leaves (or rejects invites to) every room of a deactivated
+// user. Failures are logged: the account is already deactivated.
+func (a *API) leaveAllRooms(ctx context.Context, userID string) {
+	if a.rs == nil {
+		return
+	}
+	rooms, err := storage.RoomsByMembership(ctx, a.db, userID, "join", "invite", "knock")
+	if err != nil {
+		logrus.WithError(err).WithField("user_id", userID).Error("accounts: listing rooms to leave on deactivation")
+		return
+	}
+	for roomID := range rooms {
+		uid := userID
+		_, err := a.rs.SendEvent(ctx, roomserver.SendRequest{
+			RoomID:   roomID,
+			Sender:   userID,
+			Type:     "m.room.member",
+			StateKey: &uid,
+			Content:  json.RawMessage(`{"membership":"leave"}`),
+		})
+		if err != nil {
+			logrus.WithError(err).WithFields(logrus.Fields{"user_id": userID, "room_id": roomID}).Warn("accounts: leaving room on deactivation")
+		}
+	}
+}
+
+// POST /refresh: exchange a refresh token for a new access+refresh pair.
+// The old refresh token is invalidated at once; the old access token lives
+// until its (short) expiry so requests already in flight still succeed.
+func (a *API) postRefresh(r *http.Request) Response {
+	var req struct {
+		RefreshToken *string `json:"refresh_token"`
+	}
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	if req.RefreshToken == nil || *req.RefreshToken == "" {
+		return MissingParam("refresh_token is required")
+	}
+	ctx := r.Context()
+	old, err := storage.LookupRefreshToken(ctx, a.db, hashToken(*req.RefreshToken))
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && old.Used) {
+		return unknownToken(false, "unknown or already used refresh token")
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	acc, err := storage.GetAccount(ctx, a.db, old.UserID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
+		return unknownToken(false, "unknown or already used refresh token")
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	errUsed := errors.New("refresh token used concurrently")
+	now := time.Now()
+	rt, rhash := newToken(refreshTokenPrefix)
+	at, ahash := newToken(accessTokenPrefix)
+	life := a.refreshAccessLifetime()
+	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		newID, err := storage.InsertRefreshToken(ctx, tx, &storage.RefreshToken{TokenHash: rhash, UserID: old.UserID, DeviceID: old.DeviceID, CreatedTS: now.UnixMilli()})
+		if err != nil {
+			return err
+		}
+		won, err := storage.RotateRefreshToken(ctx, tx, old.ID, newID)
+		if err != nil {
+			return err
+		}
+		if !won {
+			return errUsed
+		}
+		_, err = storage.InsertAccessToken(ctx, tx, &storage.AccessToken{TokenHash: ahash, UserID: old.UserID, DeviceID: old.DeviceID,
+			CreatedTS: now.UnixMilli(), ExpiresTS: now.Add(life).UnixMilli(), RefreshTokenID: newID})
+		return err
+	})
+	if errors.Is(err, errUsed) {
+		return unknownToken(false, "unknown or already used refresh token")
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	a.maintain()
+	return JSON(http.StatusOK, map[string]any{"access_token": at, "refresh_token": rt, "expires_in_ms": life.Milliseconds()})
+}

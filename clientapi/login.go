@@ -1,0 +1,149 @@
+package clientapi
+
+import (
+	"errors"
+	"net/http"
+	"time"
+
+	"enclave/storage"
+)
+
+// maxDeviceIDLen and maxDeviceNameLen bound device IDs and display names from clients.
+const (
+	maxDeviceIDLen   = 255
+	maxDeviceNameLen = 1024
+)
+
+func (a *API) getLoginFlows(r *http.Request) Response {
+	return JSON(http.StatusOK, map[string]any{"flows": []map[string]any{
+		{"type": "m.login.password"},
+		{"type": "m.login.token"},
+	}})
+}
+
+type loginRequest struct {
+	Type                     string          `json:"type"`
+	Identifier               *userIdentifier `json:"identifier"`
+	User                     string          `json:"user"` // deprecated
+	Password                 string          `json:"password"`
+	Token                    string          `json:"token"`
+	DeviceID                 string          `json:"device_id"`
+	InitialDeviceDisplayName string          `json:"initial_device_display_name"`
+	RefreshToken             bool            `json:"refresh_token"`
+}
+
+// sessionResponse is the body of a successful login or registration.
+type sessionResponse struct {
+	UserID       string         `json:"user_id"`
+	AccessToken  string         `json:"access_token,omitempty"`
+	DeviceID     string         `json:"device_id,omitempty"`
+	HomeServer   string         `json:"home_server"`
+	ExpiresInMs  int64          `json:"expires_in_ms,omitempty"`
+	RefreshToken string         `json:"refresh_token,omitempty"`
+	WellKnown    map[string]any `json:"well_known,omitempty"`
+}
+
+func checkDeviceFields(deviceID, displayName string) (Response, bool) {
+	if len(deviceID) > maxDeviceIDLen {
+		return InvalidParam("device_id may not be longer than %d bytes", maxDeviceIDLen), false
+	}
+	if len(displayName) > maxDeviceNameLen {
+		return InvalidParam("initial_device_display_name may not be longer than %d bytes", maxDeviceNameLen), false
+	}
+	return Response{}, true
+}
+
+func (a *API) postLogin(r *http.Request) Response {
+	var req loginRequest
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	if resp, ok := checkDeviceFields(req.DeviceID, req.InitialDeviceDisplayName); !ok {
+		return resp
+	}
+	ctx := r.Context()
+	var userID string
+	switch req.Type {
+	case "m.login.password":
+		who := req.User
+		if req.Identifier != nil {
+			if req.Identifier.Type != "m.id.user" {
+				return Errf(http.StatusBadRequest, "M_UNKNOWN", "unsupported identifier type %q", req.Identifier.Type)
+			}
+			who = req.Identifier.User
+		}
+		if who == "" {
+			return MissingParam("identifier is required")
+		}
+		if req.Password == "" {
+			return MissingParam("password is required")
+		}
+		uid, valid := a.resolveLocalUser(who)
+		if !valid {
+			uid = "" // still hashes, against the dummy
+		}
+		acc, ok, err := a.verifyUserPassword(ctx, uid, req.Password)
+		if err != nil {
+			return InternalError(r, err)
+		}
+		if !ok || acc == nil {
+			return Forbidden("invalid username or password")
+		}
+		if acc.Deactivated {
+			return Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated")
+		}
+		userID = acc.UserID
+	case "m.login.token":
+		if req.Token == "" {
+			return MissingParam("token is required")
+		}
+		uid, err := storage.ConsumeLoginToken(ctx, a.db, hashToken(req.Token), time.Now().UnixMilli())
+		if errors.Is(err, storage.ErrNotFound) {
+			return Forbidden("invalid or expired login token")
+		}
+		if err != nil {
+			return InternalError(r, err)
+		}
+		acc, err := storage.GetAccount(ctx, a.db, uid)
+		if errors.Is(err, storage.ErrNotFound) {
+			return Forbidden("invalid or expired login token")
+		}
+		if err != nil {
+			return InternalError(r, err)
+		}
+		if acc.Deactivated {
+			return Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated")
+		}
+		userID = acc.UserID
+	case "":
+		return MissingParam("type is required")
+	default:
+		return Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown login type %q", req.Type)
+	}
+
+	var sess *issuedSession
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		var err error
+		sess, err = a.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, time.Now())
+		return err
+	})
+	if req.DeviceID != "" {
+		a.invalidateUserTokens(userID) // the device's old tokens were revoked
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	a.maintain()
+	return JSON(http.StatusOK, a.sessionBody(userID, sess))
+}
+
+func (a *API) sessionBody(userID string, s *issuedSession) *sessionResponse {
+	out := &sessionResponse{UserID: userID, HomeServer: a.opts.ServerName}
+	if s != nil {
+		out.AccessToken, out.DeviceID, out.RefreshToken, out.ExpiresInMs = s.AccessToken, s.DeviceID, s.RefreshToken, s.ExpiresInMs
+	}
+	if a.opts.BaseURL != "" {
+		out.WellKnown = map[string]any{"m.homeserver": map[string]any{"base_url": a.opts.BaseURL}}
+	}
+	return out
+}

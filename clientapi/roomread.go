@@ -1,0 +1,506 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"math"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"enclave/roomserver"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+// readAccess says what of a room a user may read: the state (current, or
+// as it was when they left) and the stream position reading stops at.
+type readAccess struct {
+	state  roomserver.StateMap
+	capPos int64
+}
+
+// access decides whether userID may read roomID at all: members read it
+// now, former members read it up to their departure, anyone reads a
+// world_readable room.
+func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, Response, bool) {
+	cur, err := a.rs.CurrentState(ctx, roomID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) {
+		return nil, Forbidden("you are not allowed to read room %s", roomID), false
+	} else if err != nil {
+		return nil, InternalError(nil, err), false
+	}
+	switch cur.Membership(userID) {
+	case "join":
+		return &readAccess{state: cur, capPos: math.MaxInt64}, Response{}, true
+	case "leave", "ban":
+		last, err := storage.LatestMembershipBefore(ctx, a.db, roomID, userID, math.MaxInt64)
+		if err != nil {
+			return nil, InternalError(nil, err), false
+		}
+		// A user who was only ever invited (and rejected) sees nothing.
+		if joins, _ := storage.UserJoinPositions(ctx, a.db, roomID, userID); len(joins) > 0 {
+			st, err := a.rs.StateAtSnapshot(ctx, last.SnapshotAfter)
+			if err != nil {
+				return nil, InternalError(nil, err), false
+			}
+			return &readAccess{state: st, capPos: last.StreamPos}, Response{}, true
+		}
+	}
+	if hv := cur.Get("m.room.history_visibility", ""); hv != nil {
+		if v, _ := hv.HistoryVisibility(); v == "world_readable" {
+			return &readAccess{state: cur, capPos: math.MaxInt64}, Response{}, true
+		}
+	}
+	return nil, Forbidden("you are not allowed to read room %s", roomID), false
+}
+
+func (a *API) viewer(dev *Device) syncapi.Viewer {
+	return syncapi.Viewer{UserID: dev.UserID, DeviceID: dev.DeviceID}
+}
+
+// formatPDUs renders state events (by loading their stored rows).
+func (a *API) formatStored(ctx context.Context, dev *Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
+	out := make([]syncapi.ClientEvent, 0, len(evs))
+	for _, e := range evs {
+		pdu, err := a.rs.PDU(e)
+		if err != nil {
+			continue
+		}
+		out = append(out, syncapi.FormatEvent(e, pdu, a.viewer(dev), withRoomID))
+	}
+	return out
+}
+
+func (a *API) formatState(ctx context.Context, dev *Device, pdus []gomatrixserverlib.PDU) ([]syncapi.ClientEvent, error) {
+	ids := make([]string, len(pdus))
+	for i, p := range pdus {
+		ids[i] = p.EventID()
+	}
+	stored, err := storage.GetEvents(ctx, a.db, ids)
+	if err != nil {
+		return nil, err
+	}
+	sort.Slice(stored, func(i, j int) bool { return stored[i].StreamPos < stored[j].StreamPos })
+	return a.formatStored(ctx, dev, stored, true), nil
+}
+
+func (a *API) members(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	state := acc.state
+	q := r.URL.Query()
+	if at := q.Get("at"); at != "" {
+		tok, err := syncapi.ParseToken(at)
+		if err != nil {
+			return InvalidParam("invalid at token")
+		}
+		snap, err := storage.SnapshotAtPos(r.Context(), a.db, roomID, min(tok.Pos, acc.capPos))
+		if err != nil {
+			return InternalError(r, err)
+		}
+		if state, err = a.rs.StateAtSnapshot(r.Context(), snap); err != nil {
+			return InternalError(r, err)
+		}
+	}
+	want, notWant := q.Get("membership"), q.Get("not_membership")
+	var evs []gomatrixserverlib.PDU
+	for k, e := range state {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		m, _ := e.Membership()
+		if (want != "" && m != want) || (notWant != "" && m == notWant) {
+			continue
+		}
+		evs = append(evs, e)
+	}
+	chunk, err := a.formatState(r.Context(), dev, evs)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{"chunk": chunk})
+}
+
+func (a *API) joinedMembers(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	joined := map[string]any{}
+	for k, e := range acc.state {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		if m, _ := e.Membership(); m != "join" {
+			continue
+		}
+		var c struct {
+			DisplayName *string `json:"displayname"`
+			AvatarURL   *string `json:"avatar_url"`
+		}
+		_ = json.Unmarshal(e.Content(), &c)
+		joined[k.StateKey] = map[string]any{"display_name": c.DisplayName, "avatar_url": c.AvatarURL}
+	}
+	return JSON(200, map[string]any{"joined": joined})
+}
+
+func (a *API) roomState(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	evs, err := a.formatState(r.Context(), dev, acc.state.Events())
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, evs)
+}
+
+func (a *API) roomStateEvent(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	v := vars(r)
+	ev := acc.state.Get(v["eventType"], v["stateKey"])
+	if ev == nil {
+		return NotFound("no %s state event with key %q", v["eventType"], v["stateKey"])
+	}
+	if r.URL.Query().Get("format") == "event" {
+		evs, err := a.formatState(r.Context(), dev, []gomatrixserverlib.PDU{ev})
+		if err != nil || len(evs) == 0 {
+			return InternalError(r, err)
+		}
+		return JSON(200, evs[0])
+	}
+	return Response{Code: 200, Body: []byte(ev.Content())}
+}
+
+func (a *API) putState(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	content, resp, ok := readJSONObject(r)
+	if !ok {
+		return resp
+	}
+	v := vars(r)
+	typ, key := v["eventType"], v["stateKey"]
+	if typ == "m.room.canonical_alias" {
+		var c struct {
+			Alias      string   `json:"alias"`
+			AltAliases []string `json:"alt_aliases"`
+		}
+		if err := json.Unmarshal(content, &c); err != nil {
+			return BadJSON("invalid m.room.canonical_alias content")
+		}
+		for _, al := range append([]string{c.Alias}, c.AltAliases...) {
+			if al == "" {
+				continue
+			}
+			if id, _, err := storage.GetAlias(r.Context(), a.db, al); err != nil || id != roomID {
+				return Errf(400, "M_BAD_ALIAS", "alias %s does not point to this room", al)
+			}
+		}
+	}
+	ev, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: typ, StateKey: &key, Content: content})
+	if !ok {
+		return resp
+	}
+	return JSON(200, map[string]string{"event_id": ev.EventID})
+}
+
+func (a *API) send(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	content, resp, ok := readJSONObject(r)
+	if !ok {
+		return resp
+	}
+	v := vars(r)
+	ev, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: v["eventType"], Content: content, TxnID: v["txnId"], DeviceID: dev.DeviceID})
+	if !ok {
+		return resp
+	}
+	return JSON(200, map[string]string{"event_id": ev.EventID})
+}
+
+func (a *API) redact(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	var body struct {
+		Reason string `json:"reason,omitempty"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	v := vars(r)
+	target, err := storage.GetEvent(r.Context(), a.db, v["eventId"])
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && target.RoomID != roomID) {
+		return NotFound("event not found")
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	content, _ := json.Marshal(body)
+	ev, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.redaction", Redacts: v["eventId"], Content: content, TxnID: "redact:" + v["txnId"], DeviceID: dev.DeviceID})
+	if !ok {
+		return resp
+	}
+	return JSON(200, map[string]string{"event_id": ev.EventID})
+}
+
+func (a *API) getEvent(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0)) {
+		return NotFound("event not found")
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return NotFound("event not found")
+	}
+	if ev.StreamPos > acc.capPos {
+		return NotFound("event not found")
+	}
+	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if len(vis) == 0 {
+		return NotFound("event not found")
+	}
+	return JSON(200, a.formatStored(r.Context(), dev, vis, true)[0])
+}
+
+// parseRoomEventFilter reads the filter query parameter of /messages.
+func parseRoomEventFilter(r *http.Request) (*syncapi.RoomEventFilter, Response, bool) {
+	f := &syncapi.RoomEventFilter{}
+	if s := r.URL.Query().Get("filter"); s != "" {
+		if err := json.Unmarshal([]byte(s), f); err != nil {
+			return nil, BadJSON("invalid filter: %v", err), false
+		}
+	}
+	return f, Response{}, true
+}
+
+func parseLimit(r *http.Request, def, maxv int) (int, Response, bool) {
+	s := r.URL.Query().Get("limit")
+	if s == "" {
+		return def, Response{}, true
+	}
+	n, err := strconv.Atoi(s)
+	if err != nil || n < 0 {
+		return 0, InvalidParam("limit must be a non-negative integer"), false
+	}
+	if n == 0 {
+		n = def
+	}
+	return min(n, maxv), Response{}, true
+}
+
+// messages pages through a room's timeline (GET /rooms/{roomId}/messages).
+// Tokens are stream positions: a token P sits between the events at P and
+// P+1, so paging back from a /sync prev_batch reaches every event.
+func (a *API) messages(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	q := r.URL.Query()
+	dir := q.Get("dir")
+	if dir != "b" && dir != "f" {
+		return InvalidParam("dir must be b or f")
+	}
+	limit, resp, ok := parseLimit(r, 10, 1000)
+	if !ok {
+		return resp
+	}
+	filter, resp, ok := parseRoomEventFilter(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	current := a.db.Stream.Current()
+	upper := min(current, acc.capPos)
+	var from int64
+	if s := q.Get("from"); s != "" {
+		tok, err := syncapi.ParseToken(s)
+		if err != nil {
+			return InvalidParam("invalid from token")
+		}
+		from = tok.Pos
+	} else if dir == "b" {
+		from = upper
+	}
+	var to int64 = -1
+	if s := q.Get("to"); s != "" {
+		tok, err := syncapi.ParseToken(s)
+		if err != nil {
+			return InvalidParam("invalid to token")
+		}
+		to = tok.Pos
+	}
+	var evs []*storage.Event
+	var err error
+	if dir == "b" {
+		lo := int64(0)
+		if to >= 0 {
+			lo = to
+		}
+		hi := min(from, upper)
+		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
+	} else {
+		hi := upper
+		if to >= 0 {
+			hi = min(hi, to)
+		}
+		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, from, hi, limit, false)
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	body := map[string]any{"start": syncapi.Token{Pos: from}.String()}
+	if len(evs) == limit && len(evs) > 0 {
+		last := evs[len(evs)-1].StreamPos
+		if dir == "b" {
+			last--
+		}
+		body["end"] = syncapi.Token{Pos: last}.String()
+	}
+	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	kept := vis[:0:0]
+	for _, e := range vis {
+		if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) {
+			kept = append(kept, e)
+		}
+	}
+	body["chunk"] = a.formatStored(r.Context(), dev, kept, true)
+	if filter.LazyLoadMembers {
+		senders := map[string]bool{}
+		var members []gomatrixserverlib.PDU
+		for _, e := range kept {
+			if !senders[e.Sender] {
+				senders[e.Sender] = true
+				if m := acc.state.Get("m.room.member", e.Sender); m != nil {
+					members = append(members, m)
+				}
+			}
+		}
+		st, err := a.formatState(r.Context(), dev, members)
+		if err != nil {
+			return InternalError(r, err)
+		}
+		body["state"] = st
+	}
+	return JSON(200, body)
+}
+
+func (a *API) eventContext(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	limit, resp, ok := parseLimit(r, 10, 100)
+	if !ok {
+		return resp
+	}
+	filter, resp, ok := parseRoomEventFilter(r)
+	if !ok {
+		return resp
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
+	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.StreamPos > acc.capPos)) {
+		return NotFound("event not found")
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
+		return InternalError(r, err)
+	} else if len(vis) == 0 {
+		return NotFound("event not found")
+	}
+	half := limit / 2
+	before, err := storage.RoomEventsRange(r.Context(), a.db, roomID, 0, ev.StreamPos-1, half, true)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	after, err := storage.RoomEventsRange(r.Context(), a.db, roomID, ev.StreamPos, min(a.db.Stream.Current(), acc.capPos), limit-half, false)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	start, end := ev.StreamPos-1, ev.StreamPos
+	if len(before) > 0 {
+		start = before[len(before)-1].StreamPos - 1
+	}
+	if len(after) > 0 {
+		end = after[len(after)-1].StreamPos
+	}
+	keep := func(evs []*storage.Event) []syncapi.ClientEvent {
+		vis, _ := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+		k := vis[:0:0]
+		for _, e := range vis {
+			if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) {
+				k = append(k, e)
+			}
+		}
+		return a.formatStored(r.Context(), dev, k, true)
+	}
+	st, err := a.rs.StateAtSnapshot(r.Context(), ev.SnapshotBefore)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	state, err := a.formatState(r.Context(), dev, st.Events())
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{
+		"event":         a.formatStored(r.Context(), dev, []*storage.Event{ev}, true)[0],
+		"events_before": keep(before),
+		"events_after":  keep(after),
+		"start":         syncapi.Token{Pos: start}.String(),
+		"end":           syncapi.Token{Pos: end}.String(),
+		"state":         state,
+	})
+}

@@ -1,0 +1,459 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"regexp"
+	"strings"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// v3 registers a path under /_matrix/client/v3 and its r0 alias.
+func (a *API) v3(method, path, group string, h authedHandler) {
+	a.authed(method, "/_matrix/client/v3"+path, group, h)
+	a.authed(method, "/_matrix/client/r0"+path, group, h)
+}
+
+func (a *API) roomRoutes() {
+	a.v3("POST", "/createRoom", "rooms", a.createRoom)
+	a.v3("POST", "/join/{roomIdOrAlias}", "membership", a.joinRoomIDOrAlias)
+	a.v3("POST", "/rooms/{roomId}/join", "membership", a.joinRoomByID)
+	a.v3("POST", "/rooms/{roomId}/invite", "membership", a.membershipOther("invite"))
+	a.v3("POST", "/rooms/{roomId}/kick", "membership", a.membershipOther("leave"))
+	a.v3("POST", "/rooms/{roomId}/ban", "membership", a.membershipOther("ban"))
+	a.v3("POST", "/rooms/{roomId}/unban", "membership", a.membershipOther("unban"))
+	a.v3("POST", "/rooms/{roomId}/leave", "membership", a.leaveRoom)
+	a.v3("POST", "/rooms/{roomId}/forget", "membership", a.forgetRoom)
+	a.v3("GET", "/joined_rooms", "rooms", a.joinedRooms)
+	a.v3("GET", "/rooms/{roomId}/members", "rooms", a.members)
+	a.v3("GET", "/rooms/{roomId}/joined_members", "rooms", a.joinedMembers)
+	a.v3("GET", "/rooms/{roomId}/state", "rooms", a.roomState)
+	a.v3("GET", "/rooms/{roomId}/state/{eventType}", "rooms", a.roomStateEvent)
+	a.v3("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "rooms", a.roomStateEvent)
+	a.v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", a.putState)
+	a.v3("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "send", a.putState)
+	a.v3("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", "send", a.send)
+	a.v3("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", "send", a.redact)
+	a.v3("GET", "/rooms/{roomId}/event/{eventId}", "rooms", a.getEvent)
+	a.v3("GET", "/rooms/{roomId}/messages", "messages", a.messages)
+	a.v3("GET", "/rooms/{roomId}/context/{eventId}", "messages", a.eventContext)
+	a.v3("GET", "/directory/room/{roomAlias}", "directory", a.getAlias)
+	a.v3("PUT", "/directory/room/{roomAlias}", "directory", a.putAlias)
+	a.v3("DELETE", "/directory/room/{roomAlias}", "directory", a.deleteAlias)
+	a.v3("GET", "/rooms/{roomId}/aliases", "directory", a.roomAliases)
+	a.open("GET", "/_matrix/client/v3/directory/list/room/{roomId}", "directory", a.getDirectoryVisibility)
+	a.v3("PUT", "/directory/list/room/{roomId}", "directory", a.putDirectoryVisibility)
+}
+
+// roomError maps room server errors to the spec's responses.
+func roomError(r *http.Request, err error) Response {
+	var na *roomserver.NotAllowedError
+	var br *roomserver.BadRequestError
+	switch {
+	case errors.As(err, &na):
+		return Forbidden("%s", na.Reason)
+	case errors.As(err, &br):
+		if strings.Contains(br.Reason, "too large") || strings.Contains(br.Reason, "exceeds") {
+			return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s", br.Reason)
+		}
+		return BadJSON("%s", br.Reason)
+	case errors.Is(err, roomserver.ErrRoomNotFound):
+		return Forbidden("unknown room or not a member")
+	case errors.Is(err, roomserver.ErrAliasInUse):
+		return Errf(http.StatusBadRequest, "M_ROOM_IN_USE", "room alias already taken")
+	}
+	return InternalError(r, err)
+}
+
+func (a *API) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.Event, Response, bool) {
+	ev, err := a.rs.SendEvent(r.Context(), req)
+	if err != nil {
+		return nil, roomError(r, err), false
+	}
+	return ev, Response{}, true
+}
+
+var validRoomID = regexp.MustCompile(`^![^:]+(:.+)?$`)
+
+func roomIDParam(r *http.Request) (string, Response, bool) {
+	id := vars(r)["roomId"]
+	if !validRoomID.MatchString(id) {
+		return "", InvalidParam("invalid room ID %q", id), false
+	}
+	return id, Response{}, true
+}
+
+// --- createRoom ---
+
+type createRoomRequest struct {
+	Visibility                string            `json:"visibility"`
+	RoomAliasName             string            `json:"room_alias_name"`
+	Name                      *string           `json:"name"`
+	Topic                     *string           `json:"topic"`
+	Invite                    []string          `json:"invite"`
+	RoomVersion               string            `json:"room_version"`
+	CreationContent           map[string]any    `json:"creation_content"`
+	InitialState              []initialStateReq `json:"initial_state"`
+	Preset                    string            `json:"preset"`
+	IsDirect                  bool              `json:"is_direct"`
+	PowerLevelContentOverride map[string]any    `json:"power_level_content_override"`
+}
+
+type initialStateReq struct {
+	Type     string         `json:"type"`
+	StateKey string         `json:"state_key"`
+	Content  map[string]any `json:"content"`
+}
+
+var validAliasName = regexp.MustCompile(`^[^:\s#]+$`)
+
+func (a *API) createRoom(r *http.Request, dev *Device) Response {
+	var req createRoomRequest
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	ver := gomatrixserverlib.RoomVersion(DefaultRoomVersion)
+	if req.RoomVersion != "" {
+		ver = gomatrixserverlib.RoomVersion(req.RoomVersion)
+		if impl, err := gomatrixserverlib.GetRoomVersion(ver); err != nil || !impl.Stable() {
+			return Errf(400, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", req.RoomVersion)
+		}
+	}
+	impl := gomatrixserverlib.MustGetRoomVersion(ver)
+	switch req.Visibility {
+	case "", "private", "public":
+	default:
+		return InvalidParam("visibility must be public or private")
+	}
+	preset := req.Preset
+	if preset == "" {
+		preset = "private_chat"
+		if req.Visibility == "public" {
+			preset = "public_chat"
+		}
+	}
+	joinRule, guest := "invite", "can_join"
+	switch preset {
+	case "public_chat":
+		joinRule, guest = "public", "forbidden"
+	case "private_chat", "trusted_private_chat":
+	default:
+		return InvalidParam("unknown preset %q", preset)
+	}
+	for _, u := range req.Invite {
+		if _, _, err := gomatrixserverlib.SplitID('@', u); err != nil {
+			return InvalidParam("invalid user ID to invite: %q", u)
+		}
+	}
+	alias := ""
+	if req.RoomAliasName != "" {
+		if !validAliasName.MatchString(req.RoomAliasName) {
+			return InvalidParam("invalid room_alias_name %q", req.RoomAliasName)
+		}
+		alias = "#" + req.RoomAliasName + ":" + a.opts.ServerName
+		if _, _, err := storage.GetAlias(r.Context(), a.db, alias); err == nil {
+			return Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
+		}
+	}
+	creator := dev.UserID
+	users := map[string]any{}
+	if !impl.PrivilegedCreators() {
+		users[creator] = 100
+	}
+	if preset == "trusted_private_chat" {
+		for _, u := range req.Invite {
+			users[u] = 100
+		}
+	}
+	pl := map[string]any{
+		"users": users, "users_default": 0, "events_default": 0, "state_default": 50,
+		"ban": 50, "kick": 50, "redact": 50, "invite": 0,
+		"events": map[string]any{
+			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.server_acl": 100, "m.room.encryption": 100,
+		},
+		"notifications": map[string]any{"room": 50},
+	}
+	for k, v := range req.PowerLevelContentOverride {
+		pl[k] = v
+	}
+	sp := func(s string) *string { return &s }
+	member := map[string]any{"membership": "join"}
+	if p, err := a.profile(r.Context(), creator); err == nil {
+		for k, v := range p {
+			member[k] = v
+		}
+	}
+	if req.IsDirect {
+		member["is_direct"] = true
+	}
+	events := []roomserver.InitialEvent{
+		{Type: "m.room.member", StateKey: sp(creator), Content: member},
+		{Type: "m.room.power_levels", StateKey: sp(""), Content: pl},
+	}
+	if alias != "" {
+		events = append(events, roomserver.InitialEvent{Type: "m.room.canonical_alias", StateKey: sp(""), Content: map[string]any{"alias": alias}})
+	}
+	presetState := []roomserver.InitialEvent{
+		{Type: "m.room.join_rules", StateKey: sp(""), Content: map[string]any{"join_rule": joinRule}},
+		{Type: "m.room.history_visibility", StateKey: sp(""), Content: map[string]any{"history_visibility": "shared"}},
+		{Type: "m.room.guest_access", StateKey: sp(""), Content: map[string]any{"guest_access": guest}},
+	}
+	overridden := map[roomserver.StateKey]bool{}
+	for _, is := range req.InitialState {
+		overridden[roomserver.StateKey{Type: is.Type, StateKey: is.StateKey}] = true
+	}
+	for _, e := range presetState {
+		if !overridden[roomserver.StateKey{Type: e.Type, StateKey: *e.StateKey}] {
+			events = append(events, e)
+		}
+	}
+	for _, is := range req.InitialState {
+		if is.Type == "" || is.Type == "m.room.create" || is.Type == "m.room.member" || is.Type == "m.room.power_levels" {
+			return InvalidParam("initial_state may not set %q", is.Type)
+		}
+		c := is.Content
+		if c == nil {
+			c = map[string]any{}
+		}
+		events = append(events, roomserver.InitialEvent{Type: is.Type, StateKey: sp(is.StateKey), Content: c})
+	}
+	if req.Name != nil && *req.Name != "" {
+		events = append(events, roomserver.InitialEvent{Type: "m.room.name", StateKey: sp(""), Content: map[string]any{"name": *req.Name}})
+	}
+	if req.Topic != nil && *req.Topic != "" {
+		events = append(events, roomserver.InitialEvent{Type: "m.room.topic", StateKey: sp(""), Content: map[string]any{"topic": *req.Topic}})
+	}
+	for _, u := range req.Invite {
+		c := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			c["is_direct"] = true
+		}
+		events = append(events, roomserver.InitialEvent{Type: "m.room.member", StateKey: sp(u), Content: c})
+	}
+	createContent := map[string]any{}
+	for k, v := range req.CreationContent {
+		createContent[k] = v
+	}
+	roomID, err := a.rs.CreateRoom(r.Context(), roomserver.CreateRoomRequest{
+		Creator: creator, RoomVersion: ver, CreateContent: createContent, Events: events,
+		Public: req.Visibility == "public", Alias: alias,
+	})
+	if err != nil {
+		return roomError(r, err)
+	}
+	body := map[string]any{"room_id": roomID}
+	if alias != "" {
+		body["room_alias"] = alias
+	}
+	return JSON(200, body)
+}
+
+// profile returns the user's displayname and avatar_url for member events.
+func (a *API) profile(ctx context.Context, userID string) (map[string]any, error) {
+	var dn, av *string
+	err := a.db.QueryRowContext(ctx, `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1`, userID).Scan(&dn, &av)
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]any{}
+	if dn != nil && *dn != "" {
+		out["displayname"] = *dn
+	}
+	if av != nil && *av != "" {
+		out["avatar_url"] = *av
+	}
+	return out, nil
+}
+
+// --- membership ---
+
+type membershipBody struct {
+	UserID string `json:"user_id"`
+	Reason string `json:"reason"`
+}
+
+func (a *API) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
+	target := vars(r)["roomIdOrAlias"]
+	roomID := target
+	if strings.HasPrefix(target, "#") {
+		id, _, err := storage.GetAlias(r.Context(), a.db, target)
+		if errors.Is(err, storage.ErrNotFound) {
+			return NotFound("room alias %s not found", target)
+		} else if err != nil {
+			return InternalError(r, err)
+		}
+		roomID = id
+	} else if !validRoomID.MatchString(target) {
+		return InvalidParam("%q is neither a room ID nor an alias", target)
+	}
+	return a.join(r, dev, roomID)
+}
+
+func (a *API) joinRoomByID(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	return a.join(r, dev, roomID)
+}
+
+func (a *API) join(r *http.Request, dev *Device, roomID string) Response {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if m, err := a.rs.Membership(r.Context(), roomID, dev.UserID); errors.Is(err, roomserver.ErrRoomNotFound) {
+		return NotFound("room %s not found", roomID)
+	} else if err != nil {
+		return InternalError(r, err)
+	} else if m == "join" {
+		return JSON(200, map[string]string{"room_id": roomID})
+	}
+	content := map[string]any{"membership": "join"}
+	if p, err := a.profile(r.Context(), dev.UserID); err == nil {
+		for k, v := range p {
+			content[k] = v
+		}
+	}
+	if body.Reason != "" {
+		content["reason"] = body.Reason
+	}
+	cb, _ := json.Marshal(content)
+	uid := dev.UserID
+	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+		return resp
+	}
+	_ = storage.ClearForgotten(r.Context(), a.db, uid, roomID)
+	return JSON(200, map[string]string{"room_id": roomID})
+}
+
+// membershipOther handles invite, kick (leave), ban and unban (leave).
+func (a *API) membershipOther(action string) authedHandler {
+	return func(r *http.Request, dev *Device) Response {
+		roomID, resp, ok := roomIDParam(r)
+		if !ok {
+			return resp
+		}
+		var body membershipBody
+		if resp, ok := decodeJSON(r, &body); !ok {
+			return resp
+		}
+		if body.UserID == "" {
+			return MissingParam("user_id is required")
+		}
+		if _, _, err := gomatrixserverlib.SplitID('@', body.UserID); err != nil {
+			return InvalidParam("invalid user_id %q", body.UserID)
+		}
+		membership := action
+		cur, err := a.rs.Membership(r.Context(), roomID, body.UserID)
+		if errors.Is(err, roomserver.ErrRoomNotFound) {
+			return Forbidden("unknown room or not a member")
+		} else if err != nil {
+			return InternalError(r, err)
+		}
+		switch action {
+		case "unban":
+			if cur != "ban" {
+				return Forbidden("%s is not banned", body.UserID)
+			}
+			membership = "leave"
+		case "leave": // kick
+			if cur != "join" && cur != "invite" && cur != "knock" {
+				return Forbidden("%s is not in the room", body.UserID)
+			}
+		case "invite":
+			if cur == "invite" {
+				return JSON(200, struct{}{})
+			}
+		}
+		content := map[string]any{"membership": membership}
+		if body.Reason != "" {
+			content["reason"] = body.Reason
+		}
+		if action == "invite" {
+			if p, err := a.profile(r.Context(), body.UserID); err == nil {
+				for k, v := range p {
+					content[k] = v
+				}
+			}
+		}
+		cb, _ := json.Marshal(content)
+		target := body.UserID
+		if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.member", StateKey: &target, Content: cb}); !ok {
+			return resp
+		}
+		return JSON(200, struct{}{})
+	}
+}
+
+func (a *API) leaveRoom(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	var body membershipBody
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) {
+		return NotFound("room %s not found", roomID)
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	if cur == "leave" {
+		return JSON(200, struct{}{})
+	}
+	content := map[string]any{"membership": "leave"}
+	if body.Reason != "" {
+		content["reason"] = body.Reason
+	}
+	cb, _ := json.Marshal(content)
+	uid := dev.UserID
+	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+		return resp
+	}
+	return JSON(200, struct{}{})
+}
+
+func (a *API) forgetRoom(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) {
+		return NotFound("room %s not found", roomID)
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	if cur == "join" || cur == "invite" || cur == "knock" {
+		return Errf(400, "M_UNKNOWN", "leave the room before forgetting it")
+	}
+	if err := storage.SetForgotten(r.Context(), a.db, dev.UserID, roomID); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, struct{}{})
+}
+
+func (a *API) joinedRooms(r *http.Request, dev *Device) Response {
+	rooms, err := storage.RoomsByMembership(r.Context(), a.db, dev.UserID, "join")
+	if err != nil {
+		return InternalError(r, err)
+	}
+	ids := make([]string, 0, len(rooms))
+	for id := range rooms {
+		ids = append(ids, id)
+	}
+	return JSON(200, map[string]any{"joined_rooms": ids})
+}

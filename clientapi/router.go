@@ -1,0 +1,215 @@
+// Package clientapi is the Client-Server API: a thin HTTP face that checks
+// who is asking and what they sent, then hands the work to the room server,
+// the sync stream and the store.
+package clientapi
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/sirupsen/logrus"
+
+	"enclave/roomserver"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+// Options are the settings the client API needs from config.
+type Options struct {
+	ServerName          string
+	BaseURL             string // advertised in /.well-known/matrix/client
+	RegistrationMode    string // closed, open or token
+	SharedSecret        string
+	RegistrationTokens  []string
+	MaxRequestBytes     int64
+	AccessTokenLifetime time.Duration // 0: tokens do not expire unless refresh tokens are used
+	RefreshTokenAccess  time.Duration // lifetime of access tokens that come with a refresh token
+	LoginTokenLifetime  time.Duration
+	RateLimit           RateLimit
+	TURN                TURNOptions
+	Version             string
+}
+
+// TURNOptions configures /voip/turnServer.
+type TURNOptions struct {
+	URIs         []string
+	SharedSecret string
+	TTL          time.Duration
+}
+
+// API is the client API. Build it with New and serve Handler().
+type API struct {
+	opts    Options
+	db      *storage.DB
+	rs      roomserver.API
+	sync    *syncapi.Syncer
+	router  *mux.Router
+	limiter *limiter
+	metrics *httpMetrics
+	// extraRoutes are route groups added by other files of this package
+	// (registered from their init), keeping router.go free of every list.
+	extraRoutes []func(*API)
+}
+
+// routeGroups are registered by files of this package from init().
+var routeGroups []func(*API)
+
+// New wires the client API over the store, the room server and the syncer.
+func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) *API {
+	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
+	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeResponse(w, Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
+	})
+	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeResponse(w, Unrecognized(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+	})
+	a.extraRoutes = routeGroups
+	a.routes()
+	return a
+}
+
+// Handler returns the HTTP handler with CORS, request IDs, body limits and
+// metrics around every route.
+func (a *API) Handler() http.Handler {
+	return a.middleware(a.router)
+}
+
+// Router exposes the mux so other components (media, admin, federation
+// on a shared listener) can mount their routes.
+func (a *API) Router() *mux.Router { return a.router }
+
+type ctxKey int
+
+const (
+	ctxRequestID ctxKey = iota
+	ctxDevice
+)
+
+// RequestID returns the ID given to the request being served.
+func RequestID(ctx context.Context) string {
+	s, _ := ctx.Value(ctxRequestID).(string)
+	return s
+}
+
+func (a *API) middleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// CORS: browser clients (Element Web) call from another origin.
+		h := w.Header()
+		h.Set("Access-Control-Allow-Origin", "*")
+		h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE, OPTIONS")
+		h.Set("Access-Control-Allow-Headers", "X-Requested-With, Content-Type, Authorization, Date")
+		h.Set("Access-Control-Expose-Headers", "Content-Disposition")
+		if r.Method == http.MethodOptions {
+			w.WriteHeader(http.StatusOK)
+			return
+		}
+		b := make([]byte, 8)
+		_, _ = rand.Read(b)
+		rid := hex.EncodeToString(b)
+		r = r.WithContext(context.WithValue(r.Context(), ctxRequestID, rid))
+		if a.opts.MaxRequestBytes > 0 && !strings.Contains(r.URL.Path, "/media/") {
+			r.Body = http.MaxBytesReader(w, r.Body, a.opts.MaxRequestBytes)
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// handler is the shape of an endpoint that needs no access token.
+type handler func(r *http.Request) Response
+
+// authedHandler is the shape of an endpoint that needs a valid access token.
+type authedHandler func(r *http.Request, dev *Device) Response
+
+// open registers an endpoint that needs no access token.
+func (a *API) open(method, path, group string, h handler) {
+	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
+		if resp, limited := a.limiter.check(r, ""); limited {
+			writeResponse(w, resp)
+			return
+		}
+		writeResponse(w, h(r))
+	})).Methods(method)
+}
+
+// authed registers an endpoint that needs a valid access token.
+func (a *API) authed(method, path, group string, h authedHandler) {
+	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
+		dev, resp, ok := a.authenticate(r)
+		if !ok {
+			writeResponse(w, resp)
+			return
+		}
+		if resp, limited := a.limiter.check(r, dev.UserID); limited {
+			writeResponse(w, resp)
+			return
+		}
+		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
+		writeResponse(w, h(r, dev))
+	})).Methods(method)
+}
+
+// authenticate finds the device behind the request's access token
+// (Authorization: Bearer, or the deprecated access_token query parameter).
+func (a *API) authenticate(r *http.Request) (*Device, Response, bool) {
+	token := ""
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		token = strings.TrimPrefix(h, "Bearer ")
+	} else if t := r.URL.Query().Get("access_token"); t != "" {
+		token = t
+	}
+	if token == "" {
+		return nil, Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
+	}
+	return a.lookupAccessToken(r.Context(), token)
+}
+
+func (a *API) instrument(group string, fn http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		sw := &statusWriter{ResponseWriter: w, code: 200}
+		fn(sw, r)
+		d := time.Since(start)
+		a.metrics.observe(group, r.Method, sw.code, d)
+		logrus.WithFields(logrus.Fields{
+			"request_id": RequestID(r.Context()),
+			"method":     r.Method,
+			"path":       r.URL.Path,
+			"status":     sw.code,
+			"ms":         d.Milliseconds(),
+		}).Debug("request")
+	})
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (s *statusWriter) WriteHeader(code int) {
+	s.code = code
+	s.ResponseWriter.WriteHeader(code)
+}
+
+func (s *statusWriter) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Device is the authenticated caller of an endpoint.
+type Device struct {
+	UserID        string
+	DeviceID      string
+	AccessTokenID int64
+	IsAdmin       bool
+	IsGuest       bool
+}
+
+// vars returns the route's path variables.
+func vars(r *http.Request) map[string]string { return mux.Vars(r) }

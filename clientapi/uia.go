@@ -1,0 +1,323 @@
+package clientapi
+
+// User-Interactive Authentication (spec: "User-Interactive Authentication
+// API"). Sessions live in the store (uia_sessions) so they survive restarts
+// and work across processes.
+//
+// Using it from an endpoint (device deletion, cross-signing upload, …):
+//
+//	body, resp, ok := readBody(r)
+//	if !ok {
+//		return resp
+//	}
+//	// parse and validate body first: bad input must fail before auth
+//	if resp, ok := a.requireUIA(r, body, dev, [][]string{{"m.login.password"}}); !ok {
+//		return resp // 401 with flows/session, or an error
+//	}
+//	// authenticated: perform the operation
+//
+// A session is bound to the user and to the request (method and path, with
+// the /v3 or /r0 prefix ignored), and is consumed once a flow completes, so
+// it cannot authorise a second operation.
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"enclave/storage"
+)
+
+// Stage types we implement.
+const (
+	stagePassword = "m.login.password"
+	stageDummy    = "m.login.dummy"
+	stageRegToken = "m.login.registration_token"
+)
+
+// uiaSessionLifetime is how long an unfinished session is kept.
+const uiaSessionLifetime = time.Hour
+
+// Keys of UIASession.Data used by this package.
+const (
+	uiaDataRegToken     = "registration_token" // a reserved (pending) DB registration token
+	uiaDataUsername     = "username"
+	uiaDataPasswordHash = "password_hash"
+)
+
+type uiaFlow struct {
+	Stages []string `json:"stages"`
+}
+
+// uiaBody is the spec's 401 body: flows, params, session, completed, and
+// an errcode/error when the last stage failed.
+type uiaBody struct {
+	ErrCode   string          `json:"errcode,omitempty"`
+	Err       string          `json:"error,omitempty"`
+	Flows     []uiaFlow       `json:"flows"`
+	Params    json.RawMessage `json:"params"`
+	Session   string          `json:"session"`
+	Completed []string        `json:"completed"`
+}
+
+// authDict is the request's "auth" object, for every stage we know.
+type authDict struct {
+	Type    string `json:"type"`
+	Session string `json:"session"`
+	// m.login.password
+	Identifier *userIdentifier `json:"identifier"`
+	User       string          `json:"user"` // deprecated form
+	Password   string          `json:"password"`
+	// m.login.registration_token
+	Token string `json:"token"`
+}
+
+// userIdentifier is the spec's identifier object (login and UIA).
+type userIdentifier struct {
+	Type string `json:"type"`
+	User string `json:"user"`
+}
+
+// requireUIA runs User-Interactive Auth for an endpoint.
+//
+//   - body is the raw request body (its "auth" object is read).
+//   - dev is the authenticated caller, or nil for unauthenticated endpoints;
+//     m.login.password authenticates as dev's user and needs dev.
+//   - flows lists acceptable flows, each a list of stage types, e.g.
+//     [][]string{{"m.login.password"}}.
+//
+// It returns ok=true once a flow is complete (the session is then
+// consumed). Otherwise resp is what the handler must return: 401 with
+// {flows, params, session, completed} (plus errcode/error after a failed
+// stage), or a 4xx error.
+func (a *API) requireUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (Response, bool) {
+	sess, resp, ok := a.runUIA(r, body, dev, flows)
+	if !ok {
+		return resp, false
+	}
+	consumed, err := storage.DeleteUIASession(r.Context(), a.db, sess.ID)
+	if err != nil {
+		return InternalError(r, err), false
+	}
+	if !consumed {
+		return Errf(http.StatusBadRequest, "M_UNKNOWN", "auth session was already used"), false
+	}
+	return Response{}, true
+}
+
+// runUIA is requireUIA without consuming the completed session: the caller
+// must delete it (storage.DeleteUIASession, ideally in the same
+// transaction as the operation). When ok is false, sess is the session the
+// challenge names (nil if none was established), so the caller may keep
+// request data in sess.Data for the next round.
+func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (sess *storage.UIASession, resp Response, ok bool) {
+	ctx := r.Context()
+	var env struct {
+		Auth json.RawMessage `json:"auth"`
+	}
+	if err := json.Unmarshal(body, &env); err != nil {
+		return nil, BadJSON("request body has the wrong shape: %v", err), false
+	}
+	var auth *authDict
+	if len(env.Auth) > 0 && string(env.Auth) != "null" {
+		auth = &authDict{}
+		if err := json.Unmarshal(env.Auth, auth); err != nil {
+			return nil, BadJSON("auth has the wrong shape: %v", err), false
+		}
+	}
+	userID := ""
+	if dev != nil {
+		userID = dev.UserID
+	}
+	op := uiaOp(r)
+
+	if auth != nil && auth.Session != "" {
+		s, err := storage.GetUIASession(ctx, a.db, auth.Session)
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && (s.UserID != userID || time.Since(time.UnixMilli(s.CreatedTS)) > uiaSessionLifetime)) {
+			return nil, Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown auth session"), false
+		}
+		if err != nil {
+			return nil, InternalError(r, err), false
+		}
+		if s.Op != op {
+			return nil, Forbidden("the auth session was started for another request"), false
+		}
+		sess = s
+	} else {
+		// No session yet: start one. An auth dict without a session is
+		// processed in the new session (clients may send the password
+		// straight away).
+		sess = &storage.UIASession{ID: randomHex(16), CreatedTS: time.Now().UnixMilli(), UserID: userID, Op: op,
+			Completed: []string{}, Params: json.RawMessage(`{}`), Data: map[string]string{}}
+		if err := storage.CreateUIASession(ctx, a.db, sess); err != nil {
+			return nil, InternalError(r, err), false
+		}
+		a.maintain()
+	}
+
+	if auth == nil || auth.Type == "" || slices.Contains(sess.Completed, auth.Type) {
+		if flowDone(flows, sess.Completed) {
+			return sess, Response{}, true
+		}
+		return sess, uiaChallenge(flows, sess, "", ""), false
+	}
+	if !stageOffered(flows, auth.Type) {
+		return sess, uiaChallenge(flows, sess, "M_UNRECOGNIZED", "auth type "+auth.Type+" is not offered here"), false
+	}
+	errcode, msg, err := a.runStage(ctx, auth, dev, sess)
+	if err != nil {
+		return nil, InternalError(r, err), false
+	}
+	if errcode != "" {
+		return sess, uiaChallenge(flows, sess, errcode, msg), false
+	}
+	sess.Completed = append(sess.Completed, auth.Type)
+	if err := storage.UpdateUIASession(ctx, a.db, sess); err != nil {
+		return nil, InternalError(r, err), false
+	}
+	if flowDone(flows, sess.Completed) {
+		return sess, Response{}, true
+	}
+	return sess, uiaChallenge(flows, sess, "", ""), false
+}
+
+// runStage checks one stage. A non-empty errcode is a failed attempt.
+func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *storage.UIASession) (errcode, msg string, err error) {
+	switch auth.Type {
+	case stageDummy:
+		return "", "", nil
+	case stagePassword:
+		if dev == nil {
+			return "M_UNRECOGNIZED", "m.login.password is only for authenticated requests", nil
+		}
+		who := auth.User
+		if auth.Identifier != nil {
+			if auth.Identifier.Type != "m.id.user" {
+				return "M_UNRECOGNIZED", "only m.id.user identifiers are supported", nil
+			}
+			who = auth.Identifier.User
+		}
+		if who != "" {
+			if uid, ok := a.resolveLocalUser(who); !ok || uid != dev.UserID {
+				return "M_FORBIDDEN", "you can only authenticate as yourself", nil
+			}
+		}
+		acc, ok, err := a.verifyUserPassword(ctx, dev.UserID, auth.Password)
+		if err != nil {
+			return "", "", err
+		}
+		if !ok || acc == nil {
+			return "M_FORBIDDEN", "invalid password", nil
+		}
+		return "", "", nil
+	case stageRegToken:
+		tok := auth.Token
+		if tok == "" {
+			return "M_MISSING_PARAM", "token is required", nil
+		}
+		if a.staticRegistrationToken(tok) {
+			return "", "", nil
+		}
+		if !validRegTokenSyntax(tok) {
+			return "M_FORBIDDEN", "invalid registration token", nil
+		}
+		reserved, err := storage.ReserveRegistrationToken(ctx, a.db, tok, time.Now().UnixMilli())
+		if err != nil {
+			return "", "", err
+		}
+		if !reserved {
+			return "M_FORBIDDEN", "invalid registration token", nil
+		}
+		if prev := sess.Data[uiaDataRegToken]; prev != "" {
+			_ = storage.ReleaseRegistrationToken(ctx, a.db, prev)
+		}
+		sess.Data[uiaDataRegToken] = tok
+		return "", "", nil
+	}
+	return "M_UNRECOGNIZED", "unsupported auth type", nil
+}
+
+// staticRegistrationToken reports whether tok is one of the configured
+// tokens (compared in constant time).
+func (a *API) staticRegistrationToken(tok string) bool {
+	found := 0
+	for _, t := range a.opts.RegistrationTokens {
+		if t != "" {
+			found |= subtle.ConstantTimeCompare([]byte(t), []byte(tok))
+		}
+	}
+	return found == 1
+}
+
+// validRegTokenSyntax is the spec's token grammar: 1-64 of [A-Za-z0-9._~-].
+func validRegTokenSyntax(tok string) bool {
+	if tok == "" || len(tok) > 64 {
+		return false
+	}
+	for i := 0; i < len(tok); i++ {
+		c := tok[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '~' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
+
+func uiaChallenge(flows [][]string, sess *storage.UIASession, errcode, msg string) Response {
+	fl := make([]uiaFlow, len(flows))
+	for i, f := range flows {
+		fl[i] = uiaFlow{Stages: f}
+	}
+	params := sess.Params
+	if len(params) == 0 {
+		params = json.RawMessage(`{}`)
+	}
+	completed := sess.Completed
+	if completed == nil {
+		completed = []string{}
+	}
+	return JSON(http.StatusUnauthorized, &uiaBody{ErrCode: errcode, Err: msg, Flows: fl, Params: params, Session: sess.ID, Completed: completed})
+}
+
+func flowDone(flows [][]string, completed []string) bool {
+	for _, f := range flows {
+		done := true
+		for _, s := range f {
+			if !slices.Contains(completed, s) {
+				done = false
+				break
+			}
+		}
+		if done {
+			return true
+		}
+	}
+	return false
+}
+
+func stageOffered(flows [][]string, stage string) bool {
+	for _, f := range flows {
+		if slices.Contains(f, stage) {
+			return true
+		}
+	}
+	return false
+}
+
+// uiaOp names the request a session authorises: method and path without
+// the API version prefix, so /r0 and /v3 share sessions.
+func uiaOp(r *http.Request) string {
+	p := r.URL.Path
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0", "/_matrix/client/v1", "/_matrix/client/unstable"} {
+		if rest, ok := strings.CutPrefix(p, prefix); ok {
+			p = rest
+			break
+		}
+	}
+	return r.Method + " " + p
+}

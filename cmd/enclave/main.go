@@ -1,0 +1,227 @@
+// Command enclave is the Enclave homeserver: one static binary that serves,
+// generates keys and manages users.
+//
+//	enclave serve [--data DIR]            run the homeserver
+//	enclave config [--data DIR]           print the effective config
+//	enclave generate-keys [--data DIR]    create the signing key (--force replaces it)
+//	enclave create-user [--data DIR] [--admin] USER [PASSWORD]
+//	enclave version
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"enclave/clientapi"
+	"enclave/config"
+	"enclave/internal/server"
+	"enclave/storage"
+)
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(2)
+	}
+	var err error
+	switch os.Args[1] {
+	case "serve":
+		err = cmdServe(os.Args[2:])
+	case "config":
+		err = cmdConfig(os.Args[2:])
+	case "generate-keys":
+		err = cmdGenerateKeys(os.Args[2:])
+	case "create-user":
+		err = cmdCreateUser(os.Args[2:])
+	case "version", "--version", "-v":
+		fmt.Println("enclave", server.Version)
+	case "help", "--help", "-h":
+		usage()
+	default:
+		fmt.Fprintf(os.Stderr, "enclave: unknown command %q\n", os.Args[1])
+		usage()
+		os.Exit(2)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "enclave:", err)
+		os.Exit(1)
+	}
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: enclave <command> [flags]
+
+commands:
+  serve           run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)
+  config          print the effective configuration with each option's environment variable
+  generate-keys   create the server signing key (--force replaces an existing one)
+  create-user     create a local user: create-user [--admin] USER [PASSWORD]
+  version         print the version
+
+common flags:
+  --data DIR      data directory holding enclave.yaml, keys, database and media (default ./data)
+`)
+}
+
+// loadConfig reads DIR/enclave.yaml, creating it on first use.
+func loadConfig(dataDir string) (*config.Config, string, bool, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, "", false, err
+	}
+	path, created, err := config.EnsureDataDir(abs)
+	if err != nil {
+		return nil, "", false, err
+	}
+	cfg, err := config.Load(path, abs)
+	return cfg, path, created, err
+}
+
+func setupLogging(cfg *config.Config) {
+	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
+		logrus.SetLevel(lvl)
+	}
+	if cfg.Log.Format == "json" {
+		logrus.SetFormatter(&logrus.JSONFormatter{})
+	} else {
+		logrus.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	}
+}
+
+func cmdServe(args []string) error {
+	fl := flag.NewFlagSet("serve", flag.ExitOnError)
+	dataDir := fl.String("data", "./data", "data directory")
+	_ = fl.Parse(args)
+	cfg, path, created, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	setupLogging(cfg)
+	if created {
+		logrus.WithField("config", path).Info("first start: wrote a commented default config")
+	}
+	ctx := context.Background()
+	srv, err := server.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	addr, err := srv.Start()
+	if err != nil {
+		return err
+	}
+	logrus.WithFields(logrus.Fields{
+		"server_name": cfg.ServerName, "client": addr, "config": path, "database": cfg.DatabaseDialect(), "version": server.Version,
+	}).Info("Enclave is serving")
+	logrus.Infof("create the first user with: enclave create-user --data %s --admin USER", *dataDir)
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
+	for sig := range sigs {
+		if sig == syscall.SIGHUP {
+			reload(path, cfg)
+			continue
+		}
+		logrus.WithField("signal", sig.String()).Info("shutting down: draining requests")
+		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		err := srv.Shutdown(sctx)
+		cancel()
+		return err
+	}
+	return nil
+}
+
+// reload re-reads the config file on SIGHUP and applies what can change
+// without a restart (log level and format); the rest needs a restart.
+func reload(path string, running *config.Config) {
+	cfg, err := config.Load(path, running.DataDir)
+	if err != nil {
+		logrus.WithError(err).Error("SIGHUP: config not reloaded")
+		return
+	}
+	setupLogging(cfg)
+	running.Log = cfg.Log
+	logrus.Info("SIGHUP: configuration reloaded (log settings applied; other changes need a restart)")
+}
+
+func cmdConfig(args []string) error {
+	fl := flag.NewFlagSet("config", flag.ExitOnError)
+	dataDir := fl.String("data", "./data", "data directory")
+	_ = fl.Parse(args)
+	cfg, path, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("# effective configuration from %s (secrets masked)\n", path)
+	return config.Print(os.Stdout, cfg)
+}
+
+func cmdGenerateKeys(args []string) error {
+	fl := flag.NewFlagSet("generate-keys", flag.ExitOnError)
+	dataDir := fl.String("data", "./data", "data directory")
+	force := fl.Bool("force", false, "replace an existing key")
+	_ = fl.Parse(args)
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	keyID, _, err := config.GenerateSigningKey(cfg.SigningKey, *force)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("%s exists; use --force to replace it (other servers will then need the new key)", cfg.SigningKey)
+	}
+	if err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s (%s)\n", cfg.SigningKey, keyID)
+	return nil
+}
+
+func cmdCreateUser(args []string) error {
+	fl := flag.NewFlagSet("create-user", flag.ExitOnError)
+	dataDir := fl.String("data", "./data", "data directory")
+	admin := fl.Bool("admin", false, "make the user a server administrator")
+	_ = fl.Parse(args)
+	if fl.NArg() < 1 {
+		return errors.New("usage: enclave create-user [--data DIR] [--admin] USER [PASSWORD]")
+	}
+	localpart := strings.TrimPrefix(fl.Arg(0), "@")
+	if i := strings.IndexByte(localpart, ':'); i >= 0 {
+		localpart = localpart[:i]
+	}
+	password := fl.Arg(1)
+	if password == "" {
+		fmt.Fprint(os.Stderr, "password: ")
+		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+		if err != nil && line == "" {
+			return errors.New("no password given")
+		}
+		password = strings.TrimRight(line, "\r\n")
+	}
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	ctx := context.Background()
+	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{MaxOpenConns: 2})
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	userID, err := clientapi.CreateUser(ctx, db, cfg.ServerName, localpart, password, *admin)
+	if err != nil {
+		return err
+	}
+	fmt.Println("created", userID)
+	return nil
+}

@@ -1,0 +1,315 @@
+// Package config loads, validates and documents the homeserver configuration.
+//
+// Configuration comes from a single YAML file, layered as
+// defaults → YAML → ENCLAVE_* environment variables. Every leaf option has an
+// environment variable derived mechanically from its YAML path (see EnvVar),
+// so container deployments can override anything without editing the file.
+//
+// The option set is described once, by the Config struct: yaml tags give the
+// paths, doc tags the operator documentation and secret tags what Print must
+// mask. The generated enclave.yaml, the env overrides and Print are all
+// derived from it by reflection, so adding a field cannot leave one of them
+// behind.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+)
+
+// ConfigFileName is the config file EnsureDataDir creates inside the data dir.
+const ConfigFileName = "enclave.yaml"
+
+// Config is the complete server configuration.
+//
+// Field docs live in the `doc` tags because they are emitted verbatim into
+// the generated config file; keep them operator-facing.
+type Config struct {
+	// DataDir is the directory relative paths were resolved against. It is
+	// set by Load and is deliberately not a YAML option: the data dir is
+	// where the YAML file lives, so it must be known before reading it.
+	DataDir string `yaml:"-"`
+
+	ServerName    string              `yaml:"server_name" doc:"The Matrix server name: the part after the colon in user IDs (@alice:example.org). A hostname, IPv4 address or [IPv6] literal, optionally with :port. It cannot be changed once users or rooms exist."`
+	Listen        ListenConfig        `yaml:"listen" doc:"Network listeners."`
+	TLS           TLSConfig           `yaml:"tls" doc:"TLS certificate material, shared by the client and federation listeners."`
+	SigningKey    string              `yaml:"signing_key" doc:"Ed25519 server signing key file, one line: 'ed25519 <version> <unpadded base64 seed>'. Created on first start if missing. Relative to the data directory. Keep it secret and backed up: other servers cache its public half."`
+	Database      DatabaseConfig      `yaml:"database" doc:"Database connection and pool."`
+	Registration  RegistrationConfig  `yaml:"registration" doc:"Account registration."`
+	Auth          AuthConfig          `yaml:"auth" doc:"Token lifetimes. Durations are Go duration strings (30s, 5m, 1h); 0 means never expire."`
+	RateLimits    RateLimitConfig     `yaml:"rate_limits" doc:"Per-client request rate limiting (token buckets)."`
+	Limits        LimitsConfig        `yaml:"limits" doc:"Request size limits."`
+	Log           LogConfig           `yaml:"log" doc:"Logging."`
+	Media         MediaConfig         `yaml:"media" doc:"Media repository storage."`
+	Federation    FederationConfig    `yaml:"federation" doc:"Federation with other Matrix servers. Server lists are globs (* and ?), e.g. *.example.org."`
+	Presence      PresenceConfig      `yaml:"presence" doc:"Presence (online/offline status)."`
+	UserDirectory UserDirectoryConfig `yaml:"user_directory" doc:"User directory search."`
+	Profile       ProfileConfig       `yaml:"profile" doc:"Profile lookups."`
+	TURN          TURNConfig          `yaml:"turn" doc:"TURN relay for VoIP calls (TURN REST API / coturn use-auth-secret)."`
+	Audit         AuditConfig         `yaml:"audit" doc:"Append-only audit log of security-relevant actions."`
+	WellKnown     WellKnownConfig     `yaml:"well_known" doc:"Values served under /.well-known/matrix/."`
+}
+
+// ListenConfig holds listener addresses; an empty address disables that listener.
+type ListenConfig struct {
+	Client     string `yaml:"client" doc:"host:port the client-server API listens on."`
+	Federation string `yaml:"federation" doc:"host:port for the server-server (federation) API, always served with TLS 1.3 or newer using tls.cert and tls.key. Empty disables the federation listener."`
+	ClientTLS  bool   `yaml:"client_tls" doc:"Serve TLS on the client listener using tls.cert and tls.key. Leave false when a reverse proxy terminates TLS."`
+	Metrics    string `yaml:"metrics" doc:"host:port for the Prometheus metrics endpoint. Empty disables it. Do not expose it publicly."`
+}
+
+// TLSConfig locates certificate files; paths are relative to the data dir.
+type TLSConfig struct {
+	Cert     string `yaml:"cert" doc:"PEM certificate chain for the TLS listeners. Relative to the data directory."`
+	Key      string `yaml:"key" doc:"PEM private key matching tls.cert. Relative to the data directory."`
+	CABundle string `yaml:"ca_bundle" doc:"Optional PEM file of extra CA certificates trusted, in addition to the system pool, for outbound connections (e.g. federating with servers behind a private CA). Relative to the data directory."`
+}
+
+// DatabaseConfig selects the database and sizes its connection pool.
+// URL is tagged secret:"url" so Print hides only an embedded password and
+// keeps the rest visible for debugging.
+type DatabaseConfig struct {
+	URL             string   `yaml:"url" secret:"url" doc:"sqlite:PATH (relative to the data directory) or a postgres:// / postgresql:// DSN."`
+	MaxOpenConns    int      `yaml:"max_open_conns" doc:"Maximum open connections in the pool."`
+	MaxIdleConns    int      `yaml:"max_idle_conns" doc:"Maximum idle connections kept in the pool."`
+	ConnMaxLifetime Duration `yaml:"conn_max_lifetime" doc:"Maximum lifetime of a pooled connection; 0 means unlimited."`
+}
+
+// RegistrationConfig controls who may create accounts.
+type RegistrationConfig struct {
+	Mode         string   `yaml:"mode" doc:"Who may register: closed (nobody; create users with the admin API), open (anyone), token (only with a valid registration token)."`
+	SharedSecret string   `yaml:"shared_secret" secret:"true" doc:"Secret for shared-secret admin registration, which lets an operator create users (including admins) even when registration is closed. Empty disables it. Treat it like a root password."`
+	Tokens       []string `yaml:"tokens" secret:"true" doc:"Static registration tokens accepted when mode is token."`
+}
+
+// AuthConfig holds token lifetimes.
+type AuthConfig struct {
+	AccessTokenLifetime        Duration `yaml:"access_token_lifetime" doc:"Lifetime of access tokens for clients that do not use refresh tokens; 0 means they never expire. Clients that ask for refresh tokens get refresh_access_token_lifetime instead."`
+	RefreshAccessTokenLifetime Duration `yaml:"refresh_access_token_lifetime" doc:"Lifetime of access tokens issued to clients that use refresh tokens."`
+	LoginTokenLifetime         Duration `yaml:"login_token_lifetime" doc:"Lifetime of one-shot m.login.token tokens (e.g. login via another device)."`
+}
+
+// RateLimitConfig configures token buckets; requests refill at the
+// per-second rate up to the burst size.
+type RateLimitConfig struct {
+	Enabled        bool     `yaml:"enabled" doc:"Enable rate limiting."`
+	PerSecond      float64  `yaml:"per_second" doc:"Sustained requests per second allowed per client."`
+	Burst          int      `yaml:"burst" doc:"Requests a client may make at once before per_second applies."`
+	LoginPerSecond float64  `yaml:"login_per_second" doc:"Sustained login and registration attempts per second per client; kept low to slow password guessing."`
+	LoginBurst     int      `yaml:"login_burst" doc:"Burst size for login and registration attempts."`
+	ExemptUsers    []string `yaml:"exempt_users" doc:"Matrix user IDs never rate limited (e.g. bridges and bots)."`
+}
+
+// LimitsConfig bounds request sizes to protect memory.
+type LimitsConfig struct {
+	MaxRequestBytes int64 `yaml:"max_request_bytes" doc:"Maximum JSON request body size in bytes."`
+	MaxUploadBytes  int64 `yaml:"max_upload_bytes" doc:"Maximum media upload size in bytes."`
+}
+
+// LogConfig selects log verbosity and encoding.
+type LogConfig struct {
+	Level  string `yaml:"level" doc:"Minimum level logged: trace, debug, info, warn or error."`
+	Format string `yaml:"format" doc:"Log encoding: text (human-readable) or json (for log shippers)."`
+}
+
+// MediaConfig locates media storage and its encryption key.
+type MediaConfig struct {
+	Path    string `yaml:"path" doc:"Directory holding uploaded media. Relative to the data directory."`
+	KEKFile string `yaml:"kek_file" doc:"File holding the key-encryption key for media at rest. Relative to the data directory. Set at most one of kek_file and kek_env."`
+	KEKEnv  string `yaml:"kek_env" doc:"Name of an environment variable holding the media key-encryption key, for secrets injected by an orchestrator."`
+}
+
+// FederationConfig controls server-server traffic.
+type FederationConfig struct {
+	Enabled        bool     `yaml:"enabled" doc:"Federate with other Matrix servers. Inbound federation also needs listen.federation."`
+	AllowedServers []string `yaml:"allowed_servers" doc:"If non-empty, only servers matching one of these globs may federate with us."`
+	DeniedServers  []string `yaml:"denied_servers" doc:"Servers matching any of these globs are refused; takes precedence over allowed_servers."`
+}
+
+// PresenceConfig toggles presence.
+type PresenceConfig struct {
+	Enabled bool `yaml:"enabled" doc:"Track and share presence. Disabling reduces load and metadata leakage."`
+}
+
+// UserDirectoryConfig scopes user search.
+type UserDirectoryConfig struct {
+	SearchAllUsers bool `yaml:"search_all_users" doc:"Search all local users. When false, only users sharing a room with the searcher or in public rooms are found."`
+}
+
+// ProfileConfig scopes profile lookups.
+type ProfileConfig struct {
+	RequireSharedRoom bool `yaml:"require_shared_room" doc:"Only allow looking up profiles of users who share a room with the requester."`
+}
+
+// TURNConfig is handed to clients via /voip/turnServer.
+type TURNConfig struct {
+	URIs         []string `yaml:"uris" doc:"TURN URIs given to clients, e.g. turn:turn.example.org:3478?transport=udp. Empty disables TURN."`
+	SharedSecret string   `yaml:"shared_secret" secret:"true" doc:"The TURN server's shared auth secret, used to mint time-limited credentials. Required when uris is set."`
+	TTL          Duration `yaml:"ttl" doc:"Lifetime of minted TURN credentials."`
+}
+
+// AuditConfig controls the audit log and its integrity checkpoints.
+type AuditConfig struct {
+	Enabled            bool     `yaml:"enabled" doc:"Record security-relevant actions in the audit log."`
+	CheckpointEvery    int      `yaml:"checkpoint_every" doc:"Write an integrity checkpoint after this many audit entries."`
+	CheckpointInterval Duration `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
+	HeadExportPath     string   `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
+}
+
+// WellKnownConfig controls client discovery.
+type WellKnownConfig struct {
+	ClientBaseURL string `yaml:"client_base_url" doc:"Homeserver base URL advertised to clients. Empty derives http(s)://server_name[:port] from listen.client and listen.client_tls; set it explicitly behind a reverse proxy."`
+}
+
+// Default returns the built-in defaults. Paths are still relative; Load
+// resolves them against the data directory.
+func Default() *Config {
+	return &Config{
+		ServerName: "localhost",
+		Listen:     ListenConfig{Client: "127.0.0.1:8008"},
+		SigningKey: "signing.key",
+		Database: DatabaseConfig{
+			URL:             "sqlite:enclave.db",
+			MaxOpenConns:    20,
+			MaxIdleConns:    5,
+			ConnMaxLifetime: Duration{time.Hour},
+		},
+		Registration: RegistrationConfig{Mode: RegistrationClosed},
+		Auth: AuthConfig{
+			AccessTokenLifetime:        Duration{0},
+			RefreshAccessTokenLifetime: Duration{5 * time.Minute},
+			LoginTokenLifetime:         Duration{2 * time.Minute},
+		},
+		RateLimits: RateLimitConfig{
+			Enabled:        true,
+			PerSecond:      10,
+			Burst:          50,
+			LoginPerSecond: 1,
+			LoginBurst:     10,
+		},
+		Limits: LimitsConfig{
+			MaxRequestBytes: 1 << 20,
+			MaxUploadBytes:  100 << 20,
+		},
+		Log:      LogConfig{Level: "info", Format: "text"},
+		Media:    MediaConfig{Path: "media"},
+		Presence: PresenceConfig{Enabled: true},
+		TURN:     TURNConfig{TTL: Duration{24 * time.Hour}},
+		Audit: AuditConfig{
+			Enabled:            true,
+			CheckpointEvery:    1000,
+			CheckpointInterval: Duration{5 * time.Minute},
+		},
+	}
+}
+
+// Registration modes.
+const (
+	RegistrationClosed = "closed"
+	RegistrationOpen   = "open"
+	RegistrationToken  = "token"
+)
+
+// Load builds the effective configuration: defaults, then the YAML file at
+// path (skipped if path is empty), then ENCLAVE_* environment overrides, then
+// relative paths resolved against dataDir, then Validate.
+//
+// Unknown YAML keys are rejected so that a typo cannot silently fall back to
+// a default (e.g. a misspelt registration.mode leaving registration open).
+func Load(path string, dataDir string) (*Config, error) {
+	c := Default()
+	if path != "" {
+		if err := decodeFile(path, c); err != nil {
+			return nil, err
+		}
+	}
+	if err := c.ApplyEnv(os.LookupEnv); err != nil {
+		return nil, err
+	}
+	if err := c.resolvePaths(dataDir); err != nil {
+		return nil, err
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func decodeFile(path string, c *Config) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	dec := yaml.NewDecoder(f)
+	dec.KnownFields(true)
+	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // EOF: empty file means all defaults
+		return fmt.Errorf("config: %s: %w", path, err)
+	}
+	return nil
+}
+
+// resolvePaths makes file paths absolute relative to dataDir, so the server
+// behaves the same whatever its working directory.
+func (c *Config) resolvePaths(dataDir string) error {
+	if dataDir == "" {
+		dataDir = "."
+	}
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return fmt.Errorf("config: data dir: %w", err)
+	}
+	c.DataDir = abs
+	for _, p := range []*string{
+		&c.SigningKey, &c.Media.Path, &c.Media.KEKFile,
+		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath,
+	} {
+		*p = c.resolve(*p)
+	}
+	if c.DatabaseDialect() == "sqlite" {
+		p := c.SQLitePath()
+		// ":memory:" and "file:" URIs are not plain paths; leave them alone.
+		if p != "" && p != ":memory:" && !strings.HasPrefix(p, "file:") {
+			c.Database.URL = sqlitePrefix + c.resolve(p)
+		}
+	}
+	return nil
+}
+
+func (c *Config) resolve(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.DataDir, p)
+}
+
+const sqlitePrefix = "sqlite:"
+
+// DatabaseDialect reports "sqlite" or "postgres" from database.url, or ""
+// if the URL has neither form (Validate rejects that).
+func (c *Config) DatabaseDialect() string {
+	u := c.Database.URL
+	switch {
+	case strings.HasPrefix(u, sqlitePrefix):
+		return "sqlite"
+	case strings.HasPrefix(u, "postgres://"), strings.HasPrefix(u, "postgresql://"):
+		return "postgres"
+	}
+	return ""
+}
+
+// SQLitePath returns the path part of a sqlite: database URL (absolute after
+// Load), or "" for other dialects.
+func (c *Config) SQLitePath() string {
+	if c.DatabaseDialect() != "sqlite" {
+		return ""
+	}
+	return strings.TrimPrefix(c.Database.URL, sqlitePrefix)
+}

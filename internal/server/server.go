@@ -1,0 +1,202 @@
+// Package server assembles the components of one Enclave process — store,
+// room server, sync stream, client API — from a config, and runs their
+// listeners. cmd/enclave and the integration tests both start servers
+// through it, so tests exercise exactly what operators run.
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+
+	"enclave/clientapi"
+	"enclave/config"
+	"enclave/roomserver"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+// Version is the server version, set at build time with -ldflags.
+var Version = "0.1.0-dev"
+
+// Server is one running homeserver process.
+type Server struct {
+	Config   *config.Config
+	DB       *storage.DB
+	Rooms    *roomserver.RoomServer
+	Sync     *syncapi.Syncer
+	Client   *clientapi.API
+	Registry *prometheus.Registry
+
+	KeyID string
+	Key   ed25519.PrivateKey
+
+	mu        sync.Mutex
+	servers   []*http.Server
+	listeners []net.Listener
+}
+
+// New opens the store and wires the components. It does not listen yet.
+func New(ctx context.Context, cfg *config.Config) (*Server, error) {
+	keyID, key, created, err := config.LoadOrCreateSigningKey(cfg.SigningKey)
+	if err != nil {
+		return nil, fmt.Errorf("signing key: %w", err)
+	}
+	if created {
+		logrus.WithField("path", cfg.SigningKey).WithField("key_id", keyID).Info("generated a new server signing key")
+	}
+	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{
+		MaxOpenConns:    cfg.Database.MaxOpenConns,
+		MaxIdleConns:    cfg.Database.MaxIdleConns,
+		ConnMaxLifetime: cfg.Database.ConnMaxLifetime.Duration,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry()}
+	s.Rooms = roomserver.New(db, cfg.ServerName, keyID, key)
+	s.Sync = syncapi.New(db, s.Rooms)
+	s.Client = clientapi.New(ClientOptions(cfg), db, s.Rooms, s.Sync, s.Registry)
+	s.registerMetrics()
+	return s, nil
+}
+
+// ClientOptions maps config to the client API's options.
+func ClientOptions(cfg *config.Config) clientapi.Options {
+	return clientapi.Options{
+		ServerName:          cfg.ServerName,
+		BaseURL:             cfg.ClientBaseURL(),
+		RegistrationMode:    cfg.Registration.Mode,
+		SharedSecret:        cfg.Registration.SharedSecret,
+		RegistrationTokens:  cfg.Registration.Tokens,
+		MaxRequestBytes:     cfg.Limits.MaxRequestBytes,
+		AccessTokenLifetime: cfg.Auth.AccessTokenLifetime.Duration,
+		RefreshTokenAccess:  cfg.Auth.RefreshAccessTokenLifetime.Duration,
+		LoginTokenLifetime:  cfg.Auth.LoginTokenLifetime.Duration,
+		RateLimit: clientapi.RateLimit{
+			Enabled:     cfg.RateLimits.Enabled,
+			PerSecond:   cfg.RateLimits.PerSecond,
+			Burst:       cfg.RateLimits.Burst,
+			ExemptUsers: cfg.RateLimits.ExemptUsers,
+		},
+		TURN: clientapi.TURNOptions{
+			URIs:         cfg.TURN.URIs,
+			SharedSecret: cfg.TURN.SharedSecret,
+			TTL:          cfg.TURN.TTL.Duration,
+		},
+		Version: Version,
+	}
+}
+
+func (s *Server) registerMetrics() {
+	reg := s.Registry
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "enclave", Name: "stream_position", Help: "Highest visible position of the sync stream.",
+	}, func() float64 { return float64(s.DB.Stream.Current()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "enclave", Name: "sync_waiters", Help: "Long-polling /sync requests waiting now.",
+	}, func() float64 { return float64(s.Sync.Waiters()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "enclave", Subsystem: "store", Name: "open_connections", Help: "Open store connections.",
+	}, func() float64 { return float64(s.DB.Stats().OpenConnections) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Namespace: "enclave", Subsystem: "store", Name: "in_use_connections", Help: "Store connections in use.",
+	}, func() float64 { return float64(s.DB.Stats().InUse) }))
+	reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "enclave", Subsystem: "store", Name: "wait_seconds_total", Help: "Time spent waiting for a store connection.",
+	}, func() float64 { return s.DB.Stats().WaitDuration.Seconds() }))
+}
+
+// Handler is the client listener's handler: the client API plus /health.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/health", s.health)
+	mux.Handle("/", s.Client.Handler())
+	return mux
+}
+
+// health answers liveness and store readiness.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/json")
+	if err := s.DB.Ping(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		_, _ = w.Write([]byte(`{"status":"unavailable","store":"unreachable"}`))
+		return
+	}
+	_, _ = w.Write([]byte(`{"status":"ok","store":"ok"}`))
+}
+
+// Serve listens on l with h until Shutdown.
+func (s *Server) serve(l net.Listener, h http.Handler, tlsOn bool) {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+	s.mu.Lock()
+	s.servers = append(s.servers, srv)
+	s.listeners = append(s.listeners, l)
+	s.mu.Unlock()
+	go func() {
+		var err error
+		if tlsOn {
+			tc, terr := s.Config.ClientTLSConfig()
+			if terr != nil {
+				logrus.WithError(terr).Error("client TLS")
+				return
+			}
+			srv.TLSConfig = tc
+			err = srv.ServeTLS(l, "", "")
+		} else {
+			err = srv.Serve(l)
+		}
+		if err != nil && !errors.Is(err, http.ErrServerClosed) {
+			logrus.WithError(err).Error("listener stopped")
+		}
+	}()
+}
+
+// Start opens the configured listeners (client, metrics) and returns the
+// client listener's address.
+func (s *Server) Start() (string, error) {
+	l, err := net.Listen("tcp", s.Config.Listen.Client)
+	if err != nil {
+		return "", fmt.Errorf("listen.client: %w", err)
+	}
+	s.serve(l, s.Handler(), s.Config.Listen.ClientTLS)
+	if s.Config.Listen.Metrics != "" {
+		ml, err := net.Listen("tcp", s.Config.Listen.Metrics)
+		if err != nil {
+			return "", fmt.Errorf("listen.metrics: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/health", s.health)
+		s.serve(ml, mux, false)
+	}
+	return l.Addr().String(), nil
+}
+
+// Shutdown drains in-flight requests (up to ctx's deadline) and closes the store.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	servers := s.servers
+	s.mu.Unlock()
+	var errs []error
+	for _, srv := range servers {
+		if err := srv.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, s.DB.Close())
+	return errors.Join(errs...)
+}

@@ -1,0 +1,328 @@
+package roomserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"enclave/storage"
+)
+
+// PowerLevel returns userID's power level in state, honouring v12's
+// privileged creators and the no-power-levels default.
+func PowerLevel(state StateMap, userID string) int64 {
+	create := state.Get("m.room.create", "")
+	if create != nil {
+		if ver, err := gomatrixserverlib.GetRoomVersion(create.Version()); err == nil && ver.PrivilegedCreators() {
+			for _, c := range gomatrixserverlib.CreatorsFromCreateEvent(create) {
+				if c == userID {
+					return 1 << 53
+				}
+			}
+		}
+	}
+	pl := PowerLevels(state)
+	return pl.UserLevel(spec.SenderID(userID))
+}
+
+// PowerLevels returns the room's power levels, or the defaults with the
+// creator at 100 when the room has no m.room.power_levels event.
+func PowerLevels(state StateMap) gomatrixserverlib.PowerLevelContent {
+	if ev := state.Get("m.room.power_levels", ""); ev != nil {
+		if pl, err := gomatrixserverlib.NewPowerLevelContentFromEvent(ev); err == nil {
+			return pl
+		}
+	}
+	var pl gomatrixserverlib.PowerLevelContent
+	pl.Defaults()
+	pl.Users = map[string]int64{}
+	if create := state.Get("m.room.create", ""); create != nil {
+		pl.Users[string(create.SenderID())] = 100
+	}
+	return pl
+}
+
+// SendEvent implements API.
+func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.Event, error) {
+	unlock := s.lock(req.RoomID)
+	defer unlock()
+
+	if req.TxnID != "" {
+		if id, err := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, "send", req.TxnID); err == nil {
+			return storage.GetEvent(ctx, s.db, id)
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+	}
+	h, err := s.head(ctx, req.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	prev := h.extremities
+	if len(prev) > maxPrevEvents {
+		prev = prev[len(prev)-maxPrevEvents:]
+	}
+	ev, err := s.build(h.version, req.RoomID, h.state, prev, h.maxDepth+1, req, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := checkAllowed(ev, h.state); err != nil {
+		return nil, err
+	}
+	var stored *storage.Event
+	var next *roomHead
+	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {
+		var err error
+		stored, next, err = s.appendLocal(ctx, tx, req.RoomID, h, ev, req)
+		if err != nil {
+			return err
+		}
+		if req.TxnID != "" {
+			if err := storage.PutTxn(ctx, tx, req.Sender, req.DeviceID, "send", req.TxnID, ev.EventID(), time.Now().UnixMilli()); err != nil {
+				return err
+			}
+		}
+		return storage.UpdateRoomHead(ctx, tx, req.RoomID, next.extremities, next.snapshot, next.maxDepth, stored.StreamPos)
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.setHead(req.RoomID, next)
+	return stored, nil
+}
+
+// appendLocal stores ev, which extends the room's tip h, inside tx and
+// returns the stored row and the room's next tip (not yet installed: the
+// caller installs it once the transaction commits).
+func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID string, h *roomHead, ev gomatrixserverlib.PDU, req SendRequest) (*storage.Event, *roomHead, error) {
+	next := &roomHead{version: h.version, extremities: []string{ev.EventID()}, snapshot: h.snapshot, chain: h.chain, maxDepth: max(h.maxDepth, ev.Depth()), state: h.state}
+	pos := tx.NextPos()
+	se := &storage.Event{
+		StreamPos:      pos,
+		EventID:        ev.EventID(),
+		RoomID:         roomID,
+		RoomVersion:    string(h.version.Version()),
+		Type:           ev.Type(),
+		StateKey:       ev.StateKey(),
+		Sender:         string(ev.SenderID()),
+		Depth:          ev.Depth(),
+		OriginTS:       int64(ev.OriginServerTS()),
+		ReceivedTS:     time.Now().UnixMilli(),
+		JSON:           ev.JSON(),
+		SnapshotBefore: h.snapshot,
+		SnapshotAfter:  h.snapshot,
+		TxnID:          req.TxnID,
+		TxnDevice:      req.DeviceID,
+	}
+	if ev.Type() == spec.MRoomMember {
+		se.Membership, _ = ev.Membership()
+	}
+	if sk := ev.StateKey(); sk != nil {
+		id, chain, err := s.writeSnapshot(ctx, tx, roomID, h.snapshot, h.chain, h.stateIDs(), []storage.StateEntry{{Type: ev.Type(), StateKey: *sk, EventID: ev.EventID()}})
+		if err != nil {
+			return nil, nil, err
+		}
+		se.SnapshotAfter = id
+		next.snapshot, next.chain = id, chain
+		next.state = make(StateMap, len(h.state)+1)
+		for k, v := range h.state {
+			next.state[k] = v
+		}
+		next.state[StateKey{ev.Type(), *sk}] = ev
+		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: ev.Type(), StateKey: *sk, EventID: ev.EventID(), Membership: se.Membership, StreamPos: pos}); err != nil {
+			return nil, nil, err
+		}
+	}
+	inserted, err := storage.InsertEvent(ctx, tx, se)
+	if err != nil {
+		return nil, nil, err
+	}
+	if !inserted {
+		return nil, nil, fmt.Errorf("roomserver: event %s already stored", ev.EventID())
+	}
+	if ev.Type() == spec.MRoomRedaction {
+		if err := s.applyRedaction(ctx, tx, next, ev); err != nil {
+			return nil, nil, err
+		}
+	}
+	s.hooksMu.RLock()
+	hooks := s.hooks
+	listeners := s.listeners
+	s.hooksMu.RUnlock()
+	for _, hook := range hooks {
+		if err := hook(ctx, tx, se, ev); err != nil {
+			return nil, nil, fmt.Errorf("roomserver: hook: %w", err)
+		}
+	}
+	tx.AfterCommit(func() { s.events.Put(ev.EventID(), ev) })
+	tx.Publish(pos, func() {
+		for _, l := range listeners {
+			l(OutputEvent{Event: se, PDU: ev})
+		}
+	})
+	return se, next, nil
+}
+
+// redactsTarget returns the event a redaction redacts (top level before v11,
+// content from v11).
+func redactsTarget(ev gomatrixserverlib.PDU) string {
+	if r := ev.Redacts(); r != "" {
+		return r
+	}
+	var c struct {
+		Redacts string `json:"redacts"`
+	}
+	_ = json.Unmarshal(ev.Content(), &c)
+	return c.Redacts
+}
+
+// applyRedaction strips the target's content as its room version says, if
+// the redaction's sender may redact it: the original sender, or anyone
+// with the room's redact power level.
+func (s *RoomServer) applyRedaction(ctx context.Context, tx *storage.Tx, h *roomHead, redaction gomatrixserverlib.PDU) error {
+	targetID := redactsTarget(redaction)
+	target, err := storage.GetEvent(ctx, tx, targetID)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil // may arrive later over federation; nothing to strip now
+	}
+	if err != nil {
+		return err
+	}
+	if target.RoomID != redaction.RoomID().String() || target.Redacted {
+		return nil
+	}
+	sender := string(redaction.SenderID())
+	if target.Sender != sender {
+		pl := PowerLevels(h.state)
+		if PowerLevel(h.state, sender) < pl.Redact {
+			return nil
+		}
+	}
+	redacted, err := h.version.RedactEventJSON(target.JSON)
+	if err != nil {
+		return err
+	}
+	if err := storage.RedactEvent(ctx, tx, targetID, redacted, redaction.EventID()); err != nil {
+		return err
+	}
+	tx.AfterCommit(func() { s.events.Remove(targetID) })
+	if target.StateKey != nil {
+		k := StateKey{target.Type, *target.StateKey}
+		if cur := h.state[k]; cur != nil && cur.EventID() == targetID {
+			pdu, err := h.version.NewEventFromTrustedJSONWithEventID(targetID, redacted, true)
+			if err == nil {
+				st := make(StateMap, len(h.state))
+				for kk, v := range h.state {
+					st[kk] = v
+				}
+				st[k] = pdu
+				h.state = st
+			}
+		}
+	}
+	return nil
+}
+
+// CreateRoom implements API.
+func (s *RoomServer) CreateRoom(ctx context.Context, req CreateRoomRequest) (string, error) {
+	ver, err := gomatrixserverlib.GetRoomVersion(req.RoomVersion)
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	content := map[string]any{}
+	for k, v := range req.CreateContent {
+		content[k] = v
+	}
+	content["room_version"] = string(req.RoomVersion)
+	if ver.CreatorInCreateEvent() {
+		content["creator"] = req.Creator
+	} else {
+		delete(content, "creator")
+	}
+	roomID := ""
+	if !ver.DomainlessRoomIDs() {
+		roomID = fmt.Sprintf("!%s:%s", randomString(18), s.serverName)
+	}
+	cb, _ := json.Marshal(content)
+	empty := ""
+	create, err := s.build(ver, roomID, StateMap{}, []string{}, 1, SendRequest{Sender: req.Creator, Type: spec.MRoomCreate, StateKey: &empty, Content: cb}, now)
+	if err != nil {
+		return "", err
+	}
+	if ver.DomainlessRoomIDs() {
+		roomID = "!" + create.EventID()[1:]
+	}
+	if err := checkAllowed(create, StateMap{}); err != nil {
+		return "", err
+	}
+	unlock := s.lock(roomID)
+	defer unlock()
+
+	h := &roomHead{version: ver, extremities: nil, state: StateMap{}}
+	var pdus = []gomatrixserverlib.PDU{create}
+	// Build the rest on top of each other, checking each against the state
+	// it extends, before anything is written.
+	state := StateMap{StateKey{spec.MRoomCreate, ""}: create}
+	prev := create.EventID()
+	depth := int64(1)
+	for _, ie := range req.Events {
+		cb, err := json.Marshal(ie.Content)
+		if err != nil {
+			return "", badRequest("initial event %s: %v", ie.Type, err)
+		}
+		depth++
+		ev, err := s.build(ver, roomID, state, []string{prev}, depth, SendRequest{Sender: req.Creator, Type: ie.Type, StateKey: ie.StateKey, Content: cb}, now)
+		if err != nil {
+			return "", err
+		}
+		if err := checkAllowed(ev, state); err != nil {
+			return "", err
+		}
+		if sk := ev.StateKey(); sk != nil {
+			ns := make(StateMap, len(state)+1)
+			for k, v := range state {
+				ns[k] = v
+			}
+			ns[StateKey{ev.Type(), *sk}] = ev
+			state = ns
+		}
+		pdus = append(pdus, ev)
+		prev = ev.EventID()
+	}
+	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := storage.InsertRoom(ctx, tx, &storage.Room{RoomID: roomID, Version: string(req.RoomVersion), Creator: req.Creator, CreatedTS: now.UnixMilli(), IsPublic: req.Public}); err != nil {
+			return err
+		}
+		if req.Alias != "" {
+			ok, err := storage.InsertAlias(ctx, tx, req.Alias, roomID, req.Creator)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return ErrAliasInUse
+			}
+		}
+		cur := h
+		var last *storage.Event
+		for _, ev := range pdus {
+			var err error
+			last, cur, err = s.appendLocal(ctx, tx, roomID, cur, ev, SendRequest{})
+			if err != nil {
+				return err
+			}
+		}
+		h = cur
+		return storage.UpdateRoomHead(ctx, tx, roomID, h.extremities, h.snapshot, h.maxDepth, last.StreamPos)
+	})
+	if err != nil {
+		return "", err
+	}
+	s.setHead(roomID, h)
+	return roomID, nil
+}

@@ -1,0 +1,241 @@
+// Package storage is Enclave's single SQL store. Every component keeps its
+// tables here, behind one *DB that speaks two dialects: SQLite (modernc.org/sqlite,
+// pure Go, the embedded default) and PostgreSQL (pgx, production).
+//
+// Queries are written once with PostgreSQL-style $N placeholders; DB rewrites
+// them for SQLite. Schema is created by versioned migrations (migrate.go).
+package storage
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"regexp"
+	"strings"
+	"sync"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
+	_ "modernc.org/sqlite"             // registers the "sqlite" driver
+)
+
+// Dialect names the SQL flavour behind a DB.
+type Dialect string
+
+const (
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
+)
+
+// Options are the connection pool settings from config.
+type Options struct {
+	MaxOpenConns    int
+	MaxIdleConns    int
+	ConnMaxLifetime time.Duration
+}
+
+// DB is the shared store handle. It is safe for concurrent use.
+type DB struct {
+	sql     *sql.DB
+	Dialect Dialect
+	// rebound caches the SQLite form of each query text.
+	rebound sync.Map
+	// Stream orders every synced row; see stream.go.
+	Stream *Stream
+}
+
+// ErrNotFound is returned by lookups that find no row.
+var ErrNotFound = errors.New("storage: not found")
+
+// Open connects to url, which is "sqlite:PATH" or a postgres:// DSN, and
+// applies all pending migrations.
+func Open(ctx context.Context, url string, opts Options) (*DB, error) {
+	db, err := openRaw(url, opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := db.sql.PingContext(ctx); err != nil {
+		db.sql.Close()
+		return nil, fmt.Errorf("storage: connecting: %w", err)
+	}
+	if err := db.migrate(ctx); err != nil {
+		db.sql.Close()
+		return nil, err
+	}
+	if db.Stream, err = loadStream(ctx, db); err != nil {
+		db.sql.Close()
+		return nil, err
+	}
+	return db, nil
+}
+
+func openRaw(url string, opts Options) (*DB, error) {
+	var (
+		driver, dsn string
+		dialect     Dialect
+	)
+	switch {
+	case strings.HasPrefix(url, "sqlite:"):
+		path := strings.TrimPrefix(url, "sqlite:")
+		path = strings.TrimPrefix(path, "//")
+		driver, dialect = "sqlite", SQLite
+		// WAL lets readers run beside the single writer; IMMEDIATE transactions
+		// take the write lock up front so two writers queue on busy_timeout
+		// instead of deadlocking on a lock upgrade. synchronous=NORMAL in WAL
+		// mode survives a process crash (SIGKILL); power-loss durability is
+		// PostgreSQL's job in production.
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		dsn = path + sep + "_txlock=immediate&_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
+		driver, dsn, dialect = "pgx", url, Postgres
+	default:
+		return nil, fmt.Errorf("storage: database.url must start with sqlite: or postgres:// (got %q)", url)
+	}
+	sdb, err := sql.Open(driver, dsn)
+	if err != nil {
+		return nil, fmt.Errorf("storage: open: %w", err)
+	}
+	if opts.MaxOpenConns > 0 {
+		sdb.SetMaxOpenConns(opts.MaxOpenConns)
+	}
+	if opts.MaxIdleConns > 0 {
+		sdb.SetMaxIdleConns(opts.MaxIdleConns)
+	}
+	if opts.ConnMaxLifetime > 0 {
+		sdb.SetConnMaxLifetime(opts.ConnMaxLifetime)
+	}
+	return &DB{sql: sdb, Dialect: dialect}, nil
+}
+
+// Close closes the pool.
+func (db *DB) Close() error { return db.sql.Close() }
+
+// Stats exposes pool statistics for metrics.
+func (db *DB) Stats() sql.DBStats { return db.sql.Stats() }
+
+// Ping checks the store is reachable (readiness).
+func (db *DB) Ping(ctx context.Context) error { return db.sql.PingContext(ctx) }
+
+var placeholder = regexp.MustCompile(`\$(\d+)`)
+
+// q turns a PostgreSQL-style query into this dialect's form.
+func (db *DB) q(query string) string {
+	if db.Dialect != SQLite {
+		return query
+	}
+	if v, ok := db.rebound.Load(query); ok {
+		return v.(string)
+	}
+	out := placeholder.ReplaceAllString(query, "?$1")
+	db.rebound.Store(query, out)
+	return out
+}
+
+// Querier is satisfied by *DB and *Tx so that table code runs inside or
+// outside a transaction.
+type Querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func (db *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return db.sql.ExecContext(ctx, db.q(query), args...)
+}
+
+func (db *DB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return db.sql.QueryContext(ctx, db.q(query), args...)
+}
+
+func (db *DB) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	return db.sql.QueryRowContext(ctx, db.q(query), args...)
+}
+
+// Tx is a transaction with the same placeholder rewriting as DB.
+type Tx struct {
+	tx *sql.Tx
+	db *DB
+	// afterCommit callbacks run once the transaction has committed, in order.
+	afterCommit []func()
+	// reserved stream positions, released when the transaction ends.
+	reserved []int64
+}
+
+// NextPos reserves a stream position for a row written in this transaction.
+func (t *Tx) NextPos() int64 {
+	p := t.db.Stream.Reserve()
+	t.reserved = append(t.reserved, p)
+	return p
+}
+
+// Publish runs fn after commit, once pos is visible to readers.
+func (t *Tx) Publish(pos int64, fn func()) {
+	t.AfterCommit(func() { t.db.Stream.Publish(pos, fn) })
+}
+
+func (t *Tx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return t.tx.ExecContext(ctx, t.db.q(query), args...)
+}
+
+func (t *Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return t.tx.QueryContext(ctx, t.db.q(query), args...)
+}
+
+func (t *Tx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
+	return t.tx.QueryRowContext(ctx, t.db.q(query), args...)
+}
+
+// AfterCommit registers fn to run after a successful commit (e.g. waking
+// /sync once the rows it will read are visible).
+func (t *Tx) AfterCommit(fn func()) { t.afterCommit = append(t.afterCommit, fn) }
+
+// DB returns the store this transaction belongs to.
+func (t *Tx) DB() *DB { return t.db }
+
+// WithTx runs fn in a transaction, committing if it returns nil and rolling
+// back otherwise. Callbacks registered with AfterCommit run after commit.
+func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
+	stx, err := db.sql.BeginTx(ctx, nil)
+	if err != nil {
+		return fmt.Errorf("storage: begin: %w", err)
+	}
+	tx := &Tx{tx: stx, db: db}
+	release := func() {
+		for _, p := range tx.reserved {
+			db.Stream.Release(p)
+		}
+	}
+	if err := fn(tx); err != nil {
+		_ = stx.Rollback()
+		release()
+		return err
+	}
+	if err := stx.Commit(); err != nil {
+		release()
+		return fmt.Errorf("storage: commit: %w", err)
+	}
+	// Callbacks first register their Publish waits; releasing afterwards
+	// lets the stream fire them the moment the positions become visible.
+	for _, f := range tx.afterCommit {
+		f()
+	}
+	release()
+	return nil
+}
+
+// IsUniqueViolation reports whether err is a unique-constraint failure in
+// either dialect, so callers can map it to "already exists".
+func IsUniqueViolation(err error) bool {
+	if err == nil {
+		return false
+	}
+	s := err.Error()
+	return strings.Contains(s, "UNIQUE constraint failed") || strings.Contains(s, "SQLSTATE 23505") || strings.Contains(s, "duplicate key value")
+}
+
+// NullString converts "" to SQL NULL.
+func NullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }

@@ -1,0 +1,126 @@
+package storage
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+)
+
+// Stream hands out the store's ordered positions. Every row a client syncs
+// (room events, receipts, account data, to-device messages, device-list
+// changes…) takes its position from this one sequence, so a sync token is a
+// single number that stays valid across restarts.
+//
+// Transactions commit out of order, so a position is "visible" only when
+// every lower reserved position has committed or been abandoned: readers use
+// Current(), never the highest ID, and so can never skip a row that commits
+// late. Publish defers a wake-up until its position is visible.
+type Stream struct {
+	mu       sync.Mutex
+	next     int64
+	inflight []int64 // sorted reserved-but-unfinished positions
+	current  int64
+	pending  []pendingPublish
+}
+
+type pendingPublish struct {
+	pos int64
+	fn  func()
+}
+
+var (
+	streamTablesMu sync.Mutex
+	streamTables   = map[string]string{} // table -> column
+)
+
+// RegisterStreamTable declares that table.column holds stream positions, so
+// the stream resumes above the largest one after a restart.
+func RegisterStreamTable(table, column string) {
+	streamTablesMu.Lock()
+	defer streamTablesMu.Unlock()
+	streamTables[table] = column
+}
+
+func loadStream(ctx context.Context, db *DB) (*Stream, error) {
+	streamTablesMu.Lock()
+	tables := make([]string, 0, len(streamTables))
+	for t := range streamTables {
+		tables = append(tables, t)
+	}
+	sort.Strings(tables)
+	cols := map[string]string{}
+	for _, t := range tables {
+		cols[t] = streamTables[t]
+	}
+	streamTablesMu.Unlock()
+	var maxPos int64
+	for _, t := range tables {
+		var v *int64
+		if err := db.QueryRowContext(ctx, fmt.Sprintf("SELECT MAX(%s) FROM %s", cols[t], t)).Scan(&v); err != nil {
+			return nil, fmt.Errorf("storage: reading stream position of %s: %w", t, err)
+		}
+		if v != nil && *v > maxPos {
+			maxPos = *v
+		}
+	}
+	return &Stream{next: maxPos + 1, current: maxPos}, nil
+}
+
+// Reserve takes the next position. The caller must Release it.
+func (s *Stream) Reserve() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	p := s.next
+	s.next++
+	s.inflight = append(s.inflight, p) // positions are issued in order: stays sorted
+	return p
+}
+
+// Release marks pos finished (committed or rolled back) and runs any
+// publications that became visible.
+func (s *Stream) Release(pos int64) {
+	s.mu.Lock()
+	i := sort.Search(len(s.inflight), func(i int) bool { return s.inflight[i] >= pos })
+	if i < len(s.inflight) && s.inflight[i] == pos {
+		s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
+	}
+	if len(s.inflight) > 0 {
+		s.current = s.inflight[0] - 1
+	} else {
+		s.current = s.next - 1
+	}
+	var ready []func()
+	keep := s.pending[:0]
+	for _, p := range s.pending {
+		if p.pos <= s.current {
+			ready = append(ready, p.fn)
+		} else {
+			keep = append(keep, p)
+		}
+	}
+	s.pending = keep
+	s.mu.Unlock()
+	for _, fn := range ready {
+		fn()
+	}
+}
+
+// Current is the highest position below which every row is committed.
+func (s *Stream) Current() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.current
+}
+
+// Publish runs fn as soon as pos is visible (immediately if it already is).
+func (s *Stream) Publish(pos int64, fn func()) {
+	s.mu.Lock()
+	if pos <= s.current {
+		s.mu.Unlock()
+		fn()
+		return
+	}
+	s.pending = append(s.pending, pendingPublish{pos, fn})
+	s.mu.Unlock()
+}

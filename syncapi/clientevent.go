@@ -1,0 +1,84 @@
+package syncapi
+
+import (
+	"encoding/json"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"enclave/storage"
+)
+
+// ClientEvent is an event in the Client-Server API format.
+type ClientEvent struct {
+	Content        json.RawMessage `json:"content"`
+	EventID        string          `json:"event_id"`
+	OriginServerTS int64           `json:"origin_server_ts"`
+	RoomID         string          `json:"room_id,omitempty"`
+	Sender         string          `json:"sender"`
+	StateKey       *string         `json:"state_key,omitempty"`
+	Type           string          `json:"type"`
+	Redacts        string          `json:"redacts,omitempty"`
+	Unsigned       map[string]any  `json:"unsigned,omitempty"`
+}
+
+// Viewer is who an event is formatted for: their own device sees the
+// transaction ID of its sends.
+type Viewer struct {
+	UserID   string
+	DeviceID string
+}
+
+// FormatEvent renders a stored event for a client. withRoomID is false
+// inside /sync's per-room sections.
+func FormatEvent(ev *storage.Event, pdu gomatrixserverlib.PDU, v Viewer, withRoomID bool) ClientEvent {
+	ce := ClientEvent{
+		Content:        json.RawMessage(pdu.Content()),
+		EventID:        ev.EventID,
+		OriginServerTS: ev.OriginTS,
+		Sender:         ev.Sender,
+		StateKey:       ev.StateKey,
+		Type:           ev.Type,
+	}
+	if len(ce.Content) == 0 {
+		ce.Content = json.RawMessage("{}")
+	}
+	if withRoomID {
+		ce.RoomID = ev.RoomID
+	}
+	if ev.Type == "m.room.redaction" {
+		ce.Redacts = pdu.Redacts()
+		if ce.Redacts == "" {
+			var c struct {
+				Redacts string `json:"redacts"`
+			}
+			_ = json.Unmarshal(pdu.Content(), &c)
+			ce.Redacts = c.Redacts
+		}
+	}
+	u := map[string]any{}
+	if un := pdu.Unsigned(); len(un) > 0 {
+		_ = json.Unmarshal(un, &u)
+	}
+	if age := time.Now().UnixMilli() - ev.OriginTS; age >= 0 {
+		u["age"] = age
+	}
+	if ev.TxnID != "" && ev.Sender == v.UserID && ev.TxnDevice == v.DeviceID {
+		u["transaction_id"] = ev.TxnID
+	}
+	if ev.Redacted && ev.RedactedBecause != "" {
+		u["redacted_because"] = map[string]any{"event_id": ev.RedactedBecause, "type": "m.room.redaction", "content": map[string]any{}}
+	}
+	if len(u) > 0 {
+		ce.Unsigned = u
+	}
+	return ce
+}
+
+// StrippedEvent is the stripped state shown with invites.
+type StrippedEvent struct {
+	Content  json.RawMessage `json:"content"`
+	Sender   string          `json:"sender"`
+	StateKey string          `json:"state_key"`
+	Type     string          `json:"type"`
+}

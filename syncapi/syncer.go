@@ -1,0 +1,511 @@
+// Package syncapi is the sync stream: it turns the store's ordered stream
+// into /sync responses and wakes long-polling clients the moment something
+// they may see is stored.
+package syncapi
+
+import (
+	"context"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// RoomServer is what the sync stream reads of room state.
+type RoomServer interface {
+	CurrentState(ctx context.Context, roomID string) (roomserver.StateMap, error)
+	StateAtSnapshot(ctx context.Context, id int64) (roomserver.StateMap, error)
+	StateEventAt(ctx context.Context, snapshot int64, typ, stateKey string) (gomatrixserverlib.PDU, error)
+	PDU(e *storage.Event) (gomatrixserverlib.PDU, error)
+	Subscribe(fn func(roomserver.OutputEvent))
+}
+
+// Extension adds one stream's part (to-device, account data, receipts,
+// typing, device lists, …) to a sync response for the range (Since, To].
+// Components register theirs with Syncer.AddExtension.
+type Extension interface {
+	Apply(ctx context.Context, req *Request, resp *Response) error
+}
+
+// Request is one /sync computation.
+type Request struct {
+	UserID    string
+	DeviceID  string
+	Since     Token // zero for an initial sync
+	To        Token
+	Initial   bool
+	FullState bool
+	Filter    *Filter
+	// JoinedRooms are the rooms the user is joined to at To.
+	JoinedRooms []string
+}
+
+// Syncer serves /sync.
+type Syncer struct {
+	db         *storage.DB
+	rs         RoomServer
+	n          *notifier
+	eph        atomic.Int64
+	extMu      sync.RWMutex
+	extensions []Extension
+}
+
+// New makes a syncer and subscribes it to the room server's output.
+func New(db *storage.DB, rs RoomServer) *Syncer {
+	s := &Syncer{db: db, rs: rs, n: newNotifier(db)}
+	rs.Subscribe(s.onEvent)
+	return s
+}
+
+// AddExtension registers a stream (see Extension).
+func (s *Syncer) AddExtension(e Extension) {
+	s.extMu.Lock()
+	defer s.extMu.Unlock()
+	s.extensions = append(s.extensions, e)
+}
+
+func (s *Syncer) onEvent(o roomserver.OutputEvent) {
+	ctx := context.Background()
+	if o.Event.Type == "m.room.member" && o.Event.StateKey != nil {
+		s.n.onMembership(ctx, o.Event.RoomID, *o.Event.StateKey, o.Event.Membership)
+	}
+	s.n.wakeRoom(ctx, o.Event.RoomID)
+}
+
+// NotifyUsers wakes these users' long-polls: call it (through
+// storage.Tx.Publish) after storing a row for them.
+func (s *Syncer) NotifyUsers(users ...string) { s.n.wakeUsers(users...) }
+
+// NotifyRoom wakes everyone in a room (receipts).
+func (s *Syncer) NotifyRoom(roomID string) { s.n.wakeRoom(context.Background(), roomID) }
+
+// BumpEphemeral advances the ephemeral counter (typing) and returns it; the
+// caller then wakes whoever should hear.
+func (s *Syncer) BumpEphemeral() int64 { return s.eph.Add(1) }
+
+// Current is the token a sync would reach now.
+func (s *Syncer) Current() Token { return Token{Pos: s.db.Stream.Current(), Eph: s.eph.Load()} }
+
+// Waiters is the number of long-polls waiting now (metrics).
+func (s *Syncer) Waiters() int { return s.n.Waiters() }
+
+// Params are the parsed query of GET /sync.
+type Params struct {
+	UserID    string
+	DeviceID  string
+	Since     *Token
+	Timeout   time.Duration
+	FullState bool
+	Filter    *Filter
+}
+
+// Sync answers one /sync: at once when there is something to say (or for
+// an initial sync), otherwise when woken or when the timeout passes.
+func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
+	if p.Filter == nil {
+		p.Filter = &Filter{}
+	}
+	deadline := time.Now().Add(p.Timeout)
+	for {
+		wake := s.n.channel(p.UserID)
+		to := s.Current()
+		if p.Since != nil && p.Since.Eph > to.Eph {
+			p.Since.Eph = 0 // typing counter restarted with the server
+		}
+		if p.Since != nil && p.Since.Pos > to.Pos {
+			p.Since.Pos = to.Pos // a token from the future: treat as now
+		}
+		resp, err := s.build(ctx, p, to)
+		if err != nil {
+			return nil, err
+		}
+		if p.Since == nil || p.FullState || !resp.empty() || !time.Now().Before(deadline) {
+			return resp, nil
+		}
+		s.n.addWaiter(1)
+		timer := time.NewTimer(time.Until(deadline))
+		select {
+		case <-wake:
+		case <-timer.C:
+		case <-ctx.Done():
+			timer.Stop()
+			s.n.addWaiter(-1)
+			return nil, ctx.Err()
+		}
+		timer.Stop()
+		s.n.addWaiter(-1)
+	}
+}
+
+func (s *Syncer) build(ctx context.Context, p Params, to Token) (*Response, error) {
+	resp := &Response{
+		NextBatch: to.String(),
+		Rooms:     Rooms{Join: map[string]*JoinedRoom{}, Invite: map[string]*InvitedRoom{}, Leave: map[string]*LeftRoom{}},
+	}
+	req := &Request{UserID: p.UserID, DeviceID: p.DeviceID, To: to, Initial: p.Since == nil, FullState: p.FullState, Filter: p.Filter}
+	if p.Since != nil {
+		req.Since = *p.Since
+	}
+	if err := s.rooms(ctx, req, resp); err != nil {
+		return nil, err
+	}
+	s.extMu.RLock()
+	exts := s.extensions
+	s.extMu.RUnlock()
+	for _, e := range exts {
+		if err := e.Apply(ctx, req, resp); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// rooms fills the joined, invited and left sections.
+func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error {
+	userRooms, err := storage.UserRooms(ctx, s.db, req.UserID)
+	if err != nil {
+		return err
+	}
+	current := make(map[string]string, len(userRooms))
+	for id, ur := range userRooms {
+		current[id] = ur.Membership
+	}
+	forgotten, err := storage.ForgottenRooms(ctx, s.db, req.UserID)
+	if err != nil {
+		return err
+	}
+	// Membership changes in range: which rooms are new to the client.
+	changed := map[string]*storage.Event{}
+	if !req.Initial {
+		evs, err := storage.MembershipEventsForUser(ctx, s.db, req.UserID, req.Since.Pos, req.To.Pos)
+		if err != nil {
+			return err
+		}
+		for _, e := range evs {
+			changed[e.RoomID] = e
+			if _, ok := current[e.RoomID]; !ok {
+				current[e.RoomID] = e.Membership
+			}
+		}
+	}
+	rf := &req.Filter.Room
+	ids := make([]string, 0, len(current))
+	for id := range current {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, roomID := range ids {
+		if !allowsRoom(rf.Rooms, rf.NotRooms, roomID) {
+			continue
+		}
+		membership := current[roomID]
+		change := changed[roomID]
+		if change != nil {
+			membership = change.Membership // as of To, not later
+		}
+		switch membership {
+		case "join":
+			req.JoinedRooms = append(req.JoinedRooms, roomID)
+			if ur, ok := userRooms[roomID]; ok && change == nil && !req.Initial && !req.FullState && ur.LastPos <= req.Since.Pos {
+				continue // nothing new in this room
+			}
+			newlyJoined := false
+			if change != nil && !req.Initial {
+				prev, err := storage.LatestMembershipBefore(ctx, s.db, roomID, req.UserID, req.Since.Pos)
+				newlyJoined = err != nil || prev.Membership != "join"
+			}
+			if err := s.joinedRoom(ctx, req, resp, roomID, newlyJoined); err != nil {
+				return err
+			}
+		case "invite", "knock":
+			if req.Initial || change != nil {
+				ir, err := s.invitedRoom(ctx, roomID, change)
+				if err != nil {
+					return err
+				}
+				if ir != nil {
+					if membership == "knock" {
+						if resp.Rooms.Knock == nil {
+							resp.Rooms.Knock = map[string]*InvitedRoom{}
+						}
+						resp.Rooms.Knock[roomID] = ir
+					} else {
+						resp.Rooms.Invite[roomID] = ir
+					}
+				}
+			}
+		case "leave", "ban":
+			if forgotten[roomID] {
+				continue
+			}
+			if (change != nil && !req.Initial) || rf.IncludeLeave {
+				if err := s.leftRoom(ctx, req, resp, roomID, change); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// timeline returns the visible, filtered timeline of a room in (from, to]
+// and whether it was cut short.
+func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, bool, error) {
+	limit := req.Filter.Room.Timeline.LimitOr(10)
+	evs, err := storage.RoomEventsRange(ctx, s.db, roomID, from, to, limit+1, true)
+	if err != nil {
+		return nil, false, err
+	}
+	limited := len(evs) > limit
+	if limited {
+		evs = evs[:limit]
+	}
+	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
+		evs[i], evs[j] = evs[j], evs[i]
+	}
+	evs, err = s.Visible(ctx, req.UserID, roomID, evs)
+	return evs, limited, err
+}
+
+func (s *Syncer) format(req *Request, evs []*storage.Event, tf *RoomEventFilter) []ClientEvent {
+	out := make([]ClientEvent, 0, len(evs))
+	v := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	for _, e := range evs {
+		if tf != nil && !tf.AllowsEvent(e.RoomID, e.Type, e.Sender, e.JSON) {
+			continue
+		}
+		pdu, err := s.rs.PDU(e)
+		if err != nil {
+			continue
+		}
+		out = append(out, FormatEvent(e, pdu, v, false))
+	}
+	return out
+}
+
+func (s *Syncer) joinedRoom(ctx context.Context, req *Request, resp *Response, roomID string, newlyJoined bool) error {
+	full := req.Initial || req.FullState || newlyJoined
+	from := req.Since.Pos
+	if req.Initial || newlyJoined {
+		from = 0
+	}
+	evs, limited, err := s.timeline(ctx, req, roomID, from, req.To.Pos)
+	if err != nil {
+		return err
+	}
+	if !full && len(evs) == 0 {
+		return nil
+	}
+	jr := resp.JoinedRoom(roomID)
+	tf := &req.Filter.Room.Timeline
+	jr.Timeline.Events = s.format(req, evs, tf)
+	jr.Timeline.Limited = limited
+	jr.Timeline.PrevBatch = Token{Pos: from}.String()
+	if len(evs) > 0 {
+		jr.Timeline.PrevBatch = Token{Pos: evs[0].StreamPos - 1}.String()
+	}
+	// State: everything at the timeline's start when the client has none
+	// of it; otherwise what changed in the gap a limited timeline skipped.
+	var state []gomatrixserverlib.PDU
+	switch {
+	case full:
+		snap, err := s.snapshotAtTimelineStart(ctx, roomID, evs, req.To.Pos)
+		if err != nil {
+			return err
+		}
+		st, err := s.rs.StateAtSnapshot(ctx, snap)
+		if err != nil {
+			return err
+		}
+		state = st.Events()
+	case limited:
+		before, err := storage.SnapshotAtPos(ctx, s.db, roomID, req.Since.Pos)
+		if err != nil {
+			return err
+		}
+		old, err := s.rs.StateAtSnapshot(ctx, before)
+		if err != nil {
+			return err
+		}
+		st, err := s.rs.StateAtSnapshot(ctx, evs0Snapshot(evs))
+		if err != nil {
+			return err
+		}
+		for k, e := range st {
+			if o := old[k]; o == nil || o.EventID() != e.EventID() {
+				state = append(state, e)
+			}
+		}
+	}
+	jr.State.Events = s.formatState(req, roomID, state, evs)
+	if full || hasMemberEvent(evs) {
+		jr.Summary, err = s.summary(ctx, req.UserID, roomID)
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func evs0Snapshot(evs []*storage.Event) int64 {
+	if len(evs) == 0 {
+		return 0
+	}
+	return evs[0].SnapshotBefore
+}
+
+func hasMemberEvent(evs []*storage.Event) bool {
+	for _, e := range evs {
+		if e.Type == "m.room.member" {
+			return true
+		}
+	}
+	return false
+}
+
+// snapshotAtTimelineStart is the state before the first timeline event, or
+// the state at `to` when the timeline is empty.
+func (s *Syncer) snapshotAtTimelineStart(ctx context.Context, roomID string, evs []*storage.Event, to int64) (int64, error) {
+	if len(evs) > 0 {
+		return evs[0].SnapshotBefore, nil
+	}
+	return storage.SnapshotAtPos(ctx, s.db, roomID, to)
+}
+
+// formatState applies the state filter and lazy loading of members: only
+// the members who sent timeline events (and the user) are sent.
+func (s *Syncer) formatState(req *Request, roomID string, state []gomatrixserverlib.PDU, timeline []*storage.Event) []ClientEvent {
+	sf := &req.Filter.Room.State
+	var senders map[string]bool
+	if sf.LazyLoadMembers {
+		senders = map[string]bool{req.UserID: true}
+		for _, e := range timeline {
+			senders[e.Sender] = true
+		}
+	}
+	inTimeline := map[string]bool{}
+	for _, e := range timeline {
+		inTimeline[e.EventID] = true
+	}
+	ids := make([]string, 0, len(state))
+	byID := map[string]gomatrixserverlib.PDU{}
+	for _, e := range state {
+		if inTimeline[e.EventID()] || !sf.AllowsEvent(roomID, e.Type(), string(e.SenderID()), nil) {
+			continue
+		}
+		if senders != nil && e.Type() == "m.room.member" && !senders[*e.StateKey()] {
+			continue
+		}
+		ids = append(ids, e.EventID())
+		byID[e.EventID()] = e
+	}
+	if len(ids) == 0 {
+		return []ClientEvent{}
+	}
+	stored, err := storage.GetEvents(context.Background(), s.db, ids)
+	if err != nil {
+		return []ClientEvent{}
+	}
+	sort.Slice(stored, func(i, j int) bool { return stored[i].StreamPos < stored[j].StreamPos })
+	out := make([]ClientEvent, 0, len(stored))
+	v := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	for _, e := range stored {
+		pdu, err := s.rs.PDU(e)
+		if err != nil {
+			continue
+		}
+		out = append(out, FormatEvent(e, pdu, v, false))
+	}
+	return out
+}
+
+// summary computes m.heroes and member counts from current state.
+func (s *Syncer) summary(ctx context.Context, userID, roomID string) (*Summary, error) {
+	st, err := s.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	joined, invited := 0, 0
+	var heroes []string
+	for k, e := range st {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		m, _ := e.Membership()
+		switch m {
+		case "join":
+			joined++
+		case "invite":
+			invited++
+		default:
+			continue
+		}
+		if k.StateKey != userID {
+			heroes = append(heroes, k.StateKey)
+		}
+	}
+	sort.Strings(heroes)
+	if len(heroes) > 5 {
+		heroes = heroes[:5]
+	}
+	return &Summary{Heroes: heroes, JoinedMemberCount: &joined, InvitedMemberCount: &invited}, nil
+}
+
+// strippedTypes are the state events shown with an invite.
+var strippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
+
+func (s *Syncer) invitedRoom(ctx context.Context, roomID string, invite *storage.Event) (*InvitedRoom, error) {
+	st, err := s.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, err
+	}
+	ir := &InvitedRoom{}
+	ir.InviteState.Events = []StrippedEvent{}
+	for _, t := range strippedTypes {
+		if e := st.Get(t, ""); e != nil {
+			ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: e.Content(), Sender: string(e.SenderID()), StateKey: "", Type: t})
+		}
+	}
+	for k, e := range st {
+		if k.Type == "m.room.member" {
+			m, _ := e.Membership()
+			if m == "invite" || m == "knock" {
+				if ev := st.Get("m.room.member", k.StateKey); ev != nil {
+					ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: ev.Content(), Sender: string(ev.SenderID()), StateKey: k.StateKey, Type: k.Type})
+				}
+			}
+		}
+	}
+	return ir, nil
+}
+
+func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roomID string, leave *storage.Event) error {
+	to := req.To.Pos
+	if leave != nil {
+		to = leave.StreamPos
+	} else if e, err := storage.LatestMembershipBefore(ctx, s.db, roomID, req.UserID, req.To.Pos); err == nil {
+		to = e.StreamPos
+	}
+	from := req.Since.Pos
+	if from > to {
+		from = 0
+	}
+	evs, limited, err := s.timeline(ctx, req, roomID, from, to)
+	if err != nil {
+		return err
+	}
+	lr := &LeftRoom{State: StateList{Events: []ClientEvent{}}, AccountData: EventList{Events: []any{}}}
+	lr.Timeline.Events = s.format(req, evs, &req.Filter.Room.Timeline)
+	lr.Timeline.Limited = limited
+	lr.Timeline.PrevBatch = Token{Pos: from}.String()
+	if len(evs) > 0 {
+		lr.Timeline.PrevBatch = Token{Pos: evs[0].StreamPos - 1}.String()
+	}
+	resp.Rooms.Leave[roomID] = lr
+	return nil
+}

@@ -1,0 +1,75 @@
+package syncapi
+
+import (
+	"context"
+	"encoding/json"
+
+	"enclave/storage"
+)
+
+// Visible filters events of one room down to those the room's history
+// visibility lets userID read (spec: "History visibility"):
+//
+//   - world_readable: everyone;
+//   - the user's membership at the event was join: visible;
+//   - invited: also visible if the user was invited at the event;
+//   - shared: also visible if the user joined at or after the event;
+//   - joined: only while joined.
+//
+// A user always sees their own membership events.
+func (s *Syncer) Visible(ctx context.Context, userID, roomID string, evs []*storage.Event) ([]*storage.Event, error) {
+	if len(evs) == 0 {
+		return evs, nil
+	}
+	type verdict struct{ hv, membership string }
+	bySnapshot := map[int64]verdict{}
+	var joins []int64
+	joinsLoaded := false
+	out := evs[:0:0]
+	for _, ev := range evs {
+		if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == userID {
+			out = append(out, ev)
+			continue
+		}
+		v, ok := bySnapshot[ev.SnapshotBefore]
+		if !ok {
+			v.hv = "shared"
+			if hv, err := s.rs.StateEventAt(ctx, ev.SnapshotBefore, "m.room.history_visibility", ""); err != nil {
+				return nil, err
+			} else if hv != nil {
+				var c struct {
+					HV string `json:"history_visibility"`
+				}
+				if json.Unmarshal(hv.Content(), &c) == nil && c.HV != "" {
+					v.hv = c.HV
+				}
+			}
+			if m, err := s.rs.StateEventAt(ctx, ev.SnapshotBefore, "m.room.member", userID); err != nil {
+				return nil, err
+			} else if m != nil {
+				v.membership, _ = m.Membership()
+			}
+			bySnapshot[ev.SnapshotBefore] = v
+		}
+		visible := v.hv == "world_readable" || v.membership == "join" || (v.hv == "invited" && v.membership == "invite")
+		if !visible && v.hv == "shared" {
+			if !joinsLoaded {
+				var err error
+				if joins, err = storage.UserJoinPositions(ctx, s.db, roomID, userID); err != nil {
+					return nil, err
+				}
+				joinsLoaded = true
+			}
+			for _, p := range joins {
+				if p >= ev.StreamPos {
+					visible = true
+					break
+				}
+			}
+		}
+		if visible {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
