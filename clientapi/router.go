@@ -55,6 +55,16 @@ type API struct {
 	// extraRoutes are route groups added by other files of this package
 	// (registered from their init), keeping router.go free of every list.
 	extraRoutes []func(*API)
+	// authorizer, when set (RBAC), decides per request whether the
+	// authenticated device may call the route; see SetAuthorizer.
+	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
+}
+
+// SetAuthorizer installs the role check run on every authenticated request
+// after the token is verified and before the handler. The route's path
+// template is available through mux.CurrentRoute(r).
+func (a *API) SetAuthorizer(fn func(r *http.Request, dev *Device, group string) (Response, bool)) {
+	a.authorizer = fn
 }
 
 // routeGroups are registered by files of this package from init().
@@ -150,6 +160,12 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
+		if a.authorizer != nil {
+			if resp, ok := a.authorizer(r, dev, group); !ok {
+				writeResponse(w, resp)
+				return
+			}
+		}
 		writeResponse(w, h(r, dev))
 	})).Methods(method)
 }

@@ -18,6 +18,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -36,21 +37,15 @@ func main() {
 		os.Exit(2)
 	}
 	var err error
-	switch os.Args[1] {
-	case "serve":
-		err = cmdServe(os.Args[2:])
-	case "config":
-		err = cmdConfig(os.Args[2:])
-	case "generate-keys":
-		err = cmdGenerateKeys(os.Args[2:])
-	case "create-user":
-		err = cmdCreateUser(os.Args[2:])
-	case "version", "--version", "-v":
+	switch name := os.Args[1]; {
+	case name == "version" || name == "--version" || name == "-v":
 		fmt.Println("enclave", server.Version)
-	case "help", "--help", "-h":
+	case name == "help" || name == "--help" || name == "-h":
 		usage()
+	case commands[name] != nil:
+		err = commands[name].run(os.Args[2:])
 	default:
-		fmt.Fprintf(os.Stderr, "enclave: unknown command %q\n", os.Args[1])
+		fmt.Fprintf(os.Stderr, "enclave: unknown command %q\n", name)
 		usage()
 		os.Exit(2)
 	}
@@ -60,19 +55,37 @@ func main() {
 	}
 }
 
+// command is one subcommand. Subcommands register themselves from init in
+// their own files, so adding one (audit, keys, room export…) touches no list.
+type command struct {
+	summary string
+	run     func(args []string) error
+}
+
+var commands = map[string]*command{}
+
+func register(name, summary string, run func(args []string) error) {
+	commands[name] = &command{summary, run}
+}
+
+func init() {
+	register("serve", "run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)", cmdServe)
+	register("config", "print the effective configuration with each option's environment variable", cmdConfig)
+	register("generate-keys", "create the server signing key (--force replaces an existing one)", cmdGenerateKeys)
+	register("create-user", "create a local user: create-user [--admin] USER [PASSWORD]", cmdCreateUser)
+}
+
 func usage() {
-	fmt.Fprint(os.Stderr, `usage: enclave <command> [flags]
-
-commands:
-  serve           run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)
-  config          print the effective configuration with each option's environment variable
-  generate-keys   create the server signing key (--force replaces an existing one)
-  create-user     create a local user: create-user [--admin] USER [PASSWORD]
-  version         print the version
-
-common flags:
-  --data DIR      data directory holding enclave.yaml, keys, database and media (default ./data)
-`)
+	names := make([]string, 0, len(commands))
+	for n := range commands {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	fmt.Fprint(os.Stderr, "usage: enclave <command> [flags]\n\ncommands:\n")
+	for _, n := range names {
+		fmt.Fprintf(os.Stderr, "  %-15s %s\n", n, commands[n].summary)
+	}
+	fmt.Fprint(os.Stderr, "  version         print the version\n\ncommon flags:\n  --data DIR      data directory holding enclave.yaml, keys, database and media (default ./data)\n")
 }
 
 // loadConfig reads DIR/enclave.yaml, creating it on first use.

@@ -44,6 +44,7 @@ type Server struct {
 	mu        sync.Mutex
 	servers   []*http.Server
 	listeners []net.Listener
+	closers   []func()
 }
 
 // New opens the store and wires the components. It does not listen yet.
@@ -68,7 +69,35 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	s.Sync = syncapi.New(db, s.Rooms)
 	s.Client = clientapi.New(ClientOptions(cfg), db, s.Rooms, s.Sync, s.Registry)
 	s.registerMetrics()
+	for _, w := range wirings {
+		if err := w.fn(ctx, s); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("%s: %w", w.name, err)
+		}
+	}
 	return s, nil
+}
+
+type wiring struct {
+	name string
+	fn   func(ctx context.Context, s *Server) error
+}
+
+// wirings connect optional components (E2EE streams, media, audit,
+// federation…) to the core. Each lives in its own wire_*.go file and
+// registers itself from init, so adding a component touches no shared list.
+var wirings []wiring
+
+// addWiring registers a component's wiring step (call from init).
+func addWiring(name string, fn func(ctx context.Context, s *Server) error) {
+	wirings = append(wirings, wiring{name, fn})
+}
+
+// closers run at Shutdown, after the listeners drain, before the store closes.
+func (s *Server) OnShutdown(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closers = append(s.closers, fn)
 }
 
 // ClientOptions maps config to the client API's options.
@@ -196,6 +225,12 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		if err := srv.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	s.mu.Lock()
+	closers := s.closers
+	s.mu.Unlock()
+	for _, c := range closers {
+		c()
 	}
 	errs = append(errs, s.DB.Close())
 	return errors.Join(errs...)
