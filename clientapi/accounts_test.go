@@ -654,3 +654,36 @@ func TestAccountsCreateUser(t *testing.T) {
 		s.expect(200, "", code, body)
 	})
 }
+
+func BenchmarkAccountsLookupAccessToken(b *testing.B) {
+	db := storagetest.Open(b, storage.SQLite)
+	a := New(Options{ServerName: "test.local", RegistrationMode: "open"}, db, nil, nil, nil)
+	ctx := context.Background()
+	uid, err := CreateUser(ctx, db, "test.local", "bench", "pw", false)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var sess *issuedSession
+	if err := db.WithTx(ctx, func(tx *storage.Tx) error {
+		var err error
+		sess, err = a.issueSession(ctx, tx, uid, "", "", false, time.Now())
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("cached", func(b *testing.B) {
+		for b.Loop() {
+			if _, _, ok := a.lookupAccessToken(ctx, sess.AccessToken); !ok {
+				b.Fatal("lookup failed")
+			}
+		}
+	})
+	b.Run("uncached", func(b *testing.B) {
+		for b.Loop() {
+			a.invalidateUserTokens(uid)
+			if _, _, ok := a.lookupAccessToken(ctx, sess.AccessToken); !ok {
+				b.Fatal("lookup failed")
+			}
+		}
+	})
+}

@@ -13,7 +13,7 @@ import (
 
 func mustAccount(t *testing.T, db *storage.DB, userID string) {
 	t.Helper()
-	ok, err := storage.CreateAccount(context.Background(), db, &storage.Account{UserID: userID, Localpart: userID[1:len(userID)-len(":test")], PasswordHash: "h", CreatedTS: 1})
+	ok, err := storage.CreateAccount(context.Background(), db, &storage.Account{UserID: userID, Localpart: userID[1 : len(userID)-len(":test")], PasswordHash: "h", CreatedTS: 1})
 	if err != nil || !ok {
 		t.Fatalf("create %s: %v %v", userID, ok, err)
 	}
