@@ -48,6 +48,8 @@ type RoomServer struct {
 	events    *lru.Cache[string, gomatrixserverlib.PDU]
 	snapshots *lru.Cache[int64, map[StateKey]string]
 
+	fetcher EventFetcher
+
 	hooksMu   sync.RWMutex
 	hooks     []Hook
 	listeners []func(OutputEvent)

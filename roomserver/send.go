@@ -100,13 +100,32 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 // returns the stored row and the room's next tip (not yet installed: the
 // caller installs it once the transaction commits).
 func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID string, h *roomHead, ev gomatrixserverlib.PDU, req SendRequest) (*storage.Event, *roomHead, error) {
-	next := &roomHead{version: h.version, extremities: []string{ev.EventID()}, snapshot: h.snapshot, chain: h.chain, maxDepth: max(h.maxDepth, ev.Depth()), state: h.state}
+	se, next, err := s.storeEvent(ctx, tx, roomID, h, ev, false, req)
+	if err != nil {
+		return nil, nil, err
+	}
+	if sk := ev.StateKey(); sk != nil {
+		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: ev.Type(), StateKey: *sk, EventID: ev.EventID(), Membership: se.Membership, StreamPos: se.StreamPos}); err != nil {
+			return nil, nil, err
+		}
+	}
+	return se, next, nil
+}
+
+// storeEvent writes ev into the timeline on top of the state `before`
+// (snapshot, chain and state of the room just before ev) and returns the
+// stored row and a head holding the state after ev, with ev as the only
+// extremity. Soft-failed events are stored but never shown or published.
+// Hooks (audit) run inside tx; listeners (sync, federation) run once the
+// event's stream position is visible.
+func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID string, before *roomHead, ev gomatrixserverlib.PDU, softFailed bool, req SendRequest) (*storage.Event, *roomHead, error) {
+	next := &roomHead{version: before.version, extremities: []string{ev.EventID()}, snapshot: before.snapshot, chain: before.chain, maxDepth: max(before.maxDepth, ev.Depth()), state: before.state}
 	pos := tx.NextPos()
 	se := &storage.Event{
 		StreamPos:      pos,
 		EventID:        ev.EventID(),
 		RoomID:         roomID,
-		RoomVersion:    string(h.version.Version()),
+		RoomVersion:    string(before.version.Version()),
 		Type:           ev.Type(),
 		StateKey:       ev.StateKey(),
 		Sender:         string(ev.SenderID()),
@@ -114,8 +133,9 @@ func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID str
 		OriginTS:       int64(ev.OriginServerTS()),
 		ReceivedTS:     time.Now().UnixMilli(),
 		JSON:           ev.JSON(),
-		SnapshotBefore: h.snapshot,
-		SnapshotAfter:  h.snapshot,
+		SoftFailed:     softFailed,
+		SnapshotBefore: before.snapshot,
+		SnapshotAfter:  before.snapshot,
 		TxnID:          req.TxnID,
 		TxnDevice:      req.DeviceID,
 	}
@@ -123,27 +143,38 @@ func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID str
 		se.Membership, _ = ev.Membership()
 	}
 	if sk := ev.StateKey(); sk != nil {
-		id, chain, err := s.writeSnapshot(ctx, tx, roomID, h.snapshot, h.chain, h.stateIDs(), []storage.StateEntry{{Type: ev.Type(), StateKey: *sk, EventID: ev.EventID()}})
+		id, chain, err := s.writeSnapshot(ctx, tx, roomID, before.snapshot, before.chain, before.stateIDs(), []storage.StateEntry{{Type: ev.Type(), StateKey: *sk, EventID: ev.EventID()}})
 		if err != nil {
 			return nil, nil, err
 		}
 		se.SnapshotAfter = id
 		next.snapshot, next.chain = id, chain
-		next.state = make(StateMap, len(h.state)+1)
-		for k, v := range h.state {
+		next.state = make(StateMap, len(before.state)+1)
+		for k, v := range before.state {
 			next.state[k] = v
 		}
 		next.state[StateKey{ev.Type(), *sk}] = ev
-		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: ev.Type(), StateKey: *sk, EventID: ev.EventID(), Membership: se.Membership, StreamPos: pos}); err != nil {
-			return nil, nil, err
-		}
 	}
 	inserted, err := storage.InsertEvent(ctx, tx, se)
 	if err != nil {
 		return nil, nil, err
 	}
 	if !inserted {
-		return nil, nil, fmt.Errorf("roomserver: event %s already stored", ev.EventID())
+		// Held as an outlier (an auth or state event fetched earlier): it
+		// now takes its place in the timeline.
+		old, err := storage.GetEvent(ctx, tx, ev.EventID())
+		if err != nil {
+			return nil, nil, err
+		}
+		if !old.Outlier {
+			return nil, nil, fmt.Errorf("roomserver: event %s already stored", ev.EventID())
+		}
+		if err := storage.PromoteOutlier(ctx, tx, se); err != nil {
+			return nil, nil, err
+		}
+	}
+	if softFailed {
+		return se, next, nil
 	}
 	if ev.Type() == spec.MRoomRedaction {
 		if err := s.applyRedaction(ctx, tx, next, ev); err != nil {

@@ -1,0 +1,436 @@
+package roomserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"enclave/storage"
+)
+
+// EventFetcher fetches, over federation, what a remote event refers to and
+// we lack. Federation implements it; events it returns have had their
+// signatures and hashes checked.
+type EventFetcher interface {
+	// MissingEvents returns events after `earliest` leading up to `latest`
+	// (the /get_missing_events walk), at most limit.
+	MissingEvents(ctx context.Context, origin spec.ServerName, roomID string, earliest, latest []string, limit int, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, error)
+	// StateBefore returns the room state before eventID and its auth chain.
+	StateBefore(ctx context.Context, origin spec.ServerName, roomID, eventID string, ver gomatrixserverlib.RoomVersion) (state, authChain []gomatrixserverlib.PDU, err error)
+	// Event fetches one event by ID.
+	Event(ctx context.Context, origin spec.ServerName, eventID string, ver gomatrixserverlib.RoomVersion) (gomatrixserverlib.PDU, error)
+}
+
+// SetFetcher installs the federation fetcher used to close gaps.
+func (s *RoomServer) SetFetcher(f EventFetcher) { s.fetcher = f }
+
+// maxMissing bounds how many missing prev events one input fetches before
+// falling back to asking for the state.
+const maxMissing = 20
+
+// InputRemoteEvents authorises and stores events that origin sent us
+// (spec: "Checks performed on receipt of a PDU"):
+//
+//  1. the event passes the auth rules against its own auth_events;
+//  2. it passes them against the state before it, computed from its
+//     prev_events (resolving several with the room version's state
+//     resolution; missing prev_events are fetched with /get_missing_events,
+//     and when the gap cannot be closed the state is fetched instead);
+//  3. it is soft-failed if it does not pass against the current state: it
+//     is stored, but not shown to clients nor used as a prev event.
+//
+// The room's forward extremities and current state advance; when the event
+// does not extend every extremity, the current state is the resolution of
+// the old current state and the state after the event.
+func (s *RoomServer) InputRemoteEvents(ctx context.Context, origin spec.ServerName, pdus []gomatrixserverlib.PDU) map[string]error {
+	res := make(map[string]error, len(pdus))
+	sorted := append([]gomatrixserverlib.PDU(nil), pdus...)
+	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Depth() < sorted[j].Depth() })
+	for _, ev := range sorted {
+		unlock := s.lock(ev.RoomID().String())
+		res[ev.EventID()] = s.inputLocked(ctx, origin, ev, true)
+		unlock()
+	}
+	return res
+}
+
+// ErrRejected wraps the reason an event failed the auth rules.
+type ErrRejected struct{ Reason string }
+
+func (e *ErrRejected) Error() string { return "rejected: " + e.Reason }
+
+func (s *RoomServer) inputLocked(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU, fetchGaps bool) error {
+	roomID := ev.RoomID().String()
+	if old, err := storage.GetEvent(ctx, s.db, ev.EventID()); err == nil && !old.Outlier {
+		return nil // already have it
+	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return err
+	}
+	h, err := s.head(ctx, roomID)
+	if err != nil {
+		return err
+	}
+	if ev.Version() != h.version.Version() {
+		return &ErrRejected{Reason: "room version mismatch"}
+	}
+	// 1. Auth against the event's own auth events.
+	authEvs, err := s.loadOrFetch(ctx, origin, ev.AuthEventIDs(), h.version.Version())
+	if err != nil {
+		return err
+	}
+	authState := StateMap{}
+	for _, a := range authEvs {
+		if a.StateKey() != nil {
+			authState[StateKey{a.Type(), *a.StateKey()}] = a
+		}
+	}
+	if h.version.DomainlessRoomIDs() { // v12: the create event is implied by the room ID
+		if c := h.state.Get(spec.MRoomCreate, ""); c != nil {
+			authState[StateKey{spec.MRoomCreate, ""}] = c
+		}
+	}
+	if err := checkAllowed(ev, authState); err != nil {
+		return &ErrRejected{Reason: err.Error()}
+	}
+	// 2. State before the event.
+	before, err := s.stateBefore(ctx, origin, h, ev, fetchGaps)
+	if err != nil {
+		return err
+	}
+	if err := checkAllowed(ev, before.state); err != nil {
+		return &ErrRejected{Reason: err.Error()}
+	}
+	// 3. Soft-fail against the current state.
+	softFailed := checkAllowed(ev, h.state) != nil
+	var next *roomHead
+	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if before.snapshot == 0 {
+			id, err := s.writeFullSnapshot(ctx, tx, roomID, before.state)
+			if err != nil {
+				return err
+			}
+			before.snapshot, before.chain = id, 0
+		}
+		se, after, err := s.storeEvent(ctx, tx, roomID, before, ev, softFailed, SendRequest{})
+		if err != nil {
+			return err
+		}
+		if softFailed {
+			return nil
+		}
+		next, err = s.advanceHead(ctx, tx, roomID, h, ev, after)
+		if err != nil {
+			return err
+		}
+		return storage.UpdateRoomHead(ctx, tx, roomID, next.extremities, next.snapshot, next.maxDepth, se.StreamPos)
+	})
+	if err != nil {
+		return err
+	}
+	if next != nil {
+		s.setHead(roomID, next)
+	}
+	if softFailed {
+		logrus.WithField("event_id", ev.EventID()).WithField("origin", origin).Info("soft-failed event against current state")
+	}
+	return nil
+}
+
+// advanceHead computes the room's tip after ev (whose resulting state is
+// after.state) and writes the current-state rows that changed.
+func (s *RoomServer) advanceHead(ctx context.Context, tx *storage.Tx, roomID string, h *roomHead, ev gomatrixserverlib.PDU, after *roomHead) (*roomHead, error) {
+	prev := map[string]bool{}
+	for _, p := range ev.PrevEventIDs() {
+		prev[p] = true
+	}
+	ext := []string{}
+	for _, e := range h.extremities {
+		if !prev[e] {
+			ext = append(ext, e)
+		}
+	}
+	ext = append(ext, ev.EventID())
+	next := &roomHead{version: h.version, extremities: ext, maxDepth: max(h.maxDepth, ev.Depth())}
+	if len(ext) == 1 {
+		next.snapshot, next.chain, next.state = after.snapshot, after.chain, after.state
+	} else {
+		resolved, err := s.resolve(ctx, h.version, []StateMap{h.state, after.state})
+		if err != nil {
+			return nil, err
+		}
+		id, err := s.writeFullSnapshot(ctx, tx, roomID, resolved)
+		if err != nil {
+			return nil, err
+		}
+		next.snapshot, next.chain, next.state = id, 0, resolved
+	}
+	// Write the current-state rows that changed.
+	for k, e := range next.state {
+		if old := h.state[k]; old == nil || old.EventID() != e.EventID() {
+			m := ""
+			if k.Type == spec.MRoomMember {
+				m, _ = e.Membership()
+			}
+			if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: k.Type, StateKey: k.StateKey, EventID: e.EventID(), Membership: m}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	for k := range h.state {
+		if _, ok := next.state[k]; !ok {
+			if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: k.Type, StateKey: k.StateKey}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return next, nil
+}
+
+// stateBefore computes the state before ev from its prev events, fetching
+// missing ones (or the state itself) from origin.
+func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h *roomHead, ev gomatrixserverlib.PDU, fetchGaps bool) (*roomHead, error) {
+	roomID := ev.RoomID().String()
+	prevIDs := ev.PrevEventIDs()
+	prevs, missing, err := s.timelineEvents(ctx, prevIDs)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 && fetchGaps && s.fetcher != nil {
+		fetched, err := s.fetcher.MissingEvents(ctx, origin, roomID, h.extremities, []string{ev.EventID()}, maxMissing, h.version.Version())
+		if err != nil {
+			logrus.WithError(err).WithField("origin", origin).Warn("get_missing_events failed")
+		}
+		sort.SliceStable(fetched, func(i, j int) bool { return fetched[i].Depth() < fetched[j].Depth() })
+		for _, m := range fetched {
+			if m.EventID() == ev.EventID() || m.RoomID().String() != roomID {
+				continue
+			}
+			if err := s.inputLocked(ctx, origin, m, false); err != nil {
+				logrus.WithError(err).WithField("event_id", m.EventID()).Warn("missing event not accepted")
+			}
+		}
+		if prevs, missing, err = s.timelineEvents(ctx, prevIDs); err != nil {
+			return nil, err
+		}
+	}
+	if len(missing) > 0 {
+		if s.fetcher == nil {
+			return nil, fmt.Errorf("missing prev events %v", missing)
+		}
+		// The gap cannot be closed: take the state from origin.
+		state, authChain, err := s.fetcher.StateBefore(ctx, origin, roomID, ev.EventID(), h.version.Version())
+		if err != nil {
+			return nil, fmt.Errorf("fetching state before %s: %w", ev.EventID(), err)
+		}
+		if err := s.storeOutliers(ctx, append(authChain, state...)); err != nil {
+			return nil, err
+		}
+		st := StateMap{}
+		for _, e := range state {
+			if e.StateKey() != nil {
+				st[StateKey{e.Type(), *e.StateKey()}] = e
+			}
+		}
+		return &roomHead{version: h.version, state: st, maxDepth: h.maxDepth}, nil
+	}
+	if len(prevs) == 1 {
+		st, err := s.stateFromSnapshot(ctx, prevs[0].SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		_, chain, _, err := storage.GetSnapshot(ctx, s.db, prevs[0].SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		return &roomHead{version: h.version, snapshot: prevs[0].SnapshotAfter, chain: chain, state: st, maxDepth: h.maxDepth}, nil
+	}
+	sets := make([]StateMap, 0, len(prevs))
+	seen := map[int64]bool{}
+	for _, p := range prevs {
+		if seen[p.SnapshotAfter] {
+			continue
+		}
+		seen[p.SnapshotAfter] = true
+		st, err := s.stateFromSnapshot(ctx, p.SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		sets = append(sets, st)
+	}
+	if len(sets) == 1 {
+		_, chain, _, err := storage.GetSnapshot(ctx, s.db, prevs[0].SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		return &roomHead{version: h.version, snapshot: prevs[0].SnapshotAfter, chain: chain, state: sets[0], maxDepth: h.maxDepth}, nil
+	}
+	resolved, err := s.resolve(ctx, h.version, sets)
+	if err != nil {
+		return nil, err
+	}
+	return &roomHead{version: h.version, state: resolved, maxDepth: h.maxDepth}, nil
+}
+
+// timelineEvents loads events that have a place in the room DAG (not
+// outliers, not rejected), reporting the IDs we lack.
+func (s *RoomServer) timelineEvents(ctx context.Context, ids []string) ([]*storage.Event, []string, error) {
+	got, err := storage.GetEvents(ctx, s.db, ids)
+	if err != nil {
+		return nil, nil, err
+	}
+	have := map[string]*storage.Event{}
+	for _, e := range got {
+		if !e.Outlier && !e.Rejected {
+			have[e.EventID] = e
+		}
+	}
+	var out []*storage.Event
+	var missing []string
+	for _, id := range ids {
+		if e := have[id]; e != nil {
+			out = append(out, e)
+		} else {
+			missing = append(missing, id)
+		}
+	}
+	return out, missing, nil
+}
+
+// loadOrFetch returns the events with the given IDs, fetching missing ones
+// from origin and keeping them as outliers.
+func (s *RoomServer) loadOrFetch(ctx context.Context, origin spec.ServerName, ids []string, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, error) {
+	evs, err := s.Events(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	if len(evs) == len(ids) {
+		return evs, nil
+	}
+	have := map[string]bool{}
+	for _, e := range evs {
+		have[e.EventID()] = true
+	}
+	var fetched []gomatrixserverlib.PDU
+	for _, id := range ids {
+		if have[id] {
+			continue
+		}
+		if s.fetcher == nil {
+			return nil, fmt.Errorf("missing auth event %s", id)
+		}
+		e, err := s.fetcher.Event(ctx, origin, id, ver)
+		if err != nil {
+			return nil, fmt.Errorf("fetching auth event %s: %w", id, err)
+		}
+		fetched = append(fetched, e)
+	}
+	if err := s.storeOutliers(ctx, fetched); err != nil {
+		return nil, err
+	}
+	return append(evs, fetched...), nil
+}
+
+// storeOutliers keeps events that are not (yet) part of our timeline: auth
+// chains and state fetched from other servers.
+func (s *RoomServer) storeOutliers(ctx context.Context, evs []gomatrixserverlib.PDU) error {
+	if len(evs) == 0 {
+		return nil
+	}
+	return s.db.WithTx(ctx, func(tx *storage.Tx) error {
+		for _, e := range evs {
+			se := &storage.Event{
+				EventID: e.EventID(), RoomID: e.RoomID().String(), RoomVersion: string(e.Version()), Type: e.Type(), StateKey: e.StateKey(),
+				Sender: string(e.SenderID()), Depth: e.Depth(), OriginTS: int64(e.OriginServerTS()), ReceivedTS: time.Now().UnixMilli(),
+				JSON: e.JSON(), Outlier: true,
+			}
+			if e.Type() == spec.MRoomMember {
+				se.Membership, _ = e.Membership()
+			}
+			if _, err := storage.InsertEvent(ctx, tx, se); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// writeFullSnapshot stores a state as a full snapshot.
+func (s *RoomServer) writeFullSnapshot(ctx context.Context, tx *storage.Tx, roomID string, st StateMap) (int64, error) {
+	entries := make([]storage.StateEntry, 0, len(st))
+	for k, e := range st {
+		entries = append(entries, storage.StateEntry{Type: k.Type, StateKey: k.StateKey, EventID: e.EventID()})
+	}
+	return storage.InsertSnapshot(ctx, tx, roomID, 0, 0, entries)
+}
+
+// resolve runs the room version's state resolution over several states.
+func (s *RoomServer) resolve(ctx context.Context, ver gomatrixserverlib.IRoomVersion, sets []StateMap) (StateMap, error) {
+	var all []gomatrixserverlib.PDU
+	seen := map[string]bool{}
+	for _, st := range sets {
+		for _, e := range st {
+			if !seen[e.EventID()] {
+				seen[e.EventID()] = true
+				all = append(all, e)
+			}
+		}
+	}
+	chain, err := s.authChain(ctx, all)
+	if err != nil {
+		return nil, err
+	}
+	isRejected := func(string) bool { return false }
+	var resolved []gomatrixserverlib.PDU
+	if len(sets) >= 2 && ver.StateResAlgorithm() != gomatrixserverlib.StateResV1 {
+		stateSets := make([][]gomatrixserverlib.PDU, len(sets))
+		for i, st := range sets {
+			stateSets[i] = st.Events()
+		}
+		resolved = gomatrixserverlib.ResolveStateConflictsV2New(ver.StateResAlgorithm(), stateSets, chain, UserIDForSender, isRejected)
+	} else {
+		resolved, err = gomatrixserverlib.ResolveConflicts(ver.Version(), all, chain, UserIDForSender, isRejected)
+		if err != nil {
+			return nil, err
+		}
+	}
+	out := make(StateMap, len(resolved))
+	for _, e := range resolved {
+		out[StateKey{e.Type(), *e.StateKey()}] = e
+	}
+	return out, nil
+}
+
+// authChain loads the full auth chain of evs from the store.
+func (s *RoomServer) authChain(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
+	seen := map[string]bool{}
+	var out []gomatrixserverlib.PDU
+	frontier := []string{}
+	for _, e := range evs {
+		frontier = append(frontier, e.AuthEventIDs()...)
+	}
+	for len(frontier) > 0 {
+		var ids []string
+		for _, id := range frontier {
+			if !seen[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+		frontier = nil
+		got, err := s.Events(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range got {
+			out = append(out, e)
+			frontier = append(frontier, e.AuthEventIDs()...)
+		}
+	}
+	return out, nil
+}
