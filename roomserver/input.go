@@ -385,19 +385,27 @@ func (s *RoomServer) resolve(ctx context.Context, ver gomatrixserverlib.IRoomVer
 	if err != nil {
 		return nil, err
 	}
+	// The resolver looks conflicted events up among the auth events too
+	// (v2.1's conflicted subgraph), so give it the state events as well.
+	for _, e := range all {
+		if !seen["chain:"+e.EventID()] {
+			chain = append(chain, e)
+		}
+	}
 	isRejected := func(string) bool { return false }
 	var resolved []gomatrixserverlib.PDU
-	if len(sets) >= 2 && ver.StateResAlgorithm() != gomatrixserverlib.StateResV1 {
-		stateSets := make([][]gomatrixserverlib.PDU, len(sets))
-		for i, st := range sets {
-			stateSets[i] = st.Events()
-		}
-		resolved = gomatrixserverlib.ResolveStateConflictsV2New(ver.StateResAlgorithm(), stateSets, chain, UserIDForSender, isRejected)
-	} else {
+	if ver.StateResAlgorithm() == gomatrixserverlib.StateResV1 {
 		resolved, err = gomatrixserverlib.ResolveConflicts(ver.Version(), all, chain, UserIDForSender, isRejected)
 		if err != nil {
 			return nil, err
 		}
+	} else {
+		// A slot is conflicted when the sets disagree on it, including when
+		// some set lacks it. (The library's newer entry point for v2.1
+		// panics on v12 rooms at the pinned version, so the sets are split
+		// here and the v2 resolver applied.)
+		conflicted, unconflicted := splitConflicted(sets)
+		resolved = gomatrixserverlib.ResolveStateConflictsV2(conflicted, unconflicted, chain, UserIDForSender, isRejected)
 	}
 	out := make(StateMap, len(resolved))
 	for _, e := range resolved {
@@ -433,4 +441,43 @@ func (s *RoomServer) authChain(ctx context.Context, evs []gomatrixserverlib.PDU)
 		}
 	}
 	return out, nil
+}
+
+// splitConflicted divides the union of state sets into the events of slots
+// on which every set agrees and the events of the slots that differ.
+func splitConflicted(sets []StateMap) (conflicted, unconflicted []gomatrixserverlib.PDU) {
+	keys := map[StateKey]bool{}
+	for _, st := range sets {
+		for k := range st {
+			keys[k] = true
+		}
+	}
+	for k := range keys {
+		var first gomatrixserverlib.PDU
+		agree := true
+		seen := map[string]bool{}
+		var evs []gomatrixserverlib.PDU
+		for i, st := range sets {
+			e := st[k]
+			if e == nil {
+				agree = false
+				continue
+			}
+			if i == 0 {
+				first = e
+			} else if first == nil || first.EventID() != e.EventID() {
+				agree = false
+			}
+			if !seen[e.EventID()] {
+				seen[e.EventID()] = true
+				evs = append(evs, e)
+			}
+		}
+		if agree {
+			unconflicted = append(unconflicted, first)
+		} else {
+			conflicted = append(conflicted, evs...)
+		}
+	}
+	return conflicted, unconflicted
 }

@@ -190,15 +190,19 @@ func InsertEvent(ctx context.Context, q Querier, e *Event) (bool, error) {
 	if e.StateKey != nil {
 		sk = *e.StateKey
 	}
-	_, err := q.ExecContext(ctx, `INSERT INTO events (stream_pos, event_id, room_id, room_version, type, state_key, sender, depth, origin_ts, received_ts, json,
+	// ON CONFLICT, not a caught error: a failed statement would abort a
+	// PostgreSQL transaction.
+	res, err := q.ExecContext(ctx, `INSERT INTO events (stream_pos, event_id, room_id, room_version, type, state_key, sender, depth, origin_ts, received_ts, json,
 		membership, redacted, redacted_because, rejected, soft_failed, outlier, snapshot_before, snapshot_after, txn_id, txn_device)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21)
+		ON CONFLICT (event_id) DO NOTHING`,
 		pos, e.EventID, e.RoomID, e.RoomVersion, e.Type, sk, e.Sender, e.Depth, e.OriginTS, e.ReceivedTS, string(e.JSON),
 		e.Membership, e.Redacted, e.RedactedBecause, e.Rejected, e.SoftFailed, e.Outlier, e.SnapshotBefore, e.SnapshotAfter, e.TxnID, e.TxnDevice)
-	if IsUniqueViolation(err) {
-		return false, nil
+	if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // PromoteOutlier gives an event we held as an outlier its place in the
@@ -427,11 +431,12 @@ func queryStrings(ctx context.Context, q Querier, query string, args ...any) ([]
 
 // InsertAlias maps alias to room; false if the alias is taken.
 func InsertAlias(ctx context.Context, q Querier, alias, roomID, creator string) (bool, error) {
-	_, err := q.ExecContext(ctx, `INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3)`, alias, roomID, creator)
-	if IsUniqueViolation(err) {
-		return false, nil
+	res, err := q.ExecContext(ctx, `INSERT INTO room_aliases (alias, room_id, creator) VALUES ($1, $2, $3) ON CONFLICT (alias) DO NOTHING`, alias, roomID, creator)
+	if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // GetAlias resolves an alias to (room, creator), or ErrNotFound.
