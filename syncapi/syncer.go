@@ -5,6 +5,7 @@ package syncapi
 
 import (
 	"context"
+	"encoding/json"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -224,7 +225,7 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 			}
 		case "invite", "knock":
 			if req.Initial || change != nil {
-				ir, err := s.invitedRoom(ctx, roomID, change)
+				ir, err := s.invitedRoom(ctx, req.UserID, roomID, change)
 				if err != nil {
 					return err
 				}
@@ -459,7 +460,7 @@ func (s *Syncer) summary(ctx context.Context, userID, roomID string) (*Summary, 
 // strippedTypes are the state events shown with an invite.
 var strippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
 
-func (s *Syncer) invitedRoom(ctx context.Context, roomID string, invite *storage.Event) (*InvitedRoom, error) {
+func (s *Syncer) invitedRoom(ctx context.Context, userID, roomID string, invite *storage.Event) (*InvitedRoom, error) {
 	st, err := s.rs.CurrentState(ctx, roomID)
 	if err != nil {
 		return nil, err
@@ -471,16 +472,27 @@ func (s *Syncer) invitedRoom(ctx context.Context, roomID string, invite *storage
 			ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: e.Content(), Sender: string(e.SenderID()), StateKey: "", Type: t})
 		}
 	}
-	for k, e := range st {
-		if k.Type == "m.room.member" {
-			m, _ := e.Membership()
-			if m == "invite" || m == "knock" {
-				if ev := st.Get("m.room.member", k.StateKey); ev != nil {
-					ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: ev.Content(), Sender: string(ev.SenderID()), StateKey: k.StateKey, Type: k.Type})
-				}
+	own := st.Get("m.room.member", userID)
+	if own == nil || st.Get("m.room.create", "") == nil {
+		// A room on another server we are not in: the inviting server sent
+		// the stripped state along with the invite.
+		if invite == nil {
+			if invite, err = storage.LatestMembershipBefore(ctx, s.db, roomID, userID, 1<<62); err != nil {
+				return nil, nil //nolint:nilerr // no invite to show
 			}
 		}
+		pdu, err := s.rs.PDU(invite)
+		if err != nil {
+			return nil, err
+		}
+		var u struct {
+			State []StrippedEvent `json:"invite_room_state"`
+		}
+		_ = json.Unmarshal(pdu.Unsigned(), &u)
+		ir.InviteState.Events = append(ir.InviteState.Events, u.State...)
+		own = pdu
 	}
+	ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: own.Content(), Sender: string(own.SenderID()), StateKey: userID, Type: "m.room.member"})
 	return ir, nil
 }
 
