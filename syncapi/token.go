@@ -25,7 +25,8 @@ func ParseToken(s string) (Token, error) {
 	parts := strings.Split(s[1:], "_")
 	var t Token
 	var err error
-	if t.Pos, err = strconv.ParseInt(parts[0], 10, 64); err != nil || t.Pos < 0 {
+	// Pagination tokens may be negative (backfilled history).
+	if t.Pos, err = strconv.ParseInt(parts[0], 10, 64); err != nil {
 		return Token{}, fmt.Errorf("invalid token %q", s)
 	}
 	if len(parts) > 1 {
