@@ -54,6 +54,7 @@ type Config struct {
 	Profile       ProfileConfig       `yaml:"profile" doc:"Profile lookups."`
 	TURN          TURNConfig          `yaml:"turn" doc:"TURN relay for VoIP calls (TURN REST API / coturn use-auth-secret)."`
 	Audit         AuditConfig         `yaml:"audit" doc:"Append-only audit log of security-relevant actions."`
+	RBAC          RBACConfig          `yaml:"rbac" doc:"Role-based access control. Built-in roles: admin (administers the server; cannot read the audit log), auditor (reads and exports the audit log only), operator (user plus room administration), user and guest."`
 	WellKnown     WellKnownConfig     `yaml:"well_known" doc:"Values served under /.well-known/matrix/."`
 }
 
@@ -122,15 +123,21 @@ type LogConfig struct {
 // MediaConfig locates media storage and its encryption key.
 type MediaConfig struct {
 	Path    string `yaml:"path" doc:"Directory holding uploaded media. Relative to the data directory."`
-	KEKFile string `yaml:"kek_file" doc:"File holding the key-encryption key for media at rest. Relative to the data directory. Set at most one of kek_file and kek_env."`
-	KEKEnv  string `yaml:"kek_env" doc:"Name of an environment variable holding the media key-encryption key, for secrets injected by an orchestrator."`
+	KEKFile string `yaml:"kek_file" doc:"File holding the key-encryption key for media at rest: 32 random bytes as base64 or hex text (head -c 32 /dev/urandom | base64). Relative to the data directory. Set at most one of kek_file and kek_env; with neither, media.kek in the data directory is used, created on the very first start. Keep production keys on separate storage and back them up: without the key no media can be read. Change keys with enclave keys rotate."`
+	KEKEnv  string `yaml:"kek_env" doc:"Name of an environment variable holding the media key-encryption key (base64 or hex of 32 bytes), for secrets injected by an orchestrator."`
+
+	MaxUserBytes  int64 `yaml:"max_user_bytes" doc:"Total bytes of media one user may have stored; uploads past it are refused with 403 M_FORBIDDEN. 0 means no per-user quota."`
+	MaxTotalBytes int64 `yaml:"max_total_bytes" doc:"Total bytes of media the server stores for all users together; uploads past it are refused with 403 M_FORBIDDEN. 0 means no limit."`
 }
 
 // FederationConfig controls server-server traffic.
 type FederationConfig struct {
-	Enabled        bool     `yaml:"enabled" doc:"Federate with other Matrix servers. Inbound federation also needs listen.federation."`
-	AllowedServers []string `yaml:"allowed_servers" doc:"If non-empty, only servers matching one of these globs may federate with us."`
-	DeniedServers  []string `yaml:"denied_servers" doc:"Servers matching any of these globs are refused; takes precedence over allowed_servers."`
+	Enabled           bool     `yaml:"enabled" doc:"Federate with other Matrix servers. Inbound federation also needs listen.federation."`
+	AllowedServers    []string `yaml:"allowed_servers" doc:"If non-empty, only servers matching one of these globs may federate with us."`
+	DeniedServers     []string `yaml:"denied_servers" doc:"Servers matching any of these globs are refused; takes precedence over allowed_servers."`
+	KeyNotaries       []string `yaml:"key_notaries" doc:"Notary (perspective) servers to fetch other servers' signing keys through. When set, keys are fetched ONLY through them, never directly. Each entry is a server name, optionally followed by the notary's pinned keys as 'ed25519:<id>=<unpadded base64>' separated by spaces; without a pin the notary's own key is fetched from it over TLS on first use."`
+	RequestsPerSecond float64  `yaml:"requests_per_second" doc:"Sustained signed federation requests per second accepted from each remote server; 0 disables the limit."`
+	RequestBurst      int      `yaml:"request_burst" doc:"Requests a remote server may make at once before requests_per_second applies."`
 }
 
 // PresenceConfig toggles presence.
@@ -161,6 +168,13 @@ type AuditConfig struct {
 	CheckpointEvery    int      `yaml:"checkpoint_every" doc:"Write an integrity checkpoint after this many audit entries."`
 	CheckpointInterval Duration `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
 	HeadExportPath     string   `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
+	HeadSyslog         bool     `yaml:"head_syslog" doc:"Also send the signed audit log head to the local syslog daemon (facility auth) whenever it is exported, so a copy leaves the host through syslog forwarding."`
+}
+
+// RBACConfig defines server roles beyond the built-in ones.
+type RBACConfig struct {
+	DefaultRole string   `yaml:"default_role" doc:"Role of users who have none assigned (guest accounts get guest; accounts flagged admin also hold admin). Assign roles with enclave user role or the admin API."`
+	Roles       []string `yaml:"roles" doc:"Custom roles, each 'name=permission permission ...'. Permissions: create_room, create_public_room, invite_remote_users, join_remote_rooms, federate, upload_media, use_admin_api, manage_users, manage_rooms, read_audit, export_audit, manage_roles. Naming operator, user or guest redefines that role; admin and auditor are fixed."`
 }
 
 // WellKnownConfig controls client discovery.
@@ -201,12 +215,17 @@ func Default() *Config {
 		Log:      LogConfig{Level: "info", Format: "text"},
 		Media:    MediaConfig{Path: "media"},
 		Presence: PresenceConfig{Enabled: true},
-		TURN:     TURNConfig{TTL: Duration{24 * time.Hour}},
+		Federation: FederationConfig{
+			RequestsPerSecond: 50,
+			RequestBurst:      200,
+		},
+		TURN: TURNConfig{TTL: Duration{24 * time.Hour}},
 		Audit: AuditConfig{
 			Enabled:            true,
 			CheckpointEvery:    1000,
 			CheckpointInterval: Duration{5 * time.Minute},
 		},
+		RBAC: RBACConfig{DefaultRole: "user"},
 	}
 }
 
