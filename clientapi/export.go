@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"net"
 	"net/http"
 )
 
@@ -25,10 +26,25 @@ func (a *API) HandleRaw(method, path, group string, h http.HandlerFunc) {
 	a.router.Handle(path, a.instrument(group, h)).Methods(method)
 }
 
-// Authenticate resolves the request's access token to its device; on
-// failure resp is the spec's error to send.
+// Authenticate does for a raw handler what authed routes get: it resolves
+// the access token to its device, applies the rate limit and the role check
+// (RBAC) and records the device as seen. On failure resp is the spec's
+// error to send.
 func (a *API) Authenticate(r *http.Request) (dev *Device, resp Response, ok bool) {
-	return a.authenticate(r)
+	if dev, resp, ok = a.authenticate(r); !ok {
+		return nil, resp, false
+	}
+	if resp, limited := a.limiter.check(r, dev.UserID); limited {
+		return nil, resp, false
+	}
+	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+	a.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
+	if a.authorizer != nil {
+		if resp, ok := a.authorizer(r, dev, "media"); !ok {
+			return nil, resp, false
+		}
+	}
+	return dev, Response{}, true
 }
 
 // WriteResponse writes resp as JSON.
