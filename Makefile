@@ -17,7 +17,12 @@ build:
 	CGO_ENABLED=0 $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/enclave
 
 ## test: every test, against SQLite and PostgreSQL (ENCLAVE_TEST_POSTGRES, default 127.0.0.1:5432)
-test: vet test-go
+test: vet test-node test-go
+
+## test-node: install the Node interop test's packages (matrix-js-sdk, pinned by
+## test/node/package-lock.json); TestE2EENode in test/ runs it against each store
+test-node:
+	cd test/node && npm ci --no-audit --no-fund
 
 test-go:
 	CGO_ENABLED=0 $(GO) test -tags $(TAGS) -count=1 -timeout 15m ./...

@@ -32,6 +32,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/crypto/argon2"
 
+	"enclave/auditapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -487,6 +488,9 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 				break
 			}
 		}
+		if err := a.audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+			return nil, err
+		}
 	} else {
 		created, err := storage.CreateDevice(ctx, q, &storage.Device{UserID: userID, DeviceID: deviceID, DisplayName: displayName, CreatedTS: nowMs, LastSeenTS: nowMs})
 		if err != nil {
@@ -496,6 +500,8 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 			if err := storage.DeleteDeviceTokens(ctx, q, userID, deviceID); err != nil {
 				return nil, err
 			}
+		} else if err := a.audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+			return nil, err
 		}
 	}
 	out := &issuedSession{DeviceID: deviceID}
@@ -546,7 +552,12 @@ func (a *API) createLoginToken(ctx context.Context, userID string) (string, time
 // registered per-device cleanups) in one transaction and drops the user's
 // cached tokens. Use it for DELETE /devices/{id} and /delete_devices.
 func (a *API) deleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error { return storage.DeleteDevices(ctx, tx, userID, deviceIDs) })
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := storage.DeleteDevices(ctx, tx, userID, deviceIDs); err != nil {
+			return err
+		}
+		return a.auditDevicesRemoved(ctx, tx, userID, deviceIDs, "deleted")
+	})
 	a.invalidateUserTokens(userID)
 	return err
 }
@@ -670,12 +681,24 @@ func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, pass
 	if err != nil {
 		return "", err
 	}
-	ok, err := storage.CreateAccount(ctx, db, &storage.Account{UserID: userID, Localpart: localpart, PasswordHash: hash, CreatedTS: time.Now().UnixMilli(), IsAdmin: admin, DisplayName: localpart})
+	err = db.WithTx(ctx, func(tx *storage.Tx) error {
+		// Checked first: in PostgreSQL a failed insert would abort the transaction.
+		if taken, err := storage.AccountExists(ctx, tx, userID); err != nil {
+			return err
+		} else if taken {
+			return ErrUserInUse
+		}
+		ok, err := storage.CreateAccount(ctx, tx, &storage.Account{UserID: userID, Localpart: localpart, PasswordHash: hash, CreatedTS: time.Now().UnixMilli(), IsAdmin: admin, DisplayName: localpart})
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return ErrUserInUse
+		}
+		return auditapi.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID, Details: map[string]any{"kind": "cli", "admin": admin}})
+	})
 	if err != nil {
 		return "", err
-	}
-	if !ok {
-		return "", ErrUserInUse
 	}
 	return userID, nil
 }
@@ -693,11 +716,22 @@ func (a *API) getThreepids(r *http.Request, dev *Device) Response {
 
 // POST /logout: revoke this token and delete its device.
 func (a *API) postLogout(r *http.Request, dev *Device) Response {
-	if err := a.deleteDevices(r.Context(), dev.UserID, []string{dev.DeviceID}); err != nil {
-		return InternalError(r, err)
-	}
-	// A token without a device row (should not happen) is revoked too.
-	if err := storage.DeleteAccessToken(r.Context(), a.db, dev.AccessTokenID); err != nil {
+	ctx := r.Context()
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := storage.DeleteDevices(ctx, tx, dev.UserID, []string{dev.DeviceID}); err != nil {
+			return err
+		}
+		// A token without a device row (should not happen) is revoked too.
+		if err := storage.DeleteAccessToken(ctx, tx, dev.AccessTokenID); err != nil {
+			return err
+		}
+		if err := a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID}); err != nil {
+			return err
+		}
+		return a.auditDevicesRemoved(ctx, tx, dev.UserID, []string{dev.DeviceID}, "logout")
+	})
+	a.invalidateUserTokens(dev.UserID)
+	if err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, struct{}{})
@@ -706,8 +740,14 @@ func (a *API) postLogout(r *http.Request, dev *Device) Response {
 // POST /logout/all: revoke every token and delete every device.
 func (a *API) postLogoutAll(r *http.Request, dev *Device) Response {
 	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
-		_, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
-		return err
+		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
+		if err != nil {
+			return err
+		}
+		if err := a.audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
+			return err
+		}
+		return a.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "logout_all")
 	})
 	a.invalidateUserTokens(dev.UserID)
 	if err != nil {
@@ -747,10 +787,17 @@ func (a *API) postPassword(r *http.Request, dev *Device) Response {
 		if err := storage.SetPassword(r.Context(), tx, dev.UserID, hash); err != nil {
 			return err
 		}
+		if err := a.audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionPasswordChange, Target: dev.UserID, Details: map[string]any{"logout_devices": logout}}); err != nil {
+			return err
+		}
 		if !logout {
 			return nil
 		}
-		if _, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, dev.DeviceID); err != nil {
+		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, dev.DeviceID)
+		if err != nil {
+			return err
+		}
+		if err := a.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "password_change"); err != nil {
 			return err
 		}
 		return storage.DeleteAccessTokens(r.Context(), tx, dev.UserID, dev.AccessTokenID)
@@ -781,7 +828,12 @@ func (a *API) postDeactivate(r *http.Request, dev *Device) Response {
 		return resp
 	}
 	ctx := r.Context()
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error { return storage.Deactivate(ctx, tx, dev.UserID, req.Erase) })
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := storage.Deactivate(ctx, tx, dev.UserID, req.Erase); err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeactivate, Target: dev.UserID, Details: map[string]any{"erase": req.Erase}})
+	})
 	a.invalidateUserTokens(dev.UserID)
 	if err != nil {
 		return InternalError(r, err)

@@ -18,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -129,7 +130,7 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 		return Forbidden("HMAC incorrect")
 	}
 
-	ctx := r.Context()
+	ctx := actorContext(r)
 	localpart := strings.ToLower(req.Username)
 	if resp, ok := a.checkNewLocalpart(localpart); !ok {
 		return resp
@@ -164,6 +165,10 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 		}
 		if !created {
 			return errRegUserInUse
+		}
+		if err := a.audit(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID,
+			Details: map[string]any{"kind": "shared_secret", "admin": req.Admin}}); err != nil {
+			return err
 		}
 		issued, err = a.issueSession(ctx, tx, userID, "", "", false, now)
 		return err

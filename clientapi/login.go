@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -61,7 +62,7 @@ func (a *API) postLogin(r *http.Request) Response {
 	if resp, ok := checkDeviceFields(req.DeviceID, req.InitialDeviceDisplayName); !ok {
 		return resp
 	}
-	ctx := r.Context()
+	ctx := actorContext(r)
 	var userID string
 	switch req.Type {
 	case "m.login.password":
@@ -87,10 +88,10 @@ func (a *API) postLogin(r *http.Request) Response {
 			return InternalError(r, err)
 		}
 		if !ok || acc == nil {
-			return Forbidden("invalid username or password")
+			return a.loginFailed(r, uid, who, "invalid_credentials", Forbidden("invalid username or password"))
 		}
 		if acc.Deactivated {
-			return Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated")
+			return a.loginFailed(r, acc.UserID, who, "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "m.login.token":
@@ -99,20 +100,20 @@ func (a *API) postLogin(r *http.Request) Response {
 		}
 		uid, err := storage.ConsumeLoginToken(ctx, a.db, hashToken(req.Token), time.Now().UnixMilli())
 		if errors.Is(err, storage.ErrNotFound) {
-			return Forbidden("invalid or expired login token")
+			return a.loginFailed(r, "", "", "invalid_token", Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
 			return InternalError(r, err)
 		}
 		acc, err := storage.GetAccount(ctx, a.db, uid)
 		if errors.Is(err, storage.ErrNotFound) {
-			return Forbidden("invalid or expired login token")
+			return a.loginFailed(r, uid, "", "invalid_token", Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
 			return InternalError(r, err)
 		}
 		if acc.Deactivated {
-			return Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated")
+			return a.loginFailed(r, acc.UserID, "", "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "":
@@ -125,7 +126,11 @@ func (a *API) postLogin(r *http.Request) Response {
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
 		sess, err = a.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, time.Now())
-		return err
+		if err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: sess.DeviceID}, Action: auditapi.ActionLogin,
+			Target: userID, Details: map[string]any{"type": req.Type, "device_id": sess.DeviceID}})
 	})
 	if req.DeviceID != "" {
 		a.invalidateUserTokens(userID) // the device's old tokens were revoked

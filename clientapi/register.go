@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -151,6 +152,7 @@ func (a *API) postRegister(r *http.Request) Response {
 	userID := a.userID(username)
 	var issued *issuedSession
 	now := time.Now()
+	actx := actorContext(r)
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
 		consumed, err := storage.DeleteUIASession(ctx, tx, sess.ID)
 		if err != nil {
@@ -178,10 +180,14 @@ func (a *API) postRegister(r *http.Request) Response {
 		if !created {
 			return errRegUserInUse
 		}
+		if err := a.audit(actx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionRegister, Target: userID,
+			Details: map[string]any{"kind": "user", "registration_token": sess.Data[uiaDataRegToken] != ""}}); err != nil {
+			return err
+		}
 		if req.InhibitLogin {
 			return nil
 		}
-		issued, err = a.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, now)
+		issued, err = a.issueSession(actx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, now)
 		return err
 	})
 	switch {

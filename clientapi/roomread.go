@@ -72,6 +72,7 @@ func (a *API) formatStored(ctx context.Context, dev *Device, evs []*storage.Even
 		}
 		out = append(out, syncapi.FormatEvent(e, pdu, a.viewer(dev), withRoomID))
 	}
+	a.bundle(ctx, dev, out) // unsigned m.relations, one batch per page (relations.go)
 	return out
 }
 
@@ -378,12 +379,19 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 	var evs []*storage.Event
 	var err error
 	if dir == "b" {
-		lo := int64(0)
+		// Backfilled history has negative positions: no lower bound.
+		lo := int64(math.MinInt64)
 		if to >= 0 {
 			lo = to
 		}
 		hi := min(from, upper)
 		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
+		if err == nil && len(evs) < limit && to < 0 && a.fed != nil {
+			// We hold no older events: ask the other servers (backfill).
+			if n, berr := a.fed.Backfill(r.Context(), roomID, limit-len(evs)); berr == nil && n > 0 {
+				evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
+			}
+		}
 	} else {
 		hi := upper
 		if to >= 0 {
@@ -407,8 +415,9 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 		return InternalError(r, err)
 	}
 	kept := vis[:0:0]
+	ignored := a.sync.IgnoredBy(dev.UserID)
 	for _, e := range vis {
-		if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) {
+		if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) && !syncapi.Ignored(ignored, e.Sender, e.StateKey != nil) {
 			kept = append(kept, e)
 		}
 	}
@@ -462,7 +471,7 @@ func (a *API) eventContext(r *http.Request, dev *Device) Response {
 		return NotFound("event not found")
 	}
 	half := limit / 2
-	before, err := storage.RoomEventsRange(r.Context(), a.db, roomID, 0, ev.StreamPos-1, half, true)
+	before, err := storage.RoomEventsRange(r.Context(), a.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)
 	if err != nil {
 		return InternalError(r, err)
 	}

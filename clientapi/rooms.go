@@ -59,7 +59,8 @@ func roomError(r *http.Request, err error) Response {
 	case errors.As(err, &na):
 		return Forbidden("%s", na.Reason)
 	case errors.As(err, &br):
-		if strings.Contains(br.Reason, "too large") || strings.Contains(br.Reason, "exceeds") {
+		// gomatrixserverlib words its 64 KiB event limit "event is too long".
+		if strings.Contains(br.Reason, "too large") || strings.Contains(br.Reason, "exceeds") || strings.Contains(br.Reason, "event is too long") {
 			return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s", br.Reason)
 		}
 		return BadJSON("%s", br.Reason)
@@ -285,6 +286,9 @@ func (a *API) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
 	roomID := target
 	if strings.HasPrefix(target, "#") {
 		id, _, err := storage.GetAlias(r.Context(), a.db, target)
+		if errors.Is(err, storage.ErrNotFound) && !strings.HasSuffix(target, ":"+a.opts.ServerName) {
+			return a.remoteJoin(r, dev, target, a.joinContent(r.Context(), dev.UserID, ""))
+		}
 		if errors.Is(err, storage.ErrNotFound) {
 			return NotFound("room alias %s not found", target)
 		} else if err != nil {
@@ -312,21 +316,17 @@ func (a *API) join(r *http.Request, dev *Device, roomID string) Response {
 	if resp, ok := decodeJSON(r, &body); !ok {
 		return resp
 	}
-	if m, err := a.rs.Membership(r.Context(), roomID, dev.UserID); errors.Is(err, roomserver.ErrRoomNotFound) {
-		return NotFound("room %s not found", roomID)
-	} else if err != nil {
+	content := a.joinContent(r.Context(), dev.UserID, body.Reason)
+	if a.needsRemoteJoin(r.Context(), roomID) {
+		return a.remoteJoin(r, dev, roomID, content)
+	}
+	if m, err := a.rs.Membership(r.Context(), roomID, dev.UserID); err != nil {
 		return InternalError(r, err)
 	} else if m == "join" {
 		return JSON(200, map[string]string{"room_id": roomID})
 	}
-	content := map[string]any{"membership": "join"}
-	if p, err := a.profile(r.Context(), dev.UserID); err == nil {
-		for k, v := range p {
-			content[k] = v
-		}
-	}
-	if body.Reason != "" {
-		content["reason"] = body.Reason
+	if via := a.joinAuthoriser(r.Context(), roomID, dev.UserID); via != "" { // restricted rooms (knock.go)
+		content["join_authorised_via_users_server"] = via
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID
@@ -335,6 +335,20 @@ func (a *API) join(r *http.Request, dev *Device, roomID string) Response {
 	}
 	_ = storage.ClearForgotten(r.Context(), a.db, uid, roomID)
 	return JSON(200, map[string]string{"room_id": roomID})
+}
+
+// joinContent is the content of a user's join: membership and profile.
+func (a *API) joinContent(ctx context.Context, userID, reason string) map[string]any {
+	content := map[string]any{"membership": "join"}
+	if p, err := a.profile(ctx, userID); err == nil {
+		for k, v := range p {
+			content[k] = v
+		}
+	}
+	if reason != "" {
+		content["reason"] = reason
+	}
+	return content
 }
 
 // membershipOther handles invite, kick (leave), ban and unban (leave).

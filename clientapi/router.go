@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -55,6 +56,7 @@ type API struct {
 	// extraRoutes are route groups added by other files of this package
 	// (registered from their init), keeping router.go free of every list.
 	extraRoutes []func(*API)
+	fed         Federation
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
 	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
@@ -160,6 +162,8 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
+		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
+		a.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
 		if a.authorizer != nil {
 			if resp, ok := a.authorizer(r, dev, group); !ok {
 				writeResponse(w, resp)

@@ -7,8 +7,10 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
+	"enclave/internal/lru"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -27,7 +29,7 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 	p := syncapi.Params{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	if s := q.Get("since"); s != "" {
 		tok, err := syncapi.ParseToken(s)
-		if err != nil {
+		if err != nil || tok.Pos < 0 {
 			return InvalidParam("invalid since token")
 		}
 		p.Since = &tok
@@ -51,20 +53,11 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 	default:
 		return InvalidParam("set_presence must be online, offline or unavailable")
 	}
+	a.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	if f := q.Get("filter"); f != "" {
-		raw := []byte(f)
-		if !strings.HasPrefix(strings.TrimSpace(f), "{") {
-			var err error
-			raw, err = storage.GetFilter(r.Context(), a.db, dev.UserID, f)
-			if errors.Is(err, storage.ErrNotFound) {
-				return NotFound("filter %s not found", f)
-			} else if err != nil {
-				return InternalError(r, err)
-			}
-		}
-		filter, err := syncapi.ParseFilter(raw)
-		if err != nil {
-			return BadJSON("invalid filter: %v", err)
+		filter, resp, ok := a.syncFilter(r, dev.UserID, f)
+		if !ok {
+			return resp
 		}
 		p.Filter = filter
 	}
@@ -76,6 +69,48 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 		return InternalError(r, err)
 	}
 	return JSON(200, resp)
+}
+
+// syncFilterCaches keeps each API's parsed /sync filters: clients name the
+// same filter on every /sync, and a stored filter never changes, so the
+// store lookup and the parse are done once. Entries are shared read-only.
+var syncFilterCaches sync.Map // *API -> *lru.Cache[string, *syncapi.Filter]
+
+// maxCachedInlineFilter bounds the inline filters worth caching (the key
+// is the filter itself).
+const maxCachedInlineFilter = 2048
+
+// syncFilter resolves /sync's filter parameter: a stored filter ID or
+// inline JSON.
+func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, Response, bool) {
+	c, ok := syncFilterCaches.Load(a)
+	if !ok {
+		c, _ = syncFilterCaches.LoadOrStore(a, lru.New[string, *syncapi.Filter](4096))
+	}
+	cache := c.(*lru.Cache[string, *syncapi.Filter])
+	inline := strings.HasPrefix(strings.TrimSpace(f), "{")
+	key := userID + "\x00" + f
+	if filter, ok := cache.Get(key); ok {
+		return filter, Response{}, true
+	}
+	raw := []byte(f)
+	if !inline {
+		var err error
+		raw, err = storage.GetFilter(r.Context(), a.db, userID, f)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, NotFound("filter %s not found", f), false
+		} else if err != nil {
+			return nil, InternalError(r, err), false
+		}
+	}
+	filter, err := syncapi.ParseFilter(raw)
+	if err != nil {
+		return nil, BadJSON("invalid filter: %v", err), false
+	}
+	if !inline || len(f) <= maxCachedInlineFilter {
+		cache.Put(key, filter)
+	}
+	return filter, Response{}, true
 }
 
 func (a *API) ownUser(r *http.Request, dev *Device) (Response, bool) {

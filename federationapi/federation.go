@@ -9,6 +9,12 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib"
@@ -44,12 +50,120 @@ type Federation struct {
 	router *mux.Router
 	client fclient.FederationClient
 	keys   gomatrixserverlib.JSONVerifier
-	edus   map[string]EDUHandler
+	// keyRing is keys as its concrete type, for gomatrixserverlib helpers
+	// (PerformJoin) that want one.
+	keyRing *gomatrixserverlib.KeyRing
+	edusMu  sync.RWMutex
+	edus    map[string]EDUHandler
+
+	policy    atomic.Pointer[policy]
+	limiter   *originLimiter
+	audit     atomic.Pointer[AuditFunc]
+	metrics   *metrics
+	version   atomic.Pointer[string]
+	transport *outboundTransport
+	fetcher   *keyFetcher
+	queue     *queue
+
+	oldKeys     []oldKey // retired signing keys, published as old_verify_keys
+	ownMu       sync.Mutex
+	ownSigned   json.RawMessage
+	ownSignedAt time.Time
+
+	originLocks sync.Map // spec.ServerName → *sync.Mutex, serialising /send
+	txnsStored  atomic.Int64
+	stopOnce    sync.Once
 }
+
+// requestTimeout bounds outbound federation requests made through Client.
+const requestTimeout = 2 * time.Minute
+
+// New builds the federation component: policy, key ring, outbound client
+// and queue, and the federation routes (keys, version, /send). It records
+// the current signing key (retiring a replaced one). Call Start to resume
+// queued deliveries and Stop on shutdown.
+func New(cfg *config.Config, db *storage.DB, rs RoomInput, keyID string, key ed25519.PrivateKey) (*Federation, error) {
+	if err := config.ValidateServerName(cfg.ServerName); err != nil {
+		return nil, err
+	}
+	if !strings.HasPrefix(keyID, "ed25519:") || len(key) != ed25519.PrivateKeySize {
+		return nil, errors.New("federation: need an ed25519 signing key")
+	}
+	notaries, err := parseNotaries(cfg.Federation.KeyNotaries)
+	if err != nil {
+		return nil, err
+	}
+	roots, err := cfg.RootCAs()
+	if err != nil {
+		return nil, err
+	}
+	f := &Federation{
+		cfg:        cfg,
+		db:         db,
+		rs:         rs,
+		serverName: spec.ServerName(cfg.ServerName),
+		keyID:      gomatrixserverlib.KeyID(keyID),
+		key:        key,
+		router:     mux.NewRouter(),
+		edus:       map[string]EDUHandler{},
+		limiter:    newOriginLimiter(cfg.Federation.RequestsPerSecond, cfg.Federation.RequestBurst),
+		metrics:    newMetrics(),
+	}
+	for _, n := range notaries {
+		if n.name == f.serverName {
+			return nil, errors.New("federation.key_notaries: this server cannot be its own notary")
+		}
+	}
+	f.policy.Store(newPolicy(f.serverName, cfg.Federation))
+	f.transport = newOutboundTransport(f, roots)
+	f.client = fclient.NewFederationClient(
+		[]*fclient.SigningIdentity{{ServerName: f.serverName, KeyID: f.keyID, PrivateKey: key}},
+		fclient.WithTransport(f.transport),
+		fclient.WithTimeout(requestTimeout),
+		fclient.WithUserAgent("Enclave"),
+	)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := f.loadOwnKeys(ctx); err != nil {
+		return nil, fmt.Errorf("federation: recording signing key: %w", err)
+	}
+	f.fetcher = newKeyFetcher(f, notaries)
+	f.keyRing = &gomatrixserverlib.KeyRing{
+		KeyDatabase: &keyDatabase{f: f},
+		KeyFetchers: []gomatrixserverlib.KeyFetcher{f.fetcher},
+	}
+	f.keys = f.keyRing
+	f.queue = newQueue(f)
+	f.registerRoutes()
+	return f, nil
+}
+
+// Start resumes delivery to every destination with queued rows.
+func (f *Federation) Start() error {
+	go f.pruneInboundTxns()
+	return f.queue.start()
+}
+
+// Stop ends the queue workers (queued rows stay for the next start) and
+// drops idle outbound connections.
+func (f *Federation) Stop() {
+	f.stopOnce.Do(func() {
+		f.queue.stop(10 * time.Second)
+		f.transport.closeIdle()
+	})
+}
+
+// Router is the federation listener's mux, for unauthenticated routes;
+// authenticated ones go through handleSigned / HandleSigned.
+func (f *Federation) Router() *mux.Router { return f.router }
 
 // HandleEDU registers the handler for an EDU type (m.typing, m.receipt,
 // m.direct_to_device, m.device_list_update, m.signing_key_update, …).
-func (f *Federation) HandleEDU(typ string, h EDUHandler) { f.edus[typ] = h }
+func (f *Federation) HandleEDU(typ string, h EDUHandler) {
+	f.edusMu.Lock()
+	defer f.edusMu.Unlock()
+	f.edus[typ] = h
+}
 
 // Client is the signed, policy-checked outbound federation client.
 func (f *Federation) Client() fclient.FederationClient { return f.client }

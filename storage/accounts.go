@@ -125,16 +125,17 @@ func scanAccount(sc interface{ Scan(...any) error }) (*Account, error) {
 }
 
 // CreateAccount inserts an account. It returns false (and changes nothing)
-// if the user ID or localpart is taken. Inside a PostgreSQL transaction a
-// unique violation aborts the transaction, so callers that go on using tx
-// after a false return should check AccountExists first.
+// if the user ID or localpart is taken.
 func CreateAccount(ctx context.Context, q Querier, a *Account) (bool, error) {
-	_, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`,
+	// ON CONFLICT, not a caught error: a failed statement would abort a
+	// PostgreSQL transaction.
+	res, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
 		a.UserID, a.Localpart, a.PasswordHash, a.CreatedTS, a.IsAdmin, a.IsGuest, a.Deactivated, NullString(a.DisplayName), NullString(a.AvatarURL))
-	if IsUniqueViolation(err) {
-		return false, nil
+	if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // GetAccount loads an account (deactivated ones included), or ErrNotFound.
@@ -581,12 +582,13 @@ func nullInt(p *int64) sql.NullInt64 {
 
 // CreateRegistrationToken inserts a token; false if it already exists.
 func CreateRegistrationToken(ctx context.Context, q Querier, t *RegistrationToken) (bool, error) {
-	_, err := q.ExecContext(ctx, `INSERT INTO registration_tokens (token, uses_allowed, pending, completed, expiry_time) VALUES ($1, $2, 0, 0, $3)`,
+	res, err := q.ExecContext(ctx, `INSERT INTO registration_tokens (token, uses_allowed, pending, completed, expiry_time) VALUES ($1, $2, 0, 0, $3) ON CONFLICT DO NOTHING`,
 		t.Token, nullInt(t.UsesAllowed), nullInt(t.ExpiryTime))
-	if IsUniqueViolation(err) {
-		return false, nil
+	if err != nil {
+		return false, err
 	}
-	return err == nil, err
+	n, err := res.RowsAffected()
+	return n == 1, err
 }
 
 // GetRegistrationToken loads a token, or ErrNotFound.

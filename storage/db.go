@@ -14,6 +14,7 @@ import (
 	"regexp"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
@@ -41,6 +42,11 @@ type DB struct {
 	Dialect Dialect
 	// rebound caches the SQLite form of each query text.
 	rebound sync.Map
+	// stmts caches prepared statements by query text (SQLite only): the
+	// modernc driver parses and plans every unprepared query, which made
+	// SQL parsing the largest CPU cost of /sync. pgx caches on its own.
+	stmts  sync.Map // string -> *sql.Stmt
+	nstmts atomic.Int64
 	// Stream orders every synced row; see stream.go.
 	Stream *Stream
 }
@@ -105,6 +111,11 @@ func openRaw(url string, opts Options) (*DB, error) {
 	if opts.MaxIdleConns > 0 {
 		sdb.SetMaxIdleConns(opts.MaxIdleConns)
 	}
+	if dialect == SQLite && opts.MaxOpenConns > opts.MaxIdleConns {
+		// Opening a SQLite connection runs the pragmas and loses its
+		// prepared statements: keep every connection instead of churning.
+		sdb.SetMaxIdleConns(opts.MaxOpenConns)
+	}
 	if opts.ConnMaxLifetime > 0 {
 		sdb.SetConnMaxLifetime(opts.ConnMaxLifetime)
 	}
@@ -112,7 +123,65 @@ func openRaw(url string, opts Options) (*DB, error) {
 }
 
 // Close closes the pool.
-func (db *DB) Close() error { return db.sql.Close() }
+func (db *DB) Close() error {
+	db.stmts.Range(func(_, v any) bool { _ = v.(*sql.Stmt).Close(); return true })
+	return db.sql.Close()
+}
+
+// maxCachedStmts bounds the statement cache: queries with generated IN
+// lists come in many shapes, and past the bound run unprepared.
+const maxCachedStmts = 1000
+
+// cachedStmt returns the prepared form of a (rebound) query, or nil.
+func (db *DB) cachedStmt(query string) *sql.Stmt {
+	if db.Dialect != SQLite {
+		return nil
+	}
+	if v, ok := db.stmts.Load(query); ok {
+		return v.(*sql.Stmt)
+	}
+	return nil
+}
+
+// stmt returns the prepared form of a (rebound) query, preparing it on
+// first use; nil means run it unprepared (PostgreSQL, DDL, cache full, or
+// a prepare error, which the unprepared run then reports). It must not be
+// called while holding a transaction: preparing takes a pool connection.
+func (db *DB) stmt(ctx context.Context, query string) *sql.Stmt {
+	if db.Dialect != SQLite {
+		return nil
+	}
+	if st := db.cachedStmt(query); st != nil {
+		return st
+	}
+	if db.nstmts.Load() >= maxCachedStmts || !cacheable(query) {
+		return nil
+	}
+	st, err := db.sql.PrepareContext(ctx, query)
+	if err != nil {
+		return nil
+	}
+	if v, loaded := db.stmts.LoadOrStore(query, st); loaded {
+		_ = st.Close()
+		return v.(*sql.Stmt)
+	}
+	db.nstmts.Add(1)
+	return st
+}
+
+// cacheable reports whether a query is DML worth preparing (not DDL or
+// one-off maintenance).
+func cacheable(query string) bool {
+	q := strings.TrimSpace(query)
+	if len(q) < 6 {
+		return false
+	}
+	switch strings.ToUpper(q[:6]) {
+	case "SELECT", "INSERT", "UPDATE", "DELETE":
+		return true
+	}
+	return false
+}
 
 // Stats exposes pool statistics for metrics.
 func (db *DB) Stats() sql.DBStats { return db.sql.Stats() }
@@ -144,15 +213,27 @@ type Querier interface {
 }
 
 func (db *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return db.sql.ExecContext(ctx, db.q(query), args...)
+	query = db.q(query)
+	if st := db.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return db.sql.ExecContext(ctx, query, args...)
 }
 
 func (db *DB) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return db.sql.QueryContext(ctx, db.q(query), args...)
+	query = db.q(query)
+	if st := db.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return db.sql.QueryContext(ctx, query, args...)
 }
 
 func (db *DB) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	return db.sql.QueryRowContext(ctx, db.q(query), args...)
+	query = db.q(query)
+	if st := db.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return db.sql.QueryRowContext(ctx, query, args...)
 }
 
 // Tx is a transaction with the same placeholder rewriting as DB.
@@ -163,6 +244,22 @@ type Tx struct {
 	afterCommit []func()
 	// reserved stream positions, released when the transaction ends.
 	reserved []int64
+	// unprepared queries this transaction ran: prepared for next time once
+	// it has ended (preparing inside it would take a second connection).
+	unprepared []string
+}
+
+// stmt returns the cached prepared form of a (rebound) query bound to
+// this transaction, or nil (and notes the query for preparing later).
+func (t *Tx) stmt(ctx context.Context, query string) *sql.Stmt {
+	if t.db.Dialect != SQLite {
+		return nil
+	}
+	if st := t.db.cachedStmt(query); st != nil {
+		return t.tx.StmtContext(ctx, st)
+	}
+	t.unprepared = append(t.unprepared, query)
+	return nil
 }
 
 // NextPos reserves a stream position for a row written in this transaction.
@@ -178,15 +275,27 @@ func (t *Tx) Publish(pos int64, fn func()) {
 }
 
 func (t *Tx) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
-	return t.tx.ExecContext(ctx, t.db.q(query), args...)
+	query = t.db.q(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
+	return t.tx.ExecContext(ctx, query, args...)
 }
 
 func (t *Tx) QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
-	return t.tx.QueryContext(ctx, t.db.q(query), args...)
+	query = t.db.q(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
+	return t.tx.QueryContext(ctx, query, args...)
 }
 
 func (t *Tx) QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row {
-	return t.tx.QueryRowContext(ctx, t.db.q(query), args...)
+	query = t.db.q(query)
+	if st := t.stmt(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
+	return t.tx.QueryRowContext(ctx, query, args...)
 }
 
 // AfterCommit registers fn to run after a successful commit (e.g. waking
@@ -208,6 +317,9 @@ func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
 		for _, p := range tx.reserved {
 			db.Stream.Release(p)
 		}
+		for _, q := range tx.unprepared {
+			db.stmt(context.Background(), q)
+		}
 	}
 	if err := fn(tx); err != nil {
 		_ = stx.Rollback()
@@ -217,6 +329,9 @@ func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
 	if err := stx.Commit(); err != nil {
 		release()
 		return fmt.Errorf("storage: commit: %w", err)
+	}
+	for _, p := range tx.reserved {
+		db.Stream.Committed(p)
 	}
 	// Callbacks first register their Publish waits; releasing afterwards
 	// lets the stream fire them the moment the positions become visible.

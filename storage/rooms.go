@@ -534,15 +534,18 @@ func UserJoinPositions(ctx context.Context, q Querier, roomID, userID string) ([
 }
 
 // UserRoom is a room the user has a membership in, with the room's latest
-// stream position, so /sync can skip rooms with nothing new.
+// stream position, so /sync can skip rooms with nothing new, and the
+// position of the user's current membership event (0 when unknown), so it
+// can skip looking for membership changes.
 type UserRoom struct {
 	Membership string
 	LastPos    int64
+	MemberPos  int64
 }
 
 // UserRooms lists the user's current memberships with each room's last_pos.
 func UserRooms(ctx context.Context, q Querier, userID string) (map[string]UserRoom, error) {
-	rows, err := q.QueryContext(ctx, `SELECT cs.room_id, cs.membership, r.last_pos FROM current_state cs JOIN rooms r ON r.room_id = cs.room_id
+	rows, err := q.QueryContext(ctx, `SELECT cs.room_id, cs.membership, r.last_pos, cs.stream_pos FROM current_state cs JOIN rooms r ON r.room_id = cs.room_id
 		WHERE cs.state_key = $1 AND cs.type = 'm.room.member'`, userID)
 	if err != nil {
 		return nil, err
@@ -552,7 +555,7 @@ func UserRooms(ctx context.Context, q Querier, userID string) (map[string]UserRo
 	for rows.Next() {
 		var id string
 		var ur UserRoom
-		if err := rows.Scan(&id, &ur.Membership, &ur.LastPos); err != nil {
+		if err := rows.Scan(&id, &ur.Membership, &ur.LastPos, &ur.MemberPos); err != nil {
 			return nil, err
 		}
 		out[id] = ur

@@ -16,12 +16,17 @@ import (
 // every lower reserved position has committed or been abandoned: readers use
 // Current(), never the highest ID, and so can never skip a row that commits
 // late. Publish defers a wake-up until its position is visible.
+//
+// Current() also never passes the highest committed position: an abandoned
+// (rolled-back) position is in no table, so after a restart the stream
+// hands it out again, and a token naming it would skip that new row.
 type Stream struct {
-	mu       sync.Mutex
-	next     int64
-	inflight []int64 // sorted reserved-but-unfinished positions
-	current  int64
-	pending  []pendingPublish
+	mu        sync.Mutex
+	next      int64
+	inflight  []int64 // sorted reserved-but-unfinished positions
+	current   int64
+	committed int64 // highest position whose transaction committed
+	pending   []pendingPublish
 }
 
 type pendingPublish struct {
@@ -64,7 +69,7 @@ func loadStream(ctx context.Context, db *DB) (*Stream, error) {
 			maxPos = *v
 		}
 	}
-	return &Stream{next: maxPos + 1, current: maxPos}, nil
+	return &Stream{next: maxPos + 1, current: maxPos, committed: maxPos}, nil
 }
 
 // Reserve takes the next position. The caller must Release it.
@@ -77,6 +82,14 @@ func (s *Stream) Reserve() int64 {
 	return p
 }
 
+// Committed records that pos's transaction committed; call it before
+// Release(pos).
+func (s *Stream) Committed(pos int64) {
+	s.mu.Lock()
+	s.committed = max(s.committed, pos)
+	s.mu.Unlock()
+}
+
 // Release marks pos finished (committed or rolled back) and runs any
 // publications that became visible.
 func (s *Stream) Release(pos int64) {
@@ -85,11 +98,13 @@ func (s *Stream) Release(pos int64) {
 	if i < len(s.inflight) && s.inflight[i] == pos {
 		s.inflight = append(s.inflight[:i], s.inflight[i+1:]...)
 	}
+	bound := s.next - 1
 	if len(s.inflight) > 0 {
-		s.current = s.inflight[0] - 1
-	} else {
-		s.current = s.next - 1
+		bound = s.inflight[0] - 1
 	}
+	// Everything up to bound is finished; what lies above the highest
+	// commit was rolled back and holds no rows.
+	s.current = max(s.current, min(bound, s.committed))
 	var ready []func()
 	keep := s.pending[:0]
 	for _, p := range s.pending {

@@ -54,11 +54,14 @@ type Syncer struct {
 	eph        atomic.Int64
 	extMu      sync.RWMutex
 	extensions []Extension
+	// stopping is closed by Shutdown: long-polls answer at once.
+	stopping chan struct{}
+	stopOnce sync.Once
 }
 
 // New makes a syncer and subscribes it to the room server's output.
 func New(db *storage.DB, rs RoomServer) *Syncer {
-	s := &Syncer{db: db, rs: rs, n: newNotifier(db)}
+	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{})}
 	rs.Subscribe(s.onEvent)
 	return s
 }
@@ -88,6 +91,20 @@ func (s *Syncer) NotifyRoom(roomID string) { s.n.wakeRoom(context.Background(), 
 // BumpEphemeral advances the ephemeral counter (typing) and returns it; the
 // caller then wakes whoever should hear.
 func (s *Syncer) BumpEphemeral() int64 { return s.eph.Add(1) }
+
+// Shutdown makes every waiting and future long-poll answer at once with
+// what it has, so a stopping server drains its connections instead of
+// waiting out /sync timeouts. Clients resume from the token they get.
+func (s *Syncer) Shutdown() { s.stopOnce.Do(func() { close(s.stopping) }) }
+
+func (s *Syncer) shuttingDown() bool {
+	select {
+	case <-s.stopping:
+		return true
+	default:
+		return false
+	}
+}
 
 // Current is the token a sync would reach now.
 func (s *Syncer) Current() Token { return Token{Pos: s.db.Stream.Current(), Eph: s.eph.Load()} }
@@ -125,7 +142,7 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		if p.Since == nil || p.FullState || !resp.empty() || !time.Now().Before(deadline) {
+		if p.Since == nil || p.FullState || !resp.empty() || !time.Now().Before(deadline) || s.shuttingDown() {
 			return resp, nil
 		}
 		s.n.addWaiter(1)
@@ -133,6 +150,7 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		select {
 		case <-wake:
 		case <-timer.C:
+		case <-s.stopping:
 		case <-ctx.Done():
 			timer.Stop()
 			s.n.addWaiter(-1)
@@ -173,16 +191,20 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 		return err
 	}
 	current := make(map[string]string, len(userRooms))
+	// The user's membership events can only be in range if one of their
+	// current ones is (the latest per room is in current_state): most
+	// incremental syncs skip that query. Position 0 (remote state) is unknown.
+	membershipMoved := false
 	for id, ur := range userRooms {
 		current[id] = ur.Membership
+		if ur.MemberPos <= 0 || ur.MemberPos > req.Since.Pos {
+			membershipMoved = true
+		}
 	}
-	forgotten, err := storage.ForgottenRooms(ctx, s.db, req.UserID)
-	if err != nil {
-		return err
-	}
+	var forgotten map[string]bool // read on the first left room
 	// Membership changes in range: which rooms are new to the client.
 	changed := map[string]*storage.Event{}
-	if !req.Initial {
+	if !req.Initial && membershipMoved {
 		evs, err := storage.MembershipEventsForUser(ctx, s.db, req.UserID, req.Since.Pos, req.To.Pos)
 		if err != nil {
 			return err
@@ -232,15 +254,22 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 				if ir != nil {
 					if membership == "knock" {
 						if resp.Rooms.Knock == nil {
-							resp.Rooms.Knock = map[string]*InvitedRoom{}
+							resp.Rooms.Knock = map[string]*KnockedRoom{}
 						}
-						resp.Rooms.Knock[roomID] = ir
+						kr := &KnockedRoom{}
+						kr.KnockState.Events = ir.InviteState.Events
+						resp.Rooms.Knock[roomID] = kr
 					} else {
 						resp.Rooms.Invite[roomID] = ir
 					}
 				}
 			}
 		case "leave", "ban":
+			if forgotten == nil {
+				if forgotten, err = storage.ForgottenRooms(ctx, s.db, req.UserID); err != nil {
+					return err
+				}
+			}
 			if forgotten[roomID] {
 				continue
 			}
@@ -276,8 +305,12 @@ func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from
 func (s *Syncer) format(req *Request, evs []*storage.Event, tf *RoomEventFilter) []ClientEvent {
 	out := make([]ClientEvent, 0, len(evs))
 	v := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	ignored := s.IgnoredBy(req.UserID)
 	for _, e := range evs {
 		if tf != nil && !tf.AllowsEvent(e.RoomID, e.Type, e.Sender, e.JSON) {
+			continue
+		}
+		if Ignored(ignored, e.Sender, e.StateKey != nil) {
 			continue
 		}
 		pdu, err := s.rs.PDU(e)

@@ -31,7 +31,7 @@ type Rooms struct {
 	Join   map[string]*JoinedRoom  `json:"join"`
 	Invite map[string]*InvitedRoom `json:"invite"`
 	Leave  map[string]*LeftRoom    `json:"leave"`
-	Knock  map[string]*InvitedRoom `json:"knock,omitempty"`
+	Knock  map[string]*KnockedRoom `json:"knock,omitempty"`
 }
 
 // Timeline is a room's timeline slice.
@@ -75,6 +75,13 @@ type InvitedRoom struct {
 	InviteState struct {
 		Events []StrippedEvent `json:"events"`
 	} `json:"invite_state"`
+}
+
+// KnockedRoom is one room under rooms.knock (stripped state).
+type KnockedRoom struct {
+	KnockState struct {
+		Events []StrippedEvent `json:"events"`
+	} `json:"knock_state"`
 }
 
 // LeftRoom is one room under rooms.leave.

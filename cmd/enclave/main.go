@@ -143,7 +143,7 @@ func cmdServe(args []string) error {
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP)
 	for sig := range sigs {
 		if sig == syscall.SIGHUP {
-			reload(path, cfg)
+			reload(path, cfg, srv)
 			continue
 		}
 		logrus.WithField("signal", sig.String()).Info("shutting down: draining requests")
@@ -156,8 +156,9 @@ func cmdServe(args []string) error {
 }
 
 // reload re-reads the config file on SIGHUP and applies what can change
-// without a restart (log level and format); the rest needs a restart.
-func reload(path string, running *config.Config) {
+// without a restart (log level and format, federation policy); the rest
+// needs a restart.
+func reload(path string, running *config.Config, srv *server.Server) {
 	cfg, err := config.Load(path, running.DataDir)
 	if err != nil {
 		logrus.WithError(err).Error("SIGHUP: config not reloaded")
@@ -165,7 +166,15 @@ func reload(path string, running *config.Config) {
 	}
 	setupLogging(cfg)
 	running.Log = cfg.Log
-	logrus.Info("SIGHUP: configuration reloaded (log settings applied; other changes need a restart)")
+	if f := srv.Federation(); f != nil {
+		// The policy keeps its own copy of the federation settings.
+		if err := f.ReloadPolicy(cfg); err != nil {
+			logrus.WithError(err).Error("SIGHUP: federation policy not reloaded")
+		} else {
+			logrus.Info("SIGHUP: federation policy reloaded")
+		}
+	}
+	logrus.Info("SIGHUP: configuration reloaded (log and federation policy applied; other changes need a restart)")
 }
 
 func cmdConfig(args []string) error {

@@ -212,6 +212,9 @@ func (s *Server) Start() (string, error) {
 		mux.HandleFunc("/health", s.health)
 		s.serve(ml, mux, false)
 	}
+	if err := s.startExtra(); err != nil { // listeners.go: components' listeners and start hooks
+		return "", err
+	}
 	return l.Addr().String(), nil
 }
 

@@ -1,0 +1,67 @@
+package auditapi
+
+// Action names. Components record with these so that auditors can filter
+// on stable names; a trailing '*' in a filter matches a prefix
+// (e.g. "room.*").
+const (
+	// Accounts and sessions.
+	ActionLogin          = "account.login"      // outcome failure carries details.reason
+	ActionLogout         = "account.logout"     // details.all for /logout/all
+	ActionRegister       = "account.register"   // details.kind: user, admin (shared secret), admin_api
+	ActionPasswordChange = "account.password"   // details.by_admin when reset through the admin API
+	ActionDeactivate     = "account.deactivate" // details.erase
+	ActionReactivate     = "account.reactivate" // admin API
+	ActionAccountModify  = "account.modify"     // admin API: details.fields changed
+	ActionDeviceAdd      = "device.add"         // target: device ID
+	ActionDeviceRemove   = "device.remove"      // target: device ID
+	ActionDeviceUpdate   = "device.update"      // rename
+	ActionCrossSigning   = "keys.cross_signing" // upload of cross-signing keys: details.keys (types only)
+	ActionSignatures     = "keys.signatures"    // signature uploads: details.count
+	ActionKeyBackup      = "keys.backup"        // backup version create/update/delete: details.op, version
+	ActionKeyBackupKeys  = "keys.backup_keys"   // room-key upload/delete to a backup: details.op, count
+	ActionDeviceKeys     = "keys.device_upload" // device keys published: target device ID
+	ActionRoleChange     = "rbac.role_change"   // target: user; details.from, details.to
+	ActionAccessDenied   = "rbac.denied"        // details.permission, details.route
+	ActionRegTokenChange = "admin.registration_token"
+
+	// Rooms (recorded by the room event hook, local and remote events).
+	ActionRoomCreate  = "room.create"
+	ActionInvite      = "room.invite"
+	ActionJoin        = "room.join"
+	ActionLeave       = "room.leave"
+	ActionKick        = "room.kick"
+	ActionBan         = "room.ban"
+	ActionUnban       = "room.unban"
+	ActionKnock       = "room.knock"
+	ActionPowerLevels = "room.power_levels"
+	ActionRoomState   = "room.state"
+	ActionMessage     = "room.message" // details: event_id, type, size, content_sha256 (never plaintext)
+	ActionRedaction   = "room.redaction"
+
+	// Media.
+	ActionMediaUpload   = "media.upload"   // target: mxc URI; details: size, content_type, sha256
+	ActionMediaDownload = "media.download" // target: mxc URI
+	ActionMediaAdmin    = "media.admin"    // quarantine / delete
+
+	// Administration.
+	ActionAdminCall    = "admin.call"          // every admin API request: details.method, route, status
+	ActionRoomBlock    = "admin.room_block"    // details.blocked
+	ActionRoomPurge    = "admin.room_purge"    // details.events
+	ActionLegalHold    = "admin.legal_hold"    // details.scope, held
+	ActionServerNotice = "admin.server_notice" // target: user
+	ActionRetention    = "retention.purge"     // details.events, before_ts
+	ActionRoomExport   = "admin.room_export"   // target: room
+
+	// Federation.
+	ActionFedTxnIn  = "federation.txn_in"  // actor server: origin; details: txn_id, pdus, edus
+	ActionFedTxnOut = "federation.txn_out" // target: destination; details: txn_id, pdus, edus
+	ActionFedRefuse = "federation.refused" // actor server: origin refused by policy; details.reason
+
+	// The audit trail itself and the server.
+	ActionAuditExport = "audit.export"
+	ActionAuditVerify = "audit.verify"
+	ActionCheckpoint  = "audit.checkpoint"
+	ActionConfigLoad  = "server.config_reload"
+	ActionServerStart = "server.start"
+	ActionServerStop  = "server.stop"
+)

@@ -1,0 +1,202 @@
+// Package endpoints serves the audit trail to auditors under
+// /_enclave/audit/v1: paged listing with filters, the signed head, the
+// public key, server-side verification and export. Reading needs the
+// read_audit permission, exporting export_audit (checked by RBAC's rules
+// and again here). Nothing here, or anywhere, edits or deletes entries.
+package endpoints
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"enclave/auditapi"
+	"enclave/clientapi"
+	"enclave/internal/rbac"
+	"enclave/storage"
+)
+
+// API serves the auditor endpoints.
+type API struct {
+	DB         *storage.DB
+	Client     *clientapi.API
+	RBAC       *rbac.RBAC
+	Log        *auditapi.Log
+	ServerName string
+	Version    string
+	// HeadPath is the exported head file verification compares with.
+	HeadPath string
+}
+
+const prefix = "/_enclave/audit/v1"
+
+// Register mounts the endpoints.
+func (a *API) Register() {
+	a.Client.HandleAuthed("GET", prefix+"/entries", "audit", a.entries)
+	a.Client.HandleAuthed("GET", prefix+"/head", "audit", a.head)
+	a.Client.HandleAuthed("GET", prefix+"/public_key", "audit", a.publicKey)
+	a.Client.HandleAuthed("POST", prefix+"/verify", "audit", a.verify)
+	a.Client.HandleAuthed("GET", prefix+"/verify", "audit", a.verify)
+	a.Client.HandleRaw("GET", prefix+"/export", "audit_export", a.export)
+}
+
+// Entry is an entry as the listing shows it: the export form with its
+// details parsed.
+type Entry struct {
+	auditapi.ExportedEntry
+	DetailsJSON json.RawMessage `json:"details_json"`
+}
+
+// GET /_enclave/audit/v1/entries?from=N&limit=&actor=&room=&action=&since=&until=
+func (a *API) entries(r *http.Request, dev *clientapi.Device) clientapi.Response {
+	q := r.URL.Query()
+	from, err := strconv.ParseInt(orDefault(q.Get("from"), "1"), 10, 64)
+	if err != nil || from < 1 {
+		return clientapi.InvalidParam("from must be a chain index (1 or more)")
+	}
+	limit, err := strconv.Atoi(orDefault(q.Get("limit"), "100"))
+	if err != nil || limit < 1 {
+		return clientapi.InvalidParam("limit must be a positive integer")
+	}
+	limit = min(limit, 1000)
+	since, err := auditapi.ParseTime(q.Get("since"))
+	if err != nil {
+		return clientapi.InvalidParam("since: %v", err)
+	}
+	until, err := auditapi.ParseTime(q.Get("until"))
+	if err != nil {
+		return clientapi.InvalidParam("until: %v", err)
+	}
+	if err := a.Log.Seal(r.Context()); err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	rows, err := storage.ListAuditRows(r.Context(), a.DB, storage.AuditFilter{FromN: from, SinceTS: since, UntilTS: until,
+		Actor: q.Get("actor"), RoomID: q.Get("room"), Action: q.Get("action"), Limit: limit + 1})
+	if err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	body := map[string]any{}
+	if len(rows) > limit {
+		body["next_from"] = rows[limit].N
+		rows = rows[:limit]
+	}
+	out := make([]Entry, 0, len(rows))
+	for _, row := range rows {
+		out = append(out, Entry{ExportedEntry: auditapi.ExportRow(row), DetailsJSON: json.RawMessage(row.Details)})
+	}
+	body["entries"] = out
+	return clientapi.JSON(http.StatusOK, body)
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}
+
+// GET /_enclave/audit/v1/head
+func (a *API) head(r *http.Request, _ *clientapi.Device) clientapi.Response {
+	if err := a.Log.Flush(r.Context()); err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	return clientapi.JSON(http.StatusOK, a.Log.CurrentHead())
+}
+
+// GET /_enclave/audit/v1/public_key: what offline verification needs.
+func (a *API) publicKey(r *http.Request, _ *clientapi.Device) clientapi.Response {
+	keyID, pub := a.Log.PublicKey()
+	return clientapi.JSON(http.StatusOK, map[string]any{"server_name": a.ServerName, "key_id": keyID, "public_key": base64.RawStdEncoding.EncodeToString(pub)})
+}
+
+// GET|POST /_enclave/audit/v1/verify: verify the whole chain (and the
+// exported head, if configured) and report the first break.
+func (a *API) verify(r *http.Request, dev *clientapi.Device) clientapi.Response {
+	ctx := r.Context()
+	if err := a.Log.Flush(ctx); err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	keyID, pub := a.Log.PublicKey()
+	var head *auditapi.Head
+	if a.HeadPath != "" {
+		h, err := auditapi.ReadHead(a.HeadPath)
+		if err != nil {
+			return clientapi.InternalError(r, fmt.Errorf("reading the exported head: %w", err))
+		}
+		head = h
+	}
+	res, err := auditapi.VerifyStore(ctx, a.DB, keyID, pub, head)
+	if err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	outcome := auditapi.OutcomeSuccess
+	if !res.OK() {
+		outcome = auditapi.OutcomeFailure
+	}
+	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditVerify, Outcome: outcome,
+		Details: map[string]any{"verified": res.Verified, "result": res.String(), "via": "api"},
+	}); err != nil {
+		return clientapi.InternalError(r, err)
+	}
+	return clientapi.JSON(http.StatusOK, map[string]any{"ok": res.OK(), "result": res.String(), "details": res})
+}
+
+// GET /_enclave/audit/v1/export?since=&until=&format=jsonl|cef: streams the
+// export (the same format as `enclave audit export`).
+func (a *API) export(w http.ResponseWriter, r *http.Request) {
+	dev, resp, ok := a.Client.Authenticate(r)
+	if !ok {
+		clientapi.WriteResponse(w, resp)
+		return
+	}
+	ctx := r.Context()
+	if can, err := a.RBAC.Can(ctx, dev.UserID, rbac.ExportAudit); err != nil {
+		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		return
+	} else if !can {
+		roles, _ := a.RBAC.UserRoles(ctx, dev.UserID)
+		clientapi.WriteResponse(w, rbac.Forbidden(rbac.ExportAudit, roles))
+		return
+	}
+	q := r.URL.Query()
+	format := orDefault(q.Get("format"), auditapi.FormatJSONL)
+	since, err1 := auditapi.ParseTime(q.Get("since"))
+	until, err2 := auditapi.ParseTime(q.Get("until"))
+	if err1 != nil || err2 != nil || (format != auditapi.FormatJSONL && format != auditapi.FormatCEF) {
+		clientapi.WriteResponse(w, clientapi.InvalidParam("since/until must be times and format jsonl or cef"))
+		return
+	}
+	if err := a.Log.Flush(ctx); err != nil {
+		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		return
+	}
+	// Recorded before any entry leaves the server.
+	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditExport,
+		Details: map[string]any{"format": format, "since": since, "until": until, "via": "api"},
+	}); err != nil {
+		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		return
+	}
+	keyID, _ := a.Log.PublicKey()
+	ctype := "application/x-ndjson"
+	if format == auditapi.FormatCEF {
+		ctype = "text/plain; charset=utf-8"
+	}
+	w.Header().Set("Content-Type", ctype)
+	w.Header().Set("Content-Disposition", fmt.Sprintf(`attachment; filename="enclave-audit-%s.%s"`, time.Now().UTC().Format("20060102T150405Z"), format))
+	w.WriteHeader(http.StatusOK)
+	ectx, cancel := context.WithTimeout(ctx, 30*time.Minute)
+	defer cancel()
+	if _, err := auditapi.Export(ectx, a.DB, w, auditapi.ExportOptions{SinceTS: since, UntilTS: until, Format: format,
+		ServerName: a.ServerName, KeyID: keyID, Key: a.Log.SigningKey(), Version: a.Version}); err != nil {
+		logrus.WithError(err).Error("audit: export over HTTP failed midway")
+	}
+}

@@ -1,0 +1,107 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	pushnotify "enclave/internal/pushrules/notifier"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).accountDataRoutes) }
+
+func (a *API) accountDataRoutes() {
+	a.v3("GET", "/user/{userId}/account_data/{type}", "account_data", a.getAccountData)
+	a.v3("PUT", "/user/{userId}/account_data/{type}", "account_data", a.putAccountData)
+	a.v3("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.getAccountData)
+	a.v3("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.putAccountData)
+}
+
+// Account data types the server manages itself.
+const fullyReadType = "m.fully_read"
+
+const maxAccountDataType = 255
+
+// accountDataTarget checks the path: own user, valid room (if any), type.
+func accountDataTarget(r *http.Request, dev *Device) (roomID, typ string, resp Response, ok bool) {
+	v := vars(r)
+	if v["userId"] != dev.UserID {
+		return "", "", Forbidden("you may only access your own account data"), false
+	}
+	if _, room := v["roomId"]; room {
+		if roomID, resp, ok = roomIDParam(r); !ok {
+			return "", "", resp, false
+		}
+	}
+	typ = v["type"]
+	if typ == "" || len(typ) > maxAccountDataType {
+		return "", "", InvalidParam("invalid account data type"), false
+	}
+	return roomID, typ, Response{}, true
+}
+
+func (a *API) getAccountData(r *http.Request, dev *Device) Response {
+	roomID, typ, resp, ok := accountDataTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	if roomID == "" && typ == syncapi.PushRulesType {
+		c, err := pushnotify.AccountDataContent(r.Context(), a.db, dev.UserID)
+		if err != nil {
+			return InternalError(r, err)
+		}
+		return Response{Code: 200, Body: []byte(c)}
+	}
+	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, typ)
+	if errors.Is(err, storage.ErrNotFound) {
+		return NotFound("no account data of type %s", typ)
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	return Response{Code: 200, Body: []byte(c)}
+}
+
+func (a *API) putAccountData(r *http.Request, dev *Device) Response {
+	roomID, typ, resp, ok := accountDataTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	if typ == fullyReadType || typ == syncapi.PushRulesType {
+		return Errf(http.StatusMethodNotAllowed, "M_BAD_JSON", "%s is managed by the server and cannot be set here", typ)
+	}
+	content, resp, ok := readJSONObject(r)
+	if !ok {
+		return resp
+	}
+	if roomID == "" && typ == storage.IgnoredUserListType {
+		var c struct {
+			Ignored map[string]json.RawMessage `json:"ignored_users"`
+		}
+		if err := json.Unmarshal(content, &c); err != nil {
+			return BadJSON("ignored_users must be an object of user IDs")
+		}
+		for u := range c.Ignored {
+			if !looksLikeUserID(u) {
+				return BadJSON("ignored_users: %q is not a user ID", u)
+			}
+		}
+	}
+	if err := a.writeAccountData(r, dev.UserID, roomID, typ, content); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+// writeAccountData stores a blob and wakes the user's syncs.
+func (a *API) writeAccountData(r *http.Request, userID, roomID, typ string, content json.RawMessage) error {
+	return a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		pos, err := storage.PutAccountData(r.Context(), tx, userID, roomID, typ, content)
+		if err != nil {
+			return err
+		}
+		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		return nil
+	})
+}

@@ -1,0 +1,122 @@
+package clientapi
+
+// Audit plumbing for the client API. Account actions record their audit
+// entry inside their own transaction with a.audit(ctx, tx, entry): if the
+// record cannot be written the transaction, and so the action, fails.
+//
+// Every authenticated request carries its actor (user, device, IP, user
+// agent) in its context once AttachActor has run (the server's authorizer
+// does it), so entries recorded deeper down (room events) name the device
+// and address the request came from. Open endpoints (login, register) use
+// actorContext.
+//
+// This file also exports the few account helpers the admin API (package
+// adminapi) needs.
+
+import (
+	"context"
+	"net"
+	"net/http"
+
+	"enclave/auditapi"
+	"enclave/storage"
+)
+
+// audit records e through q (a transaction of the action it records).
+func (a *API) audit(ctx context.Context, q storage.Querier, e auditapi.Entry) error {
+	return auditapi.Record(ctx, q, e)
+}
+
+// RequestActor describes who sent r: the device when authenticated, and
+// always the peer address and user agent.
+func RequestActor(r *http.Request, dev *Device) auditapi.Actor {
+	ip := r.RemoteAddr
+	if h, _, err := net.SplitHostPort(ip); err == nil {
+		ip = h
+	}
+	act := auditapi.Actor{IP: ip, UserAgent: r.UserAgent()}
+	if dev != nil {
+		act.UserID, act.DeviceID = dev.UserID, dev.DeviceID
+	}
+	return act
+}
+
+// AttachActor puts the request's actor into r's context in place, so the
+// handler that runs next (and everything it calls) records it. It is meant
+// for the authorizer hook, which runs on the very *http.Request the
+// handler then receives.
+func AttachActor(r *http.Request, dev *Device) {
+	*r = *r.WithContext(auditapi.WithActor(r.Context(), RequestActor(r, dev)))
+}
+
+// actorContext is r's context with the (unauthenticated) requester's
+// address attached, for open endpoints.
+func actorContext(r *http.Request) context.Context {
+	if _, ok := auditapi.ActorFrom(r.Context()); ok {
+		return r.Context()
+	}
+	return auditapi.WithActor(r.Context(), RequestActor(r, nil))
+}
+
+// loginFailed records a failed login attempt and returns resp (or a 500 if
+// the attempt could not be recorded: unrecorded attempts are not allowed).
+func (a *API) loginFailed(r *http.Request, userID, identifier, reason string, resp Response) Response {
+	details := map[string]any{"reason": reason}
+	if identifier != "" {
+		details["identifier"] = clipString(identifier, 255)
+	}
+	err := a.audit(actorContext(r), a.db, auditapi.Entry{
+		Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionLogin, Target: userID,
+		Outcome: auditapi.OutcomeFailure, Details: details,
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return resp
+}
+
+// auditDevicesRemoved records one device.remove entry per device.
+func (a *API) auditDevicesRemoved(ctx context.Context, q storage.Querier, userID string, deviceIDs []string, reason string) error {
+	for _, id := range deviceIDs {
+		err := a.audit(ctx, q, auditapi.Entry{
+			Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionDeviceRemove, Target: id,
+			Details: map[string]any{"user_id": userID, "reason": reason},
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func clipString(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for the admin API.
+
+// HashPassword returns the argon2id hash of a password (admin password
+// resets and account creation).
+func HashPassword(ctx context.Context, password string) (string, error) {
+	return hashPassword(ctx, password)
+}
+
+// MaxPasswordBytes bounds passwords everywhere.
+const MaxPasswordBytes = maxPasswordBytes
+
+// ValidLocalpart reports whether s may be the localpart of a new user.
+func ValidLocalpart(s string) bool { return validLocalpart(s) }
+
+// InvalidateUserTokens drops the user's cached access tokens after their
+// tokens were revoked in the store.
+func (a *API) InvalidateUserTokens(userID string) { a.invalidateUserTokens(userID) }
+
+// LeaveAllRooms makes a (deactivated) user leave or reject every room.
+func (a *API) LeaveAllRooms(ctx context.Context, userID string) { a.leaveAllRooms(ctx, userID) }
+
+// ServerName is the server's name.
+func (a *API) ServerName() string { return a.opts.ServerName }

@@ -1,0 +1,193 @@
+package clientapi
+
+// Device management: GET /devices, GET/PUT/DELETE /devices/{deviceId},
+// POST /delete_devices, and the last-seen bookkeeping of every request.
+// Deleting a device deletes its tokens, E2EE keys and to-device inbox and
+// tells the user's room-mates (storage.DeleteDevices runs the E2EE cleanup).
+
+import (
+	"encoding/json"
+	"errors"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"enclave/storage"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).deviceRoutes) }
+
+func (a *API) deviceRoutes() {
+	a.v3("GET", "/devices", "devices", a.listDevices)
+	a.v3("GET", "/devices/{deviceId}", "devices", a.getDevice)
+	a.v3("PUT", "/devices/{deviceId}", "devices", a.putDevice)
+	a.v3("DELETE", "/devices/{deviceId}", "devices", a.deleteDevice)
+	a.v3("POST", "/delete_devices", "devices", a.postDeleteDevices)
+	a.router.Use(a.lastSeenMiddleware)
+}
+
+// clientDevice is a device as the spec's device endpoints show it.
+type clientDevice struct {
+	DeviceID    string `json:"device_id"`
+	DisplayName string `json:"display_name,omitempty"`
+	LastSeenIP  string `json:"last_seen_ip,omitempty"`
+	LastSeenTS  int64  `json:"last_seen_ts,omitempty"`
+}
+
+func toClientDevice(d *storage.Device) clientDevice {
+	return clientDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName, LastSeenIP: d.LastSeenIP, LastSeenTS: d.LastSeenTS}
+}
+
+func (a *API) listDevices(r *http.Request, dev *Device) Response {
+	devs, err := storage.ListDevices(r.Context(), a.db, dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	out := make([]clientDevice, 0, len(devs))
+	for _, d := range devs {
+		out = append(out, toClientDevice(d))
+	}
+	return JSON(http.StatusOK, map[string]any{"devices": out})
+}
+
+func (a *API) getDevice(r *http.Request, dev *Device) Response {
+	d, err := storage.GetDevice(r.Context(), a.db, dev.UserID, vars(r)["deviceId"])
+	if errors.Is(err, storage.ErrNotFound) {
+		return NotFound("no such device")
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, toClientDevice(d))
+}
+
+func (a *API) putDevice(r *http.Request, dev *Device) Response {
+	var req struct {
+		DisplayName *string `json:"display_name"`
+	}
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	deviceID := vars(r)["deviceId"]
+	ctx := r.Context()
+	if req.DisplayName == nil {
+		if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
+			return NotFound("no such device")
+		} else if err != nil {
+			return InternalError(r, err)
+		}
+		return JSON(http.StatusOK, struct{}{})
+	}
+	if len(*req.DisplayName) > maxDeviceNameLen {
+		return InvalidParam("display_name may not be longer than %d bytes", maxDeviceNameLen)
+	}
+	errNoDevice := errors.New("no such device")
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		old, err := storage.GetDevice(ctx, tx, dev.UserID, deviceID)
+		if errors.Is(err, storage.ErrNotFound) {
+			return errNoDevice
+		}
+		if err != nil || old.DisplayName == *req.DisplayName {
+			return err
+		}
+		if _, err := storage.SetDeviceDisplayName(ctx, tx, dev.UserID, deviceID, *req.DisplayName); err != nil {
+			return err
+		}
+		// Key queries show the name (unsigned.device_display_name).
+		if _, err := storage.GetDeviceKeys(ctx, tx, dev.UserID, deviceID); err == nil {
+			_, err = storage.RecordDeviceListChange(ctx, tx, dev.UserID, []string{deviceID}, false, "")
+			return err
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		return nil
+	})
+	if errors.Is(err, errNoDevice) {
+		return NotFound("no such device")
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+func (a *API) deleteDevice(r *http.Request, dev *Device) Response {
+	body, resp, ok := readBody(r)
+	if !ok {
+		return resp
+	}
+	deviceID := vars(r)["deviceId"]
+	ctx := r.Context()
+	if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
+		return NotFound("no such device")
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		return resp
+	}
+	if err := a.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+func (a *API) postDeleteDevices(r *http.Request, dev *Device) Response {
+	body, resp, ok := readBody(r)
+	if !ok {
+		return resp
+	}
+	var req struct {
+		Devices []string `json:"devices"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return BadJSON("request body has the wrong shape: %v", err)
+	}
+	if req.Devices == nil {
+		return MissingParam("devices is required")
+	}
+	if len(req.Devices) > 1000 {
+		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
+	}
+	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		return resp
+	}
+	if err := a.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+// lastSeenMiddleware records, after each authenticated request, the
+// device's last-seen time, IP and user agent. touchDevice throttles the
+// writes per device and makes them in the background; here it only costs
+// a hash and a map lookup (tokens the request just authenticated are in
+// the cache).
+func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		next.ServeHTTP(w, r)
+		token := ""
+		if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+			token = strings.TrimPrefix(h, "Bearer ")
+		} else {
+			token = r.URL.Query().Get("access_token")
+		}
+		if token == "" {
+			return
+		}
+		e, ok := a.acct().tokens.get(hashToken(token), time.Now())
+		if !ok {
+			return
+		}
+		ip, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			ip = r.RemoteAddr
+		}
+		ua := r.UserAgent()
+		if len(ua) > 512 {
+			ua = ua[:512]
+		}
+		a.touchDevice(e.dev.UserID, e.dev.DeviceID, ip, ua)
+	})
+}

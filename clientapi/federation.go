@@ -1,0 +1,50 @@
+package clientapi
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"strings"
+
+	"enclave/roomserver"
+)
+
+// Federation is what the client API asks of the federation component:
+// joining rooms that live on other servers.
+type Federation interface {
+	JoinRemote(ctx context.Context, userID, roomIDOrAlias string, via []string, content map[string]any) (string, error)
+	// Backfill fetches up to limit events older than the oldest we hold
+	// from the other servers in the room; it returns how many it stored.
+	Backfill(ctx context.Context, roomID string, limit int) (int, error)
+}
+
+// SetFederation connects the federation component (nil: federation off).
+func (a *API) SetFederation(f Federation) { a.fed = f }
+
+// needsRemoteJoin reports whether joining roomID must go through another
+// server: we do not hold the room's state (unknown, or only an invite).
+func (a *API) needsRemoteJoin(ctx context.Context, roomID string) bool {
+	st, err := a.rs.CurrentState(ctx, roomID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) {
+		return true
+	}
+	return err == nil && st.Get("m.room.create", "") == nil
+}
+
+// remoteJoin joins through federation, using the via / server_name query
+// parameters and the room's or alias's server.
+func (a *API) remoteJoin(r *http.Request, dev *Device, target string, content map[string]any) Response {
+	if a.fed == nil {
+		return NotFound("room %s is not known to this server and federation is off", target)
+	}
+	q := r.URL.Query()
+	via := append(q["via"], q["server_name"]...)
+	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") {
+		via = append(via, target[i+1:])
+	}
+	roomID, err := a.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
+	if err != nil {
+		return Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)
+	}
+	return JSON(200, map[string]string{"room_id": roomID})
+}

@@ -1,0 +1,350 @@
+package clientapi
+
+// Server-side key backup: /room_keys/version[/{version}] and
+// /room_keys/keys[/{roomId}[/{sessionId}]]. The session data is encrypted
+// by the client to the backup's public key; the server keeps the better
+// copy of each session by the spec's rules and never decrypts anything.
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"enclave/storage"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).keyBackupRoutes) }
+
+func (a *API) keyBackupRoutes() {
+	a.v3("POST", "/room_keys/version", "keybackup", a.createBackupVersion)
+	a.v3("GET", "/room_keys/version", "keybackup", a.getBackupVersion)
+	a.v3("GET", "/room_keys/version/{version}", "keybackup", a.getBackupVersion)
+	a.v3("PUT", "/room_keys/version/{version}", "keybackup", a.putBackupVersion)
+	a.v3("DELETE", "/room_keys/version/{version}", "keybackup", a.deleteBackupVersion)
+	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
+		a.v3("GET", p, "keybackup", a.getBackupKeys)
+		a.v3("PUT", p, "keybackup", a.putBackupKeys)
+		a.v3("DELETE", p, "keybackup", a.deleteBackupKeys)
+	}
+}
+
+// maxBackupKeysPerRequest bounds one upload.
+const maxBackupKeysPerRequest = 20000
+
+// parseVersion reads a backup version; ok is false for anything that
+// cannot name a version (such a version does not exist).
+func parseVersion(s string) (int64, bool) {
+	v, err := strconv.ParseInt(s, 10, 64)
+	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
+}
+
+func noBackup(version string) Response {
+	if version == "" {
+		return NotFound("no current backup version")
+	}
+	return NotFound("unknown backup version %s", version)
+}
+
+func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
+	var req struct {
+		Algorithm string          `json:"algorithm"`
+		AuthData  json.RawMessage `json:"auth_data"`
+	}
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	if req.Algorithm == "" {
+		return MissingParam("algorithm is required")
+	}
+	authData, ok := jsonObject(req.AuthData)
+	if !ok {
+		return MissingParam("auth_data must be an object")
+	}
+	var v int64
+	var err error
+	for range 3 { // concurrent creations race for the next number
+		if v, err = storage.CreateBackupVersion(r.Context(), a.db, dev.UserID, req.Algorithm, authData); !storage.IsUniqueViolation(err) {
+			break
+		}
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, map[string]string{"version": strconv.FormatInt(v, 10)})
+}
+
+// jsonObject compacts raw if it is a JSON object.
+func jsonObject(raw json.RawMessage) (json.RawMessage, bool) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return nil, false
+	}
+	b, err := compactJSON(raw)
+	return b, err == nil
+}
+
+func (a *API) getBackupVersion(r *http.Request, dev *Device) Response {
+	vs, given := vars(r)["version"]
+	var v int64
+	if given {
+		var ok bool
+		if v, ok = parseVersion(vs); !ok {
+			return noBackup(vs)
+		}
+	}
+	ctx := r.Context()
+	b, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, v)
+	if errors.Is(err, storage.ErrNotFound) {
+		return noBackup(vs)
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	n, err := storage.CountBackupKeys(ctx, a.db, dev.UserID, b.Version)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, map[string]any{
+		"algorithm": b.Algorithm,
+		"auth_data": b.AuthData,
+		"count":     n,
+		"etag":      strconv.FormatInt(b.ETag, 10),
+		"version":   strconv.FormatInt(b.Version, 10),
+	})
+}
+
+func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
+	vs := vars(r)["version"]
+	var req struct {
+		Algorithm string          `json:"algorithm"`
+		AuthData  json.RawMessage `json:"auth_data"`
+		Version   *string         `json:"version"`
+	}
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	if req.Version != nil && *req.Version != vs {
+		return InvalidParam("version in the body does not match the path")
+	}
+	authData, ok := jsonObject(req.AuthData)
+	if !ok {
+		return MissingParam("auth_data must be an object")
+	}
+	v, ok := parseVersion(vs)
+	if !ok {
+		return noBackup(vs)
+	}
+	ctx := r.Context()
+	b, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, v)
+	if errors.Is(err, storage.ErrNotFound) {
+		return noBackup(vs)
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if req.Algorithm != b.Algorithm {
+		return InvalidParam("algorithm does not match the backup's")
+	}
+	if _, err := storage.UpdateBackupAuthData(ctx, a.db, dev.UserID, v, authData); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+func (a *API) deleteBackupVersion(r *http.Request, dev *Device) Response {
+	vs := vars(r)["version"]
+	v, ok := parseVersion(vs)
+	if !ok {
+		return noBackup(vs)
+	}
+	ctx := r.Context()
+	var found bool
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		var err error
+		found, err = storage.DeleteBackupVersion(ctx, tx, dev.UserID, v)
+		return err
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if !found {
+		return noBackup(vs)
+	}
+	return JSON(http.StatusOK, struct{}{})
+}
+
+// backupTarget is the version and the room/session scope of a keys request.
+func (a *API) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion, string, string, Response, bool) {
+	vs := r.URL.Query().Get("version")
+	if vs == "" {
+		return nil, "", "", MissingParam("version is required"), false
+	}
+	v, ok := parseVersion(vs)
+	if !ok {
+		return nil, "", "", noBackup(vs), false
+	}
+	b, err := storage.GetBackupVersion(r.Context(), a.db, dev.UserID, v)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, "", "", noBackup(vs), false
+	}
+	if err != nil {
+		return nil, "", "", InternalError(r, err), false
+	}
+	return b, vars(r)["roomId"], vars(r)["sessionId"], Response{}, true
+}
+
+func (a *API) backupCountETag(r *http.Request, userID string, version int64) Response {
+	b, err := storage.GetBackupVersion(r.Context(), a.db, userID, version)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	n, err := storage.CountBackupKeys(r.Context(), a.db, userID, version)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, map[string]any{"count": n, "etag": strconv.FormatInt(b.ETag, 10)})
+}
+
+type backupSessions struct {
+	Sessions map[string]json.RawMessage `json:"sessions"`
+}
+
+func (a *API) putBackupKeys(r *http.Request, dev *Device) Response {
+	body, resp, ok := readBody(r)
+	if !ok {
+		return resp
+	}
+	roomID, sessionID := vars(r)["roomId"], vars(r)["sessionId"]
+	var keys []storage.BackupKey
+	add := func(room, session string, raw json.RawMessage) (Response, bool) {
+		var k storage.BackupKey
+		if err := json.Unmarshal(raw, &k); err != nil {
+			return BadJSON("key backup data for %s/%s has the wrong shape: %v", room, session, err), false
+		}
+		sd, ok := jsonObject(k.SessionData)
+		if !ok {
+			return BadJSON("session_data for %s/%s must be an object", room, session), false
+		}
+		if k.FirstMessageIndex < 0 || k.ForwardedCount < 0 {
+			return InvalidParam("first_message_index and forwarded_count must not be negative"), false
+		}
+		k.RoomID, k.SessionID, k.SessionData = room, session, sd
+		keys = append(keys, k)
+		return Response{}, len(keys) <= maxBackupKeysPerRequest
+	}
+	tooMany := Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d keys per request", maxBackupKeysPerRequest)
+	switch {
+	case sessionID != "":
+		if resp, ok := add(roomID, sessionID, body); !ok {
+			return orTooMany(resp, tooMany)
+		}
+	case roomID != "":
+		var req backupSessions
+		if err := json.Unmarshal(body, &req); err != nil || req.Sessions == nil {
+			return BadJSON("body must be {\"sessions\": {...}}")
+		}
+		for s, raw := range req.Sessions {
+			if resp, ok := add(roomID, s, raw); !ok {
+				return orTooMany(resp, tooMany)
+			}
+		}
+	default:
+		var req struct {
+			Rooms map[string]backupSessions `json:"rooms"`
+		}
+		if err := json.Unmarshal(body, &req); err != nil || req.Rooms == nil {
+			return BadJSON("body must be {\"rooms\": {...}}")
+		}
+		for room, rs := range req.Rooms {
+			for s, raw := range rs.Sessions {
+				if resp, ok := add(room, s, raw); !ok {
+					return orTooMany(resp, tooMany)
+				}
+			}
+		}
+	}
+	vs := r.URL.Query().Get("version")
+	if vs == "" {
+		return MissingParam("version is required")
+	}
+	ctx := r.Context()
+	cur, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, 0)
+	if errors.Is(err, storage.ErrNotFound) {
+		return noBackup(vs)
+	}
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if strconv.FormatInt(cur.Version, 10) != vs {
+		return Response{Code: http.StatusForbidden, Body: map[string]string{
+			"errcode": "M_WRONG_ROOM_KEYS_VERSION", "error": "the backup version is not the current one", "current_version": strconv.FormatInt(cur.Version, 10),
+		}}
+	}
+	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		_, err := storage.PutBackupKeys(ctx, tx, dev.UserID, cur.Version, keys)
+		return err
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return a.backupCountETag(r, dev.UserID, cur.Version)
+}
+
+// orTooMany returns resp when it is an error, else the too-many response.
+func orTooMany(resp, tooMany Response) Response {
+	if resp.Code != 0 {
+		return resp
+	}
+	return tooMany
+}
+
+func (a *API) getBackupKeys(r *http.Request, dev *Device) Response {
+	b, roomID, sessionID, resp, ok := a.backupTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	keys, err := storage.GetBackupKeys(r.Context(), a.db, dev.UserID, b.Version, roomID, sessionID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	switch {
+	case sessionID != "":
+		if len(keys) == 0 {
+			return NotFound("no key backed up for this session")
+		}
+		return JSON(http.StatusOK, keys[0])
+	case roomID != "":
+		out := backupSessions{Sessions: map[string]json.RawMessage{}}
+		for _, k := range keys {
+			out.Sessions[k.SessionID], _ = json.Marshal(k)
+		}
+		return JSON(http.StatusOK, out)
+	default:
+		rooms := map[string]backupSessions{}
+		for _, k := range keys {
+			rs, ok := rooms[k.RoomID]
+			if !ok {
+				rs = backupSessions{Sessions: map[string]json.RawMessage{}}
+				rooms[k.RoomID] = rs
+			}
+			rs.Sessions[k.SessionID], _ = json.Marshal(k)
+		}
+		return JSON(http.StatusOK, map[string]any{"rooms": rooms})
+	}
+}
+
+func (a *API) deleteBackupKeys(r *http.Request, dev *Device) Response {
+	b, roomID, sessionID, resp, ok := a.backupTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	ctx := r.Context()
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		return storage.DeleteBackupKeys(ctx, tx, dev.UserID, b.Version, roomID, sessionID)
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return a.backupCountETag(r, dev.UserID, b.Version)
+}

@@ -1,0 +1,119 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strings"
+
+	"enclave/roomserver"
+)
+
+// Knocking (POST /knock/{roomIdOrAlias}) and restricted joins. Whether a
+// knock or a join is allowed is the room version's auth rules' call
+// (gomatrixserverlib); this file only builds the events they judge.
+
+func init() { routeGroups = append(routeGroups, (*API).knockRoutes) }
+
+func (a *API) knockRoutes() {
+	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.knock)
+}
+
+func (a *API) knock(r *http.Request, dev *Device) Response {
+	var body struct {
+		Reason string `json:"reason"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	target := vars(r)["roomIdOrAlias"]
+	if !strings.HasPrefix(target, "#") && !validRoomID.MatchString(target) {
+		return InvalidParam("%q is neither a room ID nor an alias", target)
+	}
+	roomID, err := a.resolveRoom(r.Context(), target)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if roomID == "" {
+		return NotFound("room %s not found", target)
+	}
+	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) {
+		// Knocking on rooms this server does not hold needs federation.
+		return NotFound("room %s not found", target)
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	if cur == "knock" {
+		return JSON(200, map[string]string{"room_id": roomID})
+	}
+	content := map[string]any{"membership": "knock"}
+	if p, err := a.profile(r.Context(), dev.UserID); err == nil {
+		for k, v := range p {
+			content[k] = v
+		}
+	}
+	if body.Reason != "" {
+		content["reason"] = body.Reason
+	}
+	cb, _ := json.Marshal(content)
+	uid := dev.UserID
+	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+		return resp
+	}
+	return JSON(200, map[string]string{"room_id": roomID})
+}
+
+// joinAuthoriser returns the local user to name in a join's
+// join_authorised_via_users_server: for a restricted (or knock_restricted)
+// room the user is not invited to but is joined to one of the allowed
+// rooms of, a joined local member with the power to invite, most powerful
+// first. It returns "" when the join needs no authoriser or none can be
+// found (the auth rules then refuse the join).
+func (a *API) joinAuthoriser(ctx context.Context, roomID, userID string) string {
+	st, err := a.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return ""
+	}
+	rule, allow := joinRuleAllow(st)
+	if rule != "restricted" && rule != "knock_restricted" {
+		return ""
+	}
+	if m := st.Membership(userID); m == "join" || m == "invite" {
+		return ""
+	}
+	allowed := false
+	for _, room := range allow {
+		if m, err := a.rs.Membership(ctx, room, userID); err == nil && m == "join" {
+			allowed = true
+			break
+		}
+	}
+	if !allowed {
+		return ""
+	}
+	pl := roomserver.PowerLevels(st)
+	local := ":" + a.opts.ServerName
+	var candidates []string
+	for k, ev := range st {
+		if k.Type != "m.room.member" || !strings.HasSuffix(k.StateKey, local) {
+			continue
+		}
+		if m, _ := ev.Membership(); m == "join" && roomserver.PowerLevel(st, k.StateKey) >= pl.Invite {
+			candidates = append(candidates, k.StateKey)
+		}
+	}
+	sort.Slice(candidates, func(i, j int) bool {
+		pi, pj := roomserver.PowerLevel(st, candidates[i]), roomserver.PowerLevel(st, candidates[j])
+		if pi != pj {
+			return pi > pj
+		}
+		return candidates[i] < candidates[j]
+	})
+	if len(candidates) == 0 {
+		return ""
+	}
+	return candidates[0]
+}

@@ -1,0 +1,90 @@
+package clientapi
+
+import (
+	"context"
+	"net/http"
+	"unicode/utf8"
+
+	"github.com/sirupsen/logrus"
+
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).presenceRoutes) }
+
+func (a *API) presenceRoutes() {
+	a.v3("GET", "/presence/{userId}/status", "presence", a.getPresence)
+	a.v3("PUT", "/presence/{userId}/status", "presence", a.putPresence)
+}
+
+const maxStatusMsgLen = 1024
+
+func (a *API) presence() *syncapi.Presence { return syncapi.PresenceOf(a.sync) }
+
+func (a *API) getPresence(r *http.Request, dev *Device) Response {
+	target := vars(r)["userId"]
+	if !looksLikeUserID(target) {
+		return InvalidParam("invalid user ID %q", target)
+	}
+	if target != dev.UserID {
+		shares, err := storage.SharesRoom(r.Context(), a.db, dev.UserID, target)
+		if err != nil {
+			return InternalError(r, err)
+		}
+		if !shares {
+			exists, err := storage.AccountExists(r.Context(), a.db, target)
+			if err != nil {
+				return InternalError(r, err)
+			}
+			if !exists {
+				return NotFound("no presence for this user")
+			}
+			return Forbidden("you do not share a room with this user")
+		}
+	}
+	p := a.presence()
+	if !p.Enabled() {
+		return JSON(200, map[string]any{"presence": syncapi.PresenceOffline})
+	}
+	c, err := p.Get(r.Context(), target)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, c)
+}
+
+func (a *API) putPresence(r *http.Request, dev *Device) Response {
+	if vars(r)["userId"] != dev.UserID {
+		return Forbidden("you may only set your own presence")
+	}
+	var body struct {
+		Presence  string  `json:"presence"`
+		StatusMsg *string `json:"status_msg"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if body.Presence == "" {
+		return MissingParam("presence is required")
+	}
+	if !syncapi.ValidPresence(body.Presence) {
+		return InvalidParam("presence must be online, unavailable or offline")
+	}
+	if body.StatusMsg != nil && utf8.RuneCountInString(*body.StatusMsg) > maxStatusMsgLen {
+		return InvalidParam("status_msg is longer than %d characters", maxStatusMsgLen)
+	}
+	// With presence disabled the request is accepted and ignored.
+	if err := a.presence().Set(r.Context(), dev.UserID, body.Presence, body.StatusMsg, true); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+// syncPresence applies /sync's set_presence (called by the sync handler).
+// A failure to record presence never fails the sync.
+func (a *API) syncPresence(ctx context.Context, userID, setPresence string) {
+	if err := a.presence().SyncActivity(ctx, userID, setPresence); err != nil {
+		logrus.WithError(err).WithField("user_id", userID).Warn("presence: recording sync activity")
+	}
+}

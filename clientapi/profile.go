@@ -1,0 +1,246 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"github.com/sirupsen/logrus"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).profileRoutes) }
+
+func (a *API) profileRoutes() {
+	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
+		a.open("GET", prefix+"/profile/{userId}", "profile", a.getProfile)
+		a.open("GET", prefix+"/profile/{userId}/displayname", "profile", a.getProfileField("displayname"))
+		a.open("GET", prefix+"/profile/{userId}/avatar_url", "profile", a.getProfileField("avatar_url"))
+	}
+	a.v3("PUT", "/profile/{userId}/displayname", "profile", a.putProfileField("displayname"))
+	a.v3("PUT", "/profile/{userId}/avatar_url", "profile", a.putProfileField("avatar_url"))
+}
+
+// SocialOptions are the config switches of the profile and presence
+// endpoints (config profile.*; presence.enabled lives on the syncer's
+// presence tracker).
+type SocialOptions struct {
+	// ProfileRequireSharedRoom limits profile lookups to users who share
+	// a room with the requester.
+	ProfileRequireSharedRoom bool
+}
+
+var socialOptions sync.Map // *API -> SocialOptions
+
+// SetSocialOptions installs the profile switches (wired from config).
+func (a *API) SetSocialOptions(o SocialOptions) { socialOptions.Store(a, o) }
+
+func (a *API) social() SocialOptions {
+	o, _ := socialOptions.Load(a)
+	so, _ := o.(SocialOptions)
+	return so
+}
+
+// Profile limits.
+const (
+	maxDisplayNameLen = 256
+	maxAvatarURLLen   = 1024
+)
+
+// looksLikeUserID accepts @localpart:server.
+func looksLikeUserID(s string) bool {
+	if len(s) < 4 || len(s) > 255 || s[0] != '@' {
+		return false
+	}
+	i := strings.IndexByte(s, ':')
+	return i > 1 && i < len(s)-1
+}
+
+// profileRequester authenticates the request if it carries a token: profile
+// lookups work without one unless lookups are limited to shared rooms.
+func (a *API) profileRequester(r *http.Request) (*Device, Response, bool) {
+	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
+		return nil, Response{}, true
+	}
+	dev, resp, ok := a.authenticate(r)
+	if !ok {
+		return nil, resp, false
+	}
+	return dev, Response{}, true
+}
+
+// canSeeProfile applies profile.require_shared_room: without it anyone may look
+// a profile up; with it only the user and those sharing a room with them.
+func (a *API) canSeeProfile(ctx context.Context, dev *Device, target string) (Response, bool) {
+	if !a.social().ProfileRequireSharedRoom {
+		return Response{}, true
+	}
+	if dev == nil {
+		return Forbidden("profile lookup requires an access token"), false
+	}
+	if dev.UserID == target {
+		return Response{}, true
+	}
+	ok, err := storage.SharesRoom(ctx, a.db, dev.UserID, target)
+	if err != nil {
+		return InternalError(nil, err), false
+	}
+	if !ok {
+		return Forbidden("you do not share a room with this user"), false
+	}
+	return Response{}, true
+}
+
+func (a *API) lookupProfile(r *http.Request) (*storage.Profile, Response, bool) {
+	target := vars(r)["userId"]
+	if !looksLikeUserID(target) {
+		return nil, InvalidParam("invalid user ID %q", target), false
+	}
+	dev, resp, ok := a.profileRequester(r)
+	if !ok {
+		return nil, resp, false
+	}
+	if resp, ok := a.canSeeProfile(r.Context(), dev, target); !ok {
+		return nil, resp, false
+	}
+	p, err := storage.GetProfile(r.Context(), a.db, target)
+	if errors.Is(err, storage.ErrNotFound) {
+		return nil, NotFound("no such user"), false
+	} else if err != nil {
+		return nil, InternalError(r, err), false
+	}
+	return p, Response{}, true
+}
+
+func (a *API) getProfile(r *http.Request) Response {
+	p, resp, ok := a.lookupProfile(r)
+	if !ok {
+		return resp
+	}
+	body := map[string]string{}
+	if p.DisplayName != "" {
+		body["displayname"] = p.DisplayName
+	}
+	if p.AvatarURL != "" {
+		body["avatar_url"] = p.AvatarURL
+	}
+	return JSON(200, body)
+}
+
+func (a *API) getProfileField(field string) handler {
+	return func(r *http.Request) Response {
+		p, resp, ok := a.lookupProfile(r)
+		if !ok {
+			return resp
+		}
+		v := p.DisplayName
+		if field == "avatar_url" {
+			v = p.AvatarURL
+		}
+		if v == "" {
+			return NotFound("no %s set", field)
+		}
+		return JSON(200, map[string]string{field: v})
+	}
+}
+
+func (a *API) putProfileField(field string) authedHandler {
+	return func(r *http.Request, dev *Device) Response {
+		if vars(r)["userId"] != dev.UserID {
+			return Forbidden("you may only change your own profile")
+		}
+		var body map[string]json.RawMessage
+		if resp, ok := decodeJSON(r, &body); !ok {
+			return resp
+		}
+		raw, present := body[field]
+		if !present {
+			return MissingParam("missing %s", field)
+		}
+		var v *string
+		if err := json.Unmarshal(raw, &v); err != nil {
+			return BadJSON("%s must be a string", field)
+		}
+		value := ""
+		if v != nil {
+			value = *v
+		}
+		switch field {
+		case "displayname":
+			if utf8.RuneCountInString(value) > maxDisplayNameLen {
+				return InvalidParam("displayname is longer than %d characters", maxDisplayNameLen)
+			}
+		case "avatar_url":
+			if len(value) > maxAvatarURLLen || (value != "" && !strings.HasPrefix(value, "mxc://")) {
+				return InvalidParam("avatar_url must be an mxc:// URI")
+			}
+		}
+		ctx := r.Context()
+		var err error
+		if field == "displayname" {
+			err = storage.SetAccountDisplayName(ctx, a.db, dev.UserID, value)
+		} else {
+			err = storage.SetAccountAvatarURL(ctx, a.db, dev.UserID, value)
+		}
+		if err != nil {
+			return InternalError(r, err)
+		}
+		p, err := storage.GetProfile(ctx, a.db, dev.UserID)
+		if err != nil {
+			return InternalError(r, err)
+		}
+		a.propagateProfile(ctx, dev.UserID, p)
+		return JSON(200, map[string]any{})
+	}
+}
+
+// propagateProfile sends a new m.room.member join event with the profile
+// to every room the user is joined to, so members see the change.
+func (a *API) propagateProfile(ctx context.Context, userID string, p *storage.Profile) {
+	rooms, err := storage.RoomsByMembership(ctx, a.db, userID, "join")
+	if err != nil {
+		logrus.WithError(err).WithField("user_id", userID).Error("profile: listing rooms")
+		return
+	}
+	for roomID := range rooms {
+		state, err := a.rs.CurrentState(ctx, roomID)
+		if err != nil {
+			logrus.WithError(err).WithField("room_id", roomID).Warn("profile: room state")
+			continue
+		}
+		content := map[string]any{}
+		if ev := state.Get("m.room.member", userID); ev != nil {
+			_ = json.Unmarshal(ev.Content(), &content)
+		}
+		if m, _ := content["membership"].(string); m != "join" {
+			continue
+		}
+		dn, _ := content["displayname"].(string)
+		av, _ := content["avatar_url"].(string)
+		if dn == p.DisplayName && av == p.AvatarURL {
+			continue
+		}
+		delete(content, "reason")
+		setOrDelete(content, "displayname", p.DisplayName)
+		setOrDelete(content, "avatar_url", p.AvatarURL)
+		b, _ := json.Marshal(content)
+		uid := userID
+		if _, err := a.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: userID, Type: "m.room.member", StateKey: &uid, Content: b}); err != nil {
+			logrus.WithError(err).WithField("room_id", roomID).Warn("profile: updating member event")
+		}
+	}
+}
+
+func setOrDelete(m map[string]any, k, v string) {
+	if v == "" {
+		delete(m, k)
+	} else {
+		m[k] = v
+	}
+}

@@ -1,0 +1,347 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"enclave/internal/pushrules"
+	pushnotify "enclave/internal/pushrules/notifier"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).pushRuleRoutes) }
+
+func (a *API) pushRuleRoutes() {
+	a.v3("GET", "/pushrules/", "pushrules", a.getAllPushRules)
+	a.v3("GET", "/pushrules", "pushrules", a.getAllPushRules)
+	a.v3("GET", "/pushrules/global/", "pushrules", a.getGlobalPushRules)
+	a.v3("GET", "/pushrules/global", "pushrules", a.getGlobalPushRules)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.getPushRule)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.putPushRule)
+	a.v3("DELETE", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.deletePushRule)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.getPushRuleEnabled)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.putPushRuleEnabled)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.getPushRuleActions)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.putPushRuleActions)
+	a.v3("GET", "/pushers", "pushers", a.getPushers)
+	a.v3("POST", "/pushers/set", "pushers", a.setPusher)
+}
+
+func (a *API) getAllPushRules(r *http.Request, dev *Device) Response {
+	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{"global": rs})
+}
+
+func (a *API) getGlobalPushRules(r *http.Request, dev *Device) Response {
+	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, rs)
+}
+
+// ruleTarget checks scope and kind of a push rule path.
+func ruleTarget(r *http.Request) (pushrules.Kind, string, Response, bool) {
+	v := vars(r)
+	if v["scope"] != "global" {
+		return "", "", InvalidParam("unknown push rule scope %q: only global is supported", v["scope"]), false
+	}
+	k, ok := pushrules.ParseKind(v["kind"])
+	if !ok {
+		return "", "", InvalidParam("unknown push rule kind %q", v["kind"]), false
+	}
+	return k, v["ruleId"], Response{}, true
+}
+
+// findRule resolves a path to an existing rule of the user's rule set.
+func (a *API) findRule(r *http.Request, dev *Device) (*pushrules.Rule, Response, bool) {
+	k, id, resp, ok := ruleTarget(r)
+	if !ok {
+		return nil, resp, false
+	}
+	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+	if err != nil {
+		return nil, InternalError(r, err), false
+	}
+	rule := rs.Find(k, id)
+	if rule == nil {
+		return nil, NotFound("push rule not found"), false
+	}
+	return rule, Response{}, true
+}
+
+func (a *API) getPushRule(r *http.Request, dev *Device) Response {
+	rule, resp, ok := a.findRule(r, dev)
+	if !ok {
+		return resp
+	}
+	return JSON(200, rule)
+}
+
+func (a *API) getPushRuleEnabled(r *http.Request, dev *Device) Response {
+	rule, resp, ok := a.findRule(r, dev)
+	if !ok {
+		return resp
+	}
+	return JSON(200, map[string]bool{"enabled": rule.Enabled})
+}
+
+func (a *API) getPushRuleActions(r *http.Request, dev *Device) Response {
+	rule, resp, ok := a.findRule(r, dev)
+	if !ok {
+		return resp
+	}
+	actions := rule.Actions
+	if actions == nil {
+		actions = []any{}
+	}
+	return JSON(200, map[string]any{"actions": actions})
+}
+
+// changeRules runs fn in a transaction and records a push rules change,
+// so /sync sends the new m.push_rules to the user's clients.
+func (a *API) changeRules(ctx context.Context, userID string, fn func(tx *storage.Tx) error) error {
+	return a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := fn(tx); err != nil {
+			return err
+		}
+		pos, err := storage.PutAccountData(ctx, tx, userID, "", syncapi.PushRulesType, json.RawMessage("{}"))
+		if err != nil {
+			return err
+		}
+		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		return nil
+	})
+}
+
+func (a *API) putPushRule(r *http.Request, dev *Device) Response {
+	k, id, resp, ok := ruleTarget(r)
+	if !ok {
+		return resp
+	}
+	if pushrules.IsServerDefault(id) {
+		return InvalidParam("rule IDs starting with '.' are reserved for server-default rules")
+	}
+	if id == "" || strings.ContainsAny(id, "/\\") {
+		return InvalidParam("rule IDs may not contain slashes or backslashes")
+	}
+	body, resp, ok := readJSONObject(r)
+	if !ok {
+		return resp
+	}
+	stored, err := pushrules.ValidateBody(k, body)
+	if errors.Is(err, pushrules.ErrMissingPattern) {
+		return MissingParam("%v", err)
+	} else if err != nil {
+		return InvalidParam("%v", err)
+	}
+	q := r.URL.Query()
+	before, after := q.Get("before"), q.Get("after")
+	if pushrules.IsServerDefault(before) || pushrules.IsServerDefault(after) {
+		return Errf(400, "M_UNKNOWN", "rules cannot be placed relative to server-default rules")
+	}
+	err = a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+		return storage.PutUserPushRule(r.Context(), tx, dev.UserID, string(k), id, stored, before, after)
+	})
+	if errors.Is(err, storage.ErrRuleNotFound) {
+		return Errf(400, "M_UNKNOWN", "before/after rule not found: %v", err)
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+func (a *API) deletePushRule(r *http.Request, dev *Device) Response {
+	k, id, resp, ok := ruleTarget(r)
+	if !ok {
+		return resp
+	}
+	if pushrules.IsServerDefault(id) {
+		return InvalidParam("server-default rules cannot be deleted (disable them instead)")
+	}
+	found := false
+	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+		var err error
+		if found, err = storage.DeletePushRule(r.Context(), tx, dev.UserID, string(k), id); err != nil {
+			return err
+		}
+		if !found {
+			return storage.ErrNotFound // roll back the change marker
+		}
+		return nil
+	})
+	if errors.Is(err, storage.ErrNotFound) {
+		return NotFound("push rule not found")
+	} else if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+func (a *API) putPushRuleEnabled(r *http.Request, dev *Device) Response {
+	rule, resp, ok := a.findRule(r, dev)
+	if !ok {
+		return resp
+	}
+	var body struct {
+		Enabled *bool `json:"enabled"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if body.Enabled == nil {
+		return MissingParam("enabled is required")
+	}
+	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+		return storage.SetPushRuleEnabled(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, *body.Enabled)
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+func (a *API) putPushRuleActions(r *http.Request, dev *Device) Response {
+	rule, resp, ok := a.findRule(r, dev)
+	if !ok {
+		return resp
+	}
+	var body struct {
+		Actions []any `json:"actions"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if err := pushrules.ValidateActions(body.Actions); err != nil {
+		return InvalidParam("%v", err)
+	}
+	// A user rule keeps its conditions or pattern; a default rule's row
+	// records only the new actions.
+	nb := pushrules.Body{Actions: body.Actions}
+	if !rule.Default {
+		switch rule.Kind {
+		case pushrules.Override, pushrules.Underride:
+			nb.Conditions = rule.Conditions
+			if nb.Conditions == nil {
+				nb.Conditions = []pushrules.Condition{}
+			}
+		case pushrules.Content:
+			p := rule.Pattern
+			nb.Pattern = &p
+		}
+	}
+	stored, _ := json.Marshal(nb)
+	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+		return storage.SetPushRuleActions(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, stored)
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+// Pushers are stored and listed; this server never contacts push
+// gateways, so no push is delivered.
+
+const (
+	maxPushKeyBytes = 512
+	maxAppIDChars   = 64
+)
+
+func (a *API) getPushers(r *http.Request, dev *Device) Response {
+	ps, err := storage.Pushers(r.Context(), a.db, dev.UserID)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	if ps == nil {
+		ps = []*storage.Pusher{}
+	}
+	return JSON(200, map[string]any{"pushers": ps})
+}
+
+func (a *API) setPusher(r *http.Request, dev *Device) Response {
+	var body struct {
+		PushKey           string          `json:"pushkey"`
+		Kind              json.RawMessage `json:"kind"`
+		AppID             string          `json:"app_id"`
+		AppDisplayName    string          `json:"app_display_name"`
+		DeviceDisplayName string          `json:"device_display_name"`
+		ProfileTag        string          `json:"profile_tag"`
+		Lang              string          `json:"lang"`
+		Data              json.RawMessage `json:"data"`
+		Append            bool            `json:"append"`
+	}
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if body.PushKey == "" || body.AppID == "" {
+		return MissingParam("pushkey and app_id are required")
+	}
+	if len(body.PushKey) > maxPushKeyBytes || len([]rune(body.AppID)) > maxAppIDChars {
+		return InvalidParam("pushkey is limited to %d bytes and app_id to %d characters", maxPushKeyBytes, maxAppIDChars)
+	}
+	if len(body.Kind) == 0 {
+		return MissingParam("kind is required (null deletes the pusher)")
+	}
+	var kind *string
+	if err := json.Unmarshal(body.Kind, &kind); err != nil {
+		return BadJSON("kind must be a string or null")
+	}
+	if kind == nil {
+		if err := storage.DeletePusher(r.Context(), a.db, dev.UserID, body.AppID, body.PushKey); err != nil {
+			return InternalError(r, err)
+		}
+		return JSON(200, map[string]any{})
+	}
+	var missing []string
+	for name, v := range map[string]string{"app_display_name": body.AppDisplayName, "device_display_name": body.DeviceDisplayName, "lang": body.Lang} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(body.Data) == 0 || string(body.Data) == "null" {
+		missing = append(missing, "data")
+	}
+	if len(missing) > 0 {
+		return MissingParam("missing parameters: %s", strings.Join(missing, ", "))
+	}
+	var data struct {
+		URL    *string `json:"url"`
+		Format *string `json:"format"`
+	}
+	if err := json.Unmarshal(body.Data, &data); err != nil {
+		return BadJSON("data must be an object")
+	}
+	switch *kind {
+	case "http":
+		if data.URL == nil {
+			return MissingParam("data.url is required for http pushers")
+		}
+		u, err := url.Parse(*data.URL)
+		if err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "/_matrix/push/v1/notify" {
+			return InvalidParam("data.url must be an https URL with the path /_matrix/push/v1/notify")
+		}
+		if data.Format != nil && *data.Format != "event_id_only" {
+			return InvalidParam("data.format must be event_id_only")
+		}
+	case "email":
+	default:
+		return InvalidParam("kind must be http, email or null")
+	}
+	p := &storage.Pusher{UserID: dev.UserID, AppID: body.AppID, PushKey: body.PushKey, Kind: *kind, AppDisplayName: body.AppDisplayName,
+		DeviceDisplayName: body.DeviceDisplayName, ProfileTag: body.ProfileTag, Lang: body.Lang, Data: body.Data, DeviceID: dev.DeviceID,
+		CreatedTS: time.Now().UnixMilli()}
+	if err := storage.PutPusher(r.Context(), a.db, p, body.Append); err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}

@@ -1,0 +1,139 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"time"
+
+	"enclave/storage"
+)
+
+func init() { routeGroups = append(routeGroups, (*API).receiptRoutes) }
+
+func (a *API) receiptRoutes() {
+	a.v3("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", "receipts", a.postReceipt)
+	a.v3("POST", "/rooms/{roomId}/read_markers", "receipts", a.postReadMarkers)
+}
+
+// receiptEvent loads the receipted event, which must be a timeline event
+// of the room.
+func (a *API) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, Response, bool) {
+	ev, err := storage.GetEvent(ctx, a.db, eventID)
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0)) {
+		return nil, NotFound("event %s not found in room", eventID), false
+	} else if err != nil {
+		return nil, InternalError(nil, err), false
+	}
+	return ev, Response{}, true
+}
+
+// validThreadID accepts "main" and event IDs.
+func validThreadID(s string) bool { return s == "main" || (len(s) > 1 && s[0] == '$') }
+
+func (a *API) postReceipt(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	v := vars(r)
+	typ := v["receiptType"]
+	if typ != storage.ReceiptRead && typ != storage.ReceiptReadPrivate && typ != fullyReadType {
+		return InvalidParam("unknown receipt type %q", typ)
+	}
+	var body map[string]json.RawMessage
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	thread := ""
+	if raw, present := body["thread_id"]; present {
+		if typ == fullyReadType {
+			return InvalidParam("m.fully_read cannot have a thread_id")
+		}
+		if err := json.Unmarshal(raw, &thread); err != nil || !validThreadID(thread) {
+			return InvalidParam("thread_id must be \"main\" or a thread root's event ID")
+		}
+	}
+	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
+		return resp
+	}
+	ev, resp, ok := a.receiptEvent(r.Context(), roomID, v["eventId"])
+	if !ok {
+		return resp
+	}
+	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		return a.storeMarker(r.Context(), tx, dev.UserID, roomID, typ, thread, ev)
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
+
+// storeMarker records one receipt or the fully-read marker inside tx and
+// wakes who should hear: the room for m.read, only the user otherwise.
+func (a *API) storeMarker(ctx context.Context, tx *storage.Tx, userID, roomID, typ, thread string, ev *storage.Event) error {
+	if typ == fullyReadType {
+		content, _ := json.Marshal(map[string]string{"event_id": ev.EventID})
+		pos, err := storage.PutAccountData(ctx, tx, userID, roomID, fullyReadType, content)
+		if err != nil {
+			return err
+		}
+		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		return nil
+	}
+	rec := &storage.Receipt{RoomID: roomID, Type: typ, UserID: userID, ThreadID: thread, EventID: ev.EventID, EventPos: ev.StreamPos, TS: time.Now().UnixMilli()}
+	stored, err := storage.PutReceipt(ctx, tx, rec)
+	if err != nil || !stored {
+		return err
+	}
+	if typ == storage.ReceiptRead {
+		tx.Publish(rec.StreamPos, func() { a.sync.NotifyRoom(roomID) })
+	} else {
+		tx.Publish(rec.StreamPos, func() { a.sync.NotifyUsers(userID) })
+	}
+	return nil
+}
+
+func (a *API) postReadMarkers(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	var body map[string]*string
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
+		return resp
+	}
+	type marker struct {
+		typ string
+		ev  *storage.Event
+	}
+	var markers []marker
+	for _, typ := range []string{fullyReadType, storage.ReceiptRead, storage.ReceiptReadPrivate} {
+		id := body[typ]
+		if id == nil {
+			continue
+		}
+		ev, resp, ok := a.receiptEvent(r.Context(), roomID, *id)
+		if !ok {
+			return resp
+		}
+		markers = append(markers, marker{typ, ev})
+	}
+	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		for _, m := range markers {
+			if err := a.storeMarker(r.Context(), tx, dev.UserID, roomID, m.typ, "", m.ev); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}

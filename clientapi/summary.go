@@ -1,0 +1,188 @@
+package clientapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// Room summaries (GET /_matrix/client/v1/room_summary/{roomIdOrAlias}, and
+// MSC3266's unstable im.nheko.summary paths that clients still probe): a
+// room's public face for anyone who could join or peek it. Access may be
+// unauthenticated for rooms that are public, knockable or world readable.
+// A room the caller may not preview answers the same 404 as an unknown
+// one, so its existence does not leak.
+
+func init() { routeGroups = append(routeGroups, (*API).summaryRoutes) }
+
+func (a *API) summaryRoutes() {
+	a.open("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "rooms", a.roomSummary(false))
+	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", "rooms", a.roomSummary(true))
+	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", "rooms", a.roomSummary(true))
+}
+
+// optionalDevice authenticates the request if it carries an access token;
+// ok is false (with resp to send) only for a token that is invalid.
+func (a *API) optionalDevice(r *http.Request) (*Device, Response, bool) {
+	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
+		return nil, Response{}, true
+	}
+	return a.authenticate(r)
+}
+
+// resolveRoom turns a room ID or a local alias into a room ID ("" if the
+// alias is unknown or the argument is neither).
+func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, error) {
+	if strings.HasPrefix(idOrAlias, "#") {
+		id, _, err := storage.GetAlias(ctx, a.db, idOrAlias)
+		if errors.Is(err, storage.ErrNotFound) {
+			return "", nil
+		}
+		return id, err
+	}
+	if !validRoomID.MatchString(idOrAlias) {
+		return "", nil
+	}
+	return idOrAlias, nil
+}
+
+// roomStats loads a room's directory stats, computing them if the room
+// has none yet; ErrNotFound for unknown rooms.
+func (a *API) roomStats(ctx context.Context, roomID string) (*storage.RoomStats, error) {
+	st, err := storage.GetRoomStats(ctx, a.db, roomID)
+	if !errors.Is(err, storage.ErrNotFound) {
+		return st, err
+	}
+	if _, err := storage.GetRoom(ctx, a.db, roomID); err != nil {
+		return nil, err
+	}
+	if err := storage.RefreshRoomStats(ctx, a.db, roomID); err != nil {
+		return nil, err
+	}
+	return storage.GetRoomStats(ctx, a.db, roomID)
+}
+
+// joinRuleAllow returns the room IDs a restricted join rule allows
+// membership of (nil for other join rules).
+func joinRuleAllow(st roomserver.StateMap) (rule string, rooms []string) {
+	rule = "invite"
+	ev := st.Get("m.room.join_rules", "")
+	if ev == nil {
+		return rule, nil
+	}
+	var c struct {
+		JoinRule string `json:"join_rule"`
+		Allow    []struct {
+			Type   string `json:"type"`
+			RoomID string `json:"room_id"`
+		} `json:"allow"`
+	}
+	if json.Unmarshal(ev.Content(), &c) != nil {
+		return rule, nil
+	}
+	if c.JoinRule != "" {
+		rule = c.JoinRule
+	}
+	if rule == "restricted" || rule == "knock_restricted" {
+		for _, al := range c.Allow {
+			if al.Type == "m.room_membership" && al.RoomID != "" {
+				rooms = append(rooms, al.RoomID)
+			}
+		}
+	}
+	return rule, rooms
+}
+
+// canPreview applies the "potential joiner" rules of /hierarchy and room
+// summaries: members (any membership but leave), rooms anyone may join or
+// knock on, world-readable rooms, and restricted rooms whose allowed rooms
+// the user is joined to. userID "" is an unauthenticated caller, who only
+// sees public, knockable and world-readable rooms.
+func (a *API) canPreview(ctx context.Context, userID string, st roomserver.StateMap) bool {
+	if hv := st.Get("m.room.history_visibility", ""); hv != nil {
+		if v, _ := hv.HistoryVisibility(); v == "world_readable" {
+			return true
+		}
+	}
+	rule, allow := joinRuleAllow(st)
+	switch rule {
+	case "public", "knock", "knock_restricted":
+		return true
+	}
+	if userID == "" {
+		return false
+	}
+	if m := st.Membership(userID); m != "" && m != "leave" {
+		return true
+	}
+	for _, room := range allow {
+		if m, err := a.rs.Membership(ctx, room, userID); err == nil && m == "join" {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *API) roomSummary(unstable bool) handler {
+	return func(r *http.Request) Response {
+		dev, resp, ok := a.optionalDevice(r)
+		if !ok {
+			return resp
+		}
+		userID := ""
+		if dev != nil {
+			userID = dev.UserID
+		}
+		roomID, err := a.resolveRoom(r.Context(), vars(r)["roomIdOrAlias"])
+		if err != nil {
+			return InternalError(r, err)
+		}
+		notFound := NotFound("room not found")
+		if roomID == "" {
+			return notFound
+		}
+		st, err := a.rs.CurrentState(r.Context(), roomID)
+		if errors.Is(err, roomserver.ErrRoomNotFound) {
+			return notFound
+		} else if err != nil {
+			return InternalError(r, err)
+		}
+		if !a.canPreview(r.Context(), userID, st) {
+			return notFound
+		}
+		stats, err := a.roomStats(r.Context(), roomID)
+		if errors.Is(err, storage.ErrNotFound) {
+			return notFound
+		} else if err != nil {
+			return InternalError(r, err)
+		}
+		body := publicRoomChunk(stats)
+		body["room_version"] = stats.RoomVersion
+		if stats.Encryption != "" {
+			body["encryption"] = stats.Encryption
+		}
+		if _, allow := joinRuleAllow(st); len(allow) > 0 {
+			body["allowed_room_ids"] = allow
+		}
+		if userID != "" {
+			m := st.Membership(userID)
+			if m == "" {
+				m = "leave"
+			}
+			body["membership"] = m
+		}
+		if unstable {
+			body["im.nheko.summary.room_version"] = stats.RoomVersion
+			body["im.nheko.summary.version"] = stats.RoomVersion
+			if stats.Encryption != "" {
+				body["im.nheko.summary.encryption"] = stats.Encryption
+			}
+		}
+		return JSON(200, body)
+	}
+}

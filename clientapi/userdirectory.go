@@ -1,0 +1,79 @@
+package clientapi
+
+import (
+	"net/http"
+	"strings"
+	"sync"
+	"unicode/utf8"
+
+	"enclave/storage"
+)
+
+// The user directory: POST /user_directory/search finds users sharing a
+// room with the searcher and users in public rooms, or every local user
+// when user_directory.search_all_users is set.
+
+func init() { routeGroups = append(routeGroups, (*API).userDirectoryRoutes) }
+
+func (a *API) userDirectoryRoutes() {
+	a.v3("POST", "/user_directory/search", "user_directory", a.searchUserDirectory)
+}
+
+// userDirectoryAll holds each API's user_directory.search_all_users
+// (API's fields live in router.go; see SetUserDirectorySearchAll).
+var userDirectoryAll sync.Map // *API -> bool
+
+// SetUserDirectorySearchAll makes user directory searches cover every
+// local account, not only users sharing a room or in public rooms.
+func (a *API) SetUserDirectorySearchAll(all bool) { userDirectoryAll.Store(a, all) }
+
+const (
+	userDirectoryDefaultLimit = 10
+	userDirectoryMaxLimit     = 50
+)
+
+func (a *API) searchUserDirectory(r *http.Request, dev *Device) Response {
+	var req struct {
+		SearchTerm *string `json:"search_term"`
+		Limit      int     `json:"limit"`
+	}
+	if resp, ok := decodeJSON(r, &req); !ok {
+		return resp
+	}
+	if req.SearchTerm == nil {
+		return MissingParam("search_term is required")
+	}
+	term := strings.TrimSpace(*req.SearchTerm)
+	if utf8.RuneCountInString(term) > 256 {
+		return InvalidParam("search_term is too long")
+	}
+	limit := userDirectoryDefaultLimit
+	if req.Limit > 0 {
+		limit = min(req.Limit, userDirectoryMaxLimit)
+	}
+	results := []map[string]any{}
+	if term == "" {
+		return JSON(200, map[string]any{"results": results, "limited": false})
+	}
+	all, _ := userDirectoryAll.Load(a)
+	searchAll, _ := all.(bool)
+	users, err := storage.SearchUsers(r.Context(), a.db, dev.UserID, term, searchAll, limit+1)
+	if err != nil {
+		return InternalError(r, err)
+	}
+	limited := len(users) > limit
+	if limited {
+		users = users[:limit]
+	}
+	for _, u := range users {
+		e := map[string]any{"user_id": u.UserID}
+		if u.DisplayName != "" {
+			e["display_name"] = u.DisplayName
+		}
+		if u.AvatarURL != "" {
+			e["avatar_url"] = u.AvatarURL
+		}
+		results = append(results, e)
+	}
+	return JSON(200, map[string]any{"results": results, "limited": limited})
+}

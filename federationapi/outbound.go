@@ -1,0 +1,284 @@
+package federationapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"enclave/roomserver"
+)
+
+func timeNow() time.Time { return time.Now() }
+
+// supportedVersions are the room versions we can join.
+func supportedVersions() []gomatrixserverlib.RoomVersion {
+	var out []gomatrixserverlib.RoomVersion
+	for v, impl := range gomatrixserverlib.RoomVersions() {
+		if impl.Stable() {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// ErrNoServers is returned when no server could be asked to join a room.
+var ErrNoServers = errors.New("no server to join through")
+
+// JoinRemote joins userID to a room hosted elsewhere (make_join, then
+// send_join; every event of the returned state and auth chain is verified
+// before it is accepted). roomIDOrAlias may be a remote alias.
+func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias string, via []string, content map[string]any) (string, error) {
+	roomID := roomIDOrAlias
+	var servers []spec.ServerName
+	for _, v := range via {
+		servers = append(servers, spec.ServerName(v))
+	}
+	if strings.HasPrefix(roomIDOrAlias, "#") {
+		_, domain, err := gomatrixserverlib.SplitID('#', roomIDOrAlias)
+		if err != nil {
+			return "", err
+		}
+		dir, err := f.client.LookupRoomAlias(ctx, f.serverName, domain, roomIDOrAlias)
+		if err != nil {
+			return "", fmt.Errorf("looking up %s: %w", roomIDOrAlias, err)
+		}
+		roomID = dir.RoomID
+		servers = append(servers, dir.Servers...)
+	}
+	if _, domain, err := gomatrixserverlib.SplitID('!', roomID); err == nil && domain != "" {
+		servers = append(servers, domain)
+	}
+	uid, err := spec.NewUserID(userID, true)
+	if err != nil {
+		return "", err
+	}
+	rid, err := spec.NewRoomID(roomID)
+	if err != nil {
+		return "", err
+	}
+	var lastErr error = ErrNoServers
+	tried := map[spec.ServerName]bool{}
+	for _, server := range servers {
+		if server == f.serverName || tried[server] {
+			continue
+		}
+		tried[server] = true
+		resp, ferr := gomatrixserverlib.PerformJoin(ctx, f.joinClient(), gomatrixserverlib.PerformJoinInput{
+			UserID: uid, RoomID: rid, ServerName: server, Content: content,
+			PrivateKey: f.key, KeyID: f.keyID, KeyRing: f.keyRing,
+			EventProvider: func(rv gomatrixserverlib.RoomVersion, ids []string) ([]gomatrixserverlib.PDU, error) {
+				return f.rs.Events(ctx, ids)
+			},
+			UserIDQuerier: roomserver.UserIDForSender,
+		})
+		if ferr != nil {
+			lastErr = ferr.Err
+			logrus.WithError(ferr.Err).WithField("server", server).Warn("remote join failed")
+			continue
+		}
+		ver := resp.JoinEvent.Version()
+		state := resp.StateSnapshot.GetStateEvents().TrustedEvents(ver, false)
+		auth := resp.StateSnapshot.GetAuthEvents().TrustedEvents(ver, false)
+		if err := f.roomServer().JoinRemoteRoom(ctx, server, resp.JoinEvent, state, auth); err != nil {
+			return "", err
+		}
+		return roomID, nil
+	}
+	return "", lastErr
+}
+
+// joinClient adapts the federation client to PerformJoin, asking for the
+// room versions we support.
+func (f *Federation) joinClient() gomatrixserverlib.FederatedJoinClient {
+	return joinClient{f.client}
+}
+
+type joinClient struct{ c fclient.FederationClient }
+
+func (j joinClient) MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (gomatrixserverlib.MakeJoinResponse, error) {
+	r, err := j.c.MakeJoin(ctx, origin, s, roomID, userID)
+	return &r, err
+}
+
+func (j joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (gomatrixserverlib.SendJoinResponse, error) {
+	r, err := j.c.SendJoin(ctx, origin, s, event)
+	return &r, err
+}
+
+// OnRoomEvent sends every event our users create to the other servers in the
+// room, and invites to the invitee's server.
+func (f *Federation) OnRoomEvent(o roomserver.OutputEvent) {
+	ev := o.PDU
+	_, domain, err := gomatrixserverlib.SplitID('@', string(ev.SenderID()))
+	if err != nil || domain != f.serverName {
+		return // remote events are their origin's to send
+	}
+	ctx := context.Background()
+	st, err := f.rs.CurrentState(ctx, o.Event.RoomID)
+	if err != nil {
+		return
+	}
+	dests := map[spec.ServerName]bool{}
+	for _, s := range ServersInRoom(st) {
+		dests[s] = true
+	}
+	if ev.Type() == spec.MRoomMember && ev.StateKey() != nil {
+		if _, target, err := gomatrixserverlib.SplitID('@', *ev.StateKey()); err == nil && target != f.serverName {
+			m, _ := ev.Membership()
+			if m == spec.Invite {
+				go f.sendInvite(ev, st)
+			} else {
+				dests[target] = true // a kicked or banned server learns of it
+			}
+		}
+	}
+	delete(dests, f.serverName)
+	if len(dests) == 0 {
+		return
+	}
+	list := make([]spec.ServerName, 0, len(dests))
+	for d := range dests {
+		list = append(list, d)
+	}
+	if err := f.SendPDU(ctx, list, ev); err != nil {
+		logrus.WithError(err).WithField("event_id", ev.EventID()).Error("queueing event for federation")
+	}
+}
+
+func (f *Federation) sendInvite(ev gomatrixserverlib.PDU, st roomserver.StateMap) {
+	_, target, _ := gomatrixserverlib.SplitID('@', *ev.StateKey())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var stripped []gomatrixserverlib.InviteStrippedState
+	for _, t := range []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
+		if e := st.Get(t, ""); e != nil {
+			stripped = append(stripped, gomatrixserverlib.NewInviteStrippedState(e))
+		}
+	}
+	req, err := fclient.NewInviteV2Request(ev, stripped)
+	if err != nil {
+		logrus.WithError(err).Error("building invite request")
+		return
+	}
+	if _, err := f.client.SendInviteV2(ctx, f.serverName, target, req); err != nil {
+		logrus.WithError(err).WithField("server", target).Warn("remote invite failed")
+	}
+	// The invite is already in the room's timeline (and queued to the
+	// servers in the room); the invitee's server learns of later events
+	// once its user joins.
+}
+
+// Fetcher returns the federation implementation of roomserver.EventFetcher.
+func (f *Federation) Fetcher() roomserver.EventFetcher { return fetcher{f} }
+
+type fetcher struct{ f *Federation }
+
+func (x fetcher) MissingEvents(ctx context.Context, origin spec.ServerName, roomID string, earliest, latest []string, limit int, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, error) {
+	res, err := x.f.client.LookupMissingEvents(ctx, x.f.serverName, origin, roomID, fclient.MissingEvents{Limit: limit, EarliestEvents: earliest, LatestEvents: latest}, ver)
+	if err != nil {
+		return nil, err
+	}
+	return x.verified(ctx, res.Events.UntrustedEvents(ver)), nil
+}
+
+func (x fetcher) StateBefore(ctx context.Context, origin spec.ServerName, roomID, eventID string, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, []gomatrixserverlib.PDU, error) {
+	res, err := x.f.client.LookupState(ctx, x.f.serverName, origin, roomID, eventID, ver)
+	if err != nil {
+		return nil, nil, err
+	}
+	return x.verified(ctx, res.StateEvents.UntrustedEvents(ver)), x.verified(ctx, res.AuthEvents.UntrustedEvents(ver)), nil
+}
+
+func (x fetcher) Event(ctx context.Context, origin spec.ServerName, eventID string, ver gomatrixserverlib.RoomVersion) (gomatrixserverlib.PDU, error) {
+	txn, err := x.f.client.GetEvent(ctx, x.f.serverName, origin, eventID)
+	if err != nil {
+		return nil, err
+	}
+	for _, raw := range txn.PDUs {
+		vi, err := gomatrixserverlib.GetRoomVersion(ver)
+		if err != nil {
+			return nil, err
+		}
+		ev, err := vi.NewEventFromUntrustedJSON(raw)
+		if err != nil {
+			return nil, err
+		}
+		if ev.EventID() != eventID {
+			continue
+		}
+		if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, x.f.keys, roomserver.UserIDForSender); err != nil {
+			return nil, err
+		}
+		return ev, nil
+	}
+	return nil, fmt.Errorf("event %s not returned", eventID)
+}
+
+// verified keeps the events whose signatures check out.
+func (x fetcher) verified(ctx context.Context, evs []gomatrixserverlib.PDU) []gomatrixserverlib.PDU {
+	out := evs[:0]
+	for _, e := range evs {
+		if err := gomatrixserverlib.VerifyEventSignatures(ctx, e, x.f.keys, roomserver.UserIDForSender); err == nil {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Backfill asks the other servers in the room for history older than the
+// oldest event we hold, verifies it and stores it (clientapi.Federation).
+func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (int, error) {
+	rs := f.roomServer()
+	from, err := rs.EarliestEvents(ctx, roomID)
+	if err != nil || len(from) == 0 {
+		return 0, err
+	}
+	st, err := f.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return 0, err
+	}
+	ver, err := f.rs.RoomVersion(ctx, roomID)
+	if err != nil {
+		return 0, err
+	}
+	vi, err := gomatrixserverlib.GetRoomVersion(ver)
+	if err != nil {
+		return 0, err
+	}
+	for _, server := range ServersInRoom(st) {
+		if server == f.serverName {
+			continue
+		}
+		txn, err := f.client.Backfill(ctx, f.serverName, server, roomID, limit, from)
+		if err != nil {
+			logrus.WithError(err).WithField("server", server).Debug("backfill failed")
+			continue
+		}
+		var pdus []gomatrixserverlib.PDU
+		for _, raw := range txn.PDUs {
+			ev, err := vi.NewEventFromUntrustedJSON(raw)
+			if err != nil {
+				continue
+			}
+			if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, f.keys, roomserver.UserIDForSender); err != nil {
+				continue
+			}
+			pdus = append(pdus, ev)
+		}
+		n, err := rs.StoreBackfilled(ctx, server, roomID, pdus)
+		if err != nil {
+			return 0, err
+		}
+		if n > 0 {
+			return n, nil
+		}
+	}
+	return 0, nil
+}

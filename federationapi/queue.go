@@ -1,0 +1,395 @@
+package federationapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"math/big"
+	mrand "math/rand/v2"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"enclave/storage"
+)
+
+// The outbound queue. SendPDU and SendEDU persist one row per destination
+// and return; one worker goroutine per destination with queued rows sends
+// them as transactions of up to 50 PDUs (first, in order) and 100 EDUs,
+// deleting rows only after the destination answers 200. A failing
+// destination is retried with capped exponential backoff and jitter; a
+// verified request from it (it is back) retries at once. Rows survive
+// restarts, and an unacknowledged transaction is resent under the same ID
+// so the receiver's idempotency applies. PDUs are never dropped: a
+// destination the policy now refuses keeps its rows until it is allowed.
+
+const (
+	txnMaxPDUs = 50
+	txnMaxEDUs = 100
+	// sendTimeout bounds one transaction attempt.
+	sendTimeout = 2 * time.Minute
+)
+
+type queue struct {
+	f          *Federation
+	ctx        context.Context
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+	backoffMin time.Duration
+	backoffMax time.Duration
+
+	mu      sync.Mutex
+	dests   map[spec.ServerName]*destQueue
+	started bool // workers run only between start and stop
+	stopped bool
+}
+
+// destQueue is one destination's worker state; fields other than the
+// channels are guarded by queue.mu.
+type destQueue struct {
+	name     spec.ServerName
+	wake     chan struct{} // rows were queued
+	retry    chan struct{} // retry now: the peer is back, or the policy changed
+	running  bool
+	failures int
+}
+
+func newQueue(f *Federation) *queue {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &queue{
+		f: f, ctx: ctx, cancel: cancel,
+		backoffMin: time.Second, backoffMax: 10 * time.Minute,
+		dests: map[spec.ServerName]*destQueue{},
+	}
+}
+
+// start resumes sending to every destination with queued rows.
+func (q *queue) start() error {
+	q.mu.Lock()
+	q.started = true
+	q.mu.Unlock()
+	dests, err := storage.QueuedDestinations(q.ctx, q.f.db)
+	if err != nil {
+		return err
+	}
+	for _, d := range dests {
+		q.notify(spec.ServerName(d))
+	}
+	return nil
+}
+
+// stop ends the workers, cancelling transactions in flight (their rows
+// stay claimed and are resent under the same ID on the next start).
+func (q *queue) stop(timeout time.Duration) {
+	q.mu.Lock()
+	q.stopped = true
+	q.mu.Unlock()
+	q.cancel()
+	done := make(chan struct{})
+	go func() { q.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		logrus.Warn("federation: queue workers did not stop in time")
+	}
+}
+
+func (q *queue) dest(name spec.ServerName) *destQueue {
+	d := q.dests[name]
+	if d == nil {
+		d = &destQueue{name: name, wake: make(chan struct{}, 1), retry: make(chan struct{}, 1)}
+		q.dests[name] = d
+	}
+	return d
+}
+
+// notify tells dest's worker that rows were queued, starting it if idle.
+func (q *queue) notify(name spec.ServerName) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.started || q.stopped {
+		return // rows stay queued; start picks them up
+	}
+	d := q.dest(name)
+	signal(d.wake)
+	if !d.running {
+		d.running = true
+		q.wg.Add(1)
+		go q.run(d)
+	}
+}
+
+// peerAlive is called for every verified inbound request: if we were
+// backing off from that server, retry now.
+func (q *queue) peerAlive(name spec.ServerName) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if d := q.dests[name]; d != nil && d.failures > 0 {
+		d.failures = 0
+		signal(d.retry)
+	}
+}
+
+// policyChanged re-evaluates every destination under a reloaded policy.
+func (q *queue) policyChanged() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for _, d := range q.dests {
+		signal(d.retry)
+	}
+}
+
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// run is a destination's worker; it exits when the queue is empty.
+func (q *queue) run(d *destQueue) {
+	defer q.wg.Done()
+	for q.ctx.Err() == nil {
+		if err := q.f.pol().checkDestination(d.name); err != nil {
+			// Keep the rows; wait for a policy change (or shutdown).
+			q.updateDepth(d.name)
+			select {
+			case <-d.retry:
+			case <-q.ctx.Done():
+			}
+			continue
+		}
+		batch, err := storage.ClaimBatch(q.ctx, q.f.db, string(d.name), newTxnID(), txnMaxPDUs, txnMaxEDUs)
+		if err != nil {
+			if q.ctx.Err() == nil {
+				logrus.WithError(err).WithField("destination", d.name).Error("federation: reading queue")
+				q.backoff(d)
+			}
+			continue
+		}
+		if len(batch.PDUs)+len(batch.EDUs) == 0 {
+			q.mu.Lock()
+			select {
+			case <-d.wake:
+				q.mu.Unlock()
+				continue
+			default:
+			}
+			d.running = false
+			q.mu.Unlock()
+			q.f.metrics.queueDepth.WithLabelValues(string(d.name)).Set(0)
+			return
+		}
+		err = q.send(d.name, batch)
+		if errors.Is(err, ErrRefused) {
+			continue // policy changed under us; handled at the top
+		}
+		if err != nil {
+			if q.ctx.Err() != nil {
+				return
+			}
+			q.f.metrics.txnsSent.WithLabelValues(string(d.name), "error").Inc()
+			logrus.WithError(err).WithField("destination", d.name).Debug("federation: transaction failed; backing off")
+			q.backoff(d)
+			continue
+		}
+		q.f.metrics.txnsSent.WithLabelValues(string(d.name), "ok").Inc()
+		q.f.metrics.lastSuccess.WithLabelValues(string(d.name)).SetToCurrentTime()
+		q.mu.Lock()
+		d.failures = 0
+		q.mu.Unlock()
+		// The context is not the queue's: a delivered transaction must be
+		// forgotten even if shutdown began meanwhile.
+		dctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := storage.DeleteBatch(dctx, q.f.db, string(d.name), batch.TxnID); err != nil {
+			logrus.WithError(err).WithField("destination", d.name).Error("federation: clearing sent transaction")
+		}
+		cancel()
+		q.updateDepth(d.name)
+	}
+}
+
+// backoff waits before the next attempt: min·2^(failures-1), capped, with
+// jitter (50–100% of the step) so many servers do not retry in lockstep.
+// A retry signal (the destination contacted us) cuts it short.
+func (q *queue) backoff(d *destQueue) {
+	q.mu.Lock()
+	d.failures++
+	n := d.failures
+	q.mu.Unlock()
+	step := q.backoffMin
+	for i := 1; i < n && step < q.backoffMax; i++ {
+		step *= 2
+	}
+	step = min(step, q.backoffMax)
+	wait := step/2 + time.Duration(mrand.Int64N(int64(step/2)+1))
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-d.retry:
+	case <-q.ctx.Done():
+	}
+}
+
+// send delivers one batch as a transaction.
+func (q *queue) send(dest spec.ServerName, b *storage.QueueBatch) error {
+	txn := gomatrixserverlib.Transaction{
+		TransactionID:  gomatrixserverlib.TransactionID(b.TxnID),
+		Origin:         q.f.serverName,
+		Destination:    dest,
+		OriginServerTS: spec.AsTimestamp(time.Now()),
+		PDUs:           make([]json.RawMessage, 0, len(b.PDUs)),
+	}
+	for _, p := range b.PDUs {
+		txn.PDUs = append(txn.PDUs, p.JSON)
+	}
+	for _, e := range b.EDUs {
+		var edu gomatrixserverlib.EDU
+		if err := json.Unmarshal(e.JSON, &edu); err != nil {
+			continue // cannot happen for rows we wrote; never block the queue on one
+		}
+		txn.EDUs = append(txn.EDUs, edu)
+	}
+	ctx, cancel := context.WithTimeout(q.ctx, sendTimeout)
+	defer cancel()
+	resp, err := q.f.client.SendTransaction(ctx, txn)
+	if err != nil {
+		return err
+	}
+	for id, r := range resp.PDUs {
+		if r.Error != "" {
+			logrus.WithField("destination", dest).WithField("event_id", id).WithField("error", r.Error).Debug("federation: destination rejected a PDU")
+		}
+	}
+	return nil
+}
+
+func (q *queue) updateDepth(dest spec.ServerName) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p, e, err := storage.QueueDepth(ctx, q.f.db, string(dest))
+	if err == nil {
+		q.f.metrics.queueDepth.WithLabelValues(string(dest)).Set(float64(p + e))
+	}
+}
+
+// newTxnID returns a transaction ID unique for this sender: a millisecond
+// timestamp plus randomness, in the spec's [0-9A-Za-z_-] alphabet.
+func newTxnID() string {
+	n, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
+	return strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatInt(n.Int64(), 36)
+}
+
+// destinations drops this server, duplicates and servers the policy
+// refuses (counted and audited: no row is queued, nothing is sent).
+func (f *Federation) destinations(in []spec.ServerName) []string {
+	p := f.pol()
+	seen := map[spec.ServerName]bool{}
+	out := make([]string, 0, len(in))
+	for _, d := range in {
+		if d == f.serverName || seen[d] {
+			continue
+		}
+		seen[d] = true
+		if err := p.checkDestination(d); err != nil {
+			f.refuseOutbound(d, err)
+			continue
+		}
+		out = append(out, string(d))
+	}
+	return out
+}
+
+// SendPDU queues pdu for each destination and returns once it is stored;
+// delivery is asynchronous and survives restarts. This server and servers
+// the federation policy refuses are skipped (refusals are counted and
+// audited). PDUs to one destination are sent in the order queued.
+func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName, pdu gomatrixserverlib.PDU) error {
+	dests := f.destinations(destinations)
+	if len(dests) == 0 {
+		return nil
+	}
+	b, err := federationJSON(pdu.JSON())
+	if err != nil {
+		return err
+	}
+	if err := storage.EnqueuePDU(ctx, f.db, dests, b, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	f.wakeAll(dests)
+	return nil
+}
+
+// SendEDU queues edu for each destination, like SendPDU. Typing and
+// single-user presence EDUs still waiting for a slow destination are
+// replaced by newer ones for the same room and user.
+func (f *Federation) SendEDU(ctx context.Context, destinations []spec.ServerName, edu gomatrixserverlib.EDU) error {
+	dests := f.destinations(destinations)
+	if len(dests) == 0 {
+		return nil
+	}
+	edu.Origin, edu.Destination = string(f.serverName), ""
+	b, err := json.Marshal(edu)
+	if err != nil {
+		return err
+	}
+	if err := storage.EnqueueEDU(ctx, f.db, dests, edu.Type, coalesceKey(edu), b, time.Now().UnixMilli()); err != nil {
+		return err
+	}
+	f.wakeAll(dests)
+	return nil
+}
+
+func (f *Federation) wakeAll(dests []string) {
+	for _, d := range dests {
+		f.metrics.queueDepth.WithLabelValues(d).Inc()
+		f.queue.notify(spec.ServerName(d))
+	}
+}
+
+// coalesceKey returns the key under which a newer EDU supersedes an older
+// unsent one ("" for EDUs that must all be delivered).
+func coalesceKey(edu gomatrixserverlib.EDU) string {
+	switch edu.Type {
+	case spec.MTyping:
+		var c struct {
+			RoomID string `json:"room_id"`
+			UserID string `json:"user_id"`
+		}
+		if json.Unmarshal(edu.Content, &c) == nil && c.RoomID != "" && c.UserID != "" {
+			return c.RoomID + "|" + c.UserID
+		}
+	case spec.MPresence:
+		var c struct {
+			Push []struct {
+				UserID string `json:"user_id"`
+			} `json:"push"`
+		}
+		if json.Unmarshal(edu.Content, &c) == nil && len(c.Push) == 1 && c.Push[0].UserID != "" {
+			return c.Push[0].UserID
+		}
+	}
+	return ""
+}
+
+// federationJSON strips "unsigned" from an event before it leaves the
+// server: it may hold local-only data (the sender's transaction_id) and is
+// not covered by signatures or hashes.
+func federationJSON(ev []byte) ([]byte, error) {
+	if !bytes.Contains(ev, []byte(`"unsigned"`)) {
+		return ev, nil
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(ev, &m); err != nil {
+		return nil, err
+	}
+	delete(m, "unsigned")
+	return json.Marshal(m)
+}

@@ -1,0 +1,518 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// RoomServer is the concrete room server: the room-level federation
+// endpoints need its remote-join, invite and DAG-walking methods.
+type RoomServer interface {
+	RoomInput
+	JoinRemoteRoom(ctx context.Context, origin spec.ServerName, join gomatrixserverlib.PDU, state, authChain []gomatrixserverlib.PDU) error
+	StoreRemoteInvite(ctx context.Context, invite gomatrixserverlib.PDU) error
+	LatestForRemote(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, []string, int64, roomserver.StateMap, error)
+	AuthChainOf(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
+	BuildFromProto(proto *gomatrixserverlib.ProtoEvent, ver gomatrixserverlib.IRoomVersion) (gomatrixserverlib.PDU, error)
+	SetFetcher(fetcher roomserver.EventFetcher)
+	StoreBackfilled(ctx context.Context, origin spec.ServerName, roomID string, pdus []gomatrixserverlib.PDU) (int, error)
+	EarliestEvents(ctx context.Context, roomID string) ([]string, error)
+}
+
+// mxErr is a Matrix error body.
+func mxErr(code, msg string) map[string]string {
+	return map[string]string{"errcode": code, "error": msg}
+}
+
+// roomRoutes registers the room-level federation endpoints.
+func (f *Federation) roomRoutes() {
+	f.handleSigned("GET", "/_matrix/federation/v1/make_join/{roomId}/{userId}", f.makeMembership("join"))
+	f.handleSigned("GET", "/_matrix/federation/v1/make_leave/{roomId}/{userId}", f.makeMembership("leave"))
+	f.handleSigned("GET", "/_matrix/federation/v1/make_knock/{roomId}/{userId}", f.makeMembership("knock"))
+	f.handleSigned("PUT", "/_matrix/federation/v2/send_join/{roomId}/{eventId}", f.sendMembership("join"))
+	f.handleSigned("PUT", "/_matrix/federation/v2/send_leave/{roomId}/{eventId}", f.sendMembership("leave"))
+	f.handleSigned("PUT", "/_matrix/federation/v1/send_knock/{roomId}/{eventId}", f.sendMembership("knock"))
+	f.handleSigned("PUT", "/_matrix/federation/v2/invite/{roomId}/{eventId}", f.inviteV2)
+	f.handleSigned("GET", "/_matrix/federation/v1/state/{roomId}", f.state(false))
+	f.handleSigned("GET", "/_matrix/federation/v1/state_ids/{roomId}", f.state(true))
+	f.handleSigned("GET", "/_matrix/federation/v1/event/{eventId}", f.getEvent)
+	f.handleSigned("GET", "/_matrix/federation/v1/event_auth/{roomId}/{eventId}", f.eventAuth)
+	f.handleSigned("GET", "/_matrix/federation/v1/backfill/{roomId}", f.backfill)
+	f.handleSigned("POST", "/_matrix/federation/v1/get_missing_events/{roomId}", f.getMissingEvents)
+	f.handleSigned("GET", "/_matrix/federation/v1/query/directory", f.queryDirectory)
+	f.handleSigned("GET", "/_matrix/federation/v1/query/profile", f.queryProfile)
+}
+
+// serverInRoom reports whether server has a joined member in the state.
+func serverInRoom(st roomserver.StateMap, server spec.ServerName) bool {
+	for k, e := range st {
+		if k.Type != spec.MRoomMember {
+			continue
+		}
+		if m, _ := e.Membership(); m != spec.Join {
+			continue
+		}
+		if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && d == server {
+			return true
+		}
+	}
+	return false
+}
+
+// ServersInRoom lists the servers with joined members in the state.
+func ServersInRoom(st roomserver.StateMap) []spec.ServerName {
+	seen := map[spec.ServerName]bool{}
+	var out []spec.ServerName
+	for k, e := range st {
+		if k.Type != spec.MRoomMember {
+			continue
+		}
+		if m, _ := e.Membership(); m != spec.Join {
+			continue
+		}
+		if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && !seen[d] {
+			seen[d] = true
+			out = append(out, d)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+// aclAllows applies the room's m.room.server_acl to a server.
+func aclAllows(st roomserver.StateMap, server spec.ServerName) bool {
+	ev := st.Get("m.room.server_acl", "")
+	if ev == nil {
+		return true
+	}
+	var acl struct {
+		Allow           []string `json:"allow"`
+		Deny            []string `json:"deny"`
+		AllowIPLiterals *bool    `json:"allow_ip_literals"`
+	}
+	if json.Unmarshal(ev.Content(), &acl) != nil {
+		return true
+	}
+	host := string(server)
+	if i := strings.LastIndexByte(host, ':'); i >= 0 && !strings.HasSuffix(host, "]") {
+		host = host[:i]
+	}
+	host = strings.Trim(host, "[]")
+	if acl.AllowIPLiterals != nil && !*acl.AllowIPLiterals && isIPLiteral(host) {
+		return false
+	}
+	for _, d := range acl.Deny {
+		if globMatch(d, host) {
+			return false
+		}
+	}
+	for _, a := range acl.Allow {
+		if globMatch(a, host) {
+			return true
+		}
+	}
+	return false
+}
+
+func isIPLiteral(h string) bool {
+	return strings.Contains(h, ":") || strings.Trim(h, "0123456789.") == ""
+}
+
+// globMatch matches ACL globs (* and ?).
+func globMatch(pattern, s string) bool {
+	if pattern == "" {
+		return s == ""
+	}
+	switch pattern[0] {
+	case '*':
+		for i := 0; i <= len(s); i++ {
+			if globMatch(pattern[1:], s[i:]) {
+				return true
+			}
+		}
+		return false
+	case '?':
+		return s != "" && globMatch(pattern[1:], s[1:])
+	default:
+		return s != "" && pattern[0] == s[0] && globMatch(pattern[1:], s[1:])
+	}
+}
+
+func (f *Federation) roomServer() RoomServer { return f.rs.(RoomServer) }
+
+// makeMembership answers make_join / make_leave / make_knock with an event
+// template for the remote user, if the current state would allow it.
+func (f *Federation) makeMembership(membership string) roomHandler {
+	return func(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+		v := mux.Vars(r)
+		roomID, userID := v["roomId"], v["userId"]
+		_, domain, err := gomatrixserverlib.SplitID('@', userID)
+		if err != nil || domain != origin {
+			return 403, mxErr("M_FORBIDDEN", "the user must belong to the requesting server")
+		}
+		ver, prev, depth, st, err := f.roomServer().LatestForRemote(r.Context(), roomID)
+		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
+			return 404, mxErr("M_NOT_FOUND", "unknown room")
+		} else if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		if !aclAllows(st, origin) {
+			return 403, mxErr("M_FORBIDDEN", "server is denied by the room's ACL")
+		}
+		if membership == spec.Join || membership == "knock" {
+			if vers := r.URL.Query()["ver"]; !containsVersion(vers, ver.Version()) {
+				return 400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "room version not supported by your server", "room_version": string(ver.Version())}
+			}
+		}
+		content, _ := json.Marshal(map[string]string{"membership": membership})
+		proto := gomatrixserverlib.ProtoEvent{SenderID: userID, RoomID: roomID, Type: spec.MRoomMember, StateKey: &userID, PrevEvents: prev, Depth: depth, Content: content, Version: ver}
+		provider, _ := gomatrixserverlib.NewAuthEvents(st.Events())
+		b := ver.NewEventBuilderFromProtoEvent(&proto)
+		if err := b.AddAuthEvents(provider); err != nil {
+			return 403, mxErr("M_FORBIDDEN", err.Error())
+		}
+		// Check the template against the current state by building it with
+		// our own key: the real one is signed by the requesting server.
+		trial, err := b.Build(timeNow(), origin, f.keyID, f.key)
+		if err != nil {
+			return 400, mxErr("M_BAD_JSON", err.Error())
+		}
+		provider2, _ := gomatrixserverlib.NewAuthEvents(st.Events())
+		if err := gomatrixserverlib.Allowed(trial, provider2, roomserver.UserIDForSender); err != nil {
+			return 403, mxErr("M_FORBIDDEN", err.Error())
+		}
+		proto.AuthEvents = b.AuthEvents
+		return 200, map[string]any{"room_version": ver.Version(), "event": proto}
+	}
+}
+
+func containsVersion(vers []string, v gomatrixserverlib.RoomVersion) bool {
+	if len(vers) == 0 {
+		return v == gomatrixserverlib.RoomVersionV1
+	}
+	for _, x := range vers {
+		if x == string(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// sendMembership accepts a signed join/leave/knock from the remote server,
+// stores it, and (for joins) answers with the state and auth chain.
+func (f *Federation) sendMembership(membership string) roomHandler {
+	return func(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+		v := mux.Vars(r)
+		roomID := v["roomId"]
+		ver, _, _, st, err := f.roomServer().LatestForRemote(r.Context(), roomID)
+		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
+			return 404, mxErr("M_NOT_FOUND", "unknown room")
+		} else if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		ev, err := ver.NewEventFromUntrustedJSON(body)
+		if err != nil {
+			return 400, mxErr("M_BAD_JSON", err.Error())
+		}
+		if ev.EventID() != v["eventId"] || ev.RoomID().String() != roomID || ev.Type() != spec.MRoomMember || ev.StateKey() == nil || *ev.StateKey() != string(ev.SenderID()) {
+			return 400, mxErr("M_BAD_JSON", "event does not match the request")
+		}
+		if m, _ := ev.Membership(); m != membership {
+			return 400, mxErr("M_BAD_JSON", "wrong membership")
+		}
+		if _, d, err := gomatrixserverlib.SplitID('@', string(ev.SenderID())); err != nil || d != origin {
+			return 403, mxErr("M_FORBIDDEN", "the sender must belong to the requesting server")
+		}
+		if !aclAllows(st, origin) {
+			return 403, mxErr("M_FORBIDDEN", "server is denied by the room's ACL")
+		}
+		if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
+			return 403, mxErr("M_FORBIDDEN", "bad signature: "+err.Error())
+		}
+		res := f.rs.InputRemoteEvents(r.Context(), origin, []gomatrixserverlib.PDU{ev})
+		if err := res[ev.EventID()]; err != nil {
+			return 403, mxErr("M_FORBIDDEN", err.Error())
+		}
+		if membership != spec.Join {
+			return 200, struct{}{}
+		}
+		before, err := f.rs.StateAt(r.Context(), ev.EventID(), false)
+		if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		chain, err := f.roomServer().AuthChainOf(r.Context(), before.Events())
+		if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		return 200, map[string]any{
+			"origin":          f.serverName,
+			"state":           pduJSONs(before.Events()),
+			"auth_chain":      pduJSONs(chain),
+			"event":           json.RawMessage(ev.JSON()),
+			"members_omitted": false,
+			"servers_in_room": ServersInRoom(before),
+		}
+	}
+}
+
+func pduJSONs(evs []gomatrixserverlib.PDU) []json.RawMessage {
+	out := make([]json.RawMessage, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, e.JSON())
+	}
+	return out
+}
+
+// inviteV2 receives an invite for one of our users into a remote room: we
+// countersign it and show it to the user.
+func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+	var req struct {
+		RoomVersion     gomatrixserverlib.RoomVersion `json:"room_version"`
+		Event           json.RawMessage               `json:"event"`
+		InviteRoomState []json.RawMessage             `json:"invite_room_state"`
+	}
+	if err := json.Unmarshal(body, &req); err != nil {
+		return 400, mxErr("M_BAD_JSON", err.Error())
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(req.RoomVersion)
+	if err != nil {
+		return 400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "unsupported room version", "room_version": string(req.RoomVersion)}
+	}
+	ev, err := ver.NewEventFromUntrustedJSON(req.Event)
+	if err != nil {
+		return 400, mxErr("M_BAD_JSON", err.Error())
+	}
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return 400, mxErr("M_BAD_JSON", "not a membership event")
+	}
+	if m, _ := ev.Membership(); m != spec.Invite {
+		return 400, mxErr("M_BAD_JSON", "not an invite")
+	}
+	_, targetDomain, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
+	if err != nil || targetDomain != f.serverName {
+		return 400, mxErr("M_BAD_JSON", "the invitee is not on this server")
+	}
+	if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
+		return 403, mxErr("M_FORBIDDEN", "bad signature: "+err.Error())
+	}
+	signed := ev.Sign(string(f.serverName), f.keyID, f.key)
+	if len(req.InviteRoomState) > 0 {
+		if withState, err := signed.SetUnsigned(map[string]any{"invite_room_state": req.InviteRoomState}); err == nil {
+			signed = withState
+		}
+	}
+	if err := f.roomServer().StoreRemoteInvite(r.Context(), signed); err != nil {
+		return 500, mxErr("M_UNKNOWN", "internal error")
+	}
+	return 200, map[string]any{"event": json.RawMessage(signed.JSON())}
+}
+
+// visibleToServer decides whether origin may read events of a room: it
+// must have had a member in the room (current state check).
+func (f *Federation) visibleToServer(ctx context.Context, roomID string, origin spec.ServerName) (roomserver.StateMap, bool) {
+	st, err := f.rs.CurrentState(ctx, roomID)
+	if err != nil || st.Get(spec.MRoomCreate, "") == nil {
+		return nil, false
+	}
+	if !aclAllows(st, origin) {
+		return nil, false
+	}
+	if serverInRoom(st, origin) {
+		return st, true
+	}
+	if hv := st.Get("m.room.history_visibility", ""); hv != nil {
+		if v, _ := hv.HistoryVisibility(); v == "world_readable" {
+			return st, true
+		}
+	}
+	return nil, false
+}
+
+func (f *Federation) state(idsOnly bool) roomHandler {
+	return func(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+		roomID := mux.Vars(r)["roomId"]
+		if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
+			return 403, mxErr("M_FORBIDDEN", "server not in room")
+		}
+		eventID := r.URL.Query().Get("event_id")
+		ev, err := storage.GetEvent(r.Context(), f.db, eventID)
+		if err != nil || ev.RoomID != roomID {
+			return 404, mxErr("M_NOT_FOUND", "event not found")
+		}
+		st, err := f.rs.StateAt(r.Context(), eventID, false)
+		if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		chain, err := f.roomServer().AuthChainOf(r.Context(), st.Events())
+		if err != nil {
+			return 500, mxErr("M_UNKNOWN", "internal error")
+		}
+		if idsOnly {
+			return 200, map[string]any{"pdu_ids": eventIDs(st.Events()), "auth_chain_ids": eventIDs(chain)}
+		}
+		return 200, map[string]any{"pdus": pduJSONs(st.Events()), "auth_chain": pduJSONs(chain)}
+	}
+}
+
+func eventIDs(evs []gomatrixserverlib.PDU) []string {
+	out := make([]string, 0, len(evs))
+	for _, e := range evs {
+		out = append(out, e.EventID())
+	}
+	return out
+}
+
+func (f *Federation) getEvent(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	se, err := storage.GetEvent(r.Context(), f.db, mux.Vars(r)["eventId"])
+	if err != nil {
+		return 404, mxErr("M_NOT_FOUND", "event not found")
+	}
+	if _, ok := f.visibleToServer(r.Context(), se.RoomID, origin); !ok {
+		return 403, mxErr("M_FORBIDDEN", "server not in room")
+	}
+	return 200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": []json.RawMessage{se.JSON}}
+}
+
+func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	v := mux.Vars(r)
+	if _, ok := f.visibleToServer(r.Context(), v["roomId"], origin); !ok {
+		return 403, mxErr("M_FORBIDDEN", "server not in room")
+	}
+	evs, err := f.rs.Events(r.Context(), []string{v["eventId"]})
+	if err != nil || len(evs) == 0 || evs[0].RoomID().String() != v["roomId"] {
+		return 404, mxErr("M_NOT_FOUND", "event not found")
+	}
+	chain, err := f.roomServer().AuthChainOf(r.Context(), evs)
+	if err != nil {
+		return 500, mxErr("M_UNKNOWN", "internal error")
+	}
+	return 200, map[string]any{"auth_chain": pduJSONs(chain)}
+}
+
+// walkBack follows prev_events from the given events, newest first by
+// depth, returning at most limit events and never passing `stop`.
+func (f *Federation) walkBack(ctx context.Context, roomID string, from []string, stop map[string]bool, limit int, includeFrom bool) ([]gomatrixserverlib.PDU, error) {
+	seen := map[string]bool{}
+	var out []gomatrixserverlib.PDU
+	frontier := from
+	first := true
+	for len(frontier) > 0 && len(out) < limit {
+		var ids []string
+		for _, id := range frontier {
+			if !seen[id] && !stop[id] {
+				seen[id] = true
+				ids = append(ids, id)
+			}
+		}
+		frontier = nil
+		evs, err := f.rs.Events(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		sort.Slice(evs, func(i, j int) bool { return evs[i].Depth() > evs[j].Depth() })
+		for _, e := range evs {
+			if e.RoomID().String() != roomID {
+				continue
+			}
+			if !first || includeFrom {
+				if len(out) >= limit {
+					break
+				}
+				out = append(out, e)
+			}
+			frontier = append(frontier, e.PrevEventIDs()...)
+		}
+		first = false
+	}
+	return out, nil
+}
+
+func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	roomID := mux.Vars(r)["roomId"]
+	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
+		return 403, mxErr("M_FORBIDDEN", "server not in room")
+	}
+	q := r.URL.Query()
+	limit, _ := strconv.Atoi(q.Get("limit"))
+	if limit <= 0 || limit > 100 {
+		limit = 100
+	}
+	evs, err := f.walkBack(r.Context(), roomID, q["v"], nil, limit, true)
+	if err != nil {
+		return 500, mxErr("M_UNKNOWN", "internal error")
+	}
+	return 200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": pduJSONs(evs)}
+}
+
+func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+	roomID := mux.Vars(r)["roomId"]
+	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
+		return 403, mxErr("M_FORBIDDEN", "server not in room")
+	}
+	var req fclient.MissingEvents
+	if err := json.Unmarshal(body, &req); err != nil {
+		return 400, mxErr("M_BAD_JSON", err.Error())
+	}
+	if req.Limit <= 0 || req.Limit > 100 {
+		req.Limit = 10
+	}
+	stop := map[string]bool{}
+	for _, e := range req.EarliestEvents {
+		stop[e] = true
+	}
+	evs, err := f.walkBack(r.Context(), roomID, req.LatestEvents, stop, req.Limit, false)
+	if err != nil {
+		return 500, mxErr("M_UNKNOWN", "internal error")
+	}
+	// Oldest first, as the requester applies them in order.
+	sort.Slice(evs, func(i, j int) bool { return evs[i].Depth() < evs[j].Depth() })
+	return 200, map[string]any{"events": pduJSONs(evs)}
+}
+
+func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	alias := r.URL.Query().Get("room_alias")
+	roomID, _, err := storage.GetAlias(r.Context(), f.db, alias)
+	if err != nil {
+		return 404, mxErr("M_NOT_FOUND", "room alias not found")
+	}
+	st, _ := f.rs.CurrentState(r.Context(), roomID)
+	servers := ServersInRoom(st)
+	if len(servers) == 0 {
+		servers = []spec.ServerName{f.serverName}
+	}
+	return 200, map[string]any{"room_id": roomID, "servers": servers}
+}
+
+func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	q := r.URL.Query()
+	userID := q.Get("user_id")
+	var dn, av *string
+	err := f.db.QueryRowContext(r.Context(), `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1 AND deactivated = FALSE`, userID).Scan(&dn, &av)
+	if err != nil {
+		return 404, mxErr("M_NOT_FOUND", "profile not found")
+	}
+	out := map[string]any{}
+	if dn != nil && (q.Get("field") == "" || q.Get("field") == "displayname") {
+		out["displayname"] = *dn
+	}
+	if av != nil && (q.Get("field") == "" || q.Get("field") == "avatar_url") {
+		out["avatar_url"] = *av
+	}
+	return 200, out
+}
+
+// roomHandler is the shape of a signed federation endpoint.
+type roomHandler = func(r *http.Request, origin spec.ServerName, body []byte) (int, any)

@@ -1,0 +1,341 @@
+// Package notifier evaluates push rules for every stored event and records
+// the resulting notifications (unread counts, GET /notifications). It runs
+// after the event's transaction commits (roomserver Subscribe) on its own
+// goroutine, in batches, so storing events never waits for it.
+//
+// It does not deliver pushes: pushers are stored but no push gateway is
+// ever contacted.
+package notifier
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"enclave/internal/pushrules"
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// RoomState is what the notifier reads of rooms.
+type RoomState interface {
+	CurrentState(ctx context.Context, roomID string) (roomserver.StateMap, error)
+}
+
+// Notifier consumes the room server's output.
+type Notifier struct {
+	db         *storage.DB
+	rs         RoomState
+	serverName string
+	wake       func(users ...string)
+
+	mu       sync.Mutex
+	queue    []*storage.Event
+	closed   bool
+	signal   chan struct{}
+	done     chan struct{}
+	inflight int // events queued and not yet processed
+	idle     *sync.Cond
+}
+
+// maxBatch bounds how many events one transaction handles.
+const maxBatch = 256
+
+// New makes a notifier for the local users of serverName; wake is called
+// with the users who got new notifications once they are visible.
+func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...string)) *Notifier {
+	n := &Notifier{db: db, rs: rs, serverName: serverName, wake: wake, signal: make(chan struct{}, 1), done: make(chan struct{})}
+	n.idle = sync.NewCond(&n.mu)
+	go n.run()
+	return n
+}
+
+// OnEvent queues a stored event (roomserver.Subscribe target). It never
+// blocks the caller. Outliers, rejected events and backfilled history
+// (positions <= 0) never notify.
+func (n *Notifier) OnEvent(o roomserver.OutputEvent) {
+	e := o.Event
+	if e == nil || e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed {
+		return
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.inflight++
+	n.queue = append(n.queue, e)
+	n.mu.Unlock()
+	select {
+	case n.signal <- struct{}{}:
+	default:
+	}
+}
+
+// Flush waits until every event queued so far has been processed.
+func (n *Notifier) Flush() {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for n.inflight > 0 {
+		n.idle.Wait()
+	}
+}
+
+// Close processes what is queued and stops the worker.
+func (n *Notifier) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	n.mu.Unlock()
+	select {
+	case n.signal <- struct{}{}:
+	default:
+	}
+	<-n.done
+}
+
+func (n *Notifier) run() {
+	defer close(n.done)
+	for range n.signal {
+		for {
+			n.mu.Lock()
+			batch := n.queue
+			if len(batch) > maxBatch {
+				batch = batch[:maxBatch]
+			}
+			n.queue = n.queue[len(batch):]
+			closed := n.closed && len(n.queue) == 0
+			n.mu.Unlock()
+			if len(batch) > 0 {
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				if err := n.process(ctx, batch); err != nil {
+					logrus.WithError(err).Error("push rules: storing notifications")
+				}
+				cancel()
+				n.mu.Lock()
+				n.inflight -= len(batch)
+				n.idle.Broadcast()
+				n.mu.Unlock()
+			}
+			if closed {
+				return
+			}
+			if len(batch) == 0 {
+				break
+			}
+		}
+	}
+}
+
+func (n *Notifier) isLocal(userID string) bool {
+	return strings.HasSuffix(userID, ":"+n.serverName)
+}
+
+// target is one user to evaluate an event for.
+type target struct {
+	userID      string
+	displayName string
+}
+
+// work is one event with what its evaluation needs.
+type work struct {
+	ev          *storage.Event
+	pev         *pushrules.Event
+	targets     []target
+	memberCount int
+	senderPL    int64
+	pl          func(string) int64
+	thread      string
+}
+
+func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
+	var works []*work
+	userSet := map[string]bool{}
+	for _, e := range batch {
+		w, err := n.prepare(ctx, e)
+		if err != nil {
+			logrus.WithError(err).WithField("event_id", e.EventID).Warn("push rules: skipping event")
+			continue
+		}
+		if w == nil || len(w.targets) == 0 {
+			continue
+		}
+		works = append(works, w)
+		for _, t := range w.targets {
+			userSet[t.userID] = true
+		}
+	}
+	if len(works) == 0 {
+		return nil
+	}
+	users := make([]string, 0, len(userSet))
+	for u := range userSet {
+		users = append(users, u)
+	}
+	rows, err := storage.PushRulesMany(ctx, n.db, users)
+	if err != nil {
+		return err
+	}
+	ignores, err := storage.IgnoredUsersMany(ctx, n.db, users)
+	if err != nil {
+		return err
+	}
+	rulesets := map[string]*pushrules.Ruleset{}
+	now := time.Now().UnixMilli()
+	var out []storage.Notification
+	for _, w := range works {
+		for _, t := range w.targets {
+			if ignores[t.userID][w.ev.Sender] {
+				continue
+			}
+			rs := rulesets[t.userID]
+			if rs == nil {
+				rs = Ruleset(t.userID, rows[t.userID])
+				rulesets[t.userID] = rs
+			}
+			res := rs.Evaluate(w.pev, &pushrules.Context{
+				UserID: t.userID, DisplayName: t.displayName, MemberCount: w.memberCount,
+				SenderPowerLevel: w.senderPL, NotificationLevel: w.pl,
+			})
+			if !res.Notify {
+				continue
+			}
+			actions, _ := json.Marshal(res.Actions)
+			out = append(out, storage.Notification{UserID: t.userID, RoomID: w.ev.RoomID, EventID: w.ev.EventID, EventPos: w.ev.StreamPos,
+				ThreadID: w.thread, Highlight: res.Highlight, Actions: actions, TS: now})
+		}
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return n.db.WithTx(ctx, func(tx *storage.Tx) error {
+		pos, err := storage.InsertNotifications(ctx, tx, out)
+		if err != nil {
+			return err
+		}
+		woken := map[string]bool{}
+		var list []string
+		for _, o := range out {
+			if !woken[o.UserID] {
+				woken[o.UserID] = true
+				list = append(list, o.UserID)
+			}
+		}
+		if n.wake != nil {
+			tx.Publish(pos, func() { n.wake(list...) })
+		}
+		return nil
+	})
+}
+
+// prepare finds who an event may notify: the room's joined local members
+// but the sender, and the local target of an invite.
+func (n *Notifier) prepare(ctx context.Context, e *storage.Event) (*work, error) {
+	state, err := n.rs.CurrentState(ctx, e.RoomID)
+	if err != nil {
+		return nil, err
+	}
+	w := &work{ev: e}
+	for k, ev := range state {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		if m, _ := ev.Membership(); m != "join" {
+			continue
+		}
+		w.memberCount++
+		if k.StateKey != e.Sender && n.isLocal(k.StateKey) {
+			w.targets = append(w.targets, target{userID: k.StateKey, displayName: displayName(ev.Content())})
+		}
+	}
+	if e.Type == "m.room.member" && e.Membership == "invite" && e.StateKey != nil && *e.StateKey != e.Sender && n.isLocal(*e.StateKey) {
+		w.targets = append(w.targets, target{userID: *e.StateKey})
+	}
+	if len(w.targets) == 0 {
+		return w, nil
+	}
+	if w.pev, err = pushrules.NewEvent(e.JSON); err != nil {
+		return nil, err
+	}
+	pl := roomserver.PowerLevels(state)
+	w.senderPL = roomserver.PowerLevel(state, e.Sender)
+	w.pl = pl.NotificationLevel
+	w.thread = n.threadOf(ctx, e.JSON)
+	return w, nil
+}
+
+func displayName(content []byte) string {
+	var c struct {
+		DisplayName string `json:"displayname"`
+	}
+	_ = json.Unmarshal(content, &c)
+	return c.DisplayName
+}
+
+type relation struct {
+	Content struct {
+		RelatesTo *struct {
+			RelType string `json:"rel_type"`
+			EventID string `json:"event_id"`
+		} `json:"m.relates_to"`
+	} `json:"content"`
+}
+
+// maxThreadHops bounds how far relations are followed to find a thread
+// (the spec recommends 3).
+const maxThreadHops = 3
+
+// threadOf returns the thread an event belongs to: the root of an
+// m.thread relation found within a few relation hops, else "main".
+func (n *Notifier) threadOf(ctx context.Context, js []byte) string {
+	for hop := 0; hop < maxThreadHops; hop++ {
+		var r relation
+		if json.Unmarshal(js, &r) != nil || r.Content.RelatesTo == nil || r.Content.RelatesTo.EventID == "" || r.Content.RelatesTo.RelType == "" {
+			return "main"
+		}
+		if r.Content.RelatesTo.RelType == "m.thread" {
+			return r.Content.RelatesTo.EventID
+		}
+		parent, err := storage.GetEvent(ctx, n.db, r.Content.RelatesTo.EventID)
+		if err != nil {
+			return "main"
+		}
+		js = parent.JSON
+	}
+	return "main"
+}
+
+// Ruleset builds a user's rule set from their stored rows.
+func Ruleset(userID string, rows []storage.PushRuleRow) *pushrules.Ruleset {
+	stored := make([]pushrules.Stored, 0, len(rows))
+	for _, r := range rows {
+		stored = append(stored, pushrules.Stored{Kind: pushrules.Kind(r.Kind), RuleID: r.RuleID, Enabled: r.Enabled, Body: r.Body})
+	}
+	return pushrules.ForUser(userID, stored)
+}
+
+// UserRuleset loads and builds a user's rule set.
+func UserRuleset(ctx context.Context, q storage.Querier, userID string) (*pushrules.Ruleset, error) {
+	rows, err := storage.PushRules(ctx, q, userID)
+	if err != nil {
+		return nil, err
+	}
+	return Ruleset(userID, rows), nil
+}
+
+// AccountDataContent is the content of the m.push_rules account data
+// event /sync sends: {"global": ruleset}.
+func AccountDataContent(ctx context.Context, q storage.Querier, userID string) (json.RawMessage, error) {
+	rs, err := UserRuleset(ctx, q, userID)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(map[string]any{"global": rs})
+}
