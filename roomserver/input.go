@@ -170,6 +170,9 @@ func (s *RoomServer) advanceHead(ctx context.Context, tx *storage.Tx, roomID str
 		}
 		next.snapshot, next.chain, next.state = id, 0, resolved
 	}
+	if next.snapshot == h.snapshot {
+		return next, nil // same state (a message on the current tip)
+	}
 	// Write the current-state rows that changed.
 	for k, e := range next.state {
 		if old := h.state[k]; old == nil || old.EventID() != e.EventID() {

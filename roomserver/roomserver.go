@@ -386,7 +386,20 @@ func (s *RoomServer) build(ver gomatrixserverlib.IRoomVersion, roomID string, st
 		}
 	}
 	b := ver.NewEventBuilderFromProtoEvent(&proto)
-	provider, err := gomatrixserverlib.NewAuthEvents(state.Events())
+	// Only the slots the auth rules name, not the whole state: sends in
+	// large rooms stay cheap.
+	proto.Version = ver
+	needed, err := gomatrixserverlib.StateNeededForProtoEvent(&proto)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	var authEvs []gomatrixserverlib.PDU
+	for _, t := range needed.Tuples() {
+		if e := state.Get(t.EventType, t.StateKey); e != nil {
+			authEvs = append(authEvs, e)
+		}
+	}
+	provider, err := gomatrixserverlib.NewAuthEvents(authEvs)
 	if err != nil {
 		return nil, err
 	}
