@@ -369,6 +369,9 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 	if req.Block || purge {
 		a.RBAC.SetRoomBlocked(roomID, true, purge)
 	}
+	if ev, ok := a.Rooms.(interface{ Evict(string) }); ok && purge {
+		ev.Evict(roomID) // the room server's cached tip of a room now gone
+	}
 	return res, nil
 }
 

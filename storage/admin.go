@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 )
 
@@ -311,6 +312,10 @@ func ListRoomBlocks(ctx context.Context, q Querier) ([]RoomBlock, error) {
 // tables. It returns the number of events deleted. Run it in a transaction
 // (with BlockRoom(..., Purged: true) and the audit record).
 func PurgeRoom(ctx context.Context, q Querier, roomID string) (int64, error) {
+	// Derived indexes first: the full-text index reads the rows it forgets.
+	if err := PurgeRoomIndexes(ctx, q, roomID); err != nil {
+		return 0, err
+	}
 	res, err := q.ExecContext(ctx, `DELETE FROM events WHERE room_id = $1`, roomID)
 	if err != nil {
 		return 0, err
@@ -319,12 +324,55 @@ func PurgeRoom(ctx context.Context, q Querier, roomID string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	for _, table := range []string{"state_snapshots", "current_state", "room_aliases", "room_forgotten", "rooms"} {
+	// Every other component's per-room rows (receipts, account data,
+	// notifications, typing…) go too, found by their room_id column so a new
+	// table cannot be forgotten. The audit trail, legal holds and the block
+	// itself are kept: they are the record of the purge.
+	tables, err := roomTables(ctx, q)
+	if err != nil {
+		return 0, err
+	}
+	for _, table := range tables {
 		if _, err := q.ExecContext(ctx, `DELETE FROM `+table+` WHERE room_id = $1`, roomID); err != nil {
 			return 0, err
 		}
 	}
 	return n, nil
+}
+
+// purgeKeeps are tables with a room_id column that a purge must not touch.
+var purgeKeeps = map[string]bool{"events": true, "audit_log": true, "legal_holds": true, "room_blocks": true}
+
+// roomTables lists the ordinary tables that have a room_id column.
+func roomTables(ctx context.Context, q Querier) ([]string, error) {
+	query := `SELECT table_name FROM information_schema.columns WHERE column_name = 'room_id' AND table_schema = current_schema()`
+	if db, ok := q.(*DB); (ok && db.Dialect == SQLite) || isSQLiteTx(q) {
+		query = `SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND p.name = 'room_id' AND m.sql NOT LIKE 'CREATE VIRTUAL%'`
+	}
+	names, err := queryStrings(ctx, q, query)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, n := range names {
+		if !purgeKeeps[n] && !strings.HasPrefix(n, "audit") {
+			out = append(out, n)
+		}
+	}
+	sort.Strings(out)
+	// rooms last: other tables may reference it.
+	for i, n := range out {
+		if n == "rooms" {
+			out = append(append(out[:i:i], out[i+1:]...), "rooms")
+			break
+		}
+	}
+	return out, nil
+}
+
+func isSQLiteTx(q Querier) bool {
+	tx, ok := q.(*Tx)
+	return ok && tx.db.Dialect == SQLite
 }
 
 // ---------------------------------------------------------------------------
