@@ -1,0 +1,124 @@
+package clientapi
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"enclave/storage"
+)
+
+// Room tags (favourites, low priority, user tags). They live in the room
+// account data event m.tag — {"tags": {tag: {"order": n}}} — so /sync
+// delivers them like any other room account data; these endpoints edit one
+// tag at a time, as Element does when a room is (un)favourited.
+
+func init() { routeGroups = append(routeGroups, (*API).tagRoutes) }
+
+const tagType = "m.tag"
+
+func (a *API) tagRoutes() {
+	a.v3("GET", "/user/{userId}/rooms/{roomId}/tags", "account_data", a.getTags)
+	a.v3("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.putTag)
+	a.v3("DELETE", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.deleteTag)
+}
+
+// tagTarget checks the path: own user, valid room ID.
+func tagTarget(r *http.Request, dev *Device) (string, Response, bool) {
+	if vars(r)["userId"] != dev.UserID {
+		return "", Forbidden("you may only access your own tags"), false
+	}
+	return roomIDParam(r)
+}
+
+// tagsOf decodes an m.tag content; a missing or malformed one has no tags.
+func tagsOf(content json.RawMessage) map[string]json.RawMessage {
+	var c struct {
+		Tags map[string]json.RawMessage `json:"tags"`
+	}
+	_ = json.Unmarshal(content, &c)
+	if c.Tags == nil {
+		c.Tags = map[string]json.RawMessage{}
+	}
+	return c.Tags
+}
+
+func (a *API) getTags(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := tagTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, tagType)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{"tags": tagsOf(c)})
+}
+
+func (a *API) putTag(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := tagTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	tag := vars(r)["tag"]
+	if tag == "" || len(tag) > maxAccountDataType {
+		return InvalidParam("invalid tag")
+	}
+	body, resp, ok := readJSONObject(r)
+	if !ok {
+		return resp
+	}
+	var t struct {
+		Order *json.RawMessage `json:"order"`
+	}
+	_ = json.Unmarshal(body, &t)
+	if t.Order != nil {
+		var n float64
+		if err := json.Unmarshal(*t.Order, &n); err != nil {
+			return BadJSON("order must be a number")
+		}
+	}
+	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { tags[tag] = body })
+}
+
+func (a *API) deleteTag(r *http.Request, dev *Device) Response {
+	roomID, resp, ok := tagTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	tag := vars(r)["tag"]
+	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { delete(tags, tag) })
+}
+
+// editTags rewrites the room's m.tag in one transaction and wakes the
+// user's syncs. Touching the row first makes concurrent edits of the same
+// room's tags queue behind each other instead of losing one.
+func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) Response {
+	ctx := r.Context()
+	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		if _, err := tx.ExecContext(ctx, `UPDATE account_data SET stream_pos = stream_pos WHERE user_id = $1 AND room_id = $2 AND type = $3`,
+			userID, roomID, tagType); err != nil {
+			return err
+		}
+		c, err := storage.GetAccountData(ctx, tx, userID, roomID, tagType)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		tags := tagsOf(c)
+		edit(tags)
+		content, err := json.Marshal(map[string]any{"tags": tags})
+		if err != nil {
+			return err
+		}
+		pos, err := storage.PutAccountData(ctx, tx, userID, roomID, tagType, content)
+		if err != nil {
+			return err
+		}
+		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		return nil
+	})
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(200, map[string]any{})
+}
