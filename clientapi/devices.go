@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -92,6 +93,11 @@ func (a *API) putDevice(r *http.Request, dev *Device) Response {
 			return err
 		}
 		if _, err := storage.SetDeviceDisplayName(ctx, tx, dev.UserID, deviceID, *req.DisplayName); err != nil {
+			return err
+		}
+		// The name itself stays out of the record: it is user content.
+		if err := a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
+			Details: map[string]any{"fields": []string{"display_name"}}}); err != nil {
 			return err
 		}
 		// Key queries show the name (unsigned.device_display_name).

@@ -6,11 +6,13 @@ package clientapi
 // copy of each session by the spec's rules and never decrypts anything.
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -61,10 +63,18 @@ func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
 	if !ok {
 		return MissingParam("auth_data must be an object")
 	}
+	ctx := r.Context()
 	var v int64
 	var err error
 	for range 3 { // concurrent creations race for the next number
-		if v, err = storage.CreateBackupVersion(r.Context(), a.db, dev.UserID, req.Algorithm, authData); !storage.IsUniqueViolation(err) {
+		err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+			var err error
+			if v, err = storage.CreateBackupVersion(ctx, tx, dev.UserID, req.Algorithm, authData); err != nil {
+				return err
+			}
+			return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "create", v, map[string]any{"algorithm": req.Algorithm})
+		})
+		if !storage.IsUniqueViolation(err) {
 			break
 		}
 	}
@@ -72,6 +82,17 @@ func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, map[string]string{"version": strconv.FormatInt(v, 10)})
+}
+
+// auditBackup records a change to one of the user's backups (action
+// ActionKeyBackup or ActionKeyBackupKeys): which version, what was done
+// and counts; never auth_data or session data.
+func (a *API) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, action, op string, version int64, details map[string]any) error {
+	if details == nil {
+		details = map[string]any{}
+	}
+	details["op"], details["version"] = op, strconv.FormatInt(version, 10)
+	return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: action, Target: dev.UserID, Details: details})
 }
 
 // jsonObject compacts raw if it is a JSON object.
@@ -146,7 +167,14 @@ func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
 	if req.Algorithm != b.Algorithm {
 		return InvalidParam("algorithm does not match the backup's")
 	}
-	if _, err := storage.UpdateBackupAuthData(ctx, a.db, dev.UserID, v, authData); err != nil {
+	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		updated, err := storage.UpdateBackupAuthData(ctx, tx, dev.UserID, v, authData)
+		if err != nil || !updated {
+			return err
+		}
+		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "update", v, nil)
+	})
+	if err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, struct{}{})
@@ -162,8 +190,10 @@ func (a *API) deleteBackupVersion(r *http.Request, dev *Device) Response {
 	var found bool
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
-		found, err = storage.DeleteBackupVersion(ctx, tx, dev.UserID, v)
-		return err
+		if found, err = storage.DeleteBackupVersion(ctx, tx, dev.UserID, v); err != nil || !found {
+			return err
+		}
+		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "delete", v, nil)
 	})
 	if err != nil {
 		return InternalError(r, err)
@@ -282,8 +312,11 @@ func (a *API) putBackupKeys(r *http.Request, dev *Device) Response {
 		}}
 	}
 	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
-		_, err := storage.PutBackupKeys(ctx, tx, dev.UserID, cur.Version, keys)
-		return err
+		changed, err := storage.PutBackupKeys(ctx, tx, dev.UserID, cur.Version, keys)
+		if err != nil {
+			return err
+		}
+		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "put", cur.Version, map[string]any{"count": len(keys), "changed": changed})
 	})
 	if err != nil {
 		return InternalError(r, err)
@@ -341,7 +374,25 @@ func (a *API) deleteBackupKeys(r *http.Request, dev *Device) Response {
 	}
 	ctx := r.Context()
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
-		return storage.DeleteBackupKeys(ctx, tx, dev.UserID, b.Version, roomID, sessionID)
+		before, err := storage.CountBackupKeys(ctx, tx, dev.UserID, b.Version)
+		if err != nil {
+			return err
+		}
+		if err := storage.DeleteBackupKeys(ctx, tx, dev.UserID, b.Version, roomID, sessionID); err != nil {
+			return err
+		}
+		after, err := storage.CountBackupKeys(ctx, tx, dev.UserID, b.Version)
+		if err != nil {
+			return err
+		}
+		scope := "all"
+		switch {
+		case sessionID != "":
+			scope = "session"
+		case roomID != "":
+			scope = "room"
+		}
+		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "delete", b.Version, map[string]any{"count": before - after, "scope": scope})
 	})
 	if err != nil {
 		return InternalError(r, err)

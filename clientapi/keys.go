@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/auditapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -267,6 +268,14 @@ func (a *API) keysUpload(r *http.Request, dev *Device) Response {
 		}
 		for _, k := range fallback {
 			if err := storage.SetFallbackKey(ctx, tx, dev.UserID, dev.DeviceID, k); err != nil {
+				return err
+			}
+		}
+		// One entry per upload that publishes anything (clients also post
+		// empty uploads just to read their key counts): what, not the keys.
+		if devKeys != nil || len(otks) > 0 || len(fallback) > 0 {
+			if err := a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceKeys, Target: dev.DeviceID,
+				Details: map[string]any{"device_keys": devKeys != nil, "one_time_keys": len(otks), "fallback_keys": len(fallback)}}); err != nil {
 				return err
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -148,13 +149,18 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 	}
 	now := time.Now().UnixMilli()
 	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		types := make([]string, 0, len(keys))
 		for _, k := range keys {
 			if err := storage.SetCrossSigningKey(ctx, tx, &storage.CrossSigningKey{UserID: dev.UserID, Type: k.typ, PublicKey: k.pub, JSON: k.json}, now); err != nil {
 				return err
 			}
+			types = append(types, k.typ)
 		}
-		_, err := storage.RecordDeviceListChange(ctx, tx, dev.UserID, nil, false, "")
-		return err
+		if _, err := storage.RecordDeviceListChange(ctx, tx, dev.UserID, nil, false, ""); err != nil {
+			return err
+		}
+		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionCrossSigning, Target: dev.UserID,
+			Details: map[string]any{"keys": types}})
 	})
 	if err != nil {
 		return InternalError(r, err)
@@ -312,12 +318,16 @@ func (a *API) signaturesUpload(r *http.Request, dev *Device) Response {
 				}
 			}
 			// Signatures on others' keys are only shown to us.
+			users := make([]string, 0, len(othersSigned))
 			for u := range othersSigned {
 				if _, err := storage.RecordDeviceListChange(ctx, tx, u, nil, false, me); err != nil {
 					return err
 				}
+				users = append(users, u)
 			}
-			return nil
+			slices.Sort(users)
+			return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: me, DeviceID: dev.DeviceID}, Action: auditapi.ActionSignatures, Target: me,
+				Details: map[string]any{"count": len(sigs), "devices": len(myDevicesSigned), "master": myMasterSigned, "users": users}})
 		})
 		if err != nil {
 			return InternalError(r, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"enclave/auditapi"
 	"enclave/storage"
 )
 
@@ -30,8 +31,10 @@ func (r *Repo) DeleteMedia(ctx context.Context, serverName, mediaID string) erro
 		if _, err := tx.ExecContext(ctx, `DELETE FROM media_thumbnails WHERE origin = $1 AND media_id = $2`, serverName, mediaID); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM media WHERE origin = $1 AND media_id = $2`, serverName, mediaID)
-		return err
+		if _, err = tx.ExecContext(ctx, `DELETE FROM media WHERE origin = $1 AND media_id = $2`, serverName, mediaID); err != nil {
+			return err
+		}
+		return recordAdmin(ctx, tx, mediaID, "delete", row.Size)
 	})
 	if err != nil {
 		return err
@@ -41,7 +44,6 @@ func (r *Repo) DeleteMedia(ctx context.Context, serverName, mediaID string) erro
 		r.blobs.remove(b)
 	}
 	r.waiters.wake(mediaKey(serverName, mediaID))
-	r.emit(ctx, "", mediaID, row.Size, "", "delete")
 	return nil
 }
 
@@ -61,8 +63,10 @@ func (r *Repo) QuarantineMedia(ctx context.Context, serverName, mediaID string) 
 		if thumbs, err = thumbBlobIDs(ctx, tx, serverName, mediaID); err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `DELETE FROM media_thumbnails WHERE origin = $1 AND media_id = $2`, serverName, mediaID)
-		return err
+		if _, err = tx.ExecContext(ctx, `DELETE FROM media_thumbnails WHERE origin = $1 AND media_id = $2`, serverName, mediaID); err != nil {
+			return err
+		}
+		return recordAdmin(ctx, tx, mediaID, "quarantine", 0)
 	})
 	if err != nil {
 		return err
@@ -70,21 +74,31 @@ func (r *Repo) QuarantineMedia(ctx context.Context, serverName, mediaID string) 
 	for _, b := range thumbs {
 		r.blobs.remove(b)
 	}
-	r.emit(ctx, "", mediaID, 0, "", "quarantine")
 	return nil
 }
 
 // UnquarantineMedia makes quarantined media downloadable again.
 func (r *Repo) UnquarantineMedia(ctx context.Context, serverName, mediaID string) error {
-	res, err := r.db.ExecContext(ctx, `UPDATE media SET quarantined_ts = 0 WHERE origin = $1 AND media_id = $2`, serverName, mediaID)
-	if err != nil {
-		return err
+	return r.db.WithTx(ctx, func(tx *storage.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE media SET quarantined_ts = 0 WHERE origin = $1 AND media_id = $2`, serverName, mediaID)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 0 {
+			return storage.ErrNotFound
+		}
+		return recordAdmin(ctx, tx, mediaID, "unquarantine", 0)
+	})
+}
+
+// recordAdmin writes the audit entry of an administrative change in the
+// change's transaction; the actor (the administrator) comes from ctx.
+func recordAdmin(ctx context.Context, tx *storage.Tx, mediaID, op string, size int64) error {
+	details := map[string]any{"op": op}
+	if size > 0 {
+		details["size"] = size
 	}
-	if n, _ := res.RowsAffected(); n == 0 {
-		return storage.ErrNotFound
-	}
-	r.emit(ctx, "", mediaID, 0, "", "unquarantine")
-	return nil
+	return auditapi.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionMediaAdmin, Target: mediaID, Details: details})
 }
 
 // MediaInfo is what administrators see of a media item without unsealing

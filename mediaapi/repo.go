@@ -56,11 +56,11 @@ func OptionsFromConfig(cfg *config.Config) Options {
 	}
 }
 
-// AuditFunc is told of every upload, download, thumbnail, deletion and
-// quarantine: who (empty for unauthenticated or admin calls), which media,
-// its size and SHA-256 (hex, of the plaintext; empty where unknown).
-// Actions: "upload", "download", "thumbnail", "delete", "quarantine",
-// "unquarantine", "remote_fetch".
+// AuditFunc is told of every download, thumbnail and remote fetch: who
+// (empty for unauthenticated calls), which media, its size and SHA-256
+// (hex, of the plaintext; empty where unknown). Actions: "download",
+// "thumbnail", "remote_fetch". Uploads, deletions and (un)quarantines are
+// recorded in the transaction that makes them (upload.go, admin.go).
 type AuditFunc func(ctx context.Context, user, mediaID string, size int64, sha256, action string)
 
 // RemoteMedia is a file fetched from another server.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/auditapi"
 	"enclave/clientapi"
 	"enclave/storage"
 )
@@ -61,14 +62,16 @@ func (r *Repo) upload(w http.ResponseWriter, req *http.Request) {
 		if err := r.reserve(req.Context(), tx, dev.UserID, blob.Size); err != nil {
 			return err
 		}
-		return insertMedia(req.Context(), tx, row)
+		if err := insertMedia(req.Context(), tx, row); err != nil {
+			return err
+		}
+		return recordUpload(req.Context(), tx, dev.UserID, row.MediaID, blob)
 	})
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
 		clientapi.WriteResponse(w, r.storeError(req, err))
 		return
 	}
-	r.emit(req.Context(), dev.UserID, row.MediaID, blob.Size, blob.SHA256, "upload")
 	clientapi.WriteResponse(w, clientapi.JSON(http.StatusOK, map[string]string{"content_uri": mxc(row.Origin, row.MediaID)}))
 }
 
@@ -147,8 +150,10 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 		if err := r.reserve(req.Context(), tx, dev.UserID, blob.Size); err != nil {
 			return err
 		}
-		updated, err = completePending(req.Context(), tx, row)
-		return err
+		if updated, err = completePending(req.Context(), tx, row); err != nil || !updated {
+			return err
+		}
+		return recordUpload(req.Context(), tx, dev.UserID, mediaID, blob)
 	})
 	if err == nil && !updated {
 		err = errOverwrite
@@ -159,11 +164,19 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	r.waiters.wake(mediaKey(origin, mediaID))
-	r.emit(req.Context(), dev.UserID, mediaID, blob.Size, blob.SHA256, "upload")
 	clientapi.WriteResponse(w, clientapi.JSON(http.StatusOK, map[string]any{}))
 }
 
 var errOverwrite = errors.New("media already uploaded")
+
+// recordUpload writes an upload's audit entry in the transaction that
+// stores the media row, so an upload that cannot be recorded fails: size
+// and the plaintext's SHA-256, nothing sealed (name, content type).
+// Reads (downloads, thumbnails, remote fetches) go through the audit hook.
+func recordUpload(ctx context.Context, tx *storage.Tx, user, mediaID string, b *sealedBlob) error {
+	return auditapi.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: user}, Action: auditapi.ActionMediaUpload, Target: mediaID,
+		Details: map[string]any{"size": b.Size, "sha256": b.SHA256}})
+}
 
 // checkPendingFor says whether user may upload into the pending row m.
 func checkPendingFor(m *mediaRow, user string) (clientapi.Response, bool) {

@@ -316,6 +316,227 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 	})
 }
 
+// noSecretsIn fails if any row's target or details holds one of secrets.
+func noSecretsIn(t testing.TB, rows []*storage.AuditRow, secrets ...string) {
+	t.Helper()
+	for _, r := range rows {
+		for _, sec := range secrets {
+			if sec != "" && (strings.Contains(r.Details, sec) || strings.Contains(r.Target, sec)) {
+				t.Fatalf("entry %d (%s) holds secret material %q: %s", r.N, r.Action, sec, r.Details)
+			}
+		}
+	}
+}
+
+// Device rename: recorded with the device, never the new name.
+func TestAuditDeviceRename(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := Register(t, srv.URL, "alice", "alice-pw", false)
+		const name = "Alice's private laptop"
+		mustOK(t, "rename", raw(t, "PUT", cs(srv.URL)+"/devices/"+alice.DeviceID, alice.AccessToken, map[string]any{"display_name": name}))
+		rows := auditRows(t, srv)
+		e := findAudit(t, rows, auditapi.ActionDeviceUpdate, target(alice.DeviceID))
+		if e.ActorUser != alice.UserID || e.ActorDevice != alice.DeviceID || e.ActorIP != "127.0.0.1" {
+			t.Fatalf("rename entry %+v", e)
+		}
+		noSecretsIn(t, rows, name, alice.AccessToken)
+	})
+}
+
+// Cross-signing keys and signatures: key types and counts, no signatures
+// or private keys.
+func TestAuditCrossSigning(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		base := cs(srv.URL)
+		x := newE2EERaw(Register(t, srv.URL, "xs", "xs-pw", false))
+		mustOK(t, "device keys", e2eeUpload(t, srv.URL, x, map[string]any{"device_keys": x.deviceKeys()}))
+		newKey := func() (string, ed25519.PrivateKey) {
+			pub, priv, _ := ed25519.GenerateKey(nil)
+			return e2eeB64.EncodeToString(pub), priv
+		}
+		xsKey := func(usage, pub string) map[string]any {
+			return map[string]any{"user_id": x.userID, "usage": []string{usage}, "keys": map[string]string{"ed25519:" + pub: pub}}
+		}
+		mPub, mPriv := newKey()
+		sPub, sPriv := newKey()
+		uPub, uPriv := newKey()
+		self := e2eeSign(xsKey("self_signing", sPub), x.userID, "ed25519:"+mPub, mPriv)
+		user := e2eeSign(xsKey("user_signing", uPub), x.userID, "ed25519:"+mPub, mPriv)
+		mustOK(t, "device_signing", raw(t, "POST", base+"/keys/device_signing/upload", x.token,
+			map[string]any{"master_key": xsKey("master", mPub), "self_signing_key": self, "user_signing_key": user}))
+		q := mustOK(t, "query", raw(t, "POST", base+"/keys/query", x.token, map[string]any{"device_keys": map[string]any{x.userID: []string{}}}))
+		stored := q.Body["device_keys"].(map[string]any)[x.userID].(map[string]any)[x.deviceID].(map[string]any)
+		delete(stored, "unsigned")
+		signed := e2eeSign(stored, x.userID, "ed25519:"+sPub, sPriv)
+		sig := signed["signatures"].(map[string]any)[x.userID].(map[string]any)["ed25519:"+sPub].(string)
+		up := mustOK(t, "signatures", raw(t, "POST", base+"/keys/signatures/upload", x.token, map[string]any{x.userID: map[string]any{x.deviceID: signed}}))
+		if f := up.Body["failures"].(map[string]any); len(f) != 0 {
+			t.Fatalf("signature upload failures: %s", up.Raw)
+		}
+
+		rows := auditRows(t, srv)
+		xs := findAudit(t, rows, auditapi.ActionCrossSigning, target(x.userID))
+		keys, _ := details(t, xs)["keys"].([]any)
+		if xs.ActorUser != x.userID || xs.ActorDevice != x.deviceID || len(keys) != 3 ||
+			!strings.Contains(xs.Details, `"master"`) || !strings.Contains(xs.Details, `"self_signing"`) || !strings.Contains(xs.Details, `"user_signing"`) {
+			t.Fatalf("cross-signing entry %+v", xs)
+		}
+		sg := findAudit(t, rows, auditapi.ActionSignatures, target(x.userID))
+		if dt := details(t, sg); sg.ActorDevice != x.deviceID || dt["count"] != float64(1) || dt["devices"] != float64(1) {
+			t.Fatalf("signatures entry %+v", sg)
+		}
+		secrets := []string{sig, x.token}
+		for _, k := range []ed25519.PrivateKey{mPriv, sPriv, uPriv, x.priv} {
+			secrets = append(secrets, e2eeB64.EncodeToString(k), e2eeB64.EncodeToString(k.Seed()))
+		}
+		for _, k := range []map[string]any{self, user} {
+			for _, s := range k["signatures"].(map[string]any)[x.userID].(map[string]any) {
+				secrets = append(secrets, s.(string))
+			}
+		}
+		noSecretsIn(t, rows, secrets...)
+	})
+}
+
+// Key backup: version create/update/delete and room-key uploads and
+// deletions, with versions and counts; never auth_data or session data.
+func TestAuditKeyBackup(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		base := cs(srv.URL)
+		bob := Register(t, srv.URL, "bob", "bob-pw", false)
+		const alg = "m.megolm_backup.v1.curve25519-aes-sha2"
+		c := mustOK(t, "create", raw(t, "POST", base+"/room_keys/version", bob.AccessToken, map[string]any{"algorithm": alg, "auth_data": map[string]any{"public_key": "BackupPublicKeyMarker"}}))
+		if c.Body["version"] != "1" {
+			t.Fatalf("create: %s", c.Raw)
+		}
+		key := func(data string) map[string]any {
+			return map[string]any{"first_message_index": 0, "forwarded_count": 0, "is_verified": false,
+				"session_data": map[string]any{"ephemeral": "E", "ciphertext": data, "mac": "M"}}
+		}
+		mustOK(t, "put keys", raw(t, "PUT", base+"/room_keys/keys/!r:localhost?version=1", bob.AccessToken,
+			map[string]any{"sessions": map[string]any{"s1": key("SessionCiphertextOne"), "s2": key("SessionCiphertextTwo")}}))
+		mustOK(t, "delete key", raw(t, "DELETE", base+"/room_keys/keys/!r:localhost/s2?version=1", bob.AccessToken, nil))
+		mustOK(t, "update", raw(t, "PUT", base+"/room_keys/version/1", bob.AccessToken, map[string]any{"algorithm": alg, "auth_data": map[string]any{"public_key": "BackupPublicKeyMarker2"}}))
+		mustOK(t, "delete version", raw(t, "DELETE", base+"/room_keys/version/1", bob.AccessToken, nil))
+
+		rows := auditRows(t, srv)
+		op := func(action, op string) *storage.AuditRow {
+			t.Helper()
+			e := findAudit(t, rows, action, func(r *storage.AuditRow) bool { return details(t, r)["op"] == op })
+			if e.Target != bob.UserID || e.ActorUser != bob.UserID || e.ActorDevice != bob.DeviceID || details(t, e)["version"] != "1" {
+				t.Fatalf("%s %s entry %+v", action, op, e)
+			}
+			return e
+		}
+		if cr := op(auditapi.ActionKeyBackup, "create"); details(t, cr)["algorithm"] != alg {
+			t.Fatalf("create entry %+v", cr)
+		}
+		op(auditapi.ActionKeyBackup, "update")
+		op(auditapi.ActionKeyBackup, "delete")
+		if put := op(auditapi.ActionKeyBackupKeys, "put"); details(t, put)["count"] != float64(2) {
+			t.Fatalf("keys put entry %+v", put)
+		}
+		if del := op(auditapi.ActionKeyBackupKeys, "delete"); details(t, del)["count"] != float64(1) {
+			t.Fatalf("keys delete entry %+v", del)
+		}
+		noSecretsIn(t, rows, "BackupPublicKeyMarker", "SessionCiphertext", bob.AccessToken)
+	})
+}
+
+// Device key upload: one entry per upload with counts, not the keys; an
+// empty upload (reading the counts) records nothing.
+func TestAuditDeviceKeysUpload(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		u := newE2EERaw(Register(t, srv.URL, "carol", "carol-pw", false))
+		dk := u.deviceKeys()
+		otks := map[string]any{}
+		for i := range 3 {
+			otks[fmt.Sprintf("signed_curve25519:K%d", i)] = u.otk(false)
+		}
+		fb := u.otk(true)
+		mustOK(t, "upload", e2eeUpload(t, srv.URL, u, map[string]any{"device_keys": dk, "one_time_keys": otks, "fallback_keys": map[string]any{"signed_curve25519:FB": fb}}))
+		mustOK(t, "count-only upload", e2eeUpload(t, srv.URL, u, map[string]any{}))
+
+		rows := auditRows(t, srv)
+		var mine []*storage.AuditRow
+		for _, r := range rows {
+			if r.Action == auditapi.ActionDeviceKeys && r.Target == u.deviceID {
+				mine = append(mine, r)
+			}
+		}
+		if len(mine) != 1 {
+			t.Fatalf("%d device-key upload entries, want 1", len(mine))
+		}
+		e, dt := mine[0], details(t, mine[0])
+		if e.ActorUser != u.userID || e.ActorDevice != u.deviceID || dt["device_keys"] != true || dt["one_time_keys"] != float64(3) || dt["fallback_keys"] != float64(1) {
+			t.Fatalf("device keys entry %+v", e)
+		}
+		secrets := []string{e2eeB64.EncodeToString(u.priv.Seed()), fb["key"].(string)}
+		for _, k := range dk["keys"].(map[string]string) {
+			secrets = append(secrets, k)
+		}
+		for _, o := range otks {
+			secrets = append(secrets, o.(map[string]any)["key"].(string))
+		}
+		noSecretsIn(t, rows, secrets...)
+	})
+}
+
+// Media uploads (direct and to a created ID) and administrative changes
+// are recorded in the transactions that store them: size and hash, never
+// content, file name or content type.
+func TestAuditMediaUpload(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := newMediaClient(t, srv, "alice")
+		const content, later = "media content marker", "late media content marker"
+		_, id := alice.mustUpload([]byte(content), "text/x-secret-type", "secret-file-name.txt")
+		cr := alice.do("POST", "/_matrix/media/v1/create", alice.token, strings.NewReader("{}"), 2, map[string]string{"Content-Type": "application/json"})
+		var created struct {
+			URI string `json:"content_uri"`
+		}
+		if cr.Status != 200 || json.Unmarshal(cr.Body, &created) != nil {
+			t.Fatalf("create: %d %s", cr.Status, cr.Body)
+		}
+		lateID := created.URI[strings.LastIndex(created.URI, "/")+1:]
+		if res := alice.do("PUT", "/_matrix/media/v3/upload/localhost/"+lateID+"?filename=late-name.bin", alice.token, strings.NewReader(later), int64(len(later)), nil); res.Status != 200 {
+			t.Fatalf("upload to created ID: %d %s", res.Status, res.Body)
+		}
+		if err := srv.Media().QuarantineMedia(context.Background(), "localhost", lateID); err != nil {
+			t.Fatal(err)
+		}
+
+		rows := auditRows(t, srv)
+		for _, m := range []struct{ id, content string }{{id, content}, {lateID, later}} {
+			e := findAudit(t, rows, auditapi.ActionMediaUpload, target(m.id))
+			sum := sha256.Sum256([]byte(m.content))
+			if dt := details(t, e); e.ActorUser != "@alice:localhost" || e.ActorIP != "127.0.0.1" || dt["sha256"] != hex.EncodeToString(sum[:]) || dt["size"] != float64(len(m.content)) {
+				t.Fatalf("upload entry %+v", e)
+			}
+			if n := len(auditMatching(rows, auditapi.ActionMediaUpload, m.id)); n != 1 {
+				t.Fatalf("%d upload entries for %s, want 1", n, m.id)
+			}
+		}
+		findAudit(t, rows, auditapi.ActionMediaAdmin, func(r *storage.AuditRow) bool { return r.Target == lateID && details(t, r)["op"] == "quarantine" })
+		noSecretsIn(t, rows, "content marker", "secret-file-name", "late-name", "x-secret-type", alice.token)
+	})
+}
+
+// auditMatching lists the entries with this action and target.
+func auditMatching(rows []*storage.AuditRow, action, tgt string) []*storage.AuditRow {
+	var out []*storage.AuditRow
+	for _, r := range rows {
+		if r.Action == action && r.Target == tgt {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // An action whose audit record cannot be written does not happen.
 func TestAuditWriteFailureFailsAction(t *testing.T) {
 	EachStore(t, func(t *testing.T, d storage.Dialect) {
@@ -339,7 +560,17 @@ func TestAuditWriteFailureFailsAction(t *testing.T) {
 			}
 			return n
 		}
-		events, devices := countEvents(), countDevices()
+		count := func(q string) int {
+			t.Helper()
+			var n int
+			if err := srv.DB.QueryRowContext(ctx, q, alice.UserID).Scan(&n); err != nil {
+				t.Fatal(err)
+			}
+			return n
+		}
+		const mediaRows, backups = `SELECT COUNT(*) FROM media WHERE user_id = $1`, `SELECT COUNT(*) FROM e2ee_backup_versions WHERE user_id = $1`
+		mediaDir := filepath.Join(srv.DataDir, "media")
+		events, devices, media, blobs := countEvents(), countDevices(), count(mediaRows), len(mediaBlobFiles(t, mediaDir))
 		if _, err := srv.DB.ExecContext(ctx, `ALTER TABLE audit_log RENAME TO audit_log_away`); err != nil {
 			t.Fatal(err)
 		}
@@ -347,8 +578,13 @@ func TestAuditWriteFailureFailsAction(t *testing.T) {
 		raw(t, "POST", base+"/createRoom", alice.AccessToken, map[string]any{}).wantErr(t, "createRoom", 500, "M_UNKNOWN")
 		raw(t, "POST", base+"/login", "", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "alice-pw"}).wantErr(t, "login", 500, "M_UNKNOWN")
 		raw(t, "POST", base+"/logout", alice.AccessToken, map[string]any{}).wantErr(t, "logout", 500, "M_UNKNOWN")
+		raw(t, "POST", srv.URL+"/_matrix/media/v3/upload?filename=f.txt", alice.AccessToken, "unrecorded upload").wantErr(t, "media upload", 500, "M_UNKNOWN")
+		raw(t, "POST", base+"/room_keys/version", alice.AccessToken, map[string]any{"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": map[string]any{"public_key": "k"}}).wantErr(t, "key backup create", 500, "M_UNKNOWN")
 		if e, dv := countEvents(), countDevices(); e != events || dv != devices {
 			t.Fatalf("actions happened without their records: events %d→%d, devices %d→%d", events, e, devices, dv)
+		}
+		if m, b, bk := count(mediaRows), len(mediaBlobFiles(t, mediaDir)), count(backups); m != media || b != blobs || bk != 0 {
+			t.Fatalf("media or a key backup was stored without its record: media rows %d→%d, blobs %d→%d, backups %d", media, m, blobs, b, bk)
 		}
 		var rooms int
 		_ = srv.DB.QueryRowContext(ctx, `SELECT COUNT(*) FROM rooms`).Scan(&rooms)
@@ -359,6 +595,10 @@ func TestAuditWriteFailureFailsAction(t *testing.T) {
 			t.Fatal(err)
 		}
 		mustOK(t, "send after repair", raw(t, "PUT", rp+"/send/m.room.message/f2", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "y"}))
+		mustOK(t, "media upload after repair", raw(t, "POST", srv.URL+"/_matrix/media/v3/upload?filename=f.txt", alice.AccessToken, "recorded upload"))
+		if c := mustOK(t, "key backup after repair", raw(t, "POST", base+"/room_keys/version", alice.AccessToken, map[string]any{"algorithm": "m.megolm_backup.v1.curve25519-aes-sha2", "auth_data": map[string]any{"public_key": "k"}})); c.Body["version"] != "1" {
+			t.Fatalf("key backup after repair: %s", c.Raw)
+		}
 		mustOK(t, "logout after repair", raw(t, "POST", base+"/logout", alice.AccessToken, map[string]any{}))
 		auditRows(t, srv)
 		res, err := auditapi.VerifyStore(ctx, srv.DB, srv.KeyID, srv.Key.Public().(ed25519.PublicKey), nil)
