@@ -27,7 +27,7 @@ func (a *API) discoveryRoutes() {
 	a.open("GET", "/_matrix/client/versions", "discovery", func(r *http.Request) Response {
 		return JSON(200, map[string]any{
 			"versions":          supportedVersions,
-			"unstable_features": map[string]bool{"org.matrix.msc3575": false},
+			"unstable_features": map[string]bool{"org.matrix.msc3575": false, "org.matrix.simplified_msc3575": true},
 		})
 	})
 	a.open("GET", "/.well-known/matrix/client", "discovery", func(r *http.Request) Response {

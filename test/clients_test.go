@@ -589,9 +589,9 @@ func ccCalls() []ccCall {
 				}
 				uf := e.obj(r, "unstable_features")
 				// Element X logs in only where simplified sliding sync is
-				// advertised; it is not implemented, so it must not be.
-				if uf["org.matrix.simplified_msc3575"] == true {
-					e.t.Errorf("advertises org.matrix.simplified_msc3575 but does not serve it")
+				// advertised.
+				if uf["org.matrix.simplified_msc3575"] != true {
+					e.t.Errorf("does not advertise org.matrix.simplified_msc3575")
 				}
 			}},
 		ccUnrecognized(ccElement+", "+ccX, "GET", "/_matrix/client/v1/auth_metadata", "OIDC discovery (MSC2965): not offered, clients fall back to /login"),
@@ -1287,8 +1287,9 @@ func ccCalls() []ccCall {
 		{who: ccBoth, as: "alice", method: "DELETE", path: "/_matrix/client/v3/devices/{aliceFirstDevice}", want: 200,
 			tmpl: "/_matrix/client/v3/devices/{deviceId}", body: func(e *ccEnv) any { return map[string]any{"auth": e.passwordAuth("alice")} },
 			check: ccEmptyObject},
-		ccUnrecognized(ccX, "POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0",
-			"Simplified Sliding Sync (MSC4186): NOT IMPLEMENTED; Element X cannot use this server"),
+		{who: ccX, as: "alice", method: "POST", path: "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?timeout=0", want: 200,
+			body: map[string]any{"lists": map[string]any{"all": map[string]any{"ranges": [][]int{{0, 10}}, "timeline_limit": 1}}},
+			note: "Simplified Sliding Sync (MSC4186): lists, subscriptions, extensions (see README)"},
 		{who: ccAll, as: "alice", method: "POST", path: "/_matrix/client/v3/logout", want: 200, body: map[string]any{}, check: ccEmptyObject},
 		{who: ccElement + ", " + ccX, as: "alice", method: "GET", path: "/_matrix/client/v3/account/whoami", want: 401, errcode: "M_UNKNOWN_TOKEN",
 			note: "after logout the token is dead", check: func(e *ccEnv, r ccResp) {
