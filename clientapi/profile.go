@@ -109,13 +109,50 @@ func (a *API) lookupProfile(r *http.Request) (*storage.Profile, Response, bool) 
 	if resp, ok := a.canSeeProfile(r.Context(), dev, target); !ok {
 		return nil, resp, false
 	}
-	p, err := storage.GetProfile(r.Context(), a.db, target)
+	var p *storage.Profile
+	var err error
+	if serverOf(target) != a.opts.ServerName {
+		p, err = a.remoteProfile(r.Context(), target)
+	} else {
+		p, err = storage.GetProfile(r.Context(), a.db, target)
+	}
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, NotFound("no such user"), false
+	} else if errors.Is(err, errRemoteProfile) {
+		return nil, Errf(http.StatusBadGateway, "M_UNKNOWN", "could not fetch the profile from %s", serverOf(target)), false
 	} else if err != nil {
 		return nil, InternalError(r, err), false
 	}
 	return p, Response{}, true
+}
+
+// RemoteProfiles looks up profiles of other servers' users (federation's
+// query/profile); it answers storage.ErrNotFound for unknown users.
+type RemoteProfiles interface {
+	LookupProfile(ctx context.Context, userID string) (*storage.Profile, error)
+}
+
+var remoteProfiles sync.Map // *API -> RemoteProfiles
+
+// SetRemoteProfiles installs federation's profile lookups.
+func (a *API) SetRemoteProfiles(rp RemoteProfiles) { remoteProfiles.Store(a, rp) }
+
+// errRemoteProfile is a remote lookup that failed for another reason than
+// the user being unknown.
+var errRemoteProfile = errors.New("remote profile lookup failed")
+
+func (a *API) remoteProfile(ctx context.Context, userID string) (*storage.Profile, error) {
+	v, _ := remoteProfiles.Load(a)
+	rp, _ := v.(RemoteProfiles)
+	if rp == nil {
+		return nil, storage.ErrNotFound
+	}
+	p, err := rp.LookupProfile(ctx, userID)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		logrus.WithError(err).WithField("user_id", userID).Debug("profile: remote lookup failed")
+		return nil, errRemoteProfile
+	}
+	return p, err
 }
 
 func (a *API) getProfile(r *http.Request) Response {

@@ -13,6 +13,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
 
 	"enclave/roomserver"
 	"enclave/storage"
@@ -246,6 +247,7 @@ func (f *Federation) sendMembership(membership string) roomHandler {
 		if err := res[ev.EventID()]; err != nil {
 			return 403, mxErr("M_FORBIDDEN", err.Error())
 		}
+		f.relayMembership(r.Context(), origin, ev)
 		if membership != spec.Join {
 			return 200, struct{}{}
 		}
@@ -265,6 +267,31 @@ func (f *Federation) sendMembership(membership string) roomHandler {
 			"members_omitted": false,
 			"servers_in_room": ServersInRoom(before),
 		}
+	}
+}
+
+// relayMembership passes a membership event received through send_join,
+// send_leave or send_knock on to the other servers in the room: the
+// joining server talks only to us, and the others would otherwise learn of
+// it only when a later event refers to it. Servers our policy refuses are
+// skipped as for our own events.
+func (f *Federation) relayMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) {
+	st, err := f.rs.CurrentState(ctx, ev.RoomID().String())
+	if err != nil {
+		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
+		return
+	}
+	var dests []spec.ServerName
+	for _, s := range ServersInRoom(st) {
+		if s != origin && s != f.serverName {
+			dests = append(dests, s)
+		}
+	}
+	if len(dests) == 0 {
+		return
+	}
+	if err := f.SendPDU(ctx, dests, ev); err != nil {
+		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
 	}
 }
 
@@ -305,10 +332,12 @@ func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []by
 	if err != nil || targetDomain != f.serverName {
 		return 400, mxErr("M_BAD_JSON", "the invitee is not on this server")
 	}
-	if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
+	// Countersign first: the signature check requires the invited
+	// server's signature on an invite, alongside the sender's.
+	signed := ev.Sign(string(f.serverName), f.keyID, f.key)
+	if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), signed, f.keys, roomserver.UserIDForSender); err != nil {
 		return 403, mxErr("M_FORBIDDEN", "bad signature: "+err.Error())
 	}
-	signed := ev.Sign(string(f.serverName), f.keyID, f.key)
 	if len(req.InviteRoomState) > 0 {
 		if withState, err := signed.SetUnsigned(map[string]any{"invite_room_state": req.InviteRoomState}); err == nil {
 			signed = withState

@@ -1,3 +1,5 @@
+//go:build goolm
+
 package test
 
 import (
@@ -350,12 +352,6 @@ func e2eeLogin(t testing.TB, baseURL, localpart, pw string) RegisterResult {
 		t.Fatalf("login %s: %d %s", localpart, r.Status, r.Raw)
 	}
 	return RegisterResult{UserID: r.Body["user_id"].(string), AccessToken: r.Body["access_token"].(string), DeviceID: r.Body["device_id"].(string)}
-}
-
-// e2eeUpload uploads device keys (and optional one-time/fallback keys).
-func e2eeUpload(t testing.TB, baseURL string, d *e2eeRaw, body map[string]any) rawResp {
-	t.Helper()
-	return raw(t, "POST", e2eeCS(baseURL)+"/keys/upload", d.token, body)
 }
 
 // TestE2EEProtocol checks the E2EE endpoints' rules on the wire, on both

@@ -1,0 +1,44 @@
+package clientapi
+
+import (
+	"net/http"
+	"time"
+
+	"enclave/storage"
+)
+
+// POST /user/{userId}/openid/request_token: a token the user hands to a
+// third party (an integration manager, a widget host), which learns the
+// user's ID from it through the federation API's GET /openid/userinfo.
+// The token proves identity only; it grants no access to this server.
+
+func init() { routeGroups = append(routeGroups, (*API).openIDRoutes) }
+
+func (a *API) openIDRoutes() {
+	a.v3("POST", "/user/{userId}/openid/request_token", "openid", a.requestOpenIDToken)
+}
+
+// openIDTokenLifetime is the expires_in of OpenID tokens.
+const openIDTokenLifetime = time.Hour
+
+func (a *API) requestOpenIDToken(r *http.Request, dev *Device) Response {
+	if vars(r)["userId"] != dev.UserID {
+		return Forbidden("you may only request OpenID tokens for yourself")
+	}
+	var body map[string]any
+	if resp, ok := decodeJSON(r, &body); !ok {
+		return resp
+	}
+	token, _ := newToken("enc_oi_")
+	now := time.Now()
+	err := storage.CreateOpenIDToken(r.Context(), a.db, storage.HashOpenIDToken(token), dev.UserID, now.Add(openIDTokenLifetime).UnixMilli(), now.UnixMilli())
+	if err != nil {
+		return InternalError(r, err)
+	}
+	return JSON(http.StatusOK, map[string]any{
+		"access_token":       token,
+		"token_type":         "Bearer",
+		"matrix_server_name": a.opts.ServerName,
+		"expires_in":         int(openIDTokenLifetime / time.Second),
+	})
+}

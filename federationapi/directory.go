@@ -1,0 +1,358 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// The room directory and space hierarchies for other servers:
+// GET/POST /_matrix/federation/v1/publicRooms list this server's published
+// rooms (as the client API's /publicRooms does), and
+// GET /_matrix/federation/v1/hierarchy/{roomId} describes a local space
+// and its direct children the requesting server could peek or join.
+
+const fedPublicRoomsMaxLimit = 500
+
+func init() { routeGroups = append(routeGroups, (*Federation).directoryRoutes) }
+
+func (f *Federation) directoryRoutes() {
+	f.handleSigned("GET", "/_matrix/federation/v1/publicRooms", f.getPublicRooms)
+	f.handleSigned("POST", "/_matrix/federation/v1/publicRooms", f.postPublicRooms)
+	f.handleSigned("GET", "/_matrix/federation/v1/hierarchy/{roomId}", f.hierarchy)
+}
+
+type fedPublicRoomsReq struct {
+	Limit  *int   `json:"limit"`
+	Since  string `json:"since"`
+	Filter struct {
+		GenericSearchTerm string    `json:"generic_search_term"`
+		RoomTypes         []*string `json:"room_types"`
+	} `json:"filter"`
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
+}
+
+func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) (int, any) {
+	q := r.URL.Query()
+	var req fedPublicRoomsReq
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil {
+			return invalidParam("limit must be an integer")
+		}
+		req.Limit = &n
+	}
+	req.Since = q.Get("since")
+	req.IncludeAllNetworks = q.Get("include_all_networks") == "true"
+	req.ThirdPartyInstanceID = q.Get("third_party_instance_id")
+	return f.publicRooms(r, req)
+}
+
+func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []byte) (int, any) {
+	var req fedPublicRoomsReq
+	if len(body) > 0 {
+		if err := json.Unmarshal(body, &req); err != nil {
+			return badJSON("request body has the wrong shape: %v", err)
+		}
+	}
+	return f.publicRooms(r, req)
+}
+
+func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) (int, any) {
+	limit := fedPublicRoomsMaxLimit
+	if req.Limit != nil && *req.Limit > 0 {
+		limit = min(*req.Limit, fedPublicRoomsMaxLimit)
+	}
+	offset := 0
+	if req.Since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(req.Since, "p"))
+		if !strings.HasPrefix(req.Since, "p") || err != nil || n < 0 {
+			return invalidParam("unknown since token")
+		}
+		offset = n
+	}
+	body := map[string]any{"chunk": []any{}, "total_room_count_estimate": 0}
+	// No application-service networks exist here: a specific one is empty.
+	if req.ThirdPartyInstanceID != "" && !req.IncludeAllNetworks {
+		return http.StatusOK, body
+	}
+	pq := storage.PublicRoomsQuery{Term: strings.TrimSpace(req.Filter.GenericSearchTerm), Offset: offset, Limit: limit + 1}
+	if req.Filter.RoomTypes != nil {
+		pq.RoomTypes = []string{}
+		for _, t := range req.Filter.RoomTypes {
+			if t == nil {
+				pq.RoomTypes = append(pq.RoomTypes, "")
+			} else {
+				pq.RoomTypes = append(pq.RoomTypes, *t)
+			}
+		}
+	}
+	rooms, total, err := storage.PublicRooms(r.Context(), f.db, pq)
+	if err != nil {
+		return internalError(r, err)
+	}
+	if len(rooms) > limit {
+		rooms = rooms[:limit]
+		body["next_batch"] = "p" + strconv.Itoa(offset+limit)
+	}
+	if offset > 0 {
+		body["prev_batch"] = "p" + strconv.Itoa(max(0, offset-limit))
+	}
+	chunk := make([]map[string]any, 0, len(rooms))
+	for _, st := range rooms {
+		chunk = append(chunk, roomChunk(st))
+	}
+	body["chunk"] = chunk
+	body["total_room_count_estimate"] = total
+	return http.StatusOK, body
+}
+
+// roomChunk renders a room as the spec's PublicRoomsChunk.
+func roomChunk(st *storage.RoomStats) map[string]any {
+	c := map[string]any{
+		"room_id":            st.RoomID,
+		"num_joined_members": st.JoinedMembers,
+		"world_readable":     st.HistoryVisibility == "world_readable",
+		"guest_can_join":     st.GuestAccess == "can_join",
+		"join_rule":          st.JoinRule,
+	}
+	if st.JoinRule == "" {
+		c["join_rule"] = "invite"
+	}
+	for k, v := range map[string]string{"name": st.Name, "topic": st.Topic, "canonical_alias": st.CanonicalAlias, "avatar_url": st.AvatarURL, "room_type": st.RoomType} {
+		if v != "" {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+// hierarchy is GET /_matrix/federation/v1/hierarchy/{roomId}.
+func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	ctx := r.Context()
+	roomID := mux.Vars(r)["roomId"]
+	suggestedOnly := r.URL.Query().Get("suggested_only") == "true"
+	st, err := f.rs.CurrentState(ctx, roomID)
+	if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
+		return notFound("room not found")
+	} else if err != nil {
+		return internalError(r, err)
+	}
+	if !f.serverMayPreview(ctx, st, origin) {
+		return notFound("room not found")
+	}
+	room, err := f.hierarchyEntry(ctx, roomID, st)
+	if err != nil {
+		return internalError(r, err)
+	}
+	children := []map[string]any{}
+	inaccessible := []string{}
+	childState := []map[string]any{}
+	if room["room_type"] == "m.space" {
+		for _, c := range hierarchyChildren(st) {
+			if suggestedOnly && !c.suggested {
+				continue
+			}
+			childState = append(childState, c.stripped)
+			cst, err := f.rs.CurrentState(ctx, c.roomID)
+			if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && cst.Get(spec.MRoomCreate, "") == nil) {
+				continue // not ours to describe
+			} else if err != nil {
+				return internalError(r, err)
+			}
+			if !f.serverMayPreview(ctx, cst, origin) {
+				inaccessible = append(inaccessible, c.roomID)
+				continue
+			}
+			entry, err := f.hierarchyEntry(ctx, c.roomID, cst)
+			if errors.Is(err, storage.ErrNotFound) {
+				continue
+			} else if err != nil {
+				return internalError(r, err)
+			}
+			children = append(children, entry)
+		}
+	}
+	room["children_state"] = childState
+	return http.StatusOK, map[string]any{"room": room, "children": children, "inaccessible_children": inaccessible}
+}
+
+// hierarchyEntry is a room's PublicRoomsChunk plus allowed_room_ids.
+func (f *Federation) hierarchyEntry(ctx context.Context, roomID string, st roomserver.StateMap) (map[string]any, error) {
+	stats, err := storage.GetRoomStats(ctx, f.db, roomID)
+	if err != nil {
+		return nil, err
+	}
+	c := roomChunk(stats)
+	if _, allow := joinRule(st); len(allow) > 0 {
+		c["allowed_room_ids"] = allow
+	}
+	return c, nil
+}
+
+// joinRule returns a room's join rule and, for restricted rules, the
+// rooms whose members may join.
+func joinRule(st roomserver.StateMap) (string, []string) {
+	ev := st.Get(spec.MRoomJoinRules, "")
+	if ev == nil {
+		return spec.Invite, nil
+	}
+	var c struct {
+		JoinRule string `json:"join_rule"`
+		Allow    []struct {
+			Type   string `json:"type"`
+			RoomID string `json:"room_id"`
+		} `json:"allow"`
+	}
+	if json.Unmarshal(ev.Content(), &c) != nil {
+		return spec.Invite, nil
+	}
+	var allow []string
+	if c.JoinRule == spec.Restricted || c.JoinRule == spec.KnockRestricted {
+		for _, a := range c.Allow {
+			if a.Type == "m.room_membership" && a.RoomID != "" {
+				allow = append(allow, a.RoomID)
+			}
+		}
+	}
+	return c.JoinRule, allow
+}
+
+// serverMayPreview decides whether origin could peek at or join a room:
+// world-readable history, a public or knockable join rule, a member of
+// its own in the room, or (restricted rooms) a member in an allowed room.
+// The room's server ACL applies first.
+func (f *Federation) serverMayPreview(ctx context.Context, st roomserver.StateMap, origin spec.ServerName) bool {
+	if !aclAllows(st, origin) {
+		return false
+	}
+	if hv := st.Get(spec.MRoomHistoryVisibility, ""); hv != nil {
+		if v, _ := hv.HistoryVisibility(); v == gomatrixserverlib.HistoryVisibilityWorldReadable {
+			return true
+		}
+	}
+	rule, allow := joinRule(st)
+	switch rule {
+	case spec.Public, spec.Knock, spec.KnockRestricted:
+		return true
+	}
+	for k, e := range st {
+		if k.Type != spec.MRoomMember || userServer(k.StateKey) != origin {
+			continue
+		}
+		if m, _ := e.Membership(); m == spec.Join || m == spec.Invite {
+			return true
+		}
+	}
+	for _, room := range allow {
+		members, err := storage.RoomMembers(ctx, f.db, room, spec.Join)
+		if err != nil {
+			continue
+		}
+		for _, m := range members {
+			if userServer(m) == origin {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+type hierarchyChild struct {
+	roomID    string
+	order     string
+	ts        int64
+	suggested bool
+	stripped  map[string]any
+}
+
+// hierarchyChildren returns a space's valid m.space.child entries in the
+// spec's order: by `order` (when valid), then origin_server_ts, then ID.
+func hierarchyChildren(st roomserver.StateMap) []hierarchyChild {
+	var out []hierarchyChild
+	for k, ev := range st {
+		if k.Type != "m.space.child" || k.StateKey == "" {
+			continue
+		}
+		var c struct {
+			Via       []string `json:"via"`
+			Order     any      `json:"order"`
+			Suggested bool     `json:"suggested"`
+		}
+		if json.Unmarshal(ev.Content(), &c) != nil || len(c.Via) == 0 {
+			continue // no via: the child was removed
+		}
+		order, _ := c.Order.(string)
+		if len(order) > 50 || strings.IndexFunc(order, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
+			order = ""
+		}
+		out = append(out, hierarchyChild{
+			roomID: k.StateKey, order: order, ts: int64(ev.OriginServerTS()), suggested: c.Suggested,
+			stripped: map[string]any{"type": k.Type, "state_key": k.StateKey, "content": json.RawMessage(ev.Content()),
+				"sender": string(ev.SenderID()), "origin_server_ts": int64(ev.OriginServerTS())},
+		})
+	}
+	sort.Slice(out, func(i, j int) bool {
+		oi, oj := out[i].order, out[j].order
+		if (oi != "") != (oj != "") {
+			return oi != ""
+		}
+		if oi != oj {
+			return oi < oj
+		}
+		if out[i].ts != out[j].ts {
+			return out[i].ts < out[j].ts
+		}
+		return out[i].roomID < out[j].roomID
+	})
+	return out
+}
+
+// profileTimeout bounds a remote profile lookup made for a client.
+const profileTimeout = 10 * time.Second
+
+// LookupProfile asks a remote user's server for their profile (GET
+// /_matrix/federation/v1/query/profile). Unknown users are
+// storage.ErrNotFound.
+func (f *Federation) LookupProfile(ctx context.Context, userID string) (*storage.Profile, error) {
+	dest := userServer(userID)
+	if dest == "" || dest == f.serverName {
+		return nil, storage.ErrNotFound
+	}
+	ctx, cancel := context.WithTimeout(ctx, profileTimeout)
+	defer cancel()
+	var p struct {
+		DisplayName *string `json:"displayname"`
+		AvatarURL   *string `json:"avatar_url"`
+	}
+	err := f.fedJSON(ctx, dest, http.MethodGet, "/_matrix/federation/v1/query/profile?user_id="+url.QueryEscape(userID), nil, &p, 64<<10)
+	var re *RemoteError
+	if errors.As(err, &re) && re.Code == http.StatusNotFound {
+		return nil, storage.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	out := &storage.Profile{}
+	if p.DisplayName != nil {
+		out.DisplayName = *p.DisplayName
+	}
+	if p.AvatarURL != nil {
+		out.AvatarURL = *p.AvatarURL
+	}
+	return out, nil
+}
