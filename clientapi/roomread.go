@@ -283,7 +283,7 @@ func (a *API) getEvent(r *http.Request, dev *Device) Response {
 		return resp
 	}
 	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0)) {
+	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.SoftFailed || ev.Rejected)) {
 		return NotFound("event not found")
 	} else if err != nil {
 		return InternalError(r, err)
@@ -367,26 +367,30 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 		from = tok.Pos
 	} else if dir == "b" {
 		from = upper
+	} else {
+		from = math.MinInt64 // the start, below any backfilled history
 	}
-	var to int64 = -1
+	// Positions may be negative (backfilled history): hasTo, not a sentinel.
+	var to int64
+	hasTo := false
 	if s := q.Get("to"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil {
 			return InvalidParam("invalid to token")
 		}
-		to = tok.Pos
+		to, hasTo = tok.Pos, true
 	}
 	var evs []*storage.Event
 	var err error
 	if dir == "b" {
 		// Backfilled history has negative positions: no lower bound.
 		lo := int64(math.MinInt64)
-		if to >= 0 {
+		if hasTo {
 			lo = to
 		}
 		hi := min(from, upper)
 		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
-		if err == nil && len(evs) < limit && to < 0 && a.fed != nil {
+		if err == nil && len(evs) < limit && !hasTo && a.fed != nil {
 			// We hold no older events: ask the other servers (backfill).
 			if n, berr := a.fed.Backfill(r.Context(), roomID, limit-len(evs)); berr == nil && n > 0 {
 				evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
@@ -394,7 +398,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 		}
 	} else {
 		hi := upper
-		if to >= 0 {
+		if hasTo {
 			hi = min(hi, to)
 		}
 		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, from, hi, limit, false)

@@ -61,7 +61,8 @@ func (p *policy) checkDestination(dest spec.ServerName) error {
 
 // ReloadPolicy applies a new config's federation policy (enabled, allowed
 // and denied servers, rate limits) without a restart. Destinations that
-// became allowed resume sending; ones that became refused keep their queue
+// became allowed resume sending and catch up on the rooms whose events
+// they were refused meanwhile; ones that became refused keep their queue
 // until they are allowed again. Key notaries are fixed at start.
 func (f *Federation) ReloadPolicy(cfg *config.Config) error {
 	if cfg.ServerName != string(f.serverName) {

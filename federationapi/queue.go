@@ -28,6 +28,8 @@ import (
 // restarts, and an unacknowledged transaction is resent under the same ID
 // so the receiver's idempotency applies. PDUs are never dropped: a
 // destination the policy now refuses keeps its rows until it is allowed.
+// Events sent while a destination is refused are not queued for it; when
+// it is allowed again it catches up (see catchUp).
 
 const (
 	txnMaxPDUs = 50
@@ -48,6 +50,8 @@ type queue struct {
 	dests   map[spec.ServerName]*destQueue
 	started bool // workers run only between start and stop
 	stopped bool
+
+	catchUpMu sync.Mutex // one catch-up pass at a time
 }
 
 // destQueue is one destination's worker state; fields other than the
@@ -81,6 +85,9 @@ func (q *queue) start() error {
 	for _, d := range dests {
 		q.notify(spec.ServerName(d))
 	}
+	// The policy may have changed while we were down (config edited
+	// before the restart).
+	q.catchUpLater()
 	return nil
 }
 
@@ -136,13 +143,81 @@ func (q *queue) peerAlive(name spec.ServerName) {
 	}
 }
 
-// policyChanged re-evaluates every destination under a reloaded policy.
+// policyChanged re-evaluates every destination under a reloaded policy:
+// held rows go to destinations allowed again, and those catch up on the
+// rooms whose events they were refused meanwhile.
 func (q *queue) policyChanged() {
 	q.mu.Lock()
-	defer q.mu.Unlock()
 	for _, d := range q.dests {
 		signal(d.retry)
 	}
+	q.mu.Unlock()
+	q.catchUpLater()
+}
+
+// catchUpLater runs catchUp in the background while the queue runs.
+func (q *queue) catchUpLater() {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if !q.started || q.stopped {
+		return
+	}
+	q.wg.Add(1)
+	go func() {
+		defer q.wg.Done()
+		q.catchUpMu.Lock()
+		defer q.catchUpMu.Unlock()
+		if err := q.catchUp(q.ctx); err != nil && q.ctx.Err() == nil {
+			logrus.WithError(err).Error("federation: catching up destinations")
+		}
+	}()
+}
+
+// catchUp handles destinations that were refused by the policy while this
+// server sent events to their rooms (storage.MarkCatchUp) and are allowed
+// now: each is queued the latest local event of each such room. Its prev
+// events lead back to what the destination has, and it fetches the gap
+// with /get_missing_events, as after any outage. Nothing was stored for it
+// while refused, so the policy's "never queued" rule holds.
+func (q *queue) catchUp(ctx context.Context) error {
+	pending, err := storage.CatchUps(ctx, q.f.db)
+	if err != nil {
+		return err
+	}
+	pol := q.f.pol()
+	woken := map[string]bool{}
+	for _, c := range pending {
+		if pol.checkDestination(spec.ServerName(c.Destination)) != nil {
+			continue // still refused: keep the mark
+		}
+		ev, err := storage.LatestLocalEvent(ctx, q.f.db, c.RoomID, string(q.f.serverName))
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		if ev != nil {
+			if ev, err = federationJSON(ev); err != nil {
+				return err
+			}
+		}
+		err = q.f.db.WithTx(ctx, func(tx *storage.Tx) error {
+			if ev != nil {
+				if err := storage.EnqueuePDU(ctx, tx, []string{c.Destination}, ev, time.Now().UnixMilli()); err != nil {
+					return err
+				}
+			}
+			return storage.ClearCatchUp(ctx, tx, c.Destination, c.RoomID)
+		})
+		if err != nil {
+			return err
+		}
+		if ev != nil {
+			woken[c.Destination] = true
+		}
+	}
+	for d := range woken {
+		q.f.wakeAll([]string{d})
+	}
+	return nil
 }
 
 func signal(ch chan struct{}) {
@@ -287,12 +362,13 @@ func newTxnID() string {
 	return strconv.FormatInt(time.Now().UnixMilli(), 36) + "_" + strconv.FormatInt(n.Int64(), 36)
 }
 
-// destinations drops this server, duplicates and servers the policy
-// refuses (counted and audited: no row is queued, nothing is sent).
-func (f *Federation) destinations(in []spec.ServerName) []string {
+// destinations drops this server and duplicates, and splits the rest into
+// the servers the policy allows and those it refuses (counted and audited:
+// no row is queued for them, nothing is sent).
+func (f *Federation) destinations(in []spec.ServerName) (allowed, refused []string) {
 	p := f.pol()
 	seen := map[spec.ServerName]bool{}
-	out := make([]string, 0, len(in))
+	allowed = make([]string, 0, len(in))
 	for _, d := range in {
 		if d == f.serverName || seen[d] {
 			continue
@@ -300,19 +376,28 @@ func (f *Federation) destinations(in []spec.ServerName) []string {
 		seen[d] = true
 		if err := p.checkDestination(d); err != nil {
 			f.refuseOutbound(d, err)
+			refused = append(refused, string(d))
 			continue
 		}
-		out = append(out, string(d))
+		allowed = append(allowed, string(d))
 	}
-	return out
+	return allowed, refused
 }
 
 // SendPDU queues pdu for each destination and returns once it is stored;
 // delivery is asynchronous and survives restarts. This server and servers
 // the federation policy refuses are skipped (refusals are counted and
-// audited). PDUs to one destination are sent in the order queued.
+// audited). For a refused server only the room is noted: if the policy
+// allows it again (a healed partition), it is sent the room's latest event
+// and fetches what it missed itself (see queue.catchUp). PDUs to one
+// destination are sent in the order queued.
 func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName, pdu gomatrixserverlib.PDU) error {
-	dests := f.destinations(destinations)
+	dests, refused := f.destinations(destinations)
+	if len(refused) > 0 {
+		if err := storage.MarkCatchUp(ctx, f.db, refused, pdu.RoomID().String(), time.Now().UnixMilli()); err != nil {
+			return err
+		}
+	}
 	if len(dests) == 0 {
 		return nil
 	}
@@ -331,7 +416,7 @@ func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName
 // single-user presence EDUs still waiting for a slow destination are
 // replaced by newer ones for the same room and user.
 func (f *Federation) SendEDU(ctx context.Context, destinations []spec.ServerName, edu gomatrixserverlib.EDU) error {
-	dests := f.destinations(destinations)
+	dests, _ := f.destinations(destinations)
 	if len(dests) == 0 {
 		return nil
 	}

@@ -129,8 +129,8 @@ func (f *Federation) lockOrigin(origin spec.ServerName) func() {
 	return mu.Unlock
 }
 
-// processTransaction checks every PDU (room known, size, format and
-// content hash for the room's version, the sender's server permitted, its
+// processTransaction checks every PDU (room known, size, format, the
+// content hash (a mismatch is refused), the sender's server permitted, its
 // signatures valid), hands the good ones to the room server and dispatches
 // the EDUs. An error means the transaction could not be processed at all
 // (e.g. the store is down) and should be retried.
@@ -205,6 +205,16 @@ func (f *Federation) checkPDU(ctx context.Context, raw json.RawMessage) (gomatri
 	if err != nil {
 		return nil, guessEventID(raw, hdr.EventID, ver), err
 	}
+	if ev.Redacted() {
+		// The parser redacts an event whose content hash does not match.
+		// That is how the spec keeps altered content out of fetched
+		// history, where a legitimately redacted copy looks the same. A
+		// transaction carries events as their servers sent them, so here
+		// a mismatch means the content was changed after signing: refuse
+		// the event rather than store a redacted stand-in (if a later
+		// event needs it, it is fetched and redacted like any history).
+		return nil, ev.EventID(), errors.New("content hash mismatch: the event's content was altered after it was signed")
+	}
 	if err := f.checkPDUSender(ctx, ev); err != nil {
 		return nil, ev.EventID(), err
 	}
@@ -214,8 +224,7 @@ func (f *Federation) checkPDU(ctx context.Context, raw json.RawMessage) (gomatri
 // checkPDUSender requires the sender's server to be one we federate with
 // (transactions may relay other servers' events) and the event to carry
 // valid signatures from it (and from any other server the room version
-// requires). A content hash mismatch was already handled by parsing: the
-// spec has such an event redacted, not rejected.
+// requires).
 func (f *Federation) checkPDUSender(ctx context.Context, ev gomatrixserverlib.PDU) error {
 	sender, err := spec.NewUserID(string(ev.SenderID()), true)
 	if err != nil {

@@ -30,9 +30,14 @@ type EventFetcher interface {
 // SetFetcher installs the federation fetcher used to close gaps.
 func (s *RoomServer) SetFetcher(f EventFetcher) { s.fetcher = f }
 
-// maxMissing bounds how many missing prev events one input fetches before
-// falling back to asking for the state.
-const maxMissing = 20
+// Closing a gap: /get_missing_events is asked for pages of maxMissing
+// events, walking back page by page until the fetched events connect to
+// ones we hold, for at most maxMissingRounds pages. A longer gap falls
+// back to asking for the state (the events in it stay out of the timeline).
+const (
+	maxMissing       = 50
+	maxMissingRounds = 10
+)
 
 // InputRemoteEvents authorises and stores events that origin sent us
 // (spec: "Checks performed on receipt of a PDU"):
@@ -205,15 +210,11 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 		return nil, err
 	}
 	if len(missing) > 0 && fetchGaps && s.fetcher != nil {
-		fetched, err := s.fetcher.MissingEvents(ctx, origin, roomID, h.extremities, []string{ev.EventID()}, maxMissing, h.version.Version())
+		fetched, err := s.fetchGap(ctx, origin, h, ev)
 		if err != nil {
-			logrus.WithError(err).WithField("origin", origin).Warn("get_missing_events failed")
+			return nil, err
 		}
-		sort.SliceStable(fetched, func(i, j int) bool { return fetched[i].Depth() < fetched[j].Depth() })
 		for _, m := range fetched {
-			if m.EventID() == ev.EventID() || m.RoomID().String() != roomID {
-				continue
-			}
 			if err := s.inputLocked(ctx, origin, m, false); err != nil {
 				logrus.WithError(err).WithField("event_id", m.EventID()).Warn("missing event not accepted")
 			}
@@ -278,6 +279,84 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 		return nil, err
 	}
 	return &roomHead{version: h.version, state: resolved, maxDepth: h.maxDepth}, nil
+}
+
+// fetchGap asks origin for the events between our forward extremities and
+// ev's prev events, page after page while the oldest fetched events still
+// have prev events we lack (a partition or outage longer than one page).
+// It returns the events we did not hold, oldest first.
+func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *roomHead, ev gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
+	roomID := ev.RoomID().String()
+	got := map[string]gomatrixserverlib.PDU{}
+	latest := []string{ev.EventID()}
+	for round := 0; round < maxMissingRounds && len(latest) > 0; round++ {
+		page, err := s.fetcher.MissingEvents(ctx, origin, roomID, h.extremities, latest, maxMissing, h.version.Version())
+		if err != nil {
+			logrus.WithError(err).WithField("origin", origin).Warn("get_missing_events failed")
+			break
+		}
+		var ids []string
+		for _, m := range page {
+			if m.RoomID().String() == roomID && m.EventID() != ev.EventID() && got[m.EventID()] == nil {
+				ids = append(ids, m.EventID())
+			}
+		}
+		_, unknown, err := s.timelineEvents(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		if len(unknown) == 0 {
+			break // nothing new: the walk reached events we hold
+		}
+		isUnknown := map[string]bool{}
+		for _, id := range unknown {
+			isUnknown[id] = true
+		}
+		for _, m := range page {
+			if isUnknown[m.EventID()] {
+				got[m.EventID()] = m
+			}
+		}
+		// The next page starts at fetched events whose prev events are
+		// neither fetched nor held.
+		var prevs []string
+		for _, m := range got {
+			for _, p := range m.PrevEventIDs() {
+				if got[p] == nil {
+					prevs = append(prevs, p)
+				}
+			}
+		}
+		_, lacking, err := s.timelineEvents(ctx, prevs)
+		if err != nil {
+			return nil, err
+		}
+		lack := map[string]bool{}
+		for _, p := range lacking {
+			lack[p] = true
+		}
+		latest = latest[:0]
+		for id, m := range got {
+			for _, p := range m.PrevEventIDs() {
+				if lack[p] {
+					latest = append(latest, id)
+					break
+				}
+			}
+		}
+		sort.Strings(latest)
+	}
+	out := make([]gomatrixserverlib.PDU, 0, len(got))
+	for _, m := range got {
+		out = append(out, m)
+	}
+	sort.SliceStable(out, func(i, j int) bool {
+		if out[i].Depth() != out[j].Depth() {
+			return out[i].Depth() < out[j].Depth()
+		}
+		return out[i].EventID() < out[j].EventID()
+	})
+	return out, nil
 }
 
 // timelineEvents loads events that have a place in the room DAG (not

@@ -111,9 +111,11 @@ func openRaw(url string, opts Options) (*DB, error) {
 	if opts.MaxIdleConns > 0 {
 		sdb.SetMaxIdleConns(opts.MaxIdleConns)
 	}
-	if dialect == SQLite && opts.MaxOpenConns > opts.MaxIdleConns {
-		// Opening a SQLite connection runs the pragmas and loses its
-		// prepared statements: keep every connection instead of churning.
+	if opts.MaxOpenConns > opts.MaxIdleConns {
+		// A message wakes every long-poll at once: with fewer idle than
+		// open connections each such burst closes and reopens connections
+		// (a PostgreSQL handshake, SQLite's pragmas) and loses their
+		// prepared statements, and writes queue behind the reopening.
 		sdb.SetMaxIdleConns(opts.MaxOpenConns)
 	}
 	if opts.ConnMaxLifetime > 0 {
@@ -128,9 +130,14 @@ func (db *DB) Close() error {
 	return db.sql.Close()
 }
 
-// maxCachedStmts bounds the statement cache: queries with generated IN
-// lists come in many shapes, and past the bound run unprepared.
-const maxCachedStmts = 1000
+// maxCachedStmts bounds the statement cache (each entry is prepared on
+// every pool connection that runs it); past the bound queries run
+// unprepared. Queries with more than maxCachedParams parameters (generated
+// IN lists and multi-row inserts, which come in many shapes) are not cached.
+const (
+	maxCachedStmts  = 256
+	maxCachedParams = 32
+)
 
 // cachedStmt returns the prepared form of a (rebound) query, or nil.
 func (db *DB) cachedStmt(query string) *sql.Stmt {
@@ -154,7 +161,7 @@ func (db *DB) stmt(ctx context.Context, query string) *sql.Stmt {
 	if st := db.cachedStmt(query); st != nil {
 		return st
 	}
-	if db.nstmts.Load() >= maxCachedStmts || !cacheable(query) {
+	if db.nstmts.Load() >= maxCachedStmts || !cacheable(query) || strings.Count(query, "?") > maxCachedParams {
 		return nil
 	}
 	st, err := db.sql.PrepareContext(ctx, query)

@@ -74,7 +74,18 @@ CREATE TABLE federation_queue_edus (
 	created_ts BIGINT NOT NULL
 );
 CREATE INDEX federation_queue_edus_dest ON federation_queue_edus(destination, id);
-CREATE INDEX federation_queue_edus_coalesce ON federation_queue_edus(destination, edu_type, coalesce_key)`})
+CREATE INDEX federation_queue_edus_coalesce ON federation_queue_edus(destination, edu_type, coalesce_key)`},
+		// federation_catchup: rooms whose events a destination missed
+		// because the policy refused it at the time (nothing is queued for a
+		// refused server). When it is allowed again it is sent the room's
+		// latest local event and pulls the gap with /get_missing_events.
+		Migration{Version: 2, SQL: `
+CREATE TABLE federation_catchup (
+	destination TEXT NOT NULL,
+	room_id TEXT NOT NULL,
+	created_ts BIGINT NOT NULL,
+	PRIMARY KEY (destination, room_id)
+)`})
 }
 
 // ServerKey is one cached public signing key of a remote server.
@@ -370,4 +381,65 @@ func DeleteBatch(ctx context.Context, db *DB, destination, txnID string) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM federation_queue_edus WHERE destination = $1 AND txn_id = $2`, destination, txnID)
 		return err
 	})
+}
+
+// MarkCatchUp records that destinations missed an event of roomID (they
+// were refused by the policy when it was sent).
+func MarkCatchUp(ctx context.Context, q Querier, destinations []string, roomID string, now int64) error {
+	for _, d := range destinations {
+		if _, err := q.ExecContext(ctx, `INSERT INTO federation_catchup (destination, room_id, created_ts)
+			VALUES ($1, $2, $3) ON CONFLICT (destination, room_id) DO NOTHING`, d, roomID, now); err != nil {
+			return fmt.Errorf("storage: mark catch-up: %w", err)
+		}
+	}
+	return nil
+}
+
+// CatchUp is one (destination, room) a destination has to catch up on.
+type CatchUp struct {
+	Destination string
+	RoomID      string
+}
+
+// CatchUps lists every pending catch-up.
+func CatchUps(ctx context.Context, q Querier) ([]CatchUp, error) {
+	rows, err := q.QueryContext(ctx, `SELECT destination, room_id FROM federation_catchup ORDER BY destination, created_ts`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []CatchUp
+	for rows.Next() {
+		var c CatchUp
+		if err := rows.Scan(&c.Destination, &c.RoomID); err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, rows.Err()
+}
+
+// ClearCatchUp forgets a pending catch-up.
+func ClearCatchUp(ctx context.Context, q Querier, destination, roomID string) error {
+	_, err := q.ExecContext(ctx, `DELETE FROM federation_catchup WHERE destination = $1 AND room_id = $2`, destination, roomID)
+	return err
+}
+
+// LatestLocalEvent returns the JSON of the newest timeline event in roomID
+// sent by a user of serverName (not soft-failed, rejected or redacted: a
+// redacted copy no longer matches its content hash), or ErrNotFound.
+func LatestLocalEvent(ctx context.Context, q Querier, roomID, serverName string) ([]byte, error) {
+	suffix := ":" + serverName // server names are ASCII: bytes are characters
+	var s string
+	err := q.QueryRowContext(ctx, `SELECT json FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL AND stream_pos > 0
+		AND outlier = FALSE AND soft_failed = FALSE AND rejected = FALSE AND redacted = FALSE
+		AND length(sender) > $3 AND substr(sender, length(sender) - $3 + 1) = $2
+		ORDER BY stream_pos DESC LIMIT 1`, roomID, suffix, len(suffix)).Scan(&s)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return []byte(s), nil
 }

@@ -57,11 +57,20 @@ type Syncer struct {
 	// stopping is closed by Shutdown: long-polls answer at once.
 	stopping chan struct{}
 	stopOnce sync.Once
+	// builds bounds concurrent response builds (see New).
+	builds chan struct{}
 }
 
 // New makes a syncer and subscribes it to the room server's output.
 func New(db *storage.DB, rs RoomServer) *Syncer {
-	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{})}
+	// A message wakes every member's long-poll at once. Building all
+	// those responses together would hold every store connection, and the
+	// next send would queue behind them: builds get half the pool.
+	maxBuilds := 8
+	if n := db.Stats().MaxOpenConnections; n > 0 {
+		maxBuilds = max(2, n/2)
+	}
+	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds)}
 	rs.Subscribe(s.onEvent)
 	return s
 }
@@ -138,7 +147,13 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		if p.Since != nil && p.Since.Pos > to.Pos {
 			p.Since.Pos = to.Pos // a token from the future: treat as now
 		}
+		select {
+		case s.builds <- struct{}{}:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 		resp, err := s.build(ctx, p, to)
+		<-s.builds
 		if err != nil {
 			return nil, err
 		}
