@@ -58,6 +58,17 @@ func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, R
 	return nil, Forbidden("you are not allowed to read room %s", roomID), false
 }
 
+// readableRoom validates the request's room ID and checks the caller may
+// read the room (see access).
+func (a *API) readableRoom(r *http.Request, dev *Device) (string, *readAccess, Response, bool) {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return "", nil, resp, false
+	}
+	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	return roomID, acc, resp, ok
+}
+
 func (a *API) viewer(dev *Device) syncapi.Viewer {
 	return syncapi.Viewer{UserID: dev.UserID, DeviceID: dev.DeviceID}
 }
@@ -90,11 +101,7 @@ func (a *API) formatState(ctx context.Context, dev *Device, pdus []gomatrixserve
 }
 
 func (a *API) members(r *http.Request, dev *Device) Response {
-	roomID, resp, ok := roomIDParam(r)
-	if !ok {
-		return resp
-	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	roomID, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -133,11 +140,7 @@ func (a *API) members(r *http.Request, dev *Device) Response {
 }
 
 func (a *API) joinedMembers(r *http.Request, dev *Device) Response {
-	roomID, resp, ok := roomIDParam(r)
-	if !ok {
-		return resp
-	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -160,11 +163,7 @@ func (a *API) joinedMembers(r *http.Request, dev *Device) Response {
 }
 
 func (a *API) roomState(r *http.Request, dev *Device) Response {
-	roomID, resp, ok := roomIDParam(r)
-	if !ok {
-		return resp
-	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -176,11 +175,7 @@ func (a *API) roomState(r *http.Request, dev *Device) Response {
 }
 
 func (a *API) roomStateEvent(r *http.Request, dev *Device) Response {
-	roomID, resp, ok := roomIDParam(r)
-	if !ok {
-		return resp
-	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
