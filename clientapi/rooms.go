@@ -77,6 +77,8 @@ func (a *API) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.E
 	if err != nil {
 		return nil, roomError(r, err), false
 	}
+	// Answer once the event is visible: a read right after the 200 sees it.
+	_ = a.db.Stream.Wait(r.Context(), ev.StreamPos)
 	return ev, Response{}, true
 }
 
@@ -250,6 +252,8 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 	if err != nil {
 		return roomError(r, err)
 	}
+	// Answer once the room's events are visible (they are at or below Last).
+	_ = a.db.Stream.Wait(r.Context(), a.db.Stream.Last())
 	body := map[string]any{"room_id": roomID}
 	if alias != "" {
 		body["room_alias"] = alias

@@ -121,6 +121,28 @@ func (s *Stream) Release(pos int64) {
 	}
 }
 
+// Last is the highest position handed out so far (committed or not).
+func (s *Stream) Last() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.next - 1
+}
+
+// Wait blocks until pos is visible to readers, or ctx ends. A writer that
+// waits before acknowledging gives its client read-your-writes: otherwise
+// a lower position still in flight in another transaction hides the
+// acknowledged row from /sync and /messages for a moment.
+func (s *Stream) Wait(ctx context.Context, pos int64) error {
+	ch := make(chan struct{})
+	s.Publish(pos, func() { close(ch) })
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
 // Current is the highest position below which every row is committed.
 func (s *Stream) Current() int64 {
 	s.mu.Lock()

@@ -3,9 +3,12 @@ package test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
@@ -188,6 +191,71 @@ func TestPaginationFromLimitedSync(t *testing.T) {
 				t.Fatal("the limit-1 loop never saw a limited timeline: the test did not exercise gap filling")
 			}
 			t.Logf("limit %d: %d limited timelines filled", limit, o.limited)
+		}
+	})
+}
+
+// TestReadYourWrites: once /send (or /createRoom) has answered, the event
+// is visible to /messages and /sync, even while a transaction that took a
+// lower stream position (here: a send to another room held up inside its
+// transaction by a slow hook) has not committed yet.
+func TestReadYourWrites(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		ctx := ctxT(t)
+		alice := sessionClient(t, srv.URL, Register(t, srv.URL, "alice", "pw", false))
+		slowRoom, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv.Rooms.AddHook(func(_ context.Context, _ *storage.Tx, ev *storage.Event, _ gomatrixserverlib.PDU) error {
+			if strings.Contains(string(ev.JSON), "take your time") {
+				time.Sleep(700 * time.Millisecond)
+			}
+			return nil
+		})
+		s0, err := alice.SyncRequest(ctx, 0, "", "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow := make(chan error, 1)
+		go func() {
+			_, err := alice.SendText(ctx, slowRoom.RoomID, "take your time")
+			slow <- err
+		}()
+		time.Sleep(150 * time.Millisecond) // the slow send now holds a position
+		fast, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "fast"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st, err := alice.State(ctx, fast.RoomID); err != nil || st[event.StateRoomName][""] == nil {
+			t.Fatalf("state of the room /createRoom just made: %v %v", st, err)
+		}
+		msgs, err := alice.Messages(ctx, fast.RoomID, "", "", mautrix.DirectionBackward, nil, 50)
+		if err != nil || len(msgs.Chunk) == 0 {
+			t.Fatalf("/messages of the room /createRoom just made: %v %v", msgs, err)
+		}
+		sent, err := alice.SendText(ctx, fast.RoomID, "quick")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last, err := alice.Messages(ctx, fast.RoomID, "", "", mautrix.DirectionBackward, nil, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(last.Chunk) != 1 || last.Chunk[0].ID != sent.EventID {
+			t.Fatalf("/messages right after /send answered: %v, want %s", ids(last.Chunk), sent.EventID)
+		}
+		s1, err := alice.SyncRequest(ctx, 0, s0.NextBatch, "", false, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		jr := s1.Rooms.Join[fast.RoomID]
+		if jr == nil || len(jr.Timeline.Events) == 0 || jr.Timeline.Events[len(jr.Timeline.Events)-1].ID != sent.EventID {
+			t.Fatalf("/sync right after /send answered lacks %s", sent.EventID)
+		}
+		if err := <-slow; err != nil {
+			t.Fatal(err)
 		}
 	})
 }
