@@ -2,7 +2,6 @@ package adminapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strconv"
@@ -496,16 +495,4 @@ func (a *API) putUserAdmin(r *http.Request, dev *clientapi.Device) clientapi.Res
 		}
 	}
 	return clientapi.JSON(http.StatusOK, struct{}{})
-}
-
-// adminRequest decodes an optional JSON body.
-func decodeOptional(r *http.Request, v any) (clientapi.Response, bool) {
-	b, resp, ok := clientapi.ReadJSONObject(r)
-	if !ok {
-		return resp, false
-	}
-	if err := json.Unmarshal(b, v); err != nil {
-		return clientapi.BadJSON("request body has the wrong shape: %v", err), false
-	}
-	return clientapi.Response{}, true
 }

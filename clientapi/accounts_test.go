@@ -155,12 +155,11 @@ func (f *fakeRS) SendEvent(ctx context.Context, req roomserver.SendRequest) (*st
 }
 
 type testServer struct {
-	t   *testing.T
-	a   *API
-	h   http.Handler
-	db  *storage.DB
-	rs  *fakeRS
-	srv string
+	t  *testing.T
+	a  *API
+	h  http.Handler
+	db *storage.DB
+	rs *fakeRS
 }
 
 func newTestServer(t *testing.T, db *storage.DB, mod func(*Options)) *testServer {
@@ -299,7 +298,7 @@ func TestAccountsRegisterAndLogin(t *testing.T) {
 		}
 
 		// Password required at completion.
-		code, body = s.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "nopw"})
+		_, body = s.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "nopw"})
 		sess := body["session"]
 		code, body = s.do("POST", "/_matrix/client/v3/register", "", map[string]any{"username": "nopw", "auth": map[string]any{"type": "m.login.dummy", "session": sess}})
 		s.expect(400, "M_MISSING_PARAM", code, body)

@@ -67,8 +67,6 @@ func InternalError(r *http.Request, err error) Response {
 	return Errf(http.StatusInternalServerError, "M_UNKNOWN", "internal server error")
 }
 
-var errTooLarge = errors.New("request body too large")
-
 // readBody reads r's body, answering M_TOO_LARGE past the size limit and
 // M_NOT_JSON for bodies that are not JSON. An empty body reads as {}.
 func readBody(r *http.Request) ([]byte, Response, bool) {

@@ -283,7 +283,7 @@ func (a *API) getEvent(r *http.Request, dev *Device) Response {
 	} else if err != nil {
 		return InternalError(r, err)
 	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, _, ok := a.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return NotFound("event not found")
 	}

@@ -17,17 +17,6 @@ import (
 
 func timeNow() time.Time { return time.Now() }
 
-// supportedVersions are the room versions we can join.
-func supportedVersions() []gomatrixserverlib.RoomVersion {
-	var out []gomatrixserverlib.RoomVersion
-	for v, impl := range gomatrixserverlib.RoomVersions() {
-		if impl.Stable() {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
 // ErrNoServers is returned when no server could be asked to join a room.
 var ErrNoServers = errors.New("no server to join through")
 

@@ -384,7 +384,8 @@ func TestAccountsRegistrationTokens(t *testing.T) {
 			}
 			return ok
 		}
-		if !reserve("limited", 0) || !reserve("limited", 0) || reserve("limited", 0) {
+		first, second, third := reserve("limited", 0), reserve("limited", 0), reserve("limited", 0)
+		if !first || !second || third {
 			t.Fatal("reserving a 2-use token thrice")
 		}
 		if valid("limited", 0) {

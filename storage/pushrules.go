@@ -105,13 +105,6 @@ func nullBody(b json.RawMessage) sql.NullString {
 	return sql.NullString{String: string(b), Valid: b != nil}
 }
 
-func nullBool(b *bool) sql.NullBool {
-	if b == nil {
-		return sql.NullBool{}
-	}
-	return sql.NullBool{Bool: *b, Valid: true}
-}
-
 // ErrRuleNotFound is returned for before/after rules that do not exist.
 var ErrRuleNotFound = errors.New("push rule not found")
 

@@ -199,7 +199,7 @@ func TestFederationTypingReceiptsPresence(t *testing.T) {
 	if err := alice.SendReceipt(ctxT(t), room, evB.EventID, event.ReceiptTypeRead, nil); err != nil {
 		t.Fatal(err)
 	}
-	sinceB = eduWatch(t, b.URL, rb.AccessToken, sinceB, "bob to see alice's receipt", 30*time.Second, func(s *eduSync) bool {
+	_ = eduWatch(t, b.URL, rb.AccessToken, sinceB, "bob to see alice's receipt", 30*time.Second, func(s *eduSync) bool {
 		return s.readBy(room, evB.EventID, alice.UserID)
 	})
 	// A receipt for bob's user sent by A is ignored by B.

@@ -38,7 +38,6 @@ type Writer struct {
 	w      io.Writer
 	aead   cipher.AEAD
 	header [headerSize]byte
-	nonce  [12]byte
 	buf    []byte // plaintext of the segment being filled
 	out    []byte
 	ctr    uint64
