@@ -169,7 +169,7 @@ func (a *API) hierarchy(r *http.Request, dev *Device) Response {
 		} else if err != nil {
 			return InternalError(r, err)
 		}
-		entry := publicRoomChunk(stats)
+		entry := storage.PublicRoomChunk(stats)
 		children := []map[string]any{}
 		if stats.RoomType == "m.space" {
 			kids := spaceChildren(rst)

@@ -161,7 +161,7 @@ func (a *API) roomSummary(unstable bool) handler {
 		} else if err != nil {
 			return InternalError(r, err)
 		}
-		body := publicRoomChunk(stats)
+		body := storage.PublicRoomChunk(stats)
 		body["room_version"] = stats.RoomVersion
 		if stats.Encryption != "" {
 			body["encryption"] = stats.Encryption

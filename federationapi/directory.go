@@ -35,16 +35,7 @@ func (f *Federation) directoryRoutes() {
 	f.handleSigned("GET", "/_matrix/federation/v1/hierarchy/{roomId}", f.hierarchy)
 }
 
-type fedPublicRoomsReq struct {
-	Limit  *int   `json:"limit"`
-	Since  string `json:"since"`
-	Filter struct {
-		GenericSearchTerm string    `json:"generic_search_term"`
-		RoomTypes         []*string `json:"room_types"`
-	} `json:"filter"`
-	IncludeAllNetworks   bool   `json:"include_all_networks"`
-	ThirdPartyInstanceID string `json:"third_party_instance_id"`
-}
+type fedPublicRoomsReq = storage.PublicRoomsRequest
 
 func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) (int, any) {
 	q := r.URL.Query()
@@ -73,72 +64,13 @@ func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []
 }
 
 func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) (int, any) {
-	limit := fedPublicRoomsMaxLimit
-	if req.Limit != nil && *req.Limit > 0 {
-		limit = min(*req.Limit, fedPublicRoomsMaxLimit)
-	}
-	offset := 0
-	if req.Since != "" {
-		n, err := strconv.Atoi(strings.TrimPrefix(req.Since, "p"))
-		if !strings.HasPrefix(req.Since, "p") || err != nil || n < 0 {
-			return invalidParam("unknown since token")
-		}
-		offset = n
-	}
-	body := map[string]any{"chunk": []any{}, "total_room_count_estimate": 0}
-	// No application-service networks exist here: a specific one is empty.
-	if req.ThirdPartyInstanceID != "" && !req.IncludeAllNetworks {
-		return http.StatusOK, body
-	}
-	pq := storage.PublicRoomsQuery{Term: strings.TrimSpace(req.Filter.GenericSearchTerm), Offset: offset, Limit: limit + 1}
-	if req.Filter.RoomTypes != nil {
-		pq.RoomTypes = []string{}
-		for _, t := range req.Filter.RoomTypes {
-			if t == nil {
-				pq.RoomTypes = append(pq.RoomTypes, "")
-			} else {
-				pq.RoomTypes = append(pq.RoomTypes, *t)
-			}
-		}
-	}
-	rooms, total, err := storage.PublicRooms(r.Context(), f.db, pq)
-	if err != nil {
+	body, err := storage.PublicRoomsPage(r.Context(), f.db, req, fedPublicRoomsMaxLimit)
+	if errors.Is(err, storage.ErrBadSince) {
+		return invalidParam("unknown since token")
+	} else if err != nil {
 		return internalError(r, err)
 	}
-	if len(rooms) > limit {
-		rooms = rooms[:limit]
-		body["next_batch"] = "p" + strconv.Itoa(offset+limit)
-	}
-	if offset > 0 {
-		body["prev_batch"] = "p" + strconv.Itoa(max(0, offset-limit))
-	}
-	chunk := make([]map[string]any, 0, len(rooms))
-	for _, st := range rooms {
-		chunk = append(chunk, roomChunk(st))
-	}
-	body["chunk"] = chunk
-	body["total_room_count_estimate"] = total
 	return http.StatusOK, body
-}
-
-// roomChunk renders a room as the spec's PublicRoomsChunk.
-func roomChunk(st *storage.RoomStats) map[string]any {
-	c := map[string]any{
-		"room_id":            st.RoomID,
-		"num_joined_members": st.JoinedMembers,
-		"world_readable":     st.HistoryVisibility == "world_readable",
-		"guest_can_join":     st.GuestAccess == "can_join",
-		"join_rule":          st.JoinRule,
-	}
-	if st.JoinRule == "" {
-		c["join_rule"] = "invite"
-	}
-	for k, v := range map[string]string{"name": st.Name, "topic": st.Topic, "canonical_alias": st.CanonicalAlias, "avatar_url": st.AvatarURL, "room_type": st.RoomType} {
-		if v != "" {
-			c[k] = v
-		}
-	}
-	return c
 }
 
 // hierarchy is GET /_matrix/federation/v1/hierarchy/{roomId}.
@@ -197,7 +129,7 @@ func (f *Federation) hierarchyEntry(ctx context.Context, roomID string, st rooms
 	if err != nil {
 		return nil, err
 	}
-	c := roomChunk(stats)
+	c := storage.PublicRoomChunk(stats)
 	if _, allow := joinRule(st); len(allow) > 0 {
 		c["allowed_room_ids"] = allow
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -288,4 +289,93 @@ func SearchUsers(ctx context.Context, q Querier, searcher, term string, allLocal
 		out = append(out, u)
 	}
 	return out, rows.Err()
+}
+
+// PublicRoomsRequest is the body of /publicRooms, the same for clients and
+// for other servers.
+type PublicRoomsRequest struct {
+	Limit  *int   `json:"limit"`
+	Since  string `json:"since"`
+	Filter struct {
+		GenericSearchTerm string    `json:"generic_search_term"`
+		RoomTypes         []*string `json:"room_types"`
+	} `json:"filter"`
+	IncludeAllNetworks   bool   `json:"include_all_networks"`
+	ThirdPartyInstanceID string `json:"third_party_instance_id"`
+}
+
+// ErrBadSince is a /publicRooms since token this server did not issue.
+var ErrBadSince = errors.New("unknown since token")
+
+// PublicRoomsPage answers /publicRooms for both the client and the
+// federation API: one page of the directory, at most maxLimit rooms, with
+// offset tokens "p<N>".
+func PublicRoomsPage(ctx context.Context, q Querier, req PublicRoomsRequest, maxLimit int) (map[string]any, error) {
+	limit := maxLimit
+	if req.Limit != nil && *req.Limit > 0 {
+		limit = min(*req.Limit, maxLimit)
+	}
+	offset := 0
+	if req.Since != "" {
+		n, err := strconv.Atoi(strings.TrimPrefix(req.Since, "p"))
+		if !strings.HasPrefix(req.Since, "p") || err != nil || n < 0 {
+			return nil, ErrBadSince
+		}
+		offset = n
+	}
+	body := map[string]any{"chunk": []any{}, "total_room_count_estimate": 0}
+	// No application-service networks exist here: a specific one is empty.
+	if req.ThirdPartyInstanceID != "" && !req.IncludeAllNetworks {
+		return body, nil
+	}
+	pq := PublicRoomsQuery{Term: strings.TrimSpace(req.Filter.GenericSearchTerm), Offset: offset, Limit: limit + 1}
+	if req.Filter.RoomTypes != nil {
+		pq.RoomTypes = []string{}
+		for _, t := range req.Filter.RoomTypes {
+			if t == nil {
+				pq.RoomTypes = append(pq.RoomTypes, "")
+			} else {
+				pq.RoomTypes = append(pq.RoomTypes, *t)
+			}
+		}
+	}
+	rooms, total, err := PublicRooms(ctx, q, pq)
+	if err != nil {
+		return nil, err
+	}
+	if len(rooms) > limit {
+		rooms = rooms[:limit]
+		body["next_batch"] = "p" + strconv.Itoa(offset+limit)
+	}
+	if offset > 0 {
+		body["prev_batch"] = "p" + strconv.Itoa(max(0, offset-limit))
+	}
+	chunk := make([]map[string]any, 0, len(rooms))
+	for _, st := range rooms {
+		chunk = append(chunk, PublicRoomChunk(st))
+	}
+	body["chunk"] = chunk
+	body["total_room_count_estimate"] = total
+	return body, nil
+}
+
+// PublicRoomChunk renders a room as the spec's PublicRoomsChunk (the
+// directory, room summaries and space hierarchies).
+func PublicRoomChunk(st *RoomStats) map[string]any {
+	c := map[string]any{
+		"room_id":            st.RoomID,
+		"num_joined_members": st.JoinedMembers,
+		"world_readable":     st.HistoryVisibility == "world_readable",
+		"guest_can_join":     st.GuestAccess == "can_join",
+		"join_rule":          st.JoinRule,
+	}
+	if st.JoinRule == "" {
+		c["join_rule"] = "invite"
+	}
+	for k, v := range map[string]string{"name": st.Name, "topic": st.Topic, "canonical_alias": st.CanonicalAlias, "avatar_url": st.AvatarURL, "room_type": st.RoomType} {
+		if v != "" {
+			c[k] = v
+		}
+	}
+	return c
 }
