@@ -1,11 +1,9 @@
 package clientapi
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"sort"
 	"strconv"
 
 	"enclave/roomserver"
@@ -30,65 +28,6 @@ const (
 	// hierarchyMaxRooms bounds one walk.
 	hierarchyMaxRooms = 1000
 )
-
-type spaceChild struct {
-	roomID    string
-	order     string
-	ts        int64
-	suggested bool
-	stripped  map[string]any
-}
-
-// spaceChildren returns a space's valid children in the spec's order:
-// by `order` (when valid), then origin_server_ts, then room ID.
-func spaceChildren(st roomserver.StateMap) []spaceChild {
-	var out []spaceChild
-	for k, ev := range st {
-		if k.Type != "m.space.child" || k.StateKey == "" {
-			continue
-		}
-		var c struct {
-			Via       []string `json:"via"`
-			Order     any      `json:"order"`
-			Suggested bool     `json:"suggested"`
-		}
-		if json.Unmarshal(ev.Content(), &c) != nil || len(c.Via) == 0 {
-			continue // no via: the child was removed
-		}
-		order, _ := c.Order.(string)
-		if len(order) > 50 || !printableASCII(order) {
-			order = ""
-		}
-		out = append(out, spaceChild{
-			roomID: k.StateKey, order: order, ts: int64(ev.OriginServerTS()), suggested: c.Suggested,
-			stripped: map[string]any{"type": k.Type, "state_key": k.StateKey, "content": json.RawMessage(ev.Content()),
-				"sender": string(ev.SenderID()), "origin_server_ts": int64(ev.OriginServerTS())},
-		})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		oi, oj := out[i].order, out[j].order
-		if (oi != "") != (oj != "") {
-			return oi != ""
-		}
-		if oi != oj {
-			return oi < oj
-		}
-		if out[i].ts != out[j].ts {
-			return out[i].ts < out[j].ts
-		}
-		return out[i].roomID < out[j].roomID
-	})
-	return out
-}
-
-func printableASCII(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if s[i] < 0x20 || s[i] > 0x7e {
-			return false
-		}
-	}
-	return true
-}
 
 func (a *API) hierarchy(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
@@ -172,15 +111,15 @@ func (a *API) hierarchy(r *http.Request, dev *Device) Response {
 		entry := storage.PublicRoomChunk(stats)
 		children := []map[string]any{}
 		if stats.RoomType == "m.space" {
-			kids := spaceChildren(rst)
+			kids := roomserver.SpaceChildren(rst)
 			var push []item
 			for _, c := range kids {
-				if suggestedOnly && !c.suggested {
+				if suggestedOnly && !c.Suggested {
 					continue
 				}
-				children = append(children, c.stripped)
+				children = append(children, c.Stripped)
 				if it.depth < maxDepth {
-					push = append(push, item{c.roomID, it.depth + 1})
+					push = append(push, item{c.RoomID, it.depth + 1})
 				}
 			}
 			for i := len(push) - 1; i >= 0; i-- {

@@ -6,9 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
-	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -95,22 +93,22 @@ func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte
 	inaccessible := []string{}
 	childState := []map[string]any{}
 	if room["room_type"] == "m.space" {
-		for _, c := range hierarchyChildren(st) {
-			if suggestedOnly && !c.suggested {
+		for _, c := range roomserver.SpaceChildren(st) {
+			if suggestedOnly && !c.Suggested {
 				continue
 			}
-			childState = append(childState, c.stripped)
-			cst, err := f.rs.CurrentState(ctx, c.roomID)
+			childState = append(childState, c.Stripped)
+			cst, err := f.rs.CurrentState(ctx, c.RoomID)
 			if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && cst.Get(spec.MRoomCreate, "") == nil) {
 				continue // not ours to describe
 			} else if err != nil {
 				return internalError(r, err)
 			}
 			if !f.serverMayPreview(ctx, cst, origin) {
-				inaccessible = append(inaccessible, c.roomID)
+				inaccessible = append(inaccessible, c.RoomID)
 				continue
 			}
-			entry, err := f.hierarchyEntry(ctx, c.roomID, cst)
+			entry, err := f.hierarchyEntry(ctx, c.RoomID, cst)
 			if errors.Is(err, storage.ErrNotFound) {
 				continue
 			} else if err != nil {
@@ -202,56 +200,6 @@ func (f *Federation) serverMayPreview(ctx context.Context, st roomserver.StateMa
 		}
 	}
 	return false
-}
-
-type hierarchyChild struct {
-	roomID    string
-	order     string
-	ts        int64
-	suggested bool
-	stripped  map[string]any
-}
-
-// hierarchyChildren returns a space's valid m.space.child entries in the
-// spec's order: by `order` (when valid), then origin_server_ts, then ID.
-func hierarchyChildren(st roomserver.StateMap) []hierarchyChild {
-	var out []hierarchyChild
-	for k, ev := range st {
-		if k.Type != "m.space.child" || k.StateKey == "" {
-			continue
-		}
-		var c struct {
-			Via       []string `json:"via"`
-			Order     any      `json:"order"`
-			Suggested bool     `json:"suggested"`
-		}
-		if json.Unmarshal(ev.Content(), &c) != nil || len(c.Via) == 0 {
-			continue // no via: the child was removed
-		}
-		order, _ := c.Order.(string)
-		if len(order) > 50 || strings.IndexFunc(order, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
-			order = ""
-		}
-		out = append(out, hierarchyChild{
-			roomID: k.StateKey, order: order, ts: int64(ev.OriginServerTS()), suggested: c.Suggested,
-			stripped: map[string]any{"type": k.Type, "state_key": k.StateKey, "content": json.RawMessage(ev.Content()),
-				"sender": string(ev.SenderID()), "origin_server_ts": int64(ev.OriginServerTS())},
-		})
-	}
-	sort.Slice(out, func(i, j int) bool {
-		oi, oj := out[i].order, out[j].order
-		if (oi != "") != (oj != "") {
-			return oi != ""
-		}
-		if oi != oj {
-			return oi < oj
-		}
-		if out[i].ts != out[j].ts {
-			return out[i].ts < out[j].ts
-		}
-		return out[i].roomID < out[j].roomID
-	})
-	return out
 }
 
 // profileTimeout bounds a remote profile lookup made for a client.
