@@ -197,7 +197,7 @@ func Record(ctx context.Context, q storage.Querier, e Entry) error {
 }
 
 func insert(ctx context.Context, tx *storage.Tx, l *Log, r *storage.AuditRow) error {
-	r.Pos = tx.NextPos()
+	r.Pos = tx.NextPos("audit_log")
 	if err := storage.InsertAuditRow(ctx, tx, r, false); err != nil {
 		return fmt.Errorf("audit: writing %s entry: %w", r.Action, err)
 	}

@@ -105,7 +105,7 @@ func (s *RoomServer) StoreRemoteInvite(ctx context.Context, invite gomatrixserve
 				return err
 			}
 		}
-		pos := tx.NextPos()
+		pos := tx.NextPos("events")
 		se := &storage.Event{
 			StreamPos: pos, EventID: invite.EventID(), RoomID: roomID, RoomVersion: string(invite.Version()), Type: invite.Type(), StateKey: invite.StateKey(),
 			Sender: string(invite.SenderID()), Depth: invite.Depth(), OriginTS: int64(invite.OriginServerTS()), ReceivedTS: time.Now().UnixMilli(),

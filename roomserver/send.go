@@ -120,7 +120,7 @@ func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID str
 // event's stream position is visible.
 func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID string, before *roomHead, ev gomatrixserverlib.PDU, softFailed bool, req SendRequest) (*storage.Event, *roomHead, error) {
 	next := &roomHead{version: before.version, extremities: []string{ev.EventID()}, snapshot: before.snapshot, chain: before.chain, maxDepth: max(before.maxDepth, ev.Depth()), state: before.state}
-	pos := tx.NextPos()
+	pos := tx.NextPos("events")
 	se := &storage.Event{
 		StreamPos:      pos,
 		EventID:        ev.EventID(),

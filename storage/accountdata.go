@@ -41,7 +41,7 @@ type AccountData struct {
 // PutAccountData stores (replaces) a blob inside tx and returns its stream
 // position; the caller publishes it (tx.Publish) to wake the user's syncs.
 func PutAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string, content json.RawMessage) (int64, error) {
-	pos := tx.NextPos()
+	pos := tx.NextPos("account_data")
 	_, err := tx.ExecContext(ctx, `INSERT INTO account_data (user_id, room_id, type, content, stream_pos) VALUES ($1, $2, $3, $4, $5)
 		ON CONFLICT (user_id, room_id, type) DO UPDATE SET content = excluded.content, stream_pos = excluded.stream_pos`,
 		userID, roomID, typ, string(content), pos)

@@ -90,12 +90,14 @@ func openRaw(url string, opts Options) (*DB, error) {
 		// take the write lock up front so two writers queue on busy_timeout
 		// instead of deadlocking on a lock upgrade. synchronous=NORMAL in WAL
 		// mode survives a process crash (SIGKILL); power-loss durability is
-		// PostgreSQL's job in production.
+		// PostgreSQL's job in production. temp_store=MEMORY keeps statement
+		// journals (every multi-row write inside a transaction has one) and
+		// sorts off the disk.
 		sep := "?"
 		if strings.Contains(path, "?") {
 			sep = "&"
 		}
-		dsn = path + sep + "_txlock=immediate&_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+		dsn = path + sep + "_txlock=immediate&_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_pragma=temp_store(MEMORY)"
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
 		driver, dsn, dialect = "pgx", url, Postgres
 	default:
@@ -269,9 +271,10 @@ func (t *Tx) stmt(ctx context.Context, query string) *sql.Stmt {
 	return nil
 }
 
-// NextPos reserves a stream position for a row written in this transaction.
-func (t *Tx) NextPos() int64 {
-	p := t.db.Stream.Reserve()
+// NextPos reserves a stream position for a row of table (a registered
+// stream table) written in this transaction.
+func (t *Tx) NextPos(table string) int64 {
+	p := t.db.Stream.Reserve(table)
 	t.reserved = append(t.reserved, p)
 	return p
 }

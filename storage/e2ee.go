@@ -127,7 +127,20 @@ CREATE TABLE e2ee_backup_keys (
 	RegisterStreamTable("e2ee_device_list_changes", "pos")
 	RegisterStreamTable("e2ee_to_device", "pos")
 	RegisterStreamTable("e2ee_stream_mark", "pos")
+	RegisterStreamTable("e2ee_member_changes", "pos")
 	RegisterDeviceCleanup(cleanupE2EEDevices)
+}
+
+// valuesRows returns "($1,…,$cols),(…)" for rows of cols arguments each.
+func valuesRows(rows, cols int) string {
+	var b []byte
+	for r := 0; r < rows; r++ {
+		if r > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, inPlaceholders(r*cols+1, cols)...)
+	}
+	return string(b)
 }
 
 // inPlaceholders returns "($first,…)" for n arguments numbered from first.

@@ -54,7 +54,7 @@ func OnDeviceListChange(db *DB, fn DeviceListListener) {
 // should hear of it: the user, and the users sharing a room with them (or
 // only visibleTo when set). deviceIDs empty records a user-level change.
 func RecordDeviceListChange(ctx context.Context, tx *Tx, userID string, deviceIDs []string, deleted bool, visibleTo string) (int64, error) {
-	pos := tx.NextPos()
+	pos := tx.NextPos("e2ee_device_list_changes")
 	if len(deviceIDs) == 0 {
 		deviceIDs = []string{""}
 	}
@@ -154,6 +154,7 @@ func RecordMembershipTransition(ctx context.Context, tx *Tx, pos int64, roomID, 
 	if joined == (prev == "join") {
 		return nil
 	}
+	tx.db.Stream.Note("e2ee_member_changes", pos)
 	_, err = tx.ExecContext(ctx, `INSERT INTO e2ee_member_changes (pos, room_id, user_id, joined) VALUES ($1, $2, $3, $4)`, pos, roomID, userID, joined)
 	return err
 }

@@ -28,7 +28,8 @@ func ReadSyncState(ctx context.Context, db *DB, userID, deviceID string, since, 
 		UNION ALL SELECT 2, sender, type, content, id, pos FROM (SELECT sender, type, content, id, pos FROM e2ee_to_device
 			WHERE user_id = $1 AND device_id = $2 AND pos <= $3 ORDER BY pos, id LIMIT $4) inbox`
 	args := []any{userID, deviceID, to, limit + 1}
-	lists = lists && since < to
+	// Device lists change with device-list rows and with joins and leaves.
+	lists = lists && since < to && (db.Stream.Moved("e2ee_device_list_changes", since) || db.Stream.Moved("e2ee_member_changes", since))
 	if lists {
 		query += ` UNION ALL ` + deviceListQuery("$1", "$5", "$3", "3, ", ", 0, 0")
 		args = append(args, since)

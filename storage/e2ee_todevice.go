@@ -35,7 +35,7 @@ type ToDeviceEvent struct {
 // InsertToDevice queues messages at one new stream position of tx and
 // returns it. The caller wakes the recipients (tx.Publish).
 func InsertToDevice(ctx context.Context, tx *Tx, msgs []ToDeviceMessage) (int64, error) {
-	pos := tx.NextPos()
+	pos := tx.NextPos("e2ee_to_device")
 	for start := 0; start < len(msgs); start += 100 {
 		chunk := msgs[start:min(start+100, len(msgs))]
 		args := make([]any, 0, 6*len(chunk))
@@ -113,7 +113,7 @@ func takeInbox(ctx context.Context, db *DB, userID, deviceID string, since, to i
 		last := rows[limit-1]
 		rows = rows[:limit]
 		err := db.WithTx(ctx, func(tx *Tx) error {
-			pos := tx.NextPos()
+			pos := tx.NextPos("e2ee_to_device")
 			if _, err := tx.ExecContext(ctx, `UPDATE e2ee_to_device SET pos = $1 WHERE user_id = $2 AND device_id = $3 AND pos <= $4
 				AND (pos > $5 OR (pos = $5 AND id > $6))`, pos, userID, deviceID, to, last.pos, last.id); err != nil {
 				return err

@@ -3,6 +3,8 @@ package storage
 import (
 	"context"
 	"encoding/json"
+	"hash/fnv"
+	"slices"
 	"strconv"
 	"strings"
 )
@@ -14,6 +16,12 @@ import (
 // row written just after a receipt that covers it is never counted.
 // thread_id is 'main' or the thread root. Each batch of rows takes a
 // stream position, so /sync sends new counts for the rooms concerned.
+//
+// unread_counts keeps the unread totals per (user, room, thread), so a
+// /sync reads a few rows however much unread history a user has: inserts
+// add to them, and a read receipt recounts its room from the rows still
+// unread. Both writers hold the user's lock (lockUsers), so a receipt and a
+// notification batch for one user never interleave.
 func init() {
 	RegisterMigrations("notifications", Migration{Version: 1, SQL: `
 CREATE TABLE notifications (
@@ -34,7 +42,56 @@ CREATE INDEX notifications_user_pos ON notifications(user_id, stream_pos);
 CREATE INDEX notifications_pos ON notifications(stream_pos);
 CREATE INDEX notifications_user_unread ON notifications(user_id, unread, room_id);
 CREATE INDEX notifications_user_id ON notifications(user_id, id)`})
+	// Rooms with changed totals are found through unread_counts now.
+	RegisterMigrations("notifications", Migration{Version: 2, SQL: `
+DROP INDEX notifications_user_pos;
+DROP INDEX notifications_pos`})
 	RegisterStreamTable("notifications", "stream_pos")
+	// Its own component so that it runs after "receipts" on a new store:
+	// the backfill reads both tables.
+	RegisterMigrations("unread_counts", Migration{Version: 1, SQL: `
+CREATE TABLE unread_counts (
+	user_id TEXT NOT NULL,
+	room_id TEXT NOT NULL,
+	thread_id TEXT NOT NULL,
+	notifs BIGINT NOT NULL DEFAULT 0,
+	highlights BIGINT NOT NULL DEFAULT 0,
+	stream_pos BIGINT NOT NULL DEFAULT 0,
+	PRIMARY KEY (user_id, room_id, thread_id)
+);
+UPDATE notifications SET unread = FALSE WHERE id IN (SELECT n.id FROM notifications n WHERE n.unread = TRUE AND ` + readCovered + `);
+INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights)
+	SELECT user_id, room_id, thread_id, COUNT(*), COUNT(CASE WHEN highlight THEN 1 END)
+	FROM notifications WHERE unread = TRUE GROUP BY user_id, room_id, thread_id`})
+}
+
+// unreadLockClass namespaces lockUsers' PostgreSQL advisory locks.
+const unreadLockClass = "enclave/unread:"
+
+// lockUsers serialises, until tx ends, the writers of these users' unread
+// state (notification batches and read receipts). PostgreSQL takes one
+// transaction-scoped advisory lock per user in a fixed order, so two
+// batches cannot deadlock; SQLite transactions already run one at a time.
+func lockUsers(ctx context.Context, tx *Tx, users []string) error {
+	if tx.db.Dialect != Postgres || len(users) == 0 {
+		return nil
+	}
+	keys := make([]int64, 0, len(users))
+	seen := make(map[int64]bool, len(users))
+	for _, u := range users {
+		h := fnv.New64a()
+		h.Write([]byte(unreadLockClass + u))
+		k := int64(h.Sum64())
+		if !seen[k] {
+			seen[k] = true
+			keys = append(keys, k)
+		}
+	}
+	slices.Sort(keys)
+	// OFFSET 0 keeps the sorted subquery from being flattened, so the locks
+	// are taken in key order.
+	_, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(k) FROM (SELECT k FROM unnest($1::bigint[]) AS k ORDER BY k OFFSET 0) s`, keys)
+	return err
 }
 
 // Notification is one row of notifications.
@@ -58,31 +115,34 @@ const readCovered = `EXISTS (SELECT 1 FROM receipts r WHERE r.room_id = n.room_i
 	AND r.receipt_type IN ('m.read', 'm.read.private') AND (r.thread_id = '' OR r.thread_id = n.thread_id) AND r.event_pos >= n.event_pos)`
 
 // InsertNotifications stores a batch of rows inside tx under one new
-// stream position, which it returns (0 when ns is empty). Rows already
-// covered by a receipt are stored as read.
+// stream position, which it returns (0 when ns is empty), and adds the
+// unread ones to the totals. Rows already covered by a receipt are stored
+// as read; rows already stored are skipped, so a batch never counts twice.
 func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64, error) {
 	if len(ns) == 0 {
 		return 0, nil
 	}
-	pos := tx.NextPos()
-	const cols = 9
+	users := make([]string, len(ns))
+	rooms := map[string]bool{}
+	for i, n := range ns {
+		users[i] = n.UserID
+		rooms[n.RoomID] = true
+	}
+	if err := lockUsers(ctx, tx, users); err != nil {
+		return 0, err
+	}
+	read, err := readMarks(ctx, tx, rooms)
+	if err != nil {
+		return 0, err
+	}
+	pos := tx.NextPos("notifications")
+	totals := map[[3]string]Counts{} // (user, room, thread)
+	const cols = 10
 	for start := 0; start < len(ns); start += 200 {
-		end := min(start+200, len(ns))
-		var sb strings.Builder
-		sb.WriteString(`INSERT INTO notifications (user_id, room_id, event_id, event_pos, thread_id, highlight, actions, ts, stream_pos) VALUES `)
-		args := make([]any, 0, (end-start)*cols)
-		for i, n := range ns[start:end] {
-			if i > 0 {
-				sb.WriteByte(',')
-			}
-			sb.WriteByte('(')
-			for c := 0; c < cols; c++ {
-				if c > 0 {
-					sb.WriteByte(',')
-				}
-				sb.WriteString("$" + strconv.Itoa(i*cols+c+1))
-			}
-			sb.WriteByte(')')
+		chunk := ns[start:min(start+200, len(ns))]
+		args := make([]any, 0, len(chunk)*cols)
+		unread := make(map[[2]string]int, len(chunk)) // (user, event) -> index of an unread row
+		for i, n := range chunk {
 			actions := n.Actions
 			if len(actions) == 0 {
 				actions = json.RawMessage("[]")
@@ -91,31 +151,99 @@ func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64,
 			if thread == "" {
 				thread = "main"
 			}
-			args = append(args, n.UserID, n.RoomID, n.EventID, n.EventPos, thread, n.Highlight, string(actions), n.TS, pos)
+			chunk[i].ThreadID = thread
+			u := read[[3]string{n.RoomID, n.UserID, ""}] < n.EventPos && read[[3]string{n.RoomID, n.UserID, thread}] < n.EventPos
+			if u {
+				unread[[2]string{n.UserID, n.EventID}] = i
+			}
+			args = append(args, n.UserID, n.RoomID, n.EventID, n.EventPos, thread, n.Highlight, string(actions), n.TS, pos, u)
 		}
-		sb.WriteString(` ON CONFLICT (user_id, event_id) DO NOTHING`)
-		if _, err := tx.ExecContext(ctx, sb.String(), args...); err != nil {
+		rows, err := tx.QueryContext(ctx, `INSERT INTO notifications (user_id, room_id, event_id, event_pos, thread_id, highlight, actions, ts, stream_pos, unread)
+			VALUES `+valuesRows(len(chunk), cols)+` ON CONFLICT (user_id, event_id) DO NOTHING RETURNING user_id, event_id`, args...)
+		if err != nil {
+			return 0, err
+		}
+		for rows.Next() {
+			var k [2]string
+			if err := rows.Scan(&k[0], &k[1]); err != nil {
+				rows.Close()
+				return 0, err
+			}
+			if i, ok := unread[k]; ok {
+				n := chunk[i]
+				c := totals[[3]string{n.UserID, n.RoomID, n.ThreadID}]
+				c.Notifications++
+				if n.Highlight {
+					c.Highlights++
+				}
+				totals[[3]string{n.UserID, n.RoomID, n.ThreadID}] = c
+			}
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
 			return 0, err
 		}
 	}
-	if _, err := tx.ExecContext(ctx, `UPDATE notifications SET unread = FALSE WHERE stream_pos = $1 AND unread = TRUE AND id IN
-		(SELECT n.id FROM notifications n WHERE n.stream_pos = $1 AND `+readCovered+`)`, pos); err != nil {
-		return 0, err
+	if len(totals) == 0 {
+		return pos, nil
 	}
-	return pos, nil
+	args := make([]any, 0, len(totals)*6)
+	for k, c := range totals {
+		args = append(args, k[0], k[1], k[2], c.Notifications, c.Highlights, pos)
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights, stream_pos) VALUES `+valuesRows(len(totals), 6)+`
+		ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET notifs = unread_counts.notifs + excluded.notifs,
+			highlights = unread_counts.highlights + excluded.highlights, stream_pos = excluded.stream_pos`, args...)
+	return pos, err
+}
+
+// readMarks returns the read receipts (public or private) in rooms: the
+// furthest event position per (room, user, thread), thread "" for
+// unthreaded receipts.
+func readMarks(ctx context.Context, q Querier, rooms map[string]bool) (map[[3]string]int64, error) {
+	args := make([]any, 0, len(rooms))
+	for r := range rooms {
+		args = append(args, r)
+	}
+	rows, err := q.QueryContext(ctx, `SELECT room_id, user_id, thread_id, MAX(event_pos) FROM receipts
+		WHERE receipt_type IN ('m.read', 'm.read.private') AND room_id IN `+inPlaceholders(1, len(args))+`
+		GROUP BY room_id, user_id, thread_id`, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[[3]string]int64{}
+	for rows.Next() {
+		var k [3]string
+		var p int64
+		if err := rows.Scan(&k[0], &k[1], &k[2], &p); err != nil {
+			return nil, err
+		}
+		out[k] = p
+	}
+	return out, rows.Err()
 }
 
 // markNotificationsRead clears the unread flag of the user's rows in the
-// room up to eventPos: of one thread for a threaded receipt, of all
-// threads for an unthreaded one.
-func markNotificationsRead(ctx context.Context, q Querier, userID, roomID, threadID string, eventPos int64) error {
+// room up to eventPos (of one thread for a threaded receipt, of all threads
+// for an unthreaded one) and recounts the room's unread totals at the
+// receipt's stream position. The caller holds the user's lock (lockUsers).
+func markNotificationsRead(ctx context.Context, tx *Tx, userID, roomID, threadID string, eventPos, streamPos int64) error {
 	query := `UPDATE notifications SET unread = FALSE WHERE user_id = $1 AND unread = TRUE AND room_id = $2 AND event_pos <= $3`
 	args := []any{userID, roomID, eventPos}
 	if threadID != "" {
 		query += ` AND thread_id = $4`
 		args = append(args, threadID)
 	}
-	_, err := q.ExecContext(ctx, query, args...)
+	if _, err := tx.ExecContext(ctx, query, args...); err != nil {
+		return err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM unread_counts WHERE user_id = $1 AND room_id = $2`, userID, roomID); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights, stream_pos)
+		SELECT user_id, room_id, thread_id, COUNT(*), COUNT(CASE WHEN highlight THEN 1 END), $3
+		FROM notifications WHERE user_id = $1 AND unread = TRUE AND room_id = $2 GROUP BY user_id, room_id, thread_id`, userID, roomID, streamPos)
 	return err
 }
 
@@ -125,50 +253,47 @@ type Counts struct {
 	Highlights    int
 }
 
-// UnreadCounts returns the user's unread counts per room and thread, for
-// the given rooms (nil: all rooms). Only unread rows are read.
-func UnreadCounts(ctx context.Context, q Querier, userID string, rooms []string) (map[string]map[string]Counts, error) {
+// UnreadCounts returns the user's unread totals per room and thread for
+// the given rooms (nil: every room), plus, whatever rooms says, those of
+// rooms whose totals changed after position since (-1: none asked).
+func UnreadCounts(ctx context.Context, q Querier, userID string, rooms []string, since int64) (map[string]map[string]Counts, error) {
 	out := map[string]map[string]Counts{}
-	run := func(extra string, args []any) error {
-		rows, err := q.QueryContext(ctx, `SELECT n.room_id, n.thread_id, COUNT(*), COUNT(CASE WHEN n.highlight THEN 1 END)
-			FROM notifications n WHERE n.user_id = $1 AND n.unread = TRUE`+extra+` AND NOT `+readCovered+`
-			GROUP BY n.room_id, n.thread_id`, append([]any{userID}, args...)...)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var room, thread string
-			var c Counts
-			if err := rows.Scan(&room, &thread, &c.Notifications, &c.Highlights); err != nil {
-				return err
-			}
-			if out[room] == nil {
-				out[room] = map[string]Counts{}
-			}
-			out[room][thread] = c
-		}
-		return rows.Err()
+	query := `SELECT room_id, thread_id, notifs, highlights FROM unread_counts WHERE user_id = $1`
+	args := []any{userID}
+	var which []string
+	if since >= 0 {
+		args = append(args, since)
+		which = append(which, `stream_pos > $2`)
 	}
-	if rooms == nil || len(rooms) > 500 {
-		return out, run("", nil)
+	switch {
+	case rooms == nil || len(rooms) > 500:
+		which = append(which, `notifs > 0 OR highlights > 0`)
+	case len(rooms) > 0:
+		which = append(which, `room_id IN `+inPlaceholders(len(args)+1, len(rooms)))
+		for _, r := range rooms {
+			args = append(args, r)
+		}
 	}
-	if len(rooms) == 0 {
+	if len(which) == 0 {
 		return out, nil
 	}
-	ph := make([]string, len(rooms))
-	args := make([]any, len(rooms))
-	for i, r := range rooms {
-		ph[i] = "$" + strconv.Itoa(i+2)
-		args[i] = r
+	rows, err := q.QueryContext(ctx, query+` AND (`+strings.Join(which, ` OR `)+`)`, args...)
+	if err != nil {
+		return nil, err
 	}
-	return out, run(` AND n.room_id IN (`+strings.Join(ph, ",")+`)`, args)
-}
-
-// NotificationRoomsRange lists rooms where the user got notification rows
-// with from < pos <= to: their counts changed.
-func NotificationRoomsRange(ctx context.Context, q Querier, userID string, from, to int64) ([]string, error) {
-	return queryStrings(ctx, q, `SELECT DISTINCT room_id FROM notifications WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3`, userID, from, to)
+	defer rows.Close()
+	for rows.Next() {
+		var room, thread string
+		var c Counts
+		if err := rows.Scan(&room, &thread, &c.Notifications, &c.Highlights); err != nil {
+			return nil, err
+		}
+		if out[room] == nil {
+			out[room] = map[string]Counts{}
+		}
+		out[room][thread] = c
+	}
+	return out, rows.Err()
 }
 
 // ListNotifications pages through the user's notifications, newest first:

@@ -2,6 +2,8 @@ package storage_test
 
 import (
 	"context"
+	"fmt"
+	"sync"
 	"testing"
 
 	"enclave/storage"
@@ -32,7 +34,7 @@ func TestNotificationCountsAndReceipts(t *testing.T) {
 			n("!s:test", "$4", 4, "main", true))
 		// Duplicate inserts are ignored.
 		insertNotifs(t, db, n("!r:test", "$1", 1, "", false))
-		counts, err := storage.UnreadCounts(ctx, db, "@a:test", nil)
+		counts, err := storage.UnreadCounts(ctx, db, "@a:test", nil, -1)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -42,30 +44,31 @@ func TestNotificationCountsAndReceipts(t *testing.T) {
 		if c := counts["!r:test"]["$root"]; c.Notifications != 1 || c.Highlights != 0 {
 			t.Fatalf("thread counts %+v", counts)
 		}
-		if some, _ := storage.UnreadCounts(ctx, db, "@a:test", []string{"!s:test"}); len(some) != 1 || some["!s:test"]["main"].Highlights != 1 {
+		if some, _ := storage.UnreadCounts(ctx, db, "@a:test", []string{"!s:test"}, -1); len(some) != 1 || some["!s:test"]["main"].Highlights != 1 {
 			t.Fatalf("counts of one room %+v", some)
 		}
-		if rooms, _ := storage.NotificationRoomsRange(ctx, db, "@a:test", p1-1, db.Stream.Current()); len(rooms) != 2 {
-			t.Fatalf("rooms in range: %v", rooms)
+		// Rooms whose totals moved after a position come back unasked.
+		if moved, _ := storage.UnreadCounts(ctx, db, "@a:test", []string{}, p1-1); len(moved) != 2 {
+			t.Fatalf("rooms moved since %d: %v", p1-1, moved)
 		}
-		if rooms, _ := storage.NotificationRoomsRange(ctx, db, "@a:test", db.Stream.Current(), db.Stream.Current()); len(rooms) != 0 {
-			t.Fatalf("empty range: %v", rooms)
+		if moved, _ := storage.UnreadCounts(ctx, db, "@a:test", []string{}, db.Stream.Current()); len(moved) != 0 {
+			t.Fatalf("nothing moved: %v", moved)
 		}
 		// A threaded receipt on main clears main only.
 		putReceipt(t, db, storage.Receipt{RoomID: "!r:test", Type: "m.read", UserID: "@a:test", ThreadID: "main", EventID: "$2", EventPos: 2, TS: 1})
-		counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil)
+		counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil, -1)
 		if len(counts["!r:test"]) != 1 || counts["!r:test"]["$root"].Notifications != 1 {
 			t.Fatalf("after main receipt %+v", counts)
 		}
 		// An unthreaded private receipt clears everything up to it.
 		putReceipt(t, db, storage.Receipt{RoomID: "!r:test", Type: "m.read.private", UserID: "@a:test", EventID: "$3", EventPos: 3, TS: 1})
-		counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil)
+		counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil, -1)
 		if len(counts["!r:test"]) != 0 || counts["!s:test"]["main"].Highlights != 1 {
 			t.Fatalf("after unthreaded receipt %+v", counts)
 		}
 		// A row written after a receipt that covers it counts as read.
 		insertNotifs(t, db, n("!r:test", "$late", 3, "main", true))
-		if counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil); len(counts["!r:test"]) != 0 {
+		if counts, _ = storage.UnreadCounts(ctx, db, "@a:test", nil, -1); len(counts["!r:test"]) != 0 {
 			t.Fatalf("late row counted: %+v", counts)
 		}
 		// Paging, newest first, with read flags and the highlight filter.
@@ -83,6 +86,86 @@ func TestNotificationCountsAndReceipts(t *testing.T) {
 		}
 		if other, _ := storage.ListNotifications(ctx, db, "@b:test", 0, 10, false); len(other) != 0 {
 			t.Fatalf("other user's: %+v", other)
+		}
+	})
+}
+
+// Notification batches and read receipts for the same users written at
+// once: the maintained totals must end equal to the rows a receipt has not
+// reached, and no batch may deadlock (PostgreSQL runs them in parallel).
+func TestUnreadCountsConcurrentWriters(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		users := []string{"@a:test", "@b:test", "@c:test"}
+		const events = 120
+		errs := make(chan error, 8)
+		var wg sync.WaitGroup
+		// Two batch writers, each listing the users in a different order.
+		for w := 0; w < 2; w++ {
+			wg.Add(1)
+			go func(w int) {
+				defer wg.Done()
+				for i := w; i < events; i += 2 {
+					pos := int64(i + 1)
+					var ns []storage.Notification
+					for k := range users {
+						u := users[(k+w)%len(users)]
+						ns = append(ns, storage.Notification{UserID: u, RoomID: "!r:test", EventID: fmt.Sprintf("$e%d", pos), EventPos: pos, Highlight: i%5 == 0, TS: pos})
+					}
+					if err := db.WithTx(ctx, func(tx *storage.Tx) error {
+						_, err := storage.InsertNotifications(ctx, tx, ns)
+						return err
+					}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}(w)
+		}
+		// Receipts of every user move forward while the batches land.
+		for _, u := range users[:2] {
+			wg.Add(1)
+			go func(u string) {
+				defer wg.Done()
+				for p := int64(10); p <= 90; p += 10 {
+					if err := db.WithTx(ctx, func(tx *storage.Tx) error {
+						_, err := storage.PutReceipt(ctx, tx, &storage.Receipt{RoomID: "!r:test", Type: "m.read", UserID: u, EventID: fmt.Sprintf("$e%d", p), EventPos: p, TS: p})
+						return err
+					}); err != nil {
+						errs <- err
+						return
+					}
+				}
+			}(u)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Fatal(err)
+		}
+		want := map[string]storage.Counts{"@a:test": {}, "@b:test": {}, "@c:test": {}}
+		for _, u := range users {
+			read := int64(0)
+			if u != "@c:test" {
+				read = 90
+			}
+			c := want[u]
+			for i := 0; i < events; i++ {
+				if int64(i+1) > read {
+					c.Notifications++
+					if i%5 == 0 {
+						c.Highlights++
+					}
+				}
+			}
+			want[u] = c
+			got, err := storage.UnreadCounts(ctx, db, u, []string{"!r:test"}, -1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got["!r:test"]["main"] != c {
+				t.Errorf("%s: counts %+v, want %+v", u, got["!r:test"]["main"], c)
+			}
 		}
 	})
 }

@@ -36,7 +36,7 @@ type Presence struct {
 
 // PutPresence stores p under a new stream position inside tx and returns it.
 func PutPresence(ctx context.Context, tx *Tx, p *Presence) (int64, error) {
-	p.StreamPos = tx.NextPos()
+	p.StreamPos = tx.NextPos("presence")
 	var msg sql.NullString
 	if p.StatusMsg != nil {
 		msg = sql.NullString{String: *p.StatusMsg, Valid: true}

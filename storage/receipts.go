@@ -50,7 +50,13 @@ type Receipt struct {
 // returns whether it did. A read receipt also marks the user's
 // notifications up to the event as read.
 func PutReceipt(ctx context.Context, tx *Tx, r *Receipt) (bool, error) {
-	r.StreamPos = tx.NextPos()
+	read := r.Type == ReceiptRead || r.Type == ReceiptReadPrivate
+	if read {
+		if err := lockUsers(ctx, tx, []string{r.UserID}); err != nil {
+			return false, err
+		}
+	}
+	r.StreamPos = tx.NextPos("receipts")
 	res, err := tx.ExecContext(ctx, `INSERT INTO receipts (room_id, receipt_type, user_id, thread_id, event_id, event_pos, ts, stream_pos)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
 		ON CONFLICT (room_id, receipt_type, user_id, thread_id) DO UPDATE SET event_id = excluded.event_id, event_pos = excluded.event_pos,
@@ -64,8 +70,8 @@ func PutReceipt(ctx context.Context, tx *Tx, r *Receipt) (bool, error) {
 	if err != nil || n == 0 {
 		return false, err
 	}
-	if r.Type == ReceiptRead || r.Type == ReceiptReadPrivate {
-		if err := markNotificationsRead(ctx, tx, r.UserID, r.RoomID, r.ThreadID, r.EventPos); err != nil {
+	if read {
+		if err := markNotificationsRead(ctx, tx, r.UserID, r.RoomID, r.ThreadID, r.EventPos, r.StreamPos); err != nil {
 			return false, err
 		}
 	}

@@ -27,6 +27,9 @@ CREATE TABLE event_relations (
 );
 CREATE INDEX event_relations_parent ON event_relations(relates_to, stream_pos);
 CREATE INDEX event_relations_room_type ON event_relations(room_id, rel_type, stream_pos)`})
+	// Rows take their event's position: registered so that readers can ask
+	// whether any relation was stored after a position (Stream.Moved).
+	RegisterStreamTable("event_relations", "stream_pos")
 }
 
 // Relation is a row of event_relations: EventID relates to RelatesTo.
@@ -43,6 +46,7 @@ type Relation struct {
 
 // InsertRelation records a relation (ignored if the event already has one).
 func InsertRelation(ctx context.Context, q Querier, r Relation) error {
+	noteStream(q, "event_relations", r.StreamPos)
 	_, err := q.ExecContext(ctx, `INSERT INTO event_relations (event_id, room_id, relates_to, rel_type, type, sender, stream_pos, aggregation_key)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (event_id) DO NOTHING`,
 		r.EventID, r.RoomID, r.RelatesTo, r.RelType, r.Type, r.Sender, r.StreamPos, r.AggregationKey)

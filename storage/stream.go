@@ -27,6 +27,10 @@ type Stream struct {
 	current   int64
 	committed int64 // highest position whose transaction committed
 	pending   []pendingPublish
+	// lastOf is the highest position handed out for rows of each stream
+	// table (loaded at start, raised by Reserve), so a reader can skip a
+	// table that has nothing in its range without asking the store.
+	lastOf map[string]int64
 }
 
 type pendingPublish struct {
@@ -60,24 +64,31 @@ func loadStream(ctx context.Context, db *DB) (*Stream, error) {
 	}
 	streamTablesMu.Unlock()
 	var maxPos int64
+	lastOf := make(map[string]int64, len(tables))
 	for _, t := range tables {
 		var v *int64
 		if err := db.QueryRowContext(ctx, fmt.Sprintf("SELECT MAX(%s) FROM %s", cols[t], t)).Scan(&v); err != nil {
 			return nil, fmt.Errorf("storage: reading stream position of %s: %w", t, err)
 		}
-		if v != nil && *v > maxPos {
-			maxPos = *v
+		lastOf[t] = 0
+		if v != nil {
+			lastOf[t] = *v
+			maxPos = max(maxPos, *v)
 		}
 	}
-	return &Stream{next: maxPos + 1, current: maxPos, committed: maxPos}, nil
+	return &Stream{next: maxPos + 1, current: maxPos, committed: maxPos, lastOf: lastOf}, nil
 }
 
-// Reserve takes the next position. The caller must Release it.
-func (s *Stream) Reserve() int64 {
+// Reserve takes the next position for a row of table (a registered stream
+// table). The caller must Release it.
+func (s *Stream) Reserve(table string) int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.next
 	s.next++
+	if _, ok := s.lastOf[table]; ok {
+		s.lastOf[table] = p
+	}
 	s.inflight = append(s.inflight, p) // positions are issued in order: stays sorted
 	return p
 }
@@ -119,6 +130,36 @@ func (s *Stream) Release(pos int64) {
 	for _, fn := range ready {
 		fn()
 	}
+}
+
+// Note records that a row of table took position pos, reserved for
+// another table (a derived row written with its event's position).
+func (s *Stream) Note(table string, pos int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if last, ok := s.lastOf[table]; ok && pos > last {
+		s.lastOf[table] = pos
+	}
+}
+
+// noteStream is Note for whichever store q belongs to.
+func noteStream(q Querier, table string, pos int64) {
+	switch v := q.(type) {
+	case *Tx:
+		v.db.Stream.Note(table, pos)
+	case *DB:
+		v.Stream.Note(table, pos)
+	}
+}
+
+// Moved reports whether table may hold rows with a position above since.
+// It is false only when no position above since was ever handed out for
+// it; an unregistered table always reports true.
+func (s *Stream) Moved(table string, since int64) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last, ok := s.lastOf[table]
+	return !ok || last > since
 }
 
 // Last is the highest position handed out so far (committed or not).

@@ -21,9 +21,12 @@ type accountData struct{ s *Syncer }
 func NewAccountDataExtension(s *Syncer) Extension { return &accountData{s: s} }
 
 func (a *accountData) Apply(ctx context.Context, req *Request, resp *Response) error {
-	rows, err := storage.AccountDataRange(ctx, a.s.db, req.UserID, req.Since.Pos, req.To.Pos)
-	if err != nil {
-		return err
+	var rows []storage.AccountData
+	var err error
+	if a.s.moved("account_data", req) {
+		if rows, err = storage.AccountDataRange(ctx, a.s.db, req.UserID, req.Since.Pos, req.To.Pos); err != nil {
+			return err
+		}
 	}
 	joined := make(map[string]bool, len(req.JoinedRooms))
 	for _, r := range req.JoinedRooms {

@@ -200,6 +200,9 @@ func (e *ephemeral) typing(req *Request, resp *Response, joined map[string]bool,
 // receipts sends, per room, one m.receipt event with the receipts stored
 // in (Since, To] (on an initial sync: all of them).
 func (e *ephemeral) receipts(ctx context.Context, req *Request, resp *Response, joined map[string]bool, ef *RoomEventFilter, ignored map[string]bool) error {
+	if !e.s.moved("receipts", req) {
+		return nil
+	}
 	rs, err := storage.ReceiptsRange(ctx, e.s.db, req.UserID, req.Since.Pos, req.To.Pos)
 	if err != nil {
 		return err

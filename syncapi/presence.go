@@ -284,7 +284,7 @@ type presenceExt struct{ p *Presence }
 func NewPresenceExtension(s *Syncer) Extension { return &presenceExt{p: PresenceOf(s)} }
 
 func (e *presenceExt) Apply(ctx context.Context, req *Request, resp *Response) error {
-	if !e.p.Enabled() {
+	if !e.p.Enabled() || !e.p.s.moved("presence", req) {
 		return nil
 	}
 	rows, err := storage.PresenceRange(ctx, e.p.s.db, req.UserID, req.Since.Pos, req.To.Pos)

@@ -195,17 +195,28 @@ func (s *Syncer) RelationsExtension() Extension { return relationsExtension{s} }
 
 func (e relationsExtension) Apply(ctx context.Context, req *Request, resp *Response) error {
 	var pages []EventPage
-	for id, jr := range resp.Rooms.Join {
-		if len(jr.Timeline.Events) > 0 {
-			pages = append(pages, EventPage{RoomID: id, Events: jr.Timeline.Events})
+	// Every timeline event lies above its timeline's prev_batch, and a
+	// relation is stored after its target: when no relation was stored
+	// above the lowest prev_batch, there is nothing to bundle.
+	var after int64 = math.MaxInt64
+	add := func(id string, tl *Timeline) {
+		if len(tl.Events) == 0 {
+			return
 		}
+		pages = append(pages, EventPage{RoomID: id, Events: tl.Events})
+		t, err := ParseToken(tl.PrevBatch)
+		if err != nil {
+			t.Pos = math.MinInt64
+		}
+		after = min(after, t.Pos)
+	}
+	for id, jr := range resp.Rooms.Join {
+		add(id, &jr.Timeline)
 	}
 	for id, lr := range resp.Rooms.Leave {
-		if len(lr.Timeline.Events) > 0 {
-			pages = append(pages, EventPage{RoomID: id, Events: lr.Timeline.Events})
-		}
+		add(id, &lr.Timeline)
 	}
-	if len(pages) == 0 {
+	if len(pages) == 0 || !e.s.db.Stream.Moved("event_relations", after) {
 		return nil
 	}
 	return e.s.BundleAggregations(ctx, Viewer{UserID: req.UserID, DeviceID: req.DeviceID}, pages...)

@@ -59,6 +59,8 @@ type Syncer struct {
 	stopOnce sync.Once
 	// builds bounds concurrent response builds (see New).
 	builds chan struct{}
+	// wakesHandedOff: see HandOffEventWakes.
+	wakesHandedOff atomic.Bool
 }
 
 // New makes a syncer and subscribes it to the room server's output.
@@ -87,8 +89,16 @@ func (s *Syncer) onEvent(o roomserver.OutputEvent) {
 	if o.Event.Type == "m.room.member" && o.Event.StateKey != nil {
 		s.n.onMembership(ctx, o.Event.RoomID, *o.Event.StateKey, o.Event.Membership)
 	}
-	s.n.wakeRoom(ctx, o.Event.RoomID)
+	if !s.wakesHandedOff.Load() {
+		s.n.wakeRoom(ctx, o.Event.RoomID)
+	}
 }
+
+// HandOffEventWakes leaves waking a room's long-polls for each new event
+// to a later stage, which then calls NotifyRoom for every event it is
+// given. The push notifier takes it, so that an event and the unread
+// counts it causes reach a client in one response, not two.
+func (s *Syncer) HandOffEventWakes() { s.wakesHandedOff.Store(true) }
 
 // NotifyUsers wakes these users' long-polls: call it (through
 // storage.Tx.Publish) after storing a row for them.
@@ -568,4 +578,10 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 	}
 	resp.Rooms.Leave[roomID] = lr
 	return nil
+}
+
+// moved reports whether stream table may have rows in the request's range;
+// a stream that has not moved costs no query.
+func (s *Syncer) moved(table string, req *Request) bool {
+	return s.db.Stream.Moved(table, req.Since.Pos)
 }

@@ -18,24 +18,14 @@ type unread struct{ s *Syncer }
 func NewUnreadExtension(s *Syncer) Extension { return &unread{s: s} }
 
 func (u *unread) Apply(ctx context.Context, req *Request, resp *Response) error {
-	if !req.Initial {
-		rooms, err := storage.NotificationRoomsRange(ctx, u.s.db, req.UserID, req.Since.Pos, req.To.Pos)
-		if err != nil {
-			return err
-		}
-		if len(rooms) > 0 {
-			joined := make(map[string]bool, len(req.JoinedRooms))
-			for _, r := range req.JoinedRooms {
-				joined[r] = true
-			}
-			for _, r := range rooms {
-				if joined[r] {
-					resp.JoinedRoom(r)
-				}
-			}
-		}
+	// Rooms whose totals moved in (Since, To] join the response (read only
+	// when the notifications stream moved); every joined room in it gets
+	// its totals. One query answers both.
+	since := int64(-1)
+	if !req.Initial && u.s.moved("notifications", req) {
+		since = req.Since.Pos
 	}
-	if len(resp.Rooms.Join) == 0 {
+	if len(resp.Rooms.Join) == 0 && since < 0 {
 		return nil
 	}
 	var rooms []string
@@ -45,9 +35,20 @@ func (u *unread) Apply(ctx context.Context, req *Request, resp *Response) error 
 			rooms = append(rooms, r)
 		}
 	}
-	counts, err := storage.UnreadCounts(ctx, u.s.db, req.UserID, rooms)
+	counts, err := storage.UnreadCounts(ctx, u.s.db, req.UserID, rooms, since)
 	if err != nil {
 		return err
+	}
+	if since >= 0 {
+		joined := make(map[string]bool, len(req.JoinedRooms))
+		for _, r := range req.JoinedRooms {
+			joined[r] = true
+		}
+		for r := range counts {
+			if joined[r] {
+				resp.JoinedRoom(r)
+			}
+		}
 	}
 	perThread := req.Filter.Room.Timeline.UnreadThreadNotes
 	for roomID, jr := range resp.Rooms.Join {

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -210,6 +211,9 @@ func (s *Server) Start() (string, error) {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/health", s.health)
+		// Profiles for performance work, on the operator-only listener.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		s.serve(ml, mux, false)
 	}
 	if err := s.startExtra(); err != nil { // listeners.go: components' listeners and start hooks

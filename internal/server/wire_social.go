@@ -24,8 +24,11 @@ func init() {
 		}
 
 		// Push rules run after each event commits; counts reach /sync
-		// through the notification rows' stream positions.
-		n := pushnotify.New(s.DB, s.Rooms, s.Config.ServerName, s.Sync.NotifyUsers)
+		// through the notification rows' stream positions. The notifier
+		// wakes the rooms' long-polls once an event's counts are stored, so
+		// the event and its counts come in one response.
+		n := pushnotify.New(s.DB, s.Rooms, s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
+		s.Sync.HandOffEventWakes()
 		s.Rooms.Subscribe(n.OnEvent)
 		s.OnShutdown(n.Close)
 		s.OnShutdown(func() { syncapi.ForgetSocial(s.Sync) })

@@ -1,7 +1,9 @@
 // Package notifier evaluates push rules for every stored event and records
 // the resulting notifications (unread counts, GET /notifications). It runs
 // after the event's transaction commits (roomserver Subscribe) on its own
-// goroutine, in batches, so storing events never waits for it.
+// goroutine, in batches, so storing events never waits for it. It also
+// wakes the rooms' long-polls for those events (syncapi
+// HandOffEventWakes) once their counts are stored: one wake, one response.
 //
 // It does not deliver pushes: pushers are stored but no push gateway is
 // ever contacted.
@@ -32,6 +34,7 @@ type Notifier struct {
 	rs         RoomState
 	serverName string
 	wake       func(users ...string)
+	wakeRoom   func(roomID string)
 
 	mu       sync.Mutex
 	queue    []*storage.Event
@@ -46,9 +49,11 @@ type Notifier struct {
 const maxBatch = 256
 
 // New makes a notifier for the local users of serverName; wake is called
-// with the users who got new notifications once they are visible.
-func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...string)) *Notifier {
-	n := &Notifier{db: db, rs: rs, serverName: serverName, wake: wake, signal: make(chan struct{}, 1), done: make(chan struct{})}
+// with the users who got new notifications once they are visible, and
+// wakeRoom (if set) with the room of every event it was given, once the
+// event's notifications are visible or it has none.
+func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...string), wakeRoom func(roomID string)) *Notifier {
+	n := &Notifier{db: db, rs: rs, serverName: serverName, wake: wake, wakeRoom: wakeRoom, signal: make(chan struct{}, 1), done: make(chan struct{})}
 	n.idle = sync.NewCond(&n.mu)
 	go n.run()
 	return n
@@ -59,12 +64,17 @@ func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...str
 // (positions <= 0) never notify.
 func (n *Notifier) OnEvent(o roomserver.OutputEvent) {
 	e := o.Event
-	if e == nil || e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed {
+	if e == nil {
+		return
+	}
+	if e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed {
+		n.wakeRooms([]*storage.Event{e})
 		return
 	}
 	n.mu.Lock()
 	if n.closed {
 		n.mu.Unlock()
+		n.wakeRooms([]*storage.Event{e})
 		return
 	}
 	n.inflight++
@@ -134,6 +144,20 @@ func (n *Notifier) run() {
 	}
 }
 
+// wakeRooms wakes the long-polls of the rooms of evs, each room once.
+func (n *Notifier) wakeRooms(evs []*storage.Event) {
+	if n.wakeRoom == nil {
+		return
+	}
+	seen := make(map[string]bool, 1)
+	for _, e := range evs {
+		if !seen[e.RoomID] {
+			seen[e.RoomID] = true
+			n.wakeRoom(e.RoomID)
+		}
+	}
+}
+
 func (n *Notifier) isLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+n.serverName)
 }
@@ -155,7 +179,20 @@ type work struct {
 	thread      string
 }
 
+// process stores the notifications of a batch and then wakes its rooms:
+// after the rows are visible, or at once if there are none or storing
+// failed (the events themselves are visible already).
 func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
+	published, err := n.store(ctx, batch)
+	if !published {
+		n.wakeRooms(batch)
+	}
+	return err
+}
+
+// store evaluates the batch and stores its notifications; published tells
+// whether it arranged the wake-up.
+func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published bool, err error) {
 	var works []*work
 	userSet := map[string]bool{}
 	for _, e := range batch {
@@ -173,7 +210,7 @@ func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
 		}
 	}
 	if len(works) == 0 {
-		return nil
+		return false, nil
 	}
 	users := make([]string, 0, len(userSet))
 	for u := range userSet {
@@ -181,11 +218,11 @@ func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
 	}
 	rows, err := storage.PushRulesMany(ctx, n.db, users)
 	if err != nil {
-		return err
+		return false, err
 	}
 	ignores, err := storage.IgnoredUsersMany(ctx, n.db, users)
 	if err != nil {
-		return err
+		return false, err
 	}
 	rulesets := map[string]*pushrules.Ruleset{}
 	now := time.Now().UnixMilli()
@@ -213,9 +250,9 @@ func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
 		}
 	}
 	if len(out) == 0 {
-		return nil
+		return false, nil
 	}
-	return n.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err = n.db.WithTx(ctx, func(tx *storage.Tx) error {
 		pos, err := storage.InsertNotifications(ctx, tx, out)
 		if err != nil {
 			return err
@@ -228,11 +265,15 @@ func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
 				list = append(list, o.UserID)
 			}
 		}
-		if n.wake != nil {
-			tx.Publish(pos, func() { n.wake(list...) })
-		}
+		tx.Publish(pos, func() {
+			if n.wake != nil {
+				n.wake(list...)
+			}
+			n.wakeRooms(batch)
+		})
 		return nil
 	})
+	return err == nil, err
 }
 
 // prepare finds who an event may notify: the room's joined local members
