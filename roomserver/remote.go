@@ -119,7 +119,7 @@ func (s *RoomServer) StoreRemoteInvite(ctx context.Context, invite gomatrixserve
 		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: spec.MRoomMember, StateKey: target, EventID: invite.EventID(), Membership: "invite", StreamPos: pos}); err != nil {
 			return err
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE rooms SET last_pos = $1 WHERE room_id = $2`, pos, roomID); err != nil {
+		if err := storage.SetRoomLastPos(ctx, tx, roomID, pos); err != nil {
 			return err
 		}
 		s.hooksMu.RLock()

@@ -49,6 +49,8 @@ type DB struct {
 	nstmts atomic.Int64
 	// Stream orders every synced row; see stream.go.
 	Stream *Stream
+	// members caches UserRooms; see userrooms.go.
+	members memberCache
 }
 
 // ErrNotFound is returned by lookups that find no row.
@@ -277,6 +279,17 @@ func (t *Tx) NextPos(table string) int64 {
 	p := t.db.Stream.Reserve(table)
 	t.reserved = append(t.reserved, p)
 	return p
+}
+
+// Derived marks the transaction as holding only rows derived from others
+// already committed (and rebuilt or losable on a crash), so on PostgreSQL
+// its commit does not wait for the WAL flush. Call it first.
+func (t *Tx) Derived(ctx context.Context) error {
+	if t.db.Dialect != Postgres {
+		return nil
+	}
+	_, err := t.tx.ExecContext(ctx, `SET LOCAL synchronous_commit = off`)
+	return err
 }
 
 // Publish runs fn after commit, once pos is visible to readers.

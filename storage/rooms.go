@@ -141,6 +141,9 @@ func InsertRoom(ctx context.Context, q Querier, r *Room) error {
 	ext, _ := json.Marshal(r.ForwardExtremities)
 	_, err := q.ExecContext(ctx, `INSERT INTO rooms (room_id, room_version, creator, created_ts, is_public, forward_extremities, current_snapshot, max_depth, last_pos)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)`, r.RoomID, r.Version, r.Creator, r.CreatedTS, r.IsPublic, string(ext), r.CurrentSnapshot, r.MaxDepth, r.LastPos)
+	if err == nil {
+		afterWrite(q, func(c *memberCache) { c.setLastPos(r.RoomID, r.LastPos) })
+	}
 	return err
 }
 
@@ -149,6 +152,19 @@ func UpdateRoomHead(ctx context.Context, q Querier, roomID string, ext []string,
 	b, _ := json.Marshal(ext)
 	_, err := q.ExecContext(ctx, `UPDATE rooms SET forward_extremities = $1, current_snapshot = $2, max_depth = $3, last_pos = $4 WHERE room_id = $5`,
 		string(b), snapshot, maxDepth, lastPos, roomID)
+	if err == nil {
+		afterWrite(q, func(c *memberCache) { c.setLastPos(roomID, lastPos) })
+	}
+	return err
+}
+
+// SetRoomLastPos records the room's latest stream position alone (a
+// remote invite stored without the room's state).
+func SetRoomLastPos(ctx context.Context, q Querier, roomID string, lastPos int64) error {
+	_, err := q.ExecContext(ctx, `UPDATE rooms SET last_pos = $1 WHERE room_id = $2`, lastPos, roomID)
+	if err == nil {
+		afterWrite(q, func(c *memberCache) { c.setLastPos(roomID, lastPos) })
+	}
 	return err
 }
 
@@ -365,13 +381,17 @@ type CurrentStateRow struct {
 
 // SetCurrentState upserts (or with eventID "" deletes) a current-state row.
 func SetCurrentState(ctx context.Context, q Querier, r CurrentStateRow) error {
+	var err error
 	if r.EventID == "" {
-		_, err := q.ExecContext(ctx, `DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`, r.RoomID, r.Type, r.StateKey)
-		return err
-	}
-	_, err := q.ExecContext(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6)
+		_, err = q.ExecContext(ctx, `DELETE FROM current_state WHERE room_id = $1 AND type = $2 AND state_key = $3`, r.RoomID, r.Type, r.StateKey)
+	} else {
+		_, err = q.ExecContext(ctx, `INSERT INTO current_state (room_id, type, state_key, event_id, membership, stream_pos) VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (room_id, type, state_key) DO UPDATE SET event_id = excluded.event_id, membership = excluded.membership, stream_pos = excluded.stream_pos`,
-		r.RoomID, r.Type, r.StateKey, r.EventID, r.Membership, r.StreamPos)
+			r.RoomID, r.Type, r.StateKey, r.EventID, r.Membership, r.StreamPos)
+	}
+	if err == nil && r.Type == "m.room.member" {
+		afterWrite(q, func(c *memberCache) { c.setMembership(r) })
+	}
 	return err
 }
 
@@ -529,36 +549,6 @@ func UserJoinPositions(ctx context.Context, q Querier, roomID, userID string) ([
 			return nil, err
 		}
 		out = append(out, p)
-	}
-	return out, rows.Err()
-}
-
-// UserRoom is a room the user has a membership in, with the room's latest
-// stream position, so /sync can skip rooms with nothing new, and the
-// position of the user's current membership event (0 when unknown), so it
-// can skip looking for membership changes.
-type UserRoom struct {
-	Membership string
-	LastPos    int64
-	MemberPos  int64
-}
-
-// UserRooms lists the user's current memberships with each room's last_pos.
-func UserRooms(ctx context.Context, q Querier, userID string) (map[string]UserRoom, error) {
-	rows, err := q.QueryContext(ctx, `SELECT cs.room_id, cs.membership, r.last_pos, cs.stream_pos FROM current_state cs JOIN rooms r ON r.room_id = cs.room_id
-		WHERE cs.state_key = $1 AND cs.type = 'm.room.member'`, userID)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	out := map[string]UserRoom{}
-	for rows.Next() {
-		var id string
-		var ur UserRoom
-		if err := rows.Scan(&id, &ur.Membership, &ur.LastPos, &ur.MemberPos); err != nil {
-			return nil, err
-		}
-		out[id] = ur
 	}
 	return out, rows.Err()
 }

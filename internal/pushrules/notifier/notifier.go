@@ -253,6 +253,12 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 		return false, nil
 	}
 	err = n.db.WithTx(ctx, func(tx *storage.Tx) error {
+		// The queue is in memory: a crash loses the notifications of
+		// events not yet processed anyway, so the commit need not wait
+		// for the disk, and the wake-up it delays comes sooner.
+		if err := tx.Derived(ctx); err != nil {
+			return err
+		}
 		pos, err := storage.InsertNotifications(ctx, tx, out)
 		if err != nil {
 			return err
