@@ -12,12 +12,14 @@ package notifier
 import (
 	"context"
 	"encoding/json"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/lru"
 	"enclave/internal/pushrules"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -43,6 +45,8 @@ type Notifier struct {
 	done     chan struct{}
 	inflight int // events queued and not yet processed
 	idle     *sync.Cond
+
+	rules *lru.Cache[string, cachedRules] // the worker's alone
 }
 
 // maxBatch bounds how many events one transaction handles.
@@ -53,7 +57,8 @@ const maxBatch = 256
 // wakeRoom (if set) with the room of every event it was given, once the
 // event's notifications are visible or it has none.
 func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...string), wakeRoom func(roomID string)) *Notifier {
-	n := &Notifier{db: db, rs: rs, serverName: serverName, wake: wake, wakeRoom: wakeRoom, signal: make(chan struct{}, 1), done: make(chan struct{})}
+	n := &Notifier{db: db, rs: rs, serverName: serverName, wake: wake, wakeRoom: wakeRoom, signal: make(chan struct{}, 1), done: make(chan struct{}),
+		rules: lru.New[string, cachedRules](4096)}
 	n.idle = sync.NewCond(&n.mu)
 	go n.run()
 	return n
@@ -158,6 +163,33 @@ func (n *Notifier) wakeRooms(evs []*storage.Event) {
 	}
 }
 
+// ruleset builds a user's rule set from their rows, reusing the last one
+// built while the rows stay the same: most events find every member's
+// rules unchanged.
+func (n *Notifier) ruleset(userID string, rows []storage.PushRuleRow) *pushrules.Ruleset {
+	var key strings.Builder
+	for _, r := range rows {
+		key.WriteString(r.Kind + "\x00" + r.RuleID + "\x00")
+		if r.Enabled != nil {
+			key.WriteString(strconv.FormatBool(*r.Enabled))
+		}
+		key.WriteByte(0)
+		key.Write(r.Body)
+		key.WriteByte(0)
+	}
+	if c, ok := n.rules.Get(userID); ok && c.key == key.String() {
+		return c.rs
+	}
+	rs := Ruleset(userID, rows)
+	n.rules.Put(userID, cachedRules{key: key.String(), rs: rs})
+	return rs
+}
+
+type cachedRules struct {
+	key string
+	rs  *pushrules.Ruleset
+}
+
 func (n *Notifier) isLocal(userID string) bool {
 	return strings.HasSuffix(userID, ":"+n.serverName)
 }
@@ -234,7 +266,7 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 			}
 			rs := rulesets[t.userID]
 			if rs == nil {
-				rs = Ruleset(t.userID, rows[t.userID])
+				rs = n.ruleset(t.userID, rows[t.userID])
 				rulesets[t.userID] = rs
 			}
 			res := rs.Evaluate(w.pev, &pushrules.Context{
