@@ -43,6 +43,8 @@ type Options struct {
 	Version    string
 	// Media returns the media repository, or nil if there is none.
 	Media func() MediaAdmin
+	// Retention is the server-wide retention policy.
+	Retention RetentionPolicy
 }
 
 // API serves the admin endpoints.

@@ -17,9 +17,36 @@ import (
 )
 
 // Retention (MSC1763): rooms whose m.room.retention state sets
-// max_lifetime lose their timeline events (never state) once older than
-// that — unless the room, or one of its members, is under legal hold.
-// Each room's purge and its audit record share one transaction.
+// max_lifetime — clamped to the server's allowed bounds — lose their
+// timeline events (never state) once older than that; rooms that set none
+// use the server-wide default, if any. Rooms under legal hold, or with a
+// member under hold, keep everything. Each room's purge and its audit
+// record share one transaction.
+
+// RetentionPolicy is the server-wide retention configuration (config
+// section retention); zero values are off.
+type RetentionPolicy struct {
+	// DefaultMaxLifetime applies to rooms whose state sets no max_lifetime.
+	DefaultMaxLifetime time.Duration
+	// AllowedMin and AllowedMax clamp a room's own max_lifetime.
+	AllowedMin, AllowedMax time.Duration
+}
+
+// RoomLifetime returns the lifetime in milliseconds applied to a room
+// whose m.room.retention sets roomMS (0: none), and where it came from
+// ("room" or "default"); 0 means the room keeps everything.
+func (p RetentionPolicy) RoomLifetime(roomMS int64) (int64, string) {
+	if roomMS <= 0 {
+		return p.DefaultMaxLifetime.Milliseconds(), "default"
+	}
+	if lo := p.AllowedMin.Milliseconds(); lo > 0 && roomMS < lo {
+		roomMS = lo
+	}
+	if hi := p.AllowedMax.Milliseconds(); hi > 0 && roomMS > hi {
+		roomMS = hi
+	}
+	return roomMS, "room"
+}
 
 // RunRetention purges expired events now and returns the count per room.
 func (a *API) RunRetention(ctx context.Context) (map[string]int64, error) {
@@ -27,34 +54,56 @@ func (a *API) RunRetention(ctx context.Context) (map[string]int64, error) {
 	if err != nil {
 		return nil, err
 	}
+	own := make(map[string]int64, len(policies))
+	for _, p := range policies {
+		own[p.RoomID] = p.MaxLifetime
+	}
+	rooms := make([]string, 0, len(policies))
+	if a.Retention.DefaultMaxLifetime > 0 {
+		if rooms, err = storage.AllRoomIDs(ctx, a.DB); err != nil {
+			return nil, err
+		}
+	} else {
+		for _, p := range policies {
+			rooms = append(rooms, p.RoomID)
+		}
+	}
 	out := map[string]int64{}
 	now := time.Now().UnixMilli()
-	for _, p := range policies {
-		held, err := storage.RoomUnderHold(ctx, a.DB, p.RoomID)
+	for _, roomID := range rooms {
+		lifetime, source := a.Retention.RoomLifetime(own[roomID])
+		if lifetime <= 0 {
+			continue
+		}
+		held, err := storage.RoomUnderHold(ctx, a.DB, roomID)
 		if err != nil {
 			return out, err
 		}
 		if held {
 			continue
 		}
-		before := now - p.MaxLifetime
+		before := now - lifetime
 		var n int64
 		err = a.DB.WithTx(ctx, func(tx *storage.Tx) error {
 			var err error
-			if n, err = storage.PurgeExpiredEvents(ctx, tx, p.RoomID, before); err != nil || n == 0 {
+			if n, err = storage.PurgeExpiredEvents(ctx, tx, roomID, before); err != nil || n == 0 {
 				return err
 			}
+			details := map[string]any{"events": n, "before_ts": before, "max_lifetime": lifetime, "policy": source}
+			if source == "room" && lifetime != own[roomID] {
+				details["room_max_lifetime"] = own[roomID] // clamped by the server's bounds
+			}
 			return auditapi.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{Server: a.ServerName}, Action: auditapi.ActionRetention,
-				Target: p.RoomID, RoomID: p.RoomID, Details: map[string]any{"events": n, "before_ts": before, "max_lifetime": p.MaxLifetime}})
+				Target: roomID, RoomID: roomID, Details: details})
 		})
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
 		}
 		if err != nil {
-			return out, fmt.Errorf("retention in %s: %w", p.RoomID, err)
+			return out, fmt.Errorf("retention in %s: %w", roomID, err)
 		}
 		if n > 0 {
-			out[p.RoomID] = n
+			out[roomID] = n
 		}
 	}
 	return out, nil

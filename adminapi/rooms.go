@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
@@ -271,6 +272,8 @@ func (a *API) roomState(r *http.Request, _ *clientapi.Device) clientapi.Response
 
 type deleteRequest struct {
 	NewRoomUserID string `json:"new_room_user_id"`
+	RoomName      string `json:"room_name"`
+	Message       string `json:"message"`
 	Block         bool   `json:"block"`
 	Purge         *bool  `json:"purge"`
 	ForcePurge    bool   `json:"force_purge"`
@@ -293,7 +296,62 @@ type deleteStatus struct {
 
 var errUnderHold = errors.New("room is under legal hold")
 
-// shutdownRoom removes local users and aliases from a room, optionally
+// Defaults of the room users of a deleted room are moved to (Synapse's).
+const (
+	defaultNewRoomName    = "Content Violation Notification"
+	defaultNewRoomMessage = "Sharing illegal content on this server is not permitted and rooms in violation will be blocked."
+)
+
+// createNoticeRoom creates the room the local users of a deleted room are
+// moved to: req.NewRoomUserID creates and administers it, everyone else
+// may read but not post, and its first message says why.
+func (a *API) createNoticeRoom(ctx context.Context, req deleteRequest) (string, error) {
+	creator := req.NewRoomUserID
+	name, msg := req.RoomName, req.Message
+	if name == "" {
+		name = defaultNewRoomName
+	}
+	if msg == "" {
+		msg = defaultNewRoomMessage
+	}
+	sp := func(s string) *string { return &s }
+	roomID, err := a.Rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{
+		Creator:     creator,
+		RoomVersion: gomatrixserverlib.RoomVersion(clientapi.DefaultRoomVersion),
+		Events: []roomserver.InitialEvent{
+			{Type: "m.room.member", StateKey: sp(creator), Content: map[string]any{"membership": "join"}},
+			{Type: "m.room.power_levels", StateKey: sp(""), Content: map[string]any{"users": map[string]any{creator: 100}, "users_default": 0,
+				"events_default": 50, "state_default": 100, "invite": 100, "kick": 100, "ban": 100, "redact": 100}},
+			{Type: "m.room.join_rules", StateKey: sp(""), Content: map[string]any{"join_rule": "invite"}},
+			{Type: "m.room.history_visibility", StateKey: sp(""), Content: map[string]any{"history_visibility": "shared"}},
+			{Type: "m.room.name", StateKey: sp(""), Content: map[string]any{"name": name}},
+		},
+	})
+	if err != nil {
+		return "", err
+	}
+	content, _ := json.Marshal(map[string]any{"msgtype": "m.text", "body": msg})
+	if _, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: creator, Type: "m.room.message", Content: content}); err != nil {
+		return roomID, err
+	}
+	return roomID, nil
+}
+
+// moveUser invites userID to the notice room (as its creator) and joins
+// them to it on their behalf.
+func (a *API) moveUser(ctx context.Context, newRoomID, creator, userID string) error {
+	uid := userID
+	if _, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: newRoomID, Sender: creator, Type: "m.room.member", StateKey: &uid,
+		Content: json.RawMessage(`{"membership":"invite"}`)}); err != nil {
+		return err
+	}
+	_, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: newRoomID, Sender: userID, Type: "m.room.member", StateKey: &uid,
+		Content: json.RawMessage(`{"membership":"join"}`)})
+	return err
+}
+
+// shutdownRoom removes local users and aliases from a room (with
+// new_room_user_id, both move to a new room that user creates), optionally
 // blocks it, and purges it unless purge is false.
 func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID string, req deleteRequest) (*deleteResult, error) {
 	purge := req.Purge == nil || *req.Purge
@@ -308,6 +366,18 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 	}
 	res := &deleteResult{KickedUsers: []string{}, FailedToKickUsers: []string{}, LocalAliases: []string{}}
 	suffix := ":" + a.ServerName
+	newRoomID := ""
+	if req.NewRoomUserID != "" {
+		// Only for a room we hold: a room blocked ahead of time has no one to move.
+		if _, err := storage.GetRoom(ctx, a.DB, roomID); err == nil {
+			if newRoomID, err = a.createNoticeRoom(ctx, req); err != nil {
+				return nil, err
+			}
+			res.NewRoomID = &newRoomID
+		} else if !errors.Is(err, storage.ErrNotFound) {
+			return nil, err
+		}
+	}
 	for _, m := range []string{"join", "invite", "knock"} {
 		users, err := storage.RoomMembers(ctx, a.DB, roomID, m)
 		if err != nil {
@@ -326,6 +396,11 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 				continue
 			}
 			res.KickedUsers = append(res.KickedUsers, u)
+			if newRoomID != "" && u != req.NewRoomUserID {
+				if err := a.moveUser(ctx, newRoomID, req.NewRoomUserID, u); err != nil {
+					logrus.WithError(err).WithFields(logrus.Fields{"room_id": newRoomID, "user_id": u}).Warn("admin: moving user to the new room")
+				}
+			}
 		}
 	}
 	aliases, err := storage.RoomAliases(ctx, a.DB, roomID)
@@ -338,6 +413,11 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 			if strings.HasSuffix(al, suffix) {
 				if err := storage.DeleteAlias(ctx, tx, al); err != nil {
 					return err
+				}
+				if newRoomID != "" { // repointed to the new room
+					if _, err := storage.InsertAlias(ctx, tx, al, newRoomID, req.NewRoomUserID); err != nil {
+						return err
+					}
 				}
 				res.LocalAliases = append(res.LocalAliases, al)
 			}
@@ -360,8 +440,11 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 		if err != nil {
 			return err
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomPurge, Target: roomID, RoomID: roomID,
-			Details: map[string]any{"events": n, "kicked_users": len(res.KickedUsers)}})
+		details := map[string]any{"events": n, "kicked_users": len(res.KickedUsers)}
+		if newRoomID != "" {
+			details["new_room_id"] = newRoomID
+		}
+		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomPurge, Target: roomID, RoomID: roomID, Details: details})
 	})
 	if err != nil {
 		return nil, err
@@ -387,6 +470,19 @@ func (a *API) deleteRoomCommon(r *http.Request) (string, deleteRequest, clientap
 		}
 	} else if err != nil {
 		return "", req, clientapi.InternalError(r, err), false
+	}
+	if u := req.NewRoomUserID; u != "" {
+		// Checked before anything changes.
+		if !a.isLocalUser(u) {
+			return "", req, badParam("new_room_user_id must be a user of this server"), false
+		}
+		acc, err := storage.GetAccount(r.Context(), a.DB, u)
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
+			return "", req, clientapi.NotFound("user %s not found", u), false
+		}
+		if err != nil {
+			return "", req, clientapi.InternalError(r, err), false
+		}
 	}
 	return roomID, req, clientapi.Response{}, true
 }

@@ -54,6 +54,7 @@ type Config struct {
 	Profile       ProfileConfig       `yaml:"profile" doc:"Profile lookups."`
 	TURN          TURNConfig          `yaml:"turn" doc:"TURN relay for VoIP calls (TURN REST API / coturn use-auth-secret)."`
 	Audit         AuditConfig         `yaml:"audit" doc:"Append-only audit log of security-relevant actions."`
+	Retention     RetentionConfig     `yaml:"retention" doc:"Message retention (MSC1763). Once an hour, timeline events older than their room's max_lifetime are deleted; state events, each room's latest events and every room under legal hold (or with a member under hold) are kept, and each purge is audited. Durations are Go duration strings (720h is 30 days)."`
 	RBAC          RBACConfig          `yaml:"rbac" doc:"Role-based access control. Built-in roles: admin (administers the server; cannot read the audit log), auditor (reads and exports the audit log only), operator (user plus room administration), user and guest."`
 	WellKnown     WellKnownConfig     `yaml:"well_known" doc:"Values served under /.well-known/matrix/."`
 }
@@ -169,6 +170,14 @@ type AuditConfig struct {
 	CheckpointInterval Duration `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
 	HeadExportPath     string   `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
 	HeadSyslog         bool     `yaml:"head_syslog" doc:"Also send the signed audit log head to the local syslog daemon (facility auth) whenever it is exported, so a copy leaves the host through syslog forwarding."`
+}
+
+// RetentionConfig is the server-wide retention policy: a default for rooms
+// that set none, and bounds on what rooms may set.
+type RetentionConfig struct {
+	DefaultMaxLifetime Duration `yaml:"default_max_lifetime" doc:"Lifetime of timeline events in rooms whose m.room.retention state sets no max_lifetime. 0 keeps them forever."`
+	AllowedLifetimeMin Duration `yaml:"allowed_lifetime_min" doc:"Lower bound on a room's own max_lifetime: shorter values are raised to it. 0 means no lower bound."`
+	AllowedLifetimeMax Duration `yaml:"allowed_lifetime_max" doc:"Upper bound on a room's own max_lifetime: longer values are lowered to it. 0 means no upper bound."`
 }
 
 // RBACConfig defines server roles beyond the built-in ones.

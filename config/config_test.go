@@ -103,6 +103,9 @@ func TestDefaults(t *testing.T) {
 		"audit.checkpoint_interval":          "5m",
 		"audit.head_export_path":             `""`,
 		"audit.head_syslog":                  "false",
+		"retention.default_max_lifetime":     "0",
+		"retention.allowed_lifetime_min":     "0",
+		"retention.allowed_lifetime_max":     "0",
 		"rbac.default_role":                  "user",
 		"rbac.roles":                         "[]",
 		"well_known.client_base_url":         `""`,
@@ -208,6 +211,9 @@ turn:
   shared_secret: s3cret
 audit:
   head_export_path: audit/head.json
+retention:
+  default_max_lifetime: 720h
+  allowed_lifetime_max: 8760h
 `)
 	c, err := Load(p, dir)
 	if err != nil {
@@ -240,6 +246,9 @@ audit:
 		{"media.path resolved default", c.Media.Path, filepath.Join(dir, "media")},
 		{"audit.head_export_path resolved", c.Audit.HeadExportPath, filepath.Join(dir, "audit/head.json")},
 		{"turn.shared_secret", c.TURN.SharedSecret, "s3cret"},
+		{"retention.default_max_lifetime", c.Retention.DefaultMaxLifetime.Duration, 720 * time.Hour},
+		{"retention.allowed_lifetime_max", c.Retention.AllowedLifetimeMax.Duration, 8760 * time.Hour},
+		{"retention.allowed_lifetime_min default", c.Retention.AllowedLifetimeMin.Duration, time.Duration(0)},
 		{"DataDir", c.DataDir, dir},
 	}
 	for _, ch := range checks {
@@ -312,6 +321,7 @@ func TestEnvOverrides(t *testing.T) {
 		{"empty list", map[string]string{"ENCLAVE_RATE_LIMITS_EXEMPT_USERS": ""}, func(c *Config) any { return c.RateLimits.ExemptUsers }, []string{}},
 		{"duration", map[string]string{"ENCLAVE_TURN_TTL": "90m"}, func(c *Config) any { return c.TURN.TTL.Duration }, 90 * time.Minute},
 		{"duration 0", map[string]string{"ENCLAVE_DATABASE_CONN_MAX_LIFETIME": "0"}, func(c *Config) any { return c.Database.ConnMaxLifetime.Duration }, time.Duration(0)},
+		{"retention duration", map[string]string{"ENCLAVE_RETENTION_DEFAULT_MAX_LIFETIME": "720h"}, func(c *Config) any { return c.Retention.DefaultMaxLifetime.Duration }, 720 * time.Hour},
 		{"int", map[string]string{"ENCLAVE_AUDIT_CHECKPOINT_EVERY": "42"}, func(c *Config) any { return c.Audit.CheckpointEvery }, 42},
 		{"int64", map[string]string{"ENCLAVE_LIMITS_MAX_UPLOAD_BYTES": "5000000000"}, func(c *Config) any { return c.Limits.MaxUploadBytes }, int64(5000000000)},
 		{"float", map[string]string{"ENCLAVE_RATE_LIMITS_LOGIN_PER_SECOND": "0.25"}, func(c *Config) any { return c.RateLimits.LoginPerSecond }, 0.25},
@@ -479,6 +489,18 @@ func TestValidate(t *testing.T) {
 		{"checkpoint_every", func(c *Config) { c.Audit.CheckpointEvery = 0 }, "audit.checkpoint_every", "positive"},
 		{"checkpoint_interval", func(c *Config) { c.Audit.CheckpointInterval.Duration = 0 }, "audit.checkpoint_interval", "positive"},
 		{"client_base_url", func(c *Config) { c.WellKnown.ClientBaseURL = "matrix.example.org" }, "well_known.client_base_url", "absolute http(s) URL"},
+		{"retention default negative", func(c *Config) { c.Retention.DefaultMaxLifetime.Duration = -time.Hour }, "retention.default_max_lifetime", "negative"},
+		{"retention min negative", func(c *Config) { c.Retention.AllowedLifetimeMin.Duration = -time.Hour }, "retention.allowed_lifetime_min", "negative"},
+		{"retention max negative", func(c *Config) { c.Retention.AllowedLifetimeMax.Duration = -time.Hour }, "retention.allowed_lifetime_max", "negative"},
+		{"retention min above max", func(c *Config) {
+			c.Retention.AllowedLifetimeMin.Duration, c.Retention.AllowedLifetimeMax.Duration = 48*time.Hour, 24*time.Hour
+		}, "retention.allowed_lifetime_min", "must not exceed retention.allowed_lifetime_max (got 48h > 24h)"},
+		{"retention default below min", func(c *Config) {
+			c.Retention.DefaultMaxLifetime.Duration, c.Retention.AllowedLifetimeMin.Duration = time.Hour, 24*time.Hour
+		}, "retention.default_max_lifetime", "below retention.allowed_lifetime_min"},
+		{"retention default above max", func(c *Config) {
+			c.Retention.DefaultMaxLifetime.Duration, c.Retention.AllowedLifetimeMax.Duration = 48*time.Hour, 24*time.Hour
+		}, "retention.default_max_lifetime", "exceed retention.allowed_lifetime_max"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -515,20 +537,26 @@ func TestValidateAcceptsGoodConfigs(t *testing.T) {
 		"tls everywhere": func(c *Config) {
 			c.Listen.ClientTLS, c.Listen.Federation, c.TLS.Cert, c.TLS.Key = true, "[::]:8448", "c", "k"
 		},
-		"token mode":            func(c *Config) { c.Registration.Mode, c.Registration.Tokens = RegistrationToken, []string{"t"} },
-		"open mode":             func(c *Config) { c.Registration.Mode = RegistrationOpen },
-		"turn":                  func(c *Config) { c.TURN.URIs, c.TURN.SharedSecret = []string{"turn:x"}, "s" },
-		"globs":                 func(c *Config) { c.Federation.AllowedServers = []string{"*.example.org", "matrix.org"} },
-		"client_base_url":       func(c *Config) { c.WellKnown.ClientBaseURL = "https://matrix.example.org/" },
-		"empty listen host":     func(c *Config) { c.Listen.Client = ":8008" },
-		"ipv6 server name":      func(c *Config) { c.ServerName = "[2001:db8::1]:8448" },
-		"log json debug":        func(c *Config) { c.Log.Level, c.Log.Format = "debug", "json" },
-		"rate limits disabled":  func(c *Config) { c.RateLimits.Enabled = false },
-		"sqlite in memory":      func(c *Config) { c.Database.URL = "sqlite::memory:" },
-		"kek from env only":     func(c *Config) { c.Media.KEKEnv = "ENCLAVE_MEDIA_KEY" },
-		"metrics listener":      func(c *Config) { c.Listen.Metrics = "127.0.0.1:9090" },
-		"zero access lifetime":  func(c *Config) { c.Auth.AccessTokenLifetime.Duration = 0 },
-		"no checkpoint exports": func(c *Config) { c.Audit.Enabled = false },
+		"token mode":             func(c *Config) { c.Registration.Mode, c.Registration.Tokens = RegistrationToken, []string{"t"} },
+		"open mode":              func(c *Config) { c.Registration.Mode = RegistrationOpen },
+		"turn":                   func(c *Config) { c.TURN.URIs, c.TURN.SharedSecret = []string{"turn:x"}, "s" },
+		"globs":                  func(c *Config) { c.Federation.AllowedServers = []string{"*.example.org", "matrix.org"} },
+		"client_base_url":        func(c *Config) { c.WellKnown.ClientBaseURL = "https://matrix.example.org/" },
+		"empty listen host":      func(c *Config) { c.Listen.Client = ":8008" },
+		"ipv6 server name":       func(c *Config) { c.ServerName = "[2001:db8::1]:8448" },
+		"log json debug":         func(c *Config) { c.Log.Level, c.Log.Format = "debug", "json" },
+		"rate limits disabled":   func(c *Config) { c.RateLimits.Enabled = false },
+		"sqlite in memory":       func(c *Config) { c.Database.URL = "sqlite::memory:" },
+		"kek from env only":      func(c *Config) { c.Media.KEKEnv = "ENCLAVE_MEDIA_KEY" },
+		"metrics listener":       func(c *Config) { c.Listen.Metrics = "127.0.0.1:9090" },
+		"zero access lifetime":   func(c *Config) { c.Auth.AccessTokenLifetime.Duration = 0 },
+		"no checkpoint exports":  func(c *Config) { c.Audit.Enabled = false },
+		"retention default only": func(c *Config) { c.Retention.DefaultMaxLifetime.Duration = 720 * time.Hour },
+		"retention bounds": func(c *Config) {
+			c.Retention.DefaultMaxLifetime.Duration = 720 * time.Hour
+			c.Retention.AllowedLifetimeMin.Duration, c.Retention.AllowedLifetimeMax.Duration = 24*time.Hour, 8760*time.Hour
+		},
+		"retention clamp without default": func(c *Config) { c.Retention.AllowedLifetimeMax.Duration = time.Hour },
 	}
 	for name, mutate := range tests {
 		c := Default()

@@ -159,6 +159,21 @@ func (c *Config) Validate() error {
 	positive("audit.checkpoint_every", float64(c.Audit.CheckpointEvery))
 	positive("audit.checkpoint_interval", c.Audit.CheckpointInterval.Seconds())
 
+	notNegative("retention.default_max_lifetime", c.Retention.DefaultMaxLifetime)
+	notNegative("retention.allowed_lifetime_min", c.Retention.AllowedLifetimeMin)
+	notNegative("retention.allowed_lifetime_max", c.Retention.AllowedLifetimeMax)
+	if lo, hi := c.Retention.AllowedLifetimeMin, c.Retention.AllowedLifetimeMax; lo.Duration > 0 && hi.Duration > 0 && lo.Duration > hi.Duration {
+		bad("retention.allowed_lifetime_min", "must not exceed retention.allowed_lifetime_max (got %s > %s)", lo, hi)
+	}
+	if d := c.Retention.DefaultMaxLifetime; d.Duration > 0 {
+		if lo := c.Retention.AllowedLifetimeMin; lo.Duration > 0 && d.Duration < lo.Duration {
+			bad("retention.default_max_lifetime", "must not be below retention.allowed_lifetime_min (got %s < %s)", d, lo)
+		}
+		if hi := c.Retention.AllowedLifetimeMax; hi.Duration > 0 && d.Duration > hi.Duration {
+			bad("retention.default_max_lifetime", "must not exceed retention.allowed_lifetime_max (got %s > %s)", d, hi)
+		}
+	}
+
 	if u := c.WellKnown.ClientBaseURL; u != "" {
 		pu, err := url.Parse(u)
 		if err != nil || (pu.Scheme != "http" && pu.Scheme != "https") || pu.Host == "" {

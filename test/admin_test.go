@@ -2,13 +2,16 @@ package test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
 
 	"enclave/auditapi"
+	"enclave/config"
 	"enclave/storage"
 )
 
@@ -411,5 +414,311 @@ func TestAdminRetentionHoldExport(t *testing.T) {
 		}
 		findAudit(t, rows, auditapi.ActionRoomExport, target(room))
 		findAudit(t, rows, auditapi.ActionLegalHold, target(alice.UserID))
+	})
+}
+
+// TestAdminRetentionDefaultPolicy: the server-wide retention section.
+// Rooms without m.room.retention lose timeline events older than
+// retention.default_max_lifetime, a room's own max_lifetime is clamped to
+// allowed_lifetime_min/max, rooms (or members) under legal hold keep
+// everything; each purge is audited with the policy that caused it.
+func TestAdminRetentionDefaultPolicy(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		const (
+			def   = 3 * time.Second // default and lower bound
+			upper = 4 * time.Second
+			year  = int64(365 * 24 * time.Hour / time.Millisecond)
+		)
+		srv := Start(t, d, Options{Configure: func(c *config.Config) {
+			c.Retention.DefaultMaxLifetime.Duration = def
+			c.Retention.AllowedLifetimeMin.Duration = def
+			c.Retention.AllowedLifetimeMax.Duration = upper
+		}})
+		admin := Register(t, srv.URL, "admin", "admin-pw", true)
+		alice := Register(t, srv.URL, "alice", "alice-pw", false)
+		carol := Register(t, srv.URL, "carol", "carol-pw", false)
+		e1 := srv.URL + "/_enclave/admin/v1/"
+		create := func(who RegisterResult) string {
+			return mustOK(t, "create", raw(t, "POST", cs(srv.URL)+"/createRoom", who.AccessToken, map[string]any{})).Body["room_id"].(string)
+		}
+		txn := 0
+		send := func(who RegisterResult, room, body string) string {
+			t.Helper()
+			txn++
+			return mustOK(t, "send", raw(t, "PUT", fmt.Sprintf("%s/rooms/%s/send/m.room.message/t%d", cs(srv.URL), url.PathEscape(room), txn),
+				who.AccessToken, map[string]any{"msgtype": "m.text", "body": body})).Body["event_id"].(string)
+		}
+		timeline := func(room string) []string {
+			t.Helper()
+			rows, err := srv.DB.QueryContext(context.Background(), `SELECT event_id FROM events WHERE room_id = $1 AND state_key IS NULL ORDER BY stream_pos`, room)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rows.Close()
+			var ids []string
+			for rows.Next() {
+				var id string
+				_ = rows.Scan(&id)
+				ids = append(ids, id)
+			}
+			return ids
+		}
+		messages := func(who RegisterResult, room string) map[string]bool {
+			t.Helper()
+			r := mustOK(t, "messages", raw(t, "GET", cs(srv.URL)+"/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=100", who.AccessToken, nil))
+			seen := map[string]bool{}
+			for _, ev := range r.Body["chunk"].([]any) {
+				seen[ev.(map[string]any)["event_id"].(string)] = true
+			}
+			return seen
+		}
+
+		plain := create(alice)  // no policy: the default applies
+		held := create(alice)   // no policy, room under legal hold
+		heldBy := create(carol) // no policy, a member under legal hold
+		long := create(alice)   // max_lifetime of a year, lowered to 4s
+		short := create(alice)  // max_lifetime of 1ms, raised to 3s
+		for _, p := range []struct {
+			room string
+			ms   int64
+		}{{long, year}, {short, 1}} {
+			mustOK(t, "retention", raw(t, "PUT", cs(srv.URL)+"/rooms/"+url.PathEscape(p.room)+"/state/m.room.retention", alice.AccessToken, map[string]any{"max_lifetime": p.ms}))
+		}
+		old := map[string][]string{}
+		for _, r := range []struct {
+			who  RegisterResult
+			room string
+		}{{alice, plain}, {alice, held}, {carol, heldBy}, {alice, long}, {alice, short}} {
+			old[r.room] = []string{send(r.who, r.room, "old 1"), send(r.who, r.room, "old 2")}
+		}
+		lastOld := time.Now()
+		mustOK(t, "room hold", raw(t, "PUT", e1+"legal_holds/room/"+held, admin.AccessToken, map[string]any{"reason": "case 7"}))
+		mustOK(t, "user hold", raw(t, "PUT", e1+"legal_holds/user/"+carol.UserID, admin.AccessToken, map[string]any{"reason": "case 8"}))
+
+		// Younger than the default and the lower bound when the purge runs.
+		time.Sleep(time.Until(lastOld.Add(upper - 1200*time.Millisecond)))
+		recentPlain, recentShort := send(alice, plain, "recent"), send(alice, short, "recent")
+		time.Sleep(time.Until(lastOld.Add(upper + 300*time.Millisecond)))
+		latest := map[string]string{}
+		for _, r := range []struct {
+			who  RegisterResult
+			room string
+		}{{alice, plain}, {alice, held}, {carol, heldBy}, {alice, long}, {alice, short}} {
+			latest[r.room] = send(r.who, r.room, "latest")
+		}
+		before := map[string]int{}
+		for _, room := range []string{held, heldBy} {
+			before[room] = len(timeline(room))
+		}
+
+		run := mustOK(t, "run", raw(t, "POST", e1+"retention/run", admin.AccessToken, map[string]any{}))
+		purged := run.Body["purged"].(map[string]any)
+		want := map[string]any{plain: float64(2), long: float64(2), short: float64(2)}
+		if !reflect.DeepEqual(purged, want) {
+			t.Fatalf("purged %v, want %v (plain %s, long %s, short %s)", purged, want, plain, long, short)
+		}
+		// Gone from the store and from /messages; the young and the latest stay.
+		for room, keep := range map[string][]string{plain: {recentPlain, latest[plain]}, long: {latest[long]}, short: {recentShort, latest[short]}} {
+			if got := timeline(room); !reflect.DeepEqual(got, keep) {
+				t.Fatalf("timeline of %s after purge: %v, want %v", room, got, keep)
+			}
+			seen := messages(alice, room)
+			for _, id := range old[room] {
+				if seen[id] {
+					t.Fatalf("purged %s still in /messages of %s", id, room)
+				}
+			}
+			for _, id := range keep {
+				if !seen[id] {
+					t.Fatalf("kept %s missing from /messages of %s", id, room)
+				}
+			}
+		}
+		// Held rooms keep everything, in the store and in /messages.
+		for room, who := range map[string]RegisterResult{held: alice, heldBy: carol} {
+			if n := len(timeline(room)); n != before[room] {
+				t.Fatalf("held room %s: %d timeline events, had %d", room, n, before[room])
+			}
+			seen := messages(who, room)
+			for _, id := range append(old[room], latest[room]) {
+				if !seen[id] {
+					t.Fatalf("held room %s lost %s from /messages", room, id)
+				}
+			}
+		}
+		// A second run finds nothing more.
+		if r := mustOK(t, "rerun", raw(t, "POST", e1+"retention/run", admin.AccessToken, map[string]any{})); len(r.Body["purged"].(map[string]any)) != 0 {
+			t.Fatalf("second run purged: %s", r.Raw)
+		}
+
+		rows := auditRows(t, srv)
+		for room, w := range map[string]struct {
+			policy    string
+			lifetime  float64
+			roomLimit any
+		}{plain: {"default", 3000, nil}, long: {"room", 4000, float64(year)}, short: {"room", 3000, float64(1)}} {
+			p := findAudit(t, rows, auditapi.ActionRetention, target(room))
+			dt := details(t, p)
+			if p.ActorServer != "localhost" || p.RoomID != room || dt["events"] != float64(2) || dt["policy"] != w.policy ||
+				dt["max_lifetime"] != w.lifetime || dt["room_max_lifetime"] != w.roomLimit {
+				t.Fatalf("retention entry for %s: %+v", room, p)
+			}
+		}
+		for _, r := range rows {
+			if r.Action == auditapi.ActionRetention && (r.Target == held || r.Target == heldBy) {
+				t.Fatalf("retention entry for a held room: %+v", r)
+			}
+		}
+	})
+}
+
+// TestAdminDeleteRoomNewRoom: deleting a room with new_room_user_id moves
+// its local users into a new room created by that user, with the given
+// (or default) name and message, and repoints its local aliases there; a
+// new_room_user_id that is not a local user is refused and changes nothing.
+func TestAdminDeleteRoomNewRoom(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		admin := Register(t, srv.URL, "admin", "admin-pw", true)
+		alice := Register(t, srv.URL, "alice", "alice-pw", false)
+		bob := Register(t, srv.URL, "bob", "bob-pw", false)
+		mod := Register(t, srv.URL, "moderator", "mod-pw", false)
+		s1, s2 := srv.URL+"/_synapse/admin/v1/", srv.URL+"/_synapse/admin/v2/"
+		do := func(method, url string, body any, want int) rawResp {
+			t.Helper()
+			r := raw(t, method, url, admin.AccessToken, body)
+			if r.Status != want {
+				t.Fatalf("%s %s: %d %s (want %d)", method, url, r.Status, r.Raw, want)
+			}
+			return r
+		}
+		resolve := func(alias string) rawResp {
+			return raw(t, "GET", cs(srv.URL)+"/directory/room/"+url.PathEscape(alias), bob.AccessToken, nil)
+		}
+		joined := func(who RegisterResult) []any {
+			return mustOK(t, "joined_rooms", raw(t, "GET", cs(srv.URL)+"/joined_rooms", who.AccessToken, nil)).Body["joined_rooms"].([]any)
+		}
+		mkRoom := func(alias string) string {
+			room := mustOK(t, "create", raw(t, "POST", cs(srv.URL)+"/createRoom", alice.AccessToken,
+				map[string]any{"preset": "public_chat", "room_alias_name": alias, "name": "Doomed " + alias})).Body["room_id"].(string)
+			mustOK(t, "bob joins", raw(t, "POST", cs(srv.URL)+"/rooms/"+url.PathEscape(room)+"/join", bob.AccessToken, map[string]any{}))
+			return room
+		}
+		room := mkRoom("doomed")
+		alias := "#doomed:localhost"
+
+		// Refused, and nothing changed: a remote user, a malformed ID, an unknown local user.
+		for _, c := range []struct {
+			url, user string
+			status    int
+			errcode   string
+		}{
+			{s1 + "rooms/" + room, "@mallory:elsewhere.example", 400, "M_INVALID_PARAM"},
+			{s2 + "rooms/" + room, "@mallory:elsewhere.example", 400, "M_INVALID_PARAM"},
+			{s1 + "rooms/" + room, "moderator", 400, "M_INVALID_PARAM"},
+			{s2 + "rooms/" + room, "@ghost:localhost", 404, "M_NOT_FOUND"},
+		} {
+			raw(t, "DELETE", c.url, admin.AccessToken, map[string]any{"new_room_user_id": c.user, "block": true}).
+				wantErr(t, "delete with new_room_user_id "+c.user, c.status, c.errcode)
+		}
+		if r := do("GET", s1+"rooms/"+room, nil, 200); r.Body["joined_members"].(float64) != 2 {
+			t.Fatalf("room after refused deletions: %s", r.Raw)
+		}
+		if r := do("GET", s1+"rooms?from=0&limit=100", nil, 200); r.Body["total_rooms"].(float64) != 1 {
+			t.Fatalf("a refused deletion created a room: %s", r.Raw)
+		}
+		if r := mustOK(t, "resolve", resolve(alias)); r.Body["room_id"] != room {
+			t.Fatalf("alias after refused deletions: %s", r.Raw)
+		}
+		if r := do("GET", s1+"rooms/"+room+"/block", nil, 200); r.Body["block"] != false {
+			t.Fatalf("refused deletion blocked the room: %s", r.Raw)
+		}
+		raw(t, "GET", s2+"rooms/"+room+"/delete_status", admin.AccessToken, nil).wantErr(t, "delete status after refusals", 404, "M_NOT_FOUND")
+
+		// v1 with a room name and the default message.
+		res := do("DELETE", s1+"rooms/"+room, map[string]any{"new_room_user_id": mod.UserID, "room_name": "Closed by the administrator", "block": true}, 200)
+		newRoom, _ := res.Body["new_room_id"].(string)
+		if !strings.HasPrefix(newRoom, "!") || newRoom == room {
+			t.Fatalf("new_room_id: %s", res.Raw)
+		}
+		kicked := map[string]bool{}
+		for _, u := range res.Body["kicked_users"].([]any) {
+			kicked[u.(string)] = true
+		}
+		if len(kicked) != 2 || !kicked[alice.UserID] || !kicked[bob.UserID] || len(res.Body["failed_to_kick_users"].([]any)) != 0 {
+			t.Fatalf("kicked: %s", res.Raw)
+		}
+		if la := res.Body["local_aliases"].([]any); len(la) != 1 || la[0] != alias {
+			t.Fatalf("local_aliases: %s", res.Raw)
+		}
+		checkNewRoom := func(newRoom, name, message string) {
+			t.Helper()
+			det := do("GET", s1+"rooms/"+newRoom, nil, 200)
+			if det.Body["name"] != name || det.Body["creator"] != mod.UserID || det.Body["joined_members"].(float64) != 3 {
+				t.Fatalf("new room: %s", det.Raw)
+			}
+			for _, who := range []RegisterResult{alice, bob} {
+				if j := joined(who); len(j) != 1 || j[0] != newRoom {
+					t.Fatalf("%s joined to %v, want only %s", who.UserID, j, newRoom)
+				}
+			}
+			msgs := mustOK(t, "messages", raw(t, "GET", cs(srv.URL)+"/rooms/"+url.PathEscape(newRoom)+"/messages?dir=b&limit=50", bob.AccessToken, nil))
+			found := false
+			for _, e := range msgs.Body["chunk"].([]any) {
+				ev := e.(map[string]any)
+				if ev["type"] == "m.room.message" && ev["sender"] == mod.UserID && ev["content"].(map[string]any)["body"] == message {
+					found = true
+				}
+			}
+			if !found {
+				t.Fatalf("message %q not in the new room: %.2000s", message, msgs.Raw)
+			}
+			// Moved users may read, not post.
+			raw(t, "PUT", cs(srv.URL)+"/rooms/"+url.PathEscape(newRoom)+"/send/m.room.message/x", bob.AccessToken,
+				map[string]any{"msgtype": "m.text", "body": "hi"}).wantErr(t, "post in the notice room", 403, "M_FORBIDDEN")
+		}
+		checkNewRoom(newRoom, "Closed by the administrator", "Sharing illegal content on this server is not permitted and rooms in violation will be blocked.")
+		if r := mustOK(t, "resolve", resolve(alias)); r.Body["room_id"] != newRoom {
+			t.Fatalf("alias resolves to %s, want the new room %s", r.Body["room_id"], newRoom)
+		}
+		do("GET", s1+"rooms/"+room, nil, 404)
+		if r := do("GET", s1+"rooms/"+room+"/block", nil, 200); r.Body["block"] != true {
+			t.Fatalf("deleted room not blocked: %s", r.Raw)
+		}
+
+		// v2 with a message and the default name; the users leave the
+		// first notice room so that only the new one is theirs.
+		for _, who := range []RegisterResult{alice, bob} {
+			mustOK(t, "leave", raw(t, "POST", cs(srv.URL)+"/rooms/"+url.PathEscape(newRoom)+"/leave", who.AccessToken, map[string]any{}))
+		}
+		room2 := mkRoom("doomed2")
+		del := do("DELETE", s2+"rooms/"+room2, map[string]any{"new_room_user_id": mod.UserID, "message": "Room closed: policy 4.2"}, 200)
+		st := do("GET", s2+"rooms/delete_status/"+del.Body["delete_id"].(string), nil, 200)
+		sr := st.Body["shutdown_room"].(map[string]any)
+		newRoom2, _ := sr["new_room_id"].(string)
+		if st.Body["status"] != "complete" || !strings.HasPrefix(newRoom2, "!") || newRoom2 == newRoom || len(sr["kicked_users"].([]any)) != 2 {
+			t.Fatalf("v2 delete status: %s", st.Raw)
+		}
+		checkNewRoom(newRoom2, "Content Violation Notification", "Room closed: policy 4.2")
+		if r := mustOK(t, "resolve", resolve("#doomed2:localhost")); r.Body["room_id"] != newRoom2 {
+			t.Fatalf("alias 2 resolves to %s, want %s", r.Body["room_id"], newRoom2)
+		}
+
+		// Audited: the purge names the new room; the room server recorded the
+		// moves with the admin as requester.
+		rows := auditRows(t, srv)
+		if dt := details(t, findAudit(t, rows, auditapi.ActionRoomPurge, target(room))); dt["new_room_id"] != newRoom {
+			t.Fatalf("purge entry: %v", dt)
+		}
+		findAudit(t, rows, auditapi.ActionRoomCreate, target(newRoom))
+		for _, u := range []string{alice.UserID, bob.UserID} {
+			j := findAudit(t, rows, auditapi.ActionJoin, func(r *storage.AuditRow) bool { return r.Target == u && r.RoomID == newRoom })
+			if j.ActorUser != u || details(t, j)["requested_by"] != admin.UserID {
+				t.Fatalf("join entry for %s: %+v", u, j)
+			}
+			findAudit(t, rows, auditapi.ActionInvite, func(r *storage.AuditRow) bool {
+				return r.Target == u && r.RoomID == newRoom && r.ActorUser == mod.UserID
+			})
+		}
 	})
 }

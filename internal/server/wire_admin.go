@@ -35,6 +35,11 @@ func init() {
 		})
 		admin := adminapi.New(adminapi.Options{
 			DB: s.DB, Rooms: s.Rooms, Client: s.Client, RBAC: z, ServerName: s.Config.ServerName, Version: Version,
+			Retention: adminapi.RetentionPolicy{
+				DefaultMaxLifetime: s.Config.Retention.DefaultMaxLifetime.Duration,
+				AllowedMin:         s.Config.Retention.AllowedLifetimeMin.Duration,
+				AllowedMax:         s.Config.Retention.AllowedLifetimeMax.Duration,
+			},
 			Media: func() adminapi.MediaAdmin {
 				if m := s.Media(); m != nil {
 					return m
