@@ -312,7 +312,10 @@ func ListRoomBlocks(ctx context.Context, q Querier) ([]RoomBlock, error) {
 // tables. It returns the number of events deleted. Run it in a transaction
 // (with BlockRoom(..., Purged: true) and the audit record).
 func PurgeRoom(ctx context.Context, q Querier, roomID string) (int64, error) {
-	afterWrite(q, func(c *memberCache) { c.reset() })
+	onCommit(q, func(db *DB) {
+		db.members.locked(func(c *memberCache) { c.reset() })
+		db.unread.reset()
+	})
 	// Derived indexes first: the full-text index reads the rows it forgets.
 	if err := PurgeRoomIndexes(ctx, q, roomID); err != nil {
 		return 0, err

@@ -49,8 +49,11 @@ type DB struct {
 	nstmts atomic.Int64
 	// Stream orders every synced row; see stream.go.
 	Stream *Stream
-	// members caches UserRooms; see userrooms.go.
+	// members caches UserRooms (userrooms.go), unread UnreadCounts
+	// (notifications.go).
 	members memberCache
+	unread  unreadCache
+	keys    keyCache // ReadSyncState (e2ee_sync.go)
 }
 
 // ErrNotFound is returned by lookups that find no row.

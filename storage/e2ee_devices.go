@@ -14,6 +14,7 @@ func cleanupE2EEDevices(ctx context.Context, q Querier, userID string, deviceIDs
 	if len(deviceIDs) == 0 {
 		return nil
 	}
+	defer keysWritten(q, userID)
 	hadKeys := false
 	for start := 0; start < len(deviceIDs); start += 500 {
 		chunk := deviceIDs[start:min(start+500, len(deviceIDs))]

@@ -123,6 +123,7 @@ func (e *KeyConflictError) Error() string {
 // same key (signatures aside) is ignored; with a different key it fails
 // with *KeyConflictError. Run it in a transaction so a conflict stores none.
 func AddOneTimeKeys(ctx context.Context, q Querier, userID, deviceID string, keys []OneTimeKey) error {
+	defer keysWritten(q, userID) // after the writes (at once outside a transaction)
 	for start := 0; start < len(keys); start += 100 {
 		chunk := keys[start:min(start+100, len(keys))]
 		args := make([]any, 0, 5*len(chunk))
@@ -243,6 +244,7 @@ func SetFallbackKey(ctx context.Context, q Querier, userID, deviceID string, k O
 	if err != nil && !errors.Is(err, sql.ErrNoRows) {
 		return err
 	}
+	defer keysWritten(q, userID)
 	_, err = q.ExecContext(ctx, `INSERT INTO e2ee_fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) VALUES ($1, $2, $3, $4, $5, FALSE)
 		ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = FALSE`,
 		userID, deviceID, k.Algorithm, k.KeyID, string(k.JSON))
@@ -262,6 +264,7 @@ type ClaimedKey struct {
 // exactly one caller even when claims run concurrently: SQLite runs one
 // writer at a time, and PostgreSQL claimers skip rows another is taking.
 func ClaimKey(ctx context.Context, q Querier, userID, deviceID, algorithm string) (*ClaimedKey, error) {
+	defer keysWritten(q, userID)
 	pick := `SELECT key_id FROM e2ee_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY key_id LIMIT 1`
 	if dialectOf(q) == Postgres {
 		pick += ` FOR UPDATE SKIP LOCKED`

@@ -254,5 +254,56 @@ func TestE2EEReadSyncState(t *testing.T) {
 		if n, _ := storage.PendingToDevice(ctx, db, "@v:test", "V"); n != 0 {
 			t.Fatalf("%d messages left", n)
 		}
+
+		// The empty inbox and the counts are now kept in memory: every later
+		// write must show in the next read exactly as the store has it.
+		read := func(since int64) *storage.SyncState {
+			t.Helper()
+			st, err := storage.ReadSyncState(ctx, db, "@v:test", "V", since, db.Stream.Current(), 100, true, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return st
+		}
+		if st := read(to); st.Counts["signed_curve25519"] != 2 || len(st.UnusedFallback) != 1 || len(st.ToDevice) != 0 {
+			t.Fatalf("kept state: %+v", st)
+		}
+		claim := func(q storage.Querier) {
+			t.Helper()
+			if k, err := storage.ClaimKey(ctx, q, "@v:test", "V", "signed_curve25519"); err != nil || k == nil {
+				t.Fatalf("claim: %v %v", k, err)
+			}
+		}
+		claim(db) // outside a transaction
+		if st := read(to); st.Counts["signed_curve25519"] != 1 {
+			t.Fatalf("after a claim: %v", st.Counts)
+		}
+		if err := db.WithTx(ctx, func(tx *storage.Tx) error { claim(tx); claim(tx); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if st := read(to); st.Counts["signed_curve25519"] != 0 || len(st.UnusedFallback) != 0 {
+			t.Fatalf("after the fallback key went: %v %v", st.Counts, st.UnusedFallback)
+		}
+		mark := db.Stream.Current()
+		err = db.WithTx(ctx, func(tx *storage.Tx) error {
+			_, err := storage.InsertToDevice(ctx, tx, []storage.ToDeviceMessage{{UserID: "@v:test", DeviceID: "V", Sender: "@s:test", Type: "t", Content: json.RawMessage(`{"n":9}`)}})
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := read(mark); len(st.ToDevice) != 1 || string(st.ToDevice[0].Content) != `{"n":9}` {
+			t.Fatalf("new to-device message: %+v", st.ToDevice)
+		}
+		// A rolled-back upload changes nothing.
+		_ = db.WithTx(ctx, func(tx *storage.Tx) error {
+			if err := storage.AddOneTimeKeys(ctx, tx, "@v:test", "V", []storage.OneTimeKey{{KeyID: "signed_curve25519:z", Algorithm: "signed_curve25519", JSON: json.RawMessage(`{"key":"z"}`)}}); err != nil {
+				return err
+			}
+			return errors.New("roll back")
+		})
+		if st := read(db.Stream.Current()); st.Counts["signed_curve25519"] != 0 {
+			t.Fatalf("rolled-back upload counted: %v", st.Counts)
+		}
 	})
 }

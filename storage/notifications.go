@@ -4,9 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"hash/fnv"
+	"maps"
 	"slices"
 	"strconv"
-	"strings"
+	"sync"
 )
 
 // Notifications: one row per (user, event) that the user's push rules said
@@ -194,6 +195,9 @@ func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64,
 	_, err = tx.ExecContext(ctx, `INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights, stream_pos) VALUES `+valuesRows(len(totals), 6)+`
 		ON CONFLICT (user_id, room_id, thread_id) DO UPDATE SET notifs = unread_counts.notifs + excluded.notifs,
 			highlights = unread_counts.highlights + excluded.highlights, stream_pos = excluded.stream_pos`, args...)
+	if err == nil {
+		onCommit(tx, func(db *DB) { db.unread.add(totals, pos) })
+	}
 	return pos, err
 }
 
@@ -244,6 +248,9 @@ func markNotificationsRead(ctx context.Context, tx *Tx, userID, roomID, threadID
 	_, err := tx.ExecContext(ctx, `INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights, stream_pos)
 		SELECT user_id, room_id, thread_id, COUNT(*), COUNT(CASE WHEN highlight THEN 1 END), $3
 		FROM notifications WHERE user_id = $1 AND unread = TRUE AND room_id = $2 GROUP BY user_id, room_id, thread_id`, userID, roomID, streamPos)
+	if err == nil {
+		onCommit(tx, func(db *DB) { db.unread.forget(userID) })
+	}
 	return err
 }
 
@@ -255,45 +262,129 @@ type Counts struct {
 
 // UnreadCounts returns the user's unread totals per room and thread for
 // the given rooms (nil: every room), plus, whatever rooms says, those of
-// rooms whose totals changed after position since (-1: none asked).
+// rooms whose totals changed after position since (-1: none asked). Read
+// through the store (q a *DB), it is answered from memory after the
+// user's first call (see unreadCache).
 func UnreadCounts(ctx context.Context, q Querier, userID string, rooms []string, since int64) (map[string]map[string]Counts, error) {
-	out := map[string]map[string]Counts{}
-	query := `SELECT room_id, thread_id, notifs, highlights FROM unread_counts WHERE user_id = $1`
-	args := []any{userID}
-	var which []string
-	if since >= 0 {
-		args = append(args, since)
-		which = append(which, `stream_pos > $2`)
-	}
-	switch {
-	case rooms == nil || len(rooms) > 500:
-		which = append(which, `notifs > 0 OR highlights > 0`)
-	case len(rooms) > 0:
-		which = append(which, `room_id IN `+inPlaceholders(len(args)+1, len(rooms)))
-		for _, r := range rooms {
-			args = append(args, r)
+	var rows map[[2]string]unreadRow
+	if db, ok := q.(*DB); ok {
+		var gen, epoch uint64
+		db.unread.locked(func(c *unreadCache) { rows, gen, epoch = c.users[userID], c.gens[userID], c.epoch })
+		if rows == nil {
+			loaded, err := queryUnread(ctx, q, userID)
+			if err != nil {
+				return nil, err
+			}
+			db.unread.locked(func(c *unreadCache) {
+				if c.users[userID] == nil && c.gens[userID] == gen && c.epoch == epoch {
+					c.users[userID] = loaded
+				}
+			})
+			rows = loaded
+		} else {
+			db.unread.locked(func(*unreadCache) { rows = maps.Clone(rows) })
+		}
+	} else {
+		var err error
+		if rows, err = queryUnread(ctx, q, userID); err != nil {
+			return nil, err
 		}
 	}
-	if len(which) == 0 {
-		return out, nil
+	allRooms := rooms == nil || len(rooms) > 500
+	want := make(map[string]bool, len(rooms))
+	if !allRooms {
+		for _, r := range rooms {
+			want[r] = true
+		}
 	}
-	rows, err := q.QueryContext(ctx, query+` AND (`+strings.Join(which, ` OR `)+`)`, args...)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	for rows.Next() {
-		var room, thread string
-		var c Counts
-		if err := rows.Scan(&room, &thread, &c.Notifications, &c.Highlights); err != nil {
-			return nil, err
+	out := map[string]map[string]Counts{}
+	for k, r := range rows {
+		room, thread := k[0], k[1]
+		if !(since >= 0 && r.pos > since) && !want[room] && !(allRooms && (r.Notifications > 0 || r.Highlights > 0)) {
+			continue
 		}
 		if out[room] == nil {
 			out[room] = map[string]Counts{}
 		}
-		out[room][thread] = c
+		out[room][thread] = r.Counts
+	}
+	return out, nil
+}
+
+// unreadRow is a row of unread_counts.
+type unreadRow struct {
+	Counts
+	pos int64
+}
+
+func queryUnread(ctx context.Context, q Querier, userID string) (map[[2]string]unreadRow, error) {
+	rows, err := q.QueryContext(ctx, `SELECT room_id, thread_id, notifs, highlights, stream_pos FROM unread_counts WHERE user_id = $1`, userID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[[2]string]unreadRow{}
+	for rows.Next() {
+		var k [2]string
+		var r unreadRow
+		if err := rows.Scan(&k[0], &k[1], &r.Notifications, &r.Highlights, &r.pos); err != nil {
+			return nil, err
+		}
+		out[k] = r
 	}
 	return out, rows.Err()
+}
+
+// unreadCache keeps the unread_counts rows of users who sync, as
+// memberCache keeps memberships: notification batches add to a loaded
+// user's rows after commit (before the batch's position is visible), a
+// read receipt drops them to be read again, a purge drops all; a load is
+// kept only if no write for the user happened while it ran.
+type unreadCache struct {
+	mu    sync.Mutex
+	users map[string]map[[2]string]unreadRow // user -> (room, thread)
+	gens  map[string]uint64
+	epoch uint64
+}
+
+func (c *unreadCache) locked(fn func(*unreadCache)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.users == nil {
+		c.users, c.gens = map[string]map[[2]string]unreadRow{}, map[string]uint64{}
+	}
+	fn(c)
+}
+
+func (c *unreadCache) add(totals map[[3]string]Counts, pos int64) {
+	c.locked(func(c *unreadCache) {
+		for k, n := range totals {
+			c.gens[k[0]]++
+			rows := c.users[k[0]]
+			if rows == nil {
+				continue
+			}
+			r := rows[[2]string{k[1], k[2]}]
+			r.Notifications += n.Notifications
+			r.Highlights += n.Highlights
+			r.pos = pos
+			rows[[2]string{k[1], k[2]}] = r
+		}
+	})
+}
+
+func (c *unreadCache) forget(userID string) {
+	c.locked(func(c *unreadCache) {
+		c.gens[userID]++
+		delete(c.users, userID)
+	})
+}
+
+func (c *unreadCache) reset() {
+	c.locked(func(c *unreadCache) {
+		clear(c.users)
+		c.epoch++
+	})
 }
 
 // ListNotifications pages through the user's notifications, newest first:

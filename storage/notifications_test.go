@@ -98,6 +98,11 @@ func TestUnreadCountsConcurrentWriters(t *testing.T) {
 		ctx := context.Background()
 		users := []string{"@a:test", "@b:test", "@c:test"}
 		const events = 120
+		for _, u := range users { // load every user's totals first: the writes below then update them in memory
+			if _, err := storage.UnreadCounts(ctx, db, u, nil, -1); err != nil {
+				t.Fatal(err)
+			}
+		}
 		errs := make(chan error, 8)
 		var wg sync.WaitGroup
 		// Two batch writers, each listing the users in a different order.
@@ -165,6 +170,14 @@ func TestUnreadCountsConcurrentWriters(t *testing.T) {
 			}
 			if got["!r:test"]["main"] != c {
 				t.Errorf("%s: counts %+v, want %+v", u, got["!r:test"]["main"], c)
+			}
+			// The store itself agrees with the in-memory totals.
+			err = db.WithTx(ctx, func(tx *storage.Tx) error {
+				got, err = storage.UnreadCounts(ctx, tx, u, nil, -1)
+				return err
+			})
+			if err != nil || got["!r:test"]["main"] != c {
+				t.Errorf("%s: stored counts %+v (%v), want %+v", u, got["!r:test"]["main"], err, c)
 			}
 		}
 	})

@@ -33,15 +33,22 @@ type memberCache struct {
 	epoch   uint64                         // bumped by reset
 }
 
-// afterWrite runs fn on q's cache once q's transaction has committed (at
-// once outside a transaction).
+// afterWrite runs fn on q's membership cache once q's transaction has
+// committed (at once outside a transaction).
 func afterWrite(q Querier, fn func(*memberCache)) {
+	onCommit(q, func(db *DB) { db.members.locked(fn) })
+}
+
+// onCommit runs fn with q's store once q's transaction has committed —
+// before its stream positions become visible (see WithTx) — or at once
+// when q is the store itself. The in-memory read caches are kept this way.
+func onCommit(q Querier, fn func(*DB)) {
 	switch v := q.(type) {
 	case *Tx:
-		c := &v.db.members
-		v.AfterCommit(func() { c.locked(fn) })
+		db := v.db
+		v.AfterCommit(func() { fn(db) })
 	case *DB:
-		v.members.locked(fn)
+		fn(v)
 	}
 }
 
