@@ -209,24 +209,35 @@ func (l *Log) seal(ctx context.Context, force bool) error {
 		}
 		checkpointed := false
 		err = l.db.WithTx(ctx, func(tx *storage.Tx) error {
+			// Links go out in one statement per run of rows between checkpoints.
+			var links []storage.AuditSeal
+			flush := func() error {
+				c, err := storage.SealAuditRows(ctx, tx, links)
+				if err == nil && c != int64(len(links)) {
+					err = fmt.Errorf("%d of %d entries were sealed concurrently (is another server process using this store?)", int64(len(links))-c, len(links))
+				}
+				links = links[:0]
+				return err
+			}
 			for _, r := range rows {
 				n++
 				ch := ChainHash(n, hash, r.EntryHash)
-				ok, err := storage.SealAuditRow(ctx, tx, r.ID, n, hash, ch)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					return fmt.Errorf("entry id %d was sealed concurrently (is another server process using this store?)", r.ID)
-				}
+				links = append(links, storage.AuditSeal{ID: r.ID, N: n, PrevHash: hash, ChainHash: ch})
 				hash = ch
 				since++
 				if since >= int64(l.opts.CheckpointEvery) {
+					if err := flush(); err != nil {
+						return err
+					}
+					var err error
 					if n, hash, err = l.writeCheckpoint(ctx, tx, n, hash, since); err != nil {
 						return err
 					}
 					since, lastCP, checkpointed = 0, time.Now(), true
 				}
+			}
+			if err := flush(); err != nil {
+				return err
 			}
 			if cpDue() {
 				var err error

@@ -142,12 +142,44 @@ func UnsealedAuditRows(ctx context.Context, q Querier, maxPos int64, limit int) 
 // already sealed (by another sealer), which the caller must treat as a
 // conflict and abort.
 func SealAuditRow(ctx context.Context, q Querier, id, n int64, prevHash, chainHash string) (bool, error) {
-	res, err := q.ExecContext(ctx, `UPDATE audit_log SET n = $1, prev_hash = $2, chain_hash = $3 WHERE id = $4 AND n IS NULL`, n, prevHash, chainHash, id)
-	if err != nil {
-		return false, err
-	}
-	c, err := res.RowsAffected()
+	c, err := SealAuditRows(ctx, q, []AuditSeal{{ID: id, N: n, PrevHash: prevHash, ChainHash: chainHash}})
 	return c == 1, err
+}
+
+// AuditSeal is the chain link SealAuditRows gives one row.
+type AuditSeal struct {
+	ID, N               int64
+	PrevHash, ChainHash string
+}
+
+// SealAuditRows chains unsealed rows in one statement per 200 and returns
+// how many it sealed; fewer than asked means another sealer got there
+// first, which the caller must treat as a conflict and abort.
+func SealAuditRows(ctx context.Context, q Querier, seals []AuditSeal) (int64, error) {
+	var total int64
+	for start := 0; start < len(seals); start += 200 {
+		chunk := seals[start:min(start+200, len(seals))]
+		var sb strings.Builder
+		args := make([]any, 0, 4*len(chunk))
+		for i, s := range chunk {
+			if i > 0 {
+				sb.WriteByte(',')
+			}
+			fmt.Fprintf(&sb, "(CAST($%d AS BIGINT), CAST($%d AS BIGINT), CAST($%d AS TEXT), CAST($%d AS TEXT))", 4*i+1, 4*i+2, 4*i+3, 4*i+4)
+			args = append(args, s.ID, s.N, s.PrevHash, s.ChainHash)
+		}
+		res, err := q.ExecContext(ctx, `UPDATE audit_log SET n = v.column2, prev_hash = v.column3, chain_hash = v.column4
+			FROM (VALUES `+sb.String()+`) AS v WHERE audit_log.id = v.column1 AND audit_log.n IS NULL`, args...)
+		if err != nil {
+			return total, err
+		}
+		c, err := res.RowsAffected()
+		total += c
+		if err != nil {
+			return total, err
+		}
+	}
+	return total, nil
 }
 
 // AuditHead returns the last sealed row (nil if none) and the latest
