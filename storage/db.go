@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	_ "github.com/jackc/pgx/v5/stdlib" // registers the "pgx" driver
 	_ "modernc.org/sqlite"             // registers the "sqlite" driver
 )
@@ -54,6 +56,11 @@ type DB struct {
 	members memberCache
 	unread  unreadCache
 	keys    keyCache // ReadSyncState (e2ee_sync.go)
+
+	// SQLite's WAL checkpointer (checkpointWAL).
+	stopCheckpoints chan struct{}
+	checkpoints     sync.WaitGroup
+	closeOnce       sync.Once
 }
 
 // ErrNotFound is returned by lookups that find no row.
@@ -78,6 +85,11 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 		db.sql.Close()
 		return nil, err
 	}
+	if db.Dialect == SQLite {
+		db.stopCheckpoints = make(chan struct{})
+		db.checkpoints.Add(1)
+		go db.checkpointWAL()
+	}
 	return db, nil
 }
 
@@ -97,12 +109,14 @@ func openRaw(url string, opts Options) (*DB, error) {
 		// mode survives a process crash (SIGKILL); power-loss durability is
 		// PostgreSQL's job in production. temp_store=MEMORY keeps statement
 		// journals (every multi-row write inside a transaction has one) and
-		// sorts off the disk.
+		// sorts off the disk. Automatic WAL checkpoints are off: they run in
+		// the committing writer, holding the write lock through a copy and
+		// an fsync; Open starts a checkpointer beside the writers instead.
 		sep := "?"
 		if strings.Contains(path, "?") {
 			sep = "&"
 		}
-		dsn = path + sep + "_txlock=immediate&_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_pragma=temp_store(MEMORY)"
+		dsn = path + sep + "_txlock=immediate&_pragma=busy_timeout(20000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)&_pragma=temp_store(MEMORY)&_pragma=wal_autocheckpoint(0)"
 	case strings.HasPrefix(url, "postgres://"), strings.HasPrefix(url, "postgresql://"):
 		driver, dsn, dialect = "pgx", url, Postgres
 	default:
@@ -133,8 +147,34 @@ func openRaw(url string, opts Options) (*DB, error) {
 
 // Close closes the pool.
 func (db *DB) Close() error {
+	if db.stopCheckpoints != nil {
+		db.closeOnce.Do(func() { close(db.stopCheckpoints) })
+		db.checkpoints.Wait()
+	}
 	db.stmts.Range(func(_, v any) bool { _ = v.(*sql.Stmt).Close(); return true })
 	return db.sql.Close()
+}
+
+// walCheckpointEvery paces the SQLite checkpointer.
+const walCheckpointEvery = 200 * time.Millisecond
+
+// checkpointWAL copies committed WAL pages into the database file in
+// PASSIVE mode, which never waits for or blocks readers and writers, so
+// the WAL stays short without a writer ever paying for the copy.
+func (db *DB) checkpointWAL() {
+	defer db.checkpoints.Done()
+	t := time.NewTicker(walCheckpointEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-db.stopCheckpoints:
+			return
+		case <-t.C:
+			if _, err := db.sql.Exec(`PRAGMA wal_checkpoint(PASSIVE)`); err != nil && !errors.Is(err, sql.ErrConnDone) {
+				logrus.WithError(err).Debug("storage: WAL checkpoint")
+			}
+		}
+	}
 }
 
 // maxCachedStmts bounds the statement cache (each entry is prepared on
