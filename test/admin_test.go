@@ -358,20 +358,7 @@ func TestAdminRetentionHoldExport(t *testing.T) {
 		time.Sleep(1100 * time.Millisecond)
 		keep := mustOK(t, "send", raw(t, "PUT", rp+"/send/m.room.message/new", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "new"})).Body["event_id"].(string)
 		e1 := srv.URL + "/_enclave/admin/v1/"
-		timeline := func() []string {
-			rows, err := srv.DB.QueryContext(context.Background(), `SELECT event_id FROM events WHERE room_id = $1 AND state_key IS NULL`, room)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rows.Close()
-			var ids []string
-			for rows.Next() {
-				var id string
-				_ = rows.Scan(&id)
-				ids = append(ids, id)
-			}
-			return ids
-		}
+		timeline := func() []string { return storedTimeline(t, srv.DB, room) }
 		if n := len(timeline()); n != 4 {
 			t.Fatalf("%d timeline events before purge", n)
 		}
@@ -448,21 +435,7 @@ func TestAdminRetentionDefaultPolicy(t *testing.T) {
 			return mustOK(t, "send", raw(t, "PUT", fmt.Sprintf("%s/rooms/%s/send/m.room.message/t%d", cs(srv.URL), url.PathEscape(room), txn),
 				who.AccessToken, map[string]any{"msgtype": "m.text", "body": body})).Body["event_id"].(string)
 		}
-		timeline := func(room string) []string {
-			t.Helper()
-			rows, err := srv.DB.QueryContext(context.Background(), `SELECT event_id FROM events WHERE room_id = $1 AND state_key IS NULL ORDER BY stream_pos`, room)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer rows.Close()
-			var ids []string
-			for rows.Next() {
-				var id string
-				_ = rows.Scan(&id)
-				ids = append(ids, id)
-			}
-			return ids
-		}
+		timeline := func(room string) []string { return storedTimeline(t, srv.DB, room) }
 		messages := func(who RegisterResult, room string) map[string]bool {
 			t.Helper()
 			r := mustOK(t, "messages", raw(t, "GET", cs(srv.URL)+"/rooms/"+url.PathEscape(room)+"/messages?dir=b&limit=100", who.AccessToken, nil))
@@ -721,4 +694,24 @@ func TestAdminDeleteRoomNewRoom(t *testing.T) {
 			})
 		}
 	})
+}
+
+// storedTimeline reads the IDs of a room's timeline (non-state) events
+// straight from the store, in stream order.
+func storedTimeline(t *testing.T, db *storage.DB, room string) []string {
+	t.Helper()
+	rows, err := db.QueryContext(context.Background(), `SELECT event_id FROM events WHERE room_id = $1 AND state_key IS NULL ORDER BY stream_pos`, room)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+	}
+	return ids
 }
