@@ -6,6 +6,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -67,11 +68,15 @@ type Syncer struct {
 func New(db *storage.DB, rs RoomServer) *Syncer {
 	// A message wakes every member's long-poll at once. Building all
 	// those responses together would hold every store connection, and the
-	// next send would queue behind them: builds get half the pool.
+	// next send would queue behind them: builds get half the pool. A build
+	// is mostly CPU (ours and the database's), so more of them at once
+	// than twice the cores only adds contention: on two cores, four
+	// concurrent builds cut fan-out p99 by a third against ten.
 	maxBuilds := 8
 	if n := db.Stats().MaxOpenConnections; n > 0 {
 		maxBuilds = max(2, n/2)
 	}
+	maxBuilds = max(2, min(maxBuilds, 2*runtime.GOMAXPROCS(0)))
 	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds)}
 	rs.Subscribe(s.onEvent)
 	return s
