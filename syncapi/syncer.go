@@ -7,6 +7,7 @@ import (
 	"context"
 	"encoding/json"
 	"runtime"
+	"slices"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
+	"enclave/internal/lru"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -60,6 +62,9 @@ type Syncer struct {
 	stopOnce sync.Once
 	// builds bounds concurrent response builds (see New).
 	builds chan struct{}
+	// ranges shares timeline reads between /syncs (roomRange).
+	rangesMu sync.Mutex
+	ranges   *lru.Cache[rangeKey, *rangeRead]
 	// wakesHandedOff: see HandOffEventWakes.
 	wakesHandedOff atomic.Bool
 }
@@ -77,7 +82,8 @@ func New(db *storage.DB, rs RoomServer) *Syncer {
 		maxBuilds = max(2, n/2)
 	}
 	maxBuilds = max(2, min(maxBuilds, 2*runtime.GOMAXPROCS(0)))
-	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds)}
+	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds),
+		ranges: lru.New[rangeKey, *rangeRead](1024)}
 	rs.Subscribe(s.onEvent)
 	return s
 }
@@ -317,10 +323,11 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 // and whether it was cut short.
 func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, bool, error) {
 	limit := req.Filter.Room.Timeline.LimitOr(10)
-	evs, err := storage.RoomEventsRange(ctx, s.db, roomID, from, to, limit+1, true)
+	shared, err := s.roomRange(ctx, roomID, from, to, limit+1)
 	if err != nil {
 		return nil, false, err
 	}
+	evs := slices.Clone(shared) // reordered below; the stored events themselves are only read
 	limited := len(evs) > limit
 	if limited {
 		evs = evs[:limit]
@@ -583,6 +590,64 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 	}
 	resp.Rooms.Leave[roomID] = lr
 	return nil
+}
+
+// rangeKey names one read of a room's timeline.
+type rangeKey struct {
+	room     string
+	from, to int64
+	limit    int
+}
+
+// rangeRead is a timeline read, shared by every /sync asking the same.
+type rangeRead struct {
+	done chan struct{} // closed once evs, err and at are set
+	evs  []*storage.Event
+	err  error
+	at   time.Time
+}
+
+// rangeTTL bounds how long a finished read is reused.
+const rangeTTL = 2 * time.Second
+
+// roomRange reads a room's events in (from, to], newest first, at most
+// limit. A message wakes every member's long-poll with the same token, so
+// their /syncs ask for the same range: one store read answers them all.
+// Reuse is safe because the range is closed: every event up to `to` has
+// committed, and what rewrites a stored event (a redaction, an outlier
+// taking its place) does so in a transaction whose own position lies
+// above `to`, so a reader that could see the change asks a different
+// range.
+func (s *Syncer) roomRange(ctx context.Context, roomID string, from, to int64, limit int) ([]*storage.Event, error) {
+	k := rangeKey{roomID, from, to, limit}
+	s.rangesMu.Lock()
+	r, ok := s.ranges.Get(k)
+	if ok {
+		select {
+		case <-r.done:
+			ok = r.err == nil && time.Since(r.at) < rangeTTL
+		default: // in flight: wait for it
+		}
+	}
+	if ok {
+		s.rangesMu.Unlock()
+		select {
+		case <-r.done:
+			return r.evs, r.err
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	r = &rangeRead{done: make(chan struct{})}
+	s.ranges.Put(k, r)
+	s.rangesMu.Unlock()
+	// Not bound to this request: others may be waiting for the answer.
+	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	r.evs, r.err = storage.RoomEventsRange(qctx, s.db, roomID, from, to, limit, true)
+	cancel()
+	r.at = time.Now()
+	close(r.done)
+	return r.evs, r.err
 }
 
 // moved reports whether stream table may have rows in the request's range;
