@@ -3,7 +3,6 @@ package storage
 import (
 	"context"
 	"fmt"
-	"strings"
 )
 
 // Relations table.
@@ -78,15 +77,6 @@ func queryRelations(ctx context.Context, q Querier, query string, args ...any) (
 	return out, rows.Err()
 }
 
-// placeholders returns "$start,…" for n arguments.
-func placeholders(start, n int) string {
-	ph := make([]string, n)
-	for i := range ph {
-		ph[i] = fmt.Sprintf("$%d", start+i)
-	}
-	return strings.Join(ph, ",")
-}
-
 // RelationsQuery pages through the children of one event.
 type RelationsQuery struct {
 	RoomID    string
@@ -131,9 +121,9 @@ func RelationsOf(ctx context.Context, q Querier, roomID string, parents []string
 	for _, p := range parents {
 		args = append(args, p)
 	}
-	where := `room_id = $1 AND relates_to IN (` + placeholders(2, len(parents)) + `)`
+	where := `room_id = $1 AND relates_to IN ` + inPlaceholders(2, len(parents))
 	if len(relTypes) > 0 {
-		where += ` AND rel_type IN (` + placeholders(len(args)+1, len(relTypes)) + `)`
+		where += ` AND rel_type IN ` + inPlaceholders(len(args)+1, len(relTypes))
 		for _, t := range relTypes {
 			args = append(args, t)
 		}
@@ -154,9 +144,9 @@ func ParentRelations(ctx context.Context, q Querier, parents []string, relTypes 
 	for _, p := range parents {
 		args = append(args, p)
 	}
-	where := `relates_to IN (` + placeholders(1, len(parents)) + `)`
+	where := `relates_to IN ` + inPlaceholders(1, len(parents))
 	if len(relTypes) > 0 {
-		where += ` AND rel_type IN (` + placeholders(len(args)+1, len(relTypes)) + `)`
+		where += ` AND rel_type IN ` + inPlaceholders(len(args)+1, len(relTypes))
 		for _, t := range relTypes {
 			args = append(args, t)
 		}
@@ -188,7 +178,7 @@ func ThreadSummaries(ctx context.Context, q Querier, roots []string, userID stri
 		rows, err := q.QueryContext(ctx, `SELECT r.relates_to, r.room_id, r.event_id, x.n, x.latest, x.mine FROM event_relations r JOIN (
 				SELECT c.relates_to, COUNT(*) AS n, MAX(c.stream_pos) AS latest, SUM(CASE WHEN c.sender = $1 THEN 1 ELSE 0 END) AS mine
 				FROM event_relations c JOIN events p ON p.event_id = c.relates_to AND p.room_id = c.room_id
-				WHERE c.rel_type = 'm.thread' AND c.stream_pos <= $2 AND c.relates_to IN (`+placeholders(3, end-start)+`)
+				WHERE c.rel_type = 'm.thread' AND c.stream_pos <= $2 AND c.relates_to IN `+inPlaceholders(3, end-start)+`
 				GROUP BY c.relates_to) x ON r.relates_to = x.relates_to AND r.stream_pos = x.latest AND r.rel_type = 'm.thread'`, args...)
 		if err != nil {
 			return nil, err

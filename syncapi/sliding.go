@@ -517,7 +517,7 @@ func (s *Syncer) slidingRoom(ctx context.Context, req *Request, r *slidingRoomIn
 	if known {
 		from = req.Since.Pos
 	}
-	evs, limited, err := s.slidingTimeline(ctx, req.UserID, r.id, from, to, cfg.TimelineLimit)
+	evs, limited, err := s.recentEvents(ctx, req.UserID, r.id, from, to, cfg.TimelineLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -654,24 +654,6 @@ func requiredStateMatches(rules [][2]string, typ, key, userID string, lazy map[s
 		}
 	}
 	return false
-}
-
-// slidingTimeline returns the last limit visible events of (from, to],
-// oldest first, and whether more were left out.
-func (s *Syncer) slidingTimeline(ctx context.Context, userID, roomID string, from, to int64, limit int) ([]*storage.Event, bool, error) {
-	evs, err := storage.RoomEventsRange(ctx, s.db, roomID, from, to, limit+1, true)
-	if err != nil {
-		return nil, false, err
-	}
-	limited := len(evs) > limit
-	if limited {
-		evs = evs[:limit]
-	}
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
-	evs, err = s.Visible(ctx, userID, roomID, evs)
-	return evs, limited, err
 }
 
 // formatPDUs renders state events, oldest first.

@@ -322,7 +322,13 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 // timeline returns the visible, filtered timeline of a room in (from, to]
 // and whether it was cut short.
 func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, bool, error) {
-	limit := req.Filter.Room.Timeline.LimitOr(10)
+	return s.recentEvents(ctx, req.UserID, roomID, from, to, req.Filter.Room.Timeline.LimitOr(10))
+}
+
+// recentEvents returns the last limit events of (from, to] that userID may
+// see, oldest first, and whether more were left out. /sync and sliding
+// sync both read through it, so both share roomRange's reads.
+func (s *Syncer) recentEvents(ctx context.Context, userID, roomID string, from, to int64, limit int) ([]*storage.Event, bool, error) {
 	shared, err := s.roomRange(ctx, roomID, from, to, limit+1)
 	if err != nil {
 		return nil, false, err
@@ -332,10 +338,8 @@ func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from
 	if limited {
 		evs = evs[:limit]
 	}
-	for i, j := 0, len(evs)-1; i < j; i, j = i+1, j-1 {
-		evs[i], evs[j] = evs[j], evs[i]
-	}
-	evs, err = s.Visible(ctx, req.UserID, roomID, evs)
+	slices.Reverse(evs)
+	evs, err = s.Visible(ctx, userID, roomID, evs)
 	return evs, limited, err
 }
 
