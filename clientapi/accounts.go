@@ -4,13 +4,14 @@ package clientapi
 // (with its in-memory cache), session issuance shared by login/register/
 // refresh, and the /account and /logout endpoints.
 //
-// Helpers other endpoints should use:
+// Helpers other groups use through their *accounts field:
 //
-//	a.requireUIA(r, body, dev, flows)           uia.go — user-interactive auth
-//	a.deleteDevices(ctx, userID, deviceIDs)     delete devices + tokens, drop cached tokens
-//	a.invalidateUserTokens(userID)              drop cached tokens after revoking some yourself
-//	a.touchDevice(userID, deviceID, ip, ua)     record last-seen (throttled, async)
-//	a.verifyUserPassword(ctx, userID, password) check a local user's password
+//	requireUIA(r, body, dev, flows)           uia.go — user-interactive auth
+//	authenticate(r)                           the device behind a request's token
+//	deleteDevices(ctx, userID, deviceIDs)     delete devices + tokens, drop cached tokens
+//	invalidateUserTokens(userID)              drop cached tokens after revoking some yourself
+//	touchDevice(userID, deviceID, ip, ua)     record last-seen (throttled, async)
+//	verifyUserPassword(ctx, userID, password) check a local user's password
 
 import (
 	"context"
@@ -39,24 +40,24 @@ import (
 
 func (a *API) accountRoutes() {
 	// Login and sessions.
-	a.openBoth(http.MethodGet, "/login", "login", a.getLoginFlows)
-	a.openBoth(http.MethodPost, "/login", "login", a.postLogin)
-	a.open(http.MethodPost, "/_matrix/client/v3/refresh", "login", a.postRefresh)
-	a.authedBoth(http.MethodPost, "/logout", "login", a.postLogout)
-	a.authedBoth(http.MethodPost, "/logout/all", "login", a.postLogoutAll)
+	a.openBoth(http.MethodGet, "/login", "login", a.accounts.getLoginFlows)
+	a.openBoth(http.MethodPost, "/login", "login", a.accounts.postLogin)
+	a.open(http.MethodPost, "/_matrix/client/v3/refresh", "login", a.accounts.postRefresh)
+	a.authedBoth(http.MethodPost, "/logout", "login", a.accounts.postLogout)
+	a.authedBoth(http.MethodPost, "/logout/all", "login", a.accounts.postLogoutAll)
 
 	// Registration.
-	a.openBoth(http.MethodPost, "/register", "register", a.postRegister)
-	a.openBoth(http.MethodGet, "/register/available", "register", a.getRegisterAvailable)
-	a.open(http.MethodGet, "/_matrix/client/v1/register/m.login.registration_token/validity", "register", a.getRegistrationTokenValidity)
-	a.open(http.MethodGet, "/_synapse/admin/v1/register", "admin", a.getAdminRegisterNonce)
-	a.open(http.MethodPost, "/_synapse/admin/v1/register", "admin", a.postAdminRegister)
+	a.openBoth(http.MethodPost, "/register", "register", a.accounts.postRegister)
+	a.openBoth(http.MethodGet, "/register/available", "register", a.accounts.getRegisterAvailable)
+	a.open(http.MethodGet, "/_matrix/client/v1/register/m.login.registration_token/validity", "register", a.accounts.getRegistrationTokenValidity)
+	a.open(http.MethodGet, "/_synapse/admin/v1/register", "admin", a.accounts.getAdminRegisterNonce)
+	a.open(http.MethodPost, "/_synapse/admin/v1/register", "admin", a.accounts.postAdminRegister)
 
 	// Account management.
-	a.authedBoth(http.MethodGet, "/account/whoami", "account", a.getWhoami)
-	a.authedBoth(http.MethodPost, "/account/password", "account", a.postPassword)
-	a.authedBoth(http.MethodPost, "/account/deactivate", "account", a.postDeactivate)
-	a.authedBoth(http.MethodGet, "/account/3pid", "account", a.getThreepids)
+	a.authedBoth(http.MethodGet, "/account/whoami", "account", a.accounts.getWhoami)
+	a.authedBoth(http.MethodPost, "/account/password", "account", a.accounts.postPassword)
+	a.authedBoth(http.MethodPost, "/account/deactivate", "account", a.accounts.postDeactivate)
+	a.authedBoth(http.MethodGet, "/account/3pid", "account", a.accounts.getThreepids)
 }
 
 // openBoth / authedBoth register path under /_matrix/client/v3 and /r0.
@@ -71,10 +72,15 @@ func (a *API) authedBoth(method, path, group string, h authedHandler) {
 }
 
 // ---------------------------------------------------------------------------
-// Per-API account state. API's fields live in router.go; the account code
-// keeps its own in-memory state here, one per *API.
+// accounts is the handler group for login, registration, sessions, UIA and
+// /account: it owns the access-token cache, the admin-registration nonces
+// and the last-seen throttle, so every other group authenticates through it.
 
-type accountState struct {
+type accounts struct {
+	opts Options
+	db   *storage.DB
+	rs   roomserver.API // leaves a deactivated user's rooms
+
 	tokens     tokenCache
 	nonces     nonceStore
 	seenMu     sync.Mutex
@@ -83,23 +89,18 @@ type accountState struct {
 	lastMaint  time.Time
 }
 
-type seenEntry struct {
-	at     time.Time
-	ip, ua string
-}
-
-var accountStates sync.Map // *API -> *accountState
-
-func (a *API) acct() *accountState {
-	if v, ok := accountStates.Load(a); ok {
-		return v.(*accountState)
-	}
-	v, _ := accountStates.LoadOrStore(a, &accountState{
+func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {
+	return &accounts{
+		opts: opts, db: db, rs: rs,
 		tokens: tokenCache{entries: map[string]cachedToken{}, gen: map[string]uint64{}},
 		nonces: nonceStore{m: map[string]time.Time{}},
 		seen:   map[string]seenEntry{},
-	})
-	return v.(*accountState)
+	}
+}
+
+type seenEntry struct {
+	at     time.Time
+	ip, ua string
 }
 
 // ---------------------------------------------------------------------------
@@ -247,8 +248,8 @@ func dummyHash() string {
 // account (nil if unknown) and whether the password matched; unknown users
 // and users without a password take as long as real ones and never match.
 // Deactivated accounts are returned as found: callers decide.
-func (a *API) verifyUserPassword(ctx context.Context, userID, password string) (*storage.Account, bool, error) {
-	acc, err := storage.GetAccount(ctx, a.db, userID)
+func (ac *accounts) verifyUserPassword(ctx context.Context, userID, password string) (*storage.Account, bool, error) {
+	acc, err := storage.GetAccount(ctx, ac.db, userID)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return nil, false, err
 	}
@@ -266,7 +267,7 @@ func (a *API) verifyUserPassword(ctx context.Context, userID, password string) (
 	}
 	if ok && rehash {
 		if h, err := hashPassword(ctx, password); err == nil {
-			if err := storage.SetPassword(ctx, a.db, userID, h); err != nil {
+			if err := storage.SetPassword(ctx, ac.db, userID, h); err != nil {
 				logrus.WithError(err).Warn("accounts: rehashing password")
 			}
 		}
@@ -388,21 +389,35 @@ func (c *tokenCache) invalidateUser(userID string) {
 
 // invalidateUserTokens drops every cached access token of the user. Call it
 // after revoking tokens or deleting devices yourself (deleteDevices does).
-func (a *API) invalidateUserTokens(userID string) { a.acct().tokens.invalidateUser(userID) }
+func (ac *accounts) invalidateUserTokens(userID string) { ac.tokens.invalidateUser(userID) }
 
 func unknownToken(soft bool, msg string) Response {
 	return Response{Code: http.StatusUnauthorized, Body: &MatrixError{ErrCode: "M_UNKNOWN_TOKEN", Err: msg, SoftLogout: soft}}
 }
 
+// authenticate finds the device behind the request's access token
+// (Authorization: Bearer, or the deprecated access_token query parameter).
+func (ac *accounts) authenticate(r *http.Request) (*Device, Response, bool) {
+	token := ""
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		token = strings.TrimPrefix(h, "Bearer ")
+	} else if t := r.URL.Query().Get("access_token"); t != "" {
+		token = t
+	}
+	if token == "" {
+		return nil, Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
+	}
+	return ac.lookupAccessToken(r.Context(), token)
+}
+
 // lookupAccessToken authenticates a request's access token.
-func (a *API) lookupAccessToken(ctx context.Context, token string) (*Device, Response, bool) {
+func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*Device, Response, bool) {
 	now := time.Now()
 	hash := hashToken(token)
-	st := a.acct()
-	e, ok := st.tokens.get(hash, now)
+	e, ok := ac.tokens.get(hash, now)
 	if !ok {
-		epoch := st.tokens.currentEpoch()
-		info, err := storage.LookupAccessToken(ctx, a.db, hash)
+		epoch := ac.tokens.currentEpoch()
+		info, err := storage.LookupAccessToken(ctx, ac.db, hash)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, unknownToken(false, "unknown access token"), false
 		}
@@ -418,8 +433,8 @@ func (a *API) lookupAccessToken(ctx context.Context, token string) (*Device, Res
 			expiresTS: info.ExpiresTS,
 			cachedAt:  now,
 		}
-		st.tokens.put(hash, e, epoch)
-		a.touchDevice(info.UserID, info.DeviceID, "", "")
+		ac.tokens.put(hash, e, epoch)
+		ac.touchDevice(info.UserID, info.DeviceID, "", "")
 	}
 	if e.expiresTS > 0 && now.UnixMilli() >= e.expiresTS {
 		return nil, unknownToken(true, "access token expired"), false
@@ -431,18 +446,17 @@ func (a *API) lookupAccessToken(ctx context.Context, token string) (*Device, Res
 // touchDevice records that a device was used. Writes are throttled to one
 // per device per 5 minutes (or when the IP/user agent changes) and made in
 // the background. Empty ip/ua keep the stored ones.
-func (a *API) touchDevice(userID, deviceID, ip, ua string) {
-	st := a.acct()
+func (ac *accounts) touchDevice(userID, deviceID, ip, ua string) {
 	key := userID + "|" + deviceID
 	now := time.Now()
-	st.seenMu.Lock()
-	prev, ok := st.seen[key]
+	ac.seenMu.Lock()
+	prev, ok := ac.seen[key]
 	if ok && now.Sub(prev.at) < 5*time.Minute && (ip == "" || ip == prev.ip) && (ua == "" || ua == prev.ua) {
-		st.seenMu.Unlock()
+		ac.seenMu.Unlock()
 		return
 	}
-	if len(st.seen) > tokenCacheMax {
-		st.seen = map[string]seenEntry{}
+	if len(ac.seen) > tokenCacheMax {
+		ac.seen = map[string]seenEntry{}
 	}
 	if ip == "" {
 		ip = prev.ip
@@ -450,12 +464,12 @@ func (a *API) touchDevice(userID, deviceID, ip, ua string) {
 	if ua == "" {
 		ua = prev.ua
 	}
-	st.seen[key] = seenEntry{at: now, ip: ip, ua: ua}
-	st.seenMu.Unlock()
+	ac.seen[key] = seenEntry{at: now, ip: ip, ua: ua}
+	ac.seenMu.Unlock()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if err := storage.UpdateDeviceLastSeen(ctx, a.db, userID, deviceID, now.UnixMilli(), ip, ua); err != nil {
+		if err := storage.UpdateDeviceLastSeen(ctx, ac.db, userID, deviceID, now.UnixMilli(), ip, ua); err != nil {
 			logrus.WithError(err).Debug("accounts: updating last seen")
 		}
 	}()
@@ -475,7 +489,7 @@ type issuedSession struct {
 // it inside q (a transaction). Reusing an existing device ID revokes that
 // device's previous tokens; the caller must invalidateUserTokens after
 // commit (issueSession's callers do).
-func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, deviceID, displayName string, withRefresh bool, now time.Time) (*issuedSession, error) {
+func (ac *accounts) issueSession(ctx context.Context, q storage.Querier, userID, deviceID, displayName string, withRefresh bool, now time.Time) (*issuedSession, error) {
 	nowMs := now.UnixMilli()
 	if deviceID == "" {
 		for {
@@ -488,7 +502,7 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 				break
 			}
 		}
-		if err := a.audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+		if err := audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
 			return nil, err
 		}
 	} else {
@@ -500,7 +514,7 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 			if err := storage.DeleteDeviceTokens(ctx, q, userID, deviceID); err != nil {
 				return nil, err
 			}
-		} else if err := a.audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+		} else if err := audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
 			return nil, err
 		}
 	}
@@ -514,9 +528,9 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 		}
 		out.RefreshToken = rt
 		at.RefreshTokenID = id
-		out.ExpiresInMs = a.refreshAccessLifetime().Milliseconds()
-	} else if a.opts.AccessTokenLifetime > 0 {
-		out.ExpiresInMs = a.opts.AccessTokenLifetime.Milliseconds()
+		out.ExpiresInMs = ac.refreshAccessLifetime().Milliseconds()
+	} else if ac.opts.AccessTokenLifetime > 0 {
+		out.ExpiresInMs = ac.opts.AccessTokenLifetime.Milliseconds()
 	}
 	if out.ExpiresInMs > 0 {
 		at.ExpiresTS = nowMs + out.ExpiresInMs
@@ -528,57 +542,56 @@ func (a *API) issueSession(ctx context.Context, q storage.Querier, userID, devic
 	return out, nil
 }
 
-func (a *API) refreshAccessLifetime() time.Duration {
-	if a.opts.RefreshTokenAccess > 0 {
-		return a.opts.RefreshTokenAccess
+func (ac *accounts) refreshAccessLifetime() time.Duration {
+	if ac.opts.RefreshTokenAccess > 0 {
+		return ac.opts.RefreshTokenAccess
 	}
 	return 5 * time.Minute
 }
 
 // createLoginToken mints a one-shot m.login.token for the user (for
 // /login/get_token or SSO, when they exist).
-func (a *API) createLoginToken(ctx context.Context, userID string) (string, time.Duration, error) {
-	life := a.opts.LoginTokenLifetime
+func (ac *accounts) createLoginToken(ctx context.Context, userID string) (string, time.Duration, error) {
+	life := ac.opts.LoginTokenLifetime
 	if life <= 0 {
 		life = 2 * time.Minute
 	}
 	tok, hash := newToken(loginTokenPrefix)
 	now := time.Now()
-	err := storage.InsertLoginToken(ctx, a.db, hash, userID, now.UnixMilli(), now.Add(life).UnixMilli())
+	err := storage.InsertLoginToken(ctx, ac.db, hash, userID, now.UnixMilli(), now.Add(life).UnixMilli())
 	return tok, life, err
 }
 
 // deleteDevices deletes devices of the user (with their tokens and the
 // registered per-device cleanups) in one transaction and drops the user's
 // cached tokens. Use it for DELETE /devices/{id} and /delete_devices.
-func (a *API) deleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+func (ac *accounts) deleteDevices(ctx context.Context, userID string, deviceIDs []string) error {
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.DeleteDevices(ctx, tx, userID, deviceIDs); err != nil {
 			return err
 		}
-		return a.auditDevicesRemoved(ctx, tx, userID, deviceIDs, "deleted")
+		return ac.auditDevicesRemoved(ctx, tx, userID, deviceIDs, "deleted")
 	})
-	a.invalidateUserTokens(userID)
+	ac.invalidateUserTokens(userID)
 	return err
 }
 
 // maintain purges expired UIA sessions (releasing their pending
 // registration-token uses), login tokens and long-expired access tokens.
 // It runs at most every 5 minutes per process, in the background.
-func (a *API) maintain() {
-	st := a.acct()
-	st.maintainMu.Lock()
-	if time.Since(st.lastMaint) < 5*time.Minute {
-		st.maintainMu.Unlock()
+func (ac *accounts) maintain() {
+	ac.maintainMu.Lock()
+	if time.Since(ac.lastMaint) < 5*time.Minute {
+		ac.maintainMu.Unlock()
 		return
 	}
-	st.lastMaint = time.Now()
-	st.maintainMu.Unlock()
+	ac.lastMaint = time.Now()
+	ac.maintainMu.Unlock()
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		now := time.Now()
-		err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 			sessions, err := storage.PurgeUIASessions(ctx, tx, now.Add(-uiaSessionLifetime).UnixMilli())
 			if err != nil {
 				return err
@@ -593,11 +606,11 @@ func (a *API) maintain() {
 			return nil
 		})
 		if err == nil {
-			err = storage.PurgeExpiredLoginTokens(ctx, a.db, now.UnixMilli())
+			err = storage.PurgeExpiredLoginTokens(ctx, ac.db, now.UnixMilli())
 		}
 		if err == nil {
 			// Expired tokens answer soft_logout for a week, then look unknown.
-			_, err = storage.PurgeExpiredAccessTokens(ctx, a.db, now.Add(-7*24*time.Hour).UnixMilli())
+			_, err = storage.PurgeExpiredAccessTokens(ctx, ac.db, now.Add(-7*24*time.Hour).UnixMilli())
 		}
 		if err != nil {
 			logrus.WithError(err).Warn("accounts: maintenance")
@@ -626,14 +639,16 @@ func validLocalpart(s string) bool {
 	return true
 }
 
-func (a *API) userID(localpart string) string { return "@" + localpart + ":" + a.opts.ServerName }
+func (ac *accounts) userID(localpart string) string {
+	return "@" + localpart + ":" + ac.opts.ServerName
+}
 
 // checkNewLocalpart validates a localpart for a new account.
-func (a *API) checkNewLocalpart(localpart string) (Response, bool) {
+func (ac *accounts) checkNewLocalpart(localpart string) (Response, bool) {
 	if !validLocalpart(localpart) {
 		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'"), false
 	}
-	if len(a.userID(localpart)) > 255 {
+	if len(ac.userID(localpart)) > 255 {
 		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may not be longer than 255 characters"), false
 	}
 	return Response{}, true
@@ -642,14 +657,14 @@ func (a *API) checkNewLocalpart(localpart string) (Response, bool) {
 // resolveLocalUser turns a login identifier (localpart or full user ID)
 // into a local user ID, lowercasing the localpart. ok is false for users of
 // other servers or malformed input.
-func (a *API) resolveLocalUser(s string) (string, bool) {
+func (ac *accounts) resolveLocalUser(s string) (string, bool) {
 	if s == "" || len(s) > 255 {
 		return "", false
 	}
 	local := s
 	if strings.HasPrefix(s, "@") {
 		l, server, found := strings.Cut(s[1:], ":")
-		if !found || !strings.EqualFold(server, a.opts.ServerName) {
+		if !found || !strings.EqualFold(server, ac.opts.ServerName) {
 			return "", false
 		}
 		local = l
@@ -657,7 +672,7 @@ func (a *API) resolveLocalUser(s string) (string, bool) {
 	if local == "" {
 		return "", false
 	}
-	return a.userID(strings.ToLower(local)), true
+	return ac.userID(strings.ToLower(local)), true
 }
 
 // ErrUserInUse and ErrInvalidUsername are returned by CreateUser.
@@ -706,18 +721,18 @@ func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, pass
 // ---------------------------------------------------------------------------
 // Endpoints.
 
-func (a *API) getWhoami(r *http.Request, dev *Device) Response {
+func (ac *accounts) getWhoami(r *http.Request, dev *Device) Response {
 	return JSON(http.StatusOK, map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest})
 }
 
-func (a *API) getThreepids(r *http.Request, dev *Device) Response {
+func (ac *accounts) getThreepids(r *http.Request, dev *Device) Response {
 	return JSON(http.StatusOK, map[string]any{"threepids": []any{}})
 }
 
 // POST /logout: revoke this token and delete its device.
-func (a *API) postLogout(r *http.Request, dev *Device) Response {
+func (ac *accounts) postLogout(r *http.Request, dev *Device) Response {
 	ctx := r.Context()
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.DeleteDevices(ctx, tx, dev.UserID, []string{dev.DeviceID}); err != nil {
 			return err
 		}
@@ -725,12 +740,12 @@ func (a *API) postLogout(r *http.Request, dev *Device) Response {
 		if err := storage.DeleteAccessToken(ctx, tx, dev.AccessTokenID); err != nil {
 			return err
 		}
-		if err := a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID}); err != nil {
+		if err := audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID}); err != nil {
 			return err
 		}
-		return a.auditDevicesRemoved(ctx, tx, dev.UserID, []string{dev.DeviceID}, "logout")
+		return ac.auditDevicesRemoved(ctx, tx, dev.UserID, []string{dev.DeviceID}, "logout")
 	})
-	a.invalidateUserTokens(dev.UserID)
+	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -738,18 +753,18 @@ func (a *API) postLogout(r *http.Request, dev *Device) Response {
 }
 
 // POST /logout/all: revoke every token and delete every device.
-func (a *API) postLogoutAll(r *http.Request, dev *Device) Response {
-	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+func (ac *accounts) postLogoutAll(r *http.Request, dev *Device) Response {
+	err := ac.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
 		if err != nil {
 			return err
 		}
-		if err := a.audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
+		if err := audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
 			return err
 		}
-		return a.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "logout_all")
+		return ac.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "logout_all")
 	})
-	a.invalidateUserTokens(dev.UserID)
+	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -757,7 +772,7 @@ func (a *API) postLogoutAll(r *http.Request, dev *Device) Response {
 }
 
 // POST /account/password
-func (a *API) postPassword(r *http.Request, dev *Device) Response {
+func (ac *accounts) postPassword(r *http.Request, dev *Device) Response {
 	body, resp, ok := readBody(r)
 	if !ok {
 		return resp
@@ -775,7 +790,7 @@ func (a *API) postPassword(r *http.Request, dev *Device) Response {
 	if len(*req.NewPassword) > maxPasswordBytes {
 		return Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", maxPasswordBytes)
 	}
-	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := ac.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
 	hash, err := hashPassword(r.Context(), *req.NewPassword)
@@ -783,11 +798,11 @@ func (a *API) postPassword(r *http.Request, dev *Device) Response {
 		return InternalError(r, err)
 	}
 	logout := req.LogoutDevices == nil || *req.LogoutDevices
-	err = a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+	err = ac.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		if err := storage.SetPassword(r.Context(), tx, dev.UserID, hash); err != nil {
 			return err
 		}
-		if err := a.audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionPasswordChange, Target: dev.UserID, Details: map[string]any{"logout_devices": logout}}); err != nil {
+		if err := audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionPasswordChange, Target: dev.UserID, Details: map[string]any{"logout_devices": logout}}); err != nil {
 			return err
 		}
 		if !logout {
@@ -797,13 +812,13 @@ func (a *API) postPassword(r *http.Request, dev *Device) Response {
 		if err != nil {
 			return err
 		}
-		if err := a.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "password_change"); err != nil {
+		if err := ac.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "password_change"); err != nil {
 			return err
 		}
 		return storage.DeleteAccessTokens(r.Context(), tx, dev.UserID, dev.AccessTokenID)
 	})
 	if logout {
-		a.invalidateUserTokens(dev.UserID)
+		ac.invalidateUserTokens(dev.UserID)
 	}
 	if err != nil {
 		return InternalError(r, err)
@@ -812,7 +827,7 @@ func (a *API) postPassword(r *http.Request, dev *Device) Response {
 }
 
 // POST /account/deactivate
-func (a *API) postDeactivate(r *http.Request, dev *Device) Response {
+func (ac *accounts) postDeactivate(r *http.Request, dev *Device) Response {
 	body, resp, ok := readBody(r)
 	if !ok {
 		return resp
@@ -824,38 +839,38 @@ func (a *API) postDeactivate(r *http.Request, dev *Device) Response {
 	if err := json.Unmarshal(body, &req); err != nil {
 		return BadJSON("request body has the wrong shape: %v", err)
 	}
-	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := ac.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
 	ctx := r.Context()
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.Deactivate(ctx, tx, dev.UserID, req.Erase); err != nil {
 			return err
 		}
-		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeactivate, Target: dev.UserID, Details: map[string]any{"erase": req.Erase}})
+		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeactivate, Target: dev.UserID, Details: map[string]any{"erase": req.Erase}})
 	})
-	a.invalidateUserTokens(dev.UserID)
+	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
 		return InternalError(r, err)
 	}
-	a.leaveAllRooms(ctx, dev.UserID)
+	ac.leaveAllRooms(ctx, dev.UserID)
 	return JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "no-support"})
 }
 
 // leaveAllRooms leaves (or rejects invites to) every room of a deactivated
 // user. Failures are logged: the account is already deactivated.
-func (a *API) leaveAllRooms(ctx context.Context, userID string) {
-	if a.rs == nil {
+func (ac *accounts) leaveAllRooms(ctx context.Context, userID string) {
+	if ac.rs == nil {
 		return
 	}
-	rooms, err := storage.RoomsByMembership(ctx, a.db, userID, "join", "invite", "knock")
+	rooms, err := storage.RoomsByMembership(ctx, ac.db, userID, "join", "invite", "knock")
 	if err != nil {
 		logrus.WithError(err).WithField("user_id", userID).Error("accounts: listing rooms to leave on deactivation")
 		return
 	}
 	for roomID := range rooms {
 		uid := userID
-		_, err := a.rs.SendEvent(ctx, roomserver.SendRequest{
+		_, err := ac.rs.SendEvent(ctx, roomserver.SendRequest{
 			RoomID:   roomID,
 			Sender:   userID,
 			Type:     "m.room.member",
@@ -871,7 +886,7 @@ func (a *API) leaveAllRooms(ctx context.Context, userID string) {
 // POST /refresh: exchange a refresh token for a new access+refresh pair.
 // The old refresh token is invalidated at once; the old access token lives
 // until its (short) expiry so requests already in flight still succeed.
-func (a *API) postRefresh(r *http.Request) Response {
+func (ac *accounts) postRefresh(r *http.Request) Response {
 	var req struct {
 		RefreshToken *string `json:"refresh_token"`
 	}
@@ -882,14 +897,14 @@ func (a *API) postRefresh(r *http.Request) Response {
 		return MissingParam("refresh_token is required")
 	}
 	ctx := r.Context()
-	old, err := storage.LookupRefreshToken(ctx, a.db, hashToken(*req.RefreshToken))
+	old, err := storage.LookupRefreshToken(ctx, ac.db, hashToken(*req.RefreshToken))
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && old.Used) {
 		return unknownToken(false, "unknown or already used refresh token")
 	}
 	if err != nil {
 		return InternalError(r, err)
 	}
-	acc, err := storage.GetAccount(ctx, a.db, old.UserID)
+	acc, err := storage.GetAccount(ctx, ac.db, old.UserID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
 		return unknownToken(false, "unknown or already used refresh token")
 	}
@@ -900,8 +915,8 @@ func (a *API) postRefresh(r *http.Request) Response {
 	now := time.Now()
 	rt, rhash := newToken(refreshTokenPrefix)
 	at, ahash := newToken(accessTokenPrefix)
-	life := a.refreshAccessLifetime()
-	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	life := ac.refreshAccessLifetime()
+	err = ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		newID, err := storage.InsertRefreshToken(ctx, tx, &storage.RefreshToken{TokenHash: rhash, UserID: old.UserID, DeviceID: old.DeviceID, CreatedTS: now.UnixMilli()})
 		if err != nil {
 			return err
@@ -923,6 +938,6 @@ func (a *API) postRefresh(r *http.Request) Response {
 	if err != nil {
 		return InternalError(r, err)
 	}
-	a.maintain()
+	ac.maintain()
 	return JSON(http.StatusOK, map[string]any{"access_token": at, "refresh_token": rt, "expires_in_ms": life.Milliseconds()})
 }

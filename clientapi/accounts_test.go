@@ -97,7 +97,7 @@ func TestAccountsLocalparts(t *testing.T) {
 			t.Errorf("%q should be invalid", bad)
 		}
 	}
-	a := &API{opts: Options{ServerName: "example.org"}}
+	a := newAccounts(Options{ServerName: "example.org"}, nil, nil)
 	cases := map[string]string{"alice": "@alice:example.org", "ALICE": "@alice:example.org", "@Alice:example.org": "@alice:example.org", "@alice:EXAMPLE.org": "@alice:example.org"}
 	for in, want := range cases {
 		if got, ok := a.resolveLocalUser(in); !ok || got != want {
@@ -383,7 +383,7 @@ func TestAccountsRegisterAndLogin(t *testing.T) {
 		}
 
 		// m.login.token.
-		lt, _, err := s.a.createLoginToken(context.Background(), "@alice:test.local")
+		lt, _, err := s.a.accounts.createLoginToken(context.Background(), "@alice:test.local")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -619,7 +619,7 @@ func TestAccountsSharedSecretRegistration(t *testing.T) {
 		rootTok := body["access_token"].(string)
 		code, body = s.do("GET", "/_matrix/client/v3/account/whoami", rootTok, nil)
 		s.expect(200, "", code, body)
-		dev, _, _ := s.a.lookupAccessToken(context.Background(), rootTok)
+		dev, _, _ := s.a.accounts.lookupAccessToken(context.Background(), rootTok)
 		if !dev.IsAdmin {
 			t.Fatal("admin flag lost")
 		}
@@ -667,22 +667,22 @@ func BenchmarkAccountsLookupAccessToken(b *testing.B) {
 	var sess *issuedSession
 	if err := db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
-		sess, err = a.issueSession(ctx, tx, uid, "", "", false, time.Now())
+		sess, err = a.accounts.issueSession(ctx, tx, uid, "", "", false, time.Now())
 		return err
 	}); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("cached", func(b *testing.B) {
 		for b.Loop() {
-			if _, _, ok := a.lookupAccessToken(ctx, sess.AccessToken); !ok {
+			if _, _, ok := a.accounts.lookupAccessToken(ctx, sess.AccessToken); !ok {
 				b.Fatal("lookup failed")
 			}
 		}
 	})
 	b.Run("uncached", func(b *testing.B) {
 		for b.Loop() {
-			a.invalidateUserTokens(uid)
-			if _, _, ok := a.lookupAccessToken(ctx, sess.AccessToken); !ok {
+			a.accounts.invalidateUserTokens(uid)
+			if _, _, ok := a.accounts.lookupAccessToken(ctx, sess.AccessToken); !ok {
 				b.Fatal("lookup failed")
 			}
 		}

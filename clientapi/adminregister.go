@@ -64,19 +64,19 @@ func sharedSecretDisabled() Response {
 	return Errf(http.StatusBadRequest, "M_UNKNOWN", "Shared secret registration is not enabled")
 }
 
-func (a *API) getAdminRegisterNonce(r *http.Request) Response {
-	if a.opts.SharedSecret == "" {
+func (ac *accounts) getAdminRegisterNonce(r *http.Request) Response {
+	if ac.opts.SharedSecret == "" {
 		return sharedSecretDisabled()
 	}
-	n, ok := a.acct().nonces.issue(time.Now())
+	n, ok := ac.nonces.issue(time.Now())
 	if !ok {
 		return Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many outstanding nonces")
 	}
 	return JSON(http.StatusOK, map[string]any{"nonce": n})
 }
 
-func (a *API) postAdminRegister(r *http.Request) Response {
-	if a.opts.SharedSecret == "" {
+func (ac *accounts) postAdminRegister(r *http.Request) Response {
+	if ac.opts.SharedSecret == "" {
 		return sharedSecretDisabled()
 	}
 	var req struct {
@@ -95,7 +95,7 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 		return MissingParam("nonce is required")
 	}
 	// The nonce is spent whatever happens next.
-	if !a.acct().nonces.take(req.Nonce, time.Now()) {
+	if !ac.nonces.take(req.Nonce, time.Now()) {
 		return Errf(http.StatusBadRequest, "M_UNKNOWN", "unrecognised nonce")
 	}
 	switch {
@@ -109,7 +109,7 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 		return InvalidParam("invalid user_type")
 	}
 
-	mac := hmac.New(sha1.New, []byte(a.opts.SharedSecret))
+	mac := hmac.New(sha1.New, []byte(ac.opts.SharedSecret))
 	mac.Write([]byte(req.Nonce))
 	mac.Write([]byte{0})
 	mac.Write([]byte(req.Username))
@@ -132,11 +132,11 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 
 	ctx := actorContext(r)
 	localpart := strings.ToLower(req.Username)
-	if resp, ok := a.checkNewLocalpart(localpart); !ok {
+	if resp, ok := ac.checkNewLocalpart(localpart); !ok {
 		return resp
 	}
-	userID := a.userID(localpart)
-	taken, err := storage.AccountExists(ctx, a.db, userID)
+	userID := ac.userID(localpart)
+	taken, err := storage.AccountExists(ctx, ac.db, userID)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -153,7 +153,7 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 	}
 	now := time.Now()
 	var issued *issuedSession
-	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err = ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if taken, err := storage.AccountExists(ctx, tx, userID); err != nil {
 			return err
 		} else if taken {
@@ -166,11 +166,11 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 		if !created {
 			return errRegUserInUse
 		}
-		if err := a.audit(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID,
+		if err := audit(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID,
 			Details: map[string]any{"kind": "shared_secret", "admin": req.Admin}}); err != nil {
 			return err
 		}
-		issued, err = a.issueSession(ctx, tx, userID, "", "", false, now)
+		issued, err = ac.issueSession(ctx, tx, userID, "", "", false, now)
 		return err
 	})
 	if errors.Is(err, errRegUserInUse) {
@@ -182,7 +182,7 @@ func (a *API) postAdminRegister(r *http.Request) Response {
 	return JSON(http.StatusOK, map[string]any{
 		"access_token": issued.AccessToken,
 		"user_id":      userID,
-		"home_server":  a.opts.ServerName,
+		"home_server":  ac.opts.ServerName,
 		"device_id":    issued.DeviceID,
 	})
 }

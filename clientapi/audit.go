@@ -1,7 +1,7 @@
 package clientapi
 
 // Audit plumbing for the client API. Account actions record their audit
-// entry inside their own transaction with a.audit(ctx, tx, entry): if the
+// entry inside their own transaction with audit(ctx, tx, entry): if the
 // record cannot be written the transaction, and so the action, fails.
 //
 // Every authenticated request carries its actor (user, device, IP, user
@@ -23,7 +23,7 @@ import (
 )
 
 // audit records e through q (a transaction of the action it records).
-func (a *API) audit(ctx context.Context, q storage.Querier, e auditapi.Entry) error {
+func audit(ctx context.Context, q storage.Querier, e auditapi.Entry) error {
 	return auditapi.Record(ctx, q, e)
 }
 
@@ -60,12 +60,12 @@ func actorContext(r *http.Request) context.Context {
 
 // loginFailed records a failed login attempt and returns resp (or a 500 if
 // the attempt could not be recorded: unrecorded attempts are not allowed).
-func (a *API) loginFailed(r *http.Request, userID, identifier, reason string, resp Response) Response {
+func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason string, resp Response) Response {
 	details := map[string]any{"reason": reason}
 	if identifier != "" {
 		details["identifier"] = clipString(identifier, 255)
 	}
-	err := a.audit(actorContext(r), a.db, auditapi.Entry{
+	err := audit(actorContext(r), ac.db, auditapi.Entry{
 		Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionLogin, Target: userID,
 		Outcome: auditapi.OutcomeFailure, Details: details,
 	})
@@ -76,9 +76,9 @@ func (a *API) loginFailed(r *http.Request, userID, identifier, reason string, re
 }
 
 // auditDevicesRemoved records one device.remove entry per device.
-func (a *API) auditDevicesRemoved(ctx context.Context, q storage.Querier, userID string, deviceIDs []string, reason string) error {
+func (ac *accounts) auditDevicesRemoved(ctx context.Context, q storage.Querier, userID string, deviceIDs []string, reason string) error {
 	for _, id := range deviceIDs {
-		err := a.audit(ctx, q, auditapi.Entry{
+		err := audit(ctx, q, auditapi.Entry{
 			Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionDeviceRemove, Target: id,
 			Details: map[string]any{"user_id": userID, "reason": reason},
 		})
@@ -113,10 +113,12 @@ func ValidLocalpart(s string) bool { return validLocalpart(s) }
 
 // InvalidateUserTokens drops the user's cached access tokens after their
 // tokens were revoked in the store.
-func (a *API) InvalidateUserTokens(userID string) { a.invalidateUserTokens(userID) }
+func (a *API) InvalidateUserTokens(userID string) { a.accounts.invalidateUserTokens(userID) }
 
 // LeaveAllRooms makes a (deactivated) user leave or reject every room.
-func (a *API) LeaveAllRooms(ctx context.Context, userID string) { a.leaveAllRooms(ctx, userID) }
+func (a *API) LeaveAllRooms(ctx context.Context, userID string) {
+	a.accounts.leaveAllRooms(ctx, userID)
+}
 
 // ServerName is the server's name.
 func (a *API) ServerName() string { return a.opts.ServerName }

@@ -96,7 +96,7 @@ func (a *API) putDevice(r *http.Request, dev *Device) Response {
 			return err
 		}
 		// The name itself stays out of the record: it is user content.
-		if err := a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
+		if err := audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
 			Details: map[string]any{"fields": []string{"display_name"}}}); err != nil {
 			return err
 		}
@@ -130,10 +130,10 @@ func (a *API) deleteDevice(r *http.Request, dev *Device) Response {
 	} else if err != nil {
 		return InternalError(r, err)
 	}
-	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
-	if err := a.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
+	if err := a.accounts.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, struct{}{})
@@ -156,10 +156,10 @@ func (a *API) postDeleteDevices(r *http.Request, dev *Device) Response {
 	if len(req.Devices) > 1000 {
 		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
 	}
-	if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
-	if err := a.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
+	if err := a.accounts.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, struct{}{})
@@ -182,7 +182,7 @@ func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
 		if token == "" {
 			return
 		}
-		e, ok := a.acct().tokens.get(hashToken(token), time.Now())
+		e, ok := a.accounts.tokens.get(hashToken(token), time.Now())
 		if !ok {
 			return
 		}
@@ -194,6 +194,6 @@ func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
 		if len(ua) > 512 {
 			ua = ua[:512]
 		}
-		a.touchDevice(e.dev.UserID, e.dev.DeviceID, ip, ua)
+		a.accounts.touchDevice(e.dev.UserID, e.dev.DeviceID, ip, ua)
 	})
 }

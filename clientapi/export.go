@@ -31,14 +31,14 @@ func (a *API) HandleRaw(method, path, group string, h http.HandlerFunc) {
 // (RBAC) and records the device as seen. On failure resp is the spec's
 // error to send.
 func (a *API) Authenticate(r *http.Request) (dev *Device, resp Response, ok bool) {
-	if dev, resp, ok = a.authenticate(r); !ok {
+	if dev, resp, ok = a.accounts.authenticate(r); !ok {
 		return nil, resp, false
 	}
 	if resp, limited := a.limiter.check(r, dev.UserID); limited {
 		return nil, resp, false
 	}
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
-	a.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
+	a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
 	if a.authorizer != nil {
 		if resp, ok := a.authorizer(r, dev, "media"); !ok {
 			return nil, resp, false

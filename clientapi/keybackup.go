@@ -92,7 +92,7 @@ func (a *API) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, acti
 		details = map[string]any{}
 	}
 	details["op"], details["version"] = op, strconv.FormatInt(version, 10)
-	return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: action, Target: dev.UserID, Details: details})
+	return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: action, Target: dev.UserID, Details: details})
 }
 
 // jsonObject compacts raw if it is a JSON object.

@@ -143,7 +143,7 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 		if same {
 			return JSON(http.StatusOK, struct{}{})
 		}
-		if resp, ok := a.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 			return resp
 		}
 	}
@@ -159,7 +159,7 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 		if _, err := storage.RecordDeviceListChange(ctx, tx, dev.UserID, nil, false, ""); err != nil {
 			return err
 		}
-		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionCrossSigning, Target: dev.UserID,
+		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionCrossSigning, Target: dev.UserID,
 			Details: map[string]any{"keys": types}})
 	})
 	if err != nil {
@@ -326,7 +326,7 @@ func (a *API) signaturesUpload(r *http.Request, dev *Device) Response {
 				users = append(users, u)
 			}
 			slices.Sort(users)
-			return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: me, DeviceID: dev.DeviceID}, Action: auditapi.ActionSignatures, Target: me,
+			return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: me, DeviceID: dev.DeviceID}, Action: auditapi.ActionSignatures, Target: me,
 				Details: map[string]any{"count": len(sigs), "devices": len(myDevicesSigned), "master": myMasterSigned, "users": users}})
 		})
 		if err != nil {

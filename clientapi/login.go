@@ -15,7 +15,7 @@ const (
 	maxDeviceNameLen = 1024
 )
 
-func (a *API) getLoginFlows(r *http.Request) Response {
+func (ac *accounts) getLoginFlows(r *http.Request) Response {
 	return JSON(http.StatusOK, map[string]any{"flows": []map[string]any{
 		{"type": "m.login.password"},
 		{"type": "m.login.token"},
@@ -54,7 +54,7 @@ func checkDeviceFields(deviceID, displayName string) (Response, bool) {
 	return Response{}, true
 }
 
-func (a *API) postLogin(r *http.Request) Response {
+func (ac *accounts) postLogin(r *http.Request) Response {
 	var req loginRequest
 	if resp, ok := decodeJSON(r, &req); !ok {
 		return resp
@@ -79,41 +79,41 @@ func (a *API) postLogin(r *http.Request) Response {
 		if req.Password == "" {
 			return MissingParam("password is required")
 		}
-		uid, valid := a.resolveLocalUser(who)
+		uid, valid := ac.resolveLocalUser(who)
 		if !valid {
 			uid = "" // still hashes, against the dummy
 		}
-		acc, ok, err := a.verifyUserPassword(ctx, uid, req.Password)
+		acc, ok, err := ac.verifyUserPassword(ctx, uid, req.Password)
 		if err != nil {
 			return InternalError(r, err)
 		}
 		if !ok || acc == nil {
-			return a.loginFailed(r, uid, who, "invalid_credentials", Forbidden("invalid username or password"))
+			return ac.loginFailed(r, uid, who, "invalid_credentials", Forbidden("invalid username or password"))
 		}
 		if acc.Deactivated {
-			return a.loginFailed(r, acc.UserID, who, "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
+			return ac.loginFailed(r, acc.UserID, who, "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "m.login.token":
 		if req.Token == "" {
 			return MissingParam("token is required")
 		}
-		uid, err := storage.ConsumeLoginToken(ctx, a.db, hashToken(req.Token), time.Now().UnixMilli())
+		uid, err := storage.ConsumeLoginToken(ctx, ac.db, hashToken(req.Token), time.Now().UnixMilli())
 		if errors.Is(err, storage.ErrNotFound) {
-			return a.loginFailed(r, "", "", "invalid_token", Forbidden("invalid or expired login token"))
+			return ac.loginFailed(r, "", "", "invalid_token", Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
 			return InternalError(r, err)
 		}
-		acc, err := storage.GetAccount(ctx, a.db, uid)
+		acc, err := storage.GetAccount(ctx, ac.db, uid)
 		if errors.Is(err, storage.ErrNotFound) {
-			return a.loginFailed(r, uid, "", "invalid_token", Forbidden("invalid or expired login token"))
+			return ac.loginFailed(r, uid, "", "invalid_token", Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
 			return InternalError(r, err)
 		}
 		if acc.Deactivated {
-			return a.loginFailed(r, acc.UserID, "", "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
+			return ac.loginFailed(r, acc.UserID, "", "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "":
@@ -123,32 +123,32 @@ func (a *API) postLogin(r *http.Request) Response {
 	}
 
 	var sess *issuedSession
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
-		sess, err = a.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, time.Now())
+		sess, err = ac.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, time.Now())
 		if err != nil {
 			return err
 		}
-		return a.audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: sess.DeviceID}, Action: auditapi.ActionLogin,
+		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: sess.DeviceID}, Action: auditapi.ActionLogin,
 			Target: userID, Details: map[string]any{"type": req.Type, "device_id": sess.DeviceID}})
 	})
 	if req.DeviceID != "" {
-		a.invalidateUserTokens(userID) // the device's old tokens were revoked
+		ac.invalidateUserTokens(userID) // the device's old tokens were revoked
 	}
 	if err != nil {
 		return InternalError(r, err)
 	}
-	a.maintain()
-	return JSON(http.StatusOK, a.sessionBody(userID, sess))
+	ac.maintain()
+	return JSON(http.StatusOK, ac.sessionBody(userID, sess))
 }
 
-func (a *API) sessionBody(userID string, s *issuedSession) *sessionResponse {
-	out := &sessionResponse{UserID: userID, HomeServer: a.opts.ServerName}
+func (ac *accounts) sessionBody(userID string, s *issuedSession) *sessionResponse {
+	out := &sessionResponse{UserID: userID, HomeServer: ac.opts.ServerName}
 	if s != nil {
 		out.AccessToken, out.DeviceID, out.RefreshToken, out.ExpiresInMs = s.AccessToken, s.DeviceID, s.RefreshToken, s.ExpiresInMs
 	}
-	if a.opts.BaseURL != "" {
-		out.WellKnown = map[string]any{"m.homeserver": map[string]any{"base_url": a.opts.BaseURL}}
+	if ac.opts.BaseURL != "" {
+		out.WellKnown = map[string]any{"m.homeserver": map[string]any{"base_url": ac.opts.BaseURL}}
 	}
 	return out
 }

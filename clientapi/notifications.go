@@ -68,7 +68,7 @@ func (a *API) getNotifications(r *http.Request, dev *Device) Response {
 		}
 		out = append(out, map[string]any{
 			"actions": actions,
-			"event":   syncapi.FormatEvent(e, pdu, a.viewer(dev), true),
+			"event":   syncapi.FormatEvent(e, pdu, viewer(dev), true),
 			"read":    n.Read,
 			"room_id": n.RoomID,
 			"ts":      n.TS,

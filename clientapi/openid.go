@@ -15,13 +15,13 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).openIDRoutes) }
 
 func (a *API) openIDRoutes() {
-	a.v3("POST", "/user/{userId}/openid/request_token", "openid", a.requestOpenIDToken)
+	a.v3("POST", "/user/{userId}/openid/request_token", "openid", a.accounts.requestOpenIDToken)
 }
 
 // openIDTokenLifetime is the expires_in of OpenID tokens.
 const openIDTokenLifetime = time.Hour
 
-func (a *API) requestOpenIDToken(r *http.Request, dev *Device) Response {
+func (ac *accounts) requestOpenIDToken(r *http.Request, dev *Device) Response {
 	if vars(r)["userId"] != dev.UserID {
 		return Forbidden("you may only request OpenID tokens for yourself")
 	}
@@ -31,14 +31,14 @@ func (a *API) requestOpenIDToken(r *http.Request, dev *Device) Response {
 	}
 	token, _ := newToken("enc_oi_")
 	now := time.Now()
-	err := storage.CreateOpenIDToken(r.Context(), a.db, storage.HashOpenIDToken(token), dev.UserID, now.Add(openIDTokenLifetime).UnixMilli(), now.UnixMilli())
+	err := storage.CreateOpenIDToken(r.Context(), ac.db, storage.HashOpenIDToken(token), dev.UserID, now.Add(openIDTokenLifetime).UnixMilli(), now.UnixMilli())
 	if err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(http.StatusOK, map[string]any{
 		"access_token":       token,
 		"token_type":         "Bearer",
-		"matrix_server_name": a.opts.ServerName,
+		"matrix_server_name": ac.opts.ServerName,
 		"expires_in":         int(openIDTokenLifetime / time.Second),
 	})
 }

@@ -68,7 +68,7 @@ func (a *API) profileRequester(r *http.Request) (*Device, Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
 		return nil, Response{}, true
 	}
-	dev, resp, ok := a.authenticate(r)
+	dev, resp, ok := a.accounts.authenticate(r)
 	if !ok {
 		return nil, resp, false
 	}

@@ -23,8 +23,8 @@ const (
 
 // registrationFlows returns the UIA flows for /register; ok is false when
 // registration is closed.
-func (a *API) registrationFlows() ([][]string, bool) {
-	switch a.opts.RegistrationMode {
+func (ac *accounts) registrationFlows() ([][]string, bool) {
+	switch ac.opts.RegistrationMode {
 	case regModeOpen:
 		return [][]string{{stageDummy}}, true
 	case regModeToken:
@@ -52,7 +52,7 @@ func userInUse() Response {
 }
 
 // POST /register
-func (a *API) postRegister(r *http.Request) Response {
+func (ac *accounts) postRegister(r *http.Request) Response {
 	switch r.URL.Query().Get("kind") {
 	case "", "user":
 	case "guest":
@@ -60,7 +60,7 @@ func (a *API) postRegister(r *http.Request) Response {
 	default:
 		return InvalidParam("kind must be user or guest")
 	}
-	flows, open := a.registrationFlows()
+	flows, open := ac.registrationFlows()
 	if !open {
 		return Forbidden("registration is closed")
 	}
@@ -78,10 +78,10 @@ func (a *API) postRegister(r *http.Request) Response {
 	ctx := r.Context()
 	username := strings.ToLower(req.Username)
 	if username != "" {
-		if resp, ok := a.checkNewLocalpart(username); !ok {
+		if resp, ok := ac.checkNewLocalpart(username); !ok {
 			return resp
 		}
-		taken, err := storage.AccountExists(ctx, a.db, a.userID(username))
+		taken, err := storage.AccountExists(ctx, ac.db, ac.userID(username))
 		if err != nil {
 			return InternalError(r, err)
 		}
@@ -97,7 +97,7 @@ func (a *API) postRegister(r *http.Request) Response {
 		}
 	}
 
-	sess, resp, done := a.runUIA(r, body, nil, flows)
+	sess, resp, done := ac.runUIA(r, body, nil, flows)
 	if !done {
 		if sess != nil {
 			// Remember the username and password, for clients that do not
@@ -116,7 +116,7 @@ func (a *API) postRegister(r *http.Request) Response {
 				changed = true
 			}
 			if changed {
-				if err := storage.UpdateUIASession(ctx, a.db, sess); err != nil {
+				if err := storage.UpdateUIASession(ctx, ac.db, sess); err != nil {
 					return InternalError(r, err)
 				}
 			}
@@ -143,17 +143,17 @@ func (a *API) postRegister(r *http.Request) Response {
 		return MissingParam("password is required")
 	}
 	if username == "" {
-		u, err := a.generateLocalpart(ctx)
+		u, err := ac.generateLocalpart(ctx)
 		if err != nil {
 			return InternalError(r, err)
 		}
 		username = u
 	}
-	userID := a.userID(username)
+	userID := ac.userID(username)
 	var issued *issuedSession
 	now := time.Now()
 	actx := actorContext(r)
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		consumed, err := storage.DeleteUIASession(ctx, tx, sess.ID)
 		if err != nil {
 			return err
@@ -180,14 +180,14 @@ func (a *API) postRegister(r *http.Request) Response {
 		if !created {
 			return errRegUserInUse
 		}
-		if err := a.audit(actx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionRegister, Target: userID,
+		if err := audit(actx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionRegister, Target: userID,
 			Details: map[string]any{"kind": "user", "registration_token": sess.Data[uiaDataRegToken] != ""}}); err != nil {
 			return err
 		}
 		if req.InhibitLogin {
 			return nil
 		}
-		issued, err = a.issueSession(actx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, now)
+		issued, err = ac.issueSession(actx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, now)
 		return err
 	})
 	switch {
@@ -198,7 +198,7 @@ func (a *API) postRegister(r *http.Request) Response {
 	case err != nil:
 		return InternalError(r, err)
 	}
-	out := &sessionResponse{UserID: userID, HomeServer: a.opts.ServerName}
+	out := &sessionResponse{UserID: userID, HomeServer: ac.opts.ServerName}
 	if issued != nil {
 		out.AccessToken, out.DeviceID, out.RefreshToken, out.ExpiresInMs = issued.AccessToken, issued.DeviceID, issued.RefreshToken, issued.ExpiresInMs
 	}
@@ -207,14 +207,14 @@ func (a *API) postRegister(r *http.Request) Response {
 
 // generateLocalpart picks an unused numeric localpart for registrations
 // that did not ask for a username.
-func (a *API) generateLocalpart(ctx context.Context) (string, error) {
+func (ac *accounts) generateLocalpart(ctx context.Context) (string, error) {
 	for range 20 {
 		n, err := rand.Int(rand.Reader, big.NewInt(9_000_000_000))
 		if err != nil {
 			return "", err
 		}
 		local := n.Add(n, big.NewInt(1_000_000_000)).String()
-		taken, err := storage.AccountExists(ctx, a.db, a.userID(local))
+		taken, err := storage.AccountExists(ctx, ac.db, ac.userID(local))
 		if err != nil {
 			return "", err
 		}
@@ -226,18 +226,18 @@ func (a *API) generateLocalpart(ctx context.Context) (string, error) {
 }
 
 // GET /register/available?username=
-func (a *API) getRegisterAvailable(r *http.Request) Response {
-	if _, open := a.registrationFlows(); !open {
+func (ac *accounts) getRegisterAvailable(r *http.Request) Response {
+	if _, open := ac.registrationFlows(); !open {
 		return Forbidden("registration is closed")
 	}
 	username := strings.ToLower(r.URL.Query().Get("username"))
 	if username == "" {
 		return MissingParam("username is required")
 	}
-	if resp, ok := a.checkNewLocalpart(username); !ok {
+	if resp, ok := ac.checkNewLocalpart(username); !ok {
 		return resp
 	}
-	taken, err := storage.AccountExists(r.Context(), a.db, a.userID(username))
+	taken, err := storage.AccountExists(r.Context(), ac.db, ac.userID(username))
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -248,17 +248,17 @@ func (a *API) getRegisterAvailable(r *http.Request) Response {
 }
 
 // GET /_matrix/client/v1/register/m.login.registration_token/validity?token=
-func (a *API) getRegistrationTokenValidity(r *http.Request) Response {
-	if a.opts.RegistrationMode != regModeToken {
+func (ac *accounts) getRegistrationTokenValidity(r *http.Request) Response {
+	if ac.opts.RegistrationMode != regModeToken {
 		return Forbidden("registration tokens are not in use on this server")
 	}
 	tok, present := r.URL.Query()["token"]
 	if !present || len(tok) == 0 || tok[0] == "" {
 		return MissingParam("token is required")
 	}
-	valid := a.staticRegistrationToken(tok[0])
+	valid := ac.staticRegistrationToken(tok[0])
 	if !valid && validRegTokenSyntax(tok[0]) {
-		v, err := storage.RegistrationTokenValid(r.Context(), a.db, tok[0], time.Now().UnixMilli())
+		v, err := storage.RegistrationTokenValid(r.Context(), ac.db, tok[0], time.Now().UnixMilli())
 		if err != nil {
 			return InternalError(r, err)
 		}

@@ -44,7 +44,7 @@ func (a *API) bundle(ctx context.Context, dev *Device, evs []syncapi.ClientEvent
 	if len(evs) == 0 {
 		return
 	}
-	if err := a.sync.BundleAggregations(ctx, a.viewer(dev), syncapi.EventPage{Events: evs}); err != nil && !errors.Is(err, context.Canceled) {
+	if err := a.sync.BundleAggregations(ctx, viewer(dev), syncapi.EventPage{Events: evs}); err != nil && !errors.Is(err, context.Canceled) {
 		logrus.WithError(err).Warn("bundling aggregations")
 	}
 }

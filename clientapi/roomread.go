@@ -69,7 +69,7 @@ func (a *API) readableRoom(r *http.Request, dev *Device) (string, *readAccess, R
 	return roomID, acc, resp, ok
 }
 
-func (a *API) viewer(dev *Device) syncapi.Viewer {
+func viewer(dev *Device) syncapi.Viewer {
 	return syncapi.Viewer{UserID: dev.UserID, DeviceID: dev.DeviceID}
 }
 
@@ -81,7 +81,7 @@ func (a *API) formatStored(ctx context.Context, dev *Device, evs []*storage.Even
 		if err != nil {
 			continue
 		}
-		out = append(out, syncapi.FormatEvent(e, pdu, a.viewer(dev), withRoomID))
+		out = append(out, syncapi.FormatEvent(e, pdu, viewer(dev), withRoomID))
 	}
 	a.bundle(ctx, dev, out) // unsigned m.relations, one batch per page (relations.go)
 	return out

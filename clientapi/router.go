@@ -57,6 +57,7 @@ type API struct {
 	// (registered from their init), keeping router.go free of every list.
 	extraRoutes []func(*API)
 	fed         Federation
+	accounts    *accounts
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
 	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
@@ -75,6 +76,7 @@ var routeGroups []func(*API)
 // New wires the client API over the store, the room server and the syncer.
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) *API {
 	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
+	a.accounts = newAccounts(opts, db, rs)
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeResponse(w, Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})
@@ -152,7 +154,7 @@ func (a *API) open(method, path, group string, h handler) {
 // authed registers an endpoint that needs a valid access token.
 func (a *API) authed(method, path, group string, h authedHandler) {
 	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
-		dev, resp, ok := a.authenticate(r)
+		dev, resp, ok := a.accounts.authenticate(r)
 		if !ok {
 			writeResponse(w, resp)
 			return
@@ -163,7 +165,7 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
-		a.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
+		a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
 		if a.authorizer != nil {
 			if resp, ok := a.authorizer(r, dev, group); !ok {
 				writeResponse(w, resp)
@@ -172,21 +174,6 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 		}
 		writeResponse(w, h(r, dev))
 	})).Methods(method)
-}
-
-// authenticate finds the device behind the request's access token
-// (Authorization: Bearer, or the deprecated access_token query parameter).
-func (a *API) authenticate(r *http.Request) (*Device, Response, bool) {
-	token := ""
-	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
-		token = strings.TrimPrefix(h, "Bearer ")
-	} else if t := r.URL.Query().Get("access_token"); t != "" {
-		token = t
-	}
-	if token == "" {
-		return nil, Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
-	}
-	return a.lookupAccessToken(r.Context(), token)
 }
 
 func (a *API) instrument(group string, fn http.HandlerFunc) http.Handler {

@@ -32,7 +32,7 @@ func (a *API) optionalDevice(r *http.Request) (*Device, Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
 		return nil, Response{}, true
 	}
-	return a.authenticate(r)
+	return a.accounts.authenticate(r)
 }
 
 // resolveRoom turns a room ID or a local alias into a room ID ("" if the

@@ -95,12 +95,12 @@ type userIdentifier struct {
 // consumed). Otherwise resp is what the handler must return: 401 with
 // {flows, params, session, completed} (plus errcode/error after a failed
 // stage), or a 4xx error.
-func (a *API) requireUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (Response, bool) {
-	sess, resp, ok := a.runUIA(r, body, dev, flows)
+func (ac *accounts) requireUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (Response, bool) {
+	sess, resp, ok := ac.runUIA(r, body, dev, flows)
 	if !ok {
 		return resp, false
 	}
-	consumed, err := storage.DeleteUIASession(r.Context(), a.db, sess.ID)
+	consumed, err := storage.DeleteUIASession(r.Context(), ac.db, sess.ID)
 	if err != nil {
 		return InternalError(r, err), false
 	}
@@ -115,7 +115,7 @@ func (a *API) requireUIA(r *http.Request, body []byte, dev *Device, flows [][]st
 // transaction as the operation). When ok is false, sess is the session the
 // challenge names (nil if none was established), so the caller may keep
 // request data in sess.Data for the next round.
-func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (sess *storage.UIASession, resp Response, ok bool) {
+func (ac *accounts) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (sess *storage.UIASession, resp Response, ok bool) {
 	ctx := r.Context()
 	var env struct {
 		Auth json.RawMessage `json:"auth"`
@@ -137,7 +137,7 @@ func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string
 	op := uiaOp(r)
 
 	if auth != nil && auth.Session != "" {
-		s, err := storage.GetUIASession(ctx, a.db, auth.Session)
+		s, err := storage.GetUIASession(ctx, ac.db, auth.Session)
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && (s.UserID != userID || time.Since(time.UnixMilli(s.CreatedTS)) > uiaSessionLifetime)) {
 			return nil, Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown auth session"), false
 		}
@@ -154,10 +154,10 @@ func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string
 		// straight away).
 		sess = &storage.UIASession{ID: randomHex(16), CreatedTS: time.Now().UnixMilli(), UserID: userID, Op: op,
 			Completed: []string{}, Params: json.RawMessage(`{}`), Data: map[string]string{}}
-		if err := storage.CreateUIASession(ctx, a.db, sess); err != nil {
+		if err := storage.CreateUIASession(ctx, ac.db, sess); err != nil {
 			return nil, InternalError(r, err), false
 		}
-		a.maintain()
+		ac.maintain()
 	}
 
 	if auth == nil || auth.Type == "" || slices.Contains(sess.Completed, auth.Type) {
@@ -169,7 +169,7 @@ func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string
 	if !stageOffered(flows, auth.Type) {
 		return sess, uiaChallenge(flows, sess, "M_UNRECOGNIZED", "auth type "+auth.Type+" is not offered here"), false
 	}
-	errcode, msg, err := a.runStage(ctx, auth, dev, sess)
+	errcode, msg, err := ac.runStage(ctx, auth, dev, sess)
 	if err != nil {
 		return nil, InternalError(r, err), false
 	}
@@ -177,7 +177,7 @@ func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string
 		return sess, uiaChallenge(flows, sess, errcode, msg), false
 	}
 	sess.Completed = append(sess.Completed, auth.Type)
-	if err := storage.UpdateUIASession(ctx, a.db, sess); err != nil {
+	if err := storage.UpdateUIASession(ctx, ac.db, sess); err != nil {
 		return nil, InternalError(r, err), false
 	}
 	if flowDone(flows, sess.Completed) {
@@ -187,7 +187,7 @@ func (a *API) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string
 }
 
 // runStage checks one stage. A non-empty errcode is a failed attempt.
-func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *storage.UIASession) (errcode, msg string, err error) {
+func (ac *accounts) runStage(ctx context.Context, auth *authDict, dev *Device, sess *storage.UIASession) (errcode, msg string, err error) {
 	switch auth.Type {
 	case stageDummy:
 		return "", "", nil
@@ -203,11 +203,11 @@ func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *s
 			who = auth.Identifier.User
 		}
 		if who != "" {
-			if uid, ok := a.resolveLocalUser(who); !ok || uid != dev.UserID {
+			if uid, ok := ac.resolveLocalUser(who); !ok || uid != dev.UserID {
 				return "M_FORBIDDEN", "you can only authenticate as yourself", nil
 			}
 		}
-		acc, ok, err := a.verifyUserPassword(ctx, dev.UserID, auth.Password)
+		acc, ok, err := ac.verifyUserPassword(ctx, dev.UserID, auth.Password)
 		if err != nil {
 			return "", "", err
 		}
@@ -220,13 +220,13 @@ func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *s
 		if tok == "" {
 			return "M_MISSING_PARAM", "token is required", nil
 		}
-		if a.staticRegistrationToken(tok) {
+		if ac.staticRegistrationToken(tok) {
 			return "", "", nil
 		}
 		if !validRegTokenSyntax(tok) {
 			return "M_FORBIDDEN", "invalid registration token", nil
 		}
-		reserved, err := storage.ReserveRegistrationToken(ctx, a.db, tok, time.Now().UnixMilli())
+		reserved, err := storage.ReserveRegistrationToken(ctx, ac.db, tok, time.Now().UnixMilli())
 		if err != nil {
 			return "", "", err
 		}
@@ -234,7 +234,7 @@ func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *s
 			return "M_FORBIDDEN", "invalid registration token", nil
 		}
 		if prev := sess.Data[uiaDataRegToken]; prev != "" {
-			_ = storage.ReleaseRegistrationToken(ctx, a.db, prev)
+			_ = storage.ReleaseRegistrationToken(ctx, ac.db, prev)
 		}
 		sess.Data[uiaDataRegToken] = tok
 		return "", "", nil
@@ -244,9 +244,9 @@ func (a *API) runStage(ctx context.Context, auth *authDict, dev *Device, sess *s
 
 // staticRegistrationToken reports whether tok is one of the configured
 // tokens (compared in constant time).
-func (a *API) staticRegistrationToken(tok string) bool {
+func (ac *accounts) staticRegistrationToken(tok string) bool {
 	found := 0
-	for _, t := range a.opts.RegistrationTokens {
+	for _, t := range ac.opts.RegistrationTokens {
 		if t != "" {
 			found |= subtle.ConstantTimeCompare([]byte(t), []byte(tok))
 		}
