@@ -19,12 +19,15 @@ type Federation interface {
 }
 
 // SetFederation connects the federation component (nil: federation off).
-func (a *API) SetFederation(f Federation) { a.fed = f }
+func (a *API) SetFederation(f Federation) {
+	a.fed = f
+	a.rooms.fed = f
+}
 
 // needsRemoteJoin reports whether joining roomID must go through another
 // server: we do not hold the room's state (unknown, or only an invite).
-func (a *API) needsRemoteJoin(ctx context.Context, roomID string) bool {
-	st, err := a.rs.CurrentState(ctx, roomID)
+func (rm *rooms) needsRemoteJoin(ctx context.Context, roomID string) bool {
+	st, err := rm.rs.CurrentState(ctx, roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return true
 	}
@@ -33,8 +36,8 @@ func (a *API) needsRemoteJoin(ctx context.Context, roomID string) bool {
 
 // remoteJoin joins through federation, using the via / server_name query
 // parameters and the room's or alias's server.
-func (a *API) remoteJoin(r *http.Request, dev *Device, target string, content map[string]any) Response {
-	if a.fed == nil {
+func (rm *rooms) remoteJoin(r *http.Request, dev *Device, target string, content map[string]any) Response {
+	if rm.fed == nil {
 		return NotFound("room %s is not known to this server and federation is off", target)
 	}
 	q := r.URL.Query()
@@ -42,7 +45,7 @@ func (a *API) remoteJoin(r *http.Request, dev *Device, target string, content ma
 	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") {
 		via = append(via, target[i+1:])
 	}
-	roomID, err := a.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
+	roomID, err := rm.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
 	if err != nil {
 		return Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)
 	}

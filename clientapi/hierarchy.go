@@ -18,7 +18,7 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).hierarchyRoutes) }
 
 func (a *API) hierarchyRoutes() {
-	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", "rooms", a.hierarchy)
+	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", "rooms", a.rooms.hierarchy)
 }
 
 const (
@@ -29,7 +29,7 @@ const (
 	hierarchyMaxRooms = 1000
 )
 
-func (a *API) hierarchy(r *http.Request, dev *Device) Response {
+func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -67,13 +67,13 @@ func (a *API) hierarchy(r *http.Request, dev *Device) Response {
 		}
 		offset = off
 	}
-	st, err := a.rs.CurrentState(r.Context(), roomID)
+	st, err := rm.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return Forbidden("you are not allowed to view this room")
 	} else if err != nil {
 		return InternalError(r, err)
 	}
-	if !a.canPreview(r.Context(), dev.UserID, st) {
+	if !rm.canPreview(r.Context(), dev.UserID, st) {
 		return Forbidden("you are not allowed to view this room")
 	}
 	// Walk depth first, the way clients render the tree.
@@ -93,16 +93,16 @@ func (a *API) hierarchy(r *http.Request, dev *Device) Response {
 		seen[it.roomID] = true
 		rst := st
 		if it.roomID != roomID {
-			if rst, err = a.rs.CurrentState(r.Context(), it.roomID); errors.Is(err, roomserver.ErrRoomNotFound) {
+			if rst, err = rm.rs.CurrentState(r.Context(), it.roomID); errors.Is(err, roomserver.ErrRoomNotFound) {
 				continue
 			} else if err != nil {
 				return InternalError(r, err)
 			}
-			if !a.canPreview(r.Context(), dev.UserID, rst) {
+			if !rm.canPreview(r.Context(), dev.UserID, rst) {
 				continue
 			}
 		}
-		stats, err := a.roomStats(r.Context(), it.roomID)
+		stats, err := rm.roomStats(r.Context(), it.roomID)
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
 		} else if err != nil {

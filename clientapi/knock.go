@@ -18,10 +18,10 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).knockRoutes) }
 
 func (a *API) knockRoutes() {
-	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.knock)
+	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.rooms.knock)
 }
 
-func (a *API) knock(r *http.Request, dev *Device) Response {
+func (rm *rooms) knock(r *http.Request, dev *Device) Response {
 	var body struct {
 		Reason string `json:"reason"`
 	}
@@ -32,14 +32,14 @@ func (a *API) knock(r *http.Request, dev *Device) Response {
 	if !strings.HasPrefix(target, "#") && !validRoomID.MatchString(target) {
 		return InvalidParam("%q is neither a room ID nor an alias", target)
 	}
-	roomID, err := a.resolveRoom(r.Context(), target)
+	roomID, err := rm.resolveRoom(r.Context(), target)
 	if err != nil {
 		return InternalError(r, err)
 	}
 	if roomID == "" {
 		return NotFound("room %s not found", target)
 	}
-	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		// Knocking on rooms this server does not hold needs federation.
 		return NotFound("room %s not found", target)
@@ -50,7 +50,7 @@ func (a *API) knock(r *http.Request, dev *Device) Response {
 		return JSON(200, map[string]string{"room_id": roomID})
 	}
 	content := map[string]any{"membership": "knock"}
-	if p, err := a.profile(r.Context(), dev.UserID); err == nil {
+	if p, err := rm.profile(r.Context(), dev.UserID); err == nil {
 		for k, v := range p {
 			content[k] = v
 		}
@@ -60,7 +60,7 @@ func (a *API) knock(r *http.Request, dev *Device) Response {
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID
-	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}
 	return JSON(200, map[string]string{"room_id": roomID})
@@ -72,8 +72,8 @@ func (a *API) knock(r *http.Request, dev *Device) Response {
 // rooms of, a joined local member with the power to invite, most powerful
 // first. It returns "" when the join needs no authoriser or none can be
 // found (the auth rules then refuse the join).
-func (a *API) joinAuthoriser(ctx context.Context, roomID, userID string) string {
-	st, err := a.rs.CurrentState(ctx, roomID)
+func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) string {
+	st, err := rm.rs.CurrentState(ctx, roomID)
 	if err != nil {
 		return ""
 	}
@@ -86,7 +86,7 @@ func (a *API) joinAuthoriser(ctx context.Context, roomID, userID string) string 
 	}
 	allowed := false
 	for _, room := range allow {
-		if m, err := a.rs.Membership(ctx, room, userID); err == nil && m == "join" {
+		if m, err := rm.rs.Membership(ctx, room, userID); err == nil && m == "join" {
 			allowed = true
 			break
 		}
@@ -95,7 +95,7 @@ func (a *API) joinAuthoriser(ctx context.Context, roomID, userID string) string 
 		return ""
 	}
 	pl := roomserver.PowerLevels(st)
-	local := ":" + a.opts.ServerName
+	local := ":" + rm.opts.ServerName
 	var candidates []string
 	for k, ev := range st {
 		if k.Type != "m.room.member" || !strings.HasSuffix(k.StateKey, local) {

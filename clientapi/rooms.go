@@ -7,12 +7,28 @@ import (
 	"net/http"
 	"regexp"
 	"strings"
+	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"enclave/roomserver"
 	"enclave/storage"
 )
+
+// rooms is the handler group for room lifecycle and membership: create,
+// join (locally or over federation), invite/kick/ban, leave, forget, knock,
+// upgrade, sending events, and the room summary and hierarchy previews.
+// Writes go through the room server; fed is nil while federation is off.
+type rooms struct {
+	opts     Options
+	db       *storage.DB
+	rs       roomserver.API
+	fed      Federation
+	accounts *accounts // optional authentication of preview endpoints
+	// upgradeLocks serialises upgrades of the same room, so a double click
+	// cannot create two replacement rooms.
+	upgradeLocks sync.Map // room ID -> *sync.Mutex
+}
 
 // v3 registers a path under /_matrix/client/v3 and its r0 alias.
 func (a *API) v3(method, path, group string, h authedHandler) {
@@ -21,25 +37,25 @@ func (a *API) v3(method, path, group string, h authedHandler) {
 }
 
 func (a *API) roomRoutes() {
-	a.v3("POST", "/createRoom", "rooms", a.createRoom)
-	a.v3("POST", "/join/{roomIdOrAlias}", "membership", a.joinRoomIDOrAlias)
-	a.v3("POST", "/rooms/{roomId}/join", "membership", a.joinRoomByID)
-	a.v3("POST", "/rooms/{roomId}/invite", "membership", a.membershipOther("invite"))
-	a.v3("POST", "/rooms/{roomId}/kick", "membership", a.membershipOther("leave"))
-	a.v3("POST", "/rooms/{roomId}/ban", "membership", a.membershipOther("ban"))
-	a.v3("POST", "/rooms/{roomId}/unban", "membership", a.membershipOther("unban"))
-	a.v3("POST", "/rooms/{roomId}/leave", "membership", a.leaveRoom)
-	a.v3("POST", "/rooms/{roomId}/forget", "membership", a.forgetRoom)
-	a.v3("GET", "/joined_rooms", "rooms", a.joinedRooms)
+	a.v3("POST", "/createRoom", "rooms", a.rooms.createRoom)
+	a.v3("POST", "/join/{roomIdOrAlias}", "membership", a.rooms.joinRoomIDOrAlias)
+	a.v3("POST", "/rooms/{roomId}/join", "membership", a.rooms.joinRoomByID)
+	a.v3("POST", "/rooms/{roomId}/invite", "membership", a.rooms.membershipOther("invite"))
+	a.v3("POST", "/rooms/{roomId}/kick", "membership", a.rooms.membershipOther("leave"))
+	a.v3("POST", "/rooms/{roomId}/ban", "membership", a.rooms.membershipOther("ban"))
+	a.v3("POST", "/rooms/{roomId}/unban", "membership", a.rooms.membershipOther("unban"))
+	a.v3("POST", "/rooms/{roomId}/leave", "membership", a.rooms.leaveRoom)
+	a.v3("POST", "/rooms/{roomId}/forget", "membership", a.rooms.forgetRoom)
+	a.v3("GET", "/joined_rooms", "rooms", a.rooms.joinedRooms)
 	a.v3("GET", "/rooms/{roomId}/members", "rooms", a.members)
 	a.v3("GET", "/rooms/{roomId}/joined_members", "rooms", a.joinedMembers)
 	a.v3("GET", "/rooms/{roomId}/state", "rooms", a.roomState)
 	a.v3("GET", "/rooms/{roomId}/state/{eventType}", "rooms", a.roomStateEvent)
 	a.v3("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "rooms", a.roomStateEvent)
-	a.v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", a.putState)
-	a.v3("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "send", a.putState)
-	a.v3("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", "send", a.send)
-	a.v3("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", "send", a.redact)
+	a.v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", a.rooms.putState)
+	a.v3("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "send", a.rooms.putState)
+	a.v3("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", "send", a.rooms.send)
+	a.v3("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", "send", a.rooms.redact)
 	a.v3("GET", "/rooms/{roomId}/event/{eventId}", "rooms", a.getEvent)
 	a.v3("GET", "/rooms/{roomId}/messages", "messages", a.messages)
 	a.v3("GET", "/rooms/{roomId}/context/{eventId}", "messages", a.eventContext)
@@ -72,13 +88,13 @@ func roomError(r *http.Request, err error) Response {
 	return InternalError(r, err)
 }
 
-func (a *API) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.Event, Response, bool) {
-	ev, err := a.rs.SendEvent(r.Context(), req)
+func (rm *rooms) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.Event, Response, bool) {
+	ev, err := rm.rs.SendEvent(r.Context(), req)
 	if err != nil {
 		return nil, roomError(r, err), false
 	}
 	// Answer once the event is visible: a read right after the 200 sees it.
-	_ = a.db.Stream.Wait(r.Context(), ev.StreamPos)
+	_ = rm.db.Stream.Wait(r.Context(), ev.StreamPos)
 	return ev, Response{}, true
 }
 
@@ -116,7 +132,7 @@ type initialStateReq struct {
 
 var validAliasName = regexp.MustCompile(`^[^:\s#]+$`)
 
-func (a *API) createRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
 	var req createRoomRequest
 	if resp, ok := decodeJSON(r, &req); !ok {
 		return resp
@@ -159,8 +175,8 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 		if !validAliasName.MatchString(req.RoomAliasName) {
 			return InvalidParam("invalid room_alias_name %q", req.RoomAliasName)
 		}
-		alias = "#" + req.RoomAliasName + ":" + a.opts.ServerName
-		if _, _, err := storage.GetAlias(r.Context(), a.db, alias); err == nil {
+		alias = "#" + req.RoomAliasName + ":" + rm.opts.ServerName
+		if _, _, err := storage.GetAlias(r.Context(), rm.db, alias); err == nil {
 			return Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
 		}
 	}
@@ -189,7 +205,7 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 	}
 	sp := func(s string) *string { return &s }
 	member := map[string]any{"membership": "join"}
-	if p, err := a.profile(r.Context(), creator); err == nil {
+	if p, err := rm.profile(r.Context(), creator); err == nil {
 		for k, v := range p {
 			member[k] = v
 		}
@@ -245,7 +261,7 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 	for k, v := range req.CreationContent {
 		createContent[k] = v
 	}
-	roomID, err := a.rs.CreateRoom(r.Context(), roomserver.CreateRoomRequest{
+	roomID, err := rm.rs.CreateRoom(r.Context(), roomserver.CreateRoomRequest{
 		Creator: creator, RoomVersion: ver, CreateContent: createContent, Events: events,
 		Public: req.Visibility == "public", Alias: alias,
 	})
@@ -253,7 +269,7 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 		return roomError(r, err)
 	}
 	// Answer once the room's events are visible (they are at or below Last).
-	_ = a.db.Stream.Wait(r.Context(), a.db.Stream.Last())
+	_ = rm.db.Stream.Wait(r.Context(), rm.db.Stream.Last())
 	body := map[string]any{"room_id": roomID}
 	if alias != "" {
 		body["room_alias"] = alias
@@ -262,9 +278,9 @@ func (a *API) createRoom(r *http.Request, dev *Device) Response {
 }
 
 // profile returns the user's displayname and avatar_url for member events.
-func (a *API) profile(ctx context.Context, userID string) (map[string]any, error) {
+func (rm *rooms) profile(ctx context.Context, userID string) (map[string]any, error) {
 	var dn, av *string
-	err := a.db.QueryRowContext(ctx, `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1`, userID).Scan(&dn, &av)
+	err := rm.db.QueryRowContext(ctx, `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1`, userID).Scan(&dn, &av)
 	if err != nil {
 		return nil, err
 	}
@@ -285,13 +301,13 @@ type membershipBody struct {
 	Reason string `json:"reason"`
 }
 
-func (a *API) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
+func (rm *rooms) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
 	target := vars(r)["roomIdOrAlias"]
 	roomID := target
 	if strings.HasPrefix(target, "#") {
-		id, _, err := storage.GetAlias(r.Context(), a.db, target)
-		if errors.Is(err, storage.ErrNotFound) && !strings.HasSuffix(target, ":"+a.opts.ServerName) {
-			return a.remoteJoin(r, dev, target, a.joinContent(r.Context(), dev.UserID, ""))
+		id, _, err := storage.GetAlias(r.Context(), rm.db, target)
+		if errors.Is(err, storage.ErrNotFound) && !strings.HasSuffix(target, ":"+rm.opts.ServerName) {
+			return rm.remoteJoin(r, dev, target, rm.joinContent(r.Context(), dev.UserID, ""))
 		}
 		if errors.Is(err, storage.ErrNotFound) {
 			return NotFound("room alias %s not found", target)
@@ -302,49 +318,49 @@ func (a *API) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
 	} else if !validRoomID.MatchString(target) {
 		return InvalidParam("%q is neither a room ID nor an alias", target)
 	}
-	return a.join(r, dev, roomID)
+	return rm.join(r, dev, roomID)
 }
 
-func (a *API) joinRoomByID(r *http.Request, dev *Device) Response {
+func (rm *rooms) joinRoomByID(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	return a.join(r, dev, roomID)
+	return rm.join(r, dev, roomID)
 }
 
-func (a *API) join(r *http.Request, dev *Device, roomID string) Response {
+func (rm *rooms) join(r *http.Request, dev *Device, roomID string) Response {
 	var body struct {
 		Reason string `json:"reason"`
 	}
 	if resp, ok := decodeJSON(r, &body); !ok {
 		return resp
 	}
-	content := a.joinContent(r.Context(), dev.UserID, body.Reason)
-	if a.needsRemoteJoin(r.Context(), roomID) {
-		return a.remoteJoin(r, dev, roomID, content)
+	content := rm.joinContent(r.Context(), dev.UserID, body.Reason)
+	if rm.needsRemoteJoin(r.Context(), roomID) {
+		return rm.remoteJoin(r, dev, roomID, content)
 	}
-	if m, err := a.rs.Membership(r.Context(), roomID, dev.UserID); err != nil {
+	if m, err := rm.rs.Membership(r.Context(), roomID, dev.UserID); err != nil {
 		return InternalError(r, err)
 	} else if m == "join" {
 		return JSON(200, map[string]string{"room_id": roomID})
 	}
-	if via := a.joinAuthoriser(r.Context(), roomID, dev.UserID); via != "" { // restricted rooms (knock.go)
+	if via := rm.joinAuthoriser(r.Context(), roomID, dev.UserID); via != "" { // restricted rooms (knock.go)
 		content["join_authorised_via_users_server"] = via
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID
-	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}
-	_ = storage.ClearForgotten(r.Context(), a.db, uid, roomID)
+	_ = storage.ClearForgotten(r.Context(), rm.db, uid, roomID)
 	return JSON(200, map[string]string{"room_id": roomID})
 }
 
 // joinContent is the content of a user's join: membership and profile.
-func (a *API) joinContent(ctx context.Context, userID, reason string) map[string]any {
+func (rm *rooms) joinContent(ctx context.Context, userID, reason string) map[string]any {
 	content := map[string]any{"membership": "join"}
-	if p, err := a.profile(ctx, userID); err == nil {
+	if p, err := rm.profile(ctx, userID); err == nil {
 		for k, v := range p {
 			content[k] = v
 		}
@@ -356,7 +372,7 @@ func (a *API) joinContent(ctx context.Context, userID, reason string) map[string
 }
 
 // membershipOther handles invite, kick (leave), ban and unban (leave).
-func (a *API) membershipOther(action string) authedHandler {
+func (rm *rooms) membershipOther(action string) authedHandler {
 	return func(r *http.Request, dev *Device) Response {
 		roomID, resp, ok := roomIDParam(r)
 		if !ok {
@@ -373,7 +389,7 @@ func (a *API) membershipOther(action string) authedHandler {
 			return InvalidParam("invalid user_id %q", body.UserID)
 		}
 		membership := action
-		cur, err := a.rs.Membership(r.Context(), roomID, body.UserID)
+		cur, err := rm.rs.Membership(r.Context(), roomID, body.UserID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) {
 			return Forbidden("unknown room or not a member")
 		} else if err != nil {
@@ -399,7 +415,7 @@ func (a *API) membershipOther(action string) authedHandler {
 			content["reason"] = body.Reason
 		}
 		if action == "invite" {
-			if p, err := a.profile(r.Context(), body.UserID); err == nil {
+			if p, err := rm.profile(r.Context(), body.UserID); err == nil {
 				for k, v := range p {
 					content[k] = v
 				}
@@ -407,14 +423,14 @@ func (a *API) membershipOther(action string) authedHandler {
 		}
 		cb, _ := json.Marshal(content)
 		target := body.UserID
-		if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.member", StateKey: &target, Content: cb}); !ok {
+		if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.member", StateKey: &target, Content: cb}); !ok {
 			return resp
 		}
 		return JSON(200, struct{}{})
 	}
 }
 
-func (a *API) leaveRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) leaveRoom(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -423,7 +439,7 @@ func (a *API) leaveRoom(r *http.Request, dev *Device) Response {
 	if resp, ok := decodeJSON(r, &body); !ok {
 		return resp
 	}
-	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return NotFound("room %s not found", roomID)
 	} else if err != nil {
@@ -438,18 +454,18 @@ func (a *API) leaveRoom(r *http.Request, dev *Device) Response {
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID
-	if _, resp, ok := a.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
+	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}
 	return JSON(200, struct{}{})
 }
 
-func (a *API) forgetRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) forgetRoom(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	cur, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
+	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return NotFound("room %s not found", roomID)
 	} else if err != nil {
@@ -458,14 +474,14 @@ func (a *API) forgetRoom(r *http.Request, dev *Device) Response {
 	if cur == "join" || cur == "invite" || cur == "knock" {
 		return Errf(400, "M_UNKNOWN", "leave the room before forgetting it")
 	}
-	if err := storage.SetForgotten(r.Context(), a.db, dev.UserID, roomID); err != nil {
+	if err := storage.SetForgotten(r.Context(), rm.db, dev.UserID, roomID); err != nil {
 		return InternalError(r, err)
 	}
 	return JSON(200, struct{}{})
 }
 
-func (a *API) joinedRooms(r *http.Request, dev *Device) Response {
-	rooms, err := storage.RoomsByMembership(r.Context(), a.db, dev.UserID, "join")
+func (rm *rooms) joinedRooms(r *http.Request, dev *Device) Response {
+	rooms, err := storage.RoomsByMembership(r.Context(), rm.db, dev.UserID, "join")
 	if err != nil {
 		return InternalError(r, err)
 	}

@@ -21,25 +21,25 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).summaryRoutes) }
 
 func (a *API) summaryRoutes() {
-	a.open("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "rooms", a.roomSummary(false))
-	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", "rooms", a.roomSummary(true))
-	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", "rooms", a.roomSummary(true))
+	a.open("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "rooms", a.rooms.roomSummary(false))
+	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", "rooms", a.rooms.roomSummary(true))
+	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", "rooms", a.rooms.roomSummary(true))
 }
 
 // optionalDevice authenticates the request if it carries an access token;
 // ok is false (with resp to send) only for a token that is invalid.
-func (a *API) optionalDevice(r *http.Request) (*Device, Response, bool) {
+func (rm *rooms) optionalDevice(r *http.Request) (*Device, Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
 		return nil, Response{}, true
 	}
-	return a.accounts.authenticate(r)
+	return rm.accounts.authenticate(r)
 }
 
 // resolveRoom turns a room ID or a local alias into a room ID ("" if the
 // alias is unknown or the argument is neither).
-func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, error) {
+func (rm *rooms) resolveRoom(ctx context.Context, idOrAlias string) (string, error) {
 	if strings.HasPrefix(idOrAlias, "#") {
-		id, _, err := storage.GetAlias(ctx, a.db, idOrAlias)
+		id, _, err := storage.GetAlias(ctx, rm.db, idOrAlias)
 		if errors.Is(err, storage.ErrNotFound) {
 			return "", nil
 		}
@@ -53,18 +53,18 @@ func (a *API) resolveRoom(ctx context.Context, idOrAlias string) (string, error)
 
 // roomStats loads a room's directory stats, computing them if the room
 // has none yet; ErrNotFound for unknown rooms.
-func (a *API) roomStats(ctx context.Context, roomID string) (*storage.RoomStats, error) {
-	st, err := storage.GetRoomStats(ctx, a.db, roomID)
+func (rm *rooms) roomStats(ctx context.Context, roomID string) (*storage.RoomStats, error) {
+	st, err := storage.GetRoomStats(ctx, rm.db, roomID)
 	if !errors.Is(err, storage.ErrNotFound) {
 		return st, err
 	}
-	if _, err := storage.GetRoom(ctx, a.db, roomID); err != nil {
+	if _, err := storage.GetRoom(ctx, rm.db, roomID); err != nil {
 		return nil, err
 	}
-	if err := storage.RefreshRoomStats(ctx, a.db, roomID); err != nil {
+	if err := storage.RefreshRoomStats(ctx, rm.db, roomID); err != nil {
 		return nil, err
 	}
-	return storage.GetRoomStats(ctx, a.db, roomID)
+	return storage.GetRoomStats(ctx, rm.db, roomID)
 }
 
 // joinRuleAllow returns the room IDs a restricted join rule allows
@@ -103,7 +103,7 @@ func joinRuleAllow(st roomserver.StateMap) (rule string, rooms []string) {
 // knock on, world-readable rooms, and restricted rooms whose allowed rooms
 // the user is joined to. userID "" is an unauthenticated caller, who only
 // sees public, knockable and world-readable rooms.
-func (a *API) canPreview(ctx context.Context, userID string, st roomserver.StateMap) bool {
+func (rm *rooms) canPreview(ctx context.Context, userID string, st roomserver.StateMap) bool {
 	if hv := st.Get("m.room.history_visibility", ""); hv != nil {
 		if v, _ := hv.HistoryVisibility(); v == "world_readable" {
 			return true
@@ -121,16 +121,16 @@ func (a *API) canPreview(ctx context.Context, userID string, st roomserver.State
 		return true
 	}
 	for _, room := range allow {
-		if m, err := a.rs.Membership(ctx, room, userID); err == nil && m == "join" {
+		if m, err := rm.rs.Membership(ctx, room, userID); err == nil && m == "join" {
 			return true
 		}
 	}
 	return false
 }
 
-func (a *API) roomSummary(unstable bool) handler {
+func (rm *rooms) roomSummary(unstable bool) handler {
 	return func(r *http.Request) Response {
-		dev, resp, ok := a.optionalDevice(r)
+		dev, resp, ok := rm.optionalDevice(r)
 		if !ok {
 			return resp
 		}
@@ -138,7 +138,7 @@ func (a *API) roomSummary(unstable bool) handler {
 		if dev != nil {
 			userID = dev.UserID
 		}
-		roomID, err := a.resolveRoom(r.Context(), vars(r)["roomIdOrAlias"])
+		roomID, err := rm.resolveRoom(r.Context(), vars(r)["roomIdOrAlias"])
 		if err != nil {
 			return InternalError(r, err)
 		}
@@ -146,16 +146,16 @@ func (a *API) roomSummary(unstable bool) handler {
 		if roomID == "" {
 			return notFound
 		}
-		st, err := a.rs.CurrentState(r.Context(), roomID)
+		st, err := rm.rs.CurrentState(r.Context(), roomID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) {
 			return notFound
 		} else if err != nil {
 			return InternalError(r, err)
 		}
-		if !a.canPreview(r.Context(), userID, st) {
+		if !rm.canPreview(r.Context(), userID, st) {
 			return notFound
 		}
-		stats, err := a.roomStats(r.Context(), roomID)
+		stats, err := rm.roomStats(r.Context(), roomID)
 		if errors.Is(err, storage.ErrNotFound) {
 			return notFound
 		} else if err != nil {

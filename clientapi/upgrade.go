@@ -23,19 +23,15 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).upgradeRoutes) }
 
 func (a *API) upgradeRoutes() {
-	a.v3("POST", "/rooms/{roomId}/upgrade", "rooms", a.upgradeRoom)
+	a.v3("POST", "/rooms/{roomId}/upgrade", "rooms", a.rooms.upgradeRoom)
 }
-
-// upgradeLocks serialises upgrades of the same room, so a double click
-// cannot create two replacement rooms.
-var upgradeLocks sync.Map // room ID -> *sync.Mutex
 
 // transferableState are the state events copied into the replacement
 // room, in the order they are sent there.
 var transferableState = []string{"m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.name",
 	"m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.server_acl", "m.room.canonical_alias"}
 
-func (a *API) upgradeRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) upgradeRoom(r *http.Request, dev *Device) Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -63,12 +59,12 @@ func (a *API) upgradeRoom(r *http.Request, dev *Device) Response {
 	if len(body.AdditionalCreators) > 0 && !impl.PrivilegedCreators() {
 		return InvalidParam("additional_creators needs a room version with privileged creators")
 	}
-	m, _ := upgradeLocks.LoadOrStore(roomID, &sync.Mutex{})
+	m, _ := rm.upgradeLocks.LoadOrStore(roomID, &sync.Mutex{})
 	mu := m.(*sync.Mutex)
 	mu.Lock()
 	defer mu.Unlock()
 
-	st, err := a.rs.CurrentState(r.Context(), roomID)
+	st, err := rm.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return Forbidden("unknown room or not a member")
 	} else if err != nil {
@@ -89,11 +85,11 @@ func (a *API) upgradeRoom(r *http.Request, dev *Device) Response {
 			return Errf(http.StatusBadRequest, "M_UNKNOWN", "room has already been upgraded to %s", c.Replacement)
 		}
 	}
-	newRoom, err := a.createReplacement(r.Context(), dev, roomID, st, ver, impl, body.AdditionalCreators)
+	newRoom, err := rm.createReplacement(r.Context(), dev, roomID, st, ver, impl, body.AdditionalCreators)
 	if err != nil {
 		return roomError(r, err)
 	}
-	if err := a.retireRoom(r.Context(), dev, roomID, newRoom, st); err != nil {
+	if err := rm.retireRoom(r.Context(), dev, roomID, newRoom, st); err != nil {
 		return roomError(r, err)
 	}
 	return JSON(200, map[string]string{"replacement_room": newRoom})
@@ -110,7 +106,7 @@ func contentMap(ev gomatrixserverlib.PDU) map[string]any {
 
 // createReplacement creates the new room with the old room's
 // transferable state, power levels and bans.
-func (a *API) createReplacement(ctx context.Context, dev *Device, oldRoom string, st roomserver.StateMap, ver gomatrixserverlib.RoomVersion,
+func (rm *rooms) createReplacement(ctx context.Context, dev *Device, oldRoom string, st roomserver.StateMap, ver gomatrixserverlib.RoomVersion,
 	impl gomatrixserverlib.IRoomVersion, additional []string) (string, error) {
 	sp := func(s string) *string { return &s }
 	createContent := map[string]any{"predecessor": map[string]any{"room_id": oldRoom}}
@@ -124,7 +120,7 @@ func (a *API) createReplacement(ctx context.Context, dev *Device, oldRoom string
 		createContent["additional_creators"] = additional
 	}
 	member := map[string]any{"membership": "join"}
-	if p, err := a.profile(ctx, dev.UserID); err == nil {
+	if p, err := rm.profile(ctx, dev.UserID); err == nil {
 		for k, v := range p {
 			member[k] = v
 		}
@@ -199,11 +195,11 @@ func (a *API) createReplacement(ctx context.Context, dev *Device, oldRoom string
 	if final != nil {
 		events = append(events, roomserver.InitialEvent{Type: "m.room.power_levels", StateKey: sp(""), Content: final})
 	}
-	room, err := storage.GetRoom(ctx, a.db, oldRoom)
+	room, err := storage.GetRoom(ctx, rm.db, oldRoom)
 	if err != nil {
 		return "", err
 	}
-	return a.rs.CreateRoom(ctx, roomserver.CreateRoomRequest{
+	return rm.rs.CreateRoom(ctx, roomserver.CreateRoomRequest{
 		Creator: dev.UserID, RoomVersion: ver, CreateContent: createContent, Events: events, Public: room.IsPublic,
 	})
 }
@@ -218,17 +214,17 @@ func cloneMap(m map[string]any) map[string]any {
 
 // retireRoom tombstones the old room, moves its aliases and directory
 // listing to the new one and restricts who may still speak in it.
-func (a *API) retireRoom(ctx context.Context, dev *Device, oldRoom, newRoom string, st roomserver.StateMap) error {
+func (rm *rooms) retireRoom(ctx context.Context, dev *Device, oldRoom, newRoom string, st roomserver.StateMap) error {
 	empty := ""
 	tomb, _ := json.Marshal(map[string]string{"body": "This room has been replaced", "replacement_room": newRoom})
-	if _, err := a.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.tombstone", StateKey: &empty, Content: tomb}); err != nil {
+	if _, err := rm.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.tombstone", StateKey: &empty, Content: tomb}); err != nil {
 		return err
 	}
-	if err := storage.MoveAliases(ctx, a.db, oldRoom, newRoom); err != nil {
+	if err := storage.MoveAliases(ctx, rm.db, oldRoom, newRoom); err != nil {
 		return err
 	}
-	if room, err := storage.GetRoom(ctx, a.db, oldRoom); err == nil && room.IsPublic {
-		if err := storage.SetRoomPublic(ctx, a.db, oldRoom, false); err != nil {
+	if room, err := storage.GetRoom(ctx, rm.db, oldRoom); err == nil && room.IsPublic {
+		if err := storage.SetRoomPublic(ctx, rm.db, oldRoom, false); err != nil {
 			return err
 		}
 	}
@@ -236,7 +232,7 @@ func (a *API) retireRoom(ctx context.Context, dev *Device, oldRoom, newRoom stri
 	// tombstone is in, and the upgrader may lack power for some of it.
 	log := logrus.WithField("room_id", oldRoom)
 	if ca := st.Get("m.room.canonical_alias", ""); ca != nil && len(contentMap(ca)) > 0 {
-		if _, err := a.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.canonical_alias", StateKey: &empty, Content: json.RawMessage("{}")}); err != nil {
+		if _, err := rm.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.canonical_alias", StateKey: &empty, Content: json.RawMessage("{}")}); err != nil {
 			log.WithError(err).Info("upgrade: could not clear the old room's canonical alias")
 		}
 	}
@@ -247,7 +243,7 @@ func (a *API) retireRoom(ctx context.Context, dev *Device, oldRoom, newRoom stri
 		pl["events_default"] = restricted
 		pl["invite"] = restricted
 		b, _ := json.Marshal(pl)
-		if _, err := a.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.power_levels", StateKey: &empty, Content: b}); err != nil {
+		if _, err := rm.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.power_levels", StateKey: &empty, Content: b}); err != nil {
 			log.WithError(err).Info("upgrade: could not restrict the old room's power levels")
 		}
 	}
