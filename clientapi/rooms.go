@@ -279,17 +279,16 @@ func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
 
 // profile returns the user's displayname and avatar_url for member events.
 func (rm *rooms) profile(ctx context.Context, userID string) (map[string]any, error) {
-	var dn, av *string
-	err := rm.db.QueryRowContext(ctx, `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1`, userID).Scan(&dn, &av)
+	p, err := storage.GetProfile(ctx, rm.db, userID)
 	if err != nil {
 		return nil, err
 	}
 	out := map[string]any{}
-	if dn != nil && *dn != "" {
-		out["displayname"] = *dn
+	if p.DisplayName != "" {
+		out["displayname"] = p.DisplayName
 	}
-	if av != nil && *av != "" {
-		out["avatar_url"] = *av
+	if p.AvatarURL != "" {
+		out["avatar_url"] = p.AvatarURL
 	}
 	return out, nil
 }

@@ -96,8 +96,7 @@ func (a *API) deleteTag(r *http.Request, dev *Device) Response {
 func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) Response {
 	ctx := r.Context()
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
-		if _, err := tx.ExecContext(ctx, `UPDATE account_data SET stream_pos = stream_pos WHERE user_id = $1 AND room_id = $2 AND type = $3`,
-			userID, roomID, tagType); err != nil {
+		if err := storage.LockAccountData(ctx, tx, userID, roomID, tagType); err != nil {
 			return err
 		}
 		c, err := storage.GetAccountData(ctx, tx, userID, roomID, tagType)

@@ -528,17 +528,16 @@ func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ [
 func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
 	q := r.URL.Query()
 	userID := q.Get("user_id")
-	var dn, av *string
-	err := f.db.QueryRowContext(r.Context(), `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1 AND deactivated = FALSE`, userID).Scan(&dn, &av)
+	p, err := storage.GetActiveProfile(r.Context(), f.db, userID)
 	if err != nil {
 		return 404, mxErr("M_NOT_FOUND", "profile not found")
 	}
 	out := map[string]any{}
-	if dn != nil && (q.Get("field") == "" || q.Get("field") == "displayname") {
-		out["displayname"] = *dn
+	if p.DisplayName != nil && (q.Get("field") == "" || q.Get("field") == "displayname") {
+		out["displayname"] = *p.DisplayName
 	}
-	if av != nil && (q.Get("field") == "" || q.Get("field") == "avatar_url") {
-		out["avatar_url"] = *av
+	if p.AvatarURL != nil && (q.Get("field") == "" || q.Get("field") == "avatar_url") {
+		out["avatar_url"] = *p.AvatarURL
 	}
 	return 200, out
 }

@@ -2,7 +2,7 @@ package roomserver
 
 import (
 	"context"
-	"database/sql"
+	"errors"
 	"sort"
 	"sync"
 	"time"
@@ -32,18 +32,14 @@ func (s *RoomServer) StoreBackfilled(ctx context.Context, origin spec.ServerName
 	}
 	backfillMu.Lock()
 	defer backfillMu.Unlock()
-	var earliest struct {
-		pos  int64
-		snap int64
-	}
-	err = s.db.QueryRowContext(ctx, `SELECT stream_pos, snapshot_before FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos ASC LIMIT 1`, roomID).Scan(&earliest.pos, &earliest.snap)
-	if err == sql.ErrNoRows {
+	_, _, earliestSnap, err := storage.EarliestTimelineEvent(ctx, s.db, roomID)
+	if errors.Is(err, storage.ErrNotFound) {
 		return 0, nil
 	} else if err != nil {
 		return 0, err
 	}
-	var minPos int64
-	if err := s.db.QueryRowContext(ctx, `SELECT COALESCE(MIN(stream_pos), 0) FROM events`).Scan(&minPos); err != nil {
+	minPos, err := storage.MinEventPos(ctx, s.db)
+	if err != nil {
 		return 0, err
 	}
 	next := min(minPos, 0) - 1
@@ -78,7 +74,7 @@ func (s *RoomServer) StoreBackfilled(ctx context.Context, origin spec.ServerName
 			se := &storage.Event{
 				StreamPos: next, EventID: ev.EventID(), RoomID: roomID, RoomVersion: string(h.version.Version()), Type: ev.Type(), StateKey: ev.StateKey(),
 				Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginTS: int64(ev.OriginServerTS()), ReceivedTS: time.Now().UnixMilli(),
-				JSON: ev.JSON(), SnapshotBefore: earliest.snap, SnapshotAfter: earliest.snap,
+				JSON: ev.JSON(), SnapshotBefore: earliestSnap, SnapshotAfter: earliestSnap,
 			}
 			if ev.Type() == spec.MRoomMember {
 				se.Membership, _ = ev.Membership()
@@ -103,9 +99,8 @@ func (s *RoomServer) StoreBackfilled(ctx context.Context, origin spec.ServerName
 // EarliestEvents returns the prev events of the room's oldest timeline
 // event that we do not hold: where a /backfill request starts.
 func (s *RoomServer) EarliestEvents(ctx context.Context, roomID string) ([]string, error) {
-	var id string
-	err := s.db.QueryRowContext(ctx, `SELECT event_id FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos ASC LIMIT 1`, roomID).Scan(&id)
-	if err == sql.ErrNoRows {
+	id, _, _, err := storage.EarliestTimelineEvent(ctx, s.db, roomID)
+	if errors.Is(err, storage.ErrNotFound) {
 		return nil, nil
 	} else if err != nil {
 		return nil, err

@@ -56,6 +56,14 @@ func PutAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string, con
 	return pos, nil
 }
 
+// LockAccountData touches a blob's row inside tx (a no-op write) so that
+// concurrent read-modify-write edits of the same blob queue behind each
+// other instead of one losing the other's change.
+func LockAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string) error {
+	_, err := tx.ExecContext(ctx, `UPDATE account_data SET stream_pos = stream_pos WHERE user_id = $1 AND room_id = $2 AND type = $3`, userID, roomID, typ)
+	return err
+}
+
 // GetAccountData loads one blob, or ErrNotFound.
 func GetAccountData(ctx context.Context, q Querier, userID, roomID, typ string) (json.RawMessage, error) {
 	var c string

@@ -30,6 +30,27 @@ func GetProfile(ctx context.Context, q Querier, userID string) (*Profile, error)
 	return &Profile{DisplayName: dn.String, AvatarURL: av.String}, nil
 }
 
+// PublicProfile is a profile as served over federation: nil fields are
+// unset (NULL), "" fields were set to empty.
+type PublicProfile struct {
+	DisplayName *string
+	AvatarURL   *string
+}
+
+// GetActiveProfile loads the profile of a local user that exists and is not
+// deactivated, or ErrNotFound.
+func GetActiveProfile(ctx context.Context, q Querier, userID string) (*PublicProfile, error) {
+	var p PublicProfile
+	err := q.QueryRowContext(ctx, `SELECT displayname, avatar_url FROM accounts WHERE user_id = $1 AND deactivated = FALSE`, userID).Scan(&p.DisplayName, &p.AvatarURL)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &p, nil
+}
+
 // SharesRoom reports whether two users are both joined to (or invited to)
 // some room: the test for seeing each other's profile and presence.
 func SharesRoom(ctx context.Context, q Querier, a, b string) (bool, error) {

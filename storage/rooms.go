@@ -340,6 +340,25 @@ func MaxEventPos(ctx context.Context, q Querier, roomID string) (int64, error) {
 	return v.Int64, err
 }
 
+// EarliestTimelineEvent returns the room's oldest event with a stream
+// position (where backfill starts): its ID, position and the snapshot
+// before it, or ErrNotFound for a room with none.
+func EarliestTimelineEvent(ctx context.Context, q Querier, roomID string) (eventID string, pos, snapshotBefore int64, err error) {
+	err = q.QueryRowContext(ctx, `SELECT event_id, stream_pos, snapshot_before FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL ORDER BY stream_pos ASC LIMIT 1`, roomID).Scan(&eventID, &pos, &snapshotBefore)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, 0, ErrNotFound
+	}
+	return eventID, pos, snapshotBefore, err
+}
+
+// MinEventPos returns the lowest stream position of any event (0 if none):
+// backfilled events take positions below it.
+func MinEventPos(ctx context.Context, q Querier) (int64, error) {
+	var v int64
+	err := q.QueryRowContext(ctx, `SELECT COALESCE(MIN(stream_pos), 0) FROM events`).Scan(&v)
+	return v, err
+}
+
 // StateEntry is one (type, state_key) → event ID mapping.
 type StateEntry struct {
 	Type     string `json:"t"`
