@@ -25,14 +25,6 @@ import (
 
 const fedPublicRoomsMaxLimit = 500
 
-func init() { routeGroups = append(routeGroups, (*Federation).directoryRoutes) }
-
-func (f *Federation) directoryRoutes() {
-	f.handleSigned("GET", "/_matrix/federation/v1/publicRooms", f.getPublicRooms)
-	f.handleSigned("POST", "/_matrix/federation/v1/publicRooms", f.postPublicRooms)
-	f.handleSigned("GET", "/_matrix/federation/v1/hierarchy/{roomId}", f.hierarchy)
-}
-
 type fedPublicRoomsReq = storage.PublicRoomsRequest
 
 func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) (int, any) {

@@ -53,17 +53,6 @@ const (
 	mSigningKeyUpdate  = "m.signing_key_update"
 )
 
-func init() { routeGroups = append(routeGroups, (*Federation).e2eeRoutes) }
-
-func (f *Federation) e2eeRoutes() {
-	f.handleSigned("POST", "/_matrix/federation/v1/user/keys/query", f.userKeysQuery)
-	f.handleSigned("POST", "/_matrix/federation/v1/user/keys/claim", f.userKeysClaim)
-	f.handleSigned("GET", "/_matrix/federation/v1/user/devices/{userId}", f.userDevices)
-	f.HandleEDU(spec.MDirectToDevice, f.onDirectToDevice)
-	f.HandleEDU(spec.MDeviceListUpdate, f.onDeviceListUpdate)
-	f.HandleEDU(mSigningKeyUpdate, f.onSigningKeyUpdate)
-}
-
 // --- inbound endpoints ---
 
 func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body []byte) (int, any) {

@@ -67,8 +67,8 @@ const (
 	todeviceRetention  = 24 * time.Hour
 )
 
-// extras is the per-Federation state of the files that add to the
-// federation component (federation.go keeps its own fields).
+// extras is the state of the EDU, E2EE and media handlers: the local
+// services, the remote key cache and the outbound workers.
 type extras struct {
 	local atomic.Pointer[Local]
 	keys  *keyCache
@@ -82,15 +82,11 @@ type extras struct {
 	kick    chan struct{}
 }
 
-var extrasByFed sync.Map // *Federation → *extras
-
-func (f *Federation) ext() *extras {
-	if v, ok := extrasByFed.Load(f); ok {
-		return v.(*extras)
-	}
-	v, _ := extrasByFed.LoadOrStore(f, &extras{keys: newKeyCache(), devWake: make(chan struct{}, 1), kick: make(chan struct{}, 1)})
-	return v.(*extras)
+func newExtras() *extras {
+	return &extras{keys: newKeyCache(), devWake: make(chan struct{}, 1), kick: make(chan struct{}, 1)}
 }
+
+func (f *Federation) ext() *extras { return f.x }
 
 func (f *Federation) local() *Local { return f.ext().local.Load() }
 
@@ -123,15 +119,7 @@ func (f *Federation) StopLocal() {
 		cancel()
 		x.wg.Wait()
 	}
-	extrasByFed.Delete(f)
-}
-
-func init() { routeGroups = append(routeGroups, (*Federation).eduRoutes) }
-
-func (f *Federation) eduRoutes() {
-	f.HandleEDU(spec.MTyping, f.onTyping)
-	f.HandleEDU(spec.MReceipt, f.onReceipt)
-	f.HandleEDU(spec.MPresence, f.onPresence)
+	x.local.Store(nil)
 }
 
 // errForeignUser is an EDU about a user who does not belong to its origin.

@@ -35,7 +35,7 @@ type RoomInput interface {
 	InputRemoteEvents(ctx context.Context, origin spec.ServerName, pdus []gomatrixserverlib.PDU) map[string]error
 }
 
-// EDUHandler processes one inbound EDU of a registered type.
+// EDUHandler processes one inbound EDU of a type in eduHandlers.
 type EDUHandler func(ctx context.Context, origin spec.ServerName, content json.RawMessage) error
 
 // Federation is the federation component of one server.
@@ -54,7 +54,7 @@ type Federation struct {
 	// (PerformJoin) that want one.
 	keyRing *gomatrixserverlib.KeyRing
 	edusMu  sync.RWMutex
-	edus    map[string]EDUHandler
+	edus    map[string]EDUHandler // eduHandlers, plus HandleEDU's additions
 
 	policy    atomic.Pointer[policy]
 	limiter   *originLimiter
@@ -64,6 +64,7 @@ type Federation struct {
 	transport *outboundTransport
 	fetcher   *keyFetcher
 	queue     *queue
+	x         *extras
 
 	oldKeys     []oldKey // retired signing keys, published as old_verify_keys
 	ownMu       sync.Mutex
@@ -105,9 +106,9 @@ func New(cfg *config.Config, db *storage.DB, rs RoomInput, keyID string, key ed2
 		keyID:      gomatrixserverlib.KeyID(keyID),
 		key:        key,
 		router:     mux.NewRouter(),
-		edus:       map[string]EDUHandler{},
 		limiter:    newOriginLimiter(cfg.Federation.RequestsPerSecond, cfg.Federation.RequestBurst),
 		metrics:    newMetrics(),
+		x:          newExtras(),
 	}
 	for _, n := range notaries {
 		if n.name == f.serverName {
@@ -134,7 +135,10 @@ func New(cfg *config.Config, db *storage.DB, rs RoomInput, keyID string, key ed2
 	}
 	f.keys = f.keyRing
 	f.queue = newQueue(f)
-	f.registerRoutes()
+	f.edus = f.eduHandlers()
+	if err := f.mount(f.routes()); err != nil {
+		return nil, err
+	}
 	return f, nil
 }
 
@@ -153,20 +157,17 @@ func (f *Federation) Stop() {
 	})
 }
 
-// Router is the federation listener's mux, for unauthenticated routes;
-// authenticated ones go through handleSigned / HandleSigned.
-func (f *Federation) Router() *mux.Router { return f.router }
+// Client is the signed, policy-checked outbound federation client.
+func (f *Federation) Client() fclient.FederationClient { return f.client }
 
-// HandleEDU registers the handler for an EDU type (m.typing, m.receipt,
-// m.direct_to_device, m.device_list_update, m.signing_key_update, …).
+// HandleEDU adds or replaces the handler of one EDU type after New built
+// the table (eduHandlers); the integration tests count EDUs of a type of
+// their own with it.
 func (f *Federation) HandleEDU(typ string, h EDUHandler) {
 	f.edusMu.Lock()
 	defer f.edusMu.Unlock()
 	f.edus[typ] = h
 }
-
-// Client is the signed, policy-checked outbound federation client.
-func (f *Federation) Client() fclient.FederationClient { return f.client }
 
 // ServerName is this server's name.
 func (f *Federation) ServerName() spec.ServerName { return f.serverName }

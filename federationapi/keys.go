@@ -96,14 +96,6 @@ func (f *Federation) ownServerKeys() (json.RawMessage, error) {
 	return signed, nil
 }
 
-func (f *Federation) keyRoutes() {
-	f.handleOpen(http.MethodGet, "/_matrix/key/v2/server", f.serveOwnKeys)
-	f.handleOpen(http.MethodGet, "/_matrix/key/v2/server/{keyID}", f.serveOwnKeys) // deprecated form
-	f.handleOpen(http.MethodPost, "/_matrix/key/v2/query", f.queryKeysBatch)
-	f.handleOpen(http.MethodGet, "/_matrix/key/v2/query/{serverName}", f.queryKeysOne)
-	f.handleOpen(http.MethodGet, "/_matrix/key/v2/query/{serverName}/{keyID}", f.queryKeysOne) // deprecated form
-}
-
 func (f *Federation) serveOwnKeys(r *http.Request) (int, any) {
 	b, err := f.ownServerKeys()
 	if err != nil {

@@ -35,20 +35,9 @@ var ErrMediaNotFound = errors.New("federation: remote media not found")
 // mediaErrorLimit bounds an error body relayed from the media handler.
 const mediaErrorLimit = 64 << 10
 
-func init() { routeGroups = append(routeGroups, (*Federation).mediaRoutes) }
-
-func (f *Federation) mediaRoutes() {
-	f.router.HandleFunc("/_matrix/federation/v1/media/download/{mediaId}", f.serveMedia(false)).Methods("GET")
-	f.router.HandleFunc("/_matrix/federation/v1/media/thumbnail/{mediaId}", f.serveMedia(true)).Methods("GET")
-}
-
 // serveMedia answers a signed media request with the multipart framing.
-func (f *Federation) serveMedia(thumb bool) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if _, _, code, resp := f.authenticate(r); code != 0 {
-			writeJSON(w, code, resp)
-			return
-		}
+func (f *Federation) serveMedia(thumb bool) func(http.ResponseWriter, *http.Request, spec.ServerName) {
+	return func(w http.ResponseWriter, r *http.Request, _ spec.ServerName) {
 		l := f.local()
 		if l == nil || l.Media == nil {
 			code, resp := notFound("media not found")

@@ -13,12 +13,6 @@ import (
 // /_matrix/client/v3/user/{userId}/openid/request_token) learns whose it
 // is. The endpoint needs no X-Matrix signature: the token is the secret.
 
-func init() { routeGroups = append(routeGroups, (*Federation).openIDRoutes) }
-
-func (f *Federation) openIDRoutes() {
-	f.handleOpen("GET", "/_matrix/federation/v1/openid/userinfo", f.openIDUserInfo)
-}
-
 func (f *Federation) openIDUserInfo(r *http.Request) (int, any) {
 	token := r.URL.Query().Get("access_token")
 	if token == "" || len(token) > 255 {

@@ -38,25 +38,6 @@ func mxErr(code, msg string) map[string]string {
 	return map[string]string{"errcode": code, "error": msg}
 }
 
-// roomRoutes registers the room-level federation endpoints.
-func (f *Federation) roomRoutes() {
-	f.handleSigned("GET", "/_matrix/federation/v1/make_join/{roomId}/{userId}", f.makeMembership("join"))
-	f.handleSigned("GET", "/_matrix/federation/v1/make_leave/{roomId}/{userId}", f.makeMembership("leave"))
-	f.handleSigned("GET", "/_matrix/federation/v1/make_knock/{roomId}/{userId}", f.makeMembership("knock"))
-	f.handleSigned("PUT", "/_matrix/federation/v2/send_join/{roomId}/{eventId}", f.sendMembership("join"))
-	f.handleSigned("PUT", "/_matrix/federation/v2/send_leave/{roomId}/{eventId}", f.sendMembership("leave"))
-	f.handleSigned("PUT", "/_matrix/federation/v1/send_knock/{roomId}/{eventId}", f.sendMembership("knock"))
-	f.handleSigned("PUT", "/_matrix/federation/v2/invite/{roomId}/{eventId}", f.inviteV2)
-	f.handleSigned("GET", "/_matrix/federation/v1/state/{roomId}", f.state(false))
-	f.handleSigned("GET", "/_matrix/federation/v1/state_ids/{roomId}", f.state(true))
-	f.handleSigned("GET", "/_matrix/federation/v1/event/{eventId}", f.getEvent)
-	f.handleSigned("GET", "/_matrix/federation/v1/event_auth/{roomId}/{eventId}", f.eventAuth)
-	f.handleSigned("GET", "/_matrix/federation/v1/backfill/{roomId}", f.backfill)
-	f.handleSigned("POST", "/_matrix/federation/v1/get_missing_events/{roomId}", f.getMissingEvents)
-	f.handleSigned("GET", "/_matrix/federation/v1/query/directory", f.queryDirectory)
-	f.handleSigned("GET", "/_matrix/federation/v1/query/profile", f.queryProfile)
-}
-
 // serverInRoom reports whether server has a joined member in the state.
 func serverInRoom(st roomserver.StateMap, server spec.ServerName) bool {
 	for k, e := range st {

@@ -285,7 +285,7 @@ func guessEventID(raw []byte, eventID string, ver gomatrixserverlib.RoomVersion)
 	return id
 }
 
-// dispatchEDU hands an EDU to its registered handler; unknown types are
+// dispatchEDU hands an EDU to its handler in the EDU table; unknown types are
 // ignored, as the spec asks, and handler failures stay with the EDU.
 func (f *Federation) dispatchEDU(ctx context.Context, origin spec.ServerName, edu gomatrixserverlib.EDU) {
 	f.edusMu.RLock()

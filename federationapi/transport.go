@@ -80,15 +80,14 @@ func writeJSON(w http.ResponseWriter, code int, body any) {
 // It returns the status and the body to encode as JSON.
 type SignedHandler func(r *http.Request, origin spec.ServerName, body []byte) (int, any)
 
-// handleSigned registers a federation endpoint that requires X-Matrix
-// authentication. Before h runs, the request must pass, in order: the
+// signedHandler serves an AccessSigned route. Before h runs, the request must pass, in order: the
 // policy (federation on, origin allowed: else 403 M_FORBIDDEN, audited),
 // the body size limit (413), the X-Matrix signature check against the key
 // ring (401 M_UNAUTHORIZED) and the origin's rate limit (429). A verified
 // request also tells the outbound queue the origin is reachable again.
 // Room-level checks (m.room.server_acl, membership) are the handler's.
-func (f *Federation) handleSigned(method, path string, h SignedHandler) {
-	f.router.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+func (f *Federation) signedHandler(h SignedHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		origin, body, code, resp := f.authenticate(r)
 		if code != 0 {
 			writeJSON(w, code, resp)
@@ -96,27 +95,34 @@ func (f *Federation) handleSigned(method, path string, h SignedHandler) {
 		}
 		code, resp = h(r, origin, body)
 		writeJSON(w, code, resp)
-	}).Methods(method)
+	}
 }
 
-// HandleSigned is handleSigned for components outside this package (device
-// lists, media, directory) that serve their own federation endpoints.
-func (f *Federation) HandleSigned(method, path string, h SignedHandler) {
-	f.handleSigned(method, path, h)
+// signedRawHandler is signedHandler for a handler that writes its own
+// answer (multipart media); the body it is given has been read and checked.
+func (f *Federation) signedRawHandler(h func(http.ResponseWriter, *http.Request, spec.ServerName)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		origin, _, code, resp := f.authenticate(r)
+		if code != 0 {
+			writeJSON(w, code, resp)
+			return
+		}
+		h(w, r, origin)
+	}
 }
 
-// handleOpen registers an endpoint that needs no X-Matrix authentication
-// (keys, version, OpenID userinfo). The Handler still refuses everything
-// while federation is disabled.
-func (f *Federation) handleOpen(method, path string, h func(r *http.Request) (int, any)) {
-	f.router.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+// openHandler serves an AccessOpen route: no X-Matrix authentication, a
+// bounded body. The Handler still refuses everything while federation is
+// disabled.
+func openHandler(h func(r *http.Request) (int, any)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		r.Body = http.MaxBytesReader(w, r.Body, maxSignedBody)
 		code, resp := h(r)
 		writeJSON(w, code, resp)
-	}).Methods(method)
+	}
 }
 
-// authenticate runs the checks of handleSigned. A non-zero code is the
+// authenticate runs the checks of signedHandler. A non-zero code is the
 // error response to send.
 func (f *Federation) authenticate(r *http.Request) (spec.ServerName, []byte, int, any) {
 	claimed := claimedOrigin(r)
@@ -218,7 +224,7 @@ func (s *statusWriter) WriteHeader(code int) {
 	s.ResponseWriter.WriteHeader(code)
 }
 
-// notFoundHandlers make unknown routes answer Matrix errors.
+// setFallbackHandlers make unknown routes answer Matrix errors.
 func (f *Federation) setFallbackHandlers() {
 	f.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		code, resp := errResp(http.StatusNotFound, "M_UNRECOGNIZED", "unrecognized request: %s %s", r.Method, r.URL.Path)
