@@ -7,6 +7,12 @@
 // key is stored wrapped by the agency's key-encryption key (KEK). The file
 // name, content type and hash are sealed beside the content; the disk holds
 // only randomly named ciphertext.
+//
+// Its queries (schema.go, keys.go, admin.go) stay here rather than in
+// storage: the media tables are read and written by nothing else, and a
+// key rotation rewraps rows in step with the repository's KEK handling
+// inside one transaction. Their schema is in storage (media.go) so that it
+// runs in the store's one ordered list of migrations.
 package mediaapi
 
 import (

@@ -16,8 +16,7 @@ import (
 //
 // Rows of type m.push_rules are change markers: push rules live in their
 // own table (pushrules.go); /sync and GET render the computed rule set.
-func init() {
-	RegisterMigrations("account_data", Migration{Version: 1, SQL: `
+const accountDataV1 = `
 CREATE TABLE account_data (
 	user_id TEXT NOT NULL,
 	room_id TEXT NOT NULL DEFAULT '',
@@ -26,9 +25,7 @@ CREATE TABLE account_data (
 	stream_pos BIGINT NOT NULL,
 	PRIMARY KEY (user_id, room_id, type)
 );
-CREATE INDEX account_data_user_pos ON account_data(user_id, stream_pos)`})
-	RegisterStreamTable("account_data", "stream_pos")
-}
+CREATE INDEX account_data_user_pos ON account_data(user_id, stream_pos)`
 
 // AccountData is one row of account_data.
 type AccountData struct {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 )
 
 // Account tables: written by the client API (login, registration, devices,
@@ -26,8 +25,7 @@ import (
 //     (ms, NULL = never) is in the future.
 //   - uia_sessions: User-Interactive Auth sessions, kept in the store so a
 //     session survives restarts and works across processes.
-func init() {
-	RegisterMigrations("accounts", Migration{Version: 1, SQL: `
+const accountsV1 = `
 CREATE TABLE accounts (
 	user_id TEXT PRIMARY KEY,
 	localpart TEXT NOT NULL,
@@ -93,8 +91,7 @@ CREATE TABLE uia_sessions (
 	params TEXT NOT NULL DEFAULT '{}',
 	data TEXT NOT NULL DEFAULT '{}'
 );
-CREATE INDEX uia_sessions_created ON uia_sessions(created_ts)`})
-}
+CREATE INDEX uia_sessions_created ON uia_sessions(created_ts)`
 
 // ---------------------------------------------------------------------------
 // Accounts
@@ -212,22 +209,15 @@ type Device struct {
 	LastSeenUA  string
 }
 
-// DeviceCleanup deletes a component's per-device rows (device keys,
-// to-device inbox, …) when devices are deleted. It runs inside the same
-// Querier (normally a transaction) as the device deletion.
-type DeviceCleanup func(ctx context.Context, q Querier, userID string, deviceIDs []string) error
-
-var (
-	deviceCleanupsMu sync.Mutex
-	deviceCleanups   []DeviceCleanup
-)
-
-// RegisterDeviceCleanup adds fn to the work done by DeleteDevices,
-// DeleteAllDevices and Deactivate. Components call it from init.
-func RegisterDeviceCleanup(fn DeviceCleanup) {
-	deviceCleanupsMu.Lock()
-	defer deviceCleanupsMu.Unlock()
-	deviceCleanups = append(deviceCleanups, fn)
+// cleanupDevices deletes every component's per-device rows (device keys,
+// to-device inbox, pushers, …) when devices are deleted, inside the same
+// Querier (normally a transaction) as the device deletion. A table keyed by
+// device gets its cleanup called here.
+func cleanupDevices(ctx context.Context, q Querier, userID string, deviceIDs []string) error {
+	if err := cleanupE2EEDevices(ctx, q, userID, deviceIDs); err != nil {
+		return err
+	}
+	return cleanupPushers(ctx, q, userID, deviceIDs)
 }
 
 const deviceCols = `user_id, device_id, display_name, created_ts, last_seen_ts, last_seen_ip, last_seen_ua`
@@ -348,15 +338,7 @@ func DeleteDevices(ctx context.Context, q Querier, userID string, deviceIDs []st
 			}
 		}
 	}
-	deviceCleanupsMu.Lock()
-	fns := append([]DeviceCleanup(nil), deviceCleanups...)
-	deviceCleanupsMu.Unlock()
-	for _, fn := range fns {
-		if err := fn(ctx, q, userID, deviceIDs); err != nil {
-			return err
-		}
-	}
-	return nil
+	return cleanupDevices(ctx, q, userID, deviceIDs)
 }
 
 // DeleteDevice deletes one device and its tokens (see DeleteDevices).

@@ -2,6 +2,7 @@ package storage_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"sort"
 	"sync"
@@ -72,22 +73,48 @@ func TestAccountsDevicesAndTokens(t *testing.T) {
 		mustAccount(t, db, "@alice:test")
 		mustAccount(t, db, "@bob:test")
 
-		var cleaned [][]string
-		var mu sync.Mutex
-		storage.RegisterDeviceCleanup(func(ctx context.Context, q storage.Querier, userID string, ids []string) error {
-			if userID == "@alice:test" {
-				mu.Lock()
-				cleaned = append(cleaned, append([]string(nil), ids...))
-				mu.Unlock()
-			}
-			return nil
-		})
-
 		for _, id := range []string{"AAAA", "BBBB", "CCCC"} {
 			created, err := storage.CreateDevice(ctx, db, &storage.Device{UserID: "@alice:test", DeviceID: id, DisplayName: "dev " + id, CreatedTS: 5})
 			if err != nil || !created {
 				t.Fatalf("create device %s: %v %v", id, created, err)
 			}
+		}
+		// Per-device rows of other components, which the device cleanups
+		// must delete with their device (and only with it).
+		for _, id := range []string{"AAAA", "BBBB", "CCCC"} {
+			if err := db.WithTx(ctx, func(tx *storage.Tx) error {
+				if _, err := storage.SetDeviceKeys(ctx, tx, "@alice:test", id, []byte(`{"device_id":"`+id+`"}`), "ed"+id, 1); err != nil {
+					return err
+				}
+				return storage.PutPusher(ctx, tx, &storage.Pusher{UserID: "@alice:test", AppID: "app", PushKey: "key" + id, Kind: "http", Data: json.RawMessage(`{}`), DeviceID: id}, true)
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// cleaned reports which of alice's devices have lost their keys and
+		// pushers.
+		cleaned := func() []string {
+			var out []string
+			pushers, err := storage.Pushers(ctx, db, "@alice:test")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, id := range []string{"AAAA", "BBBB", "CCCC"} {
+				_, kerr := storage.GetDeviceKeys(ctx, db, "@alice:test", id)
+				hasPusher := false
+				for _, p := range pushers {
+					hasPusher = hasPusher || p.DeviceID == id
+				}
+				switch {
+				case errors.Is(kerr, storage.ErrNotFound) && !hasPusher:
+					out = append(out, id)
+				case kerr != nil && !errors.Is(kerr, storage.ErrNotFound):
+					t.Fatal(kerr)
+				case kerr != nil || !hasPusher:
+					t.Fatalf("device %s half cleaned (keys: %v, pusher: %v)", id, kerr, hasPusher)
+				}
+			}
+			return out
 		}
 		created, err := storage.CreateDevice(ctx, db, &storage.Device{UserID: "@alice:test", DeviceID: "AAAA", DisplayName: "other", CreatedTS: 6})
 		if err != nil || created {
@@ -173,6 +200,9 @@ func TestAccountsDevicesAndTokens(t *testing.T) {
 		if _, err := storage.GetDevice(ctx, db, "@alice:test", "AAAA"); !errors.Is(err, storage.ErrNotFound) {
 			t.Fatalf("deleted device: %v", err)
 		}
+		if got := cleaned(); len(got) != 1 || got[0] != "AAAA" {
+			t.Fatalf("cleanups after DeleteDevice: %v", got)
+		}
 		if _, err := storage.GetDevice(ctx, db, "@bob:test", "AAAA"); err != nil {
 			t.Fatalf("bob's device with the same ID must stay: %v", err)
 		}
@@ -202,11 +232,9 @@ func TestAccountsDevicesAndTokens(t *testing.T) {
 		if _, err := storage.LookupAccessToken(ctx, db, "hashC2"); err != nil {
 			t.Fatalf("spared device's token: %v", err)
 		}
-		mu.Lock()
-		if len(cleaned) != 2 || cleaned[0][0] != "AAAA" || cleaned[1][0] != "BBBB" {
-			t.Fatalf("cleanups saw %v", cleaned)
+		if got := cleaned(); len(got) != 2 || got[0] != "AAAA" || got[1] != "BBBB" {
+			t.Fatalf("cleanups after DeleteAllDevices: %v", got)
 		}
-		mu.Unlock()
 
 		// DeleteDeviceTokens keeps the device.
 		if err := storage.DeleteDeviceTokens(ctx, db, "@alice:test", "CCCC"); err != nil {

@@ -17,8 +17,7 @@ import (
 //   - legal_holds: rooms or users whose history must not be purged, by
 //     the admin API or by retention, until the hold is lifted.
 //   - server_notice_rooms: the room each user receives server notices in.
-func init() {
-	RegisterMigrations("admin", Migration{Version: 1, SQL: `
+const adminV1 = `
 CREATE TABLE room_blocks (
 	room_id TEXT PRIMARY KEY,
 	blocked_by TEXT NOT NULL DEFAULT '',
@@ -36,8 +35,7 @@ CREATE TABLE legal_holds (
 CREATE TABLE server_notice_rooms (
 	user_id TEXT PRIMARY KEY,
 	room_id TEXT NOT NULL
-)`})
-}
+)`
 
 // ---------------------------------------------------------------------------
 // Accounts, as the admin API lists them.

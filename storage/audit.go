@@ -30,8 +30,7 @@ import (
 //
 // No code path updates a sealed row or deletes any row. Indexes are kept
 // few (and off n, which sealing sets) to keep the per-entry cost small.
-func init() {
-	RegisterMigrations("audit", Migration{Version: 1, SQL: `
+const auditV1 = `
 CREATE TABLE audit_log (
 	id {{serial}},
 	pos BIGINT NOT NULL DEFAULT 0,
@@ -57,9 +56,7 @@ CREATE TABLE audit_log (
 CREATE INDEX audit_log_unsealed ON audit_log(pos, id) WHERE n IS NULL;
 CREATE INDEX audit_log_ts ON audit_log(ts);
 CREATE INDEX audit_log_actor ON audit_log(actor_user);
-CREATE INDEX audit_log_room ON audit_log(room_id)`})
-	RegisterStreamTable("audit_log", "pos")
-}
+CREATE INDEX audit_log_room ON audit_log(room_id)`
 
 // AuditRow is a row of audit_log.
 type AuditRow struct {

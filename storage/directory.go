@@ -17,8 +17,7 @@ import (
 //     by the room event hook in the event's own transaction. The room
 //     directory, the user directory, room summaries and space hierarchies
 //     read it instead of resolving each room's state.
-func init() {
-	RegisterMigrations("directory", Migration{Version: 1, SQL: `
+const directoryV1 = `
 CREATE TABLE room_directory_stats (
 	room_id TEXT PRIMARY KEY,
 	name TEXT NOT NULL DEFAULT '',
@@ -32,8 +31,7 @@ CREATE TABLE room_directory_stats (
 	encryption TEXT NOT NULL DEFAULT '',
 	joined_members BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX room_directory_stats_join_rule ON room_directory_stats(join_rule)`})
-}
+CREATE INDEX room_directory_stats_join_rule ON room_directory_stats(join_rule)`
 
 // RoomStats is the directory's view of a room.
 type RoomStats struct {

@@ -22,14 +22,13 @@ package storage
 //     is deleted once a later since-token shows the client has it.
 //   - e2ee_stream_mark: the highest stream position ever held by a deleted
 //     to-device row, so the stream never reuses a position a client's token
-//     has already passed (see RegisterStreamTable).
+//     has already passed (see streamTables).
 //   - e2ee_cross_signing_keys / e2ee_signatures: master, self-signing and
 //     user-signing keys, and signatures uploaded after the fact (target_key
 //     is a device ID or a cross-signing public key).
 //   - e2ee_backup_versions / e2ee_backup_keys: server-side key backup.
 //     Versions are never reused: deleting one only flags it.
-func init() {
-	RegisterMigrations("e2ee", Migration{Version: 1, SQL: `
+const e2eeV1 = `
 CREATE TABLE e2ee_device_keys (
 	user_id TEXT NOT NULL,
 	device_id TEXT NOT NULL,
@@ -123,13 +122,7 @@ CREATE TABLE e2ee_backup_keys (
 	is_verified BOOLEAN NOT NULL,
 	session_data TEXT NOT NULL,
 	PRIMARY KEY (user_id, version, room_id, session_id)
-)`})
-	RegisterStreamTable("e2ee_device_list_changes", "pos")
-	RegisterStreamTable("e2ee_to_device", "pos")
-	RegisterStreamTable("e2ee_stream_mark", "pos")
-	RegisterStreamTable("e2ee_member_changes", "pos")
-	RegisterDeviceCleanup(cleanupE2EEDevices)
-}
+)`
 
 // valuesRows returns "($1,…,$cols),(…)" for rows of cols arguments each.
 func valuesRows(rows, cols int) string {

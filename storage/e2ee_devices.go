@@ -6,7 +6,7 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// cleanupE2EEDevices is the device cleanup (see RegisterDeviceCleanup):
+// cleanupE2EEDevices is a device cleanup (see cleanupDevices):
 // deleting a device, by any path (DELETE /devices, logout, deactivation),
 // deletes its keys, signatures and queued to-device messages and records a
 // device-list change so the user's room-mates stop encrypting to it.

@@ -15,8 +15,7 @@ import (
 //   - fed_inbound_todevice: m.direct_to_device message IDs already
 //     delivered, per origin and sender, so a message resent in another
 //     transaction is not delivered twice. Rows are pruned after a day.
-func init() {
-	RegisterMigrations("fed_e2ee", Migration{Version: 1, SQL: `
+const fedE2EEV1 = `
 CREATE TABLE fed_device_list_streams (
 	user_id TEXT PRIMARY KEY,
 	stream_id BIGINT NOT NULL
@@ -28,8 +27,7 @@ CREATE TABLE fed_inbound_todevice (
 	created_ts BIGINT NOT NULL,
 	PRIMARY KEY (origin, sender, message_id)
 );
-CREATE INDEX fed_inbound_todevice_ts ON fed_inbound_todevice(created_ts)`})
-}
+CREATE INDEX fed_inbound_todevice_ts ON fed_inbound_todevice(created_ts)`
 
 // NextDeviceListStreamIDs reserves n consecutive device-list stream IDs of
 // a local user and returns the first and the user's previous ID (0 when

@@ -12,15 +12,13 @@ import (
 // tokens a user hands to a third party, which checks them with the
 // federation's GET /openid/userinfo. Only a SHA-256 of each token is
 // stored, so the table never holds a usable token.
-func init() {
-	RegisterMigrations("fed_openid", Migration{Version: 1, SQL: `
+const fedOpenIDV1 = `
 CREATE TABLE openid_tokens (
 	token_hash TEXT PRIMARY KEY,
 	user_id TEXT NOT NULL,
 	expires_ts BIGINT NOT NULL
 );
-CREATE INDEX openid_tokens_expires ON openid_tokens(expires_ts)`})
-}
+CREATE INDEX openid_tokens_expires ON openid_tokens(expires_ts)`
 
 // CreateOpenIDToken stores a token (by hash) for userID until expiresTS,
 // dropping tokens that expired before now.

@@ -26,8 +26,7 @@ import (
 //     row per (destination, item). txn_id is set while a row is part of a
 //     transaction in flight, so a retry (even after a restart) resends the
 //     same transaction under the same ID.
-func init() {
-	RegisterMigrations("federation", Migration{Version: 1, SQL: `
+const federationV1 = `
 CREATE TABLE federation_server_keys (
 	server_name TEXT NOT NULL,
 	key_id TEXT NOT NULL,
@@ -74,19 +73,19 @@ CREATE TABLE federation_queue_edus (
 	created_ts BIGINT NOT NULL
 );
 CREATE INDEX federation_queue_edus_dest ON federation_queue_edus(destination, id);
-CREATE INDEX federation_queue_edus_coalesce ON federation_queue_edus(destination, edu_type, coalesce_key)`},
-		// federation_catchup: rooms whose events a destination missed
-		// because the policy refused it at the time (nothing is queued for a
-		// refused server). When it is allowed again it is sent the room's
-		// latest local event and pulls the gap with /get_missing_events.
-		Migration{Version: 2, SQL: `
+CREATE INDEX federation_queue_edus_coalesce ON federation_queue_edus(destination, edu_type, coalesce_key)`
+
+// federation_catchup: rooms whose events a destination missed
+// because the policy refused it at the time (nothing is queued for a
+// refused server). When it is allowed again it is sent the room's
+// latest local event and pulls the gap with /get_missing_events.
+const federationV2 = `
 CREATE TABLE federation_catchup (
 	destination TEXT NOT NULL,
 	room_id TEXT NOT NULL,
 	created_ts BIGINT NOT NULL,
 	PRIMARY KEY (destination, room_id)
-)`})
-}
+)`
 
 // ServerKey is one cached public signing key of a remote server.
 // ExpiredTS is 0 for a current key; ValidUntilTS is 0 for an expired one.

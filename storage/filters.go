@@ -7,14 +7,12 @@ import (
 	"strconv"
 )
 
-func init() {
-	RegisterMigrations("filters", Migration{Version: 1, SQL: `
+const filtersV1 = `
 CREATE TABLE filters (
 	filter_id {{serial}},
 	user_id TEXT NOT NULL,
 	filter TEXT NOT NULL
-)`})
-}
+)`
 
 // InsertFilter stores a user's sync filter and returns its ID.
 func InsertFilter(ctx context.Context, q Querier, userID string, filter []byte) (string, error) {

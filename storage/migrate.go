@@ -3,34 +3,52 @@ package storage
 import (
 	"context"
 	"fmt"
-	"sort"
 	"strings"
-	"sync"
 	"time"
 )
 
-// Migration is one versioned schema step of a component. SQL is written for
-// both dialects, with these tokens rewritten per dialect:
+// migration is one schema step. SQL is written for both dialects, with
+// these tokens rewritten per dialect:
 //
 //	{{serial}}  auto-incrementing BIGINT primary key
 //	{{blob}}    binary column (BYTEA / BLOB)
-type Migration struct {
-	Version int
-	SQL     string
+//
+// The ledger (schema_migrations) records an applied step by its component
+// and version, so those two names must never change once released: they are
+// how a store migrated by an earlier build recognises its steps.
+type migration struct {
+	Component string
+	Version   int
+	SQL       string
 }
 
-var (
-	registryMu sync.Mutex
-	registry   = map[string][]Migration{}
-)
-
-// RegisterMigrations adds a component's schema steps. Components call it from
-// init so every table lives beside the code that uses it, while one store and
-// one migration ledger (schema_migrations) hold them all.
-func RegisterMigrations(component string, ms ...Migration) {
-	registryMu.Lock()
-	defer registryMu.Unlock()
-	registry[component] = append(registry[component], ms...)
+// migrations is every schema step of every component, in the order they
+// run. A step may rely on any step above it; new steps go at the end. The
+// SQL of each lives beside the code that uses its tables.
+var migrations = []migration{
+	{Component: "accounts", Version: 1, SQL: accountsV1},
+	{Component: "roles", Version: 1, SQL: rolesV1},
+	{Component: "admin", Version: 1, SQL: adminV1},
+	{Component: "filters", Version: 1, SQL: filtersV1},
+	{Component: "account_data", Version: 1, SQL: accountDataV1},
+	{Component: "presence", Version: 1, SQL: presenceV1},
+	{Component: "rooms", Version: 1, SQL: roomsV1},
+	{Component: "directory", Version: 1, SQL: directoryV1},
+	{Component: "relations", Version: 1, SQL: relationsV1},
+	{Component: "search", Version: 1, SQL: searchV1},
+	{Component: "receipts", Version: 1, SQL: receiptsV1},
+	{Component: "notifications", Version: 1, SQL: notificationsV1},
+	{Component: "notifications", Version: 2, SQL: notificationsV2},
+	{Component: "unread_counts", Version: 1, SQL: unreadCountsV1}, // reads notifications and receipts
+	{Component: "pushrules", Version: 1, SQL: pushrulesV1},
+	{Component: "e2ee", Version: 1, SQL: e2eeV1},
+	{Component: "fed_e2ee", Version: 1, SQL: fedE2EEV1},
+	{Component: "fed_openid", Version: 1, SQL: fedOpenIDV1},
+	{Component: "federation", Version: 1, SQL: federationV1},
+	{Component: "federation", Version: 2, SQL: federationV2},
+	{Component: "media", Version: 1, SQL: mediaV1},
+	{Component: "reports", Version: 1, SQL: reportsV1},
+	{Component: "audit", Version: 1, SQL: auditV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {
@@ -40,9 +58,9 @@ func (db *DB) rewriteDDL(s string) string {
 	return strings.NewReplacer("{{serial}}", "INTEGER PRIMARY KEY AUTOINCREMENT", "{{blob}}", "BLOB").Replace(s)
 }
 
-// migrate applies, in component-name then version order, every registered
-// step not yet recorded in schema_migrations. Each step runs in its own
-// transaction with its ledger row, so a crash mid-way never half-applies one.
+// migrate applies, in list order, every step of migrations not yet
+// recorded in schema_migrations. Each step runs in its own transaction with
+// its ledger row, so a crash mid-way never half-applies one.
 func (db *DB) migrate(ctx context.Context) error {
 	if _, err := db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
 		component TEXT NOT NULL,
@@ -51,41 +69,25 @@ func (db *DB) migrate(ctx context.Context) error {
 		PRIMARY KEY (component, version))`); err != nil {
 		return fmt.Errorf("storage: creating schema_migrations: %w", err)
 	}
-	registryMu.Lock()
-	comps := make([]string, 0, len(registry))
-	for c := range registry {
-		comps = append(comps, c)
-	}
-	sort.Strings(comps)
-	plan := map[string][]Migration{}
-	for _, c := range comps {
-		ms := append([]Migration(nil), registry[c]...)
-		sort.Slice(ms, func(i, j int) bool { return ms[i].Version < ms[j].Version })
-		plan[c] = ms
-	}
-	registryMu.Unlock()
-
-	for _, c := range comps {
-		for _, m := range plan[c] {
-			var n int
-			if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE component = $1 AND version = $2`, c, m.Version).Scan(&n); err != nil {
-				return fmt.Errorf("storage: reading schema_migrations: %w", err)
-			}
-			if n > 0 {
-				continue
-			}
-			err := db.WithTx(ctx, func(tx *Tx) error {
-				for _, stmt := range splitStatements(db.rewriteDDL(m.SQL)) {
-					if _, err := tx.ExecContext(ctx, stmt); err != nil {
-						return fmt.Errorf("%w\n%s", err, stmt)
-					}
+	for _, m := range migrations {
+		var n int
+		if err := db.QueryRowContext(ctx, `SELECT COUNT(*) FROM schema_migrations WHERE component = $1 AND version = $2`, m.Component, m.Version).Scan(&n); err != nil {
+			return fmt.Errorf("storage: reading schema_migrations: %w", err)
+		}
+		if n > 0 {
+			continue
+		}
+		err := db.WithTx(ctx, func(tx *Tx) error {
+			for _, stmt := range splitStatements(db.rewriteDDL(m.SQL)) {
+				if _, err := tx.ExecContext(ctx, stmt); err != nil {
+					return fmt.Errorf("%w\n%s", err, stmt)
 				}
-				_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (component, version, applied_ts) VALUES ($1, $2, $3)`, c, m.Version, time.Now().UnixMilli())
-				return err
-			})
-			if err != nil {
-				return fmt.Errorf("storage: migration %s/%d: %w", c, m.Version, err)
 			}
+			_, err := tx.ExecContext(ctx, `INSERT INTO schema_migrations (component, version, applied_ts) VALUES ($1, $2, $3)`, m.Component, m.Version, time.Now().UnixMilli())
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("storage: migration %s/%d: %w", m.Component, m.Version, err)
 		}
 	}
 	return nil

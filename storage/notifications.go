@@ -23,8 +23,7 @@ import (
 // add to them, and a read receipt recounts its room from the rows still
 // unread. Both writers hold the user's lock (lockUsers), so a receipt and a
 // notification batch for one user never interleave.
-func init() {
-	RegisterMigrations("notifications", Migration{Version: 1, SQL: `
+const notificationsV1 = `
 CREATE TABLE notifications (
 	id {{serial}},
 	user_id TEXT NOT NULL,
@@ -42,15 +41,17 @@ CREATE UNIQUE INDEX notifications_user_event ON notifications(user_id, event_id)
 CREATE INDEX notifications_user_pos ON notifications(user_id, stream_pos);
 CREATE INDEX notifications_pos ON notifications(stream_pos);
 CREATE INDEX notifications_user_unread ON notifications(user_id, unread, room_id);
-CREATE INDEX notifications_user_id ON notifications(user_id, id)`})
-	// Rooms with changed totals are found through unread_counts now.
-	RegisterMigrations("notifications", Migration{Version: 2, SQL: `
+CREATE INDEX notifications_user_id ON notifications(user_id, id)`
+
+// Rooms with changed totals are found through unread_counts now.
+const notificationsV2 = `
 DROP INDEX notifications_user_pos;
-DROP INDEX notifications_pos`})
-	RegisterStreamTable("notifications", "stream_pos")
-	// Its own component so that it runs after "receipts" on a new store:
-	// the backfill reads both tables.
-	RegisterMigrations("unread_counts", Migration{Version: 1, SQL: `
+DROP INDEX notifications_pos`
+
+// unread_counts is its own ledger component (so named since it first ran
+// after "receipts" in alphabetical order); its backfill reads notifications
+// and receipts, so it is listed after both in migrations.
+const unreadCountsV1 = `
 CREATE TABLE unread_counts (
 	user_id TEXT NOT NULL,
 	room_id TEXT NOT NULL,
@@ -63,8 +64,7 @@ CREATE TABLE unread_counts (
 UPDATE notifications SET unread = FALSE WHERE id IN (SELECT n.id FROM notifications n WHERE n.unread = TRUE AND ` + readCovered + `);
 INSERT INTO unread_counts (user_id, room_id, thread_id, notifs, highlights)
 	SELECT user_id, room_id, thread_id, COUNT(*), COUNT(CASE WHEN highlight THEN 1 END)
-	FROM notifications WHERE unread = TRUE GROUP BY user_id, room_id, thread_id`})
-}
+	FROM notifications WHERE unread = TRUE GROUP BY user_id, room_id, thread_id`
 
 // unreadLockClass namespaces lockUsers' PostgreSQL advisory locks.
 const unreadLockClass = "enclave/unread:"

@@ -10,8 +10,7 @@ import (
 // position moves only when what others see changes (state, status
 // message, currently_active), so /sync sends only real changes;
 // last_active_ts may be refreshed in place without a new position.
-func init() {
-	RegisterMigrations("presence", Migration{Version: 1, SQL: `
+const presenceV1 = `
 CREATE TABLE presence (
 	user_id TEXT PRIMARY KEY,
 	state TEXT NOT NULL,
@@ -20,9 +19,7 @@ CREATE TABLE presence (
 	currently_active BOOLEAN NOT NULL DEFAULT FALSE,
 	stream_pos BIGINT NOT NULL
 );
-CREATE INDEX presence_pos ON presence(stream_pos)`})
-	RegisterStreamTable("presence", "stream_pos")
-}
+CREATE INDEX presence_pos ON presence(stream_pos)`
 
 // Presence is one row of presence.
 type Presence struct {

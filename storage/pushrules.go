@@ -17,8 +17,7 @@ import (
 //     position orders a kind's user rules (lowest first = most important).
 //   - pushers: where a user asked for pushes. Stored and listed only: this
 //     server never contacts push gateways.
-func init() {
-	RegisterMigrations("pushrules", Migration{Version: 1, SQL: `
+const pushrulesV1 = `
 CREATE TABLE push_rules (
 	user_id TEXT NOT NULL,
 	kind TEXT NOT NULL,
@@ -42,16 +41,17 @@ CREATE TABLE pushers (
 	created_ts BIGINT NOT NULL,
 	PRIMARY KEY (app_id, pushkey, user_id)
 );
-CREATE INDEX pushers_user ON pushers(user_id, device_id)`})
-	// A device's pushers go with it (logout, device deletion).
-	RegisterDeviceCleanup(func(ctx context.Context, q Querier, userID string, deviceIDs []string) error {
-		for _, d := range deviceIDs {
-			if _, err := q.ExecContext(ctx, `DELETE FROM pushers WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
-				return err
-			}
+CREATE INDEX pushers_user ON pushers(user_id, device_id)`
+
+// cleanupPushers is a device cleanup (see cleanupDevices): a device's
+// pushers go with it (logout, device deletion).
+func cleanupPushers(ctx context.Context, q Querier, userID string, deviceIDs []string) error {
+	for _, d := range deviceIDs {
+		if _, err := q.ExecContext(ctx, `DELETE FROM pushers WHERE user_id = $1 AND device_id = $2`, userID, d); err != nil {
+			return err
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 // PushRuleRow is one row of push_rules.

@@ -9,8 +9,7 @@ import (
 // receipts, 'main' or a thread root's event ID for threaded ones.
 // event_pos is the receipted event's stream position, so receipts compare
 // with notifications without loading events.
-func init() {
-	RegisterMigrations("receipts", Migration{Version: 1, SQL: `
+const receiptsV1 = `
 CREATE TABLE receipts (
 	room_id TEXT NOT NULL,
 	receipt_type TEXT NOT NULL,
@@ -23,9 +22,7 @@ CREATE TABLE receipts (
 	PRIMARY KEY (room_id, receipt_type, user_id, thread_id)
 );
 CREATE INDEX receipts_pos ON receipts(stream_pos);
-CREATE INDEX receipts_room_pos ON receipts(room_id, stream_pos)`})
-	RegisterStreamTable("receipts", "stream_pos")
-}
+CREATE INDEX receipts_room_pos ON receipts(room_id, stream_pos)`
 
 // Receipt types.
 const (

@@ -12,8 +12,7 @@ import (
 //     references), written by the room event hook in the event's
 //     transaction and removed when the child event is redacted. Relations
 //     stay in the clear in encrypted rooms, so they are indexed there too.
-func init() {
-	RegisterMigrations("relations", Migration{Version: 1, SQL: `
+const relationsV1 = `
 CREATE TABLE event_relations (
 	event_id TEXT PRIMARY KEY,
 	room_id TEXT NOT NULL,
@@ -25,11 +24,7 @@ CREATE TABLE event_relations (
 	aggregation_key TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX event_relations_parent ON event_relations(relates_to, stream_pos);
-CREATE INDEX event_relations_room_type ON event_relations(room_id, rel_type, stream_pos)`})
-	// Rows take their event's position: registered so that readers can ask
-	// whether any relation was stored after a position (Stream.Moved).
-	RegisterStreamTable("event_relations", "stream_pos")
-}
+CREATE INDEX event_relations_room_type ON event_relations(room_id, rel_type, stream_pos)`
 
 // Relation is a row of event_relations: EventID relates to RelatesTo.
 type Relation struct {

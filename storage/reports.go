@@ -12,8 +12,7 @@ import (
 //     event, a room or a user), written by the client API's report
 //     endpoints and read by admin tooling. kind is event, room or user;
 //     score is the event report's -100..0 rating (NULL if not given).
-func init() {
-	RegisterMigrations("reports", Migration{Version: 1, SQL: `
+const reportsV1 = `
 CREATE TABLE content_reports (
 	id {{serial}},
 	kind TEXT NOT NULL,
@@ -26,8 +25,7 @@ CREATE TABLE content_reports (
 	created_ts BIGINT NOT NULL,
 	resolved BOOLEAN NOT NULL DEFAULT FALSE
 );
-CREATE INDEX content_reports_created ON content_reports(created_ts)`})
-}
+CREATE INDEX content_reports_created ON content_reports(created_ts)`
 
 // Report kinds.
 const (

@@ -9,16 +9,14 @@ import (
 // user. "admin" is not stored here: it is accounts.is_admin, so that the
 // Synapse-compatible admin flag and the role can never disagree. A user
 // with no rows gets the configured default role (guests get "guest").
-func init() {
-	RegisterMigrations("roles", Migration{Version: 1, SQL: `
+const rolesV1 = `
 CREATE TABLE user_roles (
 	user_id TEXT NOT NULL,
 	role TEXT NOT NULL,
 	granted_by TEXT NOT NULL DEFAULT '',
 	granted_ts BIGINT NOT NULL,
 	PRIMARY KEY (user_id, role)
-)`})
-}
+)`
 
 // AdminRole is the role that mirrors accounts.is_admin.
 const AdminRole = "admin"

@@ -18,8 +18,7 @@ import (
 //     snapshot; every event records the snapshot before and after it, so any
 //     historical state can be answered (history visibility, /members?at=).
 //   - current_state: the resolved state now, for fast membership questions.
-func init() {
-	RegisterMigrations("rooms", Migration{Version: 1, SQL: `
+const roomsV1 = `
 CREATE TABLE rooms (
 	room_id TEXT PRIMARY KEY,
 	room_version TEXT NOT NULL,
@@ -93,9 +92,7 @@ CREATE TABLE room_forgotten (
 	user_id TEXT NOT NULL,
 	room_id TEXT NOT NULL,
 	PRIMARY KEY (user_id, room_id)
-)`})
-	RegisterStreamTable("events", "stream_pos")
-}
+)`
 
 // Room is a row of rooms.
 type Room struct {

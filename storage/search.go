@@ -20,8 +20,7 @@ import (
 //     PrepareSearch, not by a migration: a PostgreSQL GIN index on
 //     to_tsvector('simple', body), or an SQLite FTS5 table (event_search_fts)
 //     whose rows share event_search's IDs.
-func init() {
-	RegisterMigrations("search", Migration{Version: 1, SQL: `
+const searchV1 = `
 CREATE TABLE event_search (
 	id {{serial}},
 	event_id TEXT NOT NULL UNIQUE,
@@ -32,8 +31,7 @@ CREATE TABLE event_search (
 	stream_pos BIGINT NOT NULL,
 	origin_ts BIGINT NOT NULL
 );
-CREATE INDEX event_search_room_pos ON event_search(room_id, stream_pos)`})
-}
+CREATE INDEX event_search_room_pos ON event_search(room_id, stream_pos)`
 
 // ftsTables remembers the SQLite stores known to have event_search_fts,
 // so the check costs a query only until the table exists.

@@ -38,41 +38,36 @@ type pendingPublish struct {
 	fn  func()
 }
 
-var (
-	streamTablesMu sync.Mutex
-	streamTables   = map[string]string{} // table -> column
-)
-
-// RegisterStreamTable declares that table.column holds stream positions, so
-// the stream resumes above the largest one after a restart.
-func RegisterStreamTable(table, column string) {
-	streamTablesMu.Lock()
-	defer streamTablesMu.Unlock()
-	streamTables[table] = column
+// streamTables lists every table.column holding stream positions, so the
+// stream resumes above the largest one after a restart and Stream.Moved can
+// tell whether a table has rows past a position.
+var streamTables = []struct{ table, column string }{
+	{"events", "stream_pos"},
+	{"account_data", "stream_pos"},
+	{"presence", "stream_pos"},
+	{"receipts", "stream_pos"},
+	{"notifications", "stream_pos"},
+	// Relations take their event's position: listed so that readers can
+	// ask whether any relation was stored after a position.
+	{"event_relations", "stream_pos"},
+	{"e2ee_device_list_changes", "pos"},
+	{"e2ee_to_device", "pos"},
+	{"e2ee_stream_mark", "pos"},
+	{"e2ee_member_changes", "pos"},
+	{"audit_log", "pos"},
 }
 
 func loadStream(ctx context.Context, db *DB) (*Stream, error) {
-	streamTablesMu.Lock()
-	tables := make([]string, 0, len(streamTables))
-	for t := range streamTables {
-		tables = append(tables, t)
-	}
-	sort.Strings(tables)
-	cols := map[string]string{}
-	for _, t := range tables {
-		cols[t] = streamTables[t]
-	}
-	streamTablesMu.Unlock()
 	var maxPos int64
-	lastOf := make(map[string]int64, len(tables))
-	for _, t := range tables {
+	lastOf := make(map[string]int64, len(streamTables))
+	for _, st := range streamTables {
 		var v *int64
-		if err := db.QueryRowContext(ctx, fmt.Sprintf("SELECT MAX(%s) FROM %s", cols[t], t)).Scan(&v); err != nil {
-			return nil, fmt.Errorf("storage: reading stream position of %s: %w", t, err)
+		if err := db.QueryRowContext(ctx, fmt.Sprintf("SELECT MAX(%s) FROM %s", st.column, st.table)).Scan(&v); err != nil {
+			return nil, fmt.Errorf("storage: reading stream position of %s: %w", st.table, err)
 		}
-		lastOf[t] = 0
+		lastOf[st.table] = 0
 		if v != nil {
-			lastOf[t] = *v
+			lastOf[st.table] = *v
 			maxPos = max(maxPos, *v)
 		}
 	}
