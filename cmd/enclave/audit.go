@@ -18,10 +18,6 @@ import (
 	"enclave/storage"
 )
 
-func init() {
-	register("audit", "audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify FILE [--pubkey KEY] | audit verify --data DIR", cmdAudit)
-}
-
 const auditUsage = `usage:
   enclave audit export [--data DIR] [--since T] [--until T] [--format jsonl|cef] > FILE
   enclave audit verify FILE [--pubkey KEY] [--head HEADFILE]     (offline: needs only the server's public key)

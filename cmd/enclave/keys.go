@@ -38,10 +38,6 @@ import (
 	"enclave/storage"
 )
 
-func init() {
-	register("keys", "media key-encryption key: keys status | keys rotate [--new-kek-file F | --new-kek-env NAME]", cmdKeys)
-}
-
 func cmdKeys(args []string) error {
 	if len(args) < 1 {
 		return errors.New("usage: enclave keys status|rotate [--data DIR] [--new-kek-file F | --new-kek-env NAME]")

@@ -55,24 +55,22 @@ func main() {
 	}
 }
 
-// command is one subcommand. Subcommands register themselves from init in
-// their own files, so adding one (audit, keys, room export…) touches no list.
+// command is one subcommand.
 type command struct {
 	summary string
 	run     func(args []string) error
 }
 
-var commands = map[string]*command{}
-
-func register(name, summary string, run func(args []string) error) {
-	commands[name] = &command{summary, run}
-}
-
-func init() {
-	register("serve", "run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)", cmdServe)
-	register("config", "print the effective configuration with each option's environment variable", cmdConfig)
-	register("generate-keys", "create the server signing key (--force replaces an existing one)", cmdGenerateKeys)
-	register("create-user", "create a local user: create-user [--admin] USER [PASSWORD]", cmdCreateUser)
+// commands is every subcommand, in one table: adding one (audit, keys,
+// room export…) means adding its line here.
+var commands = map[string]*command{
+	"serve":         {"run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)", cmdServe},
+	"config":        {"print the effective configuration with each option's environment variable", cmdConfig},
+	"generate-keys": {"create the server signing key (--force replaces an existing one)", cmdGenerateKeys},
+	"create-user":   {"create a local user: create-user [--admin] USER [PASSWORD]", cmdCreateUser},
+	"user":          {"manage users: user role USER [ROLE ...] | user role --add ROLE USER | user role --remove ROLE USER", cmdUser},
+	"keys":          {"media key-encryption key: keys status | keys rotate [--new-kek-file F | --new-kek-env NAME]", cmdKeys},
+	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify FILE [--pubkey KEY] | audit verify --data DIR", cmdAudit},
 }
 
 func usage() {

@@ -11,10 +11,6 @@ import (
 	"enclave/storage"
 )
 
-func init() {
-	register("user", "manage users: user role USER [ROLE ...] | user role --add ROLE USER | user role --remove ROLE USER", cmdUser)
-}
-
 const userUsage = `usage:
   enclave user role [--data DIR] USER                  show the user's roles
   enclave user role [--data DIR] USER ROLE [ROLE ...]  set the user's roles (comma or space separated)
