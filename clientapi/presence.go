@@ -20,7 +20,7 @@ func (a *API) presenceRoutes() {
 
 const maxStatusMsgLen = 1024
 
-func (a *API) presence() *syncapi.Presence { return syncapi.PresenceOf(a.sync) }
+func (a *API) presence() *syncapi.Presence { return a.sync.Presence() }
 
 func (a *API) getPresence(r *http.Request, dev *Device) Response {
 	target := vars(r)["userId"]

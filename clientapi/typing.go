@@ -3,8 +3,6 @@ package clientapi
 import (
 	"net/http"
 	"time"
-
-	"enclave/syncapi"
 )
 
 func init() { routeGroups = append(routeGroups, (*API).typingRoutes) }
@@ -56,6 +54,6 @@ func (a *API) putTyping(r *http.Request, dev *Device) Response {
 		}
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
-	syncapi.TypingOf(a.sync).Set(roomID, dev.UserID, *body.Typing, timeout)
+	a.sync.Typing().Set(roomID, dev.UserID, *body.Typing, timeout)
 	return JSON(200, map[string]any{})
 }

@@ -32,17 +32,6 @@ type typingEntry struct {
 	timer *time.Timer
 }
 
-var typings sync.Map // *Syncer -> *Typing
-
-// TypingOf returns the syncer's typing tracker.
-func TypingOf(s *Syncer) *Typing {
-	if t, ok := typings.Load(s); ok {
-		return t.(*Typing)
-	}
-	t, _ := typings.LoadOrStore(s, &Typing{s: s, rooms: map[string]*typingRoom{}})
-	return t.(*Typing)
-}
-
 // Set marks userID as typing in roomID for timeout, or as not typing.
 func (t *Typing) Set(roomID, userID string, typing bool, timeout time.Duration) {
 	t.mu.Lock()
@@ -140,7 +129,7 @@ type ephemeral struct {
 }
 
 // NewEphemeralExtension makes the typing and receipts stream.
-func NewEphemeralExtension(s *Syncer) Extension { return &ephemeral{s: s, t: TypingOf(s)} }
+func NewEphemeralExtension(s *Syncer) Extension { return &ephemeral{s: s, t: s.typing} }
 
 func allowsEphemeral(f *RoomEventFilter, roomID, typ string) bool {
 	if !allowsRoom(f.Rooms, f.NotRooms, roomID) || anyMatch(f.NotTypes, typ, true) {
@@ -243,19 +232,15 @@ func (e *ephemeral) receipts(ctx context.Context, req *Request, resp *Response, 
 	return nil
 }
 
-// ForgetSocial stops the syncer's typing timers and drops its typing and
-// presence trackers (at shutdown, so a stopped server leaves nothing).
-func ForgetSocial(s *Syncer) {
-	if v, ok := typings.LoadAndDelete(s); ok {
-		t := v.(*Typing)
-		t.mu.Lock()
-		for _, r := range t.rooms {
-			for _, e := range r.users {
-				e.timer.Stop()
-			}
+// Stop stops the typing timers and forgets who types (at shutdown, so a
+// stopped server leaves no timer running).
+func (t *Typing) Stop() {
+	t.mu.Lock()
+	for _, r := range t.rooms {
+		for _, e := range r.users {
+			e.timer.Stop()
 		}
-		t.rooms = map[string]*typingRoom{}
-		t.mu.Unlock()
 	}
-	presences.Delete(s)
+	t.rooms = map[string]*typingRoom{}
+	t.mu.Unlock()
 }

@@ -48,21 +48,11 @@ const (
 	activeInterval = time.Minute // currently_active: active within this
 )
 
-var presences sync.Map // *Syncer -> *Presence
-
-// PresenceOf returns the syncer's presence tracker (enabled by default).
-func PresenceOf(s *Syncer) *Presence {
-	if p, ok := presences.Load(s); ok {
-		return p.(*Presence)
-	}
-	np := &Presence{s: s, now: time.Now, users: map[string]*presenceUser{}, stop: make(chan struct{}), done: make(chan struct{})}
-	np.enabled.Store(true)
-	p, _ := presences.LoadOrStore(s, np)
-	return p.(*Presence)
+func newPresence(s *Syncer, enabled bool) *Presence {
+	p := &Presence{s: s, now: time.Now, users: map[string]*presenceUser{}, stop: make(chan struct{}), done: make(chan struct{})}
+	p.enabled.Store(enabled)
+	return p
 }
-
-// SetEnabled switches presence on or off (config presence.enabled).
-func (p *Presence) SetEnabled(on bool) { p.enabled.Store(on) }
 
 // Enabled reports whether presence is tracked and shared.
 func (p *Presence) Enabled() bool { return p.enabled.Load() }
@@ -281,7 +271,7 @@ func (p *Presence) Sweep(ctx context.Context) {
 type presenceExt struct{ p *Presence }
 
 // NewPresenceExtension makes the presence stream.
-func NewPresenceExtension(s *Syncer) Extension { return &presenceExt{p: PresenceOf(s)} }
+func NewPresenceExtension(s *Syncer) Extension { return &presenceExt{p: s.presence} }
 
 func (e *presenceExt) Apply(ctx context.Context, req *Request, resp *Response) error {
 	if !e.p.Enabled() || !e.p.s.moved("presence", req) {

@@ -10,7 +10,6 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
-	"enclave/internal/lru"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -132,14 +131,8 @@ type sentRoom struct {
 	cfg string // the room config it was sent with
 }
 
-var slidingConns sync.Map // *Syncer -> *lru.Cache[string, *slidingConn]
-
 func (s *Syncer) slidingConn(key string, create bool) *slidingConn {
-	v, ok := slidingConns.Load(s)
-	if !ok {
-		v, _ = slidingConns.LoadOrStore(s, lru.New[string, *slidingConn](10000))
-	}
-	cache := v.(*lru.Cache[string, *slidingConn])
+	cache := s.sliding
 	if c, ok := cache.Get(key); ok {
 		return c
 	}

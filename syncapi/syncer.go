@@ -65,12 +65,27 @@ type Syncer struct {
 	// ranges shares timeline reads between /syncs (roomRange).
 	rangesMu sync.Mutex
 	ranges   *lru.Cache[rangeKey, *rangeRead]
-	// wakesHandedOff: see HandOffEventWakes.
-	wakesHandedOff atomic.Bool
+	// wakesHandedOff: see Options.EventWakesHandedOff.
+	wakesHandedOff bool
+	// The per-server state of the ephemeral streams and sliding sync.
+	typing   *Typing
+	presence *Presence
+	sliding  *lru.Cache[string, *slidingConn]
+}
+
+// Options are the syncer's construction choices.
+type Options struct {
+	// EventWakesHandedOff leaves waking a room's long-polls for each new
+	// event to a later stage, which then calls NotifyRoom for every event
+	// it is given. The push notifier takes it, so that an event and the
+	// unread counts it causes reach a client in one response, not two.
+	EventWakesHandedOff bool
+	// PresenceDisabled switches presence off (config presence.enabled).
+	PresenceDisabled bool
 }
 
 // New makes a syncer and subscribes it to the room server's output.
-func New(db *storage.DB, rs RoomServer) *Syncer {
+func New(db *storage.DB, rs RoomServer, opts Options) *Syncer {
 	// A message wakes every member's long-poll at once. Building all
 	// those responses together would hold every store connection, and the
 	// next send would queue behind them: builds get half the pool. A build
@@ -83,7 +98,10 @@ func New(db *storage.DB, rs RoomServer) *Syncer {
 	}
 	maxBuilds = max(2, min(maxBuilds, 2*runtime.GOMAXPROCS(0)))
 	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds),
-		ranges: lru.New[rangeKey, *rangeRead](1024)}
+		ranges: lru.New[rangeKey, *rangeRead](1024), wakesHandedOff: opts.EventWakesHandedOff,
+		sliding: lru.New[string, *slidingConn](10000)}
+	s.typing = &Typing{s: s, rooms: map[string]*typingRoom{}}
+	s.presence = newPresence(s, !opts.PresenceDisabled)
 	rs.Subscribe(s.onEvent)
 	return s
 }
@@ -100,16 +118,16 @@ func (s *Syncer) onEvent(o roomserver.OutputEvent) {
 	if o.Event.Type == "m.room.member" && o.Event.StateKey != nil {
 		s.n.onMembership(ctx, o.Event.RoomID, *o.Event.StateKey, o.Event.Membership)
 	}
-	if !s.wakesHandedOff.Load() {
+	if !s.wakesHandedOff {
 		s.n.wakeRoom(ctx, o.Event.RoomID)
 	}
 }
 
-// HandOffEventWakes leaves waking a room's long-polls for each new event
-// to a later stage, which then calls NotifyRoom for every event it is
-// given. The push notifier takes it, so that an event and the unread
-// counts it causes reach a client in one response, not two.
-func (s *Syncer) HandOffEventWakes() { s.wakesHandedOff.Store(true) }
+// Typing is the syncer's typing tracker.
+func (s *Syncer) Typing() *Typing { return s.typing }
+
+// Presence is the syncer's presence tracker.
+func (s *Syncer) Presence() *Presence { return s.presence }
 
 // NotifyUsers wakes these users' long-polls: call it (through
 // storage.Tx.Publish) after storing a row for them.

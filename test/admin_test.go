@@ -141,7 +141,7 @@ func TestAdminSynadm(t *testing.T) {
 		raw(t, "GET", base+"v1/rooms/!nope:localhost", admin.AccessToken, nil).wantErr(t, "unknown room", 404, "M_NOT_FOUND")
 
 		// Every one of those calls is in the audit trail.
-		if err := srv.AuditLog().Flush(context.Background()); err != nil {
+		if err := srv.Audit.Flush(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		calls, _ := storage.ListAuditRows(context.Background(), srv.DB, storage.AuditFilter{Action: auditapi.ActionAdminCall, Actor: admin.UserID})
@@ -314,7 +314,7 @@ func TestAdminUsersRoomsTokens(t *testing.T) {
 		}
 
 		// The changes are in the audit trail with the admin as actor.
-		if err := srv.AuditLog().Flush(context.Background()); err != nil {
+		if err := srv.Audit.Flush(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		rows, _ := storage.ListAuditRows(context.Background(), srv.DB, storage.AuditFilter{Actor: admin.UserID})

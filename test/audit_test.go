@@ -15,7 +15,6 @@ import (
 
 	"enclave/auditapi"
 	"enclave/config"
-	"enclave/internal/server"
 	"enclave/storage"
 )
 
@@ -25,7 +24,7 @@ import (
 func auditRows(t testing.TB, srv *Server) []*storage.AuditRow {
 	t.Helper()
 	ctx := context.Background()
-	if err := srv.AuditLog().Flush(ctx); err != nil {
+	if err := srv.Audit.Flush(ctx); err != nil {
 		t.Fatal(err)
 	}
 	rows, err := storage.ListAuditRows(ctx, srv.DB, storage.AuditFilter{})
@@ -269,7 +268,7 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 		if dl := raw(t, "GET", srv.URL+"/_matrix/client/v1/media/download/localhost/"+mediaID, admin.AccessToken, nil); dl.Status != 200 {
 			t.Fatalf("download: %d", dl.Status)
 		}
-		server.ConfigReloaded("/etc/enclave.yaml", nil)
+		srv.ConfigReloaded("/etc/enclave.yaml", nil)
 
 		rows := auditRows(t, srv)
 		if rows[0].Action != auditapi.ActionServerStart || rows[0].N != 1 {
@@ -506,7 +505,7 @@ func TestAuditMediaUpload(t *testing.T) {
 		if res := alice.do("PUT", "/_matrix/media/v3/upload/localhost/"+lateID+"?filename=late-name.bin", alice.token, strings.NewReader(later), int64(len(later)), nil); res.Status != 200 {
 			t.Fatalf("upload to created ID: %d %s", res.Status, res.Body)
 		}
-		if err := srv.Media().QuarantineMedia(context.Background(), "localhost", lateID); err != nil {
+		if err := srv.Media.QuarantineMedia(context.Background(), "localhost", lateID); err != nil {
 			t.Fatal(err)
 		}
 

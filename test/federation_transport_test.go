@@ -364,7 +364,7 @@ const fedCountEDU = "org.enclave.test.count"
 func fedCountEDUs(n *FedNode) *atomic.Int32 {
 	var c atomic.Int32
 	n.BeforeStart = func(s *server.Server) {
-		s.Federation().HandleEDU(fedCountEDU, func(context.Context, spec.ServerName, json.RawMessage) error {
+		s.Federation.HandleEDU(fedCountEDU, func(context.Context, spec.ServerName, json.RawMessage) error {
 			c.Add(1)
 			return nil
 		})

@@ -247,7 +247,7 @@ func (n *FedNode) Fed() *federationapi.Federation {
 	if n.Server == nil {
 		n.c.t.Fatalf("%s is not running", n.ServerName)
 	}
-	return n.Server.Server.Federation()
+	return n.Server.Server.Federation
 }
 
 // FedURL is the https URL of path on the node's federation listener.

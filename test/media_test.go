@@ -815,7 +815,7 @@ func TestMediaLimitsAndQuota(t *testing.T) {
 		if n := len(mediaBlobFiles(t, filepath.Join(srv.DataDir, "media"))); n != 4 {
 			t.Errorf("%d files under media/, want the 4 accepted uploads", n)
 		}
-		if used, _ := srv.Media().UsedBytes(context.Background(), ""); used != 2500 {
+		if used, _ := srv.Media.UsedBytes(context.Background(), ""); used != 2500 {
 			t.Errorf("UsedBytes = %d", used)
 		}
 	})
@@ -859,7 +859,7 @@ func TestMediaDeleteAndQuarantine(t *testing.T) {
 		srv := Start(t, d, Options{})
 		var mu sync.Mutex
 		var events []string
-		srv.Media().SetAuditHook(func(_ context.Context, user, mediaID string, size int64, sum, action string) {
+		srv.Media.SetAuditHook(func(_ context.Context, user, mediaID string, size int64, sum, action string) {
 			mu.Lock()
 			defer mu.Unlock()
 			events = append(events, fmt.Sprintf("%s %s %s %d %s", action, user, mediaID, size, sum))
@@ -882,7 +882,7 @@ func TestMediaDeleteAndQuarantine(t *testing.T) {
 			t.Fatalf("%d blob files, want 2", n)
 		}
 		ctx := context.Background()
-		repo := srv.Media()
+		repo := srv.Media
 
 		if err := repo.QuarantineMedia(ctx, "localhost", id); err != nil {
 			t.Fatal(err)
@@ -976,7 +976,7 @@ func TestMediaRemote(t *testing.T) {
 		var buf bytes.Buffer
 		_ = png.Encode(&buf, image.NewGray(image.Rect(0, 0, 300, 200)))
 		f := &mediaFakeFetcher{data: map[string][]byte{"remote.example/RemoteMedia1": buf.Bytes()}}
-		srv.Media().SetRemoteFetcher(f)
+		srv.Media.SetRemoteFetcher(f)
 		for range 2 {
 			res := alice.get(p)
 			if res.Status != 200 || !bytes.Equal(res.Body, buf.Bytes()) || res.Header.Get("Content-Disposition") != "inline; filename=remote.png" {

@@ -130,7 +130,7 @@ func TestRBACEveryPermission(t *testing.T) {
 			}
 		}
 		// Every denial was recorded.
-		if err := srv.AuditLog().Flush(context.Background()); err != nil {
+		if err := srv.Audit.Flush(context.Background()); err != nil {
 			t.Fatal(err)
 		}
 		rows, err := storage.ListAuditRows(context.Background(), srv.DB, storage.AuditFilter{Action: auditapi.ActionAccessDenied})

@@ -19,7 +19,6 @@ import (
 
 	"enclave/config"
 	"enclave/storage"
-	"enclave/syncapi"
 )
 
 // The social layer end to end: profiles, account data, ignoring, typing,
@@ -346,7 +345,7 @@ func socTyping(t *testing.T, srv *Server, alice, bob, carol *socUser, room id.Ro
 	if _, err := alice.UserTyping(ctx, room, true, 1500*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
-	if got := syncapi.TypingOf(srv.Sync).Users(string(room)); len(got) != 1 || got[0] != string(alice.id) {
+	if got := srv.Sync.Typing().Users(string(room)); len(got) != 1 || got[0] != string(alice.id) {
 		t.Fatalf("typing set %v", got)
 	}
 	s := bob.syncUntil(t, start.NextBatch, nil, "alice typing", func(s *socSync) bool {
@@ -362,7 +361,7 @@ func socTyping(t *testing.T, srv *Server, alice, bob, carol *socUser, room id.Ro
 	if time.Since(began) > 5*time.Second {
 		t.Fatal("typing expiry took too long")
 	}
-	if got := syncapi.TypingOf(srv.Sync).Users(string(room)); len(got) != 0 {
+	if got := srv.Sync.Typing().Users(string(room)); len(got) != 0 {
 		t.Fatalf("typing set after expiry %v", got)
 	}
 	// Initial sync includes current typers.
@@ -382,7 +381,7 @@ func socTyping(t *testing.T, srv *Server, alice, bob, carol *socUser, room id.Ro
 	if code, body := socRaw(t, bob, "PUT", "/_matrix/client/v3/rooms/"+string(room)+"/typing/"+string(bob.id), `{"typing":"yes"}`); code != 400 || body["errcode"] != "M_BAD_JSON" {
 		t.Fatalf("malformed typing: %d %v", code, body)
 	}
-	if got := syncapi.TypingOf(srv.Sync).Users(string(room)); len(got) != 0 {
+	if got := srv.Sync.Typing().Users(string(room)); len(got) != 0 {
 		t.Fatalf("rejected requests changed the typing set: %v", got)
 	}
 }

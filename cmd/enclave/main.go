@@ -160,13 +160,13 @@ func reload(path string, running *config.Config, srv *server.Server) {
 	cfg, err := config.Load(path, running.DataDir)
 	if err != nil {
 		logrus.WithError(err).Error("SIGHUP: config not reloaded")
-		server.ConfigReloaded(path, err)
+		srv.ConfigReloaded(path, err)
 		return
 	}
 	setupLogging(cfg)
 	running.Log = cfg.Log
-	server.ConfigReloaded(path, nil)
-	if f := srv.Federation(); f != nil {
+	srv.ConfigReloaded(path, nil)
+	if f := srv.Federation; f != nil {
 		// The policy keeps its own copy of the federation settings.
 		if err := f.ReloadPolicy(cfg); err != nil {
 			logrus.WithError(err).Error("SIGHUP: federation policy not reloaded")

@@ -6,16 +6,14 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 )
 
-// Extra listeners and start hooks that components add while being wired
-// (the federation listener, …). Start opens them after the client and
-// metrics listeners. They live beside Server, not in it, so components add
-// listeners without touching server.go.
+// Extra listeners and start hooks that the assembly adds while building
+// components (the federation listener, …). Start opens them after the
+// client and metrics listeners.
 
 type extraListener struct {
 	addr  string
@@ -24,45 +22,29 @@ type extraListener struct {
 	bound string
 }
 
-type startState struct {
-	mu        sync.Mutex
-	listeners []*extraListener
-	hooks     []func() error
-}
-
-var startStates sync.Map // *Server → *startState
-
-func (s *Server) startState() *startState {
-	v, _ := startStates.LoadOrStore(s, &startState{})
-	return v.(*startState)
-}
-
 // AddListener has Start serve h on addr, with TLS when tc is non-nil.
-// Call it while wiring; Shutdown drains it with the others.
+// Call it while building; Shutdown drains it with the others.
 func (s *Server) AddListener(addr string, h http.Handler, tc *tls.Config) {
-	st := s.startState()
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.listeners = append(st.listeners, &extraListener{addr: addr, h: h, tls: tc})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.extra = append(s.extra, &extraListener{addr: addr, h: h, tls: tc})
 }
 
 // OnStart has Start run fn once the listeners are open (e.g. to begin
 // background delivery only when the server really runs). An error fails
 // Start.
 func (s *Server) OnStart(fn func() error) {
-	st := s.startState()
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	st.hooks = append(st.hooks, fn)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.startHooks = append(s.startHooks, fn)
 }
 
 // ListenerAddr returns the address an added listener is bound to (useful
 // when addr had port 0), or "" if it is not listening.
 func (s *Server) ListenerAddr(addr string) string {
-	st := s.startState()
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	for _, l := range st.listeners {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, l := range s.extra {
 		if l.addr == addr {
 			return l.bound
 		}
@@ -72,22 +54,18 @@ func (s *Server) ListenerAddr(addr string) string {
 
 // startExtra opens the added listeners and runs the start hooks.
 func (s *Server) startExtra() error {
-	st := s.startState()
-	st.mu.Lock()
-	listeners := st.listeners
-	hooks := st.hooks
-	st.mu.Unlock()
-	s.OnShutdown(func() { startStates.Delete(s) })
+	s.mu.Lock()
+	listeners := s.extra
+	hooks := s.startHooks
+	s.mu.Unlock()
 	for _, el := range listeners {
 		l, err := net.Listen("tcp", el.addr)
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", el.addr, err)
 		}
-		st.mu.Lock()
-		el.bound = l.Addr().String()
-		st.mu.Unlock()
 		srv := &http.Server{Handler: el.h, TLSConfig: el.tls, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
 		s.mu.Lock()
+		el.bound = l.Addr().String()
 		s.servers = append(s.servers, srv)
 		s.listeners = append(s.listeners, l)
 		s.mu.Unlock()

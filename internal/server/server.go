@@ -20,8 +20,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
 
+	"enclave/adminapi"
+	"enclave/auditapi"
 	"enclave/clientapi"
 	"enclave/config"
+	"enclave/federationapi"
+	pushnotify "enclave/internal/pushrules/notifier"
+	"enclave/internal/rbac"
+	"enclave/mediaapi"
 	"enclave/roomserver"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -30,7 +36,8 @@ import (
 // Version is the server version, set at build time with -ldflags.
 var Version = "0.1.0-dev"
 
-// Server is one running homeserver process.
+// Server is one running homeserver process. It holds every component as a
+// field; New builds them in one ordered sequence (assembly.go).
 type Server struct {
 	Config   *config.Config
 	DB       *storage.DB
@@ -39,16 +46,41 @@ type Server struct {
 	Client   *clientapi.API
 	Registry *prometheus.Registry
 
+	// Media is the media repository (always present).
+	Media *mediaapi.Repo
+	// Federation is the federation component, nil when
+	// federation.enabled is false. cmd/enclave's SIGHUP reload calls its
+	// ReloadPolicy.
+	Federation *federationapi.Federation
+	// RBAC is the role-based access control of every authenticated
+	// client-API request.
+	RBAC *rbac.RBAC
+	// Admin is the admin API (and the retention purge job).
+	Admin *adminapi.API
+	// Audit is the audit trail.
+	Audit *auditapi.Log
+	// Push evaluates push rules after each event and wakes /sync once the
+	// event's unread counts are stored.
+	Push *pushnotify.Notifier
+
 	KeyID string
 	Key   ed25519.PrivateKey
+
+	// fedTyping times out local users' typing towards other servers.
+	fedTyping *typingTimers
 
 	mu        sync.Mutex
 	servers   []*http.Server
 	listeners []net.Listener
 	closers   []func()
+	// extra are the component listeners Start opens after the client and
+	// metrics ones; startHooks run once all listeners are open.
+	extra      []*extraListener
+	startHooks []func() error
 }
 
-// New opens the store and wires the components. It does not listen yet.
+// New opens the store and builds the components (see build for the
+// order). It does not listen yet.
 func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	keyID, key, created, err := config.LoadOrCreateSigningKey(cfg.SigningKey)
 	if err != nil {
@@ -66,35 +98,15 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry()}
-	s.Rooms = roomserver.New(db, cfg.ServerName, keyID, key)
-	s.Sync = syncapi.New(db, s.Rooms)
-	s.Client = clientapi.New(ClientOptions(cfg), db, s.Rooms, s.Sync, s.Registry)
-	s.registerMetrics()
-	for _, w := range wirings {
-		if err := w.fn(ctx, s); err != nil {
-			db.Close()
-			return nil, fmt.Errorf("%s: %w", w.name, err)
-		}
+	if err := s.build(ctx); err != nil {
+		db.Close()
+		return nil, err
 	}
 	return s, nil
 }
 
-type wiring struct {
-	name string
-	fn   func(ctx context.Context, s *Server) error
-}
-
-// wirings connect optional components (E2EE streams, media, audit,
-// federation…) to the core. Each lives in its own wire_*.go file and
-// registers itself from init, so adding a component touches no shared list.
-var wirings []wiring
-
-// addWiring registers a component's wiring step (call from init).
-func addWiring(name string, fn func(ctx context.Context, s *Server) error) {
-	wirings = append(wirings, wiring{name, fn})
-}
-
-// closers run at Shutdown, after the listeners drain, before the store closes.
+// OnShutdown has Shutdown run fn after the listeners drain, before the
+// store closes; closers run in the order they were added.
 func (s *Server) OnShutdown(fn func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -14,63 +14,13 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/federationapi"
-	"enclave/storage"
 	"enclave/syncapi"
 )
 
-// Federation of the social layer: typing, receipts and presence EDUs,
-// remote profile lookups, and the local services federation delivers
-// into (sync wake-ups, the typing tracker, local media). Typing is sent
-// when a client's PUT …/typing succeeds (a client-API middleware sees it);
-// receipts and presence are read back from the stream by federation's
-// tailer, which the same middleware kicks so they leave at once.
-func init() {
-	addWiring("fed_edus", func(ctx context.Context, s *Server) error {
-		if !s.Config.Federation.Enabled {
-			return nil
-		}
-		s.Client.SetRemoteProfiles(lazyProfiles{s})
-		t := &typingTimers{s: s, timers: map[string]*time.Timer{}}
-		s.Client.Router().Use(fedEphemeralMiddleware(s, t))
-		s.OnStart(func() error {
-			f := s.Federation()
-			if f == nil {
-				return nil
-			}
-			l := federationapi.Local{
-				NotifyUsers:     s.Sync.NotifyUsers,
-				NotifyRoom:      s.Sync.NotifyRoom,
-				SetTyping:       syncapi.TypingOf(s.Sync).Set,
-				PresenceEnabled: syncapi.PresenceOf(s.Sync).Enabled,
-				StreamPos:       s.DB.Stream.Current,
-			}
-			if s.Media() != nil {
-				l.Media = s.Client.Handler()
-			}
-			f.StartLocal(l)
-			return nil
-		})
-		// Registered before the federation component's own shutdown, so
-		// it runs first, while the component is still reachable.
-		s.OnShutdown(func() {
-			t.stopAll()
-			if f := s.Federation(); f != nil {
-				f.StopLocal()
-			}
-		})
-		return nil
-	})
-}
-
-type lazyProfiles struct{ s *Server }
-
-func (l lazyProfiles) LookupProfile(ctx context.Context, userID string) (*storage.Profile, error) {
-	f := l.s.Federation()
-	if f == nil {
-		return nil, storage.ErrNotFound
-	}
-	return f.LookupProfile(ctx, userID)
-}
+// Typing, receipts and presence over federation, as the client API's
+// requests cause them: a client-API middleware sees a successful PUT
+// …/typing and sends the typing EDU; a receipt or presence change kicks
+// federation's tailer, which reads them back from the stream.
 
 // Route kinds the middleware acts on.
 const (
@@ -101,7 +51,7 @@ const (
 
 // fedEphemeralMiddleware watches the client API's typing, receipt and
 // presence requests; after a successful one it tells federation.
-func fedEphemeralMiddleware(s *Server, timers *typingTimers) mux.MiddlewareFunc {
+func fedEphemeralMiddleware(f *federationapi.Federation, timers *typingTimers) mux.MiddlewareFunc {
 	return func(next http.Handler) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if r.Method != http.MethodPut && r.Method != http.MethodPost {
@@ -123,8 +73,7 @@ func fedEphemeralMiddleware(s *Server, timers *typingTimers) mux.MiddlewareFunc 
 			}
 			sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
 			next.ServeHTTP(sw, r)
-			f := s.Federation()
-			if sw.code != http.StatusOK || f == nil {
+			if sw.code != http.StatusOK {
 				return
 			}
 			switch kind {
@@ -159,7 +108,8 @@ func fedEphemeralMiddleware(s *Server, timers *typingTimers) mux.MiddlewareFunc 
 // here without an explicit stop (they would otherwise wait for their own,
 // longer, timeout).
 type typingTimers struct {
-	s      *Server
+	f      *federationapi.Federation
+	typing *syncapi.Typing
 	mu     sync.Mutex
 	timers map[string]*time.Timer
 }
@@ -183,18 +133,17 @@ func (t *typingTimers) set(roomID, userID string, typing bool, timeout time.Dura
 			delete(t.timers, key)
 		}
 		t.mu.Unlock()
-		f := t.s.Federation()
-		if !current || f == nil {
+		if !current {
 			return
 		}
-		for _, u := range syncapi.TypingOf(t.s.Sync).Users(roomID) {
+		for _, u := range t.typing.Users(roomID) {
 			if u == userID {
 				return // typing again
 			}
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		if err := f.SendTyping(ctx, roomID, userID, false); err != nil {
+		if err := t.f.SendTyping(ctx, roomID, userID, false); err != nil {
 			logrus.WithError(err).WithField("room_id", roomID).Debug("federation: sending typing timeout")
 		}
 	})

@@ -1,4 +1,4 @@
-package server
+package roomserver
 
 import (
 	"context"
@@ -13,42 +13,42 @@ import (
 	"enclave/storage"
 )
 
-// Directory, search, relations and the other "rooms extra" endpoints.
+// The room index: search text, relations and directory stats, derived
+// from the events the room server stores.
 //
-// Search text and relations are written by a room server hook, inside the
-// transaction that stores each event, rather than by a Subscribe listener
-// after commit: an event is then never visible without its relation (a
-// client that sees a thread reply in /sync can ask /relations at once), a
-// crash between commit and indexing cannot lose a row, and a redaction
-// removes the text and the relation in the same transaction that strips
-// the event. The cost is a few small writes inside each event's
-// transaction.
+// Search text and relations are written by a room server hook (IndexEvent),
+// inside the transaction that stores each event, rather than by a
+// Subscribe listener after commit: an event is then never visible without
+// its relation (a client that sees a thread reply in /sync can ask
+// /relations at once), a crash between commit and indexing cannot lose a
+// row, and a redaction removes the text and the relation in the same
+// transaction that strips the event. The cost is a few small writes
+// inside each event's transaction.
 //
 // The directory stats are derived from current state, which the room
 // server writes after its hooks have run (and, for federated events, only
 // after state resolution), so the hook recomputes them right after the
 // event's transaction commits, before the sending request returns. They
-// are a cache of current state: rooms without a row are rebuilt at start.
-func init() {
-	addWiring("rooms_extra", func(ctx context.Context, s *Server) error {
-		if err := storage.PrepareSearch(ctx, s.DB); err != nil {
-			return err
+// are a cache of current state: rooms without a row are rebuilt by
+// PrepareIndex at start.
+
+// PrepareIndex readies the search index and rebuilds the directory stats
+// of rooms created before the directory tables existed. The assembly runs
+// it before the server takes requests.
+func PrepareIndex(ctx context.Context, db *storage.DB) error {
+	if err := storage.PrepareSearch(ctx, db); err != nil {
+		return err
+	}
+	missing, err := storage.RoomsMissingStats(ctx, db)
+	if err != nil {
+		return err
+	}
+	for _, id := range missing {
+		if err := storage.RefreshRoomStats(ctx, db, id); err != nil {
+			return fmt.Errorf("room stats of %s: %w", id, err)
 		}
-		// Rooms created before the directory tables existed.
-		missing, err := storage.RoomsMissingStats(ctx, s.DB)
-		if err != nil {
-			return err
-		}
-		for _, id := range missing {
-			if err := storage.RefreshRoomStats(ctx, s.DB, id); err != nil {
-				return fmt.Errorf("room stats of %s: %w", id, err)
-			}
-		}
-		s.Rooms.AddHook(indexRoomEvent)
-		s.Sync.AddExtension(s.Sync.RelationsExtension())
-		s.Client.SetUserDirectorySearchAll(s.Config.UserDirectory.SearchAllUsers)
-		return nil
-	})
+	}
+	return nil
 }
 
 // jsonString returns a content field if it is a non-empty string.
@@ -60,9 +60,9 @@ func jsonString(c map[string]json.RawMessage, key string) string {
 	return ""
 }
 
-// indexRoomEvent is the room server hook that keeps the search index,
+// IndexEvent is the room server hook (a Hook) that keeps the search index,
 // the relations table and the directory stats in step with the room.
-func indexRoomEvent(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error {
+func IndexEvent(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error {
 	if ev.Outlier || ev.Rejected || ev.SoftFailed || ev.StreamPos == 0 {
 		return nil
 	}

@@ -1,0 +1,330 @@
+package server
+
+import (
+	"context"
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/sirupsen/logrus"
+
+	"enclave/adminapi"
+	"enclave/auditapi"
+	"enclave/auditapi/endpoints"
+	"enclave/clientapi"
+	"enclave/federationapi"
+	pushnotify "enclave/internal/pushrules/notifier"
+	"enclave/internal/rbac"
+	"enclave/mediaapi"
+	"enclave/roomserver"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+// retentionInterval is how often expired events (MSC1763) are purged.
+const retentionInterval = time.Hour
+
+// build makes every component and connects them, in one fixed order. The
+// order matters in four places, each noted at its step:
+//   - room server hooks run in the order added, inside each event's
+//     transaction: audit, then device lists, then the room index;
+//   - room server subscribers run in the order added, after commit: the
+//     sync stream (syncapi.New), federation, then the push notifier;
+//   - sync extensions fill a response in the order added: E2EE,
+//     relations, account data, ephemeral, presence, unread counts last;
+//   - shutdown closers run in the order added, start hooks likewise.
+func (s *Server) build(ctx context.Context) error {
+	cfg := s.Config
+	// The core: the room server is the writer of rooms; the sync stream
+	// subscribes to it first. Event wakes are handed off to the push
+	// notifier (buildSocial), which wakes a room once the event's unread
+	// counts are stored, so both come in one /sync response.
+	s.Rooms = roomserver.New(s.DB, cfg.ServerName, s.KeyID, s.Key)
+	s.Sync = syncapi.New(s.DB, s.Rooms, syncapi.Options{
+		EventWakesHandedOff: true,
+		PresenceDisabled:    !cfg.Presence.Enabled,
+	})
+	s.Client = clientapi.New(ClientOptions(cfg), s.DB, s.Rooms, s.Sync, s.Registry)
+	s.registerMetrics()
+
+	steps := []struct {
+		name string
+		fn   func(context.Context) error
+	}{
+		{"admin", s.buildAdmin},           // RBAC first: every authenticated route, audit's included, is checked by it
+		{"audit", s.buildAudit},           // before anything that records: its event hook is the first room hook
+		{"media", s.buildMedia},           // audited from the start
+		{"federation", s.buildFederation}, // after media (it fetches remote media) and audit (refusals)
+		{"e2ee", s.buildE2EE},
+		{"room index", s.buildRoomIndex},
+		{"social", s.buildSocial}, // after federation: the push notifier subscribes after it
+	}
+	for _, st := range steps {
+		if err := st.fn(ctx); err != nil {
+			return fmt.Errorf("%s: %w", st.name, err)
+		}
+	}
+
+	// Long-polling /sync requests would hold http.Server.Shutdown until
+	// their timeouts (up to the whole drain deadline): once the listeners
+	// are open, have their Shutdown first end the long-polls.
+	s.OnStart(func() error {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		for _, srv := range s.servers {
+			srv.RegisterOnShutdown(s.Sync.Shutdown)
+		}
+		return nil
+	})
+	return nil
+}
+
+// buildAdmin: RBAC on every authenticated client-API request, raw routes
+// included (clientapi.Authenticate runs the authorizer; it also attaches
+// the requester to the request for the audit trail), the admin API and
+// the retention purge job.
+func (s *Server) buildAdmin(ctx context.Context) error {
+	z, err := rbac.New(ctx, s.DB, s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
+	if err != nil {
+		return err
+	}
+	s.RBAC = z
+	s.Client.SetAuthorizer(func(r *http.Request, dev *clientapi.Device, group string) (clientapi.Response, bool) {
+		clientapi.AttachActor(r, dev)
+		return z.Authorize(r, dev, group)
+	})
+	s.Admin = adminapi.New(adminapi.Options{
+		DB: s.DB, Rooms: s.Rooms, Client: s.Client, RBAC: z, ServerName: s.Config.ServerName, Version: Version,
+		Retention: adminapi.RetentionPolicy{
+			DefaultMaxLifetime: s.Config.Retention.DefaultMaxLifetime.Duration,
+			AllowedMin:         s.Config.Retention.AllowedLifetimeMin.Duration,
+			AllowedMax:         s.Config.Retention.AllowedLifetimeMax.Duration,
+		},
+		// Read when a request comes, by which time buildMedia has run.
+		Media: func() adminapi.MediaAdmin { return s.Media },
+	})
+	s.Admin.Register()
+	s.OnStart(func() error {
+		s.OnShutdown(s.Admin.StartRetention(retentionInterval))
+		return nil
+	})
+	return nil
+}
+
+// buildAudit: the audit log (sealer, checkpoints, head export), the room
+// event hook that records every stored event in its own transaction, the
+// auditor endpoints, and server start and stop entries.
+func (s *Server) buildAudit(ctx context.Context) error {
+	c := s.Config.Audit
+	l, err := auditapi.Open(ctx, s.DB, auditapi.Options{
+		Enabled: c.Enabled, ServerName: s.Config.ServerName, KeyID: s.KeyID, Key: s.Key,
+		CheckpointEvery: c.CheckpointEvery, CheckpointInterval: c.CheckpointInterval.Duration,
+		HeadExportPath: c.HeadExportPath, HeadSyslog: c.HeadSyslog,
+	})
+	if err != nil {
+		return err
+	}
+	s.Audit = l
+	s.Rooms.AddHook(auditapi.EventHook(s.Config.ServerName))
+	(&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
+		Version: Version, HeadPath: c.HeadExportPath}).Register()
+	if err := auditapi.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
+		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
+		l.Close()
+		return err
+	}
+	s.OnShutdown(func() {
+		if err := auditapi.Record(context.Background(), s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
+			Action: auditapi.ActionServerStop}); err != nil {
+			logrus.WithError(err).Error("audit: recording server stop")
+		}
+		if err := l.Close(); err != nil {
+			logrus.WithError(err).Error("audit: closing the log")
+		}
+	})
+	return nil
+}
+
+// ConfigReloaded records a configuration reload (SIGHUP) in the audit
+// trail; err is the reload's failure, if any.
+func (s *Server) ConfigReloaded(path string, err error) {
+	e := auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName}, Action: auditapi.ActionConfigLoad, Details: map[string]any{"path": path}}
+	if err != nil {
+		e.Outcome = auditapi.OutcomeFailure
+		e.Details["error"] = err.Error()
+	}
+	if rerr := auditapi.Record(context.Background(), s.DB, e); rerr != nil {
+		logrus.WithError(rerr).Error("audit: recording config reload")
+	}
+}
+
+// buildMedia: the media repository, its client routes and its audit hook.
+func (s *Server) buildMedia(ctx context.Context) error {
+	repo, err := mediaapi.New(ctx, mediaapi.OptionsFromConfig(s.Config), s.DB)
+	if err != nil {
+		return err
+	}
+	repo.Register(s.Client)
+	repo.SetAuditHook(auditapi.MediaHook(s.DB))
+	s.Media = repo
+	return nil
+}
+
+// buildFederation: with federation.enabled, the federation component (key
+// ring, policy, outbound client and queue, /send and the key endpoints),
+// its TLS 1.3 listener on listen.federation, and everything that reaches
+// other servers through it: remote events for the room server, remote
+// keys, to-device messages and profiles for the client API, remote media
+// for the media repository, device-list changes and typing, receipt and
+// presence EDUs. The current signing key is recorded even with federation
+// off, so a later rotation can still publish it as an old key.
+func (s *Server) buildFederation(ctx context.Context) error {
+	if !s.Config.Federation.Enabled {
+		pub := base64.RawStdEncoding.EncodeToString(s.Key.Public().(ed25519.PublicKey))
+		return storage.RecordOwnKey(ctx, s.DB, s.KeyID, pub, time.Now().UnixMilli())
+	}
+	f, err := federationapi.New(s.Config, s.DB, s.Rooms, s.KeyID, s.Key)
+	if err != nil {
+		return err
+	}
+	f.SetVersion(Version)
+	if err := f.RegisterMetrics(s.Registry); err != nil {
+		return err
+	}
+	s.Federation = f
+	f.SetAuditHook(auditapi.FederationRefusalHook(s.DB))
+
+	// Remote events close gaps through federation; local events go out
+	// through the queues; clients join remote rooms and backfill.
+	s.Rooms.SetFetcher(f.Fetcher())
+	s.Rooms.Subscribe(f.OnRoomEvent)
+	s.Client.SetFederation(f)
+
+	// The client API's /keys/query, /keys/claim and /sendToDevice reach
+	// other servers' users; local users' device-list and cross-signing
+	// changes go out as EDUs; profiles of remote users are looked up.
+	s.Client.SetRemoteKeys(f.E2EE())
+	s.Client.SetRemoteToDevice(f.E2EE())
+	storage.OnDeviceListChange(s.DB, f.DeviceListChanged)
+	s.Client.SetRemoteProfiles(f)
+	s.Media.SetRemoteFetcher(mediaFetcher{f})
+
+	// Typing is sent when a client's PUT …/typing succeeds (a client-API
+	// middleware sees it); receipts and presence are read back from the
+	// stream by federation's tailer, which the same middleware kicks so
+	// they leave at once.
+	s.fedTyping = &typingTimers{f: f, typing: s.Sync.Typing(), timers: map[string]*time.Timer{}}
+	s.Client.Router().Use(fedEphemeralMiddleware(f, s.fedTyping))
+
+	// The local services federation delivers into: sync wake-ups, the
+	// typing tracker, local media. Started before the component itself.
+	s.OnStart(func() error {
+		f.StartLocal(federationapi.Local{
+			NotifyUsers:     s.Sync.NotifyUsers,
+			NotifyRoom:      s.Sync.NotifyRoom,
+			SetTyping:       s.Sync.Typing().Set,
+			PresenceEnabled: s.Sync.Presence().Enabled,
+			StreamPos:       s.DB.Stream.Current,
+			Media:           s.Client.Handler(),
+		})
+		return nil
+	})
+	s.OnStart(f.Start)
+	// The typing timers and local delivery stop before the component.
+	s.OnShutdown(func() {
+		s.fedTyping.stopAll()
+		f.StopLocal()
+	})
+	s.OnShutdown(f.Stop)
+
+	if addr := s.Config.Listen.Federation; addr != "" {
+		tc, err := s.Config.FederationTLSConfig()
+		if err != nil {
+			return err
+		}
+		s.AddListener(addr, f.Handler(), tc)
+	} else {
+		logrus.Warn("federation is enabled but listen.federation is empty: outbound only")
+	}
+	return nil
+}
+
+// mediaFetcher fetches other servers' media over federation for the media
+// repository.
+type mediaFetcher struct{ f *federationapi.Federation }
+
+func (m mediaFetcher) FetchMedia(ctx context.Context, server, mediaID string) (*mediaapi.RemoteMedia, error) {
+	body, ct, name, err := m.f.FetchMedia(ctx, server, mediaID)
+	if errors.Is(err, federationapi.ErrMediaNotFound) {
+		return nil, mediaapi.ErrRemoteNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &mediaapi.RemoteMedia{Body: body, ContentType: ct, FileName: name}, nil
+}
+
+// buildE2EE: the sync extension (to-device, device lists, key counts), the
+// room-server hook that feeds joins and leaves into the device-list stream,
+// and the waker that device-list changes use to reach long-polling syncs.
+// Backfilled history (negative positions) is not a change anyone must
+// hear of.
+func (s *Server) buildE2EE(context.Context) error {
+	storage.SetDeviceListWaker(s.DB, s.Sync.NotifyUsers)
+	s.OnShutdown(func() { storage.ForgetDeviceListHooks(s.DB) })
+	s.Sync.AddExtension(syncapi.NewE2EE(s.DB, s.Sync))
+	s.Rooms.AddHook(func(ctx context.Context, tx *storage.Tx, ev *storage.Event, _ gomatrixserverlib.PDU) error {
+		if ev.Type != "m.room.member" || ev.StateKey == nil || ev.StreamPos <= 0 || ev.SoftFailed || ev.Rejected || ev.Outlier {
+			return nil
+		}
+		return storage.RecordMembershipTransition(ctx, tx, ev.StreamPos, ev.RoomID, *ev.StateKey, ev.Membership)
+	})
+	return nil
+}
+
+// buildRoomIndex: search, relations and directory stats (the room
+// server's index hook, see roomserver/index.go), the relations sync
+// extension and the user directory's scope.
+func (s *Server) buildRoomIndex(ctx context.Context) error {
+	if err := roomserver.PrepareIndex(ctx, s.DB); err != nil {
+		return err
+	}
+	s.Rooms.AddHook(roomserver.IndexEvent)
+	s.Sync.AddExtension(s.Sync.RelationsExtension())
+	s.Client.SetUserDirectorySearchAll(s.Config.UserDirectory.SearchAllUsers)
+	return nil
+}
+
+// buildSocial: profiles, account data, typing, receipts, presence, push
+// rules and unread counts.
+func (s *Server) buildSocial(ctx context.Context) error {
+	s.Client.SetSocialOptions(clientapi.SocialOptions{ProfileRequireSharedRoom: s.Config.Profile.RequireSharedRoom})
+
+	if s.Config.Presence.Enabled {
+		if err := s.Sync.Presence().Start(ctx); err != nil {
+			return err
+		}
+		s.OnShutdown(s.Sync.Presence().Stop)
+	}
+
+	// Push rules run after each event commits; counts reach /sync
+	// through the notification rows' stream positions. The notifier wakes
+	// the rooms' long-polls once an event's counts are stored (the syncer
+	// was built with EventWakesHandedOff), so the event and its counts
+	// come in one response.
+	s.Push = pushnotify.New(s.DB, s.Rooms, s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
+	s.Rooms.Subscribe(s.Push.OnEvent)
+	s.OnShutdown(s.Push.Close)
+	s.OnShutdown(s.Sync.Typing().Stop)
+
+	s.Sync.AddExtension(syncapi.NewAccountDataExtension(s.Sync))
+	s.Sync.AddExtension(syncapi.NewEphemeralExtension(s.Sync))
+	s.Sync.AddExtension(syncapi.NewPresenceExtension(s.Sync))
+	// Last: counts go to every joined room the others put in.
+	s.Sync.AddExtension(syncapi.NewUnreadExtension(s.Sync))
+	return nil
+}
