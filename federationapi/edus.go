@@ -32,7 +32,7 @@ import (
 // local user (presence); anything else is ignored.
 
 // Local is what federation's EDU, E2EE and media handlers need from the
-// rest of the server. The wiring installs it with StartLocal; until then
+// rest of the server. The assembly installs it with StartLocal at start; until then
 // EDUs that need it are dropped (the next update repairs them).
 type Local struct {
 	// NotifyUsers wakes local users' /sync long-polls.
