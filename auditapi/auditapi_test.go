@@ -218,10 +218,10 @@ func TestMediaAndFederationHooks(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
 		l, _ := openLog(t, db, 1000, "")
-		auditapi.MediaHook(db)(ctx, "@u:test", "MEDIA1", 42, "abcd", "upload")
-		auditapi.MediaHook(db)(ctx, "", "MEDIA1", 42, "abcd", "thumbnail")
-		auditapi.FederationRefusalHook(db)("federation.inbound_refused", "evil.example", "not allowed: PUT /send")
-		auditapi.FederationRefusalHook(db)("federation.outbound_refused", "far.example", "denied")
+		l.MediaHook()(ctx, "@u:test", "MEDIA1", 42, "abcd", "upload")
+		l.MediaHook()(ctx, "", "MEDIA1", 42, "abcd", "thumbnail")
+		l.FederationRefusalHook()("federation.inbound_refused", "evil.example", "not allowed: PUT /send")
+		l.FederationRefusalHook()("federation.outbound_refused", "far.example", "denied")
 		if err := l.Flush(ctx); err != nil {
 			t.Fatal(err)
 		}

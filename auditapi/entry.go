@@ -167,7 +167,25 @@ func row(ctx context.Context, e Entry, now time.Time) (*storage.AuditRow, error)
 // part of that transaction (the normal case); with a *storage.DB it is
 // written in a transaction of its own (for actions that change nothing,
 // such as failed logins). Audit disabled in config makes it a no-op.
+//
+// Record finds the process's Log through the store (For); components that
+// are given the Log call its Record method instead.
 func Record(ctx context.Context, q storage.Querier, e Entry) error {
+	var db *storage.DB
+	switch v := q.(type) {
+	case *storage.Tx:
+		db = v.DB()
+	case *storage.DB:
+		db = v
+	}
+	return For(db).Record(ctx, q, e)
+}
+
+// Record appends e like the package-level Record, with this Log's
+// settings: nothing when audit is disabled, and the sealer is woken once
+// the entry commits. A nil Log (a command-line tool with no server running
+// in the process) writes the entry for the next sealing pass.
+func (l *Log) Record(ctx context.Context, q storage.Querier, e Entry) error {
 	var db *storage.DB
 	var tx *storage.Tx
 	switch v := q.(type) {
@@ -176,7 +194,6 @@ func Record(ctx context.Context, q storage.Querier, e Entry) error {
 	case *storage.DB:
 		db = v
 	}
-	l := For(db)
 	if l != nil && !l.opts.Enabled {
 		return nil
 	}

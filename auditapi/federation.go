@@ -5,15 +5,13 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
-
-	"enclave/storage"
 )
 
 // FederationRefusalHook returns the federation component's audit callback
 // (federationapi.AuditFunc) for traffic refused by the federation policy:
 // action is "federation.inbound_refused" or "federation.outbound_refused".
 // Refusals change nothing, so the record has its own transaction.
-func FederationRefusalHook(db *storage.DB) func(action string, server spec.ServerName, detail string) {
+func (l *Log) FederationRefusalHook() func(action string, server spec.ServerName, detail string) {
 	return func(action string, server spec.ServerName, detail string) {
 		e := Entry{Action: ActionFedRefuse, Outcome: OutcomeDenied, Details: map[string]any{"direction": "inbound", "reason": detail}}
 		if action == "federation.outbound_refused" {
@@ -22,7 +20,7 @@ func FederationRefusalHook(db *storage.DB) func(action string, server spec.Serve
 		} else {
 			e.Actor.Server = string(server)
 		}
-		if err := Record(context.Background(), db, e); err != nil {
+		if err := l.Record(context.Background(), l.db, e); err != nil {
 			logrus.WithError(err).WithField("server", server).Error("audit: recording a federation refusal")
 		}
 	}

@@ -22,8 +22,8 @@ import (
 // the SHA-256 of the content bytes (for m.room.encrypted, of the
 // ciphertext): never the content itself, in encrypted and unencrypted
 // rooms alike.
-func EventHook(serverName string) func(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error {
-	suffix := ":" + serverName
+func (l *Log) EventHook() func(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error {
+	suffix := ":" + l.opts.ServerName
 	return func(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error {
 		content := []byte(pdu.Content())
 		sum := sha256.Sum256(content)
@@ -111,7 +111,7 @@ func EventHook(serverName string) func(ctx context.Context, tx *storage.Tx, ev *
 		} else {
 			e.Action = ActionMessage
 		}
-		return Record(ctx, tx, e)
+		return l.Record(ctx, tx, e)
 	}
 }
 

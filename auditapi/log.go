@@ -32,7 +32,9 @@ type Options struct {
 
 // Log is the process's audit trail over one store: it seals committed
 // entries into the chain, writes signed checkpoints and exports the head.
-// One Log per store and process; Record finds it through the store.
+// One Log per store and process. The assembly hands it to the components
+// that record (its Record method and hooks); the package-level Record
+// still finds it through the store for callers not yet given it.
 type Log struct {
 	db   *storage.DB
 	opts Options

@@ -4,8 +4,6 @@ import (
 	"context"
 
 	"github.com/sirupsen/logrus"
-
-	"enclave/storage"
 )
 
 // MediaHook returns the media repository's audit callback
@@ -16,7 +14,7 @@ import (
 // failing audit write is logged here rather than failing the request; to
 // make media records transactional the repository would call Record in
 // its transaction instead.
-func MediaHook(db *storage.DB) func(ctx context.Context, user, mediaID string, size int64, sha256, action string) {
+func (l *Log) MediaHook() func(ctx context.Context, user, mediaID string, size int64, sha256, action string) {
 	return func(ctx context.Context, user, mediaID string, size int64, sha256, action string) {
 		e := Entry{Actor: Actor{UserID: user}, Target: mediaID, Details: map[string]any{"size": size}}
 		if sha256 != "" {
@@ -32,7 +30,7 @@ func MediaHook(db *storage.DB) func(ctx context.Context, user, mediaID string, s
 			e.Action = ActionMediaAdmin
 			e.Details["op"] = action
 		}
-		if err := Record(context.WithoutCancel(ctx), db, e); err != nil {
+		if err := l.Record(context.WithoutCancel(ctx), l.db, e); err != nil {
 			logrus.WithError(err).WithField("media_id", mediaID).Error("audit: recording media access")
 		}
 	}

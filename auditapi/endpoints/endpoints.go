@@ -139,7 +139,7 @@ func (a *API) verify(r *http.Request, dev *clientapi.Device) clientapi.Response 
 	if !res.OK() {
 		outcome = auditapi.OutcomeFailure
 	}
-	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+	if err := a.Log.Record(ctx, a.DB, auditapi.Entry{
 		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditVerify, Outcome: outcome,
 		Details: map[string]any{"verified": res.Verified, "result": res.String(), "via": "api"},
 	}); err != nil {
@@ -178,7 +178,7 @@ func (a *API) export(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	// Recorded before any entry leaves the server.
-	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+	if err := a.Log.Record(ctx, a.DB, auditapi.Entry{
 		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditExport,
 		Details: map[string]any{"format": format, "since": since, "until": until, "via": "api"},
 	}); err != nil {

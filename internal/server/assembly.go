@@ -129,16 +129,16 @@ func (s *Server) buildAudit(ctx context.Context) error {
 		return err
 	}
 	s.Audit = l
-	s.Rooms.AddHook(auditapi.EventHook(s.Config.ServerName))
+	s.Rooms.AddHook(l.EventHook())
 	(&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
 		Version: Version, HeadPath: c.HeadExportPath}).Register()
-	if err := auditapi.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
+	if err := l.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
 		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
 		l.Close()
 		return err
 	}
 	s.OnShutdown(func() {
-		if err := auditapi.Record(context.Background(), s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
+		if err := l.Record(context.Background(), s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
 			Action: auditapi.ActionServerStop}); err != nil {
 			logrus.WithError(err).Error("audit: recording server stop")
 		}
@@ -157,7 +157,7 @@ func (s *Server) ConfigReloaded(path string, err error) {
 		e.Outcome = auditapi.OutcomeFailure
 		e.Details["error"] = err.Error()
 	}
-	if rerr := auditapi.Record(context.Background(), s.DB, e); rerr != nil {
+	if rerr := s.Audit.Record(context.Background(), s.DB, e); rerr != nil {
 		logrus.WithError(rerr).Error("audit: recording config reload")
 	}
 }
@@ -169,7 +169,7 @@ func (s *Server) buildMedia(ctx context.Context) error {
 		return err
 	}
 	repo.Register(s.Client)
-	repo.SetAuditHook(auditapi.MediaHook(s.DB))
+	repo.SetAuditHook(s.Audit.MediaHook())
 	s.Media = repo
 	return nil
 }
@@ -196,7 +196,7 @@ func (s *Server) buildFederation(ctx context.Context) error {
 		return err
 	}
 	s.Federation = f
-	f.SetAuditHook(auditapi.FederationRefusalHook(s.DB))
+	f.SetAuditHook(s.Audit.FederationRefusalHook())
 
 	// Remote events close gaps through federation; local events go out
 	// through the queues; clients join remote rooms and backfill.
