@@ -38,7 +38,7 @@ import (
 // dropped when an m.device_list_update or m.signing_key_update for the
 // user arrives (or after keyCacheTTL, in case one was lost). Changes of
 // local users' devices become EDUs to every server sharing a room with
-// them (DeviceListChanged, fed by storage.OnDeviceListChange).
+// them (DeviceListChanged, fed by storage.DB.OnDeviceListChange).
 
 // Bounds of the E2EE endpoints.
 const (
@@ -304,7 +304,7 @@ func (f *Federation) onSigningKeyUpdate(ctx context.Context, origin spec.ServerN
 // --- outbound device-list updates ---
 
 // DeviceListChanged queues EDUs for committed device-list changes of
-// local users (storage.OnDeviceListChange calls it after commit). Changes
+// local users (storage.DB.OnDeviceListChange calls it after commit). Changes
 // visible to one user only (their signatures of others' keys) stay here.
 func (f *Federation) DeviceListChanged(changes []storage.DeviceListChange) {
 	x := f.ext()

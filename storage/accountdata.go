@@ -46,7 +46,7 @@ func PutAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string, con
 		return 0, err
 	}
 	if roomID == "" && typ == IgnoredUserListType {
-		c := ignoreCacheFor(tx.DB())
+		c := tx.db.ignores
 		c.invalidate(userID)
 		tx.AfterCommit(func() { c.invalidate(userID) })
 	}
@@ -113,7 +113,7 @@ func ParseIgnoredUsers(content json.RawMessage) map[string]bool {
 // /messages asks, so answers are cached per store; PutAccountData keeps
 // the cache current (it is the only writer of the ignore list).
 func IgnoredUsers(ctx context.Context, db *DB, userID string) (map[string]bool, error) {
-	c := ignoreCacheFor(db)
+	c := db.ignores
 	if m, ok := c.cache.Get(userID); ok {
 		return m, nil
 	}
@@ -184,14 +184,8 @@ type ignoreCache struct {
 	gens  map[string]uint64
 }
 
-var ignoreCaches sync.Map // *DB -> *ignoreCache
-
-func ignoreCacheFor(db *DB) *ignoreCache {
-	if c, ok := ignoreCaches.Load(db); ok {
-		return c.(*ignoreCache)
-	}
-	c, _ := ignoreCaches.LoadOrStore(db, &ignoreCache{cache: lru.New[string, map[string]bool](50000), gens: map[string]uint64{}})
-	return c.(*ignoreCache)
+func newIgnoreCache() *ignoreCache {
+	return &ignoreCache{cache: lru.New[string, map[string]bool](50000), gens: map[string]uint64{}}
 }
 
 func (c *ignoreCache) generation(userID string) uint64 {

@@ -56,6 +56,15 @@ type DB struct {
 	members memberCache
 	unread  unreadCache
 	keys    keyCache // ReadSyncState (e2ee_sync.go)
+	// ignores caches ignore lists (IgnoredUsers, accountdata.go).
+	ignores *ignoreCache
+	// fts is set once SQLite's event_search_fts is known to exist
+	// (hasFTS, search.go).
+	fts atomic.Bool
+	// Device-list hooks (e2ee_devicelists.go), installed by the assembly.
+	hooksMu             sync.Mutex
+	deviceListWaker     func(users ...string)
+	deviceListListeners []DeviceListListener
 
 	// SQLite's WAL checkpointer (checkpointWAL).
 	stopCheckpoints chan struct{}
@@ -142,7 +151,7 @@ func openRaw(url string, opts Options) (*DB, error) {
 	if opts.ConnMaxLifetime > 0 {
 		sdb.SetConnMaxLifetime(opts.ConnMaxLifetime)
 	}
-	return &DB{sql: sdb, Dialect: dialect}, nil
+	return &DB{sql: sdb, Dialect: dialect, ignores: newIgnoreCache()}, nil
 }
 
 // Close closes the pool.

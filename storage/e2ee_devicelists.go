@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"sort"
-	"sync"
 )
 
 // The device-list stream: which users' devices or cross-signing keys
@@ -22,31 +21,32 @@ type DeviceListChange struct {
 	VisibleTo string // "" = everyone who shares a room with UserID
 }
 
-// deviceListWakers wakes the /sync long-polls of the given users; one per
-// store, set by the server's wiring (several test servers share a process).
-var deviceListWakers sync.Map // *DB -> func(users ...string)
-
 // SetDeviceListWaker installs the function that wakes users' /sync
-// long-polls when a device-list change they should hear of is stored.
-func SetDeviceListWaker(db *DB, fn func(users ...string)) { deviceListWakers.Store(db, fn) }
+// long-polls when a device-list change they should hear of is stored (the
+// assembly sets the sync component's).
+func (db *DB) SetDeviceListWaker(fn func(users ...string)) {
+	db.hooksMu.Lock()
+	defer db.hooksMu.Unlock()
+	db.deviceListWaker = fn
+}
 
 // DeviceListListener hears every committed device-list change (federation
 // sends EDUs from it).
 type DeviceListListener func(changes []DeviceListChange)
 
-var deviceListListeners sync.Map // *DB -> []DeviceListListener (guarded by deviceListListenersMu)
-var deviceListListenersMu sync.Mutex
-
 // OnDeviceListChange registers fn to run after each committed batch of
 // device-list changes of db, once their stream position is visible.
-func OnDeviceListChange(db *DB, fn DeviceListListener) {
-	deviceListListenersMu.Lock()
-	defer deviceListListenersMu.Unlock()
-	var cur []DeviceListListener
-	if v, ok := deviceListListeners.Load(db); ok {
-		cur = v.([]DeviceListListener)
-	}
-	deviceListListeners.Store(db, append(append([]DeviceListListener(nil), cur...), fn))
+func (db *DB) OnDeviceListChange(fn DeviceListListener) {
+	db.hooksMu.Lock()
+	defer db.hooksMu.Unlock()
+	db.deviceListListeners = append(append([]DeviceListListener(nil), db.deviceListListeners...), fn)
+}
+
+// deviceListHooks returns the installed waker (nil if none) and listeners.
+func (db *DB) deviceListHooks() (func(users ...string), []DeviceListListener) {
+	db.hooksMu.Lock()
+	defer db.hooksMu.Unlock()
+	return db.deviceListWaker, db.deviceListListeners
 }
 
 // RecordDeviceListChange appends changes of one user's device list at a new
@@ -78,13 +78,12 @@ func RecordDeviceListChange(ctx context.Context, tx *Tx, userID string, deviceID
 	}
 	db := tx.db
 	tx.Publish(pos, func() {
-		if fn, ok := deviceListWakers.Load(db); ok {
-			fn.(func(...string))(wake...)
+		waker, listeners := db.deviceListHooks()
+		if waker != nil {
+			waker(wake...)
 		}
-		if v, ok := deviceListListeners.Load(db); ok {
-			for _, l := range v.([]DeviceListListener) {
-				l(changes)
-			}
+		for _, l := range listeners {
+			l(changes)
 		}
 	})
 	return pos, nil
@@ -269,10 +268,4 @@ func resolveDeviceLists(ctx context.Context, q Querier, userID string, rs []list
 	sort.Strings(changed)
 	sort.Strings(left)
 	return changed, left, nil
-}
-
-// ForgetDeviceListHooks drops the waker and listeners of a closed store.
-func ForgetDeviceListHooks(db *DB) {
-	deviceListWakers.Delete(db)
-	deviceListListeners.Delete(db)
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"unicode"
 )
 
@@ -33,14 +32,12 @@ CREATE TABLE event_search (
 );
 CREATE INDEX event_search_room_pos ON event_search(room_id, stream_pos)`
 
-// ftsTables remembers the SQLite stores known to have event_search_fts,
-// so the check costs a query only until the table exists.
-var ftsTables sync.Map // *DB -> bool
-
 // hasFTS reports whether an SQLite store has its FTS table. Rows written
 // before it exists are indexed when PrepareSearch creates it (rebuild).
+// db.fts remembers a yes, so the check costs a query only until the table
+// exists.
 func hasFTS(ctx context.Context, q Querier, db *DB) (bool, error) {
-	if _, ok := ftsTables.Load(db); ok {
+	if db.fts.Load() {
 		return true, nil
 	}
 	var n int
@@ -48,7 +45,7 @@ func hasFTS(ctx context.Context, q Querier, db *DB) (bool, error) {
 		return false, err
 	}
 	if n > 0 {
-		ftsTables.Store(db, true)
+		db.fts.Store(true)
 	}
 	return n > 0, nil
 }

@@ -209,7 +209,7 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	// changes go out as EDUs; profiles of remote users are looked up.
 	s.Client.SetRemoteKeys(f.E2EE())
 	s.Client.SetRemoteToDevice(f.E2EE())
-	storage.OnDeviceListChange(s.DB, f.DeviceListChanged)
+	s.DB.OnDeviceListChange(f.DeviceListChanged)
 	s.Client.SetRemoteProfiles(f)
 	s.Media.SetRemoteFetcher(mediaFetcher{f})
 
@@ -274,8 +274,7 @@ func (m mediaFetcher) FetchMedia(ctx context.Context, server, mediaID string) (*
 // Backfilled history (negative positions) is not a change anyone must
 // hear of.
 func (s *Server) buildE2EE(context.Context) error {
-	storage.SetDeviceListWaker(s.DB, s.Sync.NotifyUsers)
-	s.OnShutdown(func() { storage.ForgetDeviceListHooks(s.DB) })
+	s.DB.SetDeviceListWaker(s.Sync.NotifyUsers)
 	s.Sync.AddExtension(syncapi.NewE2EE(s.DB, s.Sync))
 	s.Rooms.AddHook(func(ctx context.Context, tx *storage.Tx, ev *storage.Event, _ gomatrixserverlib.PDU) error {
 		if ev.Type != "m.room.member" || ev.StateKey == nil || ev.StreamPos <= 0 || ev.SoftFailed || ev.Rejected || ev.Outlier {
