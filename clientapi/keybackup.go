@@ -19,15 +19,15 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).keyBackupRoutes) }
 
 func (a *API) keyBackupRoutes() {
-	a.v3("POST", "/room_keys/version", "keybackup", a.createBackupVersion)
-	a.v3("GET", "/room_keys/version", "keybackup", a.getBackupVersion)
-	a.v3("GET", "/room_keys/version/{version}", "keybackup", a.getBackupVersion)
-	a.v3("PUT", "/room_keys/version/{version}", "keybackup", a.putBackupVersion)
-	a.v3("DELETE", "/room_keys/version/{version}", "keybackup", a.deleteBackupVersion)
+	a.v3("POST", "/room_keys/version", "keybackup", a.keys.createBackupVersion)
+	a.v3("GET", "/room_keys/version", "keybackup", a.keys.getBackupVersion)
+	a.v3("GET", "/room_keys/version/{version}", "keybackup", a.keys.getBackupVersion)
+	a.v3("PUT", "/room_keys/version/{version}", "keybackup", a.keys.putBackupVersion)
+	a.v3("DELETE", "/room_keys/version/{version}", "keybackup", a.keys.deleteBackupVersion)
 	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
-		a.v3("GET", p, "keybackup", a.getBackupKeys)
-		a.v3("PUT", p, "keybackup", a.putBackupKeys)
-		a.v3("DELETE", p, "keybackup", a.deleteBackupKeys)
+		a.v3("GET", p, "keybackup", a.keys.getBackupKeys)
+		a.v3("PUT", p, "keybackup", a.keys.putBackupKeys)
+		a.v3("DELETE", p, "keybackup", a.keys.deleteBackupKeys)
 	}
 }
 
@@ -48,7 +48,7 @@ func noBackup(version string) Response {
 	return NotFound("unknown backup version %s", version)
 }
 
-func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
+func (ks *keys) createBackupVersion(r *http.Request, dev *Device) Response {
 	var req struct {
 		Algorithm string          `json:"algorithm"`
 		AuthData  json.RawMessage `json:"auth_data"`
@@ -67,12 +67,12 @@ func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
 	var v int64
 	var err error
 	for range 3 { // concurrent creations race for the next number
-		err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		err = ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 			var err error
 			if v, err = storage.CreateBackupVersion(ctx, tx, dev.UserID, req.Algorithm, authData); err != nil {
 				return err
 			}
-			return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "create", v, map[string]any{"algorithm": req.Algorithm})
+			return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "create", v, map[string]any{"algorithm": req.Algorithm})
 		})
 		if !storage.IsUniqueViolation(err) {
 			break
@@ -87,7 +87,7 @@ func (a *API) createBackupVersion(r *http.Request, dev *Device) Response {
 // auditBackup records a change to one of the user's backups (action
 // ActionKeyBackup or ActionKeyBackupKeys): which version, what was done
 // and counts; never auth_data or session data.
-func (a *API) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, action, op string, version int64, details map[string]any) error {
+func (ks *keys) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, action, op string, version int64, details map[string]any) error {
 	if details == nil {
 		details = map[string]any{}
 	}
@@ -105,7 +105,7 @@ func jsonObject(raw json.RawMessage) (json.RawMessage, bool) {
 	return b, err == nil
 }
 
-func (a *API) getBackupVersion(r *http.Request, dev *Device) Response {
+func (ks *keys) getBackupVersion(r *http.Request, dev *Device) Response {
 	vs, given := vars(r)["version"]
 	var v int64
 	if given {
@@ -115,14 +115,14 @@ func (a *API) getBackupVersion(r *http.Request, dev *Device) Response {
 		}
 	}
 	ctx := r.Context()
-	b, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, v)
+	b, err := storage.GetBackupVersion(ctx, ks.db, dev.UserID, v)
 	if errors.Is(err, storage.ErrNotFound) {
 		return noBackup(vs)
 	}
 	if err != nil {
 		return InternalError(r, err)
 	}
-	n, err := storage.CountBackupKeys(ctx, a.db, dev.UserID, b.Version)
+	n, err := storage.CountBackupKeys(ctx, ks.db, dev.UserID, b.Version)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -135,7 +135,7 @@ func (a *API) getBackupVersion(r *http.Request, dev *Device) Response {
 	})
 }
 
-func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
+func (ks *keys) putBackupVersion(r *http.Request, dev *Device) Response {
 	vs := vars(r)["version"]
 	var req struct {
 		Algorithm string          `json:"algorithm"`
@@ -157,7 +157,7 @@ func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
 		return noBackup(vs)
 	}
 	ctx := r.Context()
-	b, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, v)
+	b, err := storage.GetBackupVersion(ctx, ks.db, dev.UserID, v)
 	if errors.Is(err, storage.ErrNotFound) {
 		return noBackup(vs)
 	}
@@ -167,12 +167,12 @@ func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
 	if req.Algorithm != b.Algorithm {
 		return InvalidParam("algorithm does not match the backup's")
 	}
-	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err = ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		updated, err := storage.UpdateBackupAuthData(ctx, tx, dev.UserID, v, authData)
 		if err != nil || !updated {
 			return err
 		}
-		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "update", v, nil)
+		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "update", v, nil)
 	})
 	if err != nil {
 		return InternalError(r, err)
@@ -180,7 +180,7 @@ func (a *API) putBackupVersion(r *http.Request, dev *Device) Response {
 	return JSON(http.StatusOK, struct{}{})
 }
 
-func (a *API) deleteBackupVersion(r *http.Request, dev *Device) Response {
+func (ks *keys) deleteBackupVersion(r *http.Request, dev *Device) Response {
 	vs := vars(r)["version"]
 	v, ok := parseVersion(vs)
 	if !ok {
@@ -188,12 +188,12 @@ func (a *API) deleteBackupVersion(r *http.Request, dev *Device) Response {
 	}
 	ctx := r.Context()
 	var found bool
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
 		if found, err = storage.DeleteBackupVersion(ctx, tx, dev.UserID, v); err != nil || !found {
 			return err
 		}
-		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "delete", v, nil)
+		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "delete", v, nil)
 	})
 	if err != nil {
 		return InternalError(r, err)
@@ -205,7 +205,7 @@ func (a *API) deleteBackupVersion(r *http.Request, dev *Device) Response {
 }
 
 // backupTarget is the version and the room/session scope of a keys request.
-func (a *API) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion, string, string, Response, bool) {
+func (ks *keys) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion, string, string, Response, bool) {
 	vs := r.URL.Query().Get("version")
 	if vs == "" {
 		return nil, "", "", MissingParam("version is required"), false
@@ -214,7 +214,7 @@ func (a *API) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion
 	if !ok {
 		return nil, "", "", noBackup(vs), false
 	}
-	b, err := storage.GetBackupVersion(r.Context(), a.db, dev.UserID, v)
+	b, err := storage.GetBackupVersion(r.Context(), ks.db, dev.UserID, v)
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, "", "", noBackup(vs), false
 	}
@@ -224,12 +224,12 @@ func (a *API) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion
 	return b, vars(r)["roomId"], vars(r)["sessionId"], Response{}, true
 }
 
-func (a *API) backupCountETag(r *http.Request, userID string, version int64) Response {
-	b, err := storage.GetBackupVersion(r.Context(), a.db, userID, version)
+func (ks *keys) backupCountETag(r *http.Request, userID string, version int64) Response {
+	b, err := storage.GetBackupVersion(r.Context(), ks.db, userID, version)
 	if err != nil {
 		return InternalError(r, err)
 	}
-	n, err := storage.CountBackupKeys(r.Context(), a.db, userID, version)
+	n, err := storage.CountBackupKeys(r.Context(), ks.db, userID, version)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -240,7 +240,7 @@ type backupSessions struct {
 	Sessions map[string]json.RawMessage `json:"sessions"`
 }
 
-func (a *API) putBackupKeys(r *http.Request, dev *Device) Response {
+func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 	body, resp, ok := readBody(r)
 	if !ok {
 		return resp
@@ -299,7 +299,7 @@ func (a *API) putBackupKeys(r *http.Request, dev *Device) Response {
 		return MissingParam("version is required")
 	}
 	ctx := r.Context()
-	cur, err := storage.GetBackupVersion(ctx, a.db, dev.UserID, 0)
+	cur, err := storage.GetBackupVersion(ctx, ks.db, dev.UserID, 0)
 	if errors.Is(err, storage.ErrNotFound) {
 		return noBackup(vs)
 	}
@@ -311,17 +311,17 @@ func (a *API) putBackupKeys(r *http.Request, dev *Device) Response {
 			"errcode": "M_WRONG_ROOM_KEYS_VERSION", "error": "the backup version is not the current one", "current_version": strconv.FormatInt(cur.Version, 10),
 		}}
 	}
-	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err = ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		changed, err := storage.PutBackupKeys(ctx, tx, dev.UserID, cur.Version, keys)
 		if err != nil {
 			return err
 		}
-		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "put", cur.Version, map[string]any{"count": len(keys), "changed": changed})
+		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "put", cur.Version, map[string]any{"count": len(keys), "changed": changed})
 	})
 	if err != nil {
 		return InternalError(r, err)
 	}
-	return a.backupCountETag(r, dev.UserID, cur.Version)
+	return ks.backupCountETag(r, dev.UserID, cur.Version)
 }
 
 // orTooMany returns resp when it is an error, else the too-many response.
@@ -332,12 +332,12 @@ func orTooMany(resp, tooMany Response) Response {
 	return tooMany
 }
 
-func (a *API) getBackupKeys(r *http.Request, dev *Device) Response {
-	b, roomID, sessionID, resp, ok := a.backupTarget(r, dev)
+func (ks *keys) getBackupKeys(r *http.Request, dev *Device) Response {
+	b, roomID, sessionID, resp, ok := ks.backupTarget(r, dev)
 	if !ok {
 		return resp
 	}
-	keys, err := storage.GetBackupKeys(r.Context(), a.db, dev.UserID, b.Version, roomID, sessionID)
+	keys, err := storage.GetBackupKeys(r.Context(), ks.db, dev.UserID, b.Version, roomID, sessionID)
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -367,13 +367,13 @@ func (a *API) getBackupKeys(r *http.Request, dev *Device) Response {
 	}
 }
 
-func (a *API) deleteBackupKeys(r *http.Request, dev *Device) Response {
-	b, roomID, sessionID, resp, ok := a.backupTarget(r, dev)
+func (ks *keys) deleteBackupKeys(r *http.Request, dev *Device) Response {
+	b, roomID, sessionID, resp, ok := ks.backupTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	ctx := r.Context()
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		before, err := storage.CountBackupKeys(ctx, tx, dev.UserID, b.Version)
 		if err != nil {
 			return err
@@ -392,10 +392,10 @@ func (a *API) deleteBackupKeys(r *http.Request, dev *Device) Response {
 		case roomID != "":
 			scope = "room"
 		}
-		return a.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "delete", b.Version, map[string]any{"count": before - after, "scope": scope})
+		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "delete", b.Version, map[string]any{"count": before - after, "scope": scope})
 	})
 	if err != nil {
 		return InternalError(r, err)
 	}
-	return a.backupCountETag(r, dev.UserID, b.Version)
+	return ks.backupCountETag(r, dev.UserID, b.Version)
 }

@@ -25,12 +25,12 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).keysRoutes) }
 
 func (a *API) keysRoutes() {
-	a.v3("POST", "/keys/upload", "keys", a.keysUpload)
-	a.v3("POST", "/keys/query", "keys", a.keysQuery)
-	a.v3("POST", "/keys/claim", "keys", a.keysClaim)
-	a.v3("GET", "/keys/changes", "keys", a.keysChanges)
-	a.v3("POST", "/keys/device_signing/upload", "keys", a.crossSigningUpload)
-	a.v3("POST", "/keys/signatures/upload", "keys", a.signaturesUpload)
+	a.v3("POST", "/keys/upload", "keys", a.keys.keysUpload)
+	a.v3("POST", "/keys/query", "keys", a.keys.keysQuery)
+	a.v3("POST", "/keys/claim", "keys", a.keys.keysClaim)
+	a.v3("GET", "/keys/changes", "keys", a.keys.keysChanges)
+	a.v3("POST", "/keys/device_signing/upload", "keys", a.keys.crossSigningUpload)
+	a.v3("POST", "/keys/signatures/upload", "keys", a.keys.signaturesUpload)
 }
 
 // RemoteKeys is how /keys/query and /keys/claim reach users of other
@@ -53,50 +53,45 @@ type RemoteToDevice interface {
 	SendToDevice(ctx context.Context, server, sender, eventType, messageID string, messages map[string]map[string]json.RawMessage) error
 }
 
-type e2eeState struct {
-	mu             sync.RWMutex
-	remoteKeys     RemoteKeys
-	remoteToDevice RemoteToDevice
-}
+// keys is the handler group for end-to-end encryption: device and one-time
+// keys, cross-signing, key backup and to-device messages. The remote faces
+// are installed after construction (federation comes up later), hence the
+// lock.
+type keys struct {
+	opts     Options
+	db       *storage.DB
+	sync     *syncapi.Syncer
+	accounts *accounts // UIA for cross-signing uploads
 
-var e2eeStates sync.Map // *API -> *e2eeState
-
-func (a *API) e2ee() *e2eeState {
-	if v, ok := e2eeStates.Load(a); ok {
-		return v.(*e2eeState)
-	}
-	v, _ := e2eeStates.LoadOrStore(a, &e2eeState{})
-	return v.(*e2eeState)
+	mu          sync.RWMutex
+	fedKeys     RemoteKeys
+	fedToDevice RemoteToDevice
 }
 
 // SetRemoteKeys installs federation's remote key queries and claims.
 func (a *API) SetRemoteKeys(rk RemoteKeys) {
-	st := a.e2ee()
-	st.mu.Lock()
-	st.remoteKeys = rk
-	st.mu.Unlock()
+	a.keys.mu.Lock()
+	a.keys.fedKeys = rk
+	a.keys.mu.Unlock()
 }
 
 // SetRemoteToDevice installs federation's to-device delivery.
 func (a *API) SetRemoteToDevice(rt RemoteToDevice) {
-	st := a.e2ee()
-	st.mu.Lock()
-	st.remoteToDevice = rt
-	st.mu.Unlock()
+	a.keys.mu.Lock()
+	a.keys.fedToDevice = rt
+	a.keys.mu.Unlock()
 }
 
-func (a *API) remoteKeys() RemoteKeys {
-	st := a.e2ee()
-	st.mu.RLock()
-	defer st.mu.RUnlock()
-	return st.remoteKeys
+func (ks *keys) remoteKeys() RemoteKeys {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	return ks.fedKeys
 }
 
-func (a *API) remoteToDevice() RemoteToDevice {
-	st := a.e2ee()
-	st.mu.RLock()
-	defer st.mu.RUnlock()
-	return st.remoteToDevice
+func (ks *keys) remoteToDevice() RemoteToDevice {
+	ks.mu.RLock()
+	defer ks.mu.RUnlock()
+	return ks.fedToDevice
 }
 
 // serverOf returns the server name of a user ID, or "" if malformed.
@@ -212,7 +207,7 @@ func compactJSON(raw json.RawMessage) (json.RawMessage, error) {
 
 var errKeyConflict = errors.New("key conflict")
 
-func (a *API) keysUpload(r *http.Request, dev *Device) Response {
+func (ks *keys) keysUpload(r *http.Request, dev *Device) Response {
 	var req keysUploadRequest
 	if resp, ok := decodeJSON(r, &req); !ok {
 		return resp
@@ -248,7 +243,7 @@ func (a *API) keysUpload(r *http.Request, dev *Device) Response {
 	ctx := r.Context()
 	var conflict *storage.KeyConflictError
 	var counts map[string]int
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if devKeys != nil {
 			changed, err := storage.SetDeviceKeys(ctx, tx, dev.UserID, dev.DeviceID, devKeys, ed, time.Now().UnixMilli())
 			if err != nil {
@@ -304,7 +299,7 @@ func fedTimeout(ms *int64) time.Duration {
 	return min(time.Duration(*ms)*time.Millisecond, maxFedTimeout)
 }
 
-func (a *API) keysQuery(r *http.Request, dev *Device) Response {
+func (ks *keys) keysQuery(r *http.Request, dev *Device) Response {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
 		Timeout    *int64              `json:"timeout"`
@@ -325,7 +320,7 @@ func (a *API) keysQuery(r *http.Request, dev *Device) Response {
 		switch {
 		case srv == "":
 			return InvalidParam("invalid user ID %q", u)
-		case srv == a.opts.ServerName:
+		case srv == ks.opts.ServerName:
 			local[u] = devs
 		default:
 			if remote[srv] == nil {
@@ -335,13 +330,13 @@ func (a *API) keysQuery(r *http.Request, dev *Device) Response {
 		}
 	}
 	ctx := r.Context()
-	res, err := storage.QueryLocalKeys(ctx, a.db, dev.UserID, local)
+	res, err := storage.QueryLocalKeys(ctx, ks.db, dev.UserID, local)
 	if err != nil {
 		return InternalError(r, err)
 	}
 	failures := map[string]any{}
 	if len(remote) > 0 {
-		a.queryRemoteKeys(ctx, remote, fedTimeout(req.Timeout), res, failures)
+		ks.queryRemoteKeys(ctx, remote, fedTimeout(req.Timeout), res, failures)
 	}
 	out := map[string]any{"device_keys": res.DeviceKeys, "failures": failures}
 	if res.MasterKeys != nil {
@@ -362,8 +357,8 @@ func unreachable(msg string) map[string]any {
 
 // queryRemoteKeys asks every remote server in parallel, merging answers
 // into res and unreachable servers into failures.
-func (a *API) queryRemoteKeys(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, res *storage.KeysQueryResult, failures map[string]any) {
-	rk := a.remoteKeys()
+func (ks *keys) queryRemoteKeys(ctx context.Context, remote map[string]map[string][]string, timeout time.Duration, res *storage.KeysQueryResult, failures map[string]any) {
+	rk := ks.remoteKeys()
 	if rk == nil {
 		for srv := range remote {
 			failures[srv] = unreachable("federation is not enabled")
@@ -411,7 +406,7 @@ func (a *API) queryRemoteKeys(ctx context.Context, remote map[string]map[string]
 
 // --- /keys/claim ---
 
-func (a *API) keysClaim(r *http.Request, dev *Device) Response {
+func (ks *keys) keysClaim(r *http.Request, dev *Device) Response {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
 		Timeout     *int64                       `json:"timeout"`
@@ -431,7 +426,7 @@ func (a *API) keysClaim(r *http.Request, dev *Device) Response {
 		switch {
 		case srv == "":
 			return InvalidParam("invalid user ID %q", u)
-		case srv == a.opts.ServerName:
+		case srv == ks.opts.ServerName:
 			local[u] = devs
 		default:
 			if remote[srv] == nil {
@@ -444,13 +439,13 @@ func (a *API) keysClaim(r *http.Request, dev *Device) Response {
 		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d devices per claim", maxClaimedDevices)
 	}
 	ctx := r.Context()
-	keys, err := ClaimLocalKeys(ctx, a.db, local)
+	keys, err := ClaimLocalKeys(ctx, ks.db, local)
 	if err != nil {
 		return InternalError(r, err)
 	}
 	failures := map[string]any{}
 	if len(remote) > 0 {
-		a.claimRemoteKeys(ctx, remote, fedTimeout(req.Timeout), keys, failures)
+		ks.claimRemoteKeys(ctx, remote, fedTimeout(req.Timeout), keys, failures)
 	}
 	return JSON(http.StatusOK, map[string]any{"one_time_keys": keys, "failures": failures})
 }
@@ -495,8 +490,8 @@ func ClaimLocalKeys(ctx context.Context, db *storage.DB, want map[string]map[str
 	return out, err
 }
 
-func (a *API) claimRemoteKeys(ctx context.Context, remote map[string]map[string]map[string]string, timeout time.Duration, keys map[string]map[string]map[string]json.RawMessage, failures map[string]any) {
-	rk := a.remoteKeys()
+func (ks *keys) claimRemoteKeys(ctx context.Context, remote map[string]map[string]map[string]string, timeout time.Duration, keys map[string]map[string]map[string]json.RawMessage, failures map[string]any) {
+	rk := ks.remoteKeys()
 	if rk == nil {
 		for srv := range remote {
 			failures[srv] = unreachable("federation is not enabled")
@@ -530,7 +525,7 @@ func (a *API) claimRemoteKeys(ctx context.Context, remote map[string]map[string]
 
 // --- /keys/changes ---
 
-func (a *API) keysChanges(r *http.Request, dev *Device) Response {
+func (ks *keys) keysChanges(r *http.Request, dev *Device) Response {
 	q := r.URL.Query()
 	fromS, toS := q.Get("from"), q.Get("to")
 	if fromS == "" || toS == "" {
@@ -544,10 +539,10 @@ func (a *API) keysChanges(r *http.Request, dev *Device) Response {
 	if err != nil {
 		return InvalidParam("invalid to token")
 	}
-	if cur := a.sync.Current().Pos; to.Pos > cur {
+	if cur := ks.sync.Current().Pos; to.Pos > cur {
 		to.Pos = cur
 	}
-	changed, left, err := storage.DeviceListUpdates(r.Context(), a.db, dev.UserID, from.Pos, to.Pos)
+	changed, left, err := storage.DeviceListUpdates(r.Context(), ks.db, dev.UserID, from.Pos, to.Pos)
 	if err != nil {
 		return InternalError(r, err)
 	}

@@ -64,7 +64,7 @@ func parseXSKey(raw json.RawMessage, userID, usage string) (*xsKey, Response, bo
 	return &xsKey{typ: usage, obj: obj, pub: pub, json: b}, Response{}, true
 }
 
-func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
+func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 	body, resp, ok := readBody(r)
 	if !ok {
 		return resp
@@ -100,7 +100,7 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 		return MissingParam("no cross-signing keys given")
 	}
 	ctx := r.Context()
-	existing, err := storage.CrossSigningKeysFor(ctx, a.db, []string{dev.UserID})
+	existing, err := storage.CrossSigningKeysFor(ctx, ks.db, []string{dev.UserID})
 	if err != nil {
 		return InternalError(r, err)
 	}
@@ -108,7 +108,7 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 	masterPub := ""
 	if master != nil {
 		masterPub = master.pub
-		devices, err := storage.ListDeviceIDs(ctx, a.db, dev.UserID)
+		devices, err := storage.ListDeviceIDs(ctx, ks.db, dev.UserID)
 		if err != nil {
 			return InternalError(r, err)
 		}
@@ -143,12 +143,12 @@ func (a *API) crossSigningUpload(r *http.Request, dev *Device) Response {
 		if same {
 			return JSON(http.StatusOK, struct{}{})
 		}
-		if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+		if resp, ok := ks.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 			return resp
 		}
 	}
 	now := time.Now().UnixMilli()
-	err = a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err = ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		types := make([]string, 0, len(keys))
 		for _, k := range keys {
 			if err := storage.SetCrossSigningKey(ctx, tx, &storage.CrossSigningKey{UserID: dev.UserID, Type: k.typ, PublicKey: k.pub, JSON: k.json}, now); err != nil {
@@ -173,7 +173,7 @@ func sigFailure(errcode, msg string) map[string]string {
 	return map[string]string{"errcode": errcode, "error": msg}
 }
 
-func (a *API) signaturesUpload(r *http.Request, dev *Device) Response {
+func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
 	var req map[string]map[string]json.RawMessage
 	if resp, ok := decodeJSON(r, &req); !ok {
 		return resp
@@ -193,13 +193,13 @@ func (a *API) signaturesUpload(r *http.Request, dev *Device) Response {
 			users = append(users, u)
 		}
 	}
-	xs, err := storage.CrossSigningKeysFor(ctx, a.db, users)
+	xs, err := storage.CrossSigningKeysFor(ctx, ks.db, users)
 	if err != nil {
 		return InternalError(r, err)
 	}
 	var myDevices map[string]*storage.UserDeviceKeys
 	if _, ok := req[me]; ok {
-		all, err := storage.DeviceKeysForUsers(ctx, a.db, []string{me})
+		all, err := storage.DeviceKeysForUsers(ctx, ks.db, []string{me})
 		if err != nil {
 			return InternalError(r, err)
 		}
@@ -301,7 +301,7 @@ func (a *API) signaturesUpload(r *http.Request, dev *Device) Response {
 		}
 	}
 	if len(sigs) > 0 {
-		err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+		err := ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 			for _, s := range sigs {
 				if err := storage.AddSignature(ctx, tx, s); err != nil {
 					return err

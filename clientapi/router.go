@@ -59,6 +59,7 @@ type API struct {
 	fed         Federation
 	accounts    *accounts
 	rooms       *rooms
+	keys        *keys
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
 	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
@@ -79,6 +80,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
+	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeResponse(w, Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})

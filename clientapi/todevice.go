@@ -19,13 +19,13 @@ import (
 func init() { routeGroups = append(routeGroups, (*API).toDeviceRoutes) }
 
 func (a *API) toDeviceRoutes() {
-	a.v3("PUT", "/sendToDevice/{eventType}/{txnId}", "todevice", a.sendToDevice)
+	a.v3("PUT", "/sendToDevice/{eventType}/{txnId}", "todevice", a.keys.sendToDevice)
 }
 
 // maxToDeviceMessages bounds the recipients of one request.
 const maxToDeviceMessages = 10000
 
-func (a *API) sendToDevice(r *http.Request, dev *Device) Response {
+func (ks *keys) sendToDevice(r *http.Request, dev *Device) Response {
 	v := vars(r)
 	evType, txnID := v["eventType"], v["txnId"]
 	if evType == "" || len(evType) > 255 || txnID == "" || len(txnID) > 255 {
@@ -41,7 +41,7 @@ func (a *API) sendToDevice(r *http.Request, dev *Device) Response {
 		return MissingParam("messages is required")
 	}
 	ctx := r.Context()
-	if _, err := storage.GetTxn(ctx, a.db, dev.UserID, dev.DeviceID, "todevice", txnID); err == nil {
+	if _, err := storage.GetTxn(ctx, ks.db, dev.UserID, dev.DeviceID, "todevice", txnID); err == nil {
 		return JSON(http.StatusOK, struct{}{}) // already done: idempotent
 	}
 	n := 0
@@ -68,14 +68,14 @@ func (a *API) sendToDevice(r *http.Request, dev *Device) Response {
 	remote := map[string]map[string]map[string]json.RawMessage{}
 	for _, u := range users {
 		devs := req.Messages[u]
-		if srv := serverOf(u); srv != a.opts.ServerName {
+		if srv := serverOf(u); srv != ks.opts.ServerName {
 			if remote[srv] == nil {
 				remote[srv] = map[string]map[string]json.RawMessage{}
 			}
 			remote[srv][u] = devs
 			continue
 		}
-		existing, err := storage.ListDeviceIDs(ctx, a.db, u)
+		existing, err := storage.ListDeviceIDs(ctx, ks.db, u)
 		if err != nil {
 			return InternalError(r, err)
 		}
@@ -111,13 +111,13 @@ func (a *API) sendToDevice(r *http.Request, dev *Device) Response {
 		}
 		recipients = append(recipients, u)
 	}
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if len(msgs) > 0 {
 			pos, err := storage.InsertToDevice(ctx, tx, msgs)
 			if err != nil {
 				return err
 			}
-			tx.Publish(pos, func() { a.sync.NotifyUsers(recipients...) })
+			tx.Publish(pos, func() { ks.sync.NotifyUsers(recipients...) })
 		}
 		return storage.PutTxn(ctx, tx, dev.UserID, dev.DeviceID, "todevice", txnID, "", time.Now().UnixMilli())
 	})
@@ -128,15 +128,15 @@ func (a *API) sendToDevice(r *http.Request, dev *Device) Response {
 		return InternalError(r, err)
 	}
 	if len(remote) > 0 {
-		a.sendRemoteToDevice(context.WithoutCancel(ctx), dev, evType, txnID, remote)
+		ks.sendRemoteToDevice(context.WithoutCancel(ctx), dev, evType, txnID, remote)
 	}
 	return JSON(http.StatusOK, struct{}{})
 }
 
 // sendRemoteToDevice hands messages for other servers to federation, which
 // queues them durably; without federation they cannot be delivered.
-func (a *API) sendRemoteToDevice(ctx context.Context, dev *Device, evType, txnID string, remote map[string]map[string]map[string]json.RawMessage) {
-	rt := a.remoteToDevice()
+func (ks *keys) sendRemoteToDevice(ctx context.Context, dev *Device, evType, txnID string, remote map[string]map[string]map[string]json.RawMessage) {
+	rt := ks.remoteToDevice()
 	for srv, msgs := range remote {
 		if rt == nil {
 			logrus.WithField("server", srv).Debug("todevice: federation is not enabled; dropping messages for a remote server")
