@@ -39,6 +39,7 @@ type Options struct {
 	Rooms      roomserver.API
 	Client     *clientapi.API
 	RBAC       *rbac.RBAC
+	Audit      *auditapi.Log
 	ServerName string
 	Version    string
 	// Media returns the media repository, or nil if there is none.
@@ -134,7 +135,7 @@ func (a *API) route(method, path string, h handler) {
 			// Registration tokens are secrets: keep only a recognisable prefix.
 			target = strings.Replace(target, tok, tokenRef(tok), 1)
 		}
-		err := auditapi.Record(r.Context(), a.DB, auditapi.Entry{
+		err := a.Audit.Record(r.Context(), a.DB, auditapi.Entry{
 			Actor:   auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 			Action:  auditapi.ActionAdminCall,
 			Target:  target,
@@ -165,11 +166,11 @@ func (a *API) isLocalUser(userID string) bool {
 }
 
 // record writes an audit entry for a change inside its transaction.
-func record(ctx context.Context, tx *storage.Tx, dev *clientapi.Device, e auditapi.Entry) error {
+func (a *API) record(ctx context.Context, tx *storage.Tx, dev *clientapi.Device, e auditapi.Entry) error {
 	if e.Actor.UserID == "" {
 		e.Actor = auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	}
-	return auditapi.Record(ctx, tx, e)
+	return a.Audit.Record(ctx, tx, e)
 }
 
 func badParam(format string, args ...any) clientapi.Response {

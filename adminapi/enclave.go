@@ -130,7 +130,7 @@ func (a *API) putLegalHold(r *http.Request, dev *clientapi.Device) clientapi.Res
 		if err := storage.PutLegalHold(r.Context(), tx, h); err != nil {
 			return err
 		}
-		return record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionLegalHold, Target: target,
+		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionLegalHold, Target: target,
 			Details: map[string]any{"scope": scope, "held": true, "reason": req.Reason}})
 	})
 	if err != nil {
@@ -153,7 +153,7 @@ func (a *API) deleteLegalHold(r *http.Request, dev *clientapi.Device) clientapi.
 		if !ok {
 			return storage.ErrNotFound
 		}
-		return record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionLegalHold, Target: target, Details: map[string]any{"scope": scope, "held": false}})
+		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionLegalHold, Target: target, Details: map[string]any{"scope": scope, "held": false}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
 		return clientapi.NotFound("no such legal hold")

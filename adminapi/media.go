@@ -39,7 +39,7 @@ func (a *API) mediaOp(op string) handler {
 		}
 		// The media repository changes its rows in its own transaction, so
 		// this record follows it rather than sharing it.
-		if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+		if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{
 			Actor:  auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 			Action: auditapi.ActionMediaAdmin, Target: "mxc://" + server + "/" + id,
 			Details: map[string]any{"op": op},

@@ -89,7 +89,7 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 		}
 		return clientapi.InternalError(r, err)
 	}
-	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{
+	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{
 		Actor:  auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 		Action: auditapi.ActionServerNotice, Target: req.UserID, RoomID: roomID,
 		Details: map[string]any{"event_id": ev.EventID, "type": req.Type},

@@ -93,7 +93,7 @@ func (a *API) RunRetention(ctx context.Context) (map[string]int64, error) {
 			if source == "room" && lifetime != own[roomID] {
 				details["room_max_lifetime"] = own[roomID] // clamped by the server's bounds
 			}
-			return auditapi.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{Server: a.ServerName}, Action: auditapi.ActionRetention,
+			return a.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{Server: a.ServerName}, Action: auditapi.ActionRetention,
 				Target: roomID, RoomID: roomID, Details: details})
 		})
 		if errors.Is(err, storage.ErrNotFound) {
@@ -172,7 +172,7 @@ func (a *API) exportRoom(w http.ResponseWriter, r *http.Request) {
 		clientapi.WriteResponse(w, clientapi.NotFound("room not found"))
 		return
 	}
-	if err := auditapi.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
+	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 		Action: auditapi.ActionRoomExport, Target: roomID, RoomID: roomID, Details: map[string]any{"up_to_pos": last}}); err != nil {
 		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
 		return

@@ -429,7 +429,7 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 			if err := storage.BlockRoom(ctx, tx, storage.RoomBlock{RoomID: roomID, BlockedBy: dev.UserID, BlockedTS: now, Purged: purge}); err != nil {
 				return err
 			}
-			if err := record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomBlock, Target: roomID, RoomID: roomID, Details: map[string]any{"blocked": true}}); err != nil {
+			if err := a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomBlock, Target: roomID, RoomID: roomID, Details: map[string]any{"blocked": true}}); err != nil {
 				return err
 			}
 		}
@@ -444,7 +444,7 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 		if newRoomID != "" {
 			details["new_room_id"] = newRoomID
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomPurge, Target: roomID, RoomID: roomID, Details: details})
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomPurge, Target: roomID, RoomID: roomID, Details: details})
 	})
 	if err != nil {
 		return nil, err
@@ -596,7 +596,7 @@ func (a *API) putRoomBlock(r *http.Request, dev *clientapi.Device) clientapi.Res
 		} else if _, err := storage.UnblockRoom(ctx, tx, roomID); err != nil {
 			return err
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomBlock, Target: roomID, RoomID: roomID, Details: map[string]any{"blocked": *req.Block}})
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomBlock, Target: roomID, RoomID: roomID, Details: map[string]any{"blocked": *req.Block}})
 	})
 	if err != nil {
 		return clientapi.InternalError(r, err)

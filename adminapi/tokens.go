@@ -126,7 +126,7 @@ func (a *API) newRegToken(r *http.Request, dev *clientapi.Device) clientapi.Resp
 		if !created {
 			return errExists
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok),
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok),
 			Details: map[string]any{"op": "create", "uses_allowed": t.UsesAllowed, "expiry_time": t.ExpiryTime}})
 	})
 	if errors.Is(err, errExists) {
@@ -168,7 +168,7 @@ func (a *API) putRegToken(r *http.Request, dev *clientapi.Device) clientapi.Resp
 			return err
 		}
 		out = t
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok),
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok),
 			Details: map[string]any{"op": "update", "uses_allowed": t.UsesAllowed, "expiry_time": t.ExpiryTime}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
@@ -192,7 +192,7 @@ func (a *API) deleteRegToken(r *http.Request, dev *clientapi.Device) clientapi.R
 		if !ok {
 			return storage.ErrNotFound
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok), Details: map[string]any{"op": "delete"}})
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok), Details: map[string]any{"op": "delete"}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
 		return clientapi.NotFound("no such registration token")

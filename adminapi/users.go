@@ -195,7 +195,7 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 					return err
 				}
 			}
-			if err := record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionPasswordChange, Target: userID, Details: map[string]any{"by_admin": true}}); err != nil {
+			if err := a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionPasswordChange, Target: userID, Details: map[string]any{"by_admin": true}}); err != nil {
 				return err
 			}
 		}
@@ -223,20 +223,20 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 					return err
 				}
 				deactivated = true
-				if err := record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionDeactivate, Target: userID, Details: map[string]any{"by_admin": true, "erase": false}}); err != nil {
+				if err := a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionDeactivate, Target: userID, Details: map[string]any{"by_admin": true, "erase": false}}); err != nil {
 					return err
 				}
 			} else {
 				if err := storage.ReactivateAccount(ctx, tx, userID); err != nil {
 					return err
 				}
-				if err := record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionReactivate, Target: userID}); err != nil {
+				if err := a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionReactivate, Target: userID}); err != nil {
 					return err
 				}
 			}
 		}
 		if len(fields) > 0 {
-			return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionAccountModify, Target: userID, Details: map[string]any{"fields": fields}})
+			return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionAccountModify, Target: userID, Details: map[string]any{"fields": fields}})
 		}
 		return nil
 	})
@@ -296,11 +296,11 @@ func (a *API) createUser(r *http.Request, dev *clientapi.Device, userID, hash st
 			return errExists
 		}
 		details := map[string]any{"kind": "admin_api", "admin": admin}
-		if err := record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID, Details: details}); err != nil {
+		if err := a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID, Details: details}); err != nil {
 			return err
 		}
 		if admin {
-			return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoleChange, Target: userID,
+			return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoleChange, Target: userID,
 				Details: map[string]any{"from": []string{}, "to": []string{storage.AdminRole}}})
 		}
 		return nil
@@ -341,7 +341,7 @@ func (a *API) deactivate(r *http.Request, dev *clientapi.Device) clientapi.Respo
 		if err := storage.SetPassword(ctx, tx, acc.UserID, ""); err != nil {
 			return err
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionDeactivate, Target: acc.UserID, Details: map[string]any{"by_admin": true, "erase": req.Erase}})
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionDeactivate, Target: acc.UserID, Details: map[string]any{"by_admin": true, "erase": req.Erase}})
 	})
 	a.Client.InvalidateUserTokens(acc.UserID)
 	if err != nil {
@@ -385,7 +385,7 @@ func (a *API) resetPassword(r *http.Request, dev *clientapi.Device) clientapi.Re
 				return err
 			}
 		}
-		return record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionPasswordChange, Target: acc.UserID, Details: map[string]any{"by_admin": true, "logout_devices": logout}})
+		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionPasswordChange, Target: acc.UserID, Details: map[string]any{"by_admin": true, "logout_devices": logout}})
 	})
 	if logout {
 		a.Client.InvalidateUserTokens(acc.UserID)

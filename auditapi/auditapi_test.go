@@ -45,7 +45,7 @@ func TestConcurrentWritersAndRollbacks(t *testing.T) {
 				defer wg.Done()
 				for i := range 10 {
 					err := db.WithTx(ctx, func(tx *storage.Tx) error {
-						if err := auditapi.Record(ctx, tx, auditapi.Entry{Action: "test.write", Target: fmt.Sprintf("w%d-%d", w, i)}); err != nil {
+						if err := l.Record(ctx, tx, auditapi.Entry{Action: "test.write", Target: fmt.Sprintf("w%d-%d", w, i)}); err != nil {
 							return err
 						}
 						if i%3 == 0 {
@@ -100,17 +100,17 @@ func TestConcurrentWritersAndRollbacks(t *testing.T) {
 func TestDisabledAndDetached(t *testing.T) {
 	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
 		ctx := context.Background()
-		if err := auditapi.Record(ctx, db, auditapi.Entry{Action: "test.detached"}); err != nil {
+		if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{Action: "test.detached"}); err != nil {
 			t.Fatal(err)
 		}
-		if err := auditapi.Record(ctx, db, auditapi.Entry{}); err == nil {
+		if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{}); err == nil {
 			t.Fatal("entry without action accepted")
 		}
 		l, err := auditapi.Open(ctx, db, auditapi.Options{Enabled: false})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := auditapi.Record(ctx, db, auditapi.Entry{Action: "test.disabled"}); err != nil {
+		if err := l.Record(ctx, db, auditapi.Entry{Action: "test.disabled"}); err != nil {
 			t.Fatal(err)
 		}
 		l.Close()
@@ -133,7 +133,7 @@ func TestExportVerifyOffline(t *testing.T) {
 		ctx := auditapi.WithActor(context.Background(), auditapi.Actor{IP: "192.0.2.1", UserAgent: "ua"})
 		l, key := openLog(t, db, 4, "")
 		for i := range 9 {
-			if err := auditapi.Record(ctx, db, auditapi.Entry{Actor: auditapi.Actor{UserID: "@u:test"}, Action: "test.x", Details: map[string]any{"i": i}}); err != nil {
+			if err := l.Record(ctx, db, auditapi.Entry{Actor: auditapi.Actor{UserID: "@u:test"}, Action: "test.x", Details: map[string]any{"i": i}}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -10,7 +10,7 @@
 //		if err := doTheThing(ctx, tx); err != nil {
 //			return err
 //		}
-//		return auditapi.Record(ctx, tx, auditapi.Entry{
+//		return log.Record(ctx, tx, auditapi.Entry{
 //			Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 //			Action: auditapi.ActionDeviceRemove, Target: deviceID,
 //		})
@@ -163,28 +163,20 @@ func row(ctx context.Context, e Entry, now time.Time) (*storage.AuditRow, error)
 	return r, nil
 }
 
+// RecordDetached appends e with no Log open in this process (a
+// command-line tool beside a stopped or running server): the entry is
+// written now and chained by the server's next sealing pass.
+func RecordDetached(ctx context.Context, q storage.Querier, e Entry) error {
+	var l *Log
+	return l.Record(ctx, q, e)
+}
+
 // Record appends e to the audit log through q. With a *storage.Tx it is
 // part of that transaction (the normal case); with a *storage.DB it is
 // written in a transaction of its own (for actions that change nothing,
-// such as failed logins). Audit disabled in config makes it a no-op.
-//
-// Record finds the process's Log through the store (For); components that
-// are given the Log call its Record method instead.
-func Record(ctx context.Context, q storage.Querier, e Entry) error {
-	var db *storage.DB
-	switch v := q.(type) {
-	case *storage.Tx:
-		db = v.DB()
-	case *storage.DB:
-		db = v
-	}
-	return For(db).Record(ctx, q, e)
-}
-
-// Record appends e like the package-level Record, with this Log's
-// settings: nothing when audit is disabled, and the sealer is woken once
-// the entry commits. A nil Log (a command-line tool with no server running
-// in the process) writes the entry for the next sealing pass.
+// such as failed logins). Audit disabled in config makes it a no-op, and
+// the sealer is woken once the entry commits. Components are given the
+// process's Log by the assembly; a nil Log behaves as RecordDetached.
 func (l *Log) Record(ctx context.Context, q storage.Querier, e Entry) error {
 	var db *storage.DB
 	var tx *storage.Tx

@@ -56,19 +56,6 @@ type Log struct {
 	closed          bool
 }
 
-var logs sync.Map // *storage.DB -> *Log
-
-// For returns the Log attached to db, or nil.
-func For(db *storage.DB) *Log {
-	if db == nil {
-		return nil
-	}
-	if v, ok := logs.Load(db); ok {
-		return v.(*Log)
-	}
-	return nil
-}
-
 // Open attaches an audit log to db, seals what earlier runs (or other
 // processes) left unsealed and starts the sealer. Close it before closing
 // the store.
@@ -88,11 +75,7 @@ func Open(ctx context.Context, db *storage.DB, opts Options) (*Log, error) {
 		l.n, l.hash = head.N, head.ChainHash
 		l.sinceCheckpoint = head.N - cpN
 	}
-	if _, loaded := logs.LoadOrStore(db, l); loaded {
-		return nil, errors.New("audit: a log is already open on this store")
-	}
 	if err := l.seal(ctx, false); err != nil {
-		logs.Delete(db)
 		return nil, err
 	}
 	l.wg.Add(1)
@@ -184,7 +167,6 @@ func (l *Log) Close() error {
 	defer cancel()
 	err := l.Checkpoint(ctx)
 	l.syslog.close()
-	logs.Delete(l.db)
 	return err
 }
 

@@ -10,8 +10,6 @@ import (
 	"enclave/syncapi"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).accountDataRoutes) }
-
 func (a *API) accountDataRoutes() {
 	a.v3("GET", "/user/{userId}/account_data/{type}", "account_data", a.getAccountData)
 	a.v3("PUT", "/user/{userId}/account_data/{type}", "account_data", a.putAccountData)

@@ -502,7 +502,7 @@ func (ac *accounts) issueSession(ctx context.Context, q storage.Querier, userID,
 				break
 			}
 		}
-		if err := audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+		if err := ac.opts.Audit.Record(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
 			return nil, err
 		}
 	} else {
@@ -514,7 +514,7 @@ func (ac *accounts) issueSession(ctx context.Context, q storage.Querier, userID,
 			if err := storage.DeleteDeviceTokens(ctx, q, userID, deviceID); err != nil {
 				return nil, err
 			}
-		} else if err := audit(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
+		} else if err := ac.opts.Audit.Record(ctx, q, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: deviceID}, Action: auditapi.ActionDeviceAdd, Target: deviceID}); err != nil {
 			return nil, err
 		}
 	}
@@ -710,7 +710,7 @@ func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, pass
 		if !ok {
 			return ErrUserInUse
 		}
-		return auditapi.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID, Details: map[string]any{"kind": "cli", "admin": admin}})
+		return auditapi.RecordDetached(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID, Details: map[string]any{"kind": "cli", "admin": admin}})
 	})
 	if err != nil {
 		return "", err
@@ -740,7 +740,7 @@ func (ac *accounts) postLogout(r *http.Request, dev *Device) Response {
 		if err := storage.DeleteAccessToken(ctx, tx, dev.AccessTokenID); err != nil {
 			return err
 		}
-		if err := audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID}); err != nil {
+		if err := ac.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID}); err != nil {
 			return err
 		}
 		return ac.auditDevicesRemoved(ctx, tx, dev.UserID, []string{dev.DeviceID}, "logout")
@@ -759,7 +759,7 @@ func (ac *accounts) postLogoutAll(r *http.Request, dev *Device) Response {
 		if err != nil {
 			return err
 		}
-		if err := audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
+		if err := ac.opts.Audit.Record(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
 			return err
 		}
 		return ac.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "logout_all")
@@ -802,7 +802,7 @@ func (ac *accounts) postPassword(r *http.Request, dev *Device) Response {
 		if err := storage.SetPassword(r.Context(), tx, dev.UserID, hash); err != nil {
 			return err
 		}
-		if err := audit(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionPasswordChange, Target: dev.UserID, Details: map[string]any{"logout_devices": logout}}); err != nil {
+		if err := ac.opts.Audit.Record(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionPasswordChange, Target: dev.UserID, Details: map[string]any{"logout_devices": logout}}); err != nil {
 			return err
 		}
 		if !logout {
@@ -847,7 +847,7 @@ func (ac *accounts) postDeactivate(r *http.Request, dev *Device) Response {
 		if err := storage.Deactivate(ctx, tx, dev.UserID, req.Erase); err != nil {
 			return err
 		}
-		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeactivate, Target: dev.UserID, Details: map[string]any{"erase": req.Erase}})
+		return ac.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeactivate, Target: dev.UserID, Details: map[string]any{"erase": req.Erase}})
 	})
 	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {

@@ -166,7 +166,7 @@ func (ac *accounts) postAdminRegister(r *http.Request) Response {
 		if !created {
 			return errRegUserInUse
 		}
-		if err := audit(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID,
+		if err := ac.opts.Audit.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionRegister, Target: userID,
 			Details: map[string]any{"kind": "shared_secret", "admin": req.Admin}}); err != nil {
 			return err
 		}

@@ -1,7 +1,7 @@
 package clientapi
 
 // Audit plumbing for the client API. Account actions record their audit
-// entry inside their own transaction with audit(ctx, tx, entry): if the
+// entry inside their own transaction with opts.Audit.Record(ctx, tx, e): if the
 // record cannot be written the transaction, and so the action, fails.
 //
 // Every authenticated request carries its actor (user, device, IP, user
@@ -21,11 +21,6 @@ import (
 	"enclave/auditapi"
 	"enclave/storage"
 )
-
-// audit records e through q (a transaction of the action it records).
-func audit(ctx context.Context, q storage.Querier, e auditapi.Entry) error {
-	return auditapi.Record(ctx, q, e)
-}
 
 // RequestActor describes who sent r: the device when authenticated, and
 // always the peer address and user agent.
@@ -65,7 +60,7 @@ func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason stri
 	if identifier != "" {
 		details["identifier"] = clipString(identifier, 255)
 	}
-	err := audit(actorContext(r), ac.db, auditapi.Entry{
+	err := ac.opts.Audit.Record(actorContext(r), ac.db, auditapi.Entry{
 		Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionLogin, Target: userID,
 		Outcome: auditapi.OutcomeFailure, Details: details,
 	})
@@ -78,7 +73,7 @@ func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason stri
 // auditDevicesRemoved records one device.remove entry per device.
 func (ac *accounts) auditDevicesRemoved(ctx context.Context, q storage.Querier, userID string, deviceIDs []string, reason string) error {
 	for _, id := range deviceIDs {
-		err := audit(ctx, q, auditapi.Entry{
+		err := ac.opts.Audit.Record(ctx, q, auditapi.Entry{
 			Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionDeviceRemove, Target: id,
 			Details: map[string]any{"user_id": userID, "reason": reason},
 		})

@@ -17,8 +17,6 @@ import (
 	"enclave/storage"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).deviceRoutes) }
-
 func (a *API) deviceRoutes() {
 	a.v3("GET", "/devices", "devices", a.listDevices)
 	a.v3("GET", "/devices/{deviceId}", "devices", a.getDevice)
@@ -96,7 +94,7 @@ func (a *API) putDevice(r *http.Request, dev *Device) Response {
 			return err
 		}
 		// The name itself stays out of the record: it is user content.
-		if err := audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
+		if err := a.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
 			Details: map[string]any{"fields": []string{"display_name"}}}); err != nil {
 			return err
 		}

@@ -16,8 +16,6 @@ import (
 	"enclave/storage"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).keyBackupRoutes) }
-
 func (a *API) keyBackupRoutes() {
 	a.v3("POST", "/room_keys/version", "keybackup", a.keys.createBackupVersion)
 	a.v3("GET", "/room_keys/version", "keybackup", a.keys.getBackupVersion)
@@ -92,7 +90,7 @@ func (ks *keys) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, ac
 		details = map[string]any{}
 	}
 	details["op"], details["version"] = op, strconv.FormatInt(version, 10)
-	return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: action, Target: dev.UserID, Details: details})
+	return ks.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: action, Target: dev.UserID, Details: details})
 }
 
 // jsonObject compacts raw if it is a JSON object.

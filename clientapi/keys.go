@@ -22,8 +22,6 @@ import (
 	"enclave/syncapi"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).keysRoutes) }
-
 func (a *API) keysRoutes() {
 	a.v3("POST", "/keys/upload", "keys", a.keys.keysUpload)
 	a.v3("POST", "/keys/query", "keys", a.keys.keysQuery)
@@ -269,7 +267,7 @@ func (ks *keys) keysUpload(r *http.Request, dev *Device) Response {
 		// One entry per upload that publishes anything (clients also post
 		// empty uploads just to read their key counts): what, not the keys.
 		if devKeys != nil || len(otks) > 0 || len(fallback) > 0 {
-			if err := audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceKeys, Target: dev.DeviceID,
+			if err := ks.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceKeys, Target: dev.DeviceID,
 				Details: map[string]any{"device_keys": devKeys != nil, "one_time_keys": len(otks), "fallback_keys": len(fallback)}}); err != nil {
 				return err
 			}

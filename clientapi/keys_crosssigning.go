@@ -159,7 +159,7 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 		if _, err := storage.RecordDeviceListChange(ctx, tx, dev.UserID, nil, false, ""); err != nil {
 			return err
 		}
-		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionCrossSigning, Target: dev.UserID,
+		return ks.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionCrossSigning, Target: dev.UserID,
 			Details: map[string]any{"keys": types}})
 	})
 	if err != nil {
@@ -326,7 +326,7 @@ func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
 				users = append(users, u)
 			}
 			slices.Sort(users)
-			return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: me, DeviceID: dev.DeviceID}, Action: auditapi.ActionSignatures, Target: me,
+			return ks.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: me, DeviceID: dev.DeviceID}, Action: auditapi.ActionSignatures, Target: me,
 				Details: map[string]any{"count": len(sigs), "devices": len(myDevicesSigned), "master": myMasterSigned, "users": users}})
 		})
 		if err != nil {

@@ -15,8 +15,6 @@ import (
 // knock or a join is allowed is the room version's auth rules' call
 // (gomatrixserverlib); this file only builds the events they judge.
 
-func init() { routeGroups = append(routeGroups, (*API).knockRoutes) }
-
 func (a *API) knockRoutes() {
 	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.rooms.knock)
 }

@@ -129,7 +129,7 @@ func (ac *accounts) postLogin(r *http.Request) Response {
 		if err != nil {
 			return err
 		}
-		return audit(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: sess.DeviceID}, Action: auditapi.ActionLogin,
+		return ac.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID, DeviceID: sess.DeviceID}, Action: auditapi.ActionLogin,
 			Target: userID, Details: map[string]any{"type": req.Type, "device_id": sess.DeviceID}})
 	})
 	if req.DeviceID != "" {

@@ -9,8 +9,6 @@ import (
 	"enclave/syncapi"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).notificationRoutes) }
-
 func (a *API) notificationRoutes() {
 	a.v3("GET", "/notifications", "notifications", a.getNotifications)
 }

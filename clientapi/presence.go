@@ -11,8 +11,6 @@ import (
 	"enclave/syncapi"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).presenceRoutes) }
-
 func (a *API) presenceRoutes() {
 	a.v3("GET", "/presence/{userId}/status", "presence", a.getPresence)
 	a.v3("PUT", "/presence/{userId}/status", "presence", a.putPresence)

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"github.com/sirupsen/logrus"
@@ -14,8 +13,6 @@ import (
 	"enclave/roomserver"
 	"enclave/storage"
 )
-
-func init() { routeGroups = append(routeGroups, (*API).profileRoutes) }
 
 func (a *API) profileRoutes() {
 	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
@@ -36,16 +33,10 @@ type SocialOptions struct {
 	ProfileRequireSharedRoom bool
 }
 
-var socialOptions sync.Map // *API -> SocialOptions
-
 // SetSocialOptions installs the profile switches (wired from config).
-func (a *API) SetSocialOptions(o SocialOptions) { socialOptions.Store(a, o) }
+func (a *API) SetSocialOptions(o SocialOptions) { a.socialOpts = o }
 
-func (a *API) social() SocialOptions {
-	o, _ := socialOptions.Load(a)
-	so, _ := o.(SocialOptions)
-	return so
-}
+func (a *API) social() SocialOptions { return a.socialOpts }
 
 // Profile limits.
 const (
@@ -132,18 +123,15 @@ type RemoteProfiles interface {
 	LookupProfile(ctx context.Context, userID string) (*storage.Profile, error)
 }
 
-var remoteProfiles sync.Map // *API -> RemoteProfiles
-
 // SetRemoteProfiles installs federation's profile lookups.
-func (a *API) SetRemoteProfiles(rp RemoteProfiles) { remoteProfiles.Store(a, rp) }
+func (a *API) SetRemoteProfiles(rp RemoteProfiles) { a.remoteProfiles = rp }
 
 // errRemoteProfile is a remote lookup that failed for another reason than
 // the user being unknown.
 var errRemoteProfile = errors.New("remote profile lookup failed")
 
 func (a *API) remoteProfile(ctx context.Context, userID string) (*storage.Profile, error) {
-	v, _ := remoteProfiles.Load(a)
-	rp, _ := v.(RemoteProfiles)
+	rp := a.remoteProfiles
 	if rp == nil {
 		return nil, storage.ErrNotFound
 	}

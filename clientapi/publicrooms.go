@@ -12,8 +12,6 @@ import (
 // published with PUT /directory/list/room or createRoom's visibility,
 // largest first, from the directory stats kept by the room event hook.
 
-func init() { routeGroups = append(routeGroups, (*API).publicRoomsRoutes) }
-
 func (a *API) publicRoomsRoutes() {
 	// GET needs no access token (the spec lists no security for it);
 	// filtering with POST does.

@@ -15,8 +15,6 @@ import (
 	"enclave/syncapi"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).pushRuleRoutes) }
-
 func (a *API) pushRuleRoutes() {
 	a.v3("GET", "/pushrules/", "pushrules", a.getAllPushRules)
 	a.v3("GET", "/pushrules", "pushrules", a.getAllPushRules)

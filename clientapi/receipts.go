@@ -10,8 +10,6 @@ import (
 	"enclave/storage"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).receiptRoutes) }
-
 func (a *API) receiptRoutes() {
 	a.v3("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", "receipts", a.postReceipt)
 	a.v3("POST", "/rooms/{roomId}/read_markers", "receipts", a.postReadMarkers)

@@ -180,7 +180,7 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 		if !created {
 			return errRegUserInUse
 		}
-		if err := audit(actx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionRegister, Target: userID,
+		if err := ac.opts.Audit.Record(actx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionRegister, Target: userID,
 			Details: map[string]any{"kind": "user", "registration_token": sess.Data[uiaDataRegToken] != ""}}); err != nil {
 			return err
 		}

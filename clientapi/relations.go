@@ -19,8 +19,6 @@ import (
 // threads through a room's threads. Both read the relations table the room
 // event hook writes, and serve events with their bundled aggregations.
 
-func init() { routeGroups = append(routeGroups, (*API).relationsRoutes) }
-
 func (a *API) relationsRoutes() {
 	for _, p := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
 		a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+p, "messages", a.relations)

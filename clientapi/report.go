@@ -17,8 +17,6 @@ import (
 // admins land in the content_reports table (storage/reports.go). Nothing
 // about a report is shown to the reported party.
 
-func init() { routeGroups = append(routeGroups, (*API).reportRoutes) }
-
 func (a *API) reportRoutes() {
 	a.v3("POST", "/rooms/{roomId}/report/{eventId}", "report", a.reportEvent)
 	a.v3("POST", "/rooms/{roomId}/report", "report", a.reportRoom)

@@ -16,6 +16,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
+	"enclave/auditapi"
+	"enclave/internal/lru"
 	"enclave/roomserver"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -35,6 +37,9 @@ type Options struct {
 	RateLimit           RateLimit
 	TURN                TURNOptions
 	Version             string
+	// Audit is the process's audit log (nil: entries are written detached,
+	// as by a command-line tool).
+	Audit *auditapi.Log
 }
 
 // TURNOptions configures /voip/turnServer.
@@ -46,20 +51,25 @@ type TURNOptions struct {
 
 // API is the client API. Build it with New and serve Handler().
 type API struct {
-	opts    Options
-	db      *storage.DB
-	rs      roomserver.API
-	sync    *syncapi.Syncer
-	router  *mux.Router
-	limiter *limiter
-	metrics *httpMetrics
-	// extraRoutes are route groups added by other files of this package
-	// (registered from their init), keeping router.go free of every list.
-	extraRoutes []func(*API)
-	fed         Federation
-	accounts    *accounts
-	rooms       *rooms
-	keys        *keys
+	opts     Options
+	db       *storage.DB
+	rs       roomserver.API
+	sync     *syncapi.Syncer
+	router   *mux.Router
+	limiter  *limiter
+	metrics  *httpMetrics
+	fed      Federation
+	accounts *accounts
+	rooms    *rooms
+	keys     *keys
+	// Set by the assembly before serving (Set* methods), read-only after.
+	searchAllUsers bool
+	socialOpts     SocialOptions
+	remoteProfiles RemoteProfiles
+	// syncFilters keeps parsed /sync filters: clients name the same filter
+	// on every /sync, and a stored filter never changes, so the store
+	// lookup and the parse are done once. Entries are shared read-only.
+	syncFilters *lru.Cache[string, *syncapi.Filter]
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
 	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
@@ -72,12 +82,9 @@ func (a *API) SetAuthorizer(fn func(r *http.Request, dev *Device, group string) 
 	a.authorizer = fn
 }
 
-// routeGroups are registered by files of this package from init().
-var routeGroups []func(*API)
-
 // New wires the client API over the store, the room server and the syncer.
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) *API {
-	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
+	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg), syncFilters: lru.New[string, *syncapi.Filter](4096)}
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
@@ -87,7 +94,6 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeResponse(w, Unrecognized(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
-	a.extraRoutes = routeGroups
 	a.routes()
 	return a
 }

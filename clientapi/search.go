@@ -20,8 +20,6 @@ import (
 // hit passes the same history-visibility check as /messages before it is
 // returned.
 
-func init() { routeGroups = append(routeGroups, (*API).searchRoutes) }
-
 func (a *API) searchRoutes() {
 	a.v3("POST", "/search", "search", a.search)
 }

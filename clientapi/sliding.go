@@ -14,8 +14,6 @@ import (
 // Simplified sliding sync (MSC4186): the sync Element X requires. The
 // work is in syncapi.Syncer.Sliding; this checks the request.
 
-func init() { routeGroups = append(routeGroups, (*API).slidingRoutes) }
-
 func (a *API) slidingRoutes() {
 	a.authed("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "sync", a.slidingHandler)
 }

@@ -18,8 +18,6 @@ import (
 // A room the caller may not preview answers the same 404 as an unknown
 // one, so its existence does not leak.
 
-func init() { routeGroups = append(routeGroups, (*API).summaryRoutes) }
-
 func (a *API) summaryRoutes() {
 	a.open("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "rooms", a.rooms.roomSummary(false))
 	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", "rooms", a.rooms.roomSummary(true))

@@ -7,10 +7,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"enclave/internal/lru"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -71,11 +69,6 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 	return JSON(200, resp)
 }
 
-// syncFilterCaches keeps each API's parsed /sync filters: clients name the
-// same filter on every /sync, and a stored filter never changes, so the
-// store lookup and the parse are done once. Entries are shared read-only.
-var syncFilterCaches sync.Map // *API -> *lru.Cache[string, *syncapi.Filter]
-
 // maxCachedInlineFilter bounds the inline filters worth caching (the key
 // is the filter itself).
 const maxCachedInlineFilter = 2048
@@ -83,11 +76,7 @@ const maxCachedInlineFilter = 2048
 // syncFilter resolves /sync's filter parameter: a stored filter ID or
 // inline JSON.
 func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, Response, bool) {
-	c, ok := syncFilterCaches.Load(a)
-	if !ok {
-		c, _ = syncFilterCaches.LoadOrStore(a, lru.New[string, *syncapi.Filter](4096))
-	}
-	cache := c.(*lru.Cache[string, *syncapi.Filter])
+	cache := a.syncFilters
 	inline := strings.HasPrefix(strings.TrimSpace(f), "{")
 	key := userID + "\x00" + f
 	if filter, ok := cache.Get(key); ok {

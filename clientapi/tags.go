@@ -13,8 +13,6 @@ import (
 // delivers them like any other room account data; these endpoints edit one
 // tag at a time, as Element does when a room is (un)favourited.
 
-func init() { routeGroups = append(routeGroups, (*API).tagRoutes) }
-
 const tagType = "m.tag"
 
 func (a *API) tagRoutes() {

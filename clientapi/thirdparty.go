@@ -10,8 +10,6 @@ import (
 // (email, phone) is refused: users are provisioned by the operator, and a
 // 3PID would be an unverifiable side channel.
 
-func init() { routeGroups = append(routeGroups, (*API).thirdPartyRoutes) }
-
 func (a *API) thirdPartyRoutes() {
 	a.v3("GET", "/thirdparty/protocols", "thirdparty", func(r *http.Request, dev *Device) Response {
 		return JSON(200, struct{}{})

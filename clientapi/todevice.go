@@ -16,8 +16,6 @@ import (
 	"enclave/storage"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).toDeviceRoutes) }
-
 func (a *API) toDeviceRoutes() {
 	a.v3("PUT", "/sendToDevice/{eventType}/{txnId}", "todevice", a.keys.sendToDevice)
 }

@@ -5,8 +5,6 @@ import (
 	"time"
 )
 
-func init() { routeGroups = append(routeGroups, (*API).typingRoutes) }
-
 func (a *API) typingRoutes() {
 	a.v3("PUT", "/rooms/{roomId}/typing/{userId}", "typing", a.putTyping)
 }

@@ -20,8 +20,6 @@ import (
 // aliases moved, a tombstone in the old room and its power levels
 // restricted so that ordinary members can no longer talk there.
 
-func init() { routeGroups = append(routeGroups, (*API).upgradeRoutes) }
-
 func (a *API) upgradeRoutes() {
 	a.v3("POST", "/rooms/{roomId}/upgrade", "rooms", a.rooms.upgradeRoom)
 }

@@ -3,7 +3,6 @@ package clientapi
 import (
 	"net/http"
 	"strings"
-	"sync"
 	"unicode/utf8"
 
 	"enclave/storage"
@@ -13,19 +12,13 @@ import (
 // room with the searcher and users in public rooms, or every local user
 // when user_directory.search_all_users is set.
 
-func init() { routeGroups = append(routeGroups, (*API).userDirectoryRoutes) }
-
 func (a *API) userDirectoryRoutes() {
 	a.v3("POST", "/user_directory/search", "user_directory", a.searchUserDirectory)
 }
 
-// userDirectoryAll holds each API's user_directory.search_all_users
-// (API's fields live in router.go; see SetUserDirectorySearchAll).
-var userDirectoryAll sync.Map // *API -> bool
-
 // SetUserDirectorySearchAll makes user directory searches cover every
 // local account, not only users sharing a room or in public rooms.
-func (a *API) SetUserDirectorySearchAll(all bool) { userDirectoryAll.Store(a, all) }
+func (a *API) SetUserDirectorySearchAll(all bool) { a.searchAllUsers = all }
 
 const (
 	userDirectoryDefaultLimit = 10
@@ -55,9 +48,7 @@ func (a *API) searchUserDirectory(r *http.Request, dev *Device) Response {
 	if term == "" {
 		return JSON(200, map[string]any{"results": results, "limited": false})
 	}
-	all, _ := userDirectoryAll.Load(a)
-	searchAll, _ := all.(bool)
-	users, err := storage.SearchUsers(r.Context(), a.db, dev.UserID, term, searchAll, limit+1)
+	users, err := storage.SearchUsers(r.Context(), a.db, dev.UserID, term, a.searchAllUsers, limit+1)
 	if err != nil {
 		return InternalError(r, err)
 	}

@@ -15,8 +15,6 @@ import (
 // configured the answer is an empty object, as Synapse gives and Element
 // expects, so clients fall back to their own STUN/TURN settings.
 
-func init() { routeGroups = append(routeGroups, (*API).voipRoutes) }
-
 func (a *API) voipRoutes() {
 	a.v3("GET", "/voip/turnServer", "voip", a.turnServer)
 }

@@ -34,7 +34,7 @@ func (r *Repo) DeleteMedia(ctx context.Context, serverName, mediaID string) erro
 		if _, err = tx.ExecContext(ctx, `DELETE FROM media WHERE origin = $1 AND media_id = $2`, serverName, mediaID); err != nil {
 			return err
 		}
-		return recordAdmin(ctx, tx, mediaID, "delete", row.Size)
+		return r.recordAdmin(ctx, tx, mediaID, "delete", row.Size)
 	})
 	if err != nil {
 		return err
@@ -66,7 +66,7 @@ func (r *Repo) QuarantineMedia(ctx context.Context, serverName, mediaID string) 
 		if _, err = tx.ExecContext(ctx, `DELETE FROM media_thumbnails WHERE origin = $1 AND media_id = $2`, serverName, mediaID); err != nil {
 			return err
 		}
-		return recordAdmin(ctx, tx, mediaID, "quarantine", 0)
+		return r.recordAdmin(ctx, tx, mediaID, "quarantine", 0)
 	})
 	if err != nil {
 		return err
@@ -87,18 +87,18 @@ func (r *Repo) UnquarantineMedia(ctx context.Context, serverName, mediaID string
 		if n, _ := res.RowsAffected(); n == 0 {
 			return storage.ErrNotFound
 		}
-		return recordAdmin(ctx, tx, mediaID, "unquarantine", 0)
+		return r.recordAdmin(ctx, tx, mediaID, "unquarantine", 0)
 	})
 }
 
 // recordAdmin writes the audit entry of an administrative change in the
 // change's transaction; the actor (the administrator) comes from ctx.
-func recordAdmin(ctx context.Context, tx *storage.Tx, mediaID, op string, size int64) error {
+func (r *Repo) recordAdmin(ctx context.Context, tx *storage.Tx, mediaID, op string, size int64) error {
 	details := map[string]any{"op": op}
 	if size > 0 {
 		details["size"] = size
 	}
-	return auditapi.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionMediaAdmin, Target: mediaID, Details: details})
+	return r.opts.Audit.Record(ctx, tx, auditapi.Entry{Action: auditapi.ActionMediaAdmin, Target: mediaID, Details: details})
 }
 
 // MediaInfo is what administrators see of a media item without unsealing

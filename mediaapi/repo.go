@@ -26,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"enclave/auditapi"
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/internal/sealing"
@@ -35,8 +36,11 @@ import (
 // Options configure the repository.
 type Options struct {
 	ServerName string
-	Path       string    // media.path
-	Key        KeySource // where the KEK comes from
+	// Audit is the process's audit log (set by the assembly; nil writes
+	// entries detached).
+	Audit *auditapi.Log
+	Path  string    // media.path
+	Key   KeySource // where the KEK comes from
 	// MaxUploadBytes bounds one upload (limits.max_upload_bytes) and a
 	// cached remote file.
 	MaxUploadBytes int64

@@ -65,7 +65,7 @@ func (r *Repo) upload(w http.ResponseWriter, req *http.Request) {
 		if err := insertMedia(req.Context(), tx, row); err != nil {
 			return err
 		}
-		return recordUpload(req.Context(), tx, dev.UserID, row.MediaID, blob)
+		return r.recordUpload(req.Context(), tx, dev.UserID, row.MediaID, blob)
 	})
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
@@ -153,7 +153,7 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 		if updated, err = completePending(req.Context(), tx, row); err != nil || !updated {
 			return err
 		}
-		return recordUpload(req.Context(), tx, dev.UserID, mediaID, blob)
+		return r.recordUpload(req.Context(), tx, dev.UserID, mediaID, blob)
 	})
 	if err == nil && !updated {
 		err = errOverwrite
@@ -173,8 +173,8 @@ var errOverwrite = errors.New("media already uploaded")
 // stores the media row, so an upload that cannot be recorded fails: size
 // and the plaintext's SHA-256, nothing sealed (name, content type).
 // Reads (downloads, thumbnails, remote fetches) go through the audit hook.
-func recordUpload(ctx context.Context, tx *storage.Tx, user, mediaID string, b *sealedBlob) error {
-	return auditapi.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: user}, Action: auditapi.ActionMediaUpload, Target: mediaID,
+func (r *Repo) recordUpload(ctx context.Context, tx *storage.Tx, user, mediaID string, b *sealedBlob) error {
+	return r.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: user}, Action: auditapi.ActionMediaUpload, Target: mediaID,
 		Details: map[string]any{"size": b.Size, "sha256": b.SHA256}})
 }
 

@@ -111,7 +111,7 @@ func cmdAuditExport(args []string) error {
 	defer db.Close()
 	ctx := cliContext()
 	// Recorded before anything leaves the store.
-	if err := auditapi.Record(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditExport,
+	if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditExport,
 		Details: map[string]any{"format": *format, "since": since, "until": until, "via": "cli"}}); err != nil {
 		return err
 	}
@@ -215,7 +215,7 @@ func cmdAuditVerify(args []string) error {
 	if !res.OK() {
 		outcome = auditapi.OutcomeFailure
 	}
-	if err := auditapi.Record(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditVerify, Outcome: outcome,
+	if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditVerify, Outcome: outcome,
 		Details: map[string]any{"verified": res.Verified, "result": res.String(), "via": "cli"}}); err != nil {
 		fmt.Fprintln(os.Stderr, "warning: could not record this verification:", err)
 	}

@@ -79,7 +79,7 @@ func cmdUser(args []string) error {
 	}
 	var after []string
 	err = db.WithTx(ctx, func(tx *storage.Tx) error {
-		_, after, err = rbac.SetRoles(ctx, tx, defs, cfg.RBAC.DefaultRole, userID, want, "", nil)
+		_, after, err = rbac.SetRoles(ctx, nil, tx, defs, cfg.RBAC.DefaultRole, userID, want, "", nil)
 		return err
 	})
 	if err != nil {

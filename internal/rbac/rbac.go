@@ -17,6 +17,7 @@ import (
 // RBAC resolves users' roles and permissions.
 type RBAC struct {
 	db          *storage.DB
+	audit       *auditapi.Log // role changes and refusals are recorded
 	serverName  string
 	roles       Roles
 	defaultRole string
@@ -26,6 +27,8 @@ type RBAC struct {
 
 	blockedMu sync.RWMutex
 	blocked   map[string]bool // room ID -> purged
+
+	rules sync.Map // method+" "+route template -> *Rule (nil for none)
 }
 
 type cachedRoles struct {
@@ -40,7 +43,7 @@ const cacheTTL = 10 * time.Second
 
 // New loads the role definitions (built-in plus config's custom roles) and
 // the blocked rooms.
-func New(ctx context.Context, db *storage.DB, serverName string, custom []string, defaultRole string) (*RBAC, error) {
+func New(ctx context.Context, db *storage.DB, audit *auditapi.Log, serverName string, custom []string, defaultRole string) (*RBAC, error) {
 	roles, err := ParseRoles(custom)
 	if err != nil {
 		return nil, err
@@ -51,7 +54,7 @@ func New(ctx context.Context, db *storage.DB, serverName string, custom []string
 	if _, ok := roles[defaultRole]; !ok {
 		return nil, fmt.Errorf("rbac.default_role: unknown role %q", defaultRole)
 	}
-	z := &RBAC{db: db, serverName: serverName, roles: roles, defaultRole: defaultRole, cache: map[string]cachedRoles{}, blocked: map[string]bool{}}
+	z := &RBAC{db: db, audit: audit, serverName: serverName, roles: roles, defaultRole: defaultRole, cache: map[string]cachedRoles{}, blocked: map[string]bool{}}
 	blocks, err := storage.ListRoomBlocks(ctx, db)
 	if err != nil {
 		return nil, err
@@ -152,12 +155,13 @@ var ErrUnknownRole = errors.New("unknown role")
 // audit trail (same transaction). by is who made the change ("" for the
 // command line). It returns the roles before and after.
 func (z *RBAC) SetRoles(ctx context.Context, tx *storage.Tx, userID string, roles []string, by string) (before, after []string, err error) {
-	return SetRoles(ctx, tx, z.roles, z.defaultRole, userID, roles, by, func() { z.Invalidate(userID) })
+	return SetRoles(ctx, z.audit, tx, z.roles, z.defaultRole, userID, roles, by, func() { z.Invalidate(userID) })
 }
 
 // SetRoles is RBAC.SetRoles for callers without a running server (the
-// CLI); onCommit runs after the transaction commits.
-func SetRoles(ctx context.Context, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
+// CLI, with a nil audit: the entry is written detached); onCommit runs
+// after the transaction commits.
+func SetRoles(ctx context.Context, audit *auditapi.Log, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
 	clean := []string{}
 	for _, r := range roles {
 		r = strings.TrimSpace(r)
@@ -185,7 +189,7 @@ func SetRoles(ctx context.Context, tx *storage.Tx, defs Roles, defaultRole, user
 	}
 	stored := slices.DeleteFunc(slices.Clone(clean), func(r string) bool { return r == storage.AdminRole })
 	after = EffectiveRoles(stored, slices.Contains(clean, RoleAdmin), acc.IsGuest, defaultRole)
-	err = auditapi.Record(ctx, tx, auditapi.Entry{
+	err = audit.Record(ctx, tx, auditapi.Entry{
 		Actor:  auditapi.Actor{UserID: by},
 		Action: auditapi.ActionRoleChange, Target: userID,
 		Details: map[string]any{"from": before, "to": after},

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
@@ -90,17 +89,19 @@ func normalize(tmpl string) string {
 	return tmpl
 }
 
-// ruleCache memoises RuleFor: it runs on every authenticated request.
-var ruleCache sync.Map // method+" "+template -> *Rule (nil for none)
-
 // RuleFor finds the rule for a method and route template (nil if none).
-func RuleFor(method, tmpl string) *Rule {
+// Required memoises it per RBAC (z.rules), as it runs on every
+// authenticated request.
+func RuleFor(method, tmpl string) *Rule { return findRule(method, tmpl) }
+
+// ruleFor is RuleFor through z's cache of route templates.
+func (z *RBAC) ruleFor(method, tmpl string) *Rule {
 	key := method + " " + tmpl
-	if v, ok := ruleCache.Load(key); ok {
+	if v, ok := z.rules.Load(key); ok {
 		return v.(*Rule)
 	}
 	rl := findRule(method, tmpl)
-	ruleCache.Store(key, rl)
+	z.rules.Store(key, rl)
 	return rl
 }
 
@@ -133,7 +134,7 @@ func routeTemplate(r *http.Request) string {
 
 // Required lists the permissions the request needs.
 func (z *RBAC) Required(r *http.Request, dev *clientapi.Device) []Permission {
-	rl := RuleFor(r.Method, routeTemplate(r))
+	rl := z.ruleFor(r.Method, routeTemplate(r))
 	if rl == nil {
 		return nil
 	}
@@ -170,7 +171,7 @@ func (z *RBAC) Authorize(r *http.Request, dev *clientapi.Device, _ string) (clie
 		if c.perms[p] {
 			continue
 		}
-		err := auditapi.Record(ctx, z.db, auditapi.Entry{
+		err := z.audit.Record(ctx, z.db, auditapi.Entry{
 			Actor:   auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 			Action:  auditapi.ActionAccessDenied,
 			Outcome: auditapi.OutcomeDenied,

@@ -48,7 +48,14 @@ func (s *Server) build(ctx context.Context) error {
 		EventWakesHandedOff: true,
 		PresenceDisabled:    !cfg.Presence.Enabled,
 	})
-	s.Client = clientapi.New(ClientOptions(cfg), s.DB, s.Rooms, s.Sync, s.Registry)
+	// The audit log is opened before every component that records into
+	// it; each is given it explicitly (buildAudit adds its hooks later).
+	if err := s.openAudit(ctx); err != nil {
+		return fmt.Errorf("audit: %w", err)
+	}
+	copts := ClientOptions(cfg)
+	copts.Audit = s.Audit
+	s.Client = clientapi.New(copts, s.DB, s.Rooms, s.Sync, s.Registry)
 	s.registerMetrics()
 
 	steps := []struct {
@@ -56,7 +63,7 @@ func (s *Server) build(ctx context.Context) error {
 		fn   func(context.Context) error
 	}{
 		{"admin", s.buildAdmin},           // RBAC first: every authenticated route, audit's included, is checked by it
-		{"audit", s.buildAudit},           // before anything that records: its event hook is the first room hook
+		{"audit", s.buildAudit},           // its event hook is the first room hook
 		{"media", s.buildMedia},           // audited from the start
 		{"federation", s.buildFederation}, // after media (it fetches remote media) and audit (refusals)
 		{"e2ee", s.buildE2EE},
@@ -88,7 +95,7 @@ func (s *Server) build(ctx context.Context) error {
 // the requester to the request for the audit trail), the admin API and
 // the retention purge job.
 func (s *Server) buildAdmin(ctx context.Context) error {
-	z, err := rbac.New(ctx, s.DB, s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
+	z, err := rbac.New(ctx, s.DB, s.Audit, s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
 	if err != nil {
 		return err
 	}
@@ -98,7 +105,7 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 		return z.Authorize(r, dev, group)
 	})
 	s.Admin = adminapi.New(adminapi.Options{
-		DB: s.DB, Rooms: s.Rooms, Client: s.Client, RBAC: z, ServerName: s.Config.ServerName, Version: Version,
+		DB: s.DB, Rooms: s.Rooms, Client: s.Client, RBAC: z, Audit: s.Audit, ServerName: s.Config.ServerName, Version: Version,
 		Retention: adminapi.RetentionPolicy{
 			DefaultMaxLifetime: s.Config.Retention.DefaultMaxLifetime.Duration,
 			AllowedMin:         s.Config.Retention.AllowedLifetimeMin.Duration,
@@ -115,10 +122,8 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 	return nil
 }
 
-// buildAudit: the audit log (sealer, checkpoints, head export), the room
-// event hook that records every stored event in its own transaction, the
-// auditor endpoints, and server start and stop entries.
-func (s *Server) buildAudit(ctx context.Context) error {
+// openAudit opens the audit log (sealer, checkpoints, head export).
+func (s *Server) openAudit(ctx context.Context) error {
 	c := s.Config.Audit
 	l, err := auditapi.Open(ctx, s.DB, auditapi.Options{
 		Enabled: c.Enabled, ServerName: s.Config.ServerName, KeyID: s.KeyID, Key: s.Key,
@@ -129,13 +134,21 @@ func (s *Server) buildAudit(ctx context.Context) error {
 		return err
 	}
 	s.Audit = l
+	return nil
+}
+
+// buildAudit: the room event hook that records every stored event in its
+// own transaction, the auditor endpoints, and server start and stop
+// entries.
+func (s *Server) buildAudit(ctx context.Context) error {
+	c := s.Config.Audit
+	l := s.Audit
 	s.Rooms.AddHook(l.EventHook())
 	(&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
 		Version: Version, HeadPath: c.HeadExportPath}).Register()
 	if err := l.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
 		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
-		l.Close()
-		return err
+		return err // New closes the log
 	}
 	s.OnShutdown(func() {
 		if err := l.Record(context.Background(), s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
@@ -164,7 +177,9 @@ func (s *Server) ConfigReloaded(path string, err error) {
 
 // buildMedia: the media repository, its client routes and its audit hook.
 func (s *Server) buildMedia(ctx context.Context) error {
-	repo, err := mediaapi.New(ctx, mediaapi.OptionsFromConfig(s.Config), s.DB)
+	mopts := mediaapi.OptionsFromConfig(s.Config)
+	mopts.Audit = s.Audit
+	repo, err := mediaapi.New(ctx, mopts, s.DB)
 	if err != nil {
 		return err
 	}

@@ -99,6 +99,9 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	}
 	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry()}
 	if err := s.build(ctx); err != nil {
+		if s.Audit != nil {
+			s.Audit.Close() // stops its sealer before the store closes
+		}
 		db.Close()
 		return nil, err
 	}
