@@ -12,13 +12,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/sirupsen/logrus"
 
 	"enclave/config"
 	"enclave/internal/server"
@@ -44,12 +41,6 @@ type Options struct {
 	DataDir    string // reuse a data dir (restart tests)
 	DBURL      string // reuse a database (restart tests)
 	Configure  func(c *config.Config)
-}
-
-func init() {
-	if os.Getenv("ENCLAVE_TEST_LOG") == "" {
-		logrus.SetLevel(logrus.WarnLevel)
-	}
 }
 
 // TestConfig returns the config a test server runs with: open registration,
