@@ -6,39 +6,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 )
 
-// routes registers every Client-Server API endpoint group.
-func (a *API) routes() {
-	a.discoveryRoutes()
-	a.accountRoutes()
-	a.roomRoutes()
-	a.syncRoutes()
-	a.accountDataRoutes()
-	a.deviceRoutes()
-	a.hierarchyRoutes()
-	a.keyBackupRoutes()
-	a.keysRoutes()
-	a.knockRoutes()
-	a.notificationRoutes()
-	a.openIDRoutes()
-	a.presenceRoutes()
-	a.profileRoutes()
-	a.publicRoomsRoutes()
-	a.pushRuleRoutes()
-	a.receiptRoutes()
-	a.relationsRoutes()
-	a.reportRoutes()
-	a.searchRoutes()
-	a.slidingRoutes()
-	a.summaryRoutes()
-	a.tagRoutes()
-	a.thirdPartyRoutes()
-	a.toDeviceRoutes()
-	a.typingRoutes()
-	a.upgradeRoutes()
-	a.userDirectoryRoutes()
-	a.voipRoutes()
-}
-
 // supportedVersions are the spec versions we serve; clients pick features by them.
 var supportedVersions = []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"}
 

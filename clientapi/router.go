@@ -98,6 +98,41 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	return a
 }
 
+// routes registers every Client-Server API endpoint group, each a method
+// in the file of its handlers. The order is behaviour: gorilla/mux serves
+// the first route that matches.
+func (a *API) routes() {
+	a.discoveryRoutes()
+	a.accountRoutes()
+	a.roomRoutes()
+	a.syncRoutes()
+	a.accountDataRoutes()
+	a.deviceRoutes()
+	a.hierarchyRoutes()
+	a.keyBackupRoutes()
+	a.keysRoutes()
+	a.knockRoutes()
+	a.notificationRoutes()
+	a.openIDRoutes()
+	a.presenceRoutes()
+	a.profileRoutes()
+	a.publicRoomsRoutes()
+	a.pushRuleRoutes()
+	a.receiptRoutes()
+	a.relationsRoutes()
+	a.reportRoutes()
+	a.searchRoutes()
+	a.slidingRoutes()
+	a.summaryRoutes()
+	a.tagRoutes()
+	a.thirdPartyRoutes()
+	a.toDeviceRoutes()
+	a.typingRoutes()
+	a.upgradeRoutes()
+	a.userDirectoryRoutes()
+	a.voipRoutes()
+}
+
 // Handler returns the HTTP handler with CORS, request IDs, body limits and
 // metrics around every route.
 func (a *API) Handler() http.Handler {
