@@ -178,14 +178,7 @@ func RecordDetached(ctx context.Context, q storage.Querier, e Entry) error {
 // the sealer is woken once the entry commits. Components are given the
 // process's Log by the assembly; a nil Log behaves as RecordDetached.
 func (l *Log) Record(ctx context.Context, q storage.Querier, e Entry) error {
-	var db *storage.DB
-	var tx *storage.Tx
-	switch v := q.(type) {
-	case *storage.Tx:
-		tx, db = v, v.DB()
-	case *storage.DB:
-		db = v
-	}
+	db, tx := q.Store(), q.Txn()
 	if l != nil && !l.opts.Enabled {
 		return nil
 	}

@@ -348,7 +348,7 @@ var purgeKeeps = map[string]bool{"events": true, "audit_log": true, "legal_holds
 // roomTables lists the ordinary tables that have a room_id column.
 func roomTables(ctx context.Context, q Querier) ([]string, error) {
 	query := `SELECT table_name FROM information_schema.columns WHERE column_name = 'room_id' AND table_schema = current_schema()`
-	if db, ok := q.(*DB); (ok && db.Dialect == SQLite) || isSQLiteTx(q) {
+	if q.Store().Dialect == SQLite {
 		query = `SELECT m.name FROM sqlite_master m, pragma_table_info(m.name) p WHERE m.type = 'table' AND p.name = 'room_id' AND m.sql NOT LIKE 'CREATE VIRTUAL%'`
 	}
 	names, err := queryStrings(ctx, q, query)
@@ -370,11 +370,6 @@ func roomTables(ctx context.Context, q Querier) ([]string, error) {
 		}
 	}
 	return out, nil
-}
-
-func isSQLiteTx(q Querier) bool {
-	tx, ok := q.(*Tx)
-	return ok && tx.db.Dialect == SQLite
 }
 
 // ---------------------------------------------------------------------------

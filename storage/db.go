@@ -268,12 +268,30 @@ func (db *DB) q(query string) string {
 }
 
 // Querier is satisfied by *DB and *Tx so that table code runs inside or
-// outside a transaction.
+// outside a transaction. Store and Txn say which one it is, so that code
+// which must know (read caches, after-commit work) asks instead of
+// type-switching.
 type Querier interface {
 	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
 	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
 	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	// Store is the store the query runs against.
+	Store() *DB
+	// Txn is the transaction the query runs in, nil outside one.
+	Txn() *Tx
 }
+
+// Store returns db itself.
+func (db *DB) Store() *DB { return db }
+
+// Txn is nil: a query through the store runs outside a transaction.
+func (db *DB) Txn() *Tx { return nil }
+
+// Store returns the store the transaction belongs to.
+func (t *Tx) Store() *DB { return t.db }
+
+// Txn returns t itself.
+func (t *Tx) Txn() *Tx { return t }
 
 func (db *DB) ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error) {
 	query = db.q(query)

@@ -2,8 +2,6 @@ package storage
 
 import (
 	"context"
-
-	"github.com/sirupsen/logrus"
 )
 
 // cleanupE2EEDevices is a device cleanup (see cleanupDevices):
@@ -52,17 +50,12 @@ func cleanupE2EEDevices(ctx context.Context, q Querier, userID string, deviceIDs
 	if !hadKeys {
 		return nil // nobody could have encrypted to it: no one needs telling
 	}
-	switch v := q.(type) {
-	case *Tx:
-		_, err := RecordDeviceListChange(ctx, v, userID, deviceIDs, true, "")
+	if tx := q.Txn(); tx != nil {
+		_, err := RecordDeviceListChange(ctx, tx, userID, deviceIDs, true, "")
 		return err
-	case *DB:
-		return v.WithTx(ctx, func(tx *Tx) error {
-			_, err := RecordDeviceListChange(ctx, tx, userID, deviceIDs, true, "")
-			return err
-		})
-	default:
-		logrus.WithField("user_id", userID).Warn("e2ee: devices deleted outside a transaction of the store; device-list change not recorded")
-		return nil
 	}
+	return q.Store().WithTx(ctx, func(tx *Tx) error {
+		_, err := RecordDeviceListChange(ctx, tx, userID, deviceIDs, true, "")
+		return err
+	})
 }

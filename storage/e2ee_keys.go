@@ -11,17 +11,6 @@ import (
 
 // Device identity keys, one-time keys and fallback keys.
 
-// dialectOf returns the dialect behind a Querier.
-func dialectOf(q Querier) Dialect {
-	switch v := q.(type) {
-	case *DB:
-		return v.Dialect
-	case *Tx:
-		return v.db.Dialect
-	}
-	return Postgres
-}
-
 // DeviceKeys is a row of e2ee_device_keys.
 type DeviceKeys struct {
 	UserID   string
@@ -266,7 +255,7 @@ type ClaimedKey struct {
 func ClaimKey(ctx context.Context, q Querier, userID, deviceID, algorithm string) (*ClaimedKey, error) {
 	defer keysWritten(q, userID)
 	pick := `SELECT key_id FROM e2ee_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY key_id LIMIT 1`
-	if dialectOf(q) == Postgres {
+	if q.Store().Dialect == Postgres {
 		pick += ` FOR UPDATE SKIP LOCKED`
 	}
 	var keyID, js string

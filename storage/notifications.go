@@ -267,7 +267,7 @@ type Counts struct {
 // user's first call (see unreadCache).
 func UnreadCounts(ctx context.Context, q Querier, userID string, rooms []string, since int64) (map[string]map[string]Counts, error) {
 	var rows map[[2]string]unreadRow
-	if db, ok := q.(*DB); ok {
+	if db := q.Store(); q.Txn() == nil {
 		var gen, epoch uint64
 		db.unread.locked(func(c *unreadCache) { rows, gen, epoch = c.users[userID], c.gens[userID], c.epoch })
 		if rows == nil {

@@ -77,16 +77,6 @@ func PrepareSearch(ctx context.Context, db *DB) error {
 	return nil
 }
 
-func dbOf(q Querier) *DB {
-	switch v := q.(type) {
-	case *DB:
-		return v
-	case *Tx:
-		return v.db
-	}
-	return nil
-}
-
 // SearchEntry is one indexed text of an event.
 type SearchEntry struct {
 	EventID   string
@@ -101,10 +91,7 @@ type SearchEntry struct {
 // InsertSearchEntry indexes an event's text (a second insert for the same
 // event is ignored).
 func InsertSearchEntry(ctx context.Context, q Querier, e SearchEntry) error {
-	db := dbOf(q)
-	if db == nil {
-		return fmt.Errorf("storage: InsertSearchEntry needs a *DB or *Tx")
-	}
+	db := q.Store()
 	var id int64
 	err := q.QueryRowContext(ctx, `INSERT INTO event_search (event_id, room_id, sender, key, body, stream_pos, origin_ts) VALUES ($1, $2, $3, $4, $5, $6, $7)
 		ON CONFLICT (event_id) DO NOTHING RETURNING id`, e.EventID, e.RoomID, e.Sender, e.Key, e.Body, e.StreamPos, e.OriginTS).Scan(&id)
@@ -135,10 +122,7 @@ func DeleteSearchEntry(ctx context.Context, q Querier, eventID string) error {
 // SQLite's FTS index: an external-content FTS5 table is told the old
 // text to remove. PostgreSQL's index follows the table by itself.
 func forgetFTS(ctx context.Context, q Querier, query string, args ...any) error {
-	db := dbOf(q)
-	if db == nil {
-		return fmt.Errorf("storage: search writes need a *DB or *Tx")
-	}
+	db := q.Store()
 	if db.Dialect != SQLite {
 		return nil
 	}
@@ -215,10 +199,7 @@ type SearchHit struct {
 
 // SearchEvents runs a full-text query.
 func SearchEvents(ctx context.Context, q Querier, sq SearchQuery) ([]SearchHit, error) {
-	db := dbOf(q)
-	if db == nil {
-		return nil, fmt.Errorf("storage: SearchEvents needs a *DB or *Tx")
-	}
+	db := q.Store()
 	if len(sq.Terms) == 0 || len(sq.RoomIDs) == 0 || sq.Limit <= 0 {
 		return nil, nil
 	}

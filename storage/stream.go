@@ -139,12 +139,7 @@ func (s *Stream) Note(table string, pos int64) {
 
 // noteStream is Note for whichever store q belongs to.
 func noteStream(q Querier, table string, pos int64) {
-	switch v := q.(type) {
-	case *Tx:
-		v.db.Stream.Note(table, pos)
-	case *DB:
-		v.Stream.Note(table, pos)
-	}
+	q.Store().Stream.Note(table, pos)
 }
 
 // Moved reports whether table may hold rows with a position above since.

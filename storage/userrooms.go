@@ -43,13 +43,12 @@ func afterWrite(q Querier, fn func(*memberCache)) {
 // before its stream positions become visible (see WithTx) — or at once
 // when q is the store itself. The in-memory read caches are kept this way.
 func onCommit(q Querier, fn func(*DB)) {
-	switch v := q.(type) {
-	case *Tx:
-		db := v.db
-		v.AfterCommit(func() { fn(db) })
-	case *DB:
-		fn(v)
+	db := q.Store()
+	if tx := q.Txn(); tx != nil {
+		tx.AfterCommit(func() { fn(db) })
+		return
 	}
+	fn(db)
 }
 
 func (c *memberCache) locked(fn func(*memberCache)) {
@@ -86,11 +85,11 @@ func (c *memberCache) reset() {
 // a row for) with each room's last_pos. Read through the store (q a *DB),
 // it is answered from memory after the user's first call.
 func UserRooms(ctx context.Context, q Querier, userID string) (map[string]UserRoom, error) {
-	db, ok := q.(*DB)
-	if !ok {
+	if q.Txn() != nil {
 		all, err := queryUserRooms(ctx, q, userID)
 		return withRoomRows(all), err
 	}
+	db := q.Store()
 	c := &db.members
 	var out map[string]UserRoom
 	var missing []string
