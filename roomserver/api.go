@@ -1,7 +1,3 @@
-// Package roomserver is the single writer of room state. Every event, local
-// or remote, is authorised against the auth rules of its room version,
-// given the state before and after it, and appended to the ordered stream
-// in one transaction; sync, federation and audit consume that stream.
 package roomserver
 
 import (

@@ -1,9 +1,3 @@
-// Package storage is Enclave's single SQL store. Every component keeps its
-// tables here, behind one *DB that speaks two dialects: SQLite (modernc.org/sqlite,
-// pure Go, the embedded default) and PostgreSQL (pgx, production).
-//
-// Queries are written once with PostgreSQL-style $N placeholders; DB rewrites
-// them for SQLite. Schema is created by versioned migrations (migrate.go).
 package storage
 
 import (

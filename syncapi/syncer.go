@@ -1,6 +1,3 @@
-// Package syncapi is the sync stream: it turns the store's ordered stream
-// into /sync responses and wakes long-polling clients the moment something
-// they may see is stored.
 package syncapi
 
 import (

@@ -1,11 +1,3 @@
-// Command enclave is the Enclave homeserver: one static binary that serves,
-// generates keys and manages users.
-//
-//	enclave serve [--data DIR]            run the homeserver
-//	enclave config [--data DIR]           print the effective config
-//	enclave generate-keys [--data DIR]    create the signing key (--force replaces it)
-//	enclave create-user [--data DIR] [--admin] USER [PASSWORD]
-//	enclave version
 package main
 
 import (

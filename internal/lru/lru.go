@@ -1,5 +1,3 @@
-// Package lru is a small, bounded, concurrency-safe least-recently-used
-// cache for immutable values (events, state snapshots).
 package lru
 
 import (

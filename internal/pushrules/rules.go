@@ -1,8 +1,3 @@
-// Package pushrules holds the Matrix push rule model: the spec's default
-// rule set, merging it with a user's own rules and overrides, validating
-// rules sent by clients, and evaluating a rule set against an event. It is
-// pure (no store, no network) so the notifier, the client API and /sync
-// share one definition.
 package pushrules
 
 import (

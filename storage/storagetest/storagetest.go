@@ -1,5 +1,3 @@
-// Package storagetest gives tests a fresh store of each dialect, so every
-// storage and integration test runs against SQLite and PostgreSQL alike.
 package storagetest
 
 import (
