@@ -168,7 +168,7 @@ func TestDirectToDeviceEDU(t *testing.T) {
 
 // memberRooms is a room server knowing memberships only.
 type memberRooms struct {
-	roomserver.API
+	RoomServer
 	members map[string]string // room|user → membership
 }
 

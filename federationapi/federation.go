@@ -26,13 +26,24 @@ import (
 	"enclave/storage"
 )
 
-// RoomInput is what federation asks of the room server.
-type RoomInput interface {
+// RoomServer is everything federation asks of the room server: reads,
+// inbound events, remote joins and invites, and the DAG walks that answer
+// other servers. New takes it whole so that the constructor says what the
+// component uses (internal/server checks *roomserver.RoomServer meets it).
+type RoomServer interface {
 	roomserver.API
 	// InputRemoteEvents authorises and stores events received from origin,
 	// returning a per-event error (nil = accepted; soft-failed events are
 	// accepted but kept out of the timeline).
 	InputRemoteEvents(ctx context.Context, origin spec.ServerName, pdus []gomatrixserverlib.PDU) map[string]error
+	JoinRemoteRoom(ctx context.Context, origin spec.ServerName, join gomatrixserverlib.PDU, state, authChain []gomatrixserverlib.PDU) error
+	StoreRemoteInvite(ctx context.Context, invite gomatrixserverlib.PDU) error
+	LatestForRemote(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, []string, int64, roomserver.StateMap, error)
+	AuthChainOf(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
+	BuildFromProto(proto *gomatrixserverlib.ProtoEvent, ver gomatrixserverlib.IRoomVersion) (gomatrixserverlib.PDU, error)
+	SetFetcher(fetcher roomserver.EventFetcher)
+	StoreBackfilled(ctx context.Context, origin spec.ServerName, roomID string, pdus []gomatrixserverlib.PDU) (int, error)
+	EarliestEvents(ctx context.Context, roomID string) ([]string, error)
 }
 
 // EDUHandler processes one inbound EDU of a type in eduHandlers.
@@ -42,7 +53,7 @@ type EDUHandler func(ctx context.Context, origin spec.ServerName, content json.R
 type Federation struct {
 	cfg        *config.Config
 	db         *storage.DB
-	rs         RoomInput
+	rs         RoomServer
 	serverName spec.ServerName
 	keyID      gomatrixserverlib.KeyID
 	key        ed25519.PrivateKey
@@ -83,7 +94,7 @@ const requestTimeout = 2 * time.Minute
 // and queue, and the federation routes (keys, version, /send). It records
 // the current signing key (retiring a replaced one). Call Start to resume
 // queued deliveries and Stop on shutdown.
-func New(cfg *config.Config, db *storage.DB, rs RoomInput, keyID string, key ed25519.PrivateKey) (*Federation, error) {
+func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed25519.PrivateKey) (*Federation, error) {
 	if err := config.ValidateServerName(cfg.ServerName); err != nil {
 		return nil, err
 	}

@@ -21,14 +21,14 @@ import (
 	"enclave/storage/storagetest"
 )
 
-// fakeRooms is a RoomInput knowing a fixed set of rooms; it records what
+// fakeRooms is a RoomServer knowing a fixed set of rooms; it records what
 // InputRemoteEvents is given and rejects events whose ID is in reject.
 type fakeRooms struct {
-	roomserver.API // unused methods panic
-	mu             sync.Mutex
-	versions       map[string]gomatrixserverlib.RoomVersion
-	reject         map[string]error
-	got            []gomatrixserverlib.PDU
+	RoomServer // unused methods panic
+	mu         sync.Mutex
+	versions   map[string]gomatrixserverlib.RoomVersion
+	reject     map[string]error
+	got        []gomatrixserverlib.PDU
 }
 
 func (r *fakeRooms) RoomVersion(_ context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
@@ -96,7 +96,7 @@ func (k testKey) event(t testing.TB, roomID, sender, body string) gomatrixserver
 
 // newTestFederation builds a Federation named "self.test" on a fresh
 // SQLite store, federation enabled and open to all but the given config.
-func newTestFederation(t testing.TB, rs RoomInput, mutate func(c *config.Config)) *Federation {
+func newTestFederation(t testing.TB, rs RoomServer, mutate func(c *config.Config)) *Federation {
 	t.Helper()
 	db := storagetest.Open(t, storage.SQLite)
 	cfg := config.Default()

@@ -75,7 +75,7 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 		ver := resp.JoinEvent.Version()
 		state := resp.StateSnapshot.GetStateEvents().TrustedEvents(ver, false)
 		auth := resp.StateSnapshot.GetAuthEvents().TrustedEvents(ver, false)
-		if err := f.roomServer().JoinRemoteRoom(ctx, server, resp.JoinEvent, state, auth); err != nil {
+		if err := f.rs.JoinRemoteRoom(ctx, server, resp.JoinEvent, state, auth); err != nil {
 			return "", err
 		}
 		return roomID, nil
@@ -224,7 +224,7 @@ func (x fetcher) verified(ctx context.Context, evs []gomatrixserverlib.PDU) []go
 // Backfill asks the other servers in the room for history older than the
 // oldest event we hold, verifies it and stores it (clientapi.Federation).
 func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (int, error) {
-	rs := f.roomServer()
+	rs := f.rs
 	from, err := rs.EarliestEvents(ctx, roomID)
 	if err != nil || len(from) == 0 {
 		return 0, err

@@ -19,20 +19,6 @@ import (
 	"enclave/storage"
 )
 
-// RoomServer is the concrete room server: the room-level federation
-// endpoints need its remote-join, invite and DAG-walking methods.
-type RoomServer interface {
-	RoomInput
-	JoinRemoteRoom(ctx context.Context, origin spec.ServerName, join gomatrixserverlib.PDU, state, authChain []gomatrixserverlib.PDU) error
-	StoreRemoteInvite(ctx context.Context, invite gomatrixserverlib.PDU) error
-	LatestForRemote(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, []string, int64, roomserver.StateMap, error)
-	AuthChainOf(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
-	BuildFromProto(proto *gomatrixserverlib.ProtoEvent, ver gomatrixserverlib.IRoomVersion) (gomatrixserverlib.PDU, error)
-	SetFetcher(fetcher roomserver.EventFetcher)
-	StoreBackfilled(ctx context.Context, origin spec.ServerName, roomID string, pdus []gomatrixserverlib.PDU) (int, error)
-	EarliestEvents(ctx context.Context, roomID string) ([]string, error)
-}
-
 // mxErr is a Matrix error body.
 func mxErr(code, msg string) map[string]string {
 	return map[string]string{"errcode": code, "error": msg}
@@ -133,8 +119,6 @@ func globMatch(pattern, s string) bool {
 	}
 }
 
-func (f *Federation) roomServer() RoomServer { return f.rs.(RoomServer) }
-
 // makeMembership answers make_join / make_leave / make_knock with an event
 // template for the remote user, if the current state would allow it.
 func (f *Federation) makeMembership(membership string) roomHandler {
@@ -145,7 +129,7 @@ func (f *Federation) makeMembership(membership string) roomHandler {
 		if err != nil || domain != origin {
 			return 403, mxErr("M_FORBIDDEN", "the user must belong to the requesting server")
 		}
-		ver, prev, depth, st, err := f.roomServer().LatestForRemote(r.Context(), roomID)
+		ver, prev, depth, st, err := f.rs.LatestForRemote(r.Context(), roomID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
 			return 404, mxErr("M_NOT_FOUND", "unknown room")
 		} else if err != nil {
@@ -199,7 +183,7 @@ func (f *Federation) sendMembership(membership string) roomHandler {
 	return func(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
 		v := mux.Vars(r)
 		roomID := v["roomId"]
-		ver, _, _, st, err := f.roomServer().LatestForRemote(r.Context(), roomID)
+		ver, _, _, st, err := f.rs.LatestForRemote(r.Context(), roomID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
 			return 404, mxErr("M_NOT_FOUND", "unknown room")
 		} else if err != nil {
@@ -236,7 +220,7 @@ func (f *Federation) sendMembership(membership string) roomHandler {
 		if err != nil {
 			return 500, mxErr("M_UNKNOWN", "internal error")
 		}
-		chain, err := f.roomServer().AuthChainOf(r.Context(), before.Events())
+		chain, err := f.rs.AuthChainOf(r.Context(), before.Events())
 		if err != nil {
 			return 500, mxErr("M_UNKNOWN", "internal error")
 		}
@@ -324,7 +308,7 @@ func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []by
 			signed = withState
 		}
 	}
-	if err := f.roomServer().StoreRemoteInvite(r.Context(), signed); err != nil {
+	if err := f.rs.StoreRemoteInvite(r.Context(), signed); err != nil {
 		return 500, mxErr("M_UNKNOWN", "internal error")
 	}
 	return 200, map[string]any{"event": json.RawMessage(signed.JSON())}
@@ -366,7 +350,7 @@ func (f *Federation) state(idsOnly bool) roomHandler {
 		if err != nil {
 			return 500, mxErr("M_UNKNOWN", "internal error")
 		}
-		chain, err := f.roomServer().AuthChainOf(r.Context(), st.Events())
+		chain, err := f.rs.AuthChainOf(r.Context(), st.Events())
 		if err != nil {
 			return 500, mxErr("M_UNKNOWN", "internal error")
 		}
@@ -405,7 +389,7 @@ func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte
 	if err != nil || len(evs) == 0 || evs[0].RoomID().String() != v["roomId"] {
 		return 404, mxErr("M_NOT_FOUND", "event not found")
 	}
-	chain, err := f.roomServer().AuthChainOf(r.Context(), evs)
+	chain, err := f.rs.AuthChainOf(r.Context(), evs)
 	if err != nil {
 		return 500, mxErr("M_UNKNOWN", "internal error")
 	}

@@ -25,6 +25,9 @@ import (
 	"enclave/syncapi"
 )
 
+// The room server meets everything federation asks of it.
+var _ federationapi.RoomServer = (*roomserver.RoomServer)(nil)
+
 // retentionInterval is how often expired events (MSC1763) are purged.
 const retentionInterval = time.Hour
 
