@@ -33,10 +33,23 @@ type MediaAdmin interface {
 	UnquarantineMedia(ctx context.Context, serverName, mediaID string) error
 }
 
+// Rooms is what the admin API asks of the room server: the reads and
+// local events of its room endpoints, and the purges, which only the room
+// server may run (under the room lock, keeping its caches true). inTx runs
+// in the purge's transaction, for the audit entry and the block.
+type Rooms interface {
+	CreateRoom(ctx context.Context, req roomserver.CreateRoomRequest) (string, error)
+	SendEvent(ctx context.Context, req roomserver.SendRequest) (*storage.Event, error)
+	CurrentState(ctx context.Context, roomID string) (roomserver.StateMap, error)
+	Membership(ctx context.Context, roomID, userID string) (string, error)
+	PurgeRoom(ctx context.Context, roomID string, inTx func(tx *storage.Tx, events int64) error) (int64, error)
+	PurgeHistory(ctx context.Context, roomID string, beforeTS int64, inTx func(tx *storage.Tx, events int64) error) (int64, error)
+}
+
 // Options are the admin API's dependencies.
 type Options struct {
 	DB         *storage.DB
-	Rooms      roomserver.API
+	Rooms      Rooms
 	Client     *clientapi.API
 	RBAC       *rbac.RBAC
 	Audit      *auditapi.Log

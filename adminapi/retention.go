@@ -83,11 +83,9 @@ func (a *API) RunRetention(ctx context.Context) (map[string]int64, error) {
 			continue
 		}
 		before := now - lifetime
-		var n int64
-		err = a.DB.WithTx(ctx, func(tx *storage.Tx) error {
-			var err error
-			if n, err = storage.PurgeExpiredEvents(ctx, tx, roomID, before); err != nil || n == 0 {
-				return err
+		n, err := a.Rooms.PurgeHistory(ctx, roomID, before, func(tx *storage.Tx, n int64) error {
+			if n == 0 {
+				return nil
 			}
 			details := map[string]any{"events": n, "before_ts": before, "max_lifetime": lifetime, "policy": source}
 			if source == "room" && lifetime != own[roomID] {

@@ -408,7 +408,10 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 		return nil, err
 	}
 	now := time.Now().UnixMilli()
-	err = a.DB.WithTx(ctx, func(tx *storage.Tx) error {
+	// The admin API's own writes: aliases, the directory flag, the block
+	// and the audit entries. With purge they run in the room server's
+	// purge transaction, after the room's rows are gone.
+	writes := func(tx *storage.Tx, events int64) error {
 		for _, al := range aliases {
 			if strings.HasSuffix(al, suffix) {
 				if err := storage.DeleteAlias(ctx, tx, al); err != nil {
@@ -436,24 +439,22 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 		if !purge {
 			return nil
 		}
-		n, err := storage.PurgeRoom(ctx, tx, roomID)
-		if err != nil {
-			return err
-		}
-		details := map[string]any{"events": n, "kicked_users": len(res.KickedUsers)}
+		details := map[string]any{"events": events, "kicked_users": len(res.KickedUsers)}
 		if newRoomID != "" {
 			details["new_room_id"] = newRoomID
 		}
 		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomPurge, Target: roomID, RoomID: roomID, Details: details})
-	})
+	}
+	if purge {
+		_, err = a.Rooms.PurgeRoom(ctx, roomID, writes)
+	} else {
+		err = a.DB.WithTx(ctx, func(tx *storage.Tx) error { return writes(tx, 0) })
+	}
 	if err != nil {
 		return nil, err
 	}
 	if req.Block || purge {
 		a.RBAC.SetRoomBlocked(roomID, true, purge)
-	}
-	if ev, ok := a.Rooms.(interface{ Evict(string) }); ok && purge {
-		ev.Evict(roomID) // the room server's cached tip of a room now gone
 	}
 	return res, nil
 }

@@ -446,13 +446,3 @@ func (s *RoomServer) StateEventAt(ctx context.Context, snapshot int64, typ, stat
 	}
 	return evs[0], nil
 }
-
-// Evict forgets the in-memory tip of a room, after an admin purge removed
-// it from the store: later requests find the room unknown.
-func (s *RoomServer) Evict(roomID string) {
-	unlock := s.lock(roomID)
-	defer unlock()
-	s.roomsMu.Lock()
-	delete(s.rooms, roomID)
-	s.roomsMu.Unlock()
-}

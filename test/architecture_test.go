@@ -123,6 +123,37 @@ func TestArchitecture(t *testing.T) {
 		}
 	}
 
+	// The room server is the only writer of rooms: the storage functions
+	// that change events or room state are called from roomserver alone
+	// (storage itself and tests aside). Others ask the room server.
+	roomWriters := []string{"InsertEvent", "InsertRoom", "UpdateRoomHead", "SetRoomLastPos", "PromoteOutlier", "RedactEvent",
+		"InsertSnapshot", "SetCurrentState", "PurgeRoom", "PurgeRoomIndexes", "PurgeExpiredEvents"}
+	for path, f := range files {
+		if strings.HasPrefix(path, "roomserver/") || strings.HasPrefix(path, "storage/") || strings.HasPrefix(path, "test/") {
+			continue
+		}
+		name := ""
+		for _, imp := range f.Imports {
+			if imp.Path.Value == `"enclave/storage"` {
+				name = "storage"
+				if imp.Name != nil {
+					name = imp.Name.Name
+				}
+			}
+		}
+		if name == "" {
+			continue
+		}
+		ast.Inspect(f, func(n ast.Node) bool {
+			if sel, ok := n.(*ast.SelectorExpr); ok {
+				if id, ok := sel.X.(*ast.Ident); ok && id.Name == name && slices.Contains(roomWriters, sel.Sel.Name) {
+					t.Errorf("%s: storage.%s writes rooms: go through a roomserver method (room lock, caches)", path, sel.Sel.Name)
+				}
+			}
+			return true
+		})
+	}
+
 	// Who imports clientapi: the assembly, the binary and these tests, plus
 	// the packages that still use its HTTP kit (to move to internal/httpapi).
 	allowed := []string{"enclave/internal/server", "enclave/cmd/enclave", "enclave/test", "enclave/clientapi",

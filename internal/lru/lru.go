@@ -61,3 +61,18 @@ func (c *Cache[K, V]) Remove(k K) {
 		delete(c.items, k)
 	}
 }
+
+// RemoveIf drops every entry for which drop is true. It walks the whole
+// cache, so it is for rare bulk invalidations (a purge), not hot paths.
+func (c *Cache[K, V]) RemoveIf(drop func(K, V) bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for el := c.ll.Front(); el != nil; {
+		next := el.Next()
+		if e := el.Value.(*entry[K, V]); drop(e.k, e.v) {
+			c.ll.Remove(el)
+			delete(c.items, e.k)
+		}
+		el = next
+	}
+}

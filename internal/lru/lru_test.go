@@ -25,3 +25,16 @@ func TestEvictsLeastRecentlyUsed(t *testing.T) {
 		t.Fatal("a should be removed")
 	}
 }
+
+func TestRemoveIf(t *testing.T) {
+	c := New[int, string](10)
+	for i := range 6 {
+		c.Put(i, "v")
+	}
+	c.RemoveIf(func(k int, _ string) bool { return k%2 == 0 })
+	for i := range 6 {
+		if _, ok := c.Get(i); ok != (i%2 == 1) {
+			t.Errorf("key %d present=%v after RemoveIf(even)", i, ok)
+		}
+	}
+}
