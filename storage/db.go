@@ -36,6 +36,8 @@ type Options struct {
 type DB struct {
 	sql     *sql.DB
 	Dialect Dialect
+	// path is the SQLite database file ("" on PostgreSQL).
+	path string
 	// rebound caches the SQLite form of each query text.
 	rebound sync.Map
 	// stmts caches prepared statements by query text (SQLite only): the
@@ -98,14 +100,19 @@ func Open(ctx context.Context, url string, opts Options) (*DB, error) {
 
 func openRaw(url string, opts Options) (*DB, error) {
 	var (
-		driver, dsn string
-		dialect     Dialect
+		driver, dsn, file string
+		dialect           Dialect
 	)
 	switch {
 	case strings.HasPrefix(url, "sqlite:"):
 		path := strings.TrimPrefix(url, "sqlite:")
 		path = strings.TrimPrefix(path, "//")
 		driver, dialect = "sqlite", SQLite
+		file = path
+		if i := strings.Index(file, "?"); i >= 0 {
+			file = file[:i]
+		}
+		file = strings.TrimPrefix(file, "file:")
 		// WAL lets readers run beside the single writer; IMMEDIATE transactions
 		// take the write lock up front so two writers queue on busy_timeout
 		// instead of deadlocking on a lock upgrade. synchronous=NORMAL in WAL
@@ -145,7 +152,7 @@ func openRaw(url string, opts Options) (*DB, error) {
 	if opts.ConnMaxLifetime > 0 {
 		sdb.SetConnMaxLifetime(opts.ConnMaxLifetime)
 	}
-	return &DB{sql: sdb, Dialect: dialect, ignores: newIgnoreCache()}, nil
+	return &DB{sql: sdb, Dialect: dialect, path: file, ignores: newIgnoreCache()}, nil
 }
 
 // Close closes the pool.

@@ -73,6 +73,9 @@ type Server struct {
 	servers   []*http.Server
 	listeners []net.Listener
 	closers   []func()
+	// unlock releases the store's serving lock (storage.LockForServing),
+	// taken before anything else touches the store.
+	unlock func()
 	// extra are the component listeners Start opens after the client and
 	// metrics ones; startHooks run once all listeners are open.
 	extra      []*extraListener
@@ -97,11 +100,17 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry()}
+	unlock, err := db.LockForServing(ctx)
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry(), unlock: unlock}
 	if err := s.build(ctx); err != nil {
 		if s.Audit != nil {
 			s.Audit.Close() // stops its sealer before the store closes
 		}
+		unlock()
 		db.Close()
 		return nil, err
 	}
@@ -254,6 +263,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	for _, c := range closers {
 		c()
 	}
+	s.unlock()
 	errs = append(errs, s.DB.Close())
 	return errors.Join(errs...)
 }
