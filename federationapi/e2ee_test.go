@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"mime/multipart"
@@ -245,14 +246,21 @@ func TestKeyCacheInvalidation(t *testing.T) {
 	}
 }
 
+// mediaFunc is a LocalMedia made of a function.
+type mediaFunc func(w http.ResponseWriter, r *http.Request, mediaID string, thumb bool)
+
+func (m mediaFunc) ServeFederation(w http.ResponseWriter, r *http.Request, mediaID string, thumb bool) {
+	m(w, r, mediaID, thumb)
+}
+
 func TestMultipartMediaResponse(t *testing.T) {
 	f := newTestFederation(t, &fakeRooms{versions: map[string]gomatrixserverlib.RoomVersion{}}, func(c *config.Config) {
 		c.Federation.AllowedServers = []string{"remote.test"}
 	})
 	var asked string
-	f.StartLocal(Local{StreamPos: f.db.Stream.Current, Media: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		asked = r.URL.String()
-		if strings.HasSuffix(r.URL.Path, "/missing") {
+	f.StartLocal(Local{StreamPos: f.db.Stream.Current, Media: mediaFunc(func(w http.ResponseWriter, r *http.Request, mediaID string, thumb bool) {
+		asked = fmt.Sprintf("%s thumb=%v timeout_ms=%s", mediaID, thumb, r.URL.Query().Get("timeout_ms"))
+		if mediaID == "missing" {
 			w.Header().Set("Content-Type", "application/json")
 			w.WriteHeader(404)
 			_, _ = w.Write([]byte(`{"errcode":"M_NOT_FOUND","error":"media not found"}`))
@@ -276,7 +284,7 @@ func TestMultipartMediaResponse(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if asked != "/_matrix/media/v3/download/self.test/abc?allow_remote=false&timeout_ms=5" {
+	if asked != "abc thumb=false timeout_ms=5" {
 		t.Fatalf("media handler asked for %s", asked)
 	}
 	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))

@@ -45,10 +45,16 @@ type Local struct {
 	PresenceEnabled func() bool
 	// StreamPos is the highest visible stream position.
 	StreamPos func() int64
-	// Media serves local media as the client API does, on
-	// GET /_matrix/media/v3/download/{serverName}/{mediaId} and
-	// /_matrix/media/v3/thumbnail/{serverName}/{mediaId}.
-	Media http.Handler
+	// Media serves this server's media to other servers.
+	Media LocalMedia
+}
+
+// LocalMedia is the media repository as federation sees it
+// (mediaapi.Repo implements it): it writes the plain answer for one of
+// this server's media (a download, or a thumbnail sized by the request's
+// query) that serveMedia frames as multipart.
+type LocalMedia interface {
+	ServeFederation(w http.ResponseWriter, r *http.Request, mediaID string, thumb bool)
 }
 
 // Limits and timings of the EDU handlers.

@@ -25,9 +25,9 @@ import (
 // FetchMedia is the other direction, used by the media repository for
 // mxc:// URIs of other servers.
 //
-// Serving goes through the media repository's own client-side handler
-// (Local.Media), so quarantine, sealing, pending uploads and thumbnailing
-// behave exactly as for local clients; only the framing differs.
+// Serving is the media repository's (Local.Media): quarantine, sealing,
+// pending uploads and thumbnailing behave exactly as for local clients;
+// only the framing differs.
 
 // ErrMediaNotFound is FetchMedia's answer for media the origin lacks.
 var ErrMediaNotFound = errors.New("federation: remote media not found")
@@ -44,30 +44,8 @@ func (f *Federation) serveMedia(thumb bool) func(http.ResponseWriter, *http.Requ
 			writeJSON(w, code, resp)
 			return
 		}
-		in := r.URL.Query()
-		q := url.Values{"allow_remote": {"false"}}
-		kind := "download"
-		keep := []string{"timeout_ms"}
-		if thumb {
-			kind = "thumbnail"
-			keep = append(keep, "width", "height", "method", "animated")
-		}
-		for _, k := range keep {
-			if v := in.Get(k); v != "" {
-				q.Set(k, v)
-			}
-		}
-		ireq, err := http.NewRequestWithContext(r.Context(), http.MethodGet, "/", nil)
-		if err != nil {
-			code, resp := internalError(r, err)
-			writeJSON(w, code, resp)
-			return
-		}
-		ireq.URL = &url.URL{Path: "/_matrix/media/v3/" + kind + "/" + string(f.serverName) + "/" + mux.Vars(r)["mediaId"], RawQuery: q.Encode()}
-		ireq.RequestURI = ireq.URL.RequestURI()
-		ireq.RemoteAddr = r.RemoteAddr
 		mw := &multipartResponse{out: w, header: http.Header{}}
-		l.Media.ServeHTTP(mw, ireq)
+		l.Media.ServeFederation(mw, r, mux.Vars(r)["mediaId"], thumb)
 		mw.finish()
 	}
 }

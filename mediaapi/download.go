@@ -82,27 +82,32 @@ func (r *Repo) download(authed bool) http.HandlerFunc {
 			user = dev.UserID
 		}
 		v := clientapi.Vars(req)
-		obj, resp, ok := r.openMedia(req, v["serverName"], v["mediaId"], authed)
-		if !ok {
-			clientapi.WriteResponse(w, resp)
-			return
-		}
-		defer obj.Close()
-		fileName := obj.meta.FileName
-		if v["fileName"] != "" {
-			fileName = v["fileName"]
-		}
-		ct := obj.meta.ContentType
-		if ct == "" {
-			ct = "application/octet-stream"
-		}
-		h := w.Header()
-		securityHeaders(h)
-		h.Set("Content-Type", ct)
-		h.Set("Content-Disposition", contentDisposition(ct, fileName))
-		r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "download")
-		http.ServeContent(w, req, "", time.UnixMilli(obj.row.UploadedTS), obj.r)
+		r.serveDownload(w, req, v["serverName"], v["mediaId"], v["fileName"], user, authed)
 	}
+}
+
+// serveDownload streams one media item (fileName, if set, overrides the
+// stored name) and records the download for user ("" when anonymous).
+func (r *Repo) serveDownload(w http.ResponseWriter, req *http.Request, origin, mediaID, fileName, user string, authed bool) {
+	obj, resp, ok := r.openMedia(req, origin, mediaID, authed)
+	if !ok {
+		clientapi.WriteResponse(w, resp)
+		return
+	}
+	defer obj.Close()
+	if fileName == "" {
+		fileName = obj.meta.FileName
+	}
+	ct := obj.meta.ContentType
+	if ct == "" {
+		ct = "application/octet-stream"
+	}
+	h := w.Header()
+	securityHeaders(h)
+	h.Set("Content-Type", ct)
+	h.Set("Content-Disposition", contentDisposition(ct, fileName))
+	r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "download")
+	http.ServeContent(w, req, "", time.UnixMilli(obj.row.UploadedTS), obj.r)
 }
 
 // openMedia finds media (fetching remote media through the federation

@@ -74,50 +74,56 @@ func (r *Repo) thumbnail(authed bool) http.HandlerFunc {
 			}
 			user = dev.UserID
 		}
-		spec, resp, ok := parseThumbSpec(req)
-		if !ok {
-			clientapi.WriteResponse(w, resp)
-			return
-		}
 		v := clientapi.Vars(req)
-		obj, resp, ok := r.openMedia(req, v["serverName"], v["mediaId"], authed)
-		if !ok {
-			clientapi.WriteResponse(w, resp)
-			return
-		}
-		defer obj.Close()
+		r.serveThumbnail(w, req, v["serverName"], v["mediaId"], user, authed)
+	}
+}
+
+// serveThumbnail answers a thumbnail of one media item, sized by the
+// request's width, height and method, and records it for user.
+func (r *Repo) serveThumbnail(w http.ResponseWriter, req *http.Request, origin, mediaID, user string, authed bool) {
+	spec, resp, ok := parseThumbSpec(req)
+	if !ok {
+		clientapi.WriteResponse(w, resp)
+		return
+	}
+	obj, resp, ok := r.openMedia(req, origin, mediaID, authed)
+	if !ok {
+		clientapi.WriteResponse(w, resp)
+		return
+	}
+	defer obj.Close()
+	if r.serveCachedThumb(w, req, obj, spec, user) {
+		return
+	}
+	// Once a media item has its fill of cached sizes, further sizes get
+	// the nearest cached one instead of a fresh decode each time (the
+	// legacy endpoint is unauthenticated: no CPU for the asking).
+	if alt, ok := r.nearestCachedThumb(req.Context(), obj, spec); ok && r.serveCachedThumb(w, req, obj, alt, user) {
+		return
+	}
+	data, ct, err := r.makeThumb(req.Context(), obj, spec)
+	switch {
+	case errors.Is(err, errNotImage):
+		clientapi.WriteResponse(w, clientapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "cannot generate thumbnails for the requested content"))
+		return
+	case errors.Is(err, errImageTooLarge):
+		clientapi.WriteResponse(w, clientapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "content is too large to thumbnail"))
+		return
+	case errors.Is(err, errCachedMeanwhile):
 		if r.serveCachedThumb(w, req, obj, spec, user) {
 			return
 		}
-		// Once a media item has its fill of cached sizes, further sizes get
-		// the nearest cached one instead of a fresh decode each time (the
-		// legacy endpoint is unauthenticated: no CPU for the asking).
-		if alt, ok := r.nearestCachedThumb(req.Context(), obj, spec); ok && r.serveCachedThumb(w, req, obj, alt, user) {
-			return
-		}
-		data, ct, err := r.makeThumb(req.Context(), obj, spec)
-		switch {
-		case errors.Is(err, errNotImage):
-			clientapi.WriteResponse(w, clientapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "cannot generate thumbnails for the requested content"))
-			return
-		case errors.Is(err, errImageTooLarge):
-			clientapi.WriteResponse(w, clientapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "content is too large to thumbnail"))
-			return
-		case errors.Is(err, errCachedMeanwhile):
-			if r.serveCachedThumb(w, req, obj, spec, user) {
-				return
-			}
+		clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+		return
+	case err != nil:
+		if req.Context().Err() == nil {
 			clientapi.WriteResponse(w, clientapi.InternalError(req, err))
-			return
-		case err != nil:
-			if req.Context().Err() == nil {
-				clientapi.WriteResponse(w, clientapi.InternalError(req, err))
-			}
-			return
 		}
-		r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "thumbnail")
-		writeThumb(w, req, ct, time.Now(), bytes.NewReader(data))
+		return
 	}
+	r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "thumbnail")
+	writeThumb(w, req, ct, time.Now(), bytes.NewReader(data))
 }
 
 func writeThumb(w http.ResponseWriter, req *http.Request, ct string, mod time.Time, body io.ReadSeeker) {

@@ -247,7 +247,7 @@ func (s *Server) buildFederation(ctx context.Context) error {
 			SetTyping:       s.Sync.Typing().Set,
 			PresenceEnabled: s.Sync.Presence().Enabled,
 			StreamPos:       s.DB.Stream.Current,
-			Media:           s.Client.Handler(),
+			Media:           s.Media,
 		})
 		return nil
 	})
