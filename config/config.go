@@ -53,6 +53,18 @@ type ListenConfig struct {
 	Federation string `yaml:"federation" doc:"host:port for the server-server (federation) API, always served with TLS 1.3 or newer using tls.cert and tls.key. Empty disables the federation listener."`
 	ClientTLS  bool   `yaml:"client_tls" doc:"Serve TLS on the client listener using tls.cert and tls.key. Leave false when a reverse proxy terminates TLS."`
 	Metrics    string `yaml:"metrics" doc:"host:port for the Prometheus metrics endpoint. Empty disables it. Do not expose it publicly."`
+	// ClientTLSMinVersion is the oldest TLS version the client listener
+	// accepts; federation is always 1.3.
+	ClientTLSMinVersion string `yaml:"client_tls_min_version" doc:"Oldest TLS version the client listener accepts when listen.client_tls is true: 1.2 or 1.3. Keep 1.3 unless old clients must connect directly."`
+	// MaxConnectionsPerIP bounds the open connections of one remote
+	// address on every listener, so one host cannot exhaust the process's
+	// file descriptors.
+	MaxConnectionsPerIP int `yaml:"max_connections_per_ip" doc:"Most open connections one remote IP may hold on each listener; further connections are closed at once. 0 disables the cap. Behind a reverse proxy every client shares the proxy's address: raise it to the proxy's upstream connection limit."`
+	// BodyTimeout and BodyMinRate close connections whose request body
+	// trickles in: a body must arrive at BodyMinRate bytes per second on
+	// average after a grace of BodyTimeout.
+	BodyTimeout Duration `yaml:"body_timeout" doc:"Grace for a request body: after it, the body must have arrived at listen.body_min_bytes_per_second on average or the connection is closed. 0 disables the check."`
+	BodyMinRate int64    `yaml:"body_min_bytes_per_second" doc:"Average rate a request body must keep after listen.body_timeout (bytes per second)."`
 }
 
 // TLSConfig locates certificate files; paths are relative to the data dir.
@@ -184,7 +196,8 @@ type WellKnownConfig struct {
 func Default() *Config {
 	return &Config{
 		ServerName: "localhost",
-		Listen:     ListenConfig{Client: "127.0.0.1:8008"},
+		Listen: ListenConfig{Client: "127.0.0.1:8008", ClientTLSMinVersion: "1.3",
+			MaxConnectionsPerIP: 1024, BodyTimeout: Duration{30 * time.Second}, BodyMinRate: 1024},
 		SigningKey: "signing.key",
 		Database: DatabaseConfig{
 			URL:             "sqlite:enclave.db",

@@ -18,9 +18,12 @@ func (c *Config) FederationTLSConfig() (*tls.Config, error) {
 }
 
 // ClientTLSConfig returns the server TLS config for the client listener
-// (when listen.client_tls is set). TLS 1.2 remains allowed for older clients.
+// (when listen.client_tls is set), at listen.client_tls_min_version.
 func (c *Config) ClientTLSConfig() (*tls.Config, error) {
-	return c.serverTLS(tls.VersionTLS12)
+	if c.Listen.ClientTLSMinVersion == "1.2" {
+		return c.serverTLS(tls.VersionTLS12)
+	}
+	return c.serverTLS(tls.VersionTLS13)
 }
 
 func (c *Config) serverTLS(minVersion uint16) (*tls.Config, error) {

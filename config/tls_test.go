@@ -11,6 +11,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
@@ -71,9 +72,18 @@ func TestServerTLSConfigs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cli.MinVersion != tls.VersionTLS12 {
-		t.Errorf("client MinVersion = %x, want TLS 1.2", cli.MinVersion)
+	if cli.MinVersion != tls.VersionTLS13 {
+		t.Errorf("client MinVersion = %x, want TLS 1.3 (the default)", cli.MinVersion)
 	}
+	c.Listen.ClientTLSMinVersion = "1.2"
+	if old, err := c.ClientTLSConfig(); err != nil || old.MinVersion != tls.VersionTLS12 {
+		t.Errorf("client_tls_min_version 1.2: MinVersion %x, %v", old.MinVersion, err)
+	}
+	c.Listen.ClientTLSMinVersion = "1.1"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "listen.client_tls_min_version") {
+		t.Errorf("client_tls_min_version 1.1 accepted: %v", err)
+	}
+	c.Listen.ClientTLSMinVersion = "1.3"
 	got, err := fed.GetCertificate(&tls.ClientHelloInfo{})
 	if err != nil || !got.Leaf.Equal(want) {
 		t.Errorf("GetCertificate did not return the configured cert: %v", err)

@@ -66,6 +66,14 @@ func (c *Config) Validate() error {
 			}
 		}
 	}
+	oneOf("listen.client_tls_min_version", c.Listen.ClientTLSMinVersion, "1.2", "1.3")
+	if c.Listen.MaxConnectionsPerIP < 0 {
+		bad("listen.max_connections_per_ip", "must not be negative")
+	}
+	notNegative("listen.body_timeout", c.Listen.BodyTimeout)
+	if c.Listen.BodyTimeout.Duration > 0 {
+		positive("listen.body_min_bytes_per_second", float64(c.Listen.BodyMinRate))
+	}
 	if c.TLS.Cert == "" && c.TLS.Key != "" {
 		bad("tls.cert", "must be set when tls.key is set")
 	}

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -63,7 +62,9 @@ func (s *Server) startExtra() error {
 		if err != nil {
 			return fmt.Errorf("listen %s: %w", el.addr, err)
 		}
-		srv := &http.Server{Handler: el.h, TLSConfig: el.tls, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+		srv := s.newHTTPServer(el.h)
+		srv.TLSConfig = el.tls
+		l = s.guard.listen(l)
 		s.mu.Lock()
 		el.bound = l.Addr().String()
 		s.servers = append(s.servers, srv)

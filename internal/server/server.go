@@ -76,6 +76,8 @@ type Server struct {
 	// unlock releases the store's serving lock (storage.LockForServing),
 	// taken before anything else touches the store.
 	unlock func()
+	// guard caps the connections of all listeners (guard.go).
+	guard *connGuard
 	// extra are the component listeners Start opens after the client and
 	// metrics ones; startHooks run once all listeners are open.
 	extra      []*extraListener
@@ -195,7 +197,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 
 // Serve listens on l with h until Shutdown.
 func (s *Server) serve(l net.Listener, h http.Handler, tlsOn bool) {
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second}
+	srv := s.newHTTPServer(h)
+	l = s.guard.listen(l)
 	s.mu.Lock()
 	s.servers = append(s.servers, srv)
 	s.listeners = append(s.listeners, l)
@@ -222,6 +225,7 @@ func (s *Server) serve(l net.Listener, h http.Handler, tlsOn bool) {
 // Start opens the configured listeners (client, metrics) and returns the
 // client listener's address.
 func (s *Server) Start() (string, error) {
+	s.guard = newConnGuard(s.Config.Listen.MaxConnectionsPerIP, raiseFileLimit())
 	l, err := net.Listen("tcp", s.Config.Listen.Client)
 	if err != nil {
 		return "", fmt.Errorf("listen.client: %w", err)
