@@ -19,7 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/rbac"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -46,11 +46,20 @@ type Rooms interface {
 	PurgeHistory(ctx context.Context, roomID string, beforeTS int64, inTx func(tx *storage.Tx, events int64) error) (int64, error)
 }
 
+// ClientAPI is what the admin API needs of the client API: its listener to
+// mount on, and the account actions that reach its token cache and rooms
+// (clientapi.API implements it).
+type ClientAPI interface {
+	httpapi.Routes
+	InvalidateUserTokens(userID string)
+	LeaveAllRooms(ctx context.Context, userID string)
+}
+
 // Options are the admin API's dependencies.
 type Options struct {
 	DB         *storage.DB
 	Rooms      Rooms
-	Client     *clientapi.API
+	Client     ClientAPI
 	RBAC       *rbac.RBAC
 	Audit      *auditapi.Log
 	ServerName string
@@ -70,7 +79,7 @@ type API struct {
 // New builds the admin API; Register mounts it.
 func New(o Options) *API { return &API{Options: o} }
 
-type handler func(r *http.Request, dev *clientapi.Device) clientapi.Response
+type handler func(r *http.Request, dev *httpapi.Device) httpapi.Response
 
 // Register mounts every endpoint on the client listener.
 func (a *API) Register() {
@@ -133,7 +142,7 @@ func (a *API) Register() {
 // route registers an admin endpoint whose every call is audited. A read
 // whose call cannot be recorded is not answered.
 func (a *API) route(method, path string, h handler) {
-	a.Client.HandleAuthed(method, path, "admin", func(r *http.Request, dev *clientapi.Device) clientapi.Response {
+	a.Client.HandleAuthed(method, path, "admin", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		resp := h(r, dev)
 		code := resp.Code
 		if code == 0 {
@@ -157,7 +166,7 @@ func (a *API) route(method, path string, h handler) {
 		})
 		if err != nil {
 			if method == http.MethodGet {
-				return clientapi.InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			logrus.WithError(err).WithField("path", r.URL.Path).Error("admin: recording the call (its change was recorded with it)")
 		}
@@ -165,8 +174,8 @@ func (a *API) route(method, path string, h handler) {
 	})
 }
 
-func (a *API) serverVersion(r *http.Request, _ *clientapi.Device) clientapi.Response {
-	return clientapi.JSON(http.StatusOK, map[string]any{"server_version": a.Version})
+func (a *API) serverVersion(r *http.Request, _ *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(http.StatusOK, map[string]any{"server_version": a.Version})
 }
 
 // vars returns a path variable.
@@ -179,13 +188,13 @@ func (a *API) isLocalUser(userID string) bool {
 }
 
 // record writes an audit entry for a change inside its transaction.
-func (a *API) record(ctx context.Context, tx *storage.Tx, dev *clientapi.Device, e auditapi.Entry) error {
+func (a *API) record(ctx context.Context, tx *storage.Tx, dev *httpapi.Device, e auditapi.Entry) error {
 	if e.Actor.UserID == "" {
 		e.Actor = auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	}
 	return a.Audit.Record(ctx, tx, e)
 }
 
-func badParam(format string, args ...any) clientapi.Response {
-	return clientapi.InvalidParam(format, args...)
+func badParam(format string, args ...any) httpapi.Response {
+	return httpapi.InvalidParam(format, args...)
 }

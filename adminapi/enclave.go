@@ -7,13 +7,13 @@ import (
 	"time"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/rbac"
 	"enclave/storage"
 )
 
 // GET /_enclave/admin/v1/roles: the role definitions.
-func (a *API) listRoles(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) listRoles(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	defs := a.RBAC.Definitions()
 	roles := map[string][]rbac.Permission{}
 	for _, n := range defs.Names() {
@@ -23,27 +23,27 @@ func (a *API) listRoles(r *http.Request, _ *clientapi.Device) clientapi.Response
 		}
 		roles[n] = perms
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"roles": roles, "default_role": a.RBAC.DefaultRole(), "permissions": rbac.AllPermissions})
+	return httpapi.JSON(http.StatusOK, map[string]any{"roles": roles, "default_role": a.RBAC.DefaultRole(), "permissions": rbac.AllPermissions})
 }
 
-func (a *API) rolesBody(r *http.Request, userID string) clientapi.Response {
+func (a *API) rolesBody(r *http.Request, userID string) httpapi.Response {
 	a.RBAC.Invalidate(userID)
 	roles, err := a.RBAC.UserRoles(r.Context(), userID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	explicit, err := storage.UserRoles(r.Context(), a.DB, userID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if explicit == nil {
 		explicit = []string{}
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"user_id": userID, "roles": roles, "assigned": explicit})
+	return httpapi.JSON(http.StatusOK, map[string]any{"user_id": userID, "roles": roles, "assigned": explicit})
 }
 
 // GET /_enclave/admin/v1/users/{userId}/roles
-func (a *API) getUserRoles(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getUserRoles(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -53,7 +53,7 @@ func (a *API) getUserRoles(r *http.Request, _ *clientapi.Device) clientapi.Respo
 
 // PUT /_enclave/admin/v1/users/{userId}/roles {"roles": [...]}: replace
 // the user's roles ("admin" included: it sets the admin flag).
-func (a *API) putUserRoles(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putUserRoles(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -61,11 +61,11 @@ func (a *API) putUserRoles(r *http.Request, dev *clientapi.Device) clientapi.Res
 	var req struct {
 		Roles *[]string `json:"roles"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Roles == nil {
-		return clientapi.MissingParam("roles is required")
+		return httpapi.MissingParam("roles is required")
 	}
 	if acc.UserID == dev.UserID && acc.IsAdmin && !contains(*req.Roles, rbac.RoleAdmin) {
 		return badParam("you may not remove your own admin role")
@@ -78,7 +78,7 @@ func (a *API) putUserRoles(r *http.Request, dev *clientapi.Device) clientapi.Res
 		return badParam("%v", err)
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return a.rolesBody(r, acc.UserID)
 }
@@ -93,15 +93,15 @@ func contains(list []string, s string) bool {
 }
 
 // GET /_enclave/admin/v1/legal_holds
-func (a *API) listLegalHolds(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) listLegalHolds(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	holds, err := storage.ListLegalHolds(r.Context(), a.DB)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"legal_holds": holds})
+	return httpapi.JSON(http.StatusOK, map[string]any{"legal_holds": holds})
 }
 
-func holdTarget(r *http.Request) (scope, target string, resp clientapi.Response, ok bool) {
+func holdTarget(r *http.Request) (scope, target string, resp httpapi.Response, ok bool) {
 	scope, target = vars(r, "scope"), vars(r, "target")
 	switch {
 	case scope == storage.HoldRoom && strings.HasPrefix(target, "!"):
@@ -109,12 +109,12 @@ func holdTarget(r *http.Request) (scope, target string, resp clientapi.Response,
 	default:
 		return "", "", badParam("legal holds are on room/!room_id or user/@user:server"), false
 	}
-	return scope, target, clientapi.Response{}, true
+	return scope, target, httpapi.Response{}, true
 }
 
 // PUT /_enclave/admin/v1/legal_holds/{scope}/{target} {"reason": "..."}:
 // while held, the room's (or user's rooms') history cannot be purged.
-func (a *API) putLegalHold(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putLegalHold(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	scope, target, resp, ok := holdTarget(r)
 	if !ok {
 		return resp
@@ -122,7 +122,7 @@ func (a *API) putLegalHold(r *http.Request, dev *clientapi.Device) clientapi.Res
 	var req struct {
 		Reason string `json:"reason"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	h := storage.LegalHold{Scope: scope, Target: target, Reason: req.Reason, CreatedBy: dev.UserID, CreatedTS: time.Now().UnixMilli()}
@@ -134,13 +134,13 @@ func (a *API) putLegalHold(r *http.Request, dev *clientapi.Device) clientapi.Res
 			Details: map[string]any{"scope": scope, "held": true, "reason": req.Reason}})
 	})
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, h)
+	return httpapi.JSON(http.StatusOK, h)
 }
 
 // DELETE /_enclave/admin/v1/legal_holds/{scope}/{target}
-func (a *API) deleteLegalHold(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) deleteLegalHold(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	scope, target, resp, ok := holdTarget(r)
 	if !ok {
 		return resp
@@ -156,10 +156,10 @@ func (a *API) deleteLegalHold(r *http.Request, dev *clientapi.Device) clientapi.
 		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionLegalHold, Target: target, Details: map[string]any{"scope": scope, "held": false}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
-		return clientapi.NotFound("no such legal hold")
+		return httpapi.NotFound("no such legal hold")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }

@@ -5,20 +5,20 @@ import (
 	"net/http"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
 // mediaOp serves quarantine, unquarantine and delete of one media item
 // through the media repository.
 func (a *API) mediaOp(op string) handler {
-	return func(r *http.Request, dev *clientapi.Device) clientapi.Response {
+	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		var m MediaAdmin
 		if a.Media != nil {
 			m = a.Media()
 		}
 		if m == nil {
-			return clientapi.Unrecognized(http.StatusNotImplemented, "this server has no media repository")
+			return httpapi.Unrecognized(http.StatusNotImplemented, "this server has no media repository")
 		}
 		server, id := vars(r, "serverName"), vars(r, "mediaId")
 		ctx := r.Context()
@@ -32,10 +32,10 @@ func (a *API) mediaOp(op string) handler {
 			err = m.DeleteMedia(ctx, server, id)
 		}
 		if errors.Is(err, storage.ErrNotFound) {
-			return clientapi.NotFound("unknown media")
+			return httpapi.NotFound("unknown media")
 		}
 		if err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		// The media repository changes its rows in its own transaction, so
 		// this record follows it rather than sharing it.
@@ -44,11 +44,11 @@ func (a *API) mediaOp(op string) handler {
 			Action: auditapi.ActionMediaAdmin, Target: "mxc://" + server + "/" + id,
 			Details: map[string]any{"op": op},
 		}); err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if op == "delete" {
-			return clientapi.JSON(http.StatusOK, map[string]any{"deleted_media": []string{id}, "total": 1})
+			return httpapi.JSON(http.StatusOK, map[string]any{"deleted_media": []string{id}, "total": 1})
 		}
-		return clientapi.JSON(http.StatusOK, struct{}{})
+		return httpapi.JSON(http.StatusOK, struct{}{})
 	}
 }

@@ -8,7 +8,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -20,14 +20,14 @@ func (a *API) noticeSender() string { return "@_server:" + a.ServerName }
 // POST /_synapse/admin/v1/send_server_notice (and PUT …/{txnId}): send a
 // message to a local user in their server-notice room, created (and the
 // user invited) on first use.
-func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) sendServerNotice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		UserID   string          `json:"user_id"`
 		Content  json.RawMessage `json:"content"`
 		Type     string          `json:"type"`
 		StateKey *string         `json:"state_key"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if !a.isLocalUser(req.UserID) {
@@ -35,7 +35,7 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 	}
 	var content map[string]any
 	if err := json.Unmarshal(req.Content, &content); err != nil || content == nil {
-		return clientapi.MissingParam("content must be a JSON object")
+		return httpapi.MissingParam("content must be a JSON object")
 	}
 	if req.Type == "" {
 		req.Type = "m.room.message"
@@ -43,15 +43,15 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 	ctx := r.Context()
 	acc, err := storage.GetAccount(ctx, a.DB, req.UserID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
-		return clientapi.NotFound("user not found")
+		return httpapi.NotFound("user not found")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	sender := a.noticeSender()
 	roomID, err := storage.ServerNoticeRoom(ctx, a.DB, req.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if roomID != "" {
 		// A room the user left (or that was purged) is replaced.
@@ -63,7 +63,7 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 		sp := func(s string) *string { return &s }
 		roomID, err = a.Rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{
 			Creator:     sender,
-			RoomVersion: gomatrixserverlib.RoomVersion(clientapi.DefaultRoomVersion),
+			RoomVersion: gomatrixserverlib.RoomVersion(roomserver.DefaultRoomVersion),
 			Events: []roomserver.InitialEvent{
 				{Type: "m.room.member", StateKey: sp(sender), Content: map[string]any{"membership": "join", "displayname": "Server Notices"}},
 				{Type: "m.room.power_levels", StateKey: sp(""), Content: map[string]any{"users": map[string]any{sender: 100}, "events_default": 0, "state_default": 100, "invite": 100, "kick": 100, "ban": 100, "redact": 100}},
@@ -74,10 +74,10 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 			},
 		})
 		if err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if err := storage.SetServerNoticeRoom(ctx, a.DB, req.UserID, roomID); err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 	}
 	ev, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: sender, Type: req.Type, StateKey: req.StateKey,
@@ -85,16 +85,16 @@ func (a *API) sendServerNotice(r *http.Request, dev *clientapi.Device) clientapi
 	if err != nil {
 		var na *roomserver.NotAllowedError
 		if errors.As(err, &na) {
-			return clientapi.Forbidden("%s", na.Reason)
+			return httpapi.Forbidden("%s", na.Reason)
 		}
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{
 		Actor:  auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 		Action: auditapi.ActionServerNotice, Target: req.UserID, RoomID: roomID,
 		Details: map[string]any{"event_id": ev.EventID, "type": req.Type},
 	}); err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"event_id": ev.EventID})
+	return httpapi.JSON(http.StatusOK, map[string]any{"event_id": ev.EventID})
 }

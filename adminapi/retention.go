@@ -11,7 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/rbac"
 	"enclave/storage"
 )
@@ -132,12 +132,12 @@ func (a *API) StartRetention(interval time.Duration) (stop func()) {
 }
 
 // POST /_enclave/admin/v1/retention/run: run the purge now.
-func (a *API) runRetention(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) runRetention(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	purged, err := a.RunRetention(r.Context())
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"purged": purged})
+	return httpapi.JSON(http.StatusOK, map[string]any{"purged": purged})
 }
 
 // GET /_enclave/admin/v1/rooms/{roomId}/export: the room's events as JSON
@@ -146,33 +146,33 @@ func (a *API) runRetention(r *http.Request, _ *clientapi.Device) clientapi.Respo
 func (a *API) exportRoom(w http.ResponseWriter, r *http.Request) {
 	dev, resp, ok := a.Client.Authenticate(r)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	ctx := r.Context()
 	for _, p := range []rbac.Permission{rbac.UseAdminAPI, rbac.ManageRooms} {
 		if can, err := a.RBAC.Can(ctx, dev.UserID, p); err != nil {
-			clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+			httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 			return
 		} else if !can {
 			roles, _ := a.RBAC.UserRoles(ctx, dev.UserID)
-			clientapi.WriteResponse(w, rbac.Forbidden(p, roles))
+			httpapi.WriteResponse(w, rbac.Forbidden(p, roles))
 			return
 		}
 	}
 	roomID := vars(r, "roomId")
 	last, err := storage.MaxEventPos(ctx, a.DB, roomID)
 	if err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	}
 	if _, err := storage.GetRoom(ctx, a.DB, roomID); errors.Is(err, storage.ErrNotFound) {
-		clientapi.WriteResponse(w, clientapi.NotFound("room not found"))
+		httpapi.WriteResponse(w, httpapi.NotFound("room not found"))
 		return
 	}
 	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
 		Action: auditapi.ActionRoomExport, Target: roomID, RoomID: roomID, Details: map[string]any{"up_to_pos": last}}); err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/x-ndjson")

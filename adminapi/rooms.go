@@ -16,7 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -108,7 +108,7 @@ func roomLess(orderBy string) (func(a, b map[string]any) int, bool) {
 }
 
 // GET /_synapse/admin/v1/rooms
-func (a *API) listRooms(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) listRooms(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	from, ok1 := intParam(r, "from", 0)
 	limit, ok2 := intParam(r, "limit", 100)
 	public, ok3 := boolParam(r, "public_rooms")
@@ -127,7 +127,7 @@ func (a *API) listRooms(r *http.Request, _ *clientapi.Device) clientapi.Response
 	}
 	rooms, err := storage.ListAdminRooms(r.Context(), a.DB, a.ServerName, "")
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	term := q.Get("search_term")
 	var all []map[string]any
@@ -172,23 +172,23 @@ func (a *API) listRooms(r *http.Request, _ *clientapi.Device) clientapi.Response
 	if from > 0 {
 		body["prev_batch"] = max(0, from-limit)
 	}
-	return clientapi.JSON(http.StatusOK, body)
+	return httpapi.JSON(http.StatusOK, body)
 }
 
-func (a *API) loadRoom(r *http.Request) (*storage.AdminRoom, clientapi.Response, bool) {
+func (a *API) loadRoom(r *http.Request) (*storage.AdminRoom, httpapi.Response, bool) {
 	roomID := vars(r, "roomId")
 	rooms, err := storage.ListAdminRooms(r.Context(), a.DB, a.ServerName, roomID)
 	if err != nil {
-		return nil, clientapi.InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
 	if len(rooms) == 0 {
-		return nil, clientapi.NotFound("room not found"), false
+		return nil, httpapi.NotFound("room not found"), false
 	}
-	return rooms[0], clientapi.Response{}, true
+	return rooms[0], httpapi.Response{}, true
 }
 
 // GET /_synapse/admin/v1/rooms/{roomId}
-func (a *API) getRoom(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getRoom(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	room, resp, ok := a.loadRoom(r)
 	if !ok {
 		return resp
@@ -198,7 +198,7 @@ func (a *API) getRoom(r *http.Request, _ *clientapi.Device) clientapi.Response {
 	j["avatar"] = nullable(str(room.State["m.room.avatar"], "url"))
 	members, err := storage.RoomMembers(r.Context(), a.DB, room.RoomID, "join")
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	devices := 0
 	suffix := ":" + a.ServerName
@@ -206,7 +206,7 @@ func (a *API) getRoom(r *http.Request, _ *clientapi.Device) clientapi.Response {
 		if strings.HasSuffix(m, suffix) {
 			ids, err := storage.ListDeviceIDs(r.Context(), a.DB, m)
 			if err != nil {
-				return clientapi.InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			devices += len(ids)
 		}
@@ -216,34 +216,34 @@ func (a *API) getRoom(r *http.Request, _ *clientapi.Device) clientapi.Response {
 	if blocked, _ := a.RBAC.RoomBlocked(room.RoomID); blocked {
 		j["blocked"] = true
 	}
-	return clientapi.JSON(http.StatusOK, j)
+	return httpapi.JSON(http.StatusOK, j)
 }
 
 // GET /_synapse/admin/v1/rooms/{roomId}/members
-func (a *API) roomMembers(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) roomMembers(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	room, resp, ok := a.loadRoom(r)
 	if !ok {
 		return resp
 	}
 	members, err := storage.RoomMembers(r.Context(), a.DB, room.RoomID, "join")
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if members == nil {
 		members = []string{}
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"members": members, "total": len(members)})
+	return httpapi.JSON(http.StatusOK, map[string]any{"members": members, "total": len(members)})
 }
 
 // GET /_synapse/admin/v1/rooms/{roomId}/state
-func (a *API) roomState(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) roomState(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	room, resp, ok := a.loadRoom(r)
 	if !ok {
 		return resp
 	}
 	state, err := a.Rooms.CurrentState(r.Context(), room.RoomID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	typ := r.URL.Query().Get("type")
 	out := []map[string]any{}
@@ -264,7 +264,7 @@ func (a *API) roomState(r *http.Request, _ *clientapi.Device) clientapi.Response
 		}
 		return out[i]["state_key"].(string) < out[j]["state_key"].(string)
 	})
-	return clientapi.JSON(http.StatusOK, map[string]any{"state": out})
+	return httpapi.JSON(http.StatusOK, map[string]any{"state": out})
 }
 
 // ---------------------------------------------------------------------------
@@ -317,7 +317,7 @@ func (a *API) createNoticeRoom(ctx context.Context, req deleteRequest) (string, 
 	sp := func(s string) *string { return &s }
 	roomID, err := a.Rooms.CreateRoom(ctx, roomserver.CreateRoomRequest{
 		Creator:     creator,
-		RoomVersion: gomatrixserverlib.RoomVersion(clientapi.DefaultRoomVersion),
+		RoomVersion: gomatrixserverlib.RoomVersion(roomserver.DefaultRoomVersion),
 		Events: []roomserver.InitialEvent{
 			{Type: "m.room.member", StateKey: sp(creator), Content: map[string]any{"membership": "join"}},
 			{Type: "m.room.power_levels", StateKey: sp(""), Content: map[string]any{"users": map[string]any{creator: 100}, "users_default": 0,
@@ -353,7 +353,7 @@ func (a *API) moveUser(ctx context.Context, newRoomID, creator, userID string) e
 // shutdownRoom removes local users and aliases from a room (with
 // new_room_user_id, both move to a new room that user creates), optionally
 // blocks it, and purges it unless purge is false.
-func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID string, req deleteRequest) (*deleteResult, error) {
+func (a *API) shutdownRoom(ctx context.Context, dev *httpapi.Device, roomID string, req deleteRequest) (*deleteResult, error) {
 	purge := req.Purge == nil || *req.Purge
 	if purge {
 		held, err := storage.RoomUnderHold(ctx, a.DB, roomID)
@@ -459,18 +459,18 @@ func (a *API) shutdownRoom(ctx context.Context, dev *clientapi.Device, roomID st
 	return res, nil
 }
 
-func (a *API) deleteRoomCommon(r *http.Request) (string, deleteRequest, clientapi.Response, bool) {
+func (a *API) deleteRoomCommon(r *http.Request) (string, deleteRequest, httpapi.Response, bool) {
 	roomID := vars(r, "roomId")
 	var req deleteRequest
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return "", req, resp, false
 	}
 	if _, err := storage.GetRoom(r.Context(), a.DB, roomID); errors.Is(err, storage.ErrNotFound) {
 		if blocked, purged := a.RBAC.RoomBlocked(roomID); !blocked && !purged {
-			return "", req, clientapi.NotFound("room not found"), false
+			return "", req, httpapi.NotFound("room not found"), false
 		}
 	} else if err != nil {
-		return "", req, clientapi.InternalError(r, err), false
+		return "", req, httpapi.InternalError(r, err), false
 	}
 	if u := req.NewRoomUserID; u != "" {
 		// Checked before anything changes.
@@ -479,24 +479,24 @@ func (a *API) deleteRoomCommon(r *http.Request) (string, deleteRequest, clientap
 		}
 		acc, err := storage.GetAccount(r.Context(), a.DB, u)
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
-			return "", req, clientapi.NotFound("user %s not found", u), false
+			return "", req, httpapi.NotFound("user %s not found", u), false
 		}
 		if err != nil {
-			return "", req, clientapi.InternalError(r, err), false
+			return "", req, httpapi.InternalError(r, err), false
 		}
 	}
-	return roomID, req, clientapi.Response{}, true
+	return roomID, req, httpapi.Response{}, true
 }
 
-func (a *API) deleteError(r *http.Request, err error) clientapi.Response {
+func (a *API) deleteError(r *http.Request, err error) httpapi.Response {
 	if errors.Is(err, errUnderHold) {
-		return clientapi.Forbidden("room %s is under legal hold and cannot be purged", vars(r, "roomId"))
+		return httpapi.Forbidden("room %s is under legal hold and cannot be purged", vars(r, "roomId"))
 	}
-	return clientapi.InternalError(r, err)
+	return httpapi.InternalError(r, err)
 }
 
 // DELETE /_synapse/admin/v1/rooms/{roomId}
-func (a *API) deleteRoomV1(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) deleteRoomV1(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, req, resp, ok := a.deleteRoomCommon(r)
 	if !ok {
 		return resp
@@ -505,13 +505,13 @@ func (a *API) deleteRoomV1(r *http.Request, dev *clientapi.Device) clientapi.Res
 	if err != nil {
 		return a.deleteError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, res)
+	return httpapi.JSON(http.StatusOK, res)
 }
 
 // DELETE /_synapse/admin/v2/rooms/{roomId}: Synapse runs it in the
 // background; Enclave finishes before answering and keeps the status for
 // the delete_status endpoints.
-func (a *API) deleteRoomV2(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) deleteRoomV2(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, req, resp, ok := a.deleteRoomCommon(r)
 	if !ok {
 		return resp
@@ -532,11 +532,11 @@ func (a *API) deleteRoomV2(r *http.Request, dev *clientapi.Device) clientapi.Res
 		st.Shutdown = &deleteResult{KickedUsers: []string{}, FailedToKickUsers: []string{}, LocalAliases: []string{}}
 	}
 	a.deletes.Store(st.DeleteID, st)
-	return clientapi.JSON(http.StatusOK, map[string]any{"delete_id": st.DeleteID})
+	return httpapi.JSON(http.StatusOK, map[string]any{"delete_id": st.DeleteID})
 }
 
 // GET /_synapse/admin/v2/rooms/{roomId}/delete_status
-func (a *API) deleteStatusByRoom(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) deleteStatusByRoom(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	roomID := vars(r, "roomId")
 	results := []*deleteStatus{}
 	a.deletes.Range(func(_, v any) bool {
@@ -546,44 +546,44 @@ func (a *API) deleteStatusByRoom(r *http.Request, _ *clientapi.Device) clientapi
 		return true
 	})
 	if len(results) == 0 {
-		return clientapi.NotFound("no delete task for room %s", roomID)
+		return httpapi.NotFound("no delete task for room %s", roomID)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"results": results})
+	return httpapi.JSON(http.StatusOK, map[string]any{"results": results})
 }
 
 // GET /_synapse/admin/v2/rooms/delete_status/{deleteId}
-func (a *API) deleteStatusByID(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) deleteStatusByID(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	v, ok := a.deletes.Load(vars(r, "deleteId"))
 	if !ok {
-		return clientapi.NotFound("delete id not found")
+		return httpapi.NotFound("delete id not found")
 	}
 	st := v.(*deleteStatus)
-	return clientapi.JSON(http.StatusOK, map[string]any{"status": st.Status, "error": st.Error, "shutdown_room": st.Shutdown})
+	return httpapi.JSON(http.StatusOK, map[string]any{"status": st.Status, "error": st.Error, "shutdown_room": st.Shutdown})
 }
 
 // GET /_synapse/admin/v1/rooms/{roomId}/block
-func (a *API) getRoomBlock(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getRoomBlock(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	b, err := storage.GetRoomBlock(r.Context(), a.DB, vars(r, "roomId"))
 	if errors.Is(err, storage.ErrNotFound) {
-		return clientapi.JSON(http.StatusOK, map[string]any{"block": false})
+		return httpapi.JSON(http.StatusOK, map[string]any{"block": false})
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"block": true, "user_id": b.BlockedBy})
+	return httpapi.JSON(http.StatusOK, map[string]any{"block": true, "user_id": b.BlockedBy})
 }
 
 // PUT /_synapse/admin/v1/rooms/{roomId}/block
-func (a *API) putRoomBlock(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putRoomBlock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID := vars(r, "roomId")
 	var req struct {
 		Block *bool `json:"block"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Block == nil {
-		return clientapi.MissingParam("block is required")
+		return httpapi.MissingParam("block is required")
 	}
 	if !strings.HasPrefix(roomID, "!") {
 		return badParam("invalid room ID")
@@ -600,8 +600,8 @@ func (a *API) putRoomBlock(r *http.Request, dev *clientapi.Device) clientapi.Res
 		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRoomBlock, Target: roomID, RoomID: roomID, Details: map[string]any{"blocked": *req.Block}})
 	})
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	a.RBAC.SetRoomBlocked(roomID, *req.Block, false)
-	return clientapi.JSON(http.StatusOK, map[string]any{"block": *req.Block})
+	return httpapi.JSON(http.StatusOK, map[string]any{"block": *req.Block})
 }

@@ -10,7 +10,7 @@ import (
 	"time"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -19,14 +19,14 @@ import (
 var validRegToken = regexp.MustCompile(`^[A-Za-z0-9._~-]{1,64}$`)
 
 // GET /_synapse/admin/v1/registration_tokens[?valid=true|false]
-func (a *API) listRegTokens(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) listRegTokens(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	valid, ok := boolParam(r, "valid")
 	if !ok {
 		return badParam("valid must be true or false")
 	}
 	toks, err := storage.ListRegistrationTokens(r.Context(), a.DB)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	now := time.Now().UnixMilli()
 	out := []*storage.RegistrationToken{}
@@ -36,19 +36,19 @@ func (a *API) listRegTokens(r *http.Request, _ *clientapi.Device) clientapi.Resp
 			out = append(out, t)
 		}
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"registration_tokens": out})
+	return httpapi.JSON(http.StatusOK, map[string]any{"registration_tokens": out})
 }
 
 // GET /_synapse/admin/v1/registration_tokens/{token}
-func (a *API) getRegToken(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getRegToken(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	t, err := storage.GetRegistrationToken(r.Context(), a.DB, vars(r, "token"))
 	if errors.Is(err, storage.ErrNotFound) {
-		return clientapi.NotFound("no such registration token")
+		return httpapi.NotFound("no such registration token")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, t)
+	return httpapi.JSON(http.StatusOK, t)
 }
 
 // optionalInt distinguishes absent, null and a number in a JSON body.
@@ -71,25 +71,25 @@ func (o *optionalInt) UnmarshalJSON(b []byte) error {
 	return nil
 }
 
-func checkTokenLimits(uses, expiry optionalInt) (clientapi.Response, bool) {
+func checkTokenLimits(uses, expiry optionalInt) (httpapi.Response, bool) {
 	if uses.Value != nil && *uses.Value < 0 {
 		return badParam("uses_allowed must be a non-negative integer or null"), false
 	}
 	if expiry.Value != nil && *expiry.Value <= time.Now().UnixMilli() {
 		return badParam("expiry_time must not be in the past"), false
 	}
-	return clientapi.Response{}, true
+	return httpapi.Response{}, true
 }
 
 // POST /_synapse/admin/v1/registration_tokens/new
-func (a *API) newRegToken(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) newRegToken(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		Token       *string     `json:"token"`
 		UsesAllowed optionalInt `json:"uses_allowed"`
 		ExpiryTime  optionalInt `json:"expiry_time"`
 		Length      *int        `json:"length"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if resp, ok := checkTokenLimits(req.UsesAllowed, req.ExpiryTime); !ok {
@@ -133,18 +133,18 @@ func (a *API) newRegToken(r *http.Request, dev *clientapi.Device) clientapi.Resp
 		return badParam("token already exists")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, t)
+	return httpapi.JSON(http.StatusOK, t)
 }
 
 // PUT /_synapse/admin/v1/registration_tokens/{token}
-func (a *API) putRegToken(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putRegToken(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		UsesAllowed optionalInt `json:"uses_allowed"`
 		ExpiryTime  optionalInt `json:"expiry_time"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if resp, ok := checkTokenLimits(req.UsesAllowed, req.ExpiryTime); !ok {
@@ -172,16 +172,16 @@ func (a *API) putRegToken(r *http.Request, dev *clientapi.Device) clientapi.Resp
 			Details: map[string]any{"op": "update", "uses_allowed": t.UsesAllowed, "expiry_time": t.ExpiryTime}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
-		return clientapi.NotFound("no such registration token")
+		return httpapi.NotFound("no such registration token")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, out)
+	return httpapi.JSON(http.StatusOK, out)
 }
 
 // DELETE /_synapse/admin/v1/registration_tokens/{token}
-func (a *API) deleteRegToken(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) deleteRegToken(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	tok := vars(r, "token")
 	ctx := r.Context()
 	err := a.DB.WithTx(ctx, func(tx *storage.Tx) error {
@@ -195,12 +195,12 @@ func (a *API) deleteRegToken(r *http.Request, dev *clientapi.Device) clientapi.R
 		return a.record(ctx, tx, dev, auditapi.Entry{Action: auditapi.ActionRegTokenChange, Target: tokenRef(tok), Details: map[string]any{"op": "delete"}})
 	})
 	if errors.Is(err, storage.ErrNotFound) {
-		return clientapi.NotFound("no such registration token")
+		return httpapi.NotFound("no such registration token")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // tokenRef names a registration token in the audit trail without giving

@@ -9,7 +9,8 @@ import (
 	"time"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/accounts"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -64,7 +65,7 @@ func intParam(r *http.Request, name string, def int) (int, bool) {
 }
 
 // GET /_synapse/admin/v2/users
-func (a *API) listUsers(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) listUsers(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	from, ok1 := intParam(r, "from", 0)
 	limit, ok2 := intParam(r, "limit", 100)
 	guests, ok3 := boolParam(r, "guests")
@@ -82,7 +83,7 @@ func (a *API) listUsers(r *http.Request, _ *clientapi.Device) clientapi.Response
 		Guests: guests, Admins: admins, Deactivated: deact != nil && *deact, OrderBy: q.Get("order_by"), Backwards: dir == "b"}
 	accs, total, err := storage.ListAdminAccounts(r.Context(), a.DB, f)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	users := make([]map[string]any, 0, len(accs))
 	for _, acc := range accs {
@@ -92,7 +93,7 @@ func (a *API) listUsers(r *http.Request, _ *clientapi.Device) clientapi.Response
 	if next := from + len(accs); next < total && len(accs) > 0 {
 		body["next_token"] = strconv.Itoa(next)
 	}
-	return clientapi.JSON(http.StatusOK, body)
+	return httpapi.JSON(http.StatusOK, body)
 }
 
 func (a *API) lastSeen(ctx context.Context, userID string) (int64, error) {
@@ -107,35 +108,35 @@ func (a *API) lastSeen(ctx context.Context, userID string) (int64, error) {
 	return last, nil
 }
 
-func (a *API) loadUser(r *http.Request) (*storage.Account, clientapi.Response, bool) {
+func (a *API) loadUser(r *http.Request) (*storage.Account, httpapi.Response, bool) {
 	userID := vars(r, "userId")
 	if !a.isLocalUser(userID) {
 		return nil, badParam("can only look up local users"), false
 	}
 	acc, err := storage.GetAccount(r.Context(), a.DB, userID)
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, clientapi.NotFound("user not found"), false
+		return nil, httpapi.NotFound("user not found"), false
 	}
 	if err != nil {
-		return nil, clientapi.InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
-	return acc, clientapi.Response{}, true
+	return acc, httpapi.Response{}, true
 }
 
-func (a *API) userBody(r *http.Request, acc *storage.Account) clientapi.Response {
+func (a *API) userBody(r *http.Request, acc *storage.Account) httpapi.Response {
 	seen, err := a.lastSeen(r.Context(), acc.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	roles, err := a.RBAC.UserRoles(r.Context(), acc.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, userJSON(acc, seen, roles))
+	return httpapi.JSON(http.StatusOK, userJSON(acc, seen, roles))
 }
 
 // GET /_synapse/admin/v2/users/{userId}
-func (a *API) getUser(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getUser(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -144,7 +145,7 @@ func (a *API) getUser(r *http.Request, _ *clientapi.Device) clientapi.Response {
 }
 
 // PUT /_synapse/admin/v2/users/{userId}: create or modify.
-func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putUser(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	userID := vars(r, "userId")
 	if !a.isLocalUser(userID) {
 		return badParam("this server can only create and modify its own users")
@@ -157,11 +158,11 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 		Admin         *bool   `json:"admin"`
 		Deactivated   *bool   `json:"deactivated"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
-	if req.Password != nil && (len(*req.Password) > clientapi.MaxPasswordBytes || *req.Password == "") {
-		return badParam("password must be 1 to %d bytes", clientapi.MaxPasswordBytes)
+	if req.Password != nil && (len(*req.Password) > accounts.MaxPasswordBytes || *req.Password == "") {
+		return badParam("password must be 1 to %d bytes", accounts.MaxPasswordBytes)
 	}
 	if req.AvatarURL != nil && *req.AvatarURL != "" && !strings.HasPrefix(*req.AvatarURL, "mxc://") {
 		return badParam("avatar_url must be an mxc:// URI")
@@ -169,15 +170,15 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 	ctx := r.Context()
 	hash := ""
 	if req.Password != nil {
-		h, err := clientapi.HashPassword(ctx, *req.Password)
+		h, err := accounts.HashPassword(ctx, *req.Password)
 		if err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		hash = h
 	}
 	existing, err := storage.GetAccount(ctx, a.DB, userID)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if existing == nil {
 		return a.createUser(r, dev, userID, hash, req.DisplayName, req.AvatarURL, req.Admin != nil && *req.Admin)
@@ -241,7 +242,7 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 		return nil
 	})
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if req.Password != nil || deactivated {
 		a.Client.InvalidateUserTokens(userID)
@@ -254,14 +255,14 @@ func (a *API) putUser(r *http.Request, dev *clientapi.Device) clientapi.Response
 	}
 	acc, err := storage.GetAccount(ctx, a.DB, userID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return a.userBody(r, acc)
 }
 
 // setAdmin flips the admin flag (the admin role) and records it as a role
 // change.
-func (a *API) setAdmin(ctx context.Context, tx *storage.Tx, dev *clientapi.Device, acc *storage.Account, admin bool) error {
+func (a *API) setAdmin(ctx context.Context, tx *storage.Tx, dev *httpapi.Device, acc *storage.Account, admin bool) error {
 	explicit, err := storage.UserRoles(ctx, tx, acc.UserID)
 	if err != nil {
 		return err
@@ -274,10 +275,10 @@ func (a *API) setAdmin(ctx context.Context, tx *storage.Tx, dev *clientapi.Devic
 	return err
 }
 
-func (a *API) createUser(r *http.Request, dev *clientapi.Device, userID, hash string, displayName, avatarURL *string, admin bool) clientapi.Response {
+func (a *API) createUser(r *http.Request, dev *httpapi.Device, userID, hash string, displayName, avatarURL *string, admin bool) httpapi.Response {
 	local := strings.TrimPrefix(strings.SplitN(userID, ":", 2)[0], "@")
-	if !clientapi.ValidLocalpart(local) {
-		return clientapi.Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'")
+	if !accounts.ValidLocalpart(local) {
+		return httpapi.Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'")
 	}
 	acc := &storage.Account{UserID: userID, Localpart: local, PasswordHash: hash, CreatedTS: time.Now().UnixMilli(), IsAdmin: admin, DisplayName: local}
 	if displayName != nil {
@@ -306,10 +307,10 @@ func (a *API) createUser(r *http.Request, dev *clientapi.Device, userID, hash st
 		return nil
 	})
 	if errors.Is(err, errExists) {
-		return clientapi.Errf(http.StatusBadRequest, "M_USER_IN_USE", "user ID already taken")
+		return httpapi.Errf(http.StatusBadRequest, "M_USER_IN_USE", "user ID already taken")
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	resp := a.userBody(r, acc)
 	if resp.Code == http.StatusOK {
@@ -321,7 +322,7 @@ func (a *API) createUser(r *http.Request, dev *clientapi.Device, userID, hash st
 var errExists = errors.New("already exists")
 
 // POST /_synapse/admin/v1/deactivate/{userId}
-func (a *API) deactivate(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) deactivate(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -329,7 +330,7 @@ func (a *API) deactivate(r *http.Request, dev *clientapi.Device) clientapi.Respo
 	var req struct {
 		Erase bool `json:"erase"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	ctx := r.Context()
@@ -345,14 +346,14 @@ func (a *API) deactivate(r *http.Request, dev *clientapi.Device) clientapi.Respo
 	})
 	a.Client.InvalidateUserTokens(acc.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	a.Client.LeaveAllRooms(ctx, acc.UserID)
-	return clientapi.JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "success"})
+	return httpapi.JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "success"})
 }
 
 // POST /_synapse/admin/v1/reset_password/{userId}
-func (a *API) resetPassword(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) resetPassword(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -361,19 +362,19 @@ func (a *API) resetPassword(r *http.Request, dev *clientapi.Device) clientapi.Re
 		NewPassword   string `json:"new_password"`
 		LogoutDevices *bool  `json:"logout_devices"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.NewPassword == "" {
-		return clientapi.MissingParam("new_password is required")
+		return httpapi.MissingParam("new_password is required")
 	}
-	if len(req.NewPassword) > clientapi.MaxPasswordBytes {
-		return clientapi.Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", clientapi.MaxPasswordBytes)
+	if len(req.NewPassword) > accounts.MaxPasswordBytes {
+		return httpapi.Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", accounts.MaxPasswordBytes)
 	}
 	ctx := r.Context()
-	hash, err := clientapi.HashPassword(ctx, req.NewPassword)
+	hash, err := accounts.HashPassword(ctx, req.NewPassword)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	logout := req.LogoutDevices == nil || *req.LogoutDevices
 	err = a.DB.WithTx(ctx, func(tx *storage.Tx) error {
@@ -391,40 +392,40 @@ func (a *API) resetPassword(r *http.Request, dev *clientapi.Device) clientapi.Re
 		a.Client.InvalidateUserTokens(acc.UserID)
 	}
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // GET /_synapse/admin/v1/whois/{userId}
-func (a *API) whois(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) whois(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
 	}
 	devs, err := storage.ListDevices(r.Context(), a.DB, acc.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	conns := []map[string]any{}
 	for _, d := range devs {
 		conns = append(conns, map[string]any{"ip": d.LastSeenIP, "last_seen": d.LastSeenTS, "user_agent": d.LastSeenUA, "device_id": d.DeviceID})
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{
+	return httpapi.JSON(http.StatusOK, map[string]any{
 		"user_id": acc.UserID,
 		"devices": map[string]any{"": map[string]any{"sessions": []any{map[string]any{"connections": conns}}}},
 	})
 }
 
 // GET /_synapse/admin/v2/users/{userId}/devices
-func (a *API) userDevices(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) userDevices(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
 	}
 	devs, err := storage.ListDevices(r.Context(), a.DB, acc.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	out := []map[string]any{}
 	for _, d := range devs {
@@ -443,35 +444,35 @@ func (a *API) userDevices(r *http.Request, _ *clientapi.Device) clientapi.Respon
 		}
 		out = append(out, map[string]any{"device_id": d.DeviceID, "display_name": dn, "last_seen_ts": seen, "last_seen_ip": ip, "last_seen_user_agent": ua, "user_id": d.UserID})
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"devices": out, "total": len(out)})
+	return httpapi.JSON(http.StatusOK, map[string]any{"devices": out, "total": len(out)})
 }
 
 // GET /_synapse/admin/v1/users/{userId}/joined_rooms
-func (a *API) joinedRooms(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) joinedRooms(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	userID := vars(r, "userId")
 	rooms, err := storage.RoomsByMembership(r.Context(), a.DB, userID, "join")
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ids := make([]string, 0, len(rooms))
 	for id := range rooms {
 		ids = append(ids, id)
 	}
 	sortStrings(ids)
-	return clientapi.JSON(http.StatusOK, map[string]any{"joined_rooms": ids, "total": len(ids)})
+	return httpapi.JSON(http.StatusOK, map[string]any{"joined_rooms": ids, "total": len(ids)})
 }
 
 // GET /_synapse/admin/v1/users/{userId}/admin
-func (a *API) getUserAdmin(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) getUserAdmin(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"admin": acc.IsAdmin})
+	return httpapi.JSON(http.StatusOK, map[string]any{"admin": acc.IsAdmin})
 }
 
 // PUT /_synapse/admin/v1/users/{userId}/admin
-func (a *API) putUserAdmin(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) putUserAdmin(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	acc, resp, ok := a.loadUser(r)
 	if !ok {
 		return resp
@@ -479,11 +480,11 @@ func (a *API) putUserAdmin(r *http.Request, dev *clientapi.Device) clientapi.Res
 	var req struct {
 		Admin *bool `json:"admin"`
 	}
-	if resp, ok := clientapi.DecodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Admin == nil {
-		return clientapi.MissingParam("admin is required")
+		return httpapi.MissingParam("admin is required")
 	}
 	if !*req.Admin && acc.UserID == dev.UserID {
 		return badParam("you may not demote yourself")
@@ -491,8 +492,8 @@ func (a *API) putUserAdmin(r *http.Request, dev *clientapi.Device) clientapi.Res
 	if *req.Admin != acc.IsAdmin {
 		err := a.DB.WithTx(r.Context(), func(tx *storage.Tx) error { return a.setAdmin(r.Context(), tx, dev, acc, *req.Admin) })
 		if err != nil {
-			return clientapi.InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 	}
-	return clientapi.JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }

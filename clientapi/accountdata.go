@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"enclave/internal/httpapi"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -23,10 +24,10 @@ const fullyReadType = "m.fully_read"
 const maxAccountDataType = 255
 
 // accountDataTarget checks the path: own user, valid room (if any), type.
-func accountDataTarget(r *http.Request, dev *Device) (roomID, typ string, resp Response, ok bool) {
-	v := vars(r)
+func accountDataTarget(r *http.Request, dev *httpapi.Device) (roomID, typ string, resp httpapi.Response, ok bool) {
+	v := httpapi.Vars(r)
 	if v["userId"] != dev.UserID {
-		return "", "", Forbidden("you may only access your own account data"), false
+		return "", "", httpapi.Forbidden("you may only access your own account data"), false
 	}
 	if _, room := v["roomId"]; room {
 		if roomID, resp, ok = roomIDParam(r); !ok {
@@ -35,12 +36,12 @@ func accountDataTarget(r *http.Request, dev *Device) (roomID, typ string, resp R
 	}
 	typ = v["type"]
 	if typ == "" || len(typ) > maxAccountDataType {
-		return "", "", InvalidParam("invalid account data type"), false
+		return "", "", httpapi.InvalidParam("invalid account data type"), false
 	}
-	return roomID, typ, Response{}, true
+	return roomID, typ, httpapi.Response{}, true
 }
 
-func (a *API) getAccountData(r *http.Request, dev *Device) Response {
+func (a *API) getAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, typ, resp, ok := accountDataTarget(r, dev)
 	if !ok {
 		return resp
@@ -48,28 +49,28 @@ func (a *API) getAccountData(r *http.Request, dev *Device) Response {
 	if roomID == "" && typ == syncapi.PushRulesType {
 		c, err := pushnotify.AccountDataContent(r.Context(), a.db, dev.UserID)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
-		return Response{Code: 200, Body: []byte(c)}
+		return httpapi.Response{Code: 200, Body: []byte(c)}
 	}
 	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, typ)
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("no account data of type %s", typ)
+		return httpapi.NotFound("no account data of type %s", typ)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return Response{Code: 200, Body: []byte(c)}
+	return httpapi.Response{Code: 200, Body: []byte(c)}
 }
 
-func (a *API) putAccountData(r *http.Request, dev *Device) Response {
+func (a *API) putAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, typ, resp, ok := accountDataTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	if typ == fullyReadType || typ == syncapi.PushRulesType {
-		return Errf(http.StatusMethodNotAllowed, "M_BAD_JSON", "%s is managed by the server and cannot be set here", typ)
+		return httpapi.Errf(http.StatusMethodNotAllowed, "M_BAD_JSON", "%s is managed by the server and cannot be set here", typ)
 	}
-	content, resp, ok := readJSONObject(r)
+	content, resp, ok := httpapi.ReadJSONObject(r)
 	if !ok {
 		return resp
 	}
@@ -78,18 +79,18 @@ func (a *API) putAccountData(r *http.Request, dev *Device) Response {
 			Ignored map[string]json.RawMessage `json:"ignored_users"`
 		}
 		if err := json.Unmarshal(content, &c); err != nil {
-			return BadJSON("ignored_users must be an object of user IDs")
+			return httpapi.BadJSON("ignored_users must be an object of user IDs")
 		}
 		for u := range c.Ignored {
 			if !looksLikeUserID(u) {
-				return BadJSON("ignored_users: %q is not a user ID", u)
+				return httpapi.BadJSON("ignored_users: %q is not a user ID", u)
 			}
 		}
 	}
 	if err := a.writeAccountData(r, dev.UserID, roomID, typ, content); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
 // writeAccountData stores a blob and wakes the user's syncs.

@@ -17,23 +17,21 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
-	"golang.org/x/crypto/argon2"
 
 	"enclave/auditapi"
+	acct "enclave/internal/accounts"
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -103,147 +101,6 @@ type seenEntry struct {
 	ip, ua string
 }
 
-// ---------------------------------------------------------------------------
-// Passwords: argon2id in PHC string form.
-//
-// Parameters follow OWASP's first argon2id recommendation (m=19 MiB, t=2,
-// p=1): about 26 ms per hash on the 2-core reference box. Hashes carry
-// their parameters, so raising them later keeps old hashes verifiable
-// (and login rehashes them).
-
-const (
-	argonTime    = 2
-	argonMemory  = 19 * 1024 // KiB
-	argonThreads = 1
-	argonKeyLen  = 32
-	argonSaltLen = 16
-	// maxPasswordBytes bounds hashing work per request.
-	maxPasswordBytes = 512
-)
-
-// hashSem bounds concurrent hashes so a login flood cannot take
-// argonMemory × N of RAM or starve other requests of CPU.
-var hashSem = make(chan struct{}, max(2, runtime.NumCPU()))
-
-func acquireHash(ctx context.Context) error {
-	select {
-	case hashSem <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-}
-
-func releaseHash() { <-hashSem }
-
-// hashPassword returns the argon2id PHC string of pw.
-func hashPassword(ctx context.Context, pw string) (string, error) {
-	salt := make([]byte, argonSaltLen)
-	if _, err := rand.Read(salt); err != nil {
-		return "", err
-	}
-	if err := acquireHash(ctx); err != nil {
-		return "", err
-	}
-	key := argon2.IDKey([]byte(pw), salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-	releaseHash()
-	b64 := base64.RawStdEncoding
-	return fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key)), nil
-}
-
-type argonParams struct {
-	m, t uint32
-	p    uint8
-	salt []byte
-	key  []byte
-}
-
-func parsePHC(s string) (*argonParams, bool) {
-	parts := strings.Split(s, "$")
-	// "", "argon2id", "v=19", "m=..,t=..,p=..", salt, key
-	if len(parts) != 6 || parts[0] != "" || parts[1] != "argon2id" || parts[2] != "v="+strconv.Itoa(argon2.Version) {
-		return nil, false
-	}
-	var p argonParams
-	for _, kv := range strings.Split(parts[3], ",") {
-		k, v, ok := strings.Cut(kv, "=")
-		if !ok {
-			return nil, false
-		}
-		n, err := strconv.ParseUint(v, 10, 32)
-		if err != nil || n == 0 {
-			return nil, false
-		}
-		switch k {
-		case "m":
-			p.m = uint32(n)
-		case "t":
-			p.t = uint32(n)
-		case "p":
-			if n > 255 {
-				return nil, false
-			}
-			p.p = uint8(n)
-		default:
-			return nil, false
-		}
-	}
-	var err error
-	if p.salt, err = base64.RawStdEncoding.DecodeString(parts[4]); err != nil {
-		return nil, false
-	}
-	if p.key, err = base64.RawStdEncoding.DecodeString(parts[5]); err != nil || len(p.key) == 0 {
-		return nil, false
-	}
-	// Refuse absurd parameters from a corrupted or hostile row.
-	if p.m == 0 || p.t == 0 || p.p == 0 || p.m > 1<<20 || p.t > 16 || len(p.key) > 128 {
-		return nil, false
-	}
-	return &p, true
-}
-
-// verifyPassword checks pw against a PHC hash in constant time. rehash
-// reports that the hash uses other parameters than today's.
-func verifyPassword(ctx context.Context, pw, phc string) (ok, rehash bool, err error) {
-	p, valid := parsePHC(phc)
-	if !valid {
-		// Spend the time anyway so a missing/odd hash is not observable.
-		p, _ = parsePHC(dummyHash())
-		phc = ""
-	}
-	if err := acquireHash(ctx); err != nil {
-		return false, false, err
-	}
-	key := argon2.IDKey([]byte(pw), p.salt, p.t, p.m, p.p, uint32(len(p.key)))
-	releaseHash()
-	if phc == "" {
-		return false, false, nil
-	}
-	ok = subtle.ConstantTimeCompare(key, p.key) == 1
-	rehash = ok && (p.m != argonMemory || p.t != argonTime || p.p != argonThreads || len(p.key) != argonKeyLen)
-	return ok, rehash, nil
-}
-
-var (
-	dummyOnce sync.Once
-	dummyPHC  string
-)
-
-// dummyHash is a valid hash of a random password, verified against for
-// unknown users so that their login costs as long as a real one.
-func dummyHash() string {
-	dummyOnce.Do(func() {
-		salt := make([]byte, argonSaltLen)
-		pw := make([]byte, 16)
-		_, _ = rand.Read(salt)
-		_, _ = rand.Read(pw)
-		key := argon2.IDKey(pw, salt, argonTime, argonMemory, argonThreads, argonKeyLen)
-		b64 := base64.RawStdEncoding
-		dummyPHC = fmt.Sprintf("$argon2id$v=%d$m=%d,t=%d,p=%d$%s$%s", argon2.Version, argonMemory, argonTime, argonThreads, b64.EncodeToString(salt), b64.EncodeToString(key))
-	})
-	return dummyPHC
-}
-
 // verifyUserPassword checks a local user's password. It returns the
 // account (nil if unknown) and whether the password matched; unknown users
 // and users without a password take as long as real ones and never match.
@@ -257,16 +114,16 @@ func (ac *accounts) verifyUserPassword(ctx context.Context, userID, password str
 	if acc != nil {
 		hash = acc.PasswordHash
 	}
-	if len(password) > maxPasswordBytes || password == "" {
+	if len(password) > acct.MaxPasswordBytes || password == "" {
 		// Still spend the time: lengths must not reveal whether the user exists.
 		hash = ""
 	}
-	ok, rehash, err := verifyPassword(ctx, password, hash)
+	ok, rehash, err := acct.VerifyPassword(ctx, password, hash)
 	if err != nil {
 		return nil, false, err
 	}
 	if ok && rehash {
-		if h, err := hashPassword(ctx, password); err == nil {
+		if h, err := acct.HashPassword(ctx, password); err == nil {
 			if err := storage.SetPassword(ctx, ac.db, userID, h); err != nil {
 				logrus.WithError(err).Warn("accounts: rehashing password")
 			}
@@ -342,7 +199,7 @@ type tokenCache struct {
 }
 
 type cachedToken struct {
-	dev       Device
+	dev       httpapi.Device
 	expiresTS int64
 	cachedAt  time.Time
 	gen       uint64
@@ -391,13 +248,13 @@ func (c *tokenCache) invalidateUser(userID string) {
 // after revoking tokens or deleting devices yourself (deleteDevices does).
 func (ac *accounts) invalidateUserTokens(userID string) { ac.tokens.invalidateUser(userID) }
 
-func unknownToken(soft bool, msg string) Response {
-	return Response{Code: http.StatusUnauthorized, Body: &MatrixError{ErrCode: "M_UNKNOWN_TOKEN", Err: msg, SoftLogout: soft}}
+func unknownToken(soft bool, msg string) httpapi.Response {
+	return httpapi.Response{Code: http.StatusUnauthorized, Body: &httpapi.MatrixError{ErrCode: "M_UNKNOWN_TOKEN", Err: msg, SoftLogout: soft}}
 }
 
 // authenticate finds the device behind the request's access token
 // (Authorization: Bearer, or the deprecated access_token query parameter).
-func (ac *accounts) authenticate(r *http.Request) (*Device, Response, bool) {
+func (ac *accounts) authenticate(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {
 	token := ""
 	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
 		token = strings.TrimPrefix(h, "Bearer ")
@@ -405,13 +262,13 @@ func (ac *accounts) authenticate(r *http.Request) (*Device, Response, bool) {
 		token = t
 	}
 	if token == "" {
-		return nil, Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
+		return nil, httpapi.Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
 	}
 	return ac.lookupAccessToken(r.Context(), token)
 }
 
 // lookupAccessToken authenticates a request's access token.
-func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*Device, Response, bool) {
+func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*httpapi.Device, httpapi.Response, bool) {
 	now := time.Now()
 	hash := hashToken(token)
 	e, ok := ac.tokens.get(hash, now)
@@ -423,13 +280,13 @@ func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*Devic
 		}
 		if err != nil {
 			logrus.WithError(err).Error("accounts: looking up access token")
-			return nil, Errf(http.StatusInternalServerError, "M_UNKNOWN", "internal server error"), false
+			return nil, httpapi.Errf(http.StatusInternalServerError, "M_UNKNOWN", "internal server error"), false
 		}
 		if info.Deactivated {
 			return nil, unknownToken(false, "account deactivated"), false
 		}
 		e = cachedToken{
-			dev:       Device{UserID: info.UserID, DeviceID: info.DeviceID, AccessTokenID: info.ID, IsAdmin: info.IsAdmin, IsGuest: info.IsGuest},
+			dev:       httpapi.Device{UserID: info.UserID, DeviceID: info.DeviceID, AccessTokenID: info.ID, IsAdmin: info.IsAdmin, IsGuest: info.IsGuest},
 			expiresTS: info.ExpiresTS,
 			cachedAt:  now,
 		}
@@ -440,7 +297,7 @@ func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*Devic
 		return nil, unknownToken(true, "access token expired"), false
 	}
 	dev := e.dev
-	return &dev, Response{}, true
+	return &dev, httpapi.Response{}, true
 }
 
 // touchDevice records that a device was used. Writes are throttled to one
@@ -621,37 +478,19 @@ func (ac *accounts) maintain() {
 // ---------------------------------------------------------------------------
 // User IDs.
 
-// validLocalpart reports whether s uses only the characters the spec
-// allows in new user IDs (lowercase historical set) and is not reserved.
-func validLocalpart(s string) bool {
-	if s == "" || strings.HasPrefix(s, "_") {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= 'a' && c <= 'z', c >= '0' && c <= '9':
-		case c == '.', c == '_', c == '=', c == '-', c == '/', c == '+':
-		default:
-			return false
-		}
-	}
-	return true
-}
-
 func (ac *accounts) userID(localpart string) string {
 	return "@" + localpart + ":" + ac.opts.ServerName
 }
 
 // checkNewLocalpart validates a localpart for a new account.
-func (ac *accounts) checkNewLocalpart(localpart string) (Response, bool) {
-	if !validLocalpart(localpart) {
-		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'"), false
+func (ac *accounts) checkNewLocalpart(localpart string) (httpapi.Response, bool) {
+	if !acct.ValidLocalpart(localpart) {
+		return httpapi.Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may only contain a-z, 0-9, '.', '_', '=', '-', '/' and '+', and may not start with '_'"), false
 	}
 	if len(ac.userID(localpart)) > 255 {
-		return Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may not be longer than 255 characters"), false
+		return httpapi.Errf(http.StatusBadRequest, "M_INVALID_USERNAME", "user ID may not be longer than 255 characters"), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
 // resolveLocalUser turns a login identifier (localpart or full user ID)
@@ -686,13 +525,13 @@ var (
 func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, password string, admin bool) (string, error) {
 	localpart = strings.ToLower(localpart)
 	userID := "@" + localpart + ":" + serverName
-	if !validLocalpart(localpart) || len(userID) > 255 {
+	if !acct.ValidLocalpart(localpart) || len(userID) > 255 {
 		return "", ErrInvalidUsername
 	}
-	if password == "" || len(password) > maxPasswordBytes {
-		return "", fmt.Errorf("password must be 1 to %d bytes", maxPasswordBytes)
+	if password == "" || len(password) > acct.MaxPasswordBytes {
+		return "", fmt.Errorf("password must be 1 to %d bytes", acct.MaxPasswordBytes)
 	}
-	hash, err := hashPassword(ctx, password)
+	hash, err := acct.HashPassword(ctx, password)
 	if err != nil {
 		return "", err
 	}
@@ -721,16 +560,16 @@ func CreateUser(ctx context.Context, db *storage.DB, serverName, localpart, pass
 // ---------------------------------------------------------------------------
 // Endpoints.
 
-func (ac *accounts) getWhoami(r *http.Request, dev *Device) Response {
-	return JSON(http.StatusOK, map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest})
+func (ac *accounts) getWhoami(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(http.StatusOK, map[string]any{"user_id": dev.UserID, "device_id": dev.DeviceID, "is_guest": dev.IsGuest})
 }
 
-func (ac *accounts) getThreepids(r *http.Request, dev *Device) Response {
-	return JSON(http.StatusOK, map[string]any{"threepids": []any{}})
+func (ac *accounts) getThreepids(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(http.StatusOK, map[string]any{"threepids": []any{}})
 }
 
 // POST /logout: revoke this token and delete its device.
-func (ac *accounts) postLogout(r *http.Request, dev *Device) Response {
+func (ac *accounts) postLogout(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	ctx := r.Context()
 	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.DeleteDevices(ctx, tx, dev.UserID, []string{dev.DeviceID}); err != nil {
@@ -747,13 +586,13 @@ func (ac *accounts) postLogout(r *http.Request, dev *Device) Response {
 	})
 	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // POST /logout/all: revoke every token and delete every device.
-func (ac *accounts) postLogoutAll(r *http.Request, dev *Device) Response {
+func (ac *accounts) postLogoutAll(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	err := ac.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
 		if err != nil {
@@ -766,14 +605,14 @@ func (ac *accounts) postLogoutAll(r *http.Request, dev *Device) Response {
 	})
 	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // POST /account/password
-func (ac *accounts) postPassword(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (ac *accounts) postPassword(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
@@ -782,20 +621,20 @@ func (ac *accounts) postPassword(r *http.Request, dev *Device) Response {
 		LogoutDevices *bool   `json:"logout_devices"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return BadJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if req.NewPassword == nil || *req.NewPassword == "" {
-		return MissingParam("new_password is required")
+		return httpapi.MissingParam("new_password is required")
 	}
-	if len(*req.NewPassword) > maxPasswordBytes {
-		return Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", maxPasswordBytes)
+	if len(*req.NewPassword) > acct.MaxPasswordBytes {
+		return httpapi.Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", acct.MaxPasswordBytes)
 	}
 	if resp, ok := ac.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
-	hash, err := hashPassword(r.Context(), *req.NewPassword)
+	hash, err := acct.HashPassword(r.Context(), *req.NewPassword)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	logout := req.LogoutDevices == nil || *req.LogoutDevices
 	err = ac.db.WithTx(r.Context(), func(tx *storage.Tx) error {
@@ -821,14 +660,14 @@ func (ac *accounts) postPassword(r *http.Request, dev *Device) Response {
 		ac.invalidateUserTokens(dev.UserID)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // POST /account/deactivate
-func (ac *accounts) postDeactivate(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (ac *accounts) postDeactivate(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
@@ -837,7 +676,7 @@ func (ac *accounts) postDeactivate(r *http.Request, dev *Device) Response {
 		IDServer string `json:"id_server"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return BadJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if resp, ok := ac.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
@@ -851,10 +690,10 @@ func (ac *accounts) postDeactivate(r *http.Request, dev *Device) Response {
 	})
 	ac.invalidateUserTokens(dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ac.leaveAllRooms(ctx, dev.UserID)
-	return JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "no-support"})
+	return httpapi.JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "no-support"})
 }
 
 // leaveAllRooms leaves (or rejects invites to) every room of a deactivated
@@ -886,15 +725,15 @@ func (ac *accounts) leaveAllRooms(ctx context.Context, userID string) {
 // POST /refresh: exchange a refresh token for a new access+refresh pair.
 // The old refresh token is invalidated at once; the old access token lives
 // until its (short) expiry so requests already in flight still succeed.
-func (ac *accounts) postRefresh(r *http.Request) Response {
+func (ac *accounts) postRefresh(r *http.Request) httpapi.Response {
 	var req struct {
 		RefreshToken *string `json:"refresh_token"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.RefreshToken == nil || *req.RefreshToken == "" {
-		return MissingParam("refresh_token is required")
+		return httpapi.MissingParam("refresh_token is required")
 	}
 	ctx := r.Context()
 	old, err := storage.LookupRefreshToken(ctx, ac.db, hashToken(*req.RefreshToken))
@@ -902,14 +741,14 @@ func (ac *accounts) postRefresh(r *http.Request) Response {
 		return unknownToken(false, "unknown or already used refresh token")
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	acc, err := storage.GetAccount(ctx, ac.db, old.UserID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && acc.Deactivated) {
 		return unknownToken(false, "unknown or already used refresh token")
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	errUsed := errors.New("refresh token used concurrently")
 	now := time.Now()
@@ -936,8 +775,8 @@ func (ac *accounts) postRefresh(r *http.Request) Response {
 		return unknownToken(false, "unknown or already used refresh token")
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ac.maintain()
-	return JSON(http.StatusOK, map[string]any{"access_token": at, "refresh_token": rt, "expires_in_ms": life.Milliseconds()})
+	return httpapi.JSON(http.StatusOK, map[string]any{"access_token": at, "refresh_token": rt, "expires_in_ms": life.Milliseconds()})
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"enclave/auditapi"
+	acct "enclave/internal/accounts"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -60,22 +62,22 @@ func (s *nonceStore) take(n string, now time.Time) bool {
 	return now.Before(exp)
 }
 
-func sharedSecretDisabled() Response {
-	return Errf(http.StatusBadRequest, "M_UNKNOWN", "Shared secret registration is not enabled")
+func sharedSecretDisabled() httpapi.Response {
+	return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "Shared secret registration is not enabled")
 }
 
-func (ac *accounts) getAdminRegisterNonce(r *http.Request) Response {
+func (ac *accounts) getAdminRegisterNonce(r *http.Request) httpapi.Response {
 	if ac.opts.SharedSecret == "" {
 		return sharedSecretDisabled()
 	}
 	n, ok := ac.nonces.issue(time.Now())
 	if !ok {
-		return Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many outstanding nonces")
+		return httpapi.Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many outstanding nonces")
 	}
-	return JSON(http.StatusOK, map[string]any{"nonce": n})
+	return httpapi.JSON(http.StatusOK, map[string]any{"nonce": n})
 }
 
-func (ac *accounts) postAdminRegister(r *http.Request) Response {
+func (ac *accounts) postAdminRegister(r *http.Request) httpapi.Response {
 	if ac.opts.SharedSecret == "" {
 		return sharedSecretDisabled()
 	}
@@ -88,25 +90,25 @@ func (ac *accounts) postAdminRegister(r *http.Request) Response {
 		UserType    *string `json:"user_type"`
 		MAC         string  `json:"mac"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Nonce == "" {
-		return MissingParam("nonce is required")
+		return httpapi.MissingParam("nonce is required")
 	}
 	// The nonce is spent whatever happens next.
 	if !ac.nonces.take(req.Nonce, time.Now()) {
-		return Errf(http.StatusBadRequest, "M_UNKNOWN", "unrecognised nonce")
+		return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "unrecognised nonce")
 	}
 	switch {
 	case req.Username == "" || len(req.Username) > 512 || strings.ContainsRune(req.Username, 0):
-		return InvalidParam("invalid username")
-	case req.Password == "" || len(req.Password) > maxPasswordBytes || strings.ContainsRune(req.Password, 0):
-		return InvalidParam("invalid password")
+		return httpapi.InvalidParam("invalid username")
+	case req.Password == "" || len(req.Password) > acct.MaxPasswordBytes || strings.ContainsRune(req.Password, 0):
+		return httpapi.InvalidParam("invalid password")
 	case req.MAC == "":
-		return MissingParam("mac is required")
+		return httpapi.MissingParam("mac is required")
 	case req.UserType != nil && strings.ContainsRune(*req.UserType, 0):
-		return InvalidParam("invalid user_type")
+		return httpapi.InvalidParam("invalid user_type")
 	}
 
 	mac := hmac.New(sha1.New, []byte(ac.opts.SharedSecret))
@@ -127,7 +129,7 @@ func (ac *accounts) postAdminRegister(r *http.Request) Response {
 	}
 	got, err := hex.DecodeString(strings.ToLower(req.MAC))
 	if err != nil || !hmac.Equal(got, mac.Sum(nil)) {
-		return Forbidden("HMAC incorrect")
+		return httpapi.Forbidden("HMAC incorrect")
 	}
 
 	ctx := actorContext(r)
@@ -138,14 +140,14 @@ func (ac *accounts) postAdminRegister(r *http.Request) Response {
 	userID := ac.userID(localpart)
 	taken, err := storage.AccountExists(ctx, ac.db, userID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if taken {
 		return userInUse()
 	}
-	hash, err := hashPassword(ctx, req.Password)
+	hash, err := acct.HashPassword(ctx, req.Password)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	displayName := req.DisplayName
 	if displayName == "" {
@@ -177,9 +179,9 @@ func (ac *accounts) postAdminRegister(r *http.Request) Response {
 		return userInUse()
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, map[string]any{
+	return httpapi.JSON(http.StatusOK, map[string]any{
 		"access_token": issued.AccessToken,
 		"user_id":      userID,
 		"home_server":  ac.opts.ServerName,

@@ -19,12 +19,13 @@ import (
 	"net/http"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
 // RequestActor describes who sent r: the device when authenticated, and
 // always the peer address and user agent.
-func RequestActor(r *http.Request, dev *Device) auditapi.Actor {
+func RequestActor(r *http.Request, dev *httpapi.Device) auditapi.Actor {
 	ip := r.RemoteAddr
 	if h, _, err := net.SplitHostPort(ip); err == nil {
 		ip = h
@@ -40,7 +41,7 @@ func RequestActor(r *http.Request, dev *Device) auditapi.Actor {
 // handler that runs next (and everything it calls) records it. It is meant
 // for the authorizer hook, which runs on the very *http.Request the
 // handler then receives.
-func AttachActor(r *http.Request, dev *Device) {
+func AttachActor(r *http.Request, dev *httpapi.Device) {
 	*r = *r.WithContext(auditapi.WithActor(r.Context(), RequestActor(r, dev)))
 }
 
@@ -55,7 +56,7 @@ func actorContext(r *http.Request) context.Context {
 
 // loginFailed records a failed login attempt and returns resp (or a 500 if
 // the attempt could not be recorded: unrecorded attempts are not allowed).
-func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason string, resp Response) Response {
+func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason string, resp httpapi.Response) httpapi.Response {
 	details := map[string]any{"reason": reason}
 	if identifier != "" {
 		details["identifier"] = clipString(identifier, 255)
@@ -65,7 +66,7 @@ func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason stri
 		Outcome: auditapi.OutcomeFailure, Details: details,
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return resp
 }
@@ -93,18 +94,6 @@ func clipString(s string, n int) string {
 
 // ---------------------------------------------------------------------------
 // Helpers for the admin API.
-
-// HashPassword returns the argon2id hash of a password (admin password
-// resets and account creation).
-func HashPassword(ctx context.Context, password string) (string, error) {
-	return hashPassword(ctx, password)
-}
-
-// MaxPasswordBytes bounds passwords everywhere.
-const MaxPasswordBytes = maxPasswordBytes
-
-// ValidLocalpart reports whether s may be the localpart of a new user.
-func ValidLocalpart(s string) bool { return validLocalpart(s) }
 
 // InvalidateUserTokens drops the user's cached access tokens after their
 // tokens were revoked in the store.

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -38,48 +39,48 @@ func toClientDevice(d *storage.Device) clientDevice {
 	return clientDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName, LastSeenIP: d.LastSeenIP, LastSeenTS: d.LastSeenTS}
 }
 
-func (a *API) listDevices(r *http.Request, dev *Device) Response {
+func (a *API) listDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	devs, err := storage.ListDevices(r.Context(), a.db, dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	out := make([]clientDevice, 0, len(devs))
 	for _, d := range devs {
 		out = append(out, toClientDevice(d))
 	}
-	return JSON(http.StatusOK, map[string]any{"devices": out})
+	return httpapi.JSON(http.StatusOK, map[string]any{"devices": out})
 }
 
-func (a *API) getDevice(r *http.Request, dev *Device) Response {
-	d, err := storage.GetDevice(r.Context(), a.db, dev.UserID, vars(r)["deviceId"])
+func (a *API) getDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	d, err := storage.GetDevice(r.Context(), a.db, dev.UserID, httpapi.Vars(r)["deviceId"])
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("no such device")
+		return httpapi.NotFound("no such device")
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, toClientDevice(d))
+	return httpapi.JSON(http.StatusOK, toClientDevice(d))
 }
 
-func (a *API) putDevice(r *http.Request, dev *Device) Response {
+func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		DisplayName *string `json:"display_name"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
-	deviceID := vars(r)["deviceId"]
+	deviceID := httpapi.Vars(r)["deviceId"]
 	ctx := r.Context()
 	if req.DisplayName == nil {
 		if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
-			return NotFound("no such device")
+			return httpapi.NotFound("no such device")
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
-		return JSON(http.StatusOK, struct{}{})
+		return httpapi.JSON(http.StatusOK, struct{}{})
 	}
 	if len(*req.DisplayName) > maxDeviceNameLen {
-		return InvalidParam("display_name may not be longer than %d bytes", maxDeviceNameLen)
+		return httpapi.InvalidParam("display_name may not be longer than %d bytes", maxDeviceNameLen)
 	}
 	errNoDevice := errors.New("no such device")
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
@@ -108,37 +109,37 @@ func (a *API) putDevice(r *http.Request, dev *Device) Response {
 		return nil
 	})
 	if errors.Is(err, errNoDevice) {
-		return NotFound("no such device")
+		return httpapi.NotFound("no such device")
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
-func (a *API) deleteDevice(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (a *API) deleteDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
-	deviceID := vars(r)["deviceId"]
+	deviceID := httpapi.Vars(r)["deviceId"]
 	ctx := r.Context()
 	if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
-		return NotFound("no such device")
+		return httpapi.NotFound("no such device")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
 	if err := a.accounts.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
-func (a *API) postDeleteDevices(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (a *API) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
@@ -146,21 +147,21 @@ func (a *API) postDeleteDevices(r *http.Request, dev *Device) Response {
 		Devices []string `json:"devices"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return BadJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if req.Devices == nil {
-		return MissingParam("devices is required")
+		return httpapi.MissingParam("devices is required")
 	}
 	if len(req.Devices) > 1000 {
-		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
 	}
 	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
 	if err := a.accounts.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // lastSeenMiddleware records, after each authenticated request, the

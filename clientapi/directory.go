@@ -5,35 +5,36 @@ import (
 	"net/http"
 	"strings"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
 
 // aliasParam validates a room alias path parameter: #localpart:server.
-func (a *API) aliasParam(r *http.Request) (string, Response, bool) {
-	alias := vars(r)["roomAlias"]
+func (a *API) aliasParam(r *http.Request) (string, httpapi.Response, bool) {
+	alias := httpapi.Vars(r)["roomAlias"]
 	i := strings.IndexByte(alias, ':')
 	if !strings.HasPrefix(alias, "#") || i < 2 || i == len(alias)-1 || len(alias) > 255 {
-		return "", InvalidParam("invalid room alias %q", alias), false
+		return "", httpapi.InvalidParam("invalid room alias %q", alias), false
 	}
-	return alias, Response{}, true
+	return alias, httpapi.Response{}, true
 }
 
-func (a *API) getAlias(r *http.Request, dev *Device) Response {
+func (a *API) getAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	alias, resp, ok := a.aliasParam(r)
 	if !ok {
 		return resp
 	}
 	roomID, _, err := storage.GetAlias(r.Context(), a.db, alias)
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("room alias %s not found", alias)
+		return httpapi.NotFound("room alias %s not found", alias)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{"room_id": roomID, "servers": []string{a.opts.ServerName}})
+	return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": []string{a.opts.ServerName}})
 }
 
-func (a *API) putAlias(r *http.Request, dev *Device) Response {
+func (a *API) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	alias, resp, ok := a.aliasParam(r)
 	if !ok {
 		return resp
@@ -41,44 +42,44 @@ func (a *API) putAlias(r *http.Request, dev *Device) Response {
 	var body struct {
 		RoomID string `json:"room_id"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if !strings.HasSuffix(alias, ":"+a.opts.ServerName) {
-		return InvalidParam("alias must be on server %s", a.opts.ServerName)
+		return httpapi.InvalidParam("alias must be on server %s", a.opts.ServerName)
 	}
 	if !validRoomID.MatchString(body.RoomID) {
-		return InvalidParam("invalid room_id")
+		return httpapi.InvalidParam("invalid room_id")
 	}
 	m, err := a.rs.Membership(r.Context(), body.RoomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return NotFound("room %s not found", body.RoomID)
+		return httpapi.NotFound("room %s not found", body.RoomID)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if m != "join" && !dev.IsAdmin {
-		return Forbidden("you must be in the room to give it an alias")
+		return httpapi.Forbidden("you must be in the room to give it an alias")
 	}
 	ok, err = storage.InsertAlias(r.Context(), a.db, alias, body.RoomID, dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if !ok {
-		return Errf(http.StatusConflict, "M_UNKNOWN", "room alias %s already exists", alias)
+		return httpapi.Errf(http.StatusConflict, "M_UNKNOWN", "room alias %s already exists", alias)
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }
 
-func (a *API) deleteAlias(r *http.Request, dev *Device) Response {
+func (a *API) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	alias, resp, ok := a.aliasParam(r)
 	if !ok {
 		return resp
 	}
 	roomID, creator, err := storage.GetAlias(r.Context(), a.db, alias)
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("room alias %s not found", alias)
+		return httpapi.NotFound("room alias %s not found", alias)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	allowed := creator == dev.UserID || dev.IsAdmin
 	if !allowed {
@@ -88,15 +89,15 @@ func (a *API) deleteAlias(r *http.Request, dev *Device) Response {
 		}
 	}
 	if !allowed {
-		return Forbidden("you may not remove alias %s", alias)
+		return httpapi.Forbidden("you may not remove alias %s", alias)
 	}
 	if err := storage.DeleteAlias(r.Context(), a.db, alias); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }
 
-func (a *API) roomAliases(r *http.Request, dev *Device) Response {
+func (a *API) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -106,33 +107,33 @@ func (a *API) roomAliases(r *http.Request, dev *Device) Response {
 	}
 	aliases, err := storage.RoomAliases(r.Context(), a.db, roomID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if aliases == nil {
 		aliases = []string{}
 	}
-	return JSON(200, map[string]any{"aliases": aliases})
+	return httpapi.JSON(200, map[string]any{"aliases": aliases})
 }
 
-func (a *API) getDirectoryVisibility(r *http.Request) Response {
+func (a *API) getDirectoryVisibility(r *http.Request) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
 	room, err := storage.GetRoom(r.Context(), a.db, roomID)
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("room %s not found", roomID)
+		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	vis := "private"
 	if room.IsPublic {
 		vis = "public"
 	}
-	return JSON(200, map[string]string{"visibility": vis})
+	return httpapi.JSON(200, map[string]string{"visibility": vis})
 }
 
-func (a *API) putDirectoryVisibility(r *http.Request, dev *Device) Response {
+func (a *API) putDirectoryVisibility(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -140,24 +141,24 @@ func (a *API) putDirectoryVisibility(r *http.Request, dev *Device) Response {
 	var body struct {
 		Visibility string `json:"visibility"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.Visibility != "public" && body.Visibility != "private" {
-		return InvalidParam("visibility must be public or private")
+		return httpapi.InvalidParam("visibility must be public or private")
 	}
 	st, err := a.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return NotFound("room %s not found", roomID)
+		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	pl := roomserver.PowerLevels(st)
 	if !dev.IsAdmin && (st.Membership(dev.UserID) != "join" || roomserver.PowerLevel(st, dev.UserID) < pl.EventLevel("m.room.canonical_alias", true)) {
-		return Forbidden("you may not change this room's directory visibility")
+		return httpapi.Forbidden("you may not change this room's directory visibility")
 	}
 	if err := storage.SetRoomPublic(r.Context(), a.db, roomID, body.Visibility == "public"); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }

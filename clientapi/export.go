@@ -1,21 +1,22 @@
 package clientapi
 
 import (
+	"enclave/internal/httpapi"
 	"net"
 	"net/http"
 )
 
 // The exported face of the client API's HTTP plumbing, for components that
 // live in their own packages (media, admin, audit) but share its listener,
-// authentication, rate limiting and metrics.
+// authentication, rate limiting and metrics: *API is their httpapi.Routes.
 
 // HandleAuthed registers an endpoint that needs a valid access token.
-func (a *API) HandleAuthed(method, path, group string, h func(r *http.Request, dev *Device) Response) {
+func (a *API) HandleAuthed(method, path, group string, h func(r *http.Request, dev *httpapi.Device) httpapi.Response) {
 	a.authed(method, path, group, h)
 }
 
 // HandleOpen registers an endpoint that needs no access token.
-func (a *API) HandleOpen(method, path, group string, h func(r *http.Request) Response) {
+func (a *API) HandleOpen(method, path, group string, h func(r *http.Request) httpapi.Response) {
 	a.open(method, path, group, h)
 }
 
@@ -30,7 +31,7 @@ func (a *API) HandleRaw(method, path, group string, h http.HandlerFunc) {
 // the access token to its device, applies the rate limit and the role check
 // (RBAC) and records the device as seen. On failure resp is the spec's
 // error to send.
-func (a *API) Authenticate(r *http.Request) (dev *Device, resp Response, ok bool) {
+func (a *API) Authenticate(r *http.Request) (dev *httpapi.Device, resp httpapi.Response, ok bool) {
 	if dev, resp, ok = a.accounts.authenticate(r); !ok {
 		return nil, resp, false
 	}
@@ -44,17 +45,5 @@ func (a *API) Authenticate(r *http.Request) (dev *Device, resp Response, ok bool
 			return nil, resp, false
 		}
 	}
-	return dev, Response{}, true
+	return dev, httpapi.Response{}, true
 }
-
-// WriteResponse writes resp as JSON.
-func WriteResponse(w http.ResponseWriter, resp Response) { writeResponse(w, resp) }
-
-// DecodeJSON reads a JSON body into v (see decodeJSON).
-func DecodeJSON(r *http.Request, v any) (Response, bool) { return decodeJSON(r, v) }
-
-// ReadJSONObject reads a body that must be a JSON object.
-func ReadJSONObject(r *http.Request) ([]byte, Response, bool) { return readJSONObject(r) }
-
-// Vars returns the route's path variables.
-func Vars(r *http.Request) map[string]string { return vars(r) }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 )
 
@@ -36,9 +37,9 @@ func (rm *rooms) needsRemoteJoin(ctx context.Context, roomID string) bool {
 
 // remoteJoin joins through federation, using the via / server_name query
 // parameters and the room's or alias's server.
-func (rm *rooms) remoteJoin(r *http.Request, dev *Device, target string, content map[string]any) Response {
+func (rm *rooms) remoteJoin(r *http.Request, dev *httpapi.Device, target string, content map[string]any) httpapi.Response {
 	if rm.fed == nil {
-		return NotFound("room %s is not known to this server and federation is off", target)
+		return httpapi.NotFound("room %s is not known to this server and federation is off", target)
 	}
 	q := r.URL.Query()
 	via := append(q["via"], q["server_name"]...)
@@ -47,7 +48,7 @@ func (rm *rooms) remoteJoin(r *http.Request, dev *Device, target string, content
 	}
 	roomID, err := rm.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
 	if err != nil {
-		return Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)
+		return httpapi.Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)
 	}
-	return JSON(200, map[string]string{"room_id": roomID})
+	return httpapi.JSON(200, map[string]string{"room_id": roomID})
 }

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -27,7 +28,7 @@ const (
 	hierarchyMaxRooms = 1000
 )
 
-func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
+func (rm *rooms) hierarchy(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -41,7 +42,7 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
-			return InvalidParam("limit must be an integer greater than zero")
+			return httpapi.InvalidParam("limit must be an integer greater than zero")
 		}
 		limit = min(n, hierarchyMaxLimit)
 	}
@@ -49,7 +50,7 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 	if s := q.Get("max_depth"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || n < 0 {
-			return InvalidParam("max_depth must be a non-negative integer")
+			return httpapi.InvalidParam("max_depth must be a non-negative integer")
 		}
 		maxDepth = min(n, hierarchyMaxDepth)
 	}
@@ -58,21 +59,21 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 		var off, depth int
 		var sugg bool
 		if _, err := fmt.Sscanf(s, "h%d_%d_%t", &off, &depth, &sugg); err != nil || off < 0 {
-			return InvalidParam("unknown pagination token")
+			return httpapi.InvalidParam("unknown pagination token")
 		}
 		if depth != maxDepth || sugg != suggestedOnly {
-			return InvalidParam("suggested_only and max_depth cannot change on paginated requests")
+			return httpapi.InvalidParam("suggested_only and max_depth cannot change on paginated requests")
 		}
 		offset = off
 	}
 	st, err := rm.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return Forbidden("you are not allowed to view this room")
+		return httpapi.Forbidden("you are not allowed to view this room")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if !rm.canPreview(r.Context(), dev.UserID, st) {
-		return Forbidden("you are not allowed to view this room")
+		return httpapi.Forbidden("you are not allowed to view this room")
 	}
 	// Walk depth first, the way clients render the tree.
 	type item struct {
@@ -94,7 +95,7 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 			if rst, err = rm.rs.CurrentState(r.Context(), it.roomID); errors.Is(err, roomserver.ErrRoomNotFound) {
 				continue
 			} else if err != nil {
-				return InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			if !rm.canPreview(r.Context(), dev.UserID, rst) {
 				continue
@@ -104,7 +105,7 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 		if errors.Is(err, storage.ErrNotFound) {
 			continue
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		entry := storage.PublicRoomChunk(stats)
 		children := []map[string]any{}
@@ -135,5 +136,5 @@ func (rm *rooms) hierarchy(r *http.Request, dev *Device) Response {
 			body["next_batch"] = fmt.Sprintf("h%d_%d_%t", end, maxDepth, suggestedOnly)
 		}
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }

@@ -13,6 +13,7 @@ import (
 	"strconv"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -39,27 +40,27 @@ func parseVersion(s string) (int64, bool) {
 	return v, err == nil && v > 0 && strconv.FormatInt(v, 10) == s
 }
 
-func noBackup(version string) Response {
+func noBackup(version string) httpapi.Response {
 	if version == "" {
-		return NotFound("no current backup version")
+		return httpapi.NotFound("no current backup version")
 	}
-	return NotFound("unknown backup version %s", version)
+	return httpapi.NotFound("unknown backup version %s", version)
 }
 
-func (ks *keys) createBackupVersion(r *http.Request, dev *Device) Response {
+func (ks *keys) createBackupVersion(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		Algorithm string          `json:"algorithm"`
 		AuthData  json.RawMessage `json:"auth_data"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Algorithm == "" {
-		return MissingParam("algorithm is required")
+		return httpapi.MissingParam("algorithm is required")
 	}
 	authData, ok := jsonObject(req.AuthData)
 	if !ok {
-		return MissingParam("auth_data must be an object")
+		return httpapi.MissingParam("auth_data must be an object")
 	}
 	ctx := r.Context()
 	var v int64
@@ -77,15 +78,15 @@ func (ks *keys) createBackupVersion(r *http.Request, dev *Device) Response {
 		}
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, map[string]string{"version": strconv.FormatInt(v, 10)})
+	return httpapi.JSON(http.StatusOK, map[string]string{"version": strconv.FormatInt(v, 10)})
 }
 
 // auditBackup records a change to one of the user's backups (action
 // ActionKeyBackup or ActionKeyBackupKeys): which version, what was done
 // and counts; never auth_data or session data.
-func (ks *keys) auditBackup(ctx context.Context, tx *storage.Tx, dev *Device, action, op string, version int64, details map[string]any) error {
+func (ks *keys) auditBackup(ctx context.Context, tx *storage.Tx, dev *httpapi.Device, action, op string, version int64, details map[string]any) error {
 	if details == nil {
 		details = map[string]any{}
 	}
@@ -103,8 +104,8 @@ func jsonObject(raw json.RawMessage) (json.RawMessage, bool) {
 	return b, err == nil
 }
 
-func (ks *keys) getBackupVersion(r *http.Request, dev *Device) Response {
-	vs, given := vars(r)["version"]
+func (ks *keys) getBackupVersion(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	vs, given := httpapi.Vars(r)["version"]
 	var v int64
 	if given {
 		var ok bool
@@ -118,13 +119,13 @@ func (ks *keys) getBackupVersion(r *http.Request, dev *Device) Response {
 		return noBackup(vs)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	n, err := storage.CountBackupKeys(ctx, ks.db, dev.UserID, b.Version)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, map[string]any{
+	return httpapi.JSON(http.StatusOK, map[string]any{
 		"algorithm": b.Algorithm,
 		"auth_data": b.AuthData,
 		"count":     n,
@@ -133,22 +134,22 @@ func (ks *keys) getBackupVersion(r *http.Request, dev *Device) Response {
 	})
 }
 
-func (ks *keys) putBackupVersion(r *http.Request, dev *Device) Response {
-	vs := vars(r)["version"]
+func (ks *keys) putBackupVersion(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	vs := httpapi.Vars(r)["version"]
 	var req struct {
 		Algorithm string          `json:"algorithm"`
 		AuthData  json.RawMessage `json:"auth_data"`
 		Version   *string         `json:"version"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Version != nil && *req.Version != vs {
-		return InvalidParam("version in the body does not match the path")
+		return httpapi.InvalidParam("version in the body does not match the path")
 	}
 	authData, ok := jsonObject(req.AuthData)
 	if !ok {
-		return MissingParam("auth_data must be an object")
+		return httpapi.MissingParam("auth_data must be an object")
 	}
 	v, ok := parseVersion(vs)
 	if !ok {
@@ -160,10 +161,10 @@ func (ks *keys) putBackupVersion(r *http.Request, dev *Device) Response {
 		return noBackup(vs)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if req.Algorithm != b.Algorithm {
-		return InvalidParam("algorithm does not match the backup's")
+		return httpapi.InvalidParam("algorithm does not match the backup's")
 	}
 	err = ks.db.WithTx(ctx, func(tx *storage.Tx) error {
 		updated, err := storage.UpdateBackupAuthData(ctx, tx, dev.UserID, v, authData)
@@ -173,13 +174,13 @@ func (ks *keys) putBackupVersion(r *http.Request, dev *Device) Response {
 		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "update", v, nil)
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
-func (ks *keys) deleteBackupVersion(r *http.Request, dev *Device) Response {
-	vs := vars(r)["version"]
+func (ks *keys) deleteBackupVersion(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	vs := httpapi.Vars(r)["version"]
 	v, ok := parseVersion(vs)
 	if !ok {
 		return noBackup(vs)
@@ -194,19 +195,19 @@ func (ks *keys) deleteBackupVersion(r *http.Request, dev *Device) Response {
 		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackup, "delete", v, nil)
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if !found {
 		return noBackup(vs)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // backupTarget is the version and the room/session scope of a keys request.
-func (ks *keys) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersion, string, string, Response, bool) {
+func (ks *keys) backupTarget(r *http.Request, dev *httpapi.Device) (*storage.BackupVersion, string, string, httpapi.Response, bool) {
 	vs := r.URL.Query().Get("version")
 	if vs == "" {
-		return nil, "", "", MissingParam("version is required"), false
+		return nil, "", "", httpapi.MissingParam("version is required"), false
 	}
 	v, ok := parseVersion(vs)
 	if !ok {
@@ -217,51 +218,51 @@ func (ks *keys) backupTarget(r *http.Request, dev *Device) (*storage.BackupVersi
 		return nil, "", "", noBackup(vs), false
 	}
 	if err != nil {
-		return nil, "", "", InternalError(r, err), false
+		return nil, "", "", httpapi.InternalError(r, err), false
 	}
-	return b, vars(r)["roomId"], vars(r)["sessionId"], Response{}, true
+	return b, httpapi.Vars(r)["roomId"], httpapi.Vars(r)["sessionId"], httpapi.Response{}, true
 }
 
-func (ks *keys) backupCountETag(r *http.Request, userID string, version int64) Response {
+func (ks *keys) backupCountETag(r *http.Request, userID string, version int64) httpapi.Response {
 	b, err := storage.GetBackupVersion(r.Context(), ks.db, userID, version)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	n, err := storage.CountBackupKeys(r.Context(), ks.db, userID, version)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, map[string]any{"count": n, "etag": strconv.FormatInt(b.ETag, 10)})
+	return httpapi.JSON(http.StatusOK, map[string]any{"count": n, "etag": strconv.FormatInt(b.ETag, 10)})
 }
 
 type backupSessions struct {
 	Sessions map[string]json.RawMessage `json:"sessions"`
 }
 
-func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (ks *keys) putBackupKeys(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
-	roomID, sessionID := vars(r)["roomId"], vars(r)["sessionId"]
+	roomID, sessionID := httpapi.Vars(r)["roomId"], httpapi.Vars(r)["sessionId"]
 	var keys []storage.BackupKey
-	add := func(room, session string, raw json.RawMessage) (Response, bool) {
+	add := func(room, session string, raw json.RawMessage) (httpapi.Response, bool) {
 		var k storage.BackupKey
 		if err := json.Unmarshal(raw, &k); err != nil {
-			return BadJSON("key backup data for %s/%s has the wrong shape: %v", room, session, err), false
+			return httpapi.BadJSON("key backup data for %s/%s has the wrong shape: %v", room, session, err), false
 		}
 		sd, ok := jsonObject(k.SessionData)
 		if !ok {
-			return BadJSON("session_data for %s/%s must be an object", room, session), false
+			return httpapi.BadJSON("session_data for %s/%s must be an object", room, session), false
 		}
 		if k.FirstMessageIndex < 0 || k.ForwardedCount < 0 {
-			return InvalidParam("first_message_index and forwarded_count must not be negative"), false
+			return httpapi.InvalidParam("first_message_index and forwarded_count must not be negative"), false
 		}
 		k.RoomID, k.SessionID, k.SessionData = room, session, sd
 		keys = append(keys, k)
-		return Response{}, len(keys) <= maxBackupKeysPerRequest
+		return httpapi.Response{}, len(keys) <= maxBackupKeysPerRequest
 	}
-	tooMany := Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d keys per request", maxBackupKeysPerRequest)
+	tooMany := httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d keys per request", maxBackupKeysPerRequest)
 	switch {
 	case sessionID != "":
 		if resp, ok := add(roomID, sessionID, body); !ok {
@@ -270,7 +271,7 @@ func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 	case roomID != "":
 		var req backupSessions
 		if err := json.Unmarshal(body, &req); err != nil || req.Sessions == nil {
-			return BadJSON("body must be {\"sessions\": {...}}")
+			return httpapi.BadJSON("body must be {\"sessions\": {...}}")
 		}
 		for s, raw := range req.Sessions {
 			if resp, ok := add(roomID, s, raw); !ok {
@@ -282,7 +283,7 @@ func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 			Rooms map[string]backupSessions `json:"rooms"`
 		}
 		if err := json.Unmarshal(body, &req); err != nil || req.Rooms == nil {
-			return BadJSON("body must be {\"rooms\": {...}}")
+			return httpapi.BadJSON("body must be {\"rooms\": {...}}")
 		}
 		for room, rs := range req.Rooms {
 			for s, raw := range rs.Sessions {
@@ -294,7 +295,7 @@ func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 	}
 	vs := r.URL.Query().Get("version")
 	if vs == "" {
-		return MissingParam("version is required")
+		return httpapi.MissingParam("version is required")
 	}
 	ctx := r.Context()
 	cur, err := storage.GetBackupVersion(ctx, ks.db, dev.UserID, 0)
@@ -302,10 +303,10 @@ func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 		return noBackup(vs)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if strconv.FormatInt(cur.Version, 10) != vs {
-		return Response{Code: http.StatusForbidden, Body: map[string]string{
+		return httpapi.Response{Code: http.StatusForbidden, Body: map[string]string{
 			"errcode": "M_WRONG_ROOM_KEYS_VERSION", "error": "the backup version is not the current one", "current_version": strconv.FormatInt(cur.Version, 10),
 		}}
 	}
@@ -317,40 +318,40 @@ func (ks *keys) putBackupKeys(r *http.Request, dev *Device) Response {
 		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "put", cur.Version, map[string]any{"count": len(keys), "changed": changed})
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return ks.backupCountETag(r, dev.UserID, cur.Version)
 }
 
 // orTooMany returns resp when it is an error, else the too-many response.
-func orTooMany(resp, tooMany Response) Response {
+func orTooMany(resp, tooMany httpapi.Response) httpapi.Response {
 	if resp.Code != 0 {
 		return resp
 	}
 	return tooMany
 }
 
-func (ks *keys) getBackupKeys(r *http.Request, dev *Device) Response {
+func (ks *keys) getBackupKeys(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	b, roomID, sessionID, resp, ok := ks.backupTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	keys, err := storage.GetBackupKeys(r.Context(), ks.db, dev.UserID, b.Version, roomID, sessionID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	switch {
 	case sessionID != "":
 		if len(keys) == 0 {
-			return NotFound("no key backed up for this session")
+			return httpapi.NotFound("no key backed up for this session")
 		}
-		return JSON(http.StatusOK, keys[0])
+		return httpapi.JSON(http.StatusOK, keys[0])
 	case roomID != "":
 		out := backupSessions{Sessions: map[string]json.RawMessage{}}
 		for _, k := range keys {
 			out.Sessions[k.SessionID], _ = json.Marshal(k)
 		}
-		return JSON(http.StatusOK, out)
+		return httpapi.JSON(http.StatusOK, out)
 	default:
 		rooms := map[string]backupSessions{}
 		for _, k := range keys {
@@ -361,11 +362,11 @@ func (ks *keys) getBackupKeys(r *http.Request, dev *Device) Response {
 			}
 			rs.Sessions[k.SessionID], _ = json.Marshal(k)
 		}
-		return JSON(http.StatusOK, map[string]any{"rooms": rooms})
+		return httpapi.JSON(http.StatusOK, map[string]any{"rooms": rooms})
 	}
 }
 
-func (ks *keys) deleteBackupKeys(r *http.Request, dev *Device) Response {
+func (ks *keys) deleteBackupKeys(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	b, roomID, sessionID, resp, ok := ks.backupTarget(r, dev)
 	if !ok {
 		return resp
@@ -393,7 +394,7 @@ func (ks *keys) deleteBackupKeys(r *http.Request, dev *Device) Response {
 		return ks.auditBackup(ctx, tx, dev, auditapi.ActionKeyBackupKeys, "delete", b.Version, map[string]any{"count": before - after, "scope": scope})
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return ks.backupCountETag(r, dev.UserID, b.Version)
 }

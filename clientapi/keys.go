@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -128,10 +129,10 @@ type keysUploadRequest struct {
 // parseDeviceKeys checks an uploaded device_keys object against the
 // uploading device and returns it as stored (without "unsigned") with the
 // device's ed25519 key.
-func parseDeviceKeys(raw json.RawMessage, userID, deviceID string) ([]byte, string, Response, bool) {
+func parseDeviceKeys(raw json.RawMessage, userID, deviceID string) ([]byte, string, httpapi.Response, bool) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, "", BadJSON("device_keys must be an object"), false
+		return nil, "", httpapi.BadJSON("device_keys must be an object"), false
 	}
 	var head struct {
 		UserID     string            `json:"user_id"`
@@ -140,39 +141,39 @@ func parseDeviceKeys(raw json.RawMessage, userID, deviceID string) ([]byte, stri
 		Keys       map[string]string `json:"keys"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, "", BadJSON("device_keys has the wrong shape: %v", err), false
+		return nil, "", httpapi.BadJSON("device_keys has the wrong shape: %v", err), false
 	}
 	if head.UserID != userID || head.DeviceID != deviceID {
-		return nil, "", InvalidParam("device_keys must be for user %s and device %s", userID, deviceID), false
+		return nil, "", httpapi.InvalidParam("device_keys must be for user %s and device %s", userID, deviceID), false
 	}
 	ed := head.Keys["ed25519:"+deviceID]
 	if ed == "" || len(head.Algorithms) == 0 {
-		return nil, "", InvalidParam("device_keys must list algorithms and an ed25519:%s key", deviceID), false
+		return nil, "", httpapi.InvalidParam("device_keys must list algorithms and an ed25519:%s key", deviceID), false
 	}
 	if _, err := decodeKey(ed); err != nil {
-		return nil, "", InvalidParam("the device's ed25519 key is not a valid key"), false
+		return nil, "", httpapi.InvalidParam("the device's ed25519 key is not a valid key"), false
 	}
 	delete(obj, "unsigned")
 	b, err := json.Marshal(obj)
 	if err != nil {
-		return nil, "", BadJSON("device_keys: %v", err), false
+		return nil, "", httpapi.BadJSON("device_keys: %v", err), false
 	}
-	return b, ed, Response{}, true
+	return b, ed, httpapi.Response{}, true
 }
 
 // parseOneTimeKeys validates uploaded one-time or fallback keys.
-func parseOneTimeKeys(m map[string]json.RawMessage, what string) ([]storage.OneTimeKey, Response, bool) {
+func parseOneTimeKeys(m map[string]json.RawMessage, what string) ([]storage.OneTimeKey, httpapi.Response, bool) {
 	if len(m) > maxKeysPerUpload {
-		return nil, Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d %s per upload", maxKeysPerUpload, what), false
+		return nil, httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d %s per upload", maxKeysPerUpload, what), false
 	}
 	out := make([]storage.OneTimeKey, 0, len(m))
 	for id, raw := range m {
 		alg, kid, ok := strings.Cut(id, ":")
 		if !ok || alg == "" || kid == "" || len(id) > maxKeyIDLen {
-			return nil, InvalidParam("%s key ID %q must be <algorithm>:<id>", what, id), false
+			return nil, httpapi.InvalidParam("%s key ID %q must be <algorithm>:<id>", what, id), false
 		}
 		if len(raw) > maxKeyJSONLen {
-			return nil, Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s key %s is too large", what, id), false
+			return nil, httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s key %s is too large", what, id), false
 		}
 		var s string
 		var obj struct {
@@ -180,19 +181,19 @@ func parseOneTimeKeys(m map[string]json.RawMessage, what string) ([]storage.OneT
 		}
 		if json.Unmarshal(raw, &s) != nil {
 			if err := json.Unmarshal(raw, &obj); err != nil || obj.Key == nil || *obj.Key == "" {
-				return nil, InvalidParam("%s key %s must be a key string or an object with a key", what, id), false
+				return nil, httpapi.InvalidParam("%s key %s must be a key string or an object with a key", what, id), false
 			}
 		} else if s == "" {
-			return nil, InvalidParam("%s key %s is empty", what, id), false
+			return nil, httpapi.InvalidParam("%s key %s is empty", what, id), false
 		}
 		compact, err := compactJSON(raw)
 		if err != nil {
-			return nil, BadJSON("%s key %s: %v", what, id, err), false
+			return nil, httpapi.BadJSON("%s key %s: %v", what, id, err), false
 		}
 		out = append(out, storage.OneTimeKey{KeyID: id, Algorithm: alg, JSON: compact})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].KeyID < out[j].KeyID })
-	return out, Response{}, true
+	return out, httpapi.Response{}, true
 }
 
 func compactJSON(raw json.RawMessage) (json.RawMessage, error) {
@@ -205,15 +206,15 @@ func compactJSON(raw json.RawMessage) (json.RawMessage, error) {
 
 var errKeyConflict = errors.New("key conflict")
 
-func (ks *keys) keysUpload(r *http.Request, dev *Device) Response {
+func (ks *keys) keysUpload(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req keysUploadRequest
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	var devKeys []byte
 	var ed string
 	if len(req.DeviceKeys) > 0 && string(req.DeviceKeys) != "null" {
-		var resp Response
+		var resp httpapi.Response
 		var ok bool
 		if devKeys, ed, resp, ok = parseDeviceKeys(req.DeviceKeys, dev.UserID, dev.DeviceID); !ok {
 			return resp
@@ -234,7 +235,7 @@ func (ks *keys) keysUpload(r *http.Request, dev *Device) Response {
 	seen := map[string]bool{}
 	for _, k := range fallback {
 		if seen[k.Algorithm] {
-			return InvalidParam("at most one fallback key per algorithm")
+			return httpapi.InvalidParam("at most one fallback key per algorithm")
 		}
 		seen[k.Algorithm] = true
 	}
@@ -277,15 +278,15 @@ func (ks *keys) keysUpload(r *http.Request, dev *Device) Response {
 		return err
 	})
 	if errors.Is(err, errKeyConflict) {
-		return InvalidParam("one-time key %s already exists with a different key", conflict.KeyID)
+		return httpapi.InvalidParam("one-time key %s already exists with a different key", conflict.KeyID)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if _, ok := counts[signedCurve25519]; !ok {
 		counts[signedCurve25519] = 0
 	}
-	return JSON(http.StatusOK, map[string]any{"one_time_key_counts": counts})
+	return httpapi.JSON(http.StatusOK, map[string]any{"one_time_key_counts": counts})
 }
 
 // --- /keys/query ---
@@ -297,19 +298,19 @@ func fedTimeout(ms *int64) time.Duration {
 	return min(time.Duration(*ms)*time.Millisecond, maxFedTimeout)
 }
 
-func (ks *keys) keysQuery(r *http.Request, dev *Device) Response {
+func (ks *keys) keysQuery(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
 		Timeout    *int64              `json:"timeout"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.DeviceKeys == nil {
-		return MissingParam("device_keys is required")
+		return httpapi.MissingParam("device_keys is required")
 	}
 	if len(req.DeviceKeys) > maxQueriedUsers {
-		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d users per query", maxQueriedUsers)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d users per query", maxQueriedUsers)
 	}
 	local := map[string][]string{}
 	remote := map[string]map[string][]string{}
@@ -317,7 +318,7 @@ func (ks *keys) keysQuery(r *http.Request, dev *Device) Response {
 		srv := serverOf(u)
 		switch {
 		case srv == "":
-			return InvalidParam("invalid user ID %q", u)
+			return httpapi.InvalidParam("invalid user ID %q", u)
 		case srv == ks.opts.ServerName:
 			local[u] = devs
 		default:
@@ -330,7 +331,7 @@ func (ks *keys) keysQuery(r *http.Request, dev *Device) Response {
 	ctx := r.Context()
 	res, err := storage.QueryLocalKeys(ctx, ks.db, dev.UserID, local)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	failures := map[string]any{}
 	if len(remote) > 0 {
@@ -346,7 +347,7 @@ func (ks *keys) keysQuery(r *http.Request, dev *Device) Response {
 	if res.UserSigningKeys != nil {
 		out["user_signing_keys"] = res.UserSigningKeys
 	}
-	return JSON(http.StatusOK, out)
+	return httpapi.JSON(http.StatusOK, out)
 }
 
 func unreachable(msg string) map[string]any {
@@ -404,16 +405,16 @@ func (ks *keys) queryRemoteKeys(ctx context.Context, remote map[string]map[strin
 
 // --- /keys/claim ---
 
-func (ks *keys) keysClaim(r *http.Request, dev *Device) Response {
+func (ks *keys) keysClaim(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
 		Timeout     *int64                       `json:"timeout"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.OneTimeKeys == nil {
-		return MissingParam("one_time_keys is required")
+		return httpapi.MissingParam("one_time_keys is required")
 	}
 	n := 0
 	local := map[string]map[string]string{}
@@ -423,7 +424,7 @@ func (ks *keys) keysClaim(r *http.Request, dev *Device) Response {
 		srv := serverOf(u)
 		switch {
 		case srv == "":
-			return InvalidParam("invalid user ID %q", u)
+			return httpapi.InvalidParam("invalid user ID %q", u)
 		case srv == ks.opts.ServerName:
 			local[u] = devs
 		default:
@@ -434,58 +435,18 @@ func (ks *keys) keysClaim(r *http.Request, dev *Device) Response {
 		}
 	}
 	if n > maxClaimedDevices {
-		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d devices per claim", maxClaimedDevices)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d devices per claim", maxClaimedDevices)
 	}
 	ctx := r.Context()
-	keys, err := ClaimLocalKeys(ctx, ks.db, local)
+	keys, err := storage.ClaimLocalKeys(ctx, ks.db, local)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	failures := map[string]any{}
 	if len(remote) > 0 {
 		ks.claimRemoteKeys(ctx, remote, fedTimeout(req.Timeout), keys, failures)
 	}
-	return JSON(http.StatusOK, map[string]any{"one_time_keys": keys, "failures": failures})
-}
-
-// ClaimLocalKeys claims one key per requested device of local users (user
-// -> device -> algorithm) in one transaction: a one-time key if any is
-// left, else the fallback key. Federation's /user/keys/claim uses it too.
-func ClaimLocalKeys(ctx context.Context, db *storage.DB, want map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error) {
-	out := map[string]map[string]map[string]json.RawMessage{}
-	if len(want) == 0 {
-		return out, nil
-	}
-	users := make([]string, 0, len(want))
-	for u := range want {
-		users = append(users, u)
-	}
-	sort.Strings(users) // a stable lock order across concurrent claims
-	err := db.WithTx(ctx, func(tx *storage.Tx) error {
-		clear(out)
-		for _, u := range users {
-			devs := make([]string, 0, len(want[u]))
-			for d := range want[u] {
-				devs = append(devs, d)
-			}
-			sort.Strings(devs)
-			for _, d := range devs {
-				k, err := storage.ClaimKey(ctx, tx, u, d, want[u][d])
-				if err != nil {
-					return err
-				}
-				if k == nil {
-					continue
-				}
-				if out[u] == nil {
-					out[u] = map[string]map[string]json.RawMessage{}
-				}
-				out[u][d] = map[string]json.RawMessage{k.KeyID: k.JSON}
-			}
-		}
-		return nil
-	})
-	return out, err
+	return httpapi.JSON(http.StatusOK, map[string]any{"one_time_keys": keys, "failures": failures})
 }
 
 func (ks *keys) claimRemoteKeys(ctx context.Context, remote map[string]map[string]map[string]string, timeout time.Duration, keys map[string]map[string]map[string]json.RawMessage, failures map[string]any) {
@@ -523,26 +484,26 @@ func (ks *keys) claimRemoteKeys(ctx context.Context, remote map[string]map[strin
 
 // --- /keys/changes ---
 
-func (ks *keys) keysChanges(r *http.Request, dev *Device) Response {
+func (ks *keys) keysChanges(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	fromS, toS := q.Get("from"), q.Get("to")
 	if fromS == "" || toS == "" {
-		return MissingParam("from and to are required")
+		return httpapi.MissingParam("from and to are required")
 	}
 	from, err := syncapi.ParseToken(fromS)
 	if err != nil {
-		return InvalidParam("invalid from token")
+		return httpapi.InvalidParam("invalid from token")
 	}
 	to, err := syncapi.ParseToken(toS)
 	if err != nil {
-		return InvalidParam("invalid to token")
+		return httpapi.InvalidParam("invalid to token")
 	}
 	if cur := ks.sync.Current().Pos; to.Pos > cur {
 		to.Pos = cur
 	}
 	changed, left, err := storage.DeviceListUpdates(r.Context(), ks.db, dev.UserID, from.Pos, to.Pos)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if changed == nil {
 		changed = []string{}
@@ -550,5 +511,5 @@ func (ks *keys) keysChanges(r *http.Request, dev *Device) Response {
 	if left == nil {
 		left = []string{}
 	}
-	return JSON(http.StatusOK, map[string]any{"changed": changed, "left": left})
+	return httpapi.JSON(http.StatusOK, map[string]any{"changed": changed, "left": left})
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -24,10 +25,10 @@ type xsKey struct {
 
 // parseXSKey checks a cross-signing key object of the given usage for
 // userID: one ed25519 key, named by its public key.
-func parseXSKey(raw json.RawMessage, userID, usage string) (*xsKey, Response, bool) {
+func parseXSKey(raw json.RawMessage, userID, usage string) (*xsKey, httpapi.Response, bool) {
 	var obj map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &obj); err != nil || obj == nil {
-		return nil, BadJSON("%s key must be an object", usage), false
+		return nil, httpapi.BadJSON("%s key must be an object", usage), false
 	}
 	var head struct {
 		UserID string            `json:"user_id"`
@@ -35,37 +36,37 @@ func parseXSKey(raw json.RawMessage, userID, usage string) (*xsKey, Response, bo
 		Keys   map[string]string `json:"keys"`
 	}
 	if err := json.Unmarshal(raw, &head); err != nil {
-		return nil, BadJSON("%s key has the wrong shape: %v", usage, err), false
+		return nil, httpapi.BadJSON("%s key has the wrong shape: %v", usage, err), false
 	}
 	if head.UserID != userID {
-		return nil, InvalidParam("%s key must belong to %s", usage, userID), false
+		return nil, httpapi.InvalidParam("%s key must belong to %s", usage, userID), false
 	}
 	if !slices.Contains(head.Usage, usage) {
-		return nil, InvalidParam("%s key must have usage %q", usage, usage), false
+		return nil, httpapi.InvalidParam("%s key must have usage %q", usage, usage), false
 	}
 	if len(head.Keys) != 1 {
-		return nil, InvalidParam("%s key must hold exactly one key", usage), false
+		return nil, httpapi.InvalidParam("%s key must hold exactly one key", usage), false
 	}
 	var pub string
 	for id, k := range head.Keys {
 		if id != "ed25519:"+k {
-			return nil, InvalidParam("%s key ID must be ed25519:<public key>", usage), false
+			return nil, httpapi.InvalidParam("%s key ID must be ed25519:<public key>", usage), false
 		}
 		if _, err := decodeKey(k); err != nil {
-			return nil, InvalidParam("%s key is not a valid ed25519 key", usage), false
+			return nil, httpapi.InvalidParam("%s key is not a valid ed25519 key", usage), false
 		}
 		pub = k
 	}
 	delete(obj, "unsigned")
 	b, err := json.Marshal(obj)
 	if err != nil {
-		return nil, BadJSON("%s key: %v", usage, err), false
+		return nil, httpapi.BadJSON("%s key: %v", usage, err), false
 	}
-	return &xsKey{typ: usage, obj: obj, pub: pub, json: b}, Response{}, true
+	return &xsKey{typ: usage, obj: obj, pub: pub, json: b}, httpapi.Response{}, true
 }
 
-func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
-	body, resp, ok := readBody(r)
+func (ks *keys) crossSigningUpload(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
@@ -75,7 +76,7 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 		UserSigning json.RawMessage `json:"user_signing_key"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return BadJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	present := func(raw json.RawMessage) bool { return len(raw) > 0 && string(raw) != "null" }
 	var keys []*xsKey
@@ -97,12 +98,12 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 		keys = append(keys, k)
 	}
 	if len(keys) == 0 {
-		return MissingParam("no cross-signing keys given")
+		return httpapi.MissingParam("no cross-signing keys given")
 	}
 	ctx := r.Context()
 	existing, err := storage.CrossSigningKeysFor(ctx, ks.db, []string{dev.UserID})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	stored := existing[dev.UserID]
 	masterPub := ""
@@ -110,11 +111,11 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 		masterPub = master.pub
 		devices, err := storage.ListDeviceIDs(ctx, ks.db, dev.UserID)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		for _, k := range keys {
 			if slices.Contains(devices, k.pub) {
-				return Forbidden("key ID %s is in use by a device", k.pub)
+				return httpapi.Forbidden("key ID %s is in use by a device", k.pub)
 			}
 		}
 	} else if m := stored[storage.KeyTypeMaster]; m != nil {
@@ -125,10 +126,10 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 			continue
 		}
 		if masterPub == "" {
-			return MissingParam("no master key is available")
+			return httpapi.MissingParam("no master key is available")
 		}
 		if !verifySigned(k.obj, dev.UserID, "ed25519:"+masterPub, masterPub) {
-			return Errf(http.StatusBadRequest, "M_INVALID_SIGNATURE", "the %s key is not signed by the master key", k.typ)
+			return httpapi.Errf(http.StatusBadRequest, "M_INVALID_SIGNATURE", "the %s key is not signed by the master key", k.typ)
 		}
 	}
 	// MSC3967: the first upload needs no UIA (nothing to protect yet), and
@@ -141,7 +142,7 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 			}
 		}
 		if same {
-			return JSON(http.StatusOK, struct{}{})
+			return httpapi.JSON(http.StatusOK, struct{}{})
 		}
 		if resp, ok := ks.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 			return resp
@@ -163,9 +164,9 @@ func (ks *keys) crossSigningUpload(r *http.Request, dev *Device) Response {
 			Details: map[string]any{"keys": types}})
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // sigFailure is one entry of /keys/signatures/upload's failures.
@@ -173,9 +174,9 @@ func sigFailure(errcode, msg string) map[string]string {
 	return map[string]string{"errcode": errcode, "error": msg}
 }
 
-func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
+func (ks *keys) signaturesUpload(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req map[string]map[string]json.RawMessage
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	total := 0
@@ -183,7 +184,7 @@ func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
 		total += len(m)
 	}
 	if total > maxKeysPerUpload {
-		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d signed objects per upload", maxKeysPerUpload)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d signed objects per upload", maxKeysPerUpload)
 	}
 	ctx := r.Context()
 	me := dev.UserID
@@ -195,13 +196,13 @@ func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
 	}
 	xs, err := storage.CrossSigningKeysFor(ctx, ks.db, users)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	var myDevices map[string]*storage.UserDeviceKeys
 	if _, ok := req[me]; ok {
 		all, err := storage.DeviceKeysForUsers(ctx, ks.db, []string{me})
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		myDevices = all[me]
 	}
@@ -330,8 +331,8 @@ func (ks *keys) signaturesUpload(r *http.Request, dev *Device) Response {
 				Details: map[string]any{"count": len(sigs), "devices": len(myDevicesSigned), "master": myMasterSigned, "users": users}})
 		})
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 	}
-	return JSON(http.StatusOK, map[string]any{"failures": failures})
+	return httpapi.JSON(http.StatusOK, map[string]any{"failures": failures})
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strings"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 )
 
@@ -19,33 +20,33 @@ func (a *API) knockRoutes() {
 	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.rooms.knock)
 }
 
-func (rm *rooms) knock(r *http.Request, dev *Device) Response {
+func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var body struct {
 		Reason string `json:"reason"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
-	target := vars(r)["roomIdOrAlias"]
+	target := httpapi.Vars(r)["roomIdOrAlias"]
 	if !strings.HasPrefix(target, "#") && !validRoomID.MatchString(target) {
-		return InvalidParam("%q is neither a room ID nor an alias", target)
+		return httpapi.InvalidParam("%q is neither a room ID nor an alias", target)
 	}
 	roomID, err := rm.resolveRoom(r.Context(), target)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if roomID == "" {
-		return NotFound("room %s not found", target)
+		return httpapi.NotFound("room %s not found", target)
 	}
 	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		// Knocking on rooms this server does not hold needs federation.
-		return NotFound("room %s not found", target)
+		return httpapi.NotFound("room %s not found", target)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if cur == "knock" {
-		return JSON(200, map[string]string{"room_id": roomID})
+		return httpapi.JSON(200, map[string]string{"room_id": roomID})
 	}
 	content := map[string]any{"membership": "knock"}
 	if p, err := rm.profile(r.Context(), dev.UserID); err == nil {
@@ -61,7 +62,7 @@ func (rm *rooms) knock(r *http.Request, dev *Device) Response {
 	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}
-	return JSON(200, map[string]string{"room_id": roomID})
+	return httpapi.JSON(200, map[string]string{"room_id": roomID})
 }
 
 // joinAuthoriser returns the local user to name in a join's

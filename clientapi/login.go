@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -15,8 +16,8 @@ const (
 	maxDeviceNameLen = 1024
 )
 
-func (ac *accounts) getLoginFlows(r *http.Request) Response {
-	return JSON(http.StatusOK, map[string]any{"flows": []map[string]any{
+func (ac *accounts) getLoginFlows(r *http.Request) httpapi.Response {
+	return httpapi.JSON(http.StatusOK, map[string]any{"flows": []map[string]any{
 		{"type": "m.login.password"},
 		{"type": "m.login.token"},
 	}})
@@ -44,19 +45,19 @@ type sessionResponse struct {
 	WellKnown    map[string]any `json:"well_known,omitempty"`
 }
 
-func checkDeviceFields(deviceID, displayName string) (Response, bool) {
+func checkDeviceFields(deviceID, displayName string) (httpapi.Response, bool) {
 	if len(deviceID) > maxDeviceIDLen {
-		return InvalidParam("device_id may not be longer than %d bytes", maxDeviceIDLen), false
+		return httpapi.InvalidParam("device_id may not be longer than %d bytes", maxDeviceIDLen), false
 	}
 	if len(displayName) > maxDeviceNameLen {
-		return InvalidParam("initial_device_display_name may not be longer than %d bytes", maxDeviceNameLen), false
+		return httpapi.InvalidParam("initial_device_display_name may not be longer than %d bytes", maxDeviceNameLen), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
-func (ac *accounts) postLogin(r *http.Request) Response {
+func (ac *accounts) postLogin(r *http.Request) httpapi.Response {
 	var req loginRequest
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if resp, ok := checkDeviceFields(req.DeviceID, req.InitialDeviceDisplayName); !ok {
@@ -69,15 +70,15 @@ func (ac *accounts) postLogin(r *http.Request) Response {
 		who := req.User
 		if req.Identifier != nil {
 			if req.Identifier.Type != "m.id.user" {
-				return Errf(http.StatusBadRequest, "M_UNKNOWN", "unsupported identifier type %q", req.Identifier.Type)
+				return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "unsupported identifier type %q", req.Identifier.Type)
 			}
 			who = req.Identifier.User
 		}
 		if who == "" {
-			return MissingParam("identifier is required")
+			return httpapi.MissingParam("identifier is required")
 		}
 		if req.Password == "" {
-			return MissingParam("password is required")
+			return httpapi.MissingParam("password is required")
 		}
 		uid, valid := ac.resolveLocalUser(who)
 		if !valid {
@@ -85,41 +86,41 @@ func (ac *accounts) postLogin(r *http.Request) Response {
 		}
 		acc, ok, err := ac.verifyUserPassword(ctx, uid, req.Password)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if !ok || acc == nil {
-			return ac.loginFailed(r, uid, who, "invalid_credentials", Forbidden("invalid username or password"))
+			return ac.loginFailed(r, uid, who, "invalid_credentials", httpapi.Forbidden("invalid username or password"))
 		}
 		if acc.Deactivated {
-			return ac.loginFailed(r, acc.UserID, who, "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
+			return ac.loginFailed(r, acc.UserID, who, "deactivated", httpapi.Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "m.login.token":
 		if req.Token == "" {
-			return MissingParam("token is required")
+			return httpapi.MissingParam("token is required")
 		}
 		uid, err := storage.ConsumeLoginToken(ctx, ac.db, hashToken(req.Token), time.Now().UnixMilli())
 		if errors.Is(err, storage.ErrNotFound) {
-			return ac.loginFailed(r, "", "", "invalid_token", Forbidden("invalid or expired login token"))
+			return ac.loginFailed(r, "", "", "invalid_token", httpapi.Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		acc, err := storage.GetAccount(ctx, ac.db, uid)
 		if errors.Is(err, storage.ErrNotFound) {
-			return ac.loginFailed(r, uid, "", "invalid_token", Forbidden("invalid or expired login token"))
+			return ac.loginFailed(r, uid, "", "invalid_token", httpapi.Forbidden("invalid or expired login token"))
 		}
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if acc.Deactivated {
-			return ac.loginFailed(r, acc.UserID, "", "deactivated", Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
+			return ac.loginFailed(r, acc.UserID, "", "deactivated", httpapi.Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}
 		userID = acc.UserID
 	case "":
-		return MissingParam("type is required")
+		return httpapi.MissingParam("type is required")
 	default:
-		return Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown login type %q", req.Type)
+		return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown login type %q", req.Type)
 	}
 
 	var sess *issuedSession
@@ -136,10 +137,10 @@ func (ac *accounts) postLogin(r *http.Request) Response {
 		ac.invalidateUserTokens(userID) // the device's old tokens were revoked
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ac.maintain()
-	return JSON(http.StatusOK, ac.sessionBody(userID, sess))
+	return httpapi.JSON(http.StatusOK, ac.sessionBody(userID, sess))
 }
 
 func (ac *accounts) sessionBody(userID string, s *issuedSession) *sessionResponse {

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -15,13 +16,13 @@ func (a *API) notificationRoutes() {
 
 // getNotifications pages through the events the user was notified about,
 // newest first. Tokens are notification row IDs.
-func (a *API) getNotifications(r *http.Request, dev *Device) Response {
+func (a *API) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	var before int64
 	if s := q.Get("from"); s != "" {
 		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || n <= 0 {
-			return InvalidParam("invalid from token")
+			return httpapi.InvalidParam("invalid from token")
 		}
 		before = n
 	}
@@ -31,11 +32,11 @@ func (a *API) getNotifications(r *http.Request, dev *Device) Response {
 	}
 	only := q.Get("only")
 	if only != "" && only != "highlight" {
-		return InvalidParam("only must be highlight")
+		return httpapi.InvalidParam("only must be highlight")
 	}
 	ns, err := storage.ListNotifications(r.Context(), a.db, dev.UserID, before, limit, only == "highlight")
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ids := make([]string, len(ns))
 	for i, n := range ns {
@@ -43,7 +44,7 @@ func (a *API) getNotifications(r *http.Request, dev *Device) Response {
 	}
 	evs, err := storage.GetEvents(r.Context(), a.db, ids)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	byID := make(map[string]*storage.Event, len(evs))
 	for _, e := range evs {
@@ -76,5 +77,5 @@ func (a *API) getNotifications(r *http.Request, dev *Device) Response {
 	if len(ns) == limit && len(ns) > 0 {
 		body["next_token"] = strconv.FormatInt(ns[len(ns)-1].ID, 10)
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }

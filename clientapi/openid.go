@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -19,21 +20,21 @@ func (a *API) openIDRoutes() {
 // openIDTokenLifetime is the expires_in of OpenID tokens.
 const openIDTokenLifetime = time.Hour
 
-func (ac *accounts) requestOpenIDToken(r *http.Request, dev *Device) Response {
-	if vars(r)["userId"] != dev.UserID {
-		return Forbidden("you may only request OpenID tokens for yourself")
+func (ac *accounts) requestOpenIDToken(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	if httpapi.Vars(r)["userId"] != dev.UserID {
+		return httpapi.Forbidden("you may only request OpenID tokens for yourself")
 	}
 	var body map[string]any
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	token, _ := newToken("enc_oi_")
 	now := time.Now()
 	err := storage.CreateOpenIDToken(r.Context(), ac.db, storage.HashOpenIDToken(token), dev.UserID, now.Add(openIDTokenLifetime).UnixMilli(), now.UnixMilli())
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(http.StatusOK, map[string]any{
+	return httpapi.JSON(http.StatusOK, map[string]any{
 		"access_token":       token,
 		"token_type":         "Bearer",
 		"matrix_server_name": ac.opts.ServerName,

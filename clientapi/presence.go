@@ -7,6 +7,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -20,63 +21,63 @@ const maxStatusMsgLen = 1024
 
 func (a *API) presence() *syncapi.Presence { return a.sync.Presence() }
 
-func (a *API) getPresence(r *http.Request, dev *Device) Response {
-	target := vars(r)["userId"]
+func (a *API) getPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	target := httpapi.Vars(r)["userId"]
 	if !looksLikeUserID(target) {
-		return InvalidParam("invalid user ID %q", target)
+		return httpapi.InvalidParam("invalid user ID %q", target)
 	}
 	if target != dev.UserID {
 		shares, err := storage.SharesRoom(r.Context(), a.db, dev.UserID, target)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if !shares {
 			exists, err := storage.AccountExists(r.Context(), a.db, target)
 			if err != nil {
-				return InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			if !exists {
-				return NotFound("no presence for this user")
+				return httpapi.NotFound("no presence for this user")
 			}
-			return Forbidden("you do not share a room with this user")
+			return httpapi.Forbidden("you do not share a room with this user")
 		}
 	}
 	p := a.presence()
 	if !p.Enabled() {
-		return JSON(200, map[string]any{"presence": syncapi.PresenceOffline})
+		return httpapi.JSON(200, map[string]any{"presence": syncapi.PresenceOffline})
 	}
 	c, err := p.Get(r.Context(), target)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, c)
+	return httpapi.JSON(200, c)
 }
 
-func (a *API) putPresence(r *http.Request, dev *Device) Response {
-	if vars(r)["userId"] != dev.UserID {
-		return Forbidden("you may only set your own presence")
+func (a *API) putPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	if httpapi.Vars(r)["userId"] != dev.UserID {
+		return httpapi.Forbidden("you may only set your own presence")
 	}
 	var body struct {
 		Presence  string  `json:"presence"`
 		StatusMsg *string `json:"status_msg"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.Presence == "" {
-		return MissingParam("presence is required")
+		return httpapi.MissingParam("presence is required")
 	}
 	if !syncapi.ValidPresence(body.Presence) {
-		return InvalidParam("presence must be online, unavailable or offline")
+		return httpapi.InvalidParam("presence must be online, unavailable or offline")
 	}
 	if body.StatusMsg != nil && utf8.RuneCountInString(*body.StatusMsg) > maxStatusMsgLen {
-		return InvalidParam("status_msg is longer than %d characters", maxStatusMsgLen)
+		return httpapi.InvalidParam("status_msg is longer than %d characters", maxStatusMsgLen)
 	}
 	// With presence disabled the request is accepted and ignored.
 	if err := a.presence().Set(r.Context(), dev.UserID, body.Presence, body.StatusMsg, true); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
 // syncPresence applies /sync's set_presence (called by the sync handler).

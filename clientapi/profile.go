@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -55,43 +56,43 @@ func looksLikeUserID(s string) bool {
 
 // profileRequester authenticates the request if it carries a token: profile
 // lookups work without one unless lookups are limited to shared rooms.
-func (a *API) profileRequester(r *http.Request) (*Device, Response, bool) {
+func (a *API) profileRequester(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
-		return nil, Response{}, true
+		return nil, httpapi.Response{}, true
 	}
 	dev, resp, ok := a.accounts.authenticate(r)
 	if !ok {
 		return nil, resp, false
 	}
-	return dev, Response{}, true
+	return dev, httpapi.Response{}, true
 }
 
 // canSeeProfile applies profile.require_shared_room: without it anyone may look
 // a profile up; with it only the user and those sharing a room with them.
-func (a *API) canSeeProfile(ctx context.Context, dev *Device, target string) (Response, bool) {
+func (a *API) canSeeProfile(ctx context.Context, dev *httpapi.Device, target string) (httpapi.Response, bool) {
 	if !a.social().ProfileRequireSharedRoom {
-		return Response{}, true
+		return httpapi.Response{}, true
 	}
 	if dev == nil {
-		return Forbidden("profile lookup requires an access token"), false
+		return httpapi.Forbidden("profile lookup requires an access token"), false
 	}
 	if dev.UserID == target {
-		return Response{}, true
+		return httpapi.Response{}, true
 	}
 	ok, err := storage.SharesRoom(ctx, a.db, dev.UserID, target)
 	if err != nil {
-		return InternalError(nil, err), false
+		return httpapi.InternalError(nil, err), false
 	}
 	if !ok {
-		return Forbidden("you do not share a room with this user"), false
+		return httpapi.Forbidden("you do not share a room with this user"), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
-func (a *API) lookupProfile(r *http.Request) (*storage.Profile, Response, bool) {
-	target := vars(r)["userId"]
+func (a *API) lookupProfile(r *http.Request) (*storage.Profile, httpapi.Response, bool) {
+	target := httpapi.Vars(r)["userId"]
 	if !looksLikeUserID(target) {
-		return nil, InvalidParam("invalid user ID %q", target), false
+		return nil, httpapi.InvalidParam("invalid user ID %q", target), false
 	}
 	dev, resp, ok := a.profileRequester(r)
 	if !ok {
@@ -108,13 +109,13 @@ func (a *API) lookupProfile(r *http.Request) (*storage.Profile, Response, bool) 
 		p, err = storage.GetProfile(r.Context(), a.db, target)
 	}
 	if errors.Is(err, storage.ErrNotFound) {
-		return nil, NotFound("no such user"), false
+		return nil, httpapi.NotFound("no such user"), false
 	} else if errors.Is(err, errRemoteProfile) {
-		return nil, Errf(http.StatusBadGateway, "M_UNKNOWN", "could not fetch the profile from %s", serverOf(target)), false
+		return nil, httpapi.Errf(http.StatusBadGateway, "M_UNKNOWN", "could not fetch the profile from %s", serverOf(target)), false
 	} else if err != nil {
-		return nil, InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
-	return p, Response{}, true
+	return p, httpapi.Response{}, true
 }
 
 // RemoteProfiles looks up profiles of other servers' users (federation's
@@ -143,7 +144,7 @@ func (a *API) remoteProfile(ctx context.Context, userID string) (*storage.Profil
 	return p, err
 }
 
-func (a *API) getProfile(r *http.Request) Response {
+func (a *API) getProfile(r *http.Request) httpapi.Response {
 	p, resp, ok := a.lookupProfile(r)
 	if !ok {
 		return resp
@@ -155,11 +156,11 @@ func (a *API) getProfile(r *http.Request) Response {
 	if p.AvatarURL != "" {
 		body["avatar_url"] = p.AvatarURL
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }
 
 func (a *API) getProfileField(field string) handler {
-	return func(r *http.Request) Response {
+	return func(r *http.Request) httpapi.Response {
 		p, resp, ok := a.lookupProfile(r)
 		if !ok {
 			return resp
@@ -169,28 +170,28 @@ func (a *API) getProfileField(field string) handler {
 			v = p.AvatarURL
 		}
 		if v == "" {
-			return NotFound("no %s set", field)
+			return httpapi.NotFound("no %s set", field)
 		}
-		return JSON(200, map[string]string{field: v})
+		return httpapi.JSON(200, map[string]string{field: v})
 	}
 }
 
 func (a *API) putProfileField(field string) authedHandler {
-	return func(r *http.Request, dev *Device) Response {
-		if vars(r)["userId"] != dev.UserID {
-			return Forbidden("you may only change your own profile")
+	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+		if httpapi.Vars(r)["userId"] != dev.UserID {
+			return httpapi.Forbidden("you may only change your own profile")
 		}
 		var body map[string]json.RawMessage
-		if resp, ok := decodeJSON(r, &body); !ok {
+		if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 			return resp
 		}
 		raw, present := body[field]
 		if !present {
-			return MissingParam("missing %s", field)
+			return httpapi.MissingParam("missing %s", field)
 		}
 		var v *string
 		if err := json.Unmarshal(raw, &v); err != nil {
-			return BadJSON("%s must be a string", field)
+			return httpapi.BadJSON("%s must be a string", field)
 		}
 		value := ""
 		if v != nil {
@@ -199,11 +200,11 @@ func (a *API) putProfileField(field string) authedHandler {
 		switch field {
 		case "displayname":
 			if utf8.RuneCountInString(value) > maxDisplayNameLen {
-				return InvalidParam("displayname is longer than %d characters", maxDisplayNameLen)
+				return httpapi.InvalidParam("displayname is longer than %d characters", maxDisplayNameLen)
 			}
 		case "avatar_url":
 			if len(value) > maxAvatarURLLen || (value != "" && !strings.HasPrefix(value, "mxc://")) {
-				return InvalidParam("avatar_url must be an mxc:// URI")
+				return httpapi.InvalidParam("avatar_url must be an mxc:// URI")
 			}
 		}
 		ctx := r.Context()
@@ -214,14 +215,14 @@ func (a *API) putProfileField(field string) authedHandler {
 			err = storage.SetAccountAvatarURL(ctx, a.db, dev.UserID, value)
 		}
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		p, err := storage.GetProfile(ctx, a.db, dev.UserID)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		a.propagateProfile(ctx, dev.UserID, p)
-		return JSON(200, map[string]any{})
+		return httpapi.JSON(200, map[string]any{})
 	}
 }
 

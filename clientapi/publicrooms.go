@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -28,13 +29,13 @@ const (
 // publicRoomsReq is the union of GET's query and POST's body.
 type publicRoomsReq = storage.PublicRoomsRequest
 
-func (a *API) getPublicRooms(r *http.Request) Response {
+func (a *API) getPublicRooms(r *http.Request) httpapi.Response {
 	q := r.URL.Query()
 	var req publicRoomsReq
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil {
-			return InvalidParam("limit must be an integer")
+			return httpapi.InvalidParam("limit must be an integer")
 		}
 		req.Limit = &n
 	}
@@ -44,23 +45,23 @@ func (a *API) getPublicRooms(r *http.Request) Response {
 	return a.publicRooms(r, q.Get("server"), req)
 }
 
-func (a *API) postPublicRooms(r *http.Request, dev *Device) Response {
+func (a *API) postPublicRooms(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req publicRoomsReq
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	return a.publicRooms(r, r.URL.Query().Get("server"), req)
 }
 
-func (a *API) publicRooms(r *http.Request, server string, req publicRoomsReq) Response {
+func (a *API) publicRooms(r *http.Request, server string, req publicRoomsReq) httpapi.Response {
 	if server != "" && server != a.opts.ServerName {
-		return InvalidParam("only this server's room directory is available")
+		return httpapi.InvalidParam("only this server's room directory is available")
 	}
 	body, err := storage.PublicRoomsPage(r.Context(), a.db, req, publicRoomsMaxLimit)
 	if errors.Is(err, storage.ErrBadSince) {
-		return InvalidParam("unknown since token")
+		return httpapi.InvalidParam("unknown since token")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/internal/pushrules"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/storage"
@@ -31,69 +32,69 @@ func (a *API) pushRuleRoutes() {
 	a.v3("POST", "/pushers/set", "pushers", a.setPusher)
 }
 
-func (a *API) getAllPushRules(r *http.Request, dev *Device) Response {
+func (a *API) getAllPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{"global": rs})
+	return httpapi.JSON(200, map[string]any{"global": rs})
 }
 
-func (a *API) getGlobalPushRules(r *http.Request, dev *Device) Response {
+func (a *API) getGlobalPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, rs)
+	return httpapi.JSON(200, rs)
 }
 
 // ruleTarget checks scope and kind of a push rule path.
-func ruleTarget(r *http.Request) (pushrules.Kind, string, Response, bool) {
-	v := vars(r)
+func ruleTarget(r *http.Request) (pushrules.Kind, string, httpapi.Response, bool) {
+	v := httpapi.Vars(r)
 	if v["scope"] != "global" {
-		return "", "", InvalidParam("unknown push rule scope %q: only global is supported", v["scope"]), false
+		return "", "", httpapi.InvalidParam("unknown push rule scope %q: only global is supported", v["scope"]), false
 	}
 	k, ok := pushrules.ParseKind(v["kind"])
 	if !ok {
-		return "", "", InvalidParam("unknown push rule kind %q", v["kind"]), false
+		return "", "", httpapi.InvalidParam("unknown push rule kind %q", v["kind"]), false
 	}
-	return k, v["ruleId"], Response{}, true
+	return k, v["ruleId"], httpapi.Response{}, true
 }
 
 // findRule resolves a path to an existing rule of the user's rule set.
-func (a *API) findRule(r *http.Request, dev *Device) (*pushrules.Rule, Response, bool) {
+func (a *API) findRule(r *http.Request, dev *httpapi.Device) (*pushrules.Rule, httpapi.Response, bool) {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return nil, resp, false
 	}
 	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
 	if err != nil {
-		return nil, InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
 	rule := rs.Find(k, id)
 	if rule == nil {
-		return nil, NotFound("push rule not found"), false
+		return nil, httpapi.NotFound("push rule not found"), false
 	}
-	return rule, Response{}, true
+	return rule, httpapi.Response{}, true
 }
 
-func (a *API) getPushRule(r *http.Request, dev *Device) Response {
+func (a *API) getPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rule, resp, ok := a.findRule(r, dev)
 	if !ok {
 		return resp
 	}
-	return JSON(200, rule)
+	return httpapi.JSON(200, rule)
 }
 
-func (a *API) getPushRuleEnabled(r *http.Request, dev *Device) Response {
+func (a *API) getPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rule, resp, ok := a.findRule(r, dev)
 	if !ok {
 		return resp
 	}
-	return JSON(200, map[string]bool{"enabled": rule.Enabled})
+	return httpapi.JSON(200, map[string]bool{"enabled": rule.Enabled})
 }
 
-func (a *API) getPushRuleActions(r *http.Request, dev *Device) Response {
+func (a *API) getPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rule, resp, ok := a.findRule(r, dev)
 	if !ok {
 		return resp
@@ -102,7 +103,7 @@ func (a *API) getPushRuleActions(r *http.Request, dev *Device) Response {
 	if actions == nil {
 		actions = []any{}
 	}
-	return JSON(200, map[string]any{"actions": actions})
+	return httpapi.JSON(200, map[string]any{"actions": actions})
 }
 
 // changeRules runs fn in a transaction and records a push rules change,
@@ -121,50 +122,50 @@ func (a *API) changeRules(ctx context.Context, userID string, fn func(tx *storag
 	})
 }
 
-func (a *API) putPushRule(r *http.Request, dev *Device) Response {
+func (a *API) putPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return resp
 	}
 	if pushrules.IsServerDefault(id) {
-		return InvalidParam("rule IDs starting with '.' are reserved for server-default rules")
+		return httpapi.InvalidParam("rule IDs starting with '.' are reserved for server-default rules")
 	}
 	if id == "" || strings.ContainsAny(id, "/\\") {
-		return InvalidParam("rule IDs may not contain slashes or backslashes")
+		return httpapi.InvalidParam("rule IDs may not contain slashes or backslashes")
 	}
-	body, resp, ok := readJSONObject(r)
+	body, resp, ok := httpapi.ReadJSONObject(r)
 	if !ok {
 		return resp
 	}
 	stored, err := pushrules.ValidateBody(k, body)
 	if errors.Is(err, pushrules.ErrMissingPattern) {
-		return MissingParam("%v", err)
+		return httpapi.MissingParam("%v", err)
 	} else if err != nil {
-		return InvalidParam("%v", err)
+		return httpapi.InvalidParam("%v", err)
 	}
 	q := r.URL.Query()
 	before, after := q.Get("before"), q.Get("after")
 	if pushrules.IsServerDefault(before) || pushrules.IsServerDefault(after) {
-		return Errf(400, "M_UNKNOWN", "rules cannot be placed relative to server-default rules")
+		return httpapi.Errf(400, "M_UNKNOWN", "rules cannot be placed relative to server-default rules")
 	}
 	err = a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		return storage.PutUserPushRule(r.Context(), tx, dev.UserID, string(k), id, stored, before, after)
 	})
 	if errors.Is(err, storage.ErrRuleNotFound) {
-		return Errf(400, "M_UNKNOWN", "before/after rule not found: %v", err)
+		return httpapi.Errf(400, "M_UNKNOWN", "before/after rule not found: %v", err)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) deletePushRule(r *http.Request, dev *Device) Response {
+func (a *API) deletePushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return resp
 	}
 	if pushrules.IsServerDefault(id) {
-		return InvalidParam("server-default rules cannot be deleted (disable them instead)")
+		return httpapi.InvalidParam("server-default rules cannot be deleted (disable them instead)")
 	}
 	found := false
 	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
@@ -178,14 +179,14 @@ func (a *API) deletePushRule(r *http.Request, dev *Device) Response {
 		return nil
 	})
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("push rule not found")
+		return httpapi.NotFound("push rule not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) putPushRuleEnabled(r *http.Request, dev *Device) Response {
+func (a *API) putPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rule, resp, ok := a.findRule(r, dev)
 	if !ok {
 		return resp
@@ -193,22 +194,22 @@ func (a *API) putPushRuleEnabled(r *http.Request, dev *Device) Response {
 	var body struct {
 		Enabled *bool `json:"enabled"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.Enabled == nil {
-		return MissingParam("enabled is required")
+		return httpapi.MissingParam("enabled is required")
 	}
 	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		return storage.SetPushRuleEnabled(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, *body.Enabled)
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) putPushRuleActions(r *http.Request, dev *Device) Response {
+func (a *API) putPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rule, resp, ok := a.findRule(r, dev)
 	if !ok {
 		return resp
@@ -216,11 +217,11 @@ func (a *API) putPushRuleActions(r *http.Request, dev *Device) Response {
 	var body struct {
 		Actions []any `json:"actions"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if err := pushrules.ValidateActions(body.Actions); err != nil {
-		return InvalidParam("%v", err)
+		return httpapi.InvalidParam("%v", err)
 	}
 	// A user rule keeps its conditions or pattern; a default rule's row
 	// records only the new actions.
@@ -242,9 +243,9 @@ func (a *API) putPushRuleActions(r *http.Request, dev *Device) Response {
 		return storage.SetPushRuleActions(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, stored)
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
 // Pushers are stored and listed; this server never contacts push
@@ -255,18 +256,18 @@ const (
 	maxAppIDChars   = 64
 )
 
-func (a *API) getPushers(r *http.Request, dev *Device) Response {
+func (a *API) getPushers(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	ps, err := storage.Pushers(r.Context(), a.db, dev.UserID)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if ps == nil {
 		ps = []*storage.Pusher{}
 	}
-	return JSON(200, map[string]any{"pushers": ps})
+	return httpapi.JSON(200, map[string]any{"pushers": ps})
 }
 
-func (a *API) setPusher(r *http.Request, dev *Device) Response {
+func (a *API) setPusher(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var body struct {
 		PushKey           string          `json:"pushkey"`
 		Kind              json.RawMessage `json:"kind"`
@@ -278,27 +279,27 @@ func (a *API) setPusher(r *http.Request, dev *Device) Response {
 		Data              json.RawMessage `json:"data"`
 		Append            bool            `json:"append"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.PushKey == "" || body.AppID == "" {
-		return MissingParam("pushkey and app_id are required")
+		return httpapi.MissingParam("pushkey and app_id are required")
 	}
 	if len(body.PushKey) > maxPushKeyBytes || len([]rune(body.AppID)) > maxAppIDChars {
-		return InvalidParam("pushkey is limited to %d bytes and app_id to %d characters", maxPushKeyBytes, maxAppIDChars)
+		return httpapi.InvalidParam("pushkey is limited to %d bytes and app_id to %d characters", maxPushKeyBytes, maxAppIDChars)
 	}
 	if len(body.Kind) == 0 {
-		return MissingParam("kind is required (null deletes the pusher)")
+		return httpapi.MissingParam("kind is required (null deletes the pusher)")
 	}
 	var kind *string
 	if err := json.Unmarshal(body.Kind, &kind); err != nil {
-		return BadJSON("kind must be a string or null")
+		return httpapi.BadJSON("kind must be a string or null")
 	}
 	if kind == nil {
 		if err := storage.DeletePusher(r.Context(), a.db, dev.UserID, body.AppID, body.PushKey); err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
-		return JSON(200, map[string]any{})
+		return httpapi.JSON(200, map[string]any{})
 	}
 	var missing []string
 	for name, v := range map[string]string{"app_display_name": body.AppDisplayName, "device_display_name": body.DeviceDisplayName, "lang": body.Lang} {
@@ -310,36 +311,36 @@ func (a *API) setPusher(r *http.Request, dev *Device) Response {
 		missing = append(missing, "data")
 	}
 	if len(missing) > 0 {
-		return MissingParam("missing parameters: %s", strings.Join(missing, ", "))
+		return httpapi.MissingParam("missing parameters: %s", strings.Join(missing, ", "))
 	}
 	var data struct {
 		URL    *string `json:"url"`
 		Format *string `json:"format"`
 	}
 	if err := json.Unmarshal(body.Data, &data); err != nil {
-		return BadJSON("data must be an object")
+		return httpapi.BadJSON("data must be an object")
 	}
 	switch *kind {
 	case "http":
 		if data.URL == nil {
-			return MissingParam("data.url is required for http pushers")
+			return httpapi.MissingParam("data.url is required for http pushers")
 		}
 		u, err := url.Parse(*data.URL)
 		if err != nil || u.Scheme != "https" || u.Host == "" || u.Path != "/_matrix/push/v1/notify" {
-			return InvalidParam("data.url must be an https URL with the path /_matrix/push/v1/notify")
+			return httpapi.InvalidParam("data.url must be an https URL with the path /_matrix/push/v1/notify")
 		}
 		if data.Format != nil && *data.Format != "event_id_only" {
-			return InvalidParam("data.format must be event_id_only")
+			return httpapi.InvalidParam("data.format must be event_id_only")
 		}
 	case "email":
 	default:
-		return InvalidParam("kind must be http, email or null")
+		return httpapi.InvalidParam("kind must be http, email or null")
 	}
 	p := &storage.Pusher{UserID: dev.UserID, AppID: body.AppID, PushKey: body.PushKey, Kind: *kind, AppDisplayName: body.AppDisplayName,
 		DeviceDisplayName: body.DeviceDisplayName, ProfileTag: body.ProfileTag, Lang: body.Lang, Data: body.Data, DeviceID: dev.DeviceID,
 		CreatedTS: time.Now().UnixMilli()}
 	if err := storage.PutPusher(r.Context(), a.db, p, body.Append); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }

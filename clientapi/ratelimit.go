@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"enclave/internal/httpapi"
 	"net"
 	"net/http"
 	"sync"
@@ -37,11 +38,11 @@ func newLimiter(cfg RateLimit) *limiter {
 }
 
 // check takes a token for the caller; limited reports M_LIMIT_EXCEEDED.
-func (l *limiter) check(r *http.Request, userID string) (Response, bool) {
+func (l *limiter) check(r *http.Request, userID string) (httpapi.Response, bool) {
 	// Only writes are limited: reads (and /sync long-polls) cost the server
 	// little and clients poll them by design.
 	if !l.cfg.Enabled || l.cfg.PerSecond <= 0 || l.exempt[userID] || r.Method == http.MethodGet {
-		return Response{}, false
+		return httpapi.Response{}, false
 	}
 	key := userID
 	if key == "" {
@@ -65,10 +66,10 @@ func (l *limiter) check(r *http.Request, userID string) (Response, bool) {
 	b.last = now
 	if b.tokens < 1 {
 		wait := time.Duration((1 - b.tokens) / l.cfg.PerSecond * float64(time.Second))
-		resp := Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many requests")
-		resp.Body.(*MatrixError).RetryAfterMs = wait.Milliseconds() + 1
+		resp := httpapi.Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many requests")
+		resp.Body.(*httpapi.MatrixError).RetryAfterMs = wait.Milliseconds() + 1
 		return resp, true
 	}
 	b.tokens--
-	return Response{}, false
+	return httpapi.Response{}, false
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -17,40 +18,40 @@ func (a *API) receiptRoutes() {
 
 // receiptEvent loads the receipted event, which must be a timeline event
 // of the room.
-func (a *API) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, Response, bool) {
+func (a *API) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, httpapi.Response, bool) {
 	ev, err := storage.GetEvent(ctx, a.db, eventID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0)) {
-		return nil, NotFound("event %s not found in room", eventID), false
+		return nil, httpapi.NotFound("event %s not found in room", eventID), false
 	} else if err != nil {
-		return nil, InternalError(nil, err), false
+		return nil, httpapi.InternalError(nil, err), false
 	}
-	return ev, Response{}, true
+	return ev, httpapi.Response{}, true
 }
 
 // validThreadID accepts "main" and event IDs.
 func validThreadID(s string) bool { return s == "main" || (len(s) > 1 && s[0] == '$') }
 
-func (a *API) postReceipt(r *http.Request, dev *Device) Response {
+func (a *API) postReceipt(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	v := vars(r)
+	v := httpapi.Vars(r)
 	typ := v["receiptType"]
 	if typ != storage.ReceiptRead && typ != storage.ReceiptReadPrivate && typ != fullyReadType {
-		return InvalidParam("unknown receipt type %q", typ)
+		return httpapi.InvalidParam("unknown receipt type %q", typ)
 	}
 	var body map[string]json.RawMessage
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	thread := ""
 	if raw, present := body["thread_id"]; present {
 		if typ == fullyReadType {
-			return InvalidParam("m.fully_read cannot have a thread_id")
+			return httpapi.InvalidParam("m.fully_read cannot have a thread_id")
 		}
 		if err := json.Unmarshal(raw, &thread); err != nil || !validThreadID(thread) {
-			return InvalidParam("thread_id must be \"main\" or a thread root's event ID")
+			return httpapi.InvalidParam("thread_id must be \"main\" or a thread root's event ID")
 		}
 	}
 	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
@@ -64,9 +65,9 @@ func (a *API) postReceipt(r *http.Request, dev *Device) Response {
 		return a.storeMarker(r.Context(), tx, dev.UserID, roomID, typ, thread, ev)
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }
 
 // storeMarker records one receipt or the fully-read marker inside tx and
@@ -94,13 +95,13 @@ func (a *API) storeMarker(ctx context.Context, tx *storage.Tx, userID, roomID, t
 	return nil
 }
 
-func (a *API) postReadMarkers(r *http.Request, dev *Device) Response {
+func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
 	var body map[string]*string
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
@@ -131,7 +132,7 @@ func (a *API) postReadMarkers(r *http.Request, dev *Device) Response {
 		return nil
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }

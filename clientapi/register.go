@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"enclave/auditapi"
+	acct "enclave/internal/accounts"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -47,30 +49,30 @@ var (
 	errRegSessionUsed = errors.New("auth session already used")
 )
 
-func userInUse() Response {
-	return Errf(http.StatusBadRequest, "M_USER_IN_USE", "user ID already taken")
+func userInUse() httpapi.Response {
+	return httpapi.Errf(http.StatusBadRequest, "M_USER_IN_USE", "user ID already taken")
 }
 
 // POST /register
-func (ac *accounts) postRegister(r *http.Request) Response {
+func (ac *accounts) postRegister(r *http.Request) httpapi.Response {
 	switch r.URL.Query().Get("kind") {
 	case "", "user":
 	case "guest":
-		return Errf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "guest access is not enabled on this server")
+		return httpapi.Errf(http.StatusForbidden, "M_GUEST_ACCESS_FORBIDDEN", "guest access is not enabled on this server")
 	default:
-		return InvalidParam("kind must be user or guest")
+		return httpapi.InvalidParam("kind must be user or guest")
 	}
 	flows, open := ac.registrationFlows()
 	if !open {
-		return Forbidden("registration is closed")
+		return httpapi.Forbidden("registration is closed")
 	}
-	body, resp, ok := readBody(r)
+	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
 	var req registerRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return BadJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if resp, ok := checkDeviceFields(req.DeviceID, req.InitialDeviceDisplayName); !ok {
 		return resp
@@ -83,7 +85,7 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 		}
 		taken, err := storage.AccountExists(ctx, ac.db, ac.userID(username))
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if taken {
 			return userInUse()
@@ -92,8 +94,8 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 	password := ""
 	if req.Password != nil {
 		password = *req.Password
-		if len(password) > maxPasswordBytes {
-			return Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", maxPasswordBytes)
+		if len(password) > acct.MaxPasswordBytes {
+			return httpapi.Errf(http.StatusBadRequest, "M_WEAK_PASSWORD", "password may not be longer than %d bytes", acct.MaxPasswordBytes)
 		}
 	}
 
@@ -108,16 +110,16 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 				changed = true
 			}
 			if password != "" && sess.Data[uiaDataPasswordHash] == "" {
-				h, err := hashPassword(ctx, password)
+				h, err := acct.HashPassword(ctx, password)
 				if err != nil {
-					return InternalError(r, err)
+					return httpapi.InternalError(r, err)
 				}
 				sess.Data[uiaDataPasswordHash] = h
 				changed = true
 			}
 			if changed {
 				if err := storage.UpdateUIASession(ctx, ac.db, sess); err != nil {
-					return InternalError(r, err)
+					return httpapi.InternalError(r, err)
 				}
 			}
 		}
@@ -132,20 +134,20 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 	var hash string
 	switch {
 	case password != "":
-		h, err := hashPassword(ctx, password)
+		h, err := acct.HashPassword(ctx, password)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		hash = h
 	case sess.Data[uiaDataPasswordHash] != "":
 		hash = sess.Data[uiaDataPasswordHash]
 	default:
-		return MissingParam("password is required")
+		return httpapi.MissingParam("password is required")
 	}
 	if username == "" {
 		u, err := ac.generateLocalpart(ctx)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		username = u
 	}
@@ -194,15 +196,15 @@ func (ac *accounts) postRegister(r *http.Request) Response {
 	case errors.Is(err, errRegUserInUse):
 		return userInUse()
 	case errors.Is(err, errRegSessionUsed):
-		return Errf(http.StatusBadRequest, "M_UNKNOWN", "auth session was already used")
+		return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "auth session was already used")
 	case err != nil:
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	out := &sessionResponse{UserID: userID, HomeServer: ac.opts.ServerName}
 	if issued != nil {
 		out.AccessToken, out.DeviceID, out.RefreshToken, out.ExpiresInMs = issued.AccessToken, issued.DeviceID, issued.RefreshToken, issued.ExpiresInMs
 	}
-	return JSON(http.StatusOK, out)
+	return httpapi.JSON(http.StatusOK, out)
 }
 
 // generateLocalpart picks an unused numeric localpart for registrations
@@ -226,43 +228,43 @@ func (ac *accounts) generateLocalpart(ctx context.Context) (string, error) {
 }
 
 // GET /register/available?username=
-func (ac *accounts) getRegisterAvailable(r *http.Request) Response {
+func (ac *accounts) getRegisterAvailable(r *http.Request) httpapi.Response {
 	if _, open := ac.registrationFlows(); !open {
-		return Forbidden("registration is closed")
+		return httpapi.Forbidden("registration is closed")
 	}
 	username := strings.ToLower(r.URL.Query().Get("username"))
 	if username == "" {
-		return MissingParam("username is required")
+		return httpapi.MissingParam("username is required")
 	}
 	if resp, ok := ac.checkNewLocalpart(username); !ok {
 		return resp
 	}
 	taken, err := storage.AccountExists(r.Context(), ac.db, ac.userID(username))
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if taken {
 		return userInUse()
 	}
-	return JSON(http.StatusOK, map[string]any{"available": true})
+	return httpapi.JSON(http.StatusOK, map[string]any{"available": true})
 }
 
 // GET /_matrix/client/v1/register/m.login.registration_token/validity?token=
-func (ac *accounts) getRegistrationTokenValidity(r *http.Request) Response {
+func (ac *accounts) getRegistrationTokenValidity(r *http.Request) httpapi.Response {
 	if ac.opts.RegistrationMode != regModeToken {
-		return Forbidden("registration tokens are not in use on this server")
+		return httpapi.Forbidden("registration tokens are not in use on this server")
 	}
 	tok, present := r.URL.Query()["token"]
 	if !present || len(tok) == 0 || tok[0] == "" {
-		return MissingParam("token is required")
+		return httpapi.MissingParam("token is required")
 	}
 	valid := ac.staticRegistrationToken(tok[0])
 	if !valid && validRegTokenSyntax(tok[0]) {
 		v, err := storage.RegistrationTokenValid(r.Context(), ac.db, tok[0], time.Now().UnixMilli())
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		valid = v
 	}
-	return JSON(http.StatusOK, map[string]any{"valid": valid})
+	return httpapi.JSON(http.StatusOK, map[string]any{"valid": valid})
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -38,7 +39,7 @@ const (
 
 // bundle adds bundled aggregations to formatted events (see
 // syncapi.Syncer.BundleAggregations). A failure only costs the bundles.
-func (a *API) bundle(ctx context.Context, dev *Device, evs []syncapi.ClientEvent) {
+func (a *API) bundle(ctx context.Context, dev *httpapi.Device, evs []syncapi.ClientEvent) {
 	if len(evs) == 0 {
 		return
 	}
@@ -47,32 +48,32 @@ func (a *API) bundle(ctx context.Context, dev *Device, evs []syncapi.ClientEvent
 	}
 }
 
-func parseBoolParam(r *http.Request, name string) (val, set bool, resp Response, ok bool) {
+func parseBoolParam(r *http.Request, name string) (val, set bool, resp httpapi.Response, ok bool) {
 	s := r.URL.Query().Get(name)
 	switch s {
 	case "":
-		return false, false, Response{}, true
+		return false, false, httpapi.Response{}, true
 	case "true":
-		return true, true, Response{}, true
+		return true, true, httpapi.Response{}, true
 	case "false":
-		return false, true, Response{}, true
+		return false, true, httpapi.Response{}, true
 	}
-	return false, false, InvalidParam("%s must be true or false", name), false
+	return false, false, httpapi.InvalidParam("%s must be true or false", name), false
 }
 
-func (a *API) relations(r *http.Request, dev *Device) Response {
+func (a *API) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	v := vars(r)
+	v := httpapi.Vars(r)
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir == "" {
 		dir = "b"
 	}
 	if dir != "b" && dir != "f" {
-		return InvalidParam("dir must be b or f")
+		return httpapi.InvalidParam("dir must be b or f")
 	}
 	limit, resp, ok := parseLimit(r, relationsDefaultLimit, relationsMaxLimit)
 	if !ok {
@@ -87,7 +88,7 @@ func (a *API) relations(r *http.Request, dev *Device) Response {
 		if s := q.Get(name); s != "" {
 			tok, err := syncapi.ParseToken(s)
 			if err != nil {
-				return InvalidParam("invalid %s token", name)
+				return httpapi.InvalidParam("invalid %s token", name)
 			}
 			*dst = tok.Pos
 		}
@@ -96,18 +97,18 @@ func (a *API) relations(r *http.Request, dev *Device) Response {
 	// anything else is the same 404, so nothing leaks.
 	acc, _, ok := a.access(r.Context(), dev.UserID, roomID)
 	if !ok {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
 	parent, err := storage.GetEvent(r.Context(), a.db, v["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (parent.RoomID != roomID || parent.StreamPos == 0 || parent.StreamPos > acc.capPos)) {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{parent}); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
 	// Children are read by parent, not by stream range: everything
 	// committed counts (up to a former member's departure), so a reply the
@@ -139,7 +140,7 @@ func (a *API) relations(r *http.Request, dev *Device) Response {
 		rels, err = a.relationTree(r.Context(), roomID, parent.EventID, v["relType"], v["eventType"], lo, hi, dir == "b", limit+1)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{}
 	if len(rels) > limit {
@@ -162,14 +163,14 @@ func (a *API) relations(r *http.Request, dev *Device) Response {
 	}
 	evs, err := a.storedInOrder(r.Context(), relationIDs(rels))
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body["chunk"] = a.formatStored(r.Context(), dev, vis, true)
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }
 
 func relationIDs(rels []storage.Relation) []string {
@@ -245,7 +246,7 @@ func (a *API) relationTree(ctx context.Context, roomID, root, relType, eventType
 	return out, nil
 }
 
-func (a *API) threads(r *http.Request, dev *Device) Response {
+func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -256,11 +257,11 @@ func (a *API) threads(r *http.Request, dev *Device) Response {
 		include = "all"
 	}
 	if include != "all" && include != "participated" {
-		return InvalidParam("include must be all or participated")
+		return httpapi.InvalidParam("include must be all or participated")
 	}
 	if s := q.Get("limit"); s != "" {
 		if n, err := strconv.Atoi(s); err != nil || n <= 0 {
-			return InvalidParam("limit must be an integer greater than zero")
+			return httpapi.InvalidParam("limit must be an integer greater than zero")
 		}
 	}
 	limit, resp, ok := parseLimit(r, relationsDefaultLimit, relationsMaxLimit)
@@ -275,7 +276,7 @@ func (a *API) threads(r *http.Request, dev *Device) Response {
 	if s := q.Get("from"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil {
-			return InvalidParam("unknown pagination token")
+			return httpapi.InvalidParam("unknown pagination token")
 		}
 		before = tok.Pos
 	}
@@ -285,7 +286,7 @@ func (a *API) threads(r *http.Request, dev *Device) Response {
 	}
 	roots, err := storage.ThreadRoots(r.Context(), a.db, roomID, participant, acc.capPos, before, limit+1)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{}
 	if len(roots) > limit {
@@ -298,7 +299,7 @@ func (a *API) threads(r *http.Request, dev *Device) Response {
 	}
 	evs, err := a.storedInOrder(r.Context(), ids)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	kept := evs[:0:0]
 	for _, e := range evs {
@@ -309,8 +310,8 @@ func (a *API) threads(r *http.Request, dev *Device) Response {
 	// Visible keeps its input's order; roots stay most recently active first.
 	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, kept)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body["chunk"] = a.formatStored(r.Context(), dev, vis, true)
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }

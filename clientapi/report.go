@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -31,31 +32,31 @@ type reportBody struct {
 	Score  *int64 `json:"score"`
 }
 
-func readReport(r *http.Request) (reportBody, Response, bool) {
+func readReport(r *http.Request) (reportBody, httpapi.Response, bool) {
 	var b reportBody
-	if resp, ok := decodeJSON(r, &b); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &b); !ok {
 		return b, resp, false
 	}
 	if utf8.RuneCountInString(b.Reason) > maxReportReason {
-		return b, InvalidParam("reason is longer than %d characters", maxReportReason), false
+		return b, httpapi.InvalidParam("reason is longer than %d characters", maxReportReason), false
 	}
 	if b.Score != nil && (*b.Score < -100 || *b.Score > 0) {
-		return b, InvalidParam("score must be between -100 and 0"), false
+		return b, httpapi.InvalidParam("score must be between -100 and 0"), false
 	}
-	return b, Response{}, true
+	return b, httpapi.Response{}, true
 }
 
-func (a *API) storeReport(r *http.Request, rep *storage.Report) Response {
+func (a *API) storeReport(r *http.Request, rep *storage.Report) httpapi.Response {
 	rep.CreatedTS = time.Now().UnixMilli()
 	if _, err := storage.InsertReport(r.Context(), a.db, rep); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }
 
 // reportEvent needs the reporter joined to the room and the event visible
 // to them; anything else is one 404 so reports cannot probe for events.
-func (a *API) reportEvent(r *http.Request, dev *Device) Response {
+func (a *API) reportEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -64,21 +65,21 @@ func (a *API) reportEvent(r *http.Request, dev *Device) Response {
 	if !ok {
 		return resp
 	}
-	notFound := NotFound("the event was not found or you are not joined to the room")
+	notFound := httpapi.NotFound("the event was not found or you are not joined to the room")
 	m, err := a.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && m != "join") {
 		return notFound
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
+	ev, err := storage.GetEvent(r.Context(), a.db, httpapi.Vars(r)["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.Redacted)) {
 		return notFound
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
 		return notFound
 	}
@@ -88,7 +89,7 @@ func (a *API) reportEvent(r *http.Request, dev *Device) Response {
 
 // reportRoom needs only that the room exists here (the spec does not ask
 // the reporter to be in it).
-func (a *API) reportRoom(r *http.Request, dev *Device) Response {
+func (a *API) reportRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -98,19 +99,19 @@ func (a *API) reportRoom(r *http.Request, dev *Device) Response {
 		return resp
 	}
 	if _, err := storage.GetRoom(r.Context(), a.db, roomID); errors.Is(err, storage.ErrNotFound) {
-		return NotFound("the room was not found")
+		return httpapi.NotFound("the room was not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	return a.storeReport(r, &storage.Report{Kind: storage.ReportRoom, Reporter: dev.UserID, RoomID: roomID, Reason: body.Reason})
 }
 
 // reportUser accepts local accounts and users this server has seen in a
 // room.
-func (a *API) reportUser(r *http.Request, dev *Device) Response {
-	userID := vars(r)["userId"]
+func (a *API) reportUser(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	userID := httpapi.Vars(r)["userId"]
 	if _, _, err := gomatrixserverlib.SplitID('@', userID); err != nil {
-		return InvalidParam("invalid user ID %q", userID)
+		return httpapi.InvalidParam("invalid user ID %q", userID)
 	}
 	body, resp, ok := readReport(r)
 	if !ok {
@@ -120,18 +121,18 @@ func (a *API) reportUser(r *http.Request, dev *Device) Response {
 	if strings.HasSuffix(userID, ":"+a.opts.ServerName) {
 		ex, err := storage.AccountExists(r.Context(), a.db, userID)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		known = ex
 	} else {
 		rooms, err := storage.RoomsByMembership(r.Context(), a.db, userID, "join", "invite", "leave", "ban", "knock")
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		known = len(rooms) > 0
 	}
 	if !known {
-		return NotFound("the user was not found")
+		return httpapi.NotFound("the user was not found")
 	}
 	return a.storeReport(r, &storage.Report{Kind: storage.ReportUser, Reporter: dev.UserID, TargetUser: userID, Reason: body.Reason})
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -26,41 +27,41 @@ type readAccess struct {
 // access decides whether userID may read roomID at all: members read it
 // now, former members read it up to their departure, anyone reads a
 // world_readable room.
-func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, Response, bool) {
+func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, httpapi.Response, bool) {
 	cur, err := a.rs.CurrentState(ctx, roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return nil, Forbidden("you are not allowed to read room %s", roomID), false
+		return nil, httpapi.Forbidden("you are not allowed to read room %s", roomID), false
 	} else if err != nil {
-		return nil, InternalError(nil, err), false
+		return nil, httpapi.InternalError(nil, err), false
 	}
 	switch cur.Membership(userID) {
 	case "join":
-		return &readAccess{state: cur, capPos: math.MaxInt64}, Response{}, true
+		return &readAccess{state: cur, capPos: math.MaxInt64}, httpapi.Response{}, true
 	case "leave", "ban":
 		last, err := storage.LatestMembershipBefore(ctx, a.db, roomID, userID, math.MaxInt64)
 		if err != nil {
-			return nil, InternalError(nil, err), false
+			return nil, httpapi.InternalError(nil, err), false
 		}
 		// A user who was only ever invited (and rejected) sees nothing.
 		if joins, _ := storage.UserJoinPositions(ctx, a.db, roomID, userID); len(joins) > 0 {
 			st, err := a.rs.StateAtSnapshot(ctx, last.SnapshotAfter)
 			if err != nil {
-				return nil, InternalError(nil, err), false
+				return nil, httpapi.InternalError(nil, err), false
 			}
-			return &readAccess{state: st, capPos: last.StreamPos}, Response{}, true
+			return &readAccess{state: st, capPos: last.StreamPos}, httpapi.Response{}, true
 		}
 	}
 	if hv := cur.Get("m.room.history_visibility", ""); hv != nil {
 		if v, _ := hv.HistoryVisibility(); v == "world_readable" {
-			return &readAccess{state: cur, capPos: math.MaxInt64}, Response{}, true
+			return &readAccess{state: cur, capPos: math.MaxInt64}, httpapi.Response{}, true
 		}
 	}
-	return nil, Forbidden("you are not allowed to read room %s", roomID), false
+	return nil, httpapi.Forbidden("you are not allowed to read room %s", roomID), false
 }
 
 // readableRoom validates the request's room ID and checks the caller may
 // read the room (see access).
-func (a *API) readableRoom(r *http.Request, dev *Device) (string, *readAccess, Response, bool) {
+func (a *API) readableRoom(r *http.Request, dev *httpapi.Device) (string, *readAccess, httpapi.Response, bool) {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return "", nil, resp, false
@@ -69,12 +70,12 @@ func (a *API) readableRoom(r *http.Request, dev *Device) (string, *readAccess, R
 	return roomID, acc, resp, ok
 }
 
-func viewer(dev *Device) syncapi.Viewer {
+func viewer(dev *httpapi.Device) syncapi.Viewer {
 	return syncapi.Viewer{UserID: dev.UserID, DeviceID: dev.DeviceID}
 }
 
 // formatPDUs renders state events (by loading their stored rows).
-func (a *API) formatStored(ctx context.Context, dev *Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
+func (a *API) formatStored(ctx context.Context, dev *httpapi.Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
 	out := make([]syncapi.ClientEvent, 0, len(evs))
 	for _, e := range evs {
 		pdu, err := a.rs.PDU(e)
@@ -87,7 +88,7 @@ func (a *API) formatStored(ctx context.Context, dev *Device, evs []*storage.Even
 	return out
 }
 
-func (a *API) formatState(ctx context.Context, dev *Device, pdus []gomatrixserverlib.PDU) ([]syncapi.ClientEvent, error) {
+func (a *API) formatState(ctx context.Context, dev *httpapi.Device, pdus []gomatrixserverlib.PDU) ([]syncapi.ClientEvent, error) {
 	ids := make([]string, len(pdus))
 	for i, p := range pdus {
 		ids[i] = p.EventID()
@@ -100,7 +101,7 @@ func (a *API) formatState(ctx context.Context, dev *Device, pdus []gomatrixserve
 	return a.formatStored(ctx, dev, stored, true), nil
 }
 
-func (a *API) members(r *http.Request, dev *Device) Response {
+func (a *API) members(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
@@ -110,14 +111,14 @@ func (a *API) members(r *http.Request, dev *Device) Response {
 	if at := q.Get("at"); at != "" {
 		tok, err := syncapi.ParseToken(at)
 		if err != nil {
-			return InvalidParam("invalid at token")
+			return httpapi.InvalidParam("invalid at token")
 		}
 		snap, err := storage.SnapshotAtPos(r.Context(), a.db, roomID, min(tok.Pos, acc.capPos))
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if state, err = a.rs.StateAtSnapshot(r.Context(), snap); err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 	}
 	want, notWant := q.Get("membership"), q.Get("not_membership")
@@ -134,12 +135,12 @@ func (a *API) members(r *http.Request, dev *Device) Response {
 	}
 	chunk, err := a.formatState(r.Context(), dev, evs)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{"chunk": chunk})
+	return httpapi.JSON(200, map[string]any{"chunk": chunk})
 }
 
-func (a *API) joinedMembers(r *http.Request, dev *Device) Response {
+func (a *API) joinedMembers(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
@@ -159,99 +160,99 @@ func (a *API) joinedMembers(r *http.Request, dev *Device) Response {
 		_ = json.Unmarshal(e.Content(), &c)
 		joined[k.StateKey] = map[string]any{"display_name": c.DisplayName, "avatar_url": c.AvatarURL}
 	}
-	return JSON(200, map[string]any{"joined": joined})
+	return httpapi.JSON(200, map[string]any{"joined": joined})
 }
 
-func (a *API) roomState(r *http.Request, dev *Device) Response {
+func (a *API) roomState(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
 	evs, err := a.formatState(r.Context(), dev, acc.state.Events())
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, evs)
+	return httpapi.JSON(200, evs)
 }
 
-func (a *API) roomStateEvent(r *http.Request, dev *Device) Response {
+func (a *API) roomStateEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	_, acc, resp, ok := a.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
-	v := vars(r)
+	v := httpapi.Vars(r)
 	ev := acc.state.Get(v["eventType"], v["stateKey"])
 	if ev == nil {
-		return NotFound("no %s state event with key %q", v["eventType"], v["stateKey"])
+		return httpapi.NotFound("no %s state event with key %q", v["eventType"], v["stateKey"])
 	}
 	if r.URL.Query().Get("format") == "event" {
 		evs, err := a.formatState(r.Context(), dev, []gomatrixserverlib.PDU{ev})
 		if err != nil || len(evs) == 0 {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
-		return JSON(200, evs[0])
+		return httpapi.JSON(200, evs[0])
 	}
-	return Response{Code: 200, Body: []byte(ev.Content())}
+	return httpapi.Response{Code: 200, Body: []byte(ev.Content())}
 }
 
-func (a *API) getEvent(r *http.Request, dev *Device) Response {
+func (a *API) getEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
+	ev, err := storage.GetEvent(r.Context(), a.db, httpapi.Vars(r)["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.SoftFailed || ev.Rejected)) {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	acc, _, ok := a.access(r.Context(), dev.UserID, roomID)
 	if !ok {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
 	if ev.StreamPos > acc.capPos {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
 	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if len(vis) == 0 {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
-	return JSON(200, a.formatStored(r.Context(), dev, vis, true)[0])
+	return httpapi.JSON(200, a.formatStored(r.Context(), dev, vis, true)[0])
 }
 
 // parseRoomEventFilter reads the filter query parameter of /messages.
-func parseRoomEventFilter(r *http.Request) (*syncapi.RoomEventFilter, Response, bool) {
+func parseRoomEventFilter(r *http.Request) (*syncapi.RoomEventFilter, httpapi.Response, bool) {
 	f := &syncapi.RoomEventFilter{}
 	if s := r.URL.Query().Get("filter"); s != "" {
 		if err := json.Unmarshal([]byte(s), f); err != nil {
-			return nil, BadJSON("invalid filter: %v", err), false
+			return nil, httpapi.BadJSON("invalid filter: %v", err), false
 		}
 	}
-	return f, Response{}, true
+	return f, httpapi.Response{}, true
 }
 
-func parseLimit(r *http.Request, def, maxv int) (int, Response, bool) {
+func parseLimit(r *http.Request, def, maxv int) (int, httpapi.Response, bool) {
 	s := r.URL.Query().Get("limit")
 	if s == "" {
-		return def, Response{}, true
+		return def, httpapi.Response{}, true
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < 0 {
-		return 0, InvalidParam("limit must be a non-negative integer"), false
+		return 0, httpapi.InvalidParam("limit must be a non-negative integer"), false
 	}
 	if n == 0 {
 		n = def
 	}
-	return min(n, maxv), Response{}, true
+	return min(n, maxv), httpapi.Response{}, true
 }
 
 // messages pages through a room's timeline (GET /rooms/{roomId}/messages).
 // Tokens are stream positions: a token P sits between the events at P and
 // P+1, so paging back from a /sync prev_batch reaches every event.
-func (a *API) messages(r *http.Request, dev *Device) Response {
+func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -259,7 +260,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir != "b" && dir != "f" {
-		return InvalidParam("dir must be b or f")
+		return httpapi.InvalidParam("dir must be b or f")
 	}
 	limit, resp, ok := parseLimit(r, 10, 1000)
 	if !ok {
@@ -279,7 +280,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 	if s := q.Get("from"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil {
-			return InvalidParam("invalid from token")
+			return httpapi.InvalidParam("invalid from token")
 		}
 		from = tok.Pos
 	} else if dir == "b" {
@@ -293,7 +294,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 	if s := q.Get("to"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil {
-			return InvalidParam("invalid to token")
+			return httpapi.InvalidParam("invalid to token")
 		}
 		to, hasTo = tok.Pos, true
 	}
@@ -321,7 +322,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, from, hi, limit, false)
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{"start": syncapi.Token{Pos: from}.String()}
 	if len(evs) == limit && len(evs) > 0 {
@@ -333,7 +334,7 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 	}
 	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	kept := vis[:0:0]
 	ignored := a.sync.IgnoredBy(dev.UserID)
@@ -356,14 +357,14 @@ func (a *API) messages(r *http.Request, dev *Device) Response {
 		}
 		st, err := a.formatState(r.Context(), dev, members)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		body["state"] = st
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }
 
-func (a *API) eventContext(r *http.Request, dev *Device) Response {
+func (a *API) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -380,25 +381,25 @@ func (a *API) eventContext(r *http.Request, dev *Device) Response {
 	if !ok {
 		return resp
 	}
-	ev, err := storage.GetEvent(r.Context(), a.db, vars(r)["eventId"])
+	ev, err := storage.GetEvent(r.Context(), a.db, httpapi.Vars(r)["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.StreamPos > acc.capPos)) {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
-		return NotFound("event not found")
+		return httpapi.NotFound("event not found")
 	}
 	half := limit / 2
 	before, err := storage.RoomEventsRange(r.Context(), a.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	after, err := storage.RoomEventsRange(r.Context(), a.db, roomID, ev.StreamPos, min(a.db.Stream.Current(), acc.capPos), limit-half, false)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	start, end := ev.StreamPos-1, ev.StreamPos
 	if len(before) > 0 {
@@ -419,13 +420,13 @@ func (a *API) eventContext(r *http.Request, dev *Device) Response {
 	}
 	st, err := a.rs.StateAtSnapshot(r.Context(), ev.SnapshotBefore)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	state, err := a.formatState(r.Context(), dev, st.Events())
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{
+	return httpapi.JSON(200, map[string]any{
 		"event":         a.formatStored(r.Context(), dev, []*storage.Event{ev}, true)[0],
 		"events_before": keep(before),
 		"events_after":  keep(after),

@@ -11,6 +11,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -68,44 +69,44 @@ func (a *API) roomRoutes() {
 }
 
 // roomError maps room server errors to the spec's responses.
-func roomError(r *http.Request, err error) Response {
+func roomError(r *http.Request, err error) httpapi.Response {
 	var na *roomserver.NotAllowedError
 	var br *roomserver.BadRequestError
 	switch {
 	case errors.As(err, &na):
-		return Forbidden("%s", na.Reason)
+		return httpapi.Forbidden("%s", na.Reason)
 	case errors.As(err, &br):
 		// gomatrixserverlib words its 64 KiB event limit "event is too long".
 		if strings.Contains(br.Reason, "too large") || strings.Contains(br.Reason, "exceeds") || strings.Contains(br.Reason, "event is too long") {
-			return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s", br.Reason)
+			return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "%s", br.Reason)
 		}
-		return BadJSON("%s", br.Reason)
+		return httpapi.BadJSON("%s", br.Reason)
 	case errors.Is(err, roomserver.ErrRoomNotFound):
-		return Forbidden("unknown room or not a member")
+		return httpapi.Forbidden("unknown room or not a member")
 	case errors.Is(err, roomserver.ErrAliasInUse):
-		return Errf(http.StatusBadRequest, "M_ROOM_IN_USE", "room alias already taken")
+		return httpapi.Errf(http.StatusBadRequest, "M_ROOM_IN_USE", "room alias already taken")
 	}
-	return InternalError(r, err)
+	return httpapi.InternalError(r, err)
 }
 
-func (rm *rooms) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.Event, Response, bool) {
+func (rm *rooms) sendEvent(r *http.Request, req roomserver.SendRequest) (*storage.Event, httpapi.Response, bool) {
 	ev, err := rm.rs.SendEvent(r.Context(), req)
 	if err != nil {
 		return nil, roomError(r, err), false
 	}
 	// Answer once the event is visible: a read right after the 200 sees it.
 	_ = rm.db.Stream.Wait(r.Context(), ev.StreamPos)
-	return ev, Response{}, true
+	return ev, httpapi.Response{}, true
 }
 
 var validRoomID = regexp.MustCompile(`^![^:]+(:.+)?$`)
 
-func roomIDParam(r *http.Request) (string, Response, bool) {
-	id := vars(r)["roomId"]
+func roomIDParam(r *http.Request) (string, httpapi.Response, bool) {
+	id := httpapi.Vars(r)["roomId"]
 	if !validRoomID.MatchString(id) {
-		return "", InvalidParam("invalid room ID %q", id), false
+		return "", httpapi.InvalidParam("invalid room ID %q", id), false
 	}
-	return id, Response{}, true
+	return id, httpapi.Response{}, true
 }
 
 // --- createRoom ---
@@ -132,23 +133,23 @@ type initialStateReq struct {
 
 var validAliasName = regexp.MustCompile(`^[^:\s#]+$`)
 
-func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req createRoomRequest
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
-	ver := gomatrixserverlib.RoomVersion(DefaultRoomVersion)
+	ver := gomatrixserverlib.RoomVersion(roomserver.DefaultRoomVersion)
 	if req.RoomVersion != "" {
 		ver = gomatrixserverlib.RoomVersion(req.RoomVersion)
 		if impl, err := gomatrixserverlib.GetRoomVersion(ver); err != nil || !impl.Stable() {
-			return Errf(400, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", req.RoomVersion)
+			return httpapi.Errf(400, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", req.RoomVersion)
 		}
 	}
 	impl := gomatrixserverlib.MustGetRoomVersion(ver)
 	switch req.Visibility {
 	case "", "private", "public":
 	default:
-		return InvalidParam("visibility must be public or private")
+		return httpapi.InvalidParam("visibility must be public or private")
 	}
 	preset := req.Preset
 	if preset == "" {
@@ -163,21 +164,21 @@ func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
 		joinRule, guest = "public", "forbidden"
 	case "private_chat", "trusted_private_chat":
 	default:
-		return InvalidParam("unknown preset %q", preset)
+		return httpapi.InvalidParam("unknown preset %q", preset)
 	}
 	for _, u := range req.Invite {
 		if _, _, err := gomatrixserverlib.SplitID('@', u); err != nil {
-			return InvalidParam("invalid user ID to invite: %q", u)
+			return httpapi.InvalidParam("invalid user ID to invite: %q", u)
 		}
 	}
 	alias := ""
 	if req.RoomAliasName != "" {
 		if !validAliasName.MatchString(req.RoomAliasName) {
-			return InvalidParam("invalid room_alias_name %q", req.RoomAliasName)
+			return httpapi.InvalidParam("invalid room_alias_name %q", req.RoomAliasName)
 		}
 		alias = "#" + req.RoomAliasName + ":" + rm.opts.ServerName
 		if _, _, err := storage.GetAlias(r.Context(), rm.db, alias); err == nil {
-			return Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
+			return httpapi.Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
 		}
 	}
 	creator := dev.UserID
@@ -236,7 +237,7 @@ func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
 	}
 	for _, is := range req.InitialState {
 		if is.Type == "" || is.Type == "m.room.create" || is.Type == "m.room.member" || is.Type == "m.room.power_levels" {
-			return InvalidParam("initial_state may not set %q", is.Type)
+			return httpapi.InvalidParam("initial_state may not set %q", is.Type)
 		}
 		c := is.Content
 		if c == nil {
@@ -274,7 +275,7 @@ func (rm *rooms) createRoom(r *http.Request, dev *Device) Response {
 	if alias != "" {
 		body["room_alias"] = alias
 	}
-	return JSON(200, body)
+	return httpapi.JSON(200, body)
 }
 
 // profile returns the user's displayname and avatar_url for member events.
@@ -300,8 +301,8 @@ type membershipBody struct {
 	Reason string `json:"reason"`
 }
 
-func (rm *rooms) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
-	target := vars(r)["roomIdOrAlias"]
+func (rm *rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	target := httpapi.Vars(r)["roomIdOrAlias"]
 	roomID := target
 	if strings.HasPrefix(target, "#") {
 		id, _, err := storage.GetAlias(r.Context(), rm.db, target)
@@ -309,18 +310,18 @@ func (rm *rooms) joinRoomIDOrAlias(r *http.Request, dev *Device) Response {
 			return rm.remoteJoin(r, dev, target, rm.joinContent(r.Context(), dev.UserID, ""))
 		}
 		if errors.Is(err, storage.ErrNotFound) {
-			return NotFound("room alias %s not found", target)
+			return httpapi.NotFound("room alias %s not found", target)
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		roomID = id
 	} else if !validRoomID.MatchString(target) {
-		return InvalidParam("%q is neither a room ID nor an alias", target)
+		return httpapi.InvalidParam("%q is neither a room ID nor an alias", target)
 	}
 	return rm.join(r, dev, roomID)
 }
 
-func (rm *rooms) joinRoomByID(r *http.Request, dev *Device) Response {
+func (rm *rooms) joinRoomByID(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -328,11 +329,11 @@ func (rm *rooms) joinRoomByID(r *http.Request, dev *Device) Response {
 	return rm.join(r, dev, roomID)
 }
 
-func (rm *rooms) join(r *http.Request, dev *Device, roomID string) Response {
+func (rm *rooms) join(r *http.Request, dev *httpapi.Device, roomID string) httpapi.Response {
 	var body struct {
 		Reason string `json:"reason"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	content := rm.joinContent(r.Context(), dev.UserID, body.Reason)
@@ -340,9 +341,9 @@ func (rm *rooms) join(r *http.Request, dev *Device, roomID string) Response {
 		return rm.remoteJoin(r, dev, roomID, content)
 	}
 	if m, err := rm.rs.Membership(r.Context(), roomID, dev.UserID); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	} else if m == "join" {
-		return JSON(200, map[string]string{"room_id": roomID})
+		return httpapi.JSON(200, map[string]string{"room_id": roomID})
 	}
 	if via := rm.joinAuthoriser(r.Context(), roomID, dev.UserID); via != "" { // restricted rooms (knock.go)
 		content["join_authorised_via_users_server"] = via
@@ -353,7 +354,7 @@ func (rm *rooms) join(r *http.Request, dev *Device, roomID string) Response {
 		return resp
 	}
 	_ = storage.ClearForgotten(r.Context(), rm.db, uid, roomID)
-	return JSON(200, map[string]string{"room_id": roomID})
+	return httpapi.JSON(200, map[string]string{"room_id": roomID})
 }
 
 // joinContent is the content of a user's join: membership and profile.
@@ -372,41 +373,41 @@ func (rm *rooms) joinContent(ctx context.Context, userID, reason string) map[str
 
 // membershipOther handles invite, kick (leave), ban and unban (leave).
 func (rm *rooms) membershipOther(action string) authedHandler {
-	return func(r *http.Request, dev *Device) Response {
+	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		roomID, resp, ok := roomIDParam(r)
 		if !ok {
 			return resp
 		}
 		var body membershipBody
-		if resp, ok := decodeJSON(r, &body); !ok {
+		if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 			return resp
 		}
 		if body.UserID == "" {
-			return MissingParam("user_id is required")
+			return httpapi.MissingParam("user_id is required")
 		}
 		if _, _, err := gomatrixserverlib.SplitID('@', body.UserID); err != nil {
-			return InvalidParam("invalid user_id %q", body.UserID)
+			return httpapi.InvalidParam("invalid user_id %q", body.UserID)
 		}
 		membership := action
 		cur, err := rm.rs.Membership(r.Context(), roomID, body.UserID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) {
-			return Forbidden("unknown room or not a member")
+			return httpapi.Forbidden("unknown room or not a member")
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		switch action {
 		case "unban":
 			if cur != "ban" {
-				return Forbidden("%s is not banned", body.UserID)
+				return httpapi.Forbidden("%s is not banned", body.UserID)
 			}
 			membership = "leave"
 		case "leave": // kick
 			if cur != "join" && cur != "invite" && cur != "knock" {
-				return Forbidden("%s is not in the room", body.UserID)
+				return httpapi.Forbidden("%s is not in the room", body.UserID)
 			}
 		case "invite":
 			if cur == "invite" {
-				return JSON(200, struct{}{})
+				return httpapi.JSON(200, struct{}{})
 			}
 		}
 		content := map[string]any{"membership": membership}
@@ -425,27 +426,27 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 		if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.member", StateKey: &target, Content: cb}); !ok {
 			return resp
 		}
-		return JSON(200, struct{}{})
+		return httpapi.JSON(200, struct{}{})
 	}
 }
 
-func (rm *rooms) leaveRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) leaveRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
 	var body membershipBody
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return NotFound("room %s not found", roomID)
+		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if cur == "leave" {
-		return JSON(200, struct{}{})
+		return httpapi.JSON(200, struct{}{})
 	}
 	content := map[string]any{"membership": "leave"}
 	if body.Reason != "" {
@@ -456,37 +457,37 @@ func (rm *rooms) leaveRoom(r *http.Request, dev *Device) Response {
 	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }
 
-func (rm *rooms) forgetRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) forgetRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
 	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return NotFound("room %s not found", roomID)
+		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if cur == "join" || cur == "invite" || cur == "knock" {
-		return Errf(400, "M_UNKNOWN", "leave the room before forgetting it")
+		return httpapi.Errf(400, "M_UNKNOWN", "leave the room before forgetting it")
 	}
 	if err := storage.SetForgotten(r.Context(), rm.db, dev.UserID, roomID); err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, struct{}{})
+	return httpapi.JSON(200, struct{}{})
 }
 
-func (rm *rooms) joinedRooms(r *http.Request, dev *Device) Response {
+func (rm *rooms) joinedRooms(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rooms, err := storage.RoomsByMembership(r.Context(), rm.db, dev.UserID, "join")
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	ids := make([]string, 0, len(rooms))
 	for id := range rooms {
 		ids = append(ids, id)
 	}
-	return JSON(200, map[string]any{"joined_rooms": ids})
+	return httpapi.JSON(200, map[string]any{"joined_rooms": ids})
 }

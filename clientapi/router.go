@@ -17,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/lru"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -72,13 +73,13 @@ type API struct {
 	syncFilters *lru.Cache[string, *syncapi.Filter]
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
-	authorizer func(r *http.Request, dev *Device, group string) (Response, bool)
+	authorizer func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool)
 }
 
 // SetAuthorizer installs the role check run on every authenticated request
 // after the token is verified and before the handler. The route's path
 // template is available through mux.CurrentRoute(r).
-func (a *API) SetAuthorizer(fn func(r *http.Request, dev *Device, group string) (Response, bool)) {
+func (a *API) SetAuthorizer(fn func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool)) {
 	a.authorizer = fn
 }
 
@@ -89,10 +90,10 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeResponse(w, Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
+		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeResponse(w, Unrecognized(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
+		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
 	a.routes()
 	return a
@@ -145,16 +146,7 @@ func (a *API) Router() *mux.Router { return a.router }
 
 type ctxKey int
 
-const (
-	ctxRequestID ctxKey = iota
-	ctxDevice
-)
-
-// RequestID returns the ID given to the request being served.
-func RequestID(ctx context.Context) string {
-	s, _ := ctx.Value(ctxRequestID).(string)
-	return s
-}
+const ctxDevice ctxKey = iota
 
 func (a *API) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -171,7 +163,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		b := make([]byte, 8)
 		_, _ = rand.Read(b)
 		rid := hex.EncodeToString(b)
-		r = r.WithContext(context.WithValue(r.Context(), ctxRequestID, rid))
+		r = r.WithContext(httpapi.WithRequestID(r.Context(), rid))
 		if a.opts.MaxRequestBytes > 0 && !strings.Contains(r.URL.Path, "/media/") {
 			r.Body = http.MaxBytesReader(w, r.Body, a.opts.MaxRequestBytes)
 		}
@@ -180,19 +172,19 @@ func (a *API) middleware(next http.Handler) http.Handler {
 }
 
 // handler is the shape of an endpoint that needs no access token.
-type handler func(r *http.Request) Response
+type handler func(r *http.Request) httpapi.Response
 
 // authedHandler is the shape of an endpoint that needs a valid access token.
-type authedHandler func(r *http.Request, dev *Device) Response
+type authedHandler func(r *http.Request, dev *httpapi.Device) httpapi.Response
 
 // open registers an endpoint that needs no access token.
 func (a *API) open(method, path, group string, h handler) {
 	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
 		if resp, limited := a.limiter.check(r, ""); limited {
-			writeResponse(w, resp)
+			httpapi.WriteResponse(w, resp)
 			return
 		}
-		writeResponse(w, h(r))
+		httpapi.WriteResponse(w, h(r))
 	})).Methods(method)
 }
 
@@ -201,11 +193,11 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
 		dev, resp, ok := a.accounts.authenticate(r)
 		if !ok {
-			writeResponse(w, resp)
+			httpapi.WriteResponse(w, resp)
 			return
 		}
 		if resp, limited := a.limiter.check(r, dev.UserID); limited {
-			writeResponse(w, resp)
+			httpapi.WriteResponse(w, resp)
 			return
 		}
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
@@ -213,11 +205,11 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 		a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
 		if a.authorizer != nil {
 			if resp, ok := a.authorizer(r, dev, group); !ok {
-				writeResponse(w, resp)
+				httpapi.WriteResponse(w, resp)
 				return
 			}
 		}
-		writeResponse(w, h(r, dev))
+		httpapi.WriteResponse(w, h(r, dev))
 	})).Methods(method)
 }
 
@@ -229,7 +221,7 @@ func (a *API) instrument(group string, fn http.HandlerFunc) http.Handler {
 		d := time.Since(start)
 		a.metrics.observe(group, r.Method, sw.code, d)
 		logrus.WithFields(logrus.Fields{
-			"request_id": RequestID(r.Context()),
+			"request_id": httpapi.RequestID(r.Context()),
 			"method":     r.Method,
 			"path":       r.URL.Path,
 			"status":     sw.code,
@@ -253,15 +245,3 @@ func (s *statusWriter) Flush() {
 		f.Flush()
 	}
 }
-
-// Device is the authenticated caller of an endpoint.
-type Device struct {
-	UserID        string
-	DeviceID      string
-	AccessTokenID int64
-	IsAdmin       bool
-	IsGuest       bool
-}
-
-// vars returns the route's path variables.
-func vars(r *http.Request) map[string]string { return mux.Vars(r) }

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -57,21 +58,21 @@ type searchRequest struct {
 
 var searchKeys = map[string]bool{"content.body": true, "content.name": true, "content.topic": true}
 
-func (a *API) search(r *http.Request, dev *Device) Response {
+func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req searchRequest
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	re := req.SearchCategories.RoomEvents
 	if re == nil {
-		return JSON(200, map[string]any{"search_categories": map[string]any{}})
+		return httpapi.JSON(200, map[string]any{"search_categories": map[string]any{}})
 	}
 	if re.SearchTerm == nil {
-		return MissingParam("search_categories.room_events.search_term is required")
+		return httpapi.MissingParam("search_categories.room_events.search_term is required")
 	}
 	for _, k := range re.Keys {
 		if !searchKeys[k] {
-			return InvalidParam("unknown search key %q", k)
+			return httpapi.InvalidParam("unknown search key %q", k)
 		}
 	}
 	recent := false
@@ -80,11 +81,11 @@ func (a *API) search(r *http.Request, dev *Device) Response {
 	case "recent":
 		recent = true
 	default:
-		return InvalidParam("order_by must be rank or recent")
+		return httpapi.InvalidParam("order_by must be rank or recent")
 	}
 	for _, g := range re.Groupings.GroupBy {
 		if g.Key != "room_id" && g.Key != "sender" {
-			return InvalidParam("unknown group_by key %q", g.Key)
+			return httpapi.InvalidParam("unknown group_by key %q", g.Key)
 		}
 	}
 	filter := re.Filter
@@ -103,19 +104,19 @@ func (a *API) search(r *http.Request, dev *Device) Response {
 		n, err := strconv.ParseInt(nb[1:], 10, 64)
 		switch {
 		case err != nil || n == 0:
-			return InvalidParam("unknown next_batch token")
+			return httpapi.InvalidParam("unknown next_batch token")
 		case recent && nb[0] == 'r': // positions are negative for backfilled history
 			before = n
 		case !recent && nb[0] == 'k' && n > 0:
 			offset = int(n)
 		default:
-			return InvalidParam("next_batch token does not match order_by")
+			return httpapi.InvalidParam("next_batch token does not match order_by")
 		}
 	}
 	terms := storage.SearchTerms(*re.SearchTerm)
 	joined, err := storage.RoomsByMembership(r.Context(), a.db, dev.UserID, "join")
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	var rooms []string
 	for id := range joined {
@@ -128,11 +129,11 @@ func (a *API) search(r *http.Request, dev *Device) Response {
 	keys := re.Keys
 	hits, err := storage.SearchEvents(r.Context(), a.db, storage.SearchQuery{Terms: terms, RoomIDs: rooms, Keys: keys, Recent: recent, Before: before, Offset: offset, Limit: searchScan})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	visible, err := a.visibleHits(r.Context(), dev.UserID, hits, filter)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	out := map[string]any{"count": 0, "highlights": terms, "results": []any{}}
 	if terms == nil {
@@ -196,7 +197,7 @@ func (a *API) search(r *http.Request, dev *Device) Response {
 			}
 			c, err := a.searchContext(r.Context(), dev, evs[i], bl, al, ec.IncludeProfile)
 			if err != nil {
-				return InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			res["context"] = c
 		}
@@ -227,17 +228,17 @@ func (a *API) search(r *http.Request, dev *Device) Response {
 		for room := range byRoom {
 			st, err := a.rs.CurrentState(r.Context(), room)
 			if err != nil {
-				return InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			evs, err := a.formatState(r.Context(), dev, st.Events())
 			if err != nil {
-				return InternalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			state[room] = evs
 		}
 		out["state"] = state
 	}
-	return JSON(200, map[string]any{"search_categories": map[string]any{"room_events": out}})
+	return httpapi.JSON(200, map[string]any{"search_categories": map[string]any{"room_events": out}})
 }
 
 func containsString(list []string, s string) bool {
@@ -286,7 +287,7 @@ func (a *API) visibleHits(ctx context.Context, userID string, hits []storage.Sea
 
 // searchContext is a result's surrounding events, as /context gives them
 // (search only covers rooms the user is joined to, so nothing caps them).
-func (a *API) searchContext(ctx context.Context, dev *Device, ev *storage.Event, beforeLimit, afterLimit int, profiles bool) (map[string]any, error) {
+func (a *API) searchContext(ctx context.Context, dev *httpapi.Device, ev *storage.Event, beforeLimit, afterLimit int, profiles bool) (map[string]any, error) {
 	c := map[string]any{"events_before": []syncapi.ClientEvent{}, "events_after": []syncapi.ClientEvent{}}
 	var before, after []*storage.Event
 	var err error

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/syncapi"
 )
 
@@ -27,30 +28,30 @@ const (
 	maxSlidingConnID        = 64
 )
 
-func (a *API) slidingHandler(r *http.Request, dev *Device) Response {
+func (a *API) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	p := syncapi.SlidingParams{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	if s := q.Get("pos"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil || tok.Pos < 0 {
-			return Errf(400, "M_UNKNOWN_POS", "unknown pos")
+			return httpapi.Errf(400, "M_UNKNOWN_POS", "unknown pos")
 		}
 		p.Pos = &tok
 	}
 	if s := q.Get("timeout"); s != "" {
 		ms, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || ms < 0 {
-			return InvalidParam("timeout must be a non-negative integer")
+			return httpapi.InvalidParam("timeout must be a non-negative integer")
 		}
 		p.Timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
 	switch q.Get("set_presence") {
 	case "", "online", "offline", "unavailable":
 	default:
-		return InvalidParam("set_presence must be online, offline or unavailable")
+		return httpapi.InvalidParam("set_presence must be online, offline or unavailable")
 	}
 	var req syncapi.SlidingRequest
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if c := q.Get("conn_id"); c != "" && req.ConnID == "" {
@@ -64,38 +65,38 @@ func (a *API) slidingHandler(r *http.Request, dev *Device) Response {
 	resp, err := a.sync.Sliding(r.Context(), p)
 	switch {
 	case errors.Is(err, syncapi.ErrUnknownPos):
-		return Errf(400, "M_UNKNOWN_POS", "unknown pos: start a new session")
+		return httpapi.Errf(400, "M_UNKNOWN_POS", "unknown pos: start a new session")
 	case errors.Is(err, context.Canceled):
-		return Errf(499, "M_UNKNOWN", "client went away")
+		return httpapi.Errf(499, "M_UNKNOWN", "client went away")
 	case err != nil:
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, resp)
+	return httpapi.JSON(200, resp)
 }
 
-func checkSliding(req *syncapi.SlidingRequest) (Response, bool) {
+func checkSliding(req *syncapi.SlidingRequest) (httpapi.Response, bool) {
 	if len(req.ConnID) > maxSlidingConnID {
-		return InvalidParam("conn_id is too long"), false
+		return httpapi.InvalidParam("conn_id is too long"), false
 	}
 	if len(req.Lists) > maxSlidingLists || len(req.RoomSubscriptions) > maxSlidingSubscriptions {
-		return InvalidParam("too many lists or room subscriptions"), false
+		return httpapi.InvalidParam("too many lists or room subscriptions"), false
 	}
-	checkConfig := func(c syncapi.SlidingRoomConfig) (Response, bool) {
+	checkConfig := func(c syncapi.SlidingRoomConfig) (httpapi.Response, bool) {
 		if c.TimelineLimit < 0 {
-			return InvalidParam("timeline_limit must not be negative"), false
+			return httpapi.InvalidParam("timeline_limit must not be negative"), false
 		}
 		if len(c.RequiredState) > maxSlidingRequiredState {
-			return InvalidParam("required_state is too long"), false
+			return httpapi.InvalidParam("required_state is too long"), false
 		}
-		return Response{}, true
+		return httpapi.Response{}, true
 	}
 	for _, l := range req.Lists {
 		if len(l.Ranges) > maxSlidingRanges {
-			return InvalidParam("too many ranges"), false
+			return httpapi.InvalidParam("too many ranges"), false
 		}
 		for _, rg := range l.Ranges {
 			if rg[0] < 0 || rg[1] < rg[0] {
-				return InvalidParam("a range is [start, end] with 0 <= start <= end"), false
+				return httpapi.InvalidParam("a range is [start, end] with 0 <= start <= end"), false
 			}
 		}
 		if resp, ok := checkConfig(l.SlidingRoomConfig); !ok {
@@ -104,11 +105,11 @@ func checkSliding(req *syncapi.SlidingRequest) (Response, bool) {
 	}
 	for id, c := range req.RoomSubscriptions {
 		if !strings.HasPrefix(id, "!") || !strings.Contains(id, ":") {
-			return InvalidParam("invalid room ID %q in room_subscriptions", id), false
+			return httpapi.InvalidParam("invalid room ID %q in room_subscriptions", id), false
 		}
 		if resp, ok := checkConfig(c); !ok {
 			return resp, false
 		}
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -26,9 +27,9 @@ func (a *API) summaryRoutes() {
 
 // optionalDevice authenticates the request if it carries an access token;
 // ok is false (with resp to send) only for a token that is invalid.
-func (rm *rooms) optionalDevice(r *http.Request) (*Device, Response, bool) {
+func (rm *rooms) optionalDevice(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
-		return nil, Response{}, true
+		return nil, httpapi.Response{}, true
 	}
 	return rm.accounts.authenticate(r)
 }
@@ -127,7 +128,7 @@ func (rm *rooms) canPreview(ctx context.Context, userID string, st roomserver.St
 }
 
 func (rm *rooms) roomSummary(unstable bool) handler {
-	return func(r *http.Request) Response {
+	return func(r *http.Request) httpapi.Response {
 		dev, resp, ok := rm.optionalDevice(r)
 		if !ok {
 			return resp
@@ -136,11 +137,11 @@ func (rm *rooms) roomSummary(unstable bool) handler {
 		if dev != nil {
 			userID = dev.UserID
 		}
-		roomID, err := rm.resolveRoom(r.Context(), vars(r)["roomIdOrAlias"])
+		roomID, err := rm.resolveRoom(r.Context(), httpapi.Vars(r)["roomIdOrAlias"])
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
-		notFound := NotFound("room not found")
+		notFound := httpapi.NotFound("room not found")
 		if roomID == "" {
 			return notFound
 		}
@@ -148,7 +149,7 @@ func (rm *rooms) roomSummary(unstable bool) handler {
 		if errors.Is(err, roomserver.ErrRoomNotFound) {
 			return notFound
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		if !rm.canPreview(r.Context(), userID, st) {
 			return notFound
@@ -157,7 +158,7 @@ func (rm *rooms) roomSummary(unstable bool) handler {
 		if errors.Is(err, storage.ErrNotFound) {
 			return notFound
 		} else if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		body := storage.PublicRoomChunk(stats)
 		body["room_version"] = stats.RoomVersion
@@ -181,6 +182,6 @@ func (rm *rooms) roomSummary(unstable bool) handler {
 				body["im.nheko.summary.encryption"] = stats.Encryption
 			}
 		}
-		return JSON(200, body)
+		return httpapi.JSON(200, body)
 	}
 }

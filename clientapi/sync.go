@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 	"enclave/syncapi"
 )
@@ -22,20 +23,20 @@ func (a *API) syncRoutes() {
 // maxSyncTimeout bounds how long a long-poll may wait.
 const maxSyncTimeout = 5 * time.Minute
 
-func (a *API) syncHandler(r *http.Request, dev *Device) Response {
+func (a *API) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	p := syncapi.Params{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	if s := q.Get("since"); s != "" {
 		tok, err := syncapi.ParseToken(s)
 		if err != nil || tok.Pos < 0 {
-			return InvalidParam("invalid since token")
+			return httpapi.InvalidParam("invalid since token")
 		}
 		p.Since = &tok
 	}
 	if s := q.Get("timeout"); s != "" {
 		ms, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || ms < 0 {
-			return InvalidParam("timeout must be a non-negative integer")
+			return httpapi.InvalidParam("timeout must be a non-negative integer")
 		}
 		p.Timeout = min(time.Duration(ms)*time.Millisecond, maxSyncTimeout)
 	}
@@ -44,12 +45,12 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 	case "true":
 		p.FullState = true
 	default:
-		return InvalidParam("full_state must be true or false")
+		return httpapi.InvalidParam("full_state must be true or false")
 	}
 	switch q.Get("set_presence") {
 	case "", "online", "offline", "unavailable":
 	default:
-		return InvalidParam("set_presence must be online, offline or unavailable")
+		return httpapi.InvalidParam("set_presence must be online, offline or unavailable")
 	}
 	a.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	if f := q.Get("filter"); f != "" {
@@ -62,11 +63,11 @@ func (a *API) syncHandler(r *http.Request, dev *Device) Response {
 	resp, err := a.sync.Sync(r.Context(), p)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
-			return Errf(499, "M_UNKNOWN", "client went away")
+			return httpapi.Errf(499, "M_UNKNOWN", "client went away")
 		}
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, resp)
+	return httpapi.JSON(200, resp)
 }
 
 // maxCachedInlineFilter bounds the inline filters worth caching (the key
@@ -75,68 +76,68 @@ const maxCachedInlineFilter = 2048
 
 // syncFilter resolves /sync's filter parameter: a stored filter ID or
 // inline JSON.
-func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, Response, bool) {
+func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, httpapi.Response, bool) {
 	cache := a.syncFilters
 	inline := strings.HasPrefix(strings.TrimSpace(f), "{")
 	key := userID + "\x00" + f
 	if filter, ok := cache.Get(key); ok {
-		return filter, Response{}, true
+		return filter, httpapi.Response{}, true
 	}
 	raw := []byte(f)
 	if !inline {
 		var err error
 		raw, err = storage.GetFilter(r.Context(), a.db, userID, f)
 		if errors.Is(err, storage.ErrNotFound) {
-			return nil, NotFound("filter %s not found", f), false
+			return nil, httpapi.NotFound("filter %s not found", f), false
 		} else if err != nil {
-			return nil, InternalError(r, err), false
+			return nil, httpapi.InternalError(r, err), false
 		}
 	}
 	filter, err := syncapi.ParseFilter(raw)
 	if err != nil {
-		return nil, BadJSON("invalid filter: %v", err), false
+		return nil, httpapi.BadJSON("invalid filter: %v", err), false
 	}
 	if !inline || len(f) <= maxCachedInlineFilter {
 		cache.Put(key, filter)
 	}
-	return filter, Response{}, true
+	return filter, httpapi.Response{}, true
 }
 
-func (a *API) ownUser(r *http.Request, dev *Device) (Response, bool) {
-	if vars(r)["userId"] != dev.UserID {
-		return Forbidden("you may only manage your own filters"), false
+func (a *API) ownUser(r *http.Request, dev *httpapi.Device) (httpapi.Response, bool) {
+	if httpapi.Vars(r)["userId"] != dev.UserID {
+		return httpapi.Forbidden("you may only manage your own filters"), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
-func (a *API) postFilter(r *http.Request, dev *Device) Response {
+func (a *API) postFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if resp, ok := a.ownUser(r, dev); !ok {
 		return resp
 	}
-	body, resp, ok := readJSONObject(r)
+	body, resp, ok := httpapi.ReadJSONObject(r)
 	if !ok {
 		return resp
 	}
 	if _, err := syncapi.ParseFilter(body); err != nil {
-		return BadJSON("invalid filter: %v", err)
+		return httpapi.BadJSON("invalid filter: %v", err)
 	}
 	var compact json.RawMessage = body
 	id, err := storage.InsertFilter(r.Context(), a.db, dev.UserID, compact)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]string{"filter_id": id})
+	return httpapi.JSON(200, map[string]string{"filter_id": id})
 }
 
-func (a *API) getFilter(r *http.Request, dev *Device) Response {
+func (a *API) getFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if resp, ok := a.ownUser(r, dev); !ok {
 		return resp
 	}
-	f, err := storage.GetFilter(r.Context(), a.db, dev.UserID, vars(r)["filterId"])
+	f, err := storage.GetFilter(r.Context(), a.db, dev.UserID, httpapi.Vars(r)["filterId"])
 	if errors.Is(err, storage.ErrNotFound) {
-		return NotFound("filter not found")
+		return httpapi.NotFound("filter not found")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return Response{Code: 200, Body: f}
+	return httpapi.Response{Code: 200, Body: f}
 }

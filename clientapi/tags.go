@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -22,9 +23,9 @@ func (a *API) tagRoutes() {
 }
 
 // tagTarget checks the path: own user, valid room ID.
-func tagTarget(r *http.Request, dev *Device) (string, Response, bool) {
-	if vars(r)["userId"] != dev.UserID {
-		return "", Forbidden("you may only access your own tags"), false
+func tagTarget(r *http.Request, dev *httpapi.Device) (string, httpapi.Response, bool) {
+	if httpapi.Vars(r)["userId"] != dev.UserID {
+		return "", httpapi.Forbidden("you may only access your own tags"), false
 	}
 	return roomIDParam(r)
 }
@@ -41,28 +42,28 @@ func tagsOf(content json.RawMessage) map[string]json.RawMessage {
 	return c.Tags
 }
 
-func (a *API) getTags(r *http.Request, dev *Device) Response {
+func (a *API) getTags(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, tagType)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{"tags": tagsOf(c)})
+	return httpapi.JSON(200, map[string]any{"tags": tagsOf(c)})
 }
 
-func (a *API) putTag(r *http.Request, dev *Device) Response {
+func (a *API) putTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
 	}
-	tag := vars(r)["tag"]
+	tag := httpapi.Vars(r)["tag"]
 	if tag == "" || len(tag) > maxAccountDataType {
-		return InvalidParam("invalid tag")
+		return httpapi.InvalidParam("invalid tag")
 	}
-	body, resp, ok := readJSONObject(r)
+	body, resp, ok := httpapi.ReadJSONObject(r)
 	if !ok {
 		return resp
 	}
@@ -73,25 +74,25 @@ func (a *API) putTag(r *http.Request, dev *Device) Response {
 	if t.Order != nil {
 		var n float64
 		if err := json.Unmarshal(*t.Order, &n); err != nil {
-			return BadJSON("order must be a number")
+			return httpapi.BadJSON("order must be a number")
 		}
 	}
 	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { tags[tag] = body })
 }
 
-func (a *API) deleteTag(r *http.Request, dev *Device) Response {
+func (a *API) deleteTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
 	}
-	tag := vars(r)["tag"]
+	tag := httpapi.Vars(r)["tag"]
 	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { delete(tags, tag) })
 }
 
 // editTags rewrites the room's m.tag in one transaction and wakes the
 // user's syncs. Touching the row first makes concurrent edits of the same
 // room's tags queue behind each other instead of losing one.
-func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) Response {
+func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) httpapi.Response {
 	ctx := r.Context()
 	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.LockAccountData(ctx, tx, userID, roomID, tagType); err != nil {
@@ -115,7 +116,7 @@ func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[str
 		return nil
 	})
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }

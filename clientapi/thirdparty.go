@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"enclave/internal/httpapi"
 	"net/http"
 )
 
@@ -11,19 +12,19 @@ import (
 // 3PID would be an unverifiable side channel.
 
 func (a *API) thirdPartyRoutes() {
-	a.v3("GET", "/thirdparty/protocols", "thirdparty", func(r *http.Request, dev *Device) Response {
-		return JSON(200, struct{}{})
+	a.v3("GET", "/thirdparty/protocols", "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+		return httpapi.JSON(200, struct{}{})
 	})
-	a.v3("GET", "/thirdparty/protocol/{protocol}", "thirdparty", func(r *http.Request, dev *Device) Response {
-		return NotFound("unknown protocol")
+	a.v3("GET", "/thirdparty/protocol/{protocol}", "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+		return httpapi.NotFound("unknown protocol")
 	})
 	for _, p := range []string{"/thirdparty/location", "/thirdparty/location/{protocol}", "/thirdparty/user", "/thirdparty/user/{protocol}"} {
-		a.v3("GET", p, "thirdparty", func(r *http.Request, dev *Device) Response {
-			return JSON(200, []any{})
+		a.v3("GET", p, "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+			return httpapi.JSON(200, []any{})
 		})
 	}
-	refuse := func(r *http.Request, dev *Device) Response {
-		return Forbidden("third-party identifiers are not supported on this server")
+	refuse := func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+		return httpapi.Forbidden("third-party identifiers are not supported on this server")
 	}
 	for _, p := range []string{"/account/3pid", "/account/3pid/add", "/account/3pid/bind", "/account/3pid/delete", "/account/3pid/unbind"} {
 		a.v3("POST", p, "account", refuse)
@@ -31,8 +32,8 @@ func (a *API) thirdPartyRoutes() {
 	// Token requests are unauthenticated in the spec; refuse them alike.
 	for _, v := range []string{"v3", "r0"} {
 		for _, p := range []string{"/account/3pid/email/requestToken", "/account/3pid/msisdn/requestToken"} {
-			a.open("POST", "/_matrix/client/"+v+p, "account", func(r *http.Request) Response {
-				return Forbidden("third-party identifiers are not supported on this server")
+			a.open("POST", "/_matrix/client/"+v+p, "account", func(r *http.Request) httpapi.Response {
+				return httpapi.Forbidden("third-party identifiers are not supported on this server")
 			})
 		}
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -23,42 +24,42 @@ func (a *API) toDeviceRoutes() {
 // maxToDeviceMessages bounds the recipients of one request.
 const maxToDeviceMessages = 10000
 
-func (ks *keys) sendToDevice(r *http.Request, dev *Device) Response {
-	v := vars(r)
+func (ks *keys) sendToDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	v := httpapi.Vars(r)
 	evType, txnID := v["eventType"], v["txnId"]
 	if evType == "" || len(evType) > 255 || txnID == "" || len(txnID) > 255 {
-		return InvalidParam("invalid event type or transaction ID")
+		return httpapi.InvalidParam("invalid event type or transaction ID")
 	}
 	var req struct {
 		Messages map[string]map[string]json.RawMessage `json:"messages"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.Messages == nil {
-		return MissingParam("messages is required")
+		return httpapi.MissingParam("messages is required")
 	}
 	ctx := r.Context()
 	if _, err := storage.GetTxn(ctx, ks.db, dev.UserID, dev.DeviceID, "todevice", txnID); err == nil {
-		return JSON(http.StatusOK, struct{}{}) // already done: idempotent
+		return httpapi.JSON(http.StatusOK, struct{}{}) // already done: idempotent
 	}
 	n := 0
 	users := make([]string, 0, len(req.Messages))
 	for u, devs := range req.Messages {
 		n += len(devs)
 		if serverOf(u) == "" {
-			return InvalidParam("invalid user ID %q", u)
+			return httpapi.InvalidParam("invalid user ID %q", u)
 		}
 		for d, content := range devs {
 			var obj map[string]json.RawMessage
 			if err := json.Unmarshal(content, &obj); err != nil || obj == nil {
-				return BadJSON("message content for %s/%s must be an object", u, d)
+				return httpapi.BadJSON("message content for %s/%s must be an object", u, d)
 			}
 		}
 		users = append(users, u)
 	}
 	if n > maxToDeviceMessages {
-		return Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d messages per request", maxToDeviceMessages)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d messages per request", maxToDeviceMessages)
 	}
 	sort.Strings(users)
 	var msgs []storage.ToDeviceMessage
@@ -75,7 +76,7 @@ func (ks *keys) sendToDevice(r *http.Request, dev *Device) Response {
 		}
 		existing, err := storage.ListDeviceIDs(ctx, ks.db, u)
 		if err != nil {
-			return InternalError(r, err)
+			return httpapi.InternalError(r, err)
 		}
 		known := make(map[string]bool, len(existing))
 		for _, d := range existing {
@@ -103,7 +104,7 @@ func (ks *keys) sendToDevice(r *http.Request, dev *Device) Response {
 		for _, d := range ids {
 			compact, err := compactJSON(targets[d])
 			if err != nil {
-				return BadJSON("message content: %v", err)
+				return httpapi.BadJSON("message content: %v", err)
 			}
 			msgs = append(msgs, storage.ToDeviceMessage{UserID: u, DeviceID: d, Sender: dev.UserID, Type: evType, Content: compact})
 		}
@@ -120,20 +121,20 @@ func (ks *keys) sendToDevice(r *http.Request, dev *Device) Response {
 		return storage.PutTxn(ctx, tx, dev.UserID, dev.DeviceID, "todevice", txnID, "", time.Now().UnixMilli())
 	})
 	if storage.IsUniqueViolation(err) {
-		return JSON(http.StatusOK, struct{}{}) // a concurrent retry of the same transaction won
+		return httpapi.JSON(http.StatusOK, struct{}{}) // a concurrent retry of the same transaction won
 	}
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if len(remote) > 0 {
 		ks.sendRemoteToDevice(context.WithoutCancel(ctx), dev, evType, txnID, remote)
 	}
-	return JSON(http.StatusOK, struct{}{})
+	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 // sendRemoteToDevice hands messages for other servers to federation, which
 // queues them durably; without federation they cannot be delivered.
-func (ks *keys) sendRemoteToDevice(ctx context.Context, dev *Device, evType, txnID string, remote map[string]map[string]map[string]json.RawMessage) {
+func (ks *keys) sendRemoteToDevice(ctx context.Context, dev *httpapi.Device, evType, txnID string, remote map[string]map[string]map[string]json.RawMessage) {
 	rt := ks.remoteToDevice()
 	for srv, msgs := range remote {
 		if rt == nil {

@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"enclave/internal/httpapi"
 	"net/http"
 	"time"
 )
@@ -16,31 +17,31 @@ const (
 )
 
 // requireJoined answers 403 unless the user is joined to the room.
-func (a *API) requireJoined(r *http.Request, roomID, userID string) (Response, bool) {
+func (a *API) requireJoined(r *http.Request, roomID, userID string) (httpapi.Response, bool) {
 	m, err := a.rs.Membership(r.Context(), roomID, userID)
 	if err != nil || m != "join" {
-		return Forbidden("you are not joined to room %s", roomID), false
+		return httpapi.Forbidden("you are not joined to room %s", roomID), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
-func (a *API) putTyping(r *http.Request, dev *Device) Response {
+func (a *API) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	if vars(r)["userId"] != dev.UserID {
-		return Forbidden("you may only set your own typing state")
+	if httpapi.Vars(r)["userId"] != dev.UserID {
+		return httpapi.Forbidden("you may only set your own typing state")
 	}
 	var body struct {
 		Typing  *bool  `json:"typing"`
 		Timeout *int64 `json:"timeout"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.Typing == nil {
-		return BadJSON("typing is required")
+		return httpapi.BadJSON("typing is required")
 	}
 	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
 		return resp
@@ -48,10 +49,10 @@ func (a *API) putTyping(r *http.Request, dev *Device) Response {
 	timeout := defaultTypingTimeout
 	if body.Timeout != nil {
 		if *body.Timeout < 0 {
-			return BadJSON("timeout must not be negative")
+			return httpapi.BadJSON("timeout must not be negative")
 		}
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
 	a.sync.Typing().Set(roomID, dev.UserID, *body.Typing, timeout)
-	return JSON(200, map[string]any{})
+	return httpapi.JSON(200, map[string]any{})
 }

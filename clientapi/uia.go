@@ -30,6 +30,7 @@ import (
 	"strings"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -95,19 +96,19 @@ type userIdentifier struct {
 // consumed). Otherwise resp is what the handler must return: 401 with
 // {flows, params, session, completed} (plus errcode/error after a failed
 // stage), or a 4xx error.
-func (ac *accounts) requireUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (Response, bool) {
+func (ac *accounts) requireUIA(r *http.Request, body []byte, dev *httpapi.Device, flows [][]string) (httpapi.Response, bool) {
 	sess, resp, ok := ac.runUIA(r, body, dev, flows)
 	if !ok {
 		return resp, false
 	}
 	consumed, err := storage.DeleteUIASession(r.Context(), ac.db, sess.ID)
 	if err != nil {
-		return InternalError(r, err), false
+		return httpapi.InternalError(r, err), false
 	}
 	if !consumed {
-		return Errf(http.StatusBadRequest, "M_UNKNOWN", "auth session was already used"), false
+		return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "auth session was already used"), false
 	}
-	return Response{}, true
+	return httpapi.Response{}, true
 }
 
 // runUIA is requireUIA without consuming the completed session: the caller
@@ -115,19 +116,19 @@ func (ac *accounts) requireUIA(r *http.Request, body []byte, dev *Device, flows 
 // transaction as the operation). When ok is false, sess is the session the
 // challenge names (nil if none was established), so the caller may keep
 // request data in sess.Data for the next round.
-func (ac *accounts) runUIA(r *http.Request, body []byte, dev *Device, flows [][]string) (sess *storage.UIASession, resp Response, ok bool) {
+func (ac *accounts) runUIA(r *http.Request, body []byte, dev *httpapi.Device, flows [][]string) (sess *storage.UIASession, resp httpapi.Response, ok bool) {
 	ctx := r.Context()
 	var env struct {
 		Auth json.RawMessage `json:"auth"`
 	}
 	if err := json.Unmarshal(body, &env); err != nil {
-		return nil, BadJSON("request body has the wrong shape: %v", err), false
+		return nil, httpapi.BadJSON("request body has the wrong shape: %v", err), false
 	}
 	var auth *authDict
 	if len(env.Auth) > 0 && string(env.Auth) != "null" {
 		auth = &authDict{}
 		if err := json.Unmarshal(env.Auth, auth); err != nil {
-			return nil, BadJSON("auth has the wrong shape: %v", err), false
+			return nil, httpapi.BadJSON("auth has the wrong shape: %v", err), false
 		}
 	}
 	userID := ""
@@ -139,13 +140,13 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *Device, flows [][]
 	if auth != nil && auth.Session != "" {
 		s, err := storage.GetUIASession(ctx, ac.db, auth.Session)
 		if errors.Is(err, storage.ErrNotFound) || (err == nil && (s.UserID != userID || time.Since(time.UnixMilli(s.CreatedTS)) > uiaSessionLifetime)) {
-			return nil, Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown auth session"), false
+			return nil, httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown auth session"), false
 		}
 		if err != nil {
-			return nil, InternalError(r, err), false
+			return nil, httpapi.InternalError(r, err), false
 		}
 		if s.Op != op {
-			return nil, Forbidden("the auth session was started for another request"), false
+			return nil, httpapi.Forbidden("the auth session was started for another request"), false
 		}
 		sess = s
 	} else {
@@ -155,14 +156,14 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *Device, flows [][]
 		sess = &storage.UIASession{ID: randomHex(16), CreatedTS: time.Now().UnixMilli(), UserID: userID, Op: op,
 			Completed: []string{}, Params: json.RawMessage(`{}`), Data: map[string]string{}}
 		if err := storage.CreateUIASession(ctx, ac.db, sess); err != nil {
-			return nil, InternalError(r, err), false
+			return nil, httpapi.InternalError(r, err), false
 		}
 		ac.maintain()
 	}
 
 	if auth == nil || auth.Type == "" || slices.Contains(sess.Completed, auth.Type) {
 		if flowDone(flows, sess.Completed) {
-			return sess, Response{}, true
+			return sess, httpapi.Response{}, true
 		}
 		return sess, uiaChallenge(flows, sess, "", ""), false
 	}
@@ -171,23 +172,23 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *Device, flows [][]
 	}
 	errcode, msg, err := ac.runStage(ctx, auth, dev, sess)
 	if err != nil {
-		return nil, InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
 	if errcode != "" {
 		return sess, uiaChallenge(flows, sess, errcode, msg), false
 	}
 	sess.Completed = append(sess.Completed, auth.Type)
 	if err := storage.UpdateUIASession(ctx, ac.db, sess); err != nil {
-		return nil, InternalError(r, err), false
+		return nil, httpapi.InternalError(r, err), false
 	}
 	if flowDone(flows, sess.Completed) {
-		return sess, Response{}, true
+		return sess, httpapi.Response{}, true
 	}
 	return sess, uiaChallenge(flows, sess, "", ""), false
 }
 
 // runStage checks one stage. A non-empty errcode is a failed attempt.
-func (ac *accounts) runStage(ctx context.Context, auth *authDict, dev *Device, sess *storage.UIASession) (errcode, msg string, err error) {
+func (ac *accounts) runStage(ctx context.Context, auth *authDict, dev *httpapi.Device, sess *storage.UIASession) (errcode, msg string, err error) {
 	switch auth.Type {
 	case stageDummy:
 		return "", "", nil
@@ -268,7 +269,7 @@ func validRegTokenSyntax(tok string) bool {
 	return true
 }
 
-func uiaChallenge(flows [][]string, sess *storage.UIASession, errcode, msg string) Response {
+func uiaChallenge(flows [][]string, sess *storage.UIASession, errcode, msg string) httpapi.Response {
 	fl := make([]uiaFlow, len(flows))
 	for i, f := range flows {
 		fl[i] = uiaFlow{Stages: f}
@@ -281,7 +282,7 @@ func uiaChallenge(flows [][]string, sess *storage.UIASession, errcode, msg strin
 	if completed == nil {
 		completed = []string{}
 	}
-	return JSON(http.StatusUnauthorized, &uiaBody{ErrCode: errcode, Err: msg, Flows: fl, Params: params, Session: sess.ID, Completed: completed})
+	return httpapi.JSON(http.StatusUnauthorized, &uiaBody{ErrCode: errcode, Err: msg, Flows: fl, Params: params, Session: sess.ID, Completed: completed})
 }
 
 func flowDone(flows [][]string, completed []string) bool {

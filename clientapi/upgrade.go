@@ -10,6 +10,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -29,7 +30,7 @@ func (a *API) upgradeRoutes() {
 var transferableState = []string{"m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.name",
 	"m.room.topic", "m.room.avatar", "m.room.encryption", "m.room.server_acl", "m.room.canonical_alias"}
 
-func (rm *rooms) upgradeRoom(r *http.Request, dev *Device) Response {
+func (rm *rooms) upgradeRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -38,24 +39,24 @@ func (rm *rooms) upgradeRoom(r *http.Request, dev *Device) Response {
 		NewVersion         string   `json:"new_version"`
 		AdditionalCreators []string `json:"additional_creators"`
 	}
-	if resp, ok := decodeJSON(r, &body); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
 	if body.NewVersion == "" {
-		return MissingParam("new_version is required")
+		return httpapi.MissingParam("new_version is required")
 	}
 	ver := gomatrixserverlib.RoomVersion(body.NewVersion)
 	impl, err := gomatrixserverlib.GetRoomVersion(ver)
 	if err != nil || !impl.Stable() {
-		return Errf(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", body.NewVersion)
+		return httpapi.Errf(http.StatusBadRequest, "M_UNSUPPORTED_ROOM_VERSION", "room version %q is not supported", body.NewVersion)
 	}
 	for _, u := range body.AdditionalCreators {
 		if _, _, err := gomatrixserverlib.SplitID('@', u); err != nil {
-			return InvalidParam("invalid user ID in additional_creators: %q", u)
+			return httpapi.InvalidParam("invalid user ID in additional_creators: %q", u)
 		}
 	}
 	if len(body.AdditionalCreators) > 0 && !impl.PrivilegedCreators() {
-		return InvalidParam("additional_creators needs a room version with privileged creators")
+		return httpapi.InvalidParam("additional_creators needs a room version with privileged creators")
 	}
 	m, _ := rm.upgradeLocks.LoadOrStore(roomID, &sync.Mutex{})
 	mu := m.(*sync.Mutex)
@@ -64,23 +65,23 @@ func (rm *rooms) upgradeRoom(r *http.Request, dev *Device) Response {
 
 	st, err := rm.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		return Forbidden("unknown room or not a member")
+		return httpapi.Forbidden("unknown room or not a member")
 	} else if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if st.Membership(dev.UserID) != "join" {
-		return Forbidden("you are not in this room")
+		return httpapi.Forbidden("you are not in this room")
 	}
 	pl := roomserver.PowerLevels(st)
 	if roomserver.PowerLevel(st, dev.UserID) < pl.EventLevel("m.room.tombstone", true) {
-		return Forbidden("you do not have permission to upgrade this room")
+		return httpapi.Forbidden("you do not have permission to upgrade this room")
 	}
 	if ts := st.Get("m.room.tombstone", ""); ts != nil {
 		var c struct {
 			Replacement string `json:"replacement_room"`
 		}
 		if json.Unmarshal(ts.Content(), &c) == nil && c.Replacement != "" {
-			return Errf(http.StatusBadRequest, "M_UNKNOWN", "room has already been upgraded to %s", c.Replacement)
+			return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "room has already been upgraded to %s", c.Replacement)
 		}
 	}
 	newRoom, err := rm.createReplacement(r.Context(), dev, roomID, st, ver, impl, body.AdditionalCreators)
@@ -90,7 +91,7 @@ func (rm *rooms) upgradeRoom(r *http.Request, dev *Device) Response {
 	if err := rm.retireRoom(r.Context(), dev, roomID, newRoom, st); err != nil {
 		return roomError(r, err)
 	}
-	return JSON(200, map[string]string{"replacement_room": newRoom})
+	return httpapi.JSON(200, map[string]string{"replacement_room": newRoom})
 }
 
 // contentMap decodes a state event's content as a JSON object.
@@ -104,7 +105,7 @@ func contentMap(ev gomatrixserverlib.PDU) map[string]any {
 
 // createReplacement creates the new room with the old room's
 // transferable state, power levels and bans.
-func (rm *rooms) createReplacement(ctx context.Context, dev *Device, oldRoom string, st roomserver.StateMap, ver gomatrixserverlib.RoomVersion,
+func (rm *rooms) createReplacement(ctx context.Context, dev *httpapi.Device, oldRoom string, st roomserver.StateMap, ver gomatrixserverlib.RoomVersion,
 	impl gomatrixserverlib.IRoomVersion, additional []string) (string, error) {
 	sp := func(s string) *string { return &s }
 	createContent := map[string]any{"predecessor": map[string]any{"room_id": oldRoom}}
@@ -212,7 +213,7 @@ func cloneMap(m map[string]any) map[string]any {
 
 // retireRoom tombstones the old room, moves its aliases and directory
 // listing to the new one and restricts who may still speak in it.
-func (rm *rooms) retireRoom(ctx context.Context, dev *Device, oldRoom, newRoom string, st roomserver.StateMap) error {
+func (rm *rooms) retireRoom(ctx context.Context, dev *httpapi.Device, oldRoom, newRoom string, st roomserver.StateMap) error {
 	empty := ""
 	tomb, _ := json.Marshal(map[string]string{"body": "This room has been replaced", "replacement_room": newRoom})
 	if _, err := rm.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: oldRoom, Sender: dev.UserID, Type: "m.room.tombstone", StateKey: &empty, Content: tomb}); err != nil {

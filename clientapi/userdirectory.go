@@ -5,6 +5,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -25,20 +26,20 @@ const (
 	userDirectoryMaxLimit     = 50
 )
 
-func (a *API) searchUserDirectory(r *http.Request, dev *Device) Response {
+func (a *API) searchUserDirectory(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		SearchTerm *string `json:"search_term"`
 		Limit      int     `json:"limit"`
 	}
-	if resp, ok := decodeJSON(r, &req); !ok {
+	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
 	if req.SearchTerm == nil {
-		return MissingParam("search_term is required")
+		return httpapi.MissingParam("search_term is required")
 	}
 	term := strings.TrimSpace(*req.SearchTerm)
 	if utf8.RuneCountInString(term) > 256 {
-		return InvalidParam("search_term is too long")
+		return httpapi.InvalidParam("search_term is too long")
 	}
 	limit := userDirectoryDefaultLimit
 	if req.Limit > 0 {
@@ -46,11 +47,11 @@ func (a *API) searchUserDirectory(r *http.Request, dev *Device) Response {
 	}
 	results := []map[string]any{}
 	if term == "" {
-		return JSON(200, map[string]any{"results": results, "limited": false})
+		return httpapi.JSON(200, map[string]any{"results": results, "limited": false})
 	}
 	users, err := storage.SearchUsers(r.Context(), a.db, dev.UserID, term, a.searchAllUsers, limit+1)
 	if err != nil {
-		return InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	limited := len(users) > limit
 	if limited {
@@ -66,5 +67,5 @@ func (a *API) searchUserDirectory(r *http.Request, dev *Device) Response {
 		}
 		results = append(results, e)
 	}
-	return JSON(200, map[string]any{"results": results, "limited": limited})
+	return httpapi.JSON(200, map[string]any{"results": results, "limited": limited})
 }

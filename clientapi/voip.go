@@ -3,6 +3,7 @@ package clientapi
 import (
 	"crypto/hmac"
 	"crypto/sha1"
+	"enclave/internal/httpapi"
 	"encoding/base64"
 	"net/http"
 	"strconv"
@@ -19,10 +20,10 @@ func (a *API) voipRoutes() {
 	a.v3("GET", "/voip/turnServer", "voip", a.turnServer)
 }
 
-func (a *API) turnServer(r *http.Request, dev *Device) Response {
+func (a *API) turnServer(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	t := a.opts.TURN
 	if len(t.URIs) == 0 || t.SharedSecret == "" {
-		return JSON(200, struct{}{})
+		return httpapi.JSON(200, struct{}{})
 	}
 	ttl := t.TTL
 	if ttl <= 0 {
@@ -31,7 +32,7 @@ func (a *API) turnServer(r *http.Request, dev *Device) Response {
 	username := strconv.FormatInt(time.Now().Add(ttl).Unix(), 10) + ":" + dev.UserID
 	mac := hmac.New(sha1.New, []byte(t.SharedSecret))
 	mac.Write([]byte(username))
-	return JSON(200, map[string]any{
+	return httpapi.JSON(200, map[string]any{
 		"username": username,
 		"password": base64.StdEncoding.EncodeToString(mac.Sum(nil)),
 		"uris":     t.URIs,

@@ -13,6 +13,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -27,13 +28,13 @@ const fedPublicRoomsMaxLimit = 500
 
 type fedPublicRoomsReq = storage.PublicRoomsRequest
 
-func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) httpapi.Response {
 	q := r.URL.Query()
 	var req fedPublicRoomsReq
 	if s := q.Get("limit"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil {
-			return invalidParam("limit must be an integer")
+			return httpapi.InvalidParam("limit must be an integer")
 		}
 		req.Limit = &n
 	}
@@ -43,43 +44,43 @@ func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte
 	return f.publicRooms(r, req)
 }
 
-func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []byte) (int, any) {
+func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []byte) httpapi.Response {
 	var req fedPublicRoomsReq
 	if len(body) > 0 {
 		if err := json.Unmarshal(body, &req); err != nil {
-			return badJSON("request body has the wrong shape: %v", err)
+			return httpapi.BadJSON("request body has the wrong shape: %v", err)
 		}
 	}
 	return f.publicRooms(r, req)
 }
 
-func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) (int, any) {
+func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) httpapi.Response {
 	body, err := storage.PublicRoomsPage(r.Context(), f.db, req, fedPublicRoomsMaxLimit)
 	if errors.Is(err, storage.ErrBadSince) {
-		return invalidParam("unknown since token")
+		return httpapi.InvalidParam("unknown since token")
 	} else if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return http.StatusOK, body
+	return httpapi.JSON(http.StatusOK, body)
 }
 
 // hierarchy is GET /_matrix/federation/v1/hierarchy/{roomId}.
-func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	ctx := r.Context()
 	roomID := mux.Vars(r)["roomId"]
 	suggestedOnly := r.URL.Query().Get("suggested_only") == "true"
 	st, err := f.rs.CurrentState(ctx, roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
-		return notFound("room not found")
+		return httpapi.NotFound("room not found")
 	} else if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if !f.serverMayPreview(ctx, st, origin) {
-		return notFound("room not found")
+		return httpapi.NotFound("room not found")
 	}
 	room, err := f.hierarchyEntry(ctx, roomID, st)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	children := []map[string]any{}
 	inaccessible := []string{}
@@ -94,7 +95,7 @@ func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte
 			if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && cst.Get(spec.MRoomCreate, "") == nil) {
 				continue // not ours to describe
 			} else if err != nil {
-				return internalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			if !f.serverMayPreview(ctx, cst, origin) {
 				inaccessible = append(inaccessible, c.RoomID)
@@ -104,13 +105,13 @@ func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte
 			if errors.Is(err, storage.ErrNotFound) {
 				continue
 			} else if err != nil {
-				return internalError(r, err)
+				return httpapi.InternalError(r, err)
 			}
 			children = append(children, entry)
 		}
 	}
 	room["children_state"] = childState
-	return http.StatusOK, map[string]any{"room": room, "children": children, "inaccessible_children": inaccessible}
+	return httpapi.JSON(http.StatusOK, map[string]any{"room": room, "children": children, "inaccessible_children": inaccessible})
 }
 
 // hierarchyEntry is a room's PublicRoomsChunk plus allowed_room_ids.

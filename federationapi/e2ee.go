@@ -20,7 +20,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -55,18 +55,18 @@ const (
 
 // --- inbound endpoints ---
 
-func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return badJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if req.DeviceKeys == nil {
-		return errResp(http.StatusBadRequest, "M_MISSING_PARAM", "device_keys is required")
+		return httpapi.Errf(http.StatusBadRequest, "M_MISSING_PARAM", "device_keys is required")
 	}
 	if len(req.DeviceKeys) > maxKeyQueryUsers {
-		return errResp(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d users per query", maxKeyQueryUsers)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d users per query", maxKeyQueryUsers)
 	}
 	local := map[string][]string{}
 	for u, devs := range req.DeviceKeys {
@@ -76,7 +76,7 @@ func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body
 	}
 	res, err := storage.QueryLocalKeys(r.Context(), f.db, "", local)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	out := map[string]any{"device_keys": res.DeviceKeys, "master_keys": map[string]json.RawMessage{}, "self_signing_keys": map[string]json.RawMessage{}}
 	if res.MasterKeys != nil {
@@ -85,18 +85,18 @@ func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body
 	if res.SelfSigningKeys != nil {
 		out["self_signing_keys"] = res.SelfSigningKeys
 	}
-	return http.StatusOK, out
+	return httpapi.JSON(http.StatusOK, out)
 }
 
-func (f *Federation) userKeysClaim(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+func (f *Federation) userKeysClaim(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return badJSON("request body has the wrong shape: %v", err)
+		return httpapi.BadJSON("request body has the wrong shape: %v", err)
 	}
 	if req.OneTimeKeys == nil {
-		return errResp(http.StatusBadRequest, "M_MISSING_PARAM", "one_time_keys is required")
+		return httpapi.Errf(http.StatusBadRequest, "M_MISSING_PARAM", "one_time_keys is required")
 	}
 	n := 0
 	local := map[string]map[string]string{}
@@ -107,13 +107,13 @@ func (f *Federation) userKeysClaim(r *http.Request, origin spec.ServerName, body
 		}
 	}
 	if n > maxKeyClaimDevices {
-		return errResp(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d devices per claim", maxKeyClaimDevices)
+		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most %d devices per claim", maxKeyClaimDevices)
 	}
-	keys, err := clientapi.ClaimLocalKeys(r.Context(), f.db, local)
+	keys, err := storage.ClaimLocalKeys(r.Context(), f.db, local)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return http.StatusOK, map[string]any{"one_time_keys": keys}
+	return httpapi.JSON(http.StatusOK, map[string]any{"one_time_keys": keys})
 }
 
 // userDevice is one entry of GET /user/devices.
@@ -123,25 +123,25 @@ type userDevice struct {
 	DisplayName string          `json:"device_display_name,omitempty"`
 }
 
-func (f *Federation) userDevices(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) userDevices(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	userID := mux.Vars(r)["userId"]
 	if !f.isLocalUser(userID) {
-		return notFound("%s is not a user of this server", userID)
+		return httpapi.NotFound("%s is not a user of this server", userID)
 	}
 	ctx := r.Context()
 	// The stream ID first: an update racing this request then carries a
 	// newer ID than the one we report, so the caller applies it.
 	streamID, err := storage.DeviceListStreamID(ctx, f.db, userID)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	res, err := storage.QueryLocalKeys(ctx, f.db, "", map[string][]string{userID: nil})
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	devs, err := storage.ListDevices(ctx, f.db, userID)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	names := map[string]string{}
 	for _, d := range devs {
@@ -160,7 +160,7 @@ func (f *Federation) userDevices(r *http.Request, origin spec.ServerName, _ []by
 	if k := res.SelfSigningKeys[userID]; k != nil {
 		out["self_signing_key"] = k
 	}
-	return http.StatusOK, out
+	return httpapi.JSON(http.StatusOK, out)
 }
 
 // --- inbound EDUs ---
@@ -746,7 +746,7 @@ func (f *Federation) fedJSON(ctx context.Context, dest spec.ServerName, method, 
 	}
 	if resp.StatusCode/100 != 2 {
 		re := &RemoteError{Code: resp.StatusCode}
-		var m MatrixError
+		var m httpapi.MatrixError
 		if json.Unmarshal(body, &m) == nil {
 			re.ErrCode, re.Message = m.ErrCode, m.Err
 		}

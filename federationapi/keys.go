@@ -15,6 +15,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -96,12 +97,12 @@ func (f *Federation) ownServerKeys() (json.RawMessage, error) {
 	return signed, nil
 }
 
-func (f *Federation) serveOwnKeys(r *http.Request) (int, any) {
+func (f *Federation) serveOwnKeys(r *http.Request) httpapi.Response {
 	b, err := f.ownServerKeys()
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return http.StatusOK, b
+	return httpapi.JSON(http.StatusOK, b)
 }
 
 type keyQueryResponse struct {
@@ -109,7 +110,7 @@ type keyQueryResponse struct {
 }
 
 // queryKeysBatch is POST /_matrix/key/v2/query: this server as a notary.
-func (f *Federation) queryKeysBatch(r *http.Request) (int, any) {
+func (f *Federation) queryKeysBatch(r *http.Request) httpapi.Response {
 	var req struct {
 		ServerKeys map[spec.ServerName]map[gomatrixserverlib.KeyID]struct {
 			MinimumValidUntilTS spec.Timestamp `json:"minimum_valid_until_ts"`
@@ -118,15 +119,15 @@ func (f *Federation) queryKeysBatch(r *http.Request) (int, any) {
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			return errResp(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "request body too large")
+			return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "request body too large")
 		}
-		return badJSON("request body must be {\"server_keys\": {...}}")
+		return httpapi.BadJSON("request body must be {\"server_keys\": {...}}")
 	}
 	if req.ServerKeys == nil {
-		return errResp(http.StatusBadRequest, "M_MISSING_PARAM", "server_keys is required")
+		return httpapi.Errf(http.StatusBadRequest, "M_MISSING_PARAM", "server_keys is required")
 	}
 	if len(req.ServerKeys) > maxNotaryServers {
-		return badJSON("at most %d servers per query", maxNotaryServers)
+		return httpapi.BadJSON("at most %d servers per query", maxNotaryServers)
 	}
 	out := keyQueryResponse{ServerKeys: []json.RawMessage{}}
 	for server, ids := range req.ServerKeys {
@@ -136,21 +137,21 @@ func (f *Federation) queryKeysBatch(r *http.Request) (int, any) {
 		}
 		out.ServerKeys = append(out.ServerKeys, f.notaryAnswer(r.Context(), server, minValid)...)
 	}
-	return http.StatusOK, out
+	return httpapi.JSON(http.StatusOK, out)
 }
 
 // queryKeysOne is GET /_matrix/key/v2/query/{serverName}.
-func (f *Federation) queryKeysOne(r *http.Request) (int, any) {
+func (f *Federation) queryKeysOne(r *http.Request) httpapi.Response {
 	server := spec.ServerName(mux.Vars(r)["serverName"])
 	var minValid spec.Timestamp
 	if v := r.URL.Query().Get("minimum_valid_until_ts"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
-			return invalidParam("minimum_valid_until_ts must be an integer")
+			return httpapi.InvalidParam("minimum_valid_until_ts must be an integer")
 		}
 		minValid = spec.Timestamp(n)
 	}
-	return http.StatusOK, keyQueryResponse{ServerKeys: append([]json.RawMessage{}, f.notaryAnswer(r.Context(), server, minValid)...)}
+	return httpapi.JSON(http.StatusOK, keyQueryResponse{ServerKeys: append([]json.RawMessage{}, f.notaryAnswer(r.Context(), server, minValid)...)})
 }
 
 // notaryAnswer returns server's key responses co-signed by this server:

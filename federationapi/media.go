@@ -15,6 +15,8 @@ import (
 	"net/url"
 	"time"
 
+	"enclave/internal/httpapi"
+
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -40,8 +42,7 @@ func (f *Federation) serveMedia(thumb bool) func(http.ResponseWriter, *http.Requ
 	return func(w http.ResponseWriter, r *http.Request, _ spec.ServerName) {
 		l := f.local()
 		if l == nil || l.Media == nil {
-			code, resp := notFound("media not found")
-			writeJSON(w, code, resp)
+			httpapi.WriteResponse(w, httpapi.NotFound("media not found"))
 			return
 		}
 		mw := &multipartResponse{out: w, header: http.Header{}}
@@ -113,16 +114,14 @@ func (m *multipartResponse) finish() {
 	case m.code == http.StatusOK:
 		_ = m.mp.Close()
 	case m.code == 0:
-		code, resp := notFound("media not found")
-		writeJSON(m.out, code, resp)
+		httpapi.WriteResponse(m.out, httpapi.NotFound("media not found"))
 	default:
 		body := m.errBody.Bytes()
 		if !json.Valid(body) {
-			code, resp := errResp(m.code, "M_UNKNOWN", "media request failed")
-			writeJSON(m.out, code, resp)
+			httpapi.WriteResponse(m.out, httpapi.Errf(m.code, "M_UNKNOWN", "media request failed"))
 			return
 		}
-		writeJSON(m.out, m.code, json.RawMessage(body))
+		httpapi.WriteResponse(m.out, httpapi.JSON(m.code, []byte(body)))
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"time"
 
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -13,17 +14,17 @@ import (
 // /_matrix/client/v3/user/{userId}/openid/request_token) learns whose it
 // is. The endpoint needs no X-Matrix signature: the token is the secret.
 
-func (f *Federation) openIDUserInfo(r *http.Request) (int, any) {
+func (f *Federation) openIDUserInfo(r *http.Request) httpapi.Response {
 	token := r.URL.Query().Get("access_token")
 	if token == "" || len(token) > 255 {
-		return errResp(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "access token unknown or expired")
+		return httpapi.Errf(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "access token unknown or expired")
 	}
 	user, err := storage.OpenIDTokenUser(r.Context(), f.db, storage.HashOpenIDToken(token), time.Now().UnixMilli())
 	if errors.Is(err, storage.ErrNotFound) {
-		return errResp(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "access token unknown or expired")
+		return httpapi.Errf(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "access token unknown or expired")
 	}
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return http.StatusOK, map[string]string{"sub": user}
+	return httpapi.JSON(http.StatusOK, map[string]string{"sub": user})
 }

@@ -15,14 +15,10 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
-
-// mxErr is a Matrix error body.
-func mxErr(code, msg string) map[string]string {
-	return map[string]string{"errcode": code, "error": msg}
-}
 
 // serverInRoom reports whether server has a joined member in the state.
 func serverInRoom(st roomserver.StateMap, server spec.ServerName) bool {
@@ -122,25 +118,25 @@ func globMatch(pattern, s string) bool {
 // makeMembership answers make_join / make_leave / make_knock with an event
 // template for the remote user, if the current state would allow it.
 func (f *Federation) makeMembership(membership string) roomHandler {
-	return func(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	return func(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 		v := mux.Vars(r)
 		roomID, userID := v["roomId"], v["userId"]
 		_, domain, err := gomatrixserverlib.SplitID('@', userID)
 		if err != nil || domain != origin {
-			return 403, mxErr("M_FORBIDDEN", "the user must belong to the requesting server")
+			return httpapi.Errf(403, "M_FORBIDDEN", "the user must belong to the requesting server")
 		}
 		ver, prev, depth, st, err := f.rs.LatestForRemote(r.Context(), roomID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
-			return 404, mxErr("M_NOT_FOUND", "unknown room")
+			return httpapi.Errf(404, "M_NOT_FOUND", "unknown room")
 		} else if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
 		if !aclAllows(st, origin) {
-			return 403, mxErr("M_FORBIDDEN", "server is denied by the room's ACL")
+			return httpapi.Errf(403, "M_FORBIDDEN", "server is denied by the room's ACL")
 		}
 		if membership == spec.Join || membership == "knock" {
 			if vers := r.URL.Query()["ver"]; !containsVersion(vers, ver.Version()) {
-				return 400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "room version not supported by your server", "room_version": string(ver.Version())}
+				return httpapi.JSON(400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "room version not supported by your server", "room_version": string(ver.Version())})
 			}
 		}
 		content, _ := json.Marshal(map[string]string{"membership": membership})
@@ -148,20 +144,20 @@ func (f *Federation) makeMembership(membership string) roomHandler {
 		provider, _ := gomatrixserverlib.NewAuthEvents(st.Events())
 		b := ver.NewEventBuilderFromProtoEvent(&proto)
 		if err := b.AddAuthEvents(provider); err != nil {
-			return 403, mxErr("M_FORBIDDEN", err.Error())
+			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: err.Error()})
 		}
 		// Check the template against the current state by building it with
 		// our own key: the real one is signed by the requesting server.
 		trial, err := b.Build(timeNow(), origin, f.keyID, f.key)
 		if err != nil {
-			return 400, mxErr("M_BAD_JSON", err.Error())
+			return httpapi.JSON(400, &httpapi.MatrixError{ErrCode: "M_BAD_JSON", Err: err.Error()})
 		}
 		provider2, _ := gomatrixserverlib.NewAuthEvents(st.Events())
 		if err := gomatrixserverlib.Allowed(trial, provider2, roomserver.UserIDForSender); err != nil {
-			return 403, mxErr("M_FORBIDDEN", err.Error())
+			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: err.Error()})
 		}
 		proto.AuthEvents = b.AuthEvents
-		return 200, map[string]any{"room_version": ver.Version(), "event": proto}
+		return httpapi.JSON(200, map[string]any{"room_version": ver.Version(), "event": proto})
 	}
 }
 
@@ -180,58 +176,58 @@ func containsVersion(vers []string, v gomatrixserverlib.RoomVersion) bool {
 // sendMembership accepts a signed join/leave/knock from the remote server,
 // stores it, and (for joins) answers with the state and auth chain.
 func (f *Federation) sendMembership(membership string) roomHandler {
-	return func(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+	return func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 		v := mux.Vars(r)
 		roomID := v["roomId"]
 		ver, _, _, st, err := f.rs.LatestForRemote(r.Context(), roomID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) || (err == nil && st.Get(spec.MRoomCreate, "") == nil) {
-			return 404, mxErr("M_NOT_FOUND", "unknown room")
+			return httpapi.Errf(404, "M_NOT_FOUND", "unknown room")
 		} else if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
 		ev, err := ver.NewEventFromUntrustedJSON(body)
 		if err != nil {
-			return 400, mxErr("M_BAD_JSON", err.Error())
+			return httpapi.JSON(400, &httpapi.MatrixError{ErrCode: "M_BAD_JSON", Err: err.Error()})
 		}
 		if ev.EventID() != v["eventId"] || ev.RoomID().String() != roomID || ev.Type() != spec.MRoomMember || ev.StateKey() == nil || *ev.StateKey() != string(ev.SenderID()) {
-			return 400, mxErr("M_BAD_JSON", "event does not match the request")
+			return httpapi.Errf(400, "M_BAD_JSON", "event does not match the request")
 		}
 		if m, _ := ev.Membership(); m != membership {
-			return 400, mxErr("M_BAD_JSON", "wrong membership")
+			return httpapi.Errf(400, "M_BAD_JSON", "wrong membership")
 		}
 		if _, d, err := gomatrixserverlib.SplitID('@', string(ev.SenderID())); err != nil || d != origin {
-			return 403, mxErr("M_FORBIDDEN", "the sender must belong to the requesting server")
+			return httpapi.Errf(403, "M_FORBIDDEN", "the sender must belong to the requesting server")
 		}
 		if !aclAllows(st, origin) {
-			return 403, mxErr("M_FORBIDDEN", "server is denied by the room's ACL")
+			return httpapi.Errf(403, "M_FORBIDDEN", "server is denied by the room's ACL")
 		}
 		if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
-			return 403, mxErr("M_FORBIDDEN", "bad signature: "+err.Error())
+			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: "bad signature: " + err.Error()})
 		}
 		res := f.rs.InputRemoteEvents(r.Context(), origin, []gomatrixserverlib.PDU{ev})
 		if err := res[ev.EventID()]; err != nil {
-			return 403, mxErr("M_FORBIDDEN", err.Error())
+			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: err.Error()})
 		}
 		f.relayMembership(r.Context(), origin, ev)
 		if membership != spec.Join {
-			return 200, struct{}{}
+			return httpapi.JSON(200, struct{}{})
 		}
 		before, err := f.rs.StateAt(r.Context(), ev.EventID(), false)
 		if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
 		chain, err := f.rs.AuthChainOf(r.Context(), before.Events())
 		if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
-		return 200, map[string]any{
+		return httpapi.JSON(200, map[string]any{
 			"origin":          f.serverName,
 			"state":           pduJSONs(before.Events()),
 			"auth_chain":      pduJSONs(chain),
 			"event":           json.RawMessage(ev.JSON()),
 			"members_omitted": false,
 			"servers_in_room": ServersInRoom(before),
-		}
+		})
 	}
 }
 
@@ -270,38 +266,38 @@ func pduJSONs(evs []gomatrixserverlib.PDU) []json.RawMessage {
 
 // inviteV2 receives an invite for one of our users into a remote room: we
 // countersign it and show it to the user.
-func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		RoomVersion     gomatrixserverlib.RoomVersion `json:"room_version"`
 		Event           json.RawMessage               `json:"event"`
 		InviteRoomState []json.RawMessage             `json:"invite_room_state"`
 	}
 	if err := json.Unmarshal(body, &req); err != nil {
-		return 400, mxErr("M_BAD_JSON", err.Error())
+		return httpapi.JSON(400, &httpapi.MatrixError{ErrCode: "M_BAD_JSON", Err: err.Error()})
 	}
 	ver, err := gomatrixserverlib.GetRoomVersion(req.RoomVersion)
 	if err != nil {
-		return 400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "unsupported room version", "room_version": string(req.RoomVersion)}
+		return httpapi.JSON(400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "unsupported room version", "room_version": string(req.RoomVersion)})
 	}
 	ev, err := ver.NewEventFromUntrustedJSON(req.Event)
 	if err != nil {
-		return 400, mxErr("M_BAD_JSON", err.Error())
+		return httpapi.JSON(400, &httpapi.MatrixError{ErrCode: "M_BAD_JSON", Err: err.Error()})
 	}
 	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
-		return 400, mxErr("M_BAD_JSON", "not a membership event")
+		return httpapi.Errf(400, "M_BAD_JSON", "not a membership event")
 	}
 	if m, _ := ev.Membership(); m != spec.Invite {
-		return 400, mxErr("M_BAD_JSON", "not an invite")
+		return httpapi.Errf(400, "M_BAD_JSON", "not an invite")
 	}
 	_, targetDomain, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
 	if err != nil || targetDomain != f.serverName {
-		return 400, mxErr("M_BAD_JSON", "the invitee is not on this server")
+		return httpapi.Errf(400, "M_BAD_JSON", "the invitee is not on this server")
 	}
 	// Countersign first: the signature check requires the invited
 	// server's signature on an invite, alongside the sender's.
 	signed := ev.Sign(string(f.serverName), f.keyID, f.key)
 	if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), signed, f.keys, roomserver.UserIDForSender); err != nil {
-		return 403, mxErr("M_FORBIDDEN", "bad signature: "+err.Error())
+		return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: "bad signature: " + err.Error()})
 	}
 	if len(req.InviteRoomState) > 0 {
 		if withState, err := signed.SetUnsigned(map[string]any{"invite_room_state": req.InviteRoomState}); err == nil {
@@ -309,9 +305,9 @@ func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []by
 		}
 	}
 	if err := f.rs.StoreRemoteInvite(r.Context(), signed); err != nil {
-		return 500, mxErr("M_UNKNOWN", "internal error")
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
-	return 200, map[string]any{"event": json.RawMessage(signed.JSON())}
+	return httpapi.JSON(200, map[string]any{"event": json.RawMessage(signed.JSON())})
 }
 
 // visibleToServer decides whether origin may read events of a room: it
@@ -336,28 +332,28 @@ func (f *Federation) visibleToServer(ctx context.Context, roomID string, origin 
 }
 
 func (f *Federation) state(idsOnly bool) roomHandler {
-	return func(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+	return func(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 		roomID := mux.Vars(r)["roomId"]
 		if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
-			return 403, mxErr("M_FORBIDDEN", "server not in room")
+			return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
 		}
 		eventID := r.URL.Query().Get("event_id")
 		ev, err := storage.GetEvent(r.Context(), f.db, eventID)
 		if err != nil || ev.RoomID != roomID {
-			return 404, mxErr("M_NOT_FOUND", "event not found")
+			return httpapi.Errf(404, "M_NOT_FOUND", "event not found")
 		}
 		st, err := f.rs.StateAt(r.Context(), eventID, false)
 		if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
 		chain, err := f.rs.AuthChainOf(r.Context(), st.Events())
 		if err != nil {
-			return 500, mxErr("M_UNKNOWN", "internal error")
+			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
 		if idsOnly {
-			return 200, map[string]any{"pdu_ids": eventIDs(st.Events()), "auth_chain_ids": eventIDs(chain)}
+			return httpapi.JSON(200, map[string]any{"pdu_ids": eventIDs(st.Events()), "auth_chain_ids": eventIDs(chain)})
 		}
-		return 200, map[string]any{"pdus": pduJSONs(st.Events()), "auth_chain": pduJSONs(chain)}
+		return httpapi.JSON(200, map[string]any{"pdus": pduJSONs(st.Events()), "auth_chain": pduJSONs(chain)})
 	}
 }
 
@@ -369,31 +365,31 @@ func eventIDs(evs []gomatrixserverlib.PDU) []string {
 	return out
 }
 
-func (f *Federation) getEvent(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) getEvent(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	se, err := storage.GetEvent(r.Context(), f.db, mux.Vars(r)["eventId"])
 	if err != nil {
-		return 404, mxErr("M_NOT_FOUND", "event not found")
+		return httpapi.Errf(404, "M_NOT_FOUND", "event not found")
 	}
 	if _, ok := f.visibleToServer(r.Context(), se.RoomID, origin); !ok {
-		return 403, mxErr("M_FORBIDDEN", "server not in room")
+		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
 	}
-	return 200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": []json.RawMessage{se.JSON}}
+	return httpapi.JSON(200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": []json.RawMessage{se.JSON}})
 }
 
-func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	v := mux.Vars(r)
 	if _, ok := f.visibleToServer(r.Context(), v["roomId"], origin); !ok {
-		return 403, mxErr("M_FORBIDDEN", "server not in room")
+		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
 	}
 	evs, err := f.rs.Events(r.Context(), []string{v["eventId"]})
 	if err != nil || len(evs) == 0 || evs[0].RoomID().String() != v["roomId"] {
-		return 404, mxErr("M_NOT_FOUND", "event not found")
+		return httpapi.Errf(404, "M_NOT_FOUND", "event not found")
 	}
 	chain, err := f.rs.AuthChainOf(r.Context(), evs)
 	if err != nil {
-		return 500, mxErr("M_UNKNOWN", "internal error")
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
-	return 200, map[string]any{"auth_chain": pduJSONs(chain)}
+	return httpapi.JSON(200, map[string]any{"auth_chain": pduJSONs(chain)})
 }
 
 // walkBack follows prev_events from the given events, newest first by
@@ -434,10 +430,10 @@ func (f *Federation) walkBack(ctx context.Context, roomID string, from []string,
 	return out, nil
 }
 
-func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	roomID := mux.Vars(r)["roomId"]
 	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
-		return 403, mxErr("M_FORBIDDEN", "server not in room")
+		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
 	}
 	q := r.URL.Query()
 	limit, _ := strconv.Atoi(q.Get("limit"))
@@ -446,19 +442,19 @@ func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte)
 	}
 	evs, err := f.walkBack(r.Context(), roomID, q["v"], nil, limit, true)
 	if err != nil {
-		return 500, mxErr("M_UNKNOWN", "internal error")
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
-	return 200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": pduJSONs(evs)}
+	return httpapi.JSON(200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": pduJSONs(evs)})
 }
 
-func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	roomID := mux.Vars(r)["roomId"]
 	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
-		return 403, mxErr("M_FORBIDDEN", "server not in room")
+		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
 	}
 	var req fclient.MissingEvents
 	if err := json.Unmarshal(body, &req); err != nil {
-		return 400, mxErr("M_BAD_JSON", err.Error())
+		return httpapi.JSON(400, &httpapi.MatrixError{ErrCode: "M_BAD_JSON", Err: err.Error()})
 	}
 	if req.Limit <= 0 || req.Limit > 100 {
 		req.Limit = 10
@@ -469,33 +465,33 @@ func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, b
 	}
 	evs, err := f.walkBack(r.Context(), roomID, req.LatestEvents, stop, req.Limit, false)
 	if err != nil {
-		return 500, mxErr("M_UNKNOWN", "internal error")
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
 	// Oldest first, as the requester applies them in order.
 	sort.Slice(evs, func(i, j int) bool { return evs[i].Depth() < evs[j].Depth() })
-	return 200, map[string]any{"events": pduJSONs(evs)}
+	return httpapi.JSON(200, map[string]any{"events": pduJSONs(evs)})
 }
 
-func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	alias := r.URL.Query().Get("room_alias")
 	roomID, _, err := storage.GetAlias(r.Context(), f.db, alias)
 	if err != nil {
-		return 404, mxErr("M_NOT_FOUND", "room alias not found")
+		return httpapi.Errf(404, "M_NOT_FOUND", "room alias not found")
 	}
 	st, _ := f.rs.CurrentState(r.Context(), roomID)
 	servers := ServersInRoom(st)
 	if len(servers) == 0 {
 		servers = []spec.ServerName{f.serverName}
 	}
-	return 200, map[string]any{"room_id": roomID, "servers": servers}
+	return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": servers})
 }
 
-func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) (int, any) {
+func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	q := r.URL.Query()
 	userID := q.Get("user_id")
 	p, err := storage.GetActiveProfile(r.Context(), f.db, userID)
 	if err != nil {
-		return 404, mxErr("M_NOT_FOUND", "profile not found")
+		return httpapi.Errf(404, "M_NOT_FOUND", "profile not found")
 	}
 	out := map[string]any{}
 	if p.DisplayName != nil && (q.Get("field") == "" || q.Get("field") == "displayname") {
@@ -504,8 +500,8 @@ func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []b
 	if p.AvatarURL != nil && (q.Get("field") == "" || q.Get("field") == "avatar_url") {
 		out["avatar_url"] = *p.AvatarURL
 	}
-	return 200, out
+	return httpapi.JSON(200, out)
 }
 
 // roomHandler is the shape of a signed federation endpoint.
-type roomHandler = func(r *http.Request, origin spec.ServerName, body []byte) (int, any)
+type roomHandler = func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/http"
 
+	"enclave/internal/httpapi"
+
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
@@ -30,7 +32,7 @@ type route struct {
 	access       Access
 	signed       SignedHandler
 	signedRaw    func(w http.ResponseWriter, r *http.Request, origin spec.ServerName)
-	open         func(r *http.Request) (int, any)
+	open         func(r *http.Request) httpapi.Response
 }
 
 func signedRoute(method, path string, h SignedHandler) route {
@@ -41,7 +43,7 @@ func signedRawRoute(method, path string, h func(http.ResponseWriter, *http.Reque
 	return route{method: method, path: path, access: AccessSigned, signedRaw: h}
 }
 
-func openRoute(method, path string, h func(r *http.Request) (int, any)) route {
+func openRoute(method, path string, h func(r *http.Request) httpapi.Response) route {
 	return route{method: method, path: path, access: AccessOpen, open: h}
 }
 

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"enclave/internal/httpapi"
+
 	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
@@ -88,8 +90,8 @@ func TestRouteTable(t *testing.T) {
 // with no access class, or one whose handler does not match it, stops New.
 func TestRouteWithoutAccessRefused(t *testing.T) {
 	f := newTestFederation(t, &fakeRooms{versions: map[string]gomatrixserverlib.RoomVersion{}}, nil)
-	h := func(*http.Request, spec.ServerName, []byte) (int, any) { return 200, nil }
-	o := func(*http.Request) (int, any) { return 200, nil }
+	h := func(*http.Request, spec.ServerName, []byte) httpapi.Response { return httpapi.JSON(200, nil) }
+	o := func(*http.Request) httpapi.Response { return httpapi.JSON(200, nil) }
 	for name, rt := range map[string]route{
 		"no class":          {method: "GET", path: "/x", signed: h},
 		"unknown class":     {method: "GET", path: "/x", access: "federation.anyone", open: o},

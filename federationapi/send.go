@@ -15,6 +15,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -75,42 +76,42 @@ func parseTransaction(body []byte) (*inboundTxn, error) {
 // sendTransaction is PUT /_matrix/federation/v1/send/{txnId}. One origin's
 // transactions are processed one at a time, in arrival order; a retried
 // transaction ID gets the stored response without being processed again.
-func (f *Federation) sendTransaction(r *http.Request, origin spec.ServerName, body []byte) (int, any) {
+func (f *Federation) sendTransaction(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	txnID := mux.Vars(r)["txnId"]
 	if txnID == "" || len(txnID) > maxTxnIDLen {
-		return invalidParam("invalid transaction ID")
+		return httpapi.InvalidParam("invalid transaction ID")
 	}
 	unlock := f.lockOrigin(origin)
 	defer unlock()
 	ctx := r.Context()
 	if stored, err := storage.GetInboundTxn(ctx, f.db, string(origin), txnID); err == nil {
-		return http.StatusOK, json.RawMessage(stored)
+		return httpapi.JSON(http.StatusOK, []byte(stored))
 	} else if !errors.Is(err, storage.ErrNotFound) {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	txn, err := parseTransaction(body)
 	if err != nil {
-		return badJSON("%v", err)
+		return httpapi.BadJSON("%v", err)
 	}
 	if txn.Origin != "" && txn.Origin != origin {
-		return forbidden("transaction origin %q does not match the signing server %q", txn.Origin, origin)
+		return httpapi.Forbidden("transaction origin %q does not match the signing server %q", txn.Origin, origin)
 	}
 	resp, err := f.processTransaction(ctx, origin, txn)
 	if err != nil {
 		// Nothing is recorded: the sender retries the same transaction.
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	b, err := json.Marshal(resp)
 	if err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if err := storage.PutInboundTxn(ctx, f.db, string(origin), txnID, b, time.Now().UnixMilli()); err != nil {
-		return internalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	if f.txnsStored.Add(1)%500 == 1 {
 		go f.pruneInboundTxns()
 	}
-	return http.StatusOK, json.RawMessage(b)
+	return httpapi.JSON(http.StatusOK, []byte(b))
 }
 
 func (f *Federation) pruneInboundTxns() {

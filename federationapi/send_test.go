@@ -18,6 +18,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"enclave/config"
+	"enclave/internal/httpapi"
 )
 
 func TestParseTransactionLimits(t *testing.T) {
@@ -78,7 +79,7 @@ func do(t *testing.T, base string, req *http.Request) (int, []byte) {
 }
 
 func errcode(b []byte) string {
-	var e MatrixError
+	var e httpapi.MatrixError
 	_ = json.Unmarshal(b, &e)
 	return e.ErrCode
 }

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 
+	"enclave/internal/httpapi"
+
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -13,7 +15,7 @@ import (
 func (f *Federation) SetVersion(v string) { f.version.Store(&v) }
 
 // serveVersion is GET /_matrix/federation/v1/version.
-func (f *Federation) serveVersion(*http.Request) (int, any) {
+func (f *Federation) serveVersion(*http.Request) httpapi.Response {
 	v := "unknown"
 	if p := f.version.Load(); p != nil {
 		v = *p
@@ -22,9 +24,9 @@ func (f *Federation) serveVersion(*http.Request) (int, any) {
 		Name    string `json:"name"`
 		Version string `json:"version"`
 	}
-	return http.StatusOK, struct {
+	return httpapi.JSON(http.StatusOK, struct {
 		Server server `json:"server"`
-	}{server{Name: "Enclave", Version: v}}
+	}{server{Name: "Enclave", Version: v}})
 }
 
 // RemoteVersion asks server for its /_matrix/federation/v1/version (a

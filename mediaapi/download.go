@@ -12,7 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/sealing"
 	"enclave/storage"
 )
@@ -81,7 +81,7 @@ func (r *Repo) download(authed bool) http.HandlerFunc {
 			}
 			user = dev.UserID
 		}
-		v := clientapi.Vars(req)
+		v := httpapi.Vars(req)
 		r.serveDownload(w, req, v["serverName"], v["mediaId"], v["fileName"], user, authed)
 	}
 }
@@ -91,7 +91,7 @@ func (r *Repo) download(authed bool) http.HandlerFunc {
 func (r *Repo) serveDownload(w http.ResponseWriter, req *http.Request, origin, mediaID, fileName, user string, authed bool) {
 	obj, resp, ok := r.openMedia(req, origin, mediaID, authed)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	defer obj.Close()
@@ -113,10 +113,10 @@ func (r *Repo) serveDownload(w http.ResponseWriter, req *http.Request, origin, m
 // openMedia finds media (fetching remote media through the federation
 // fetcher, waiting for a pending upload up to timeout_ms) and opens its
 // sealed blob. On failure resp is the spec's error.
-func (r *Repo) openMedia(req *http.Request, origin, mediaID string, authed bool) (*object, clientapi.Response, bool) {
+func (r *Repo) openMedia(req *http.Request, origin, mediaID string, authed bool) (*object, httpapi.Response, bool) {
 	ctx := req.Context()
 	if !serverNamePattern.MatchString(origin) || !mediaIDPattern.MatchString(mediaID) {
-		return nil, clientapi.NotFound("media not found"), false
+		return nil, httpapi.NotFound("media not found"), false
 	}
 	var row *mediaRow
 	var err error
@@ -124,30 +124,30 @@ func (r *Repo) openMedia(req *http.Request, origin, mediaID string, authed bool)
 		row, err = r.waitForUpload(ctx, origin, mediaID, waitTimeout(req))
 	} else {
 		if !authed && req.URL.Query().Get("allow_remote") == "false" {
-			return nil, clientapi.NotFound("remote media not fetched (allow_remote=false)"), false
+			return nil, httpapi.NotFound("remote media not fetched (allow_remote=false)"), false
 		}
 		row, err = r.remoteMedia(ctx, origin, mediaID)
 	}
 	switch {
 	case errors.Is(err, storage.ErrNotFound), errors.Is(err, ErrRemoteNotFound):
-		return nil, clientapi.NotFound("media not found"), false
+		return nil, httpapi.NotFound("media not found"), false
 	case errors.Is(err, errNotYetUploaded):
-		return nil, clientapi.Errf(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "content has not yet been uploaded"), false
+		return nil, httpapi.Errf(http.StatusGatewayTimeout, "M_NOT_YET_UPLOADED", "content has not yet been uploaded"), false
 	case errors.Is(err, errTooLarge):
-		return nil, clientapi.Errf(http.StatusBadGateway, "M_TOO_LARGE", "remote content is too large"), false
+		return nil, httpapi.Errf(http.StatusBadGateway, "M_TOO_LARGE", "remote content is too large"), false
 	case errors.Is(err, errRemoteFailed):
-		return nil, clientapi.Errf(http.StatusBadGateway, "M_UNKNOWN", "could not fetch remote media"), false
+		return nil, httpapi.Errf(http.StatusBadGateway, "M_UNKNOWN", "could not fetch remote media"), false
 	case err != nil:
-		return nil, clientapi.InternalError(req, err), false
+		return nil, httpapi.InternalError(req, err), false
 	}
 	if row.QuarantinedTS != 0 {
-		return nil, clientapi.NotFound("media not found"), false
+		return nil, httpapi.NotFound("media not found"), false
 	}
 	obj, err := r.openRow(row)
 	if err != nil {
-		return nil, clientapi.InternalError(req, err), false
+		return nil, httpapi.InternalError(req, err), false
 	}
-	return obj, clientapi.Response{}, true
+	return obj, httpapi.Response{}, true
 }
 
 func (r *Repo) openRow(row *mediaRow) (*object, error) {

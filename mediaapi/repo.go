@@ -27,8 +27,8 @@ import (
 	"sync/atomic"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
 	"enclave/config"
+	"enclave/internal/httpapi"
 	"enclave/internal/sealing"
 	"enclave/storage"
 )
@@ -98,7 +98,7 @@ type Repo struct {
 	db    *storage.DB
 	kek   *sealing.KEK
 	blobs *blobStore
-	api   *clientapi.API
+	api   httpapi.Routes
 
 	thumbSem chan struct{}
 	waiters  waiters
@@ -160,7 +160,7 @@ func (r *Repo) emit(ctx context.Context, user, mediaID string, size int64, sha, 
 }
 
 // Register mounts the media endpoints on the client API's listener.
-func (r *Repo) Register(api *clientapi.API) {
+func (r *Repo) Register(api httpapi.Routes) {
 	r.api = api
 	const v1 = "/_matrix/client/v1/media"
 	api.HandleAuthed(http.MethodGet, v1+"/config", "media", r.config)
@@ -180,8 +180,8 @@ func (r *Repo) Register(api *clientapi.API) {
 	api.HandleRaw(http.MethodPut, "/_matrix/media/v3/upload/{serverName}/{mediaId}", "media_upload", r.uploadTo)
 }
 
-func (r *Repo) config(_ *http.Request, _ *clientapi.Device) clientapi.Response {
-	return clientapi.JSON(http.StatusOK, map[string]any{"m.upload.size": r.opts.MaxUploadBytes})
+func (r *Repo) config(_ *http.Request, _ *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(http.StatusOK, map[string]any{"m.upload.size": r.opts.MaxUploadBytes})
 }
 
 // Media IDs: the spec allows only [A-Za-z0-9_-] (no traversal tricks).

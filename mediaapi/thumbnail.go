@@ -12,10 +12,11 @@ import (
 	"strconv"
 	"time"
 
-	_ "golang.org/x/image/webp"
 	_ "image/gif" // decoders registered for image.Decode
 
-	"enclave/clientapi"
+	_ "golang.org/x/image/webp"
+
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -35,7 +36,7 @@ type thumbSpec struct {
 	Method string // "crop" or "scale"
 }
 
-func parseThumbSpec(req *http.Request) (thumbSpec, clientapi.Response, bool) {
+func parseThumbSpec(req *http.Request) (thumbSpec, httpapi.Response, bool) {
 	q := req.URL.Query()
 	var s thumbSpec
 	for _, p := range []struct {
@@ -44,11 +45,11 @@ func parseThumbSpec(req *http.Request) (thumbSpec, clientapi.Response, bool) {
 	}{{"width", &s.W}, {"height", &s.H}} {
 		v := q.Get(p.name)
 		if v == "" {
-			return s, clientapi.MissingParam("%s is required", p.name), false
+			return s, httpapi.MissingParam("%s is required", p.name), false
 		}
 		n, err := strconv.Atoi(v)
 		if err != nil || n <= 0 {
-			return s, clientapi.InvalidParam("%s must be a positive integer", p.name), false
+			return s, httpapi.InvalidParam("%s must be a positive integer", p.name), false
 		}
 		*p.dst = min(n, maxThumbSide)
 	}
@@ -58,9 +59,9 @@ func parseThumbSpec(req *http.Request) (thumbSpec, clientapi.Response, bool) {
 	case "crop":
 		s.Method = "crop"
 	default:
-		return s, clientapi.InvalidParam("method must be crop or scale"), false
+		return s, httpapi.InvalidParam("method must be crop or scale"), false
 	}
-	return s, clientapi.Response{}, true
+	return s, httpapi.Response{}, true
 }
 
 // GET …/thumbnail/{serverName}/{mediaId}?width=&height=&method=
@@ -74,7 +75,7 @@ func (r *Repo) thumbnail(authed bool) http.HandlerFunc {
 			}
 			user = dev.UserID
 		}
-		v := clientapi.Vars(req)
+		v := httpapi.Vars(req)
 		r.serveThumbnail(w, req, v["serverName"], v["mediaId"], user, authed)
 	}
 }
@@ -84,12 +85,12 @@ func (r *Repo) thumbnail(authed bool) http.HandlerFunc {
 func (r *Repo) serveThumbnail(w http.ResponseWriter, req *http.Request, origin, mediaID, user string, authed bool) {
 	spec, resp, ok := parseThumbSpec(req)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	obj, resp, ok := r.openMedia(req, origin, mediaID, authed)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	defer obj.Close()
@@ -105,20 +106,20 @@ func (r *Repo) serveThumbnail(w http.ResponseWriter, req *http.Request, origin, 
 	data, ct, err := r.makeThumb(req.Context(), obj, spec)
 	switch {
 	case errors.Is(err, errNotImage):
-		clientapi.WriteResponse(w, clientapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "cannot generate thumbnails for the requested content"))
+		httpapi.WriteResponse(w, httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "cannot generate thumbnails for the requested content"))
 		return
 	case errors.Is(err, errImageTooLarge):
-		clientapi.WriteResponse(w, clientapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "content is too large to thumbnail"))
+		httpapi.WriteResponse(w, httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "content is too large to thumbnail"))
 		return
 	case errors.Is(err, errCachedMeanwhile):
 		if r.serveCachedThumb(w, req, obj, spec, user) {
 			return
 		}
-		clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(req, err))
 		return
 	case err != nil:
 		if req.Context().Err() == nil {
-			clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+			httpapi.WriteResponse(w, httpapi.InternalError(req, err))
 		}
 		return
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -26,10 +26,10 @@ const (
 var errQuota = errors.New("media quota exceeded")
 
 // authenticate answers the request itself when it carries no valid token.
-func (r *Repo) authenticate(w http.ResponseWriter, req *http.Request) (*clientapi.Device, bool) {
+func (r *Repo) authenticate(w http.ResponseWriter, req *http.Request) (*httpapi.Device, bool) {
 	dev, resp, ok := r.api.Authenticate(req)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return nil, false
 	}
 	return dev, true
@@ -42,18 +42,18 @@ func (r *Repo) upload(w http.ResponseWriter, req *http.Request) {
 		return
 	}
 	if resp, ok := r.precheck(req, dev.UserID); !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	blob, resp, ok := r.receive(req)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	row, err := r.sealRow(blob, uploadMeta(req, blob.SHA256))
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
-		clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(req, err))
 		return
 	}
 	now := time.Now().UnixMilli()
@@ -69,14 +69,14 @@ func (r *Repo) upload(w http.ResponseWriter, req *http.Request) {
 	})
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
-		clientapi.WriteResponse(w, r.storeError(req, err))
+		httpapi.WriteResponse(w, r.storeError(req, err))
 		return
 	}
-	clientapi.WriteResponse(w, clientapi.JSON(http.StatusOK, map[string]string{"content_uri": mxc(row.Origin, row.MediaID)}))
+	httpapi.WriteResponse(w, httpapi.JSON(http.StatusOK, map[string]string{"content_uri": mxc(row.Origin, row.MediaID)}))
 }
 
 // POST /_matrix/media/v1/create
-func (r *Repo) create(req *http.Request, dev *clientapi.Device) clientapi.Response {
+func (r *Repo) create(req *http.Request, dev *httpapi.Device) httpapi.Response {
 	ctx := req.Context()
 	now := time.Now()
 	row := &mediaRow{Origin: r.opts.ServerName, MediaID: newMediaID(), UserID: dev.UserID, CreatedTS: now.UnixMilli(), ExpiresTS: now.Add(pendingLifetime).UnixMilli()}
@@ -94,12 +94,12 @@ func (r *Repo) create(req *http.Request, dev *clientapi.Device) clientapi.Respon
 		return insertMedia(ctx, tx, row)
 	})
 	if errors.Is(err, errTooManyPending) {
-		return clientapi.Response{Code: http.StatusTooManyRequests, Body: &clientapi.MatrixError{ErrCode: "M_LIMIT_EXCEEDED", Err: "too many pending uploads; upload to the media IDs already created first", RetryAfterMs: 60_000}}
+		return httpapi.Response{Code: http.StatusTooManyRequests, Body: &httpapi.MatrixError{ErrCode: "M_LIMIT_EXCEEDED", Err: "too many pending uploads; upload to the media IDs already created first", RetryAfterMs: 60_000}}
 	}
 	if err != nil {
-		return clientapi.InternalError(req, err)
+		return httpapi.InternalError(req, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"content_uri": mxc(row.Origin, row.MediaID), "unused_expires_at": row.ExpiresTS})
+	return httpapi.JSON(http.StatusOK, map[string]any{"content_uri": mxc(row.Origin, row.MediaID), "unused_expires_at": row.ExpiresTS})
 }
 
 var errTooManyPending = errors.New("too many pending uploads")
@@ -110,38 +110,38 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 	if !ok {
 		return
 	}
-	v := clientapi.Vars(req)
+	v := httpapi.Vars(req)
 	origin, mediaID := v["serverName"], v["mediaId"]
 	if origin != r.opts.ServerName || !mediaIDPattern.MatchString(mediaID) {
-		clientapi.WriteResponse(w, clientapi.NotFound("unknown media ID"))
+		httpapi.WriteResponse(w, httpapi.NotFound("unknown media ID"))
 		return
 	}
 	existing, err := selectMedia(req.Context(), r.db, origin, mediaID)
 	if errors.Is(err, storage.ErrNotFound) {
-		clientapi.WriteResponse(w, clientapi.NotFound("unknown media ID"))
+		httpapi.WriteResponse(w, httpapi.NotFound("unknown media ID"))
 		return
 	}
 	if err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(req, err))
 		return
 	}
 	if resp, ok := checkPendingFor(existing, dev.UserID); !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	if resp, ok := r.precheck(req, dev.UserID); !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	blob, resp, ok := r.receive(req)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	row, err := r.sealRow(blob, uploadMeta(req, blob.SHA256))
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
-		clientapi.WriteResponse(w, clientapi.InternalError(req, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(req, err))
 		return
 	}
 	row.Origin, row.MediaID, row.UserID, row.UploadedTS = origin, mediaID, dev.UserID, time.Now().UnixMilli()
@@ -160,11 +160,11 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 	}
 	if err != nil {
 		r.blobs.remove(blob.BlobID)
-		clientapi.WriteResponse(w, r.storeError(req, err))
+		httpapi.WriteResponse(w, r.storeError(req, err))
 		return
 	}
 	r.waiters.wake(mediaKey(origin, mediaID))
-	clientapi.WriteResponse(w, clientapi.JSON(http.StatusOK, map[string]any{}))
+	httpapi.WriteResponse(w, httpapi.JSON(http.StatusOK, map[string]any{}))
 }
 
 var errOverwrite = errors.New("media already uploaded")
@@ -179,21 +179,21 @@ func (r *Repo) recordUpload(ctx context.Context, tx *storage.Tx, user, mediaID s
 }
 
 // checkPendingFor says whether user may upload into the pending row m.
-func checkPendingFor(m *mediaRow, user string) (clientapi.Response, bool) {
+func checkPendingFor(m *mediaRow, user string) (httpapi.Response, bool) {
 	switch {
 	case m.UserID != user:
-		return clientapi.Forbidden("this media ID was created by another user"), false
+		return httpapi.Forbidden("this media ID was created by another user"), false
 	case m.UploadedTS != 0:
-		return clientapi.Errf(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "media already uploaded"), false
+		return httpapi.Errf(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "media already uploaded"), false
 	case m.ExpiresTS <= time.Now().UnixMilli():
-		return clientapi.NotFound("this media ID has expired"), false
+		return httpapi.NotFound("this media ID has expired"), false
 	}
-	return clientapi.Response{}, true
+	return httpapi.Response{}, true
 }
 
 // precheck refuses, before reading a byte, an upload whose declared
 // length is over the size limit or the quota.
-func (r *Repo) precheck(req *http.Request, user string) (clientapi.Response, bool) {
+func (r *Repo) precheck(req *http.Request, user string) (httpapi.Response, bool) {
 	if req.ContentLength > r.opts.MaxUploadBytes {
 		return tooLarge(r.opts.MaxUploadBytes), false
 	}
@@ -202,27 +202,27 @@ func (r *Repo) precheck(req *http.Request, user string) (clientapi.Response, boo
 			return r.storeError(req, err), false
 		}
 	}
-	return clientapi.Response{}, true
+	return httpapi.Response{}, true
 }
 
-func tooLarge(limit int64) clientapi.Response {
-	return clientapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "upload exceeds the %d byte limit", limit)
+func tooLarge(limit int64) httpapi.Response {
+	return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "upload exceeds the %d byte limit", limit)
 }
 
 // receive streams the request body into a sealed blob.
-func (r *Repo) receive(req *http.Request) (*sealedBlob, clientapi.Response, bool) {
+func (r *Repo) receive(req *http.Request) (*sealedBlob, httpapi.Response, bool) {
 	blob, err := r.blobs.put(req.Body, r.opts.MaxUploadBytes)
 	if errors.Is(err, errTooLarge) {
 		return nil, tooLarge(r.opts.MaxUploadBytes), false
 	}
 	if err != nil {
 		if req.Context().Err() != nil {
-			return nil, clientapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "upload interrupted"), false
+			return nil, httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "upload interrupted"), false
 		}
 		logrus.WithError(err).Warn("media: upload failed")
-		return nil, clientapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "could not read the upload"), false
+		return nil, httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "could not read the upload"), false
 	}
-	return blob, clientapi.Response{}, true
+	return blob, httpapi.Response{}, true
 }
 
 // uploadMeta takes the content type (header) and file name (query) of an
@@ -301,17 +301,17 @@ func (r *Repo) checkQuota(ctx context.Context, q storage.Querier, user string, s
 	return nil
 }
 
-func (r *Repo) storeError(req *http.Request, err error) clientapi.Response {
+func (r *Repo) storeError(req *http.Request, err error) httpapi.Response {
 	switch {
 	case errors.Is(err, errQuota):
-		return clientapi.Forbidden("media quota exceeded: delete media or ask an administrator")
+		return httpapi.Forbidden("media quota exceeded: delete media or ask an administrator")
 	case errors.Is(err, errOverwrite):
-		return clientapi.Errf(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "media already uploaded")
+		return httpapi.Errf(http.StatusConflict, "M_CANNOT_OVERWRITE_MEDIA", "media already uploaded")
 	case errors.Is(err, errKeyChanged):
 		logrus.Error(err.Error())
-		return clientapi.Errf(http.StatusServiceUnavailable, "M_UNKNOWN", "media storage is being re-keyed; try again later")
+		return httpapi.Errf(http.StatusServiceUnavailable, "M_UNKNOWN", "media storage is being re-keyed; try again later")
 	}
-	return clientapi.InternalError(req, err)
+	return httpapi.InternalError(req, err)
 }
 
 // sanitizeFileName keeps a download file name to one harmless path element.

@@ -11,6 +11,11 @@ import (
 	"enclave/storage"
 )
 
+// DefaultRoomVersion is the version of rooms created without one named
+// (/createRoom, server notices, admin-made rooms): which versions are
+// created is the room server's decision.
+const DefaultRoomVersion = "10"
+
 // API is what other components may ask of the room server.
 type API interface {
 	// CreateRoom builds and stores a room's initial events atomically.

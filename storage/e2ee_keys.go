@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strings"
 )
 
@@ -276,4 +277,44 @@ func ClaimKey(ctx context.Context, q Querier, userID, deviceID, algorithm string
 		return nil, err
 	}
 	return &ClaimedKey{KeyID: keyID, JSON: json.RawMessage(js), Fallback: true}, nil
+}
+
+// ClaimLocalKeys claims one key per requested device of local users (user
+// -> device -> algorithm) in one transaction: a one-time key if any is
+// left, else the fallback key. The client API's /keys/claim and federation's /user/keys/claim share it.
+func ClaimLocalKeys(ctx context.Context, db *DB, want map[string]map[string]string) (map[string]map[string]map[string]json.RawMessage, error) {
+	out := map[string]map[string]map[string]json.RawMessage{}
+	if len(want) == 0 {
+		return out, nil
+	}
+	users := make([]string, 0, len(want))
+	for u := range want {
+		users = append(users, u)
+	}
+	sort.Strings(users) // a stable lock order across concurrent claims
+	err := db.WithTx(ctx, func(tx *Tx) error {
+		clear(out)
+		for _, u := range users {
+			devs := make([]string, 0, len(want[u]))
+			for d := range want[u] {
+				devs = append(devs, d)
+			}
+			sort.Strings(devs)
+			for _, d := range devs {
+				k, err := ClaimKey(ctx, tx, u, d, want[u][d])
+				if err != nil {
+					return err
+				}
+				if k == nil {
+					continue
+				}
+				if out[u] == nil {
+					out[u] = map[string]map[string]json.RawMessage{}
+				}
+				out[u][d] = map[string]json.RawMessage{k.KeyID: k.JSON}
+			}
+		}
+		return nil
+	})
+	return out, err
 }

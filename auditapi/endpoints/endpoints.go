@@ -17,15 +17,16 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/internal/rbac"
 	"enclave/storage"
 )
 
 // API serves the auditor endpoints.
 type API struct {
-	DB         *storage.DB
-	Client     *clientapi.API
+	DB *storage.DB
+	// Client is the client API's listener the endpoints are mounted on.
+	Client     httpapi.Routes
 	RBAC       *rbac.RBAC
 	Log        *auditapi.Log
 	ServerName string
@@ -54,32 +55,32 @@ type Entry struct {
 }
 
 // GET /_enclave/audit/v1/entries?from=N&limit=&actor=&room=&action=&since=&until=
-func (a *API) entries(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) entries(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	from, err := strconv.ParseInt(orDefault(q.Get("from"), "1"), 10, 64)
 	if err != nil || from < 1 {
-		return clientapi.InvalidParam("from must be a chain index (1 or more)")
+		return httpapi.InvalidParam("from must be a chain index (1 or more)")
 	}
 	limit, err := strconv.Atoi(orDefault(q.Get("limit"), "100"))
 	if err != nil || limit < 1 {
-		return clientapi.InvalidParam("limit must be a positive integer")
+		return httpapi.InvalidParam("limit must be a positive integer")
 	}
 	limit = min(limit, 1000)
 	since, err := auditapi.ParseTime(q.Get("since"))
 	if err != nil {
-		return clientapi.InvalidParam("since: %v", err)
+		return httpapi.InvalidParam("since: %v", err)
 	}
 	until, err := auditapi.ParseTime(q.Get("until"))
 	if err != nil {
-		return clientapi.InvalidParam("until: %v", err)
+		return httpapi.InvalidParam("until: %v", err)
 	}
 	if err := a.Log.Seal(r.Context()); err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	rows, err := storage.ListAuditRows(r.Context(), a.DB, storage.AuditFilter{FromN: from, SinceTS: since, UntilTS: until,
 		Actor: q.Get("actor"), RoomID: q.Get("room"), Action: q.Get("action"), Limit: limit + 1})
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{}
 	if len(rows) > limit {
@@ -91,7 +92,7 @@ func (a *API) entries(r *http.Request, dev *clientapi.Device) clientapi.Response
 		out = append(out, Entry{ExportedEntry: auditapi.ExportRow(row), DetailsJSON: json.RawMessage(row.Details)})
 	}
 	body["entries"] = out
-	return clientapi.JSON(http.StatusOK, body)
+	return httpapi.JSON(http.StatusOK, body)
 }
 
 func orDefault(s, d string) string {
@@ -102,38 +103,38 @@ func orDefault(s, d string) string {
 }
 
 // GET /_enclave/audit/v1/head
-func (a *API) head(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) head(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	if err := a.Log.Flush(r.Context()); err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, a.Log.CurrentHead())
+	return httpapi.JSON(http.StatusOK, a.Log.CurrentHead())
 }
 
 // GET /_enclave/audit/v1/public_key: what offline verification needs.
-func (a *API) publicKey(r *http.Request, _ *clientapi.Device) clientapi.Response {
+func (a *API) publicKey(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	keyID, pub := a.Log.PublicKey()
-	return clientapi.JSON(http.StatusOK, map[string]any{"server_name": a.ServerName, "key_id": keyID, "public_key": base64.RawStdEncoding.EncodeToString(pub)})
+	return httpapi.JSON(http.StatusOK, map[string]any{"server_name": a.ServerName, "key_id": keyID, "public_key": base64.RawStdEncoding.EncodeToString(pub)})
 }
 
 // GET|POST /_enclave/audit/v1/verify: verify the whole chain (and the
 // exported head, if configured) and report the first break.
-func (a *API) verify(r *http.Request, dev *clientapi.Device) clientapi.Response {
+func (a *API) verify(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	ctx := r.Context()
 	if err := a.Log.Flush(ctx); err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	keyID, pub := a.Log.PublicKey()
 	var head *auditapi.Head
 	if a.HeadPath != "" {
 		h, err := auditapi.ReadHead(a.HeadPath)
 		if err != nil {
-			return clientapi.InternalError(r, fmt.Errorf("reading the exported head: %w", err))
+			return httpapi.InternalError(r, fmt.Errorf("reading the exported head: %w", err))
 		}
 		head = h
 	}
 	res, err := auditapi.VerifyStore(ctx, a.DB, keyID, pub, head)
 	if err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
 	outcome := auditapi.OutcomeSuccess
 	if !res.OK() {
@@ -143,9 +144,9 @@ func (a *API) verify(r *http.Request, dev *clientapi.Device) clientapi.Response 
 		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditVerify, Outcome: outcome,
 		Details: map[string]any{"verified": res.Verified, "result": res.String(), "via": "api"},
 	}); err != nil {
-		return clientapi.InternalError(r, err)
+		return httpapi.InternalError(r, err)
 	}
-	return clientapi.JSON(http.StatusOK, map[string]any{"ok": res.OK(), "result": res.String(), "details": res})
+	return httpapi.JSON(http.StatusOK, map[string]any{"ok": res.OK(), "result": res.String(), "details": res})
 }
 
 // GET /_enclave/audit/v1/export?since=&until=&format=jsonl|cef: streams the
@@ -153,16 +154,16 @@ func (a *API) verify(r *http.Request, dev *clientapi.Device) clientapi.Response 
 func (a *API) export(w http.ResponseWriter, r *http.Request) {
 	dev, resp, ok := a.Client.Authenticate(r)
 	if !ok {
-		clientapi.WriteResponse(w, resp)
+		httpapi.WriteResponse(w, resp)
 		return
 	}
 	ctx := r.Context()
 	if can, err := a.RBAC.Can(ctx, dev.UserID, rbac.ExportAudit); err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	} else if !can {
 		roles, _ := a.RBAC.UserRoles(ctx, dev.UserID)
-		clientapi.WriteResponse(w, rbac.Forbidden(rbac.ExportAudit, roles))
+		httpapi.WriteResponse(w, rbac.Forbidden(rbac.ExportAudit, roles))
 		return
 	}
 	q := r.URL.Query()
@@ -170,11 +171,11 @@ func (a *API) export(w http.ResponseWriter, r *http.Request) {
 	since, err1 := auditapi.ParseTime(q.Get("since"))
 	until, err2 := auditapi.ParseTime(q.Get("until"))
 	if err1 != nil || err2 != nil || (format != auditapi.FormatJSONL && format != auditapi.FormatCEF) {
-		clientapi.WriteResponse(w, clientapi.InvalidParam("since/until must be times and format jsonl or cef"))
+		httpapi.WriteResponse(w, httpapi.InvalidParam("since/until must be times and format jsonl or cef"))
 		return
 	}
 	if err := a.Log.Flush(ctx); err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	}
 	// Recorded before any entry leaves the server.
@@ -182,7 +183,7 @@ func (a *API) export(w http.ResponseWriter, r *http.Request) {
 		Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionAuditExport,
 		Details: map[string]any{"format": format, "since": since, "until": until, "via": "api"},
 	}); err != nil {
-		clientapi.WriteResponse(w, clientapi.InternalError(r, err))
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	}
 	keyID, _ := a.Log.PublicKey()

@@ -14,7 +14,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
-	"enclave/clientapi"
+	"enclave/internal/httpapi"
 	"enclave/storage"
 )
 
@@ -26,7 +26,7 @@ type Rule struct {
 	Method  string // "" matches every method
 	Path    string
 	Perms   []Permission
-	Dynamic func(z *RBAC, r *http.Request, dev *clientapi.Device) []Permission
+	Dynamic func(z *RBAC, r *http.Request, dev *httpapi.Device) []Permission
 }
 
 // Rules is the endpoint → permission table, most specific first. An
@@ -133,7 +133,7 @@ func routeTemplate(r *http.Request) string {
 }
 
 // Required lists the permissions the request needs.
-func (z *RBAC) Required(r *http.Request, dev *clientapi.Device) []Permission {
+func (z *RBAC) Required(r *http.Request, dev *httpapi.Device) []Permission {
 	rl := z.ruleFor(r.Method, routeTemplate(r))
 	if rl == nil {
 		return nil
@@ -147,25 +147,25 @@ func (z *RBAC) Required(r *http.Request, dev *clientapi.Device) []Permission {
 
 // Forbidden is the answer to a request lacking a permission: 403
 // M_FORBIDDEN naming it.
-func Forbidden(p Permission, roles []string) clientapi.Response {
-	return clientapi.Forbidden("this action needs the %s permission, which your roles (%s) do not grant", p, strings.Join(roles, ", "))
+func Forbidden(p Permission, roles []string) httpapi.Response {
+	return httpapi.Forbidden("this action needs the %s permission, which your roles (%s) do not grant", p, strings.Join(roles, ", "))
 }
 
 // Authorize is the client API's authorizer (clientapi.SetAuthorizer): it
 // checks the permissions the route needs and refuses use of blocked rooms.
 // Denials are recorded in the audit trail.
-func (z *RBAC) Authorize(r *http.Request, dev *clientapi.Device, _ string) (clientapi.Response, bool) {
+func (z *RBAC) Authorize(r *http.Request, dev *httpapi.Device, _ string) (httpapi.Response, bool) {
 	if resp, ok := z.checkBlocked(r); !ok {
 		return resp, false
 	}
 	perms := z.Required(r, dev)
 	if len(perms) == 0 {
-		return clientapi.Response{}, true
+		return httpapi.Response{}, true
 	}
 	ctx := r.Context()
 	c, err := z.load(ctx, dev.UserID)
 	if err != nil {
-		return clientapi.InternalError(r, err), false
+		return httpapi.InternalError(r, err), false
 	}
 	for _, p := range perms {
 		if c.perms[p] {
@@ -180,21 +180,21 @@ func (z *RBAC) Authorize(r *http.Request, dev *clientapi.Device, _ string) (clie
 		})
 		if err != nil {
 			logrus.WithError(err).Error("rbac: recording a denial")
-			return clientapi.InternalError(r, err), false
+			return httpapi.InternalError(r, err), false
 		}
 		return Forbidden(p, c.roles), false
 	}
-	return clientapi.Response{}, true
+	return httpapi.Response{}, true
 }
 
 // checkBlocked refuses requests on rooms the administrator blocked (no
 // joins, invites or sends) or purged (nothing at all).
-func (z *RBAC) checkBlocked(r *http.Request) (clientapi.Response, bool) {
+func (z *RBAC) checkBlocked(r *http.Request) (httpapi.Response, bool) {
 	z.blockedMu.RLock()
 	none := len(z.blocked) == 0
 	z.blockedMu.RUnlock()
 	if none {
-		return clientapi.Response{}, true
+		return httpapi.Response{}, true
 	}
 	v := mux.Vars(r)
 	roomID := v["roomId"]
@@ -208,16 +208,16 @@ func (z *RBAC) checkBlocked(r *http.Request) (clientapi.Response, bool) {
 		roomID = target
 	}
 	if roomID == "" || strings.HasPrefix(normalize(routeTemplate(r)), "/_synapse/admin") {
-		return clientapi.Response{}, true
+		return httpapi.Response{}, true
 	}
 	blocked, purged := z.RoomBlocked(roomID)
 	switch {
 	case purged:
-		return clientapi.NotFound("room %s was purged by the server administrator", roomID), false
+		return httpapi.NotFound("room %s was purged by the server administrator", roomID), false
 	case blocked && r.Method != http.MethodGet:
-		return clientapi.Forbidden("room %s has been blocked by the server administrator", roomID), false
+		return httpapi.Forbidden("room %s has been blocked by the server administrator", roomID), false
 	}
-	return clientapi.Response{}, true
+	return httpapi.Response{}, true
 }
 
 // ---------------------------------------------------------------------------
@@ -241,7 +241,7 @@ func (z *RBAC) remoteUser(userID string) bool {
 	return ok && domain != "" && !strings.EqualFold(domain, z.serverName)
 }
 
-func createRoomPerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func createRoomPerms(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 	var body struct {
 		Visibility string   `json:"visibility"`
 		Invite     []string `json:"invite"`
@@ -263,8 +263,8 @@ func createRoomPerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission
 
 // joinPerms needs join_remote_rooms and federate when the room is one this
 // server does not have (or an alias of another server).
-func joinPerms(param string) func(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
-	return func(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func joinPerms(param string) func(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
+	return func(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 		target := mux.Vars(r)[param]
 		if strings.HasPrefix(target, "#") {
 			if _, domain, ok := strings.Cut(target, ":"); ok && !strings.EqualFold(domain, z.serverName) {
@@ -284,7 +284,7 @@ func (z *RBAC) roomKnown(ctx context.Context, roomID string) bool {
 	return err == nil || !errors.Is(err, storage.ErrNotFound)
 }
 
-func invitePerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func invitePerms(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 	var body struct {
 		UserID string `json:"user_id"`
 	}
@@ -294,7 +294,7 @@ func invitePerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
 	return nil
 }
 
-func memberStatePerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func memberStatePerms(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 	v := mux.Vars(r)
 	if v["eventType"] != "m.room.member" || !z.remoteUser(v["stateKey"]) {
 		return nil
@@ -308,14 +308,14 @@ func memberStatePerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permissio
 	return nil
 }
 
-func serverParamPerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func serverParamPerms(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 	if s := r.URL.Query().Get("server"); s != "" && !strings.EqualFold(s, z.serverName) {
 		return []Permission{Federate}
 	}
 	return nil
 }
 
-func remoteUserPerms(z *RBAC, r *http.Request, _ *clientapi.Device) []Permission {
+func remoteUserPerms(z *RBAC, r *http.Request, _ *httpapi.Device) []Permission {
 	if z.remoteUser(mux.Vars(r)["userId"]) {
 		return []Permission{Federate}
 	}

@@ -17,6 +17,7 @@ import (
 	"enclave/auditapi/endpoints"
 	"enclave/clientapi"
 	"enclave/federationapi"
+	"enclave/internal/httpapi"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/internal/rbac"
 	"enclave/mediaapi"
@@ -103,7 +104,7 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 		return err
 	}
 	s.RBAC = z
-	s.Client.SetAuthorizer(func(r *http.Request, dev *clientapi.Device, group string) (clientapi.Response, bool) {
+	s.Client.SetAuthorizer(func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool) {
 		clientapi.AttachActor(r, dev)
 		return z.Authorize(r, dev, group)
 	})
@@ -345,3 +346,11 @@ func (s *Server) buildSocial(ctx context.Context) error {
 	s.Sync.AddExtension(syncapi.NewUnreadExtension(s.Sync))
 	return nil
 }
+
+// The federation component implements the faces the client API asks of
+// it; checked here, in the assembly, so neither imports the other.
+var (
+	_ clientapi.Federation     = (*federationapi.Federation)(nil)
+	_ clientapi.RemoteKeys     = federationapi.RemoteE2EE{}
+	_ clientapi.RemoteToDevice = federationapi.RemoteE2EE{}
+)
