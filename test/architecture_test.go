@@ -157,17 +157,41 @@ func TestArchitecture(t *testing.T) {
 	// Who imports clientapi (directly or not): the assembly, the binary and
 	// these tests. Components share HTTP plumbing through internal/httpapi.
 	allowed := []string{"enclave/internal/server", "enclave/cmd/enclave", "enclave/test", "enclave/clientapi"}
+	// The components; the shared packages under internal/ import none of
+	// them (directly or not), only the assembly (internal/server) does.
+	components := []string{"clientapi", "federationapi", "roomserver", "syncapi", "auditapi", "mediaapi", "adminapi"}
+	isComponent := func(pkg string) bool {
+		for _, c := range components {
+			if pkg == "enclave/"+c || strings.HasPrefix(pkg, "enclave/"+c+"/") {
+				return true
+			}
+		}
+		return false
+	}
 	out, err := exec.Command("go", "list", "-tags", "goolm", "-f", `{{.ImportPath}} {{join .Deps " "}}`, "enclave/...").Output()
 	if err != nil {
 		t.Fatalf("go list: %v", err)
 	}
-	seen := 0
+	seen, internal := 0, 0
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		fields := strings.Fields(line)
 		seen++
 		if slices.Contains(fields[1:], "enclave/clientapi") && !slices.Contains(allowed, fields[0]) {
 			t.Errorf("%s imports enclave/clientapi: only the assembly may", fields[0])
 		}
+		pkg := fields[0]
+		if !strings.HasPrefix(pkg, "enclave/internal/") || pkg == "enclave/internal/server" || strings.HasPrefix(pkg, "enclave/internal/server/") {
+			continue
+		}
+		internal++
+		for _, dep := range fields[1:] {
+			if isComponent(dep) {
+				t.Errorf("%s imports component %s: shared packages take what they need as plain values or small interfaces", pkg, dep)
+			}
+		}
+	}
+	if internal < 5 {
+		t.Fatalf("go list returned %d internal packages", internal)
 	}
 	if seen < 15 {
 		t.Fatalf("go list returned %d packages", seen)

@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"enclave/internal/rbac"
+	"enclave/internal/server"
 	"enclave/storage"
 )
 
@@ -79,7 +80,7 @@ func cmdUser(args []string) error {
 	}
 	var after []string
 	err = db.WithTx(ctx, func(tx *storage.Tx) error {
-		_, after, err = rbac.SetRoles(ctx, nil, tx, defs, cfg.RBAC.DefaultRole, userID, want, "", nil)
+		_, after, err = rbac.SetRoles(ctx, server.RBACAudit(nil), tx, defs, cfg.RBAC.DefaultRole, userID, want, "", nil)
 		return err
 	})
 	if err != nil {

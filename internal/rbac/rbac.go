@@ -10,14 +10,36 @@ import (
 	"sync"
 	"time"
 
-	"enclave/auditapi"
 	"enclave/storage"
 )
+
+// AuditAction names what an AuditEntry records.
+type AuditAction int
+
+const (
+	// AuditRoleChange: the actor set Target's roles (Details "from", "to").
+	AuditRoleChange AuditAction = iota
+	// AuditAccessDenied: the actor's request on Target (a path) was refused.
+	AuditAccessDenied
+)
+
+// AuditEntry is an RBAC decision for the audit trail.
+type AuditEntry struct {
+	Action           AuditAction
+	UserID, DeviceID string // the actor ("" user: the command line)
+	Target           string
+	Details          map[string]any
+}
+
+// Recorder writes an AuditEntry with q (the transaction of the change it
+// records, or the store). RBAC is given one rather than the audit log so
+// that it depends on no component: the assembly maps entries onto the log.
+type Recorder func(ctx context.Context, q storage.Querier, e AuditEntry) error
 
 // RBAC resolves users' roles and permissions.
 type RBAC struct {
 	db          *storage.DB
-	audit       *auditapi.Log // role changes and refusals are recorded
+	audit       Recorder // role changes and refusals are recorded
 	serverName  string
 	roles       Roles
 	defaultRole string
@@ -43,7 +65,7 @@ const cacheTTL = 10 * time.Second
 
 // New loads the role definitions (built-in plus config's custom roles) and
 // the blocked rooms.
-func New(ctx context.Context, db *storage.DB, audit *auditapi.Log, serverName string, custom []string, defaultRole string) (*RBAC, error) {
+func New(ctx context.Context, db *storage.DB, audit Recorder, serverName string, custom []string, defaultRole string) (*RBAC, error) {
 	roles, err := ParseRoles(custom)
 	if err != nil {
 		return nil, err
@@ -159,9 +181,9 @@ func (z *RBAC) SetRoles(ctx context.Context, tx *storage.Tx, userID string, role
 }
 
 // SetRoles is RBAC.SetRoles for callers without a running server (the
-// CLI, with a nil audit: the entry is written detached); onCommit runs
-// after the transaction commits.
-func SetRoles(ctx context.Context, audit *auditapi.Log, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
+// CLI, whose recorder writes the entry detached); onCommit runs after the
+// transaction commits.
+func SetRoles(ctx context.Context, audit Recorder, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
 	clean := []string{}
 	for _, r := range roles {
 		r = strings.TrimSpace(r)
@@ -189,9 +211,8 @@ func SetRoles(ctx context.Context, audit *auditapi.Log, tx *storage.Tx, defs Rol
 	}
 	stored := slices.DeleteFunc(slices.Clone(clean), func(r string) bool { return r == storage.AdminRole })
 	after = EffectiveRoles(stored, slices.Contains(clean, RoleAdmin), acc.IsGuest, defaultRole)
-	err = audit.Record(ctx, tx, auditapi.Entry{
-		Actor:  auditapi.Actor{UserID: by},
-		Action: auditapi.ActionRoleChange, Target: userID,
+	err = audit(ctx, tx, AuditEntry{
+		Action: AuditRoleChange, UserID: by, Target: userID,
 		Details: map[string]any{"from": before, "to": after},
 	})
 	if err != nil {

@@ -13,7 +13,6 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/sirupsen/logrus"
 
-	"enclave/auditapi"
 	"enclave/internal/httpapi"
 	"enclave/storage"
 )
@@ -151,7 +150,7 @@ func Forbidden(p Permission, roles []string) httpapi.Response {
 	return httpapi.Forbidden("this action needs the %s permission, which your roles (%s) do not grant", p, strings.Join(roles, ", "))
 }
 
-// Authorize is the client API's authorizer (clientapi.SetAuthorizer): it
+// Authorize is the client API's authorizer (installed by the assembly): it
 // checks the permissions the route needs and refuses use of blocked rooms.
 // Denials are recorded in the audit trail.
 func (z *RBAC) Authorize(r *http.Request, dev *httpapi.Device, _ string) (httpapi.Response, bool) {
@@ -171,10 +170,8 @@ func (z *RBAC) Authorize(r *http.Request, dev *httpapi.Device, _ string) (httpap
 		if c.perms[p] {
 			continue
 		}
-		err := z.audit.Record(ctx, z.db, auditapi.Entry{
-			Actor:   auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
-			Action:  auditapi.ActionAccessDenied,
-			Outcome: auditapi.OutcomeDenied,
+		err := z.audit(ctx, z.db, AuditEntry{
+			Action: AuditAccessDenied, UserID: dev.UserID, DeviceID: dev.DeviceID,
 			Target:  r.URL.Path,
 			Details: map[string]any{"permission": string(p), "method": r.Method, "route": routeTemplate(r), "roles": c.roles},
 		})

@@ -99,7 +99,7 @@ func (s *Server) build(ctx context.Context) error {
 // the requester to the request for the audit trail), the admin API and
 // the retention purge job.
 func (s *Server) buildAdmin(ctx context.Context) error {
-	z, err := rbac.New(ctx, s.DB, s.Audit, s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
+	z, err := rbac.New(ctx, s.DB, RBACAudit(s.Audit), s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
 	if err != nil {
 		return err
 	}
@@ -334,8 +334,8 @@ func (s *Server) buildSocial(ctx context.Context) error {
 	// the rooms' long-polls once an event's counts are stored (the syncer
 	// was built with EventWakesHandedOff), so the event and its counts
 	// come in one response.
-	s.Push = pushnotify.New(s.DB, s.Rooms, s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
-	s.Rooms.Subscribe(s.Push.OnEvent)
+	s.Push = pushnotify.New(s.DB, pushRooms{s.Rooms}, s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
+	s.Rooms.Subscribe(func(o roomserver.OutputEvent) { s.Push.OnEvent(o.Event) })
 	s.OnShutdown(s.Push.Close)
 	s.OnShutdown(s.Sync.Typing().Stop)
 

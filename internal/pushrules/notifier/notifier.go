@@ -22,13 +22,27 @@ import (
 
 	"enclave/internal/lru"
 	"enclave/internal/pushrules"
-	"enclave/roomserver"
 	"enclave/storage"
 )
 
-// RoomState is what the notifier reads of rooms.
+// RoomState is what the notifier reads of rooms, as plain values: the
+// assembly adapts the room server to it, so the notifier depends on no
+// component.
 type RoomState interface {
-	CurrentState(ctx context.Context, roomID string) (roomserver.StateMap, error)
+	// PushContext returns, from the room's current state, what evaluating
+	// an event sent by sender needs.
+	PushContext(ctx context.Context, roomID, sender string) (*Room, error)
+}
+
+// Room is the room state push rules are evaluated against.
+type Room struct {
+	// Joined maps each joined member to their display name.
+	Joined map[string]string
+	// SenderPowerLevel is the sender's power level.
+	SenderPowerLevel int64
+	// NotificationLevel is the power level needed for a notification
+	// kind ("room").
+	NotificationLevel func(kind string) int64
 }
 
 // Notifier consumes the room server's output.
@@ -65,11 +79,10 @@ func New(db *storage.DB, rs RoomState, serverName string, wake func(users ...str
 	return n
 }
 
-// OnEvent queues a stored event (roomserver.Subscribe target). It never
-// blocks the caller. Outliers, rejected events and backfilled history
-// (positions <= 0) never notify.
-func (n *Notifier) OnEvent(o roomserver.OutputEvent) {
-	e := o.Event
+// OnEvent queues a stored event (the assembly subscribes it to the room
+// server's output). It never blocks the caller. Outliers, rejected events
+// and backfilled history (positions <= 0) never notify.
+func (n *Notifier) OnEvent(e *storage.Event) {
 	if e == nil {
 		return
 	}
@@ -318,21 +331,15 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 // prepare finds who an event may notify: the room's joined local members
 // but the sender, and the local target of an invite.
 func (n *Notifier) prepare(ctx context.Context, e *storage.Event) (*work, error) {
-	state, err := n.rs.CurrentState(ctx, e.RoomID)
+	room, err := n.rs.PushContext(ctx, e.RoomID, e.Sender)
 	if err != nil {
 		return nil, err
 	}
 	w := &work{ev: e}
-	for k, ev := range state {
-		if k.Type != "m.room.member" {
-			continue
-		}
-		if m, _ := ev.Membership(); m != "join" {
-			continue
-		}
+	for userID, name := range room.Joined {
 		w.memberCount++
-		if k.StateKey != e.Sender && n.isLocal(k.StateKey) {
-			w.targets = append(w.targets, target{userID: k.StateKey, displayName: displayName(ev.Content())})
+		if userID != e.Sender && n.isLocal(userID) {
+			w.targets = append(w.targets, target{userID: userID, displayName: name})
 		}
 	}
 	if e.Type == "m.room.member" && e.Membership == "invite" && e.StateKey != nil && *e.StateKey != e.Sender && n.isLocal(*e.StateKey) {
@@ -344,19 +351,10 @@ func (n *Notifier) prepare(ctx context.Context, e *storage.Event) (*work, error)
 	if w.pev, err = pushrules.NewEvent(e.JSON); err != nil {
 		return nil, err
 	}
-	pl := roomserver.PowerLevels(state)
-	w.senderPL = roomserver.PowerLevel(state, e.Sender)
-	w.pl = pl.NotificationLevel
+	w.senderPL = room.SenderPowerLevel
+	w.pl = room.NotificationLevel
 	w.thread = n.threadOf(ctx, e.JSON)
 	return w, nil
-}
-
-func displayName(content []byte) string {
-	var c struct {
-		DisplayName string `json:"displayname"`
-	}
-	_ = json.Unmarshal(content, &c)
-	return c.DisplayName
 }
 
 type relation struct {
