@@ -44,7 +44,7 @@ var Rules = []Rule{
 	{Method: "GET", Path: "/profile/{userId}/{field}", Dynamic: remoteUserPerms},
 
 	// Media uploads (raw routes reach Authorize through
-	// clientapi.Authenticate).
+	// the client listener's Authenticate).
 	{Method: "POST", Path: "/_matrix/media/v3/upload", Perms: []Permission{UploadMedia}},
 	{Method: "POST", Path: "/_matrix/media/r0/upload", Perms: []Permission{UploadMedia}},
 	{Method: "PUT", Path: "/_matrix/media/v3/upload/{serverName}/{mediaId}", Perms: []Permission{UploadMedia}},
