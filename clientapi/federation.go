@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/http"
 	"strings"
+	"time"
 
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
@@ -19,9 +20,25 @@ type Federation interface {
 	Backfill(ctx context.Context, roomID string, limit int) (int, error)
 }
 
-// SetFederation connects the federation component (nil: federation off).
-func (a *API) SetFederation(f Federation) {
+// EphemeralSender carries local users' typing, read receipts and presence
+// to other servers (the federation component; unset with federation off).
+// The typing, receipt and presence handlers call it after a change is
+// stored; receipts and presence are read back from the stream, so they
+// only need the news that there is something to send.
+type EphemeralSender interface {
+	// SendTyping tells the servers in the room; timeout is when the
+	// typing lapses here without an explicit stop.
+	SendTyping(ctx context.Context, roomID, userID string, typing bool, timeout time.Duration)
+	ReceiptChanged()
+	PresenceChanged()
+}
+
+// SetFederation connects the federation component's two faces: remote
+// joins and backfill, and the sender of typing, receipts and presence
+// (nil, nil: federation off).
+func (a *API) SetFederation(f Federation, e EphemeralSender) {
 	a.fed = f
+	a.ephemeral = e
 	a.rooms.fed = f
 }
 

@@ -77,6 +77,9 @@ func (a *API) putPresence(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if err := a.presence().Set(r.Context(), dev.UserID, body.Presence, body.StatusMsg, true); err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	if a.ephemeral != nil {
+		a.ephemeral.PresenceChanged()
+	}
 	return httpapi.JSON(200, map[string]any{})
 }
 

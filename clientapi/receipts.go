@@ -67,6 +67,9 @@ func (a *API) postReceipt(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	if a.ephemeral != nil {
+		a.ephemeral.ReceiptChanged()
+	}
 	return httpapi.JSON(200, map[string]any{})
 }
 
@@ -133,6 +136,9 @@ func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Resp
 	})
 	if err != nil {
 		return httpapi.InternalError(r, err)
+	}
+	if a.ephemeral != nil {
+		a.ephemeral.ReceiptChanged()
 	}
 	return httpapi.JSON(200, map[string]any{})
 }

@@ -67,6 +67,7 @@ type API struct {
 	searchAllUsers bool
 	socialOpts     SocialOptions
 	remoteProfiles RemoteProfiles
+	ephemeral      EphemeralSender
 	// syncFilters keeps parsed /sync filters: clients name the same filter
 	// on every /sync, and a stored filter never changes, so the store
 	// lookup and the parse are done once. Entries are shared read-only.

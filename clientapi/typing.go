@@ -54,5 +54,8 @@ func (a *API) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
 	a.sync.Typing().Set(roomID, dev.UserID, *body.Typing, timeout)
+	if a.ephemeral != nil {
+		a.ephemeral.SendTyping(r.Context(), roomID, dev.UserID, *body.Typing, timeout)
+	}
 	return httpapi.JSON(200, map[string]any{})
 }

@@ -23,7 +23,7 @@ import (
 // E2EE and media halves share: the local services federation delivers
 // into, and the workers that turn local changes into EDUs.
 //
-// Outbound, typing is pushed by the client API (SendTyping), while read
+// Outbound, typing is pushed by the client API (EphemeralSender), while read
 // receipts and presence are read back from the stream: a tailer follows
 // the stream position and sends local users' new m.read receipts and
 // presence rows to the servers sharing the room (or a room) with them.
@@ -372,29 +372,6 @@ func eqStrPtr(a, b *string) bool {
 }
 
 // --- outbound ---
-
-// SendTyping tells the other servers in the room that a local user
-// started or stopped typing.
-func (f *Federation) SendTyping(ctx context.Context, roomID, userID string, typing bool) error {
-	if !f.isLocalUser(userID) {
-		return nil
-	}
-	dests, err := f.serversInRoom(ctx, roomID)
-	if dests = f.reachable(dests); err != nil || len(dests) == 0 {
-		return err
-	}
-	content, _ := json.Marshal(map[string]any{"room_id": roomID, "user_id": userID, "typing": typing})
-	return f.SendEDU(ctx, dests, gomatrixserverlib.EDU{Type: spec.MTyping, Content: content})
-}
-
-// KickEphemeral has the tailer look for new receipts and presence now
-// (the client API calls it after storing a receipt or presence).
-func (f *Federation) KickEphemeral() {
-	select {
-	case f.ext().kick <- struct{}{}:
-	default:
-	}
-}
 
 // tailEphemeral follows the stream and sends local users' new read
 // receipts and presence changes, starting from the position at start

@@ -218,10 +218,15 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	f.SetAuditHook(s.Audit.FederationRefusalHook())
 
 	// Remote events close gaps through federation; local events go out
-	// through the queues; clients join remote rooms and backfill.
+	// through the queues; clients join remote rooms and backfill. The
+	// client API's typing, receipt and presence handlers tell federation
+	// of each change: typing is sent at once, receipts and presence are
+	// read back from the stream by federation's tailer, which the news
+	// wakes so they leave at once.
 	s.Rooms.SetFetcher(f.Fetcher())
 	s.Rooms.Subscribe(f.OnRoomEvent)
-	s.Client.SetFederation(f)
+	s.fedEphemeral = f.EphemeralSender(s.Sync.Typing().Users)
+	s.Client.SetFederation(f, s.fedEphemeral)
 
 	// The client API's /keys/query, /keys/claim and /sendToDevice reach
 	// other servers' users; local users' device-list and cross-signing
@@ -231,13 +236,6 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	s.DB.OnDeviceListChange(f.DeviceListChanged)
 	s.Client.SetRemoteProfiles(f)
 	s.Media.SetRemoteFetcher(mediaFetcher{f})
-
-	// Typing is sent when a client's PUT …/typing succeeds (a client-API
-	// middleware sees it); receipts and presence are read back from the
-	// stream by federation's tailer, which the same middleware kicks so
-	// they leave at once.
-	s.fedTyping = &typingTimers{f: f, typing: s.Sync.Typing(), timers: map[string]*time.Timer{}}
-	s.Client.Router().Use(fedEphemeralMiddleware(f, s.fedTyping))
 
 	// The local services federation delivers into: sync wake-ups, the
 	// typing tracker, local media. Started before the component itself.
@@ -255,7 +253,7 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	s.OnStart(f.Start)
 	// The typing timers and local delivery stop before the component.
 	s.OnShutdown(func() {
-		s.fedTyping.stopAll()
+		s.fedEphemeral.Stop()
 		f.StopLocal()
 	})
 	s.OnShutdown(f.Stop)

@@ -66,8 +66,9 @@ type Server struct {
 	KeyID string
 	Key   ed25519.PrivateKey
 
-	// fedTyping times out local users' typing towards other servers.
-	fedTyping *typingTimers
+	// fedEphemeral sends local typing, receipts and presence to other
+	// servers (and times typing out towards them).
+	fedEphemeral *federationapi.EphemeralSender
 
 	mu        sync.Mutex
 	servers   []*http.Server
