@@ -28,7 +28,7 @@ const fedPublicRoomsMaxLimit = 500
 
 type fedPublicRoomsReq = storage.PublicRoomsRequest
 
-func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) httpapi.Response {
+func (f *queries) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte) httpapi.Response {
 	q := r.URL.Query()
 	var req fedPublicRoomsReq
 	if s := q.Get("limit"); s != "" {
@@ -44,7 +44,7 @@ func (f *Federation) getPublicRooms(r *http.Request, _ spec.ServerName, _ []byte
 	return f.publicRooms(r, req)
 }
 
-func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []byte) httpapi.Response {
+func (f *queries) postPublicRooms(r *http.Request, _ spec.ServerName, body []byte) httpapi.Response {
 	var req fedPublicRoomsReq
 	if len(body) > 0 {
 		if err := json.Unmarshal(body, &req); err != nil {
@@ -54,7 +54,7 @@ func (f *Federation) postPublicRooms(r *http.Request, _ spec.ServerName, body []
 	return f.publicRooms(r, req)
 }
 
-func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) httpapi.Response {
+func (f *queries) publicRooms(r *http.Request, req fedPublicRoomsReq) httpapi.Response {
 	body, err := storage.PublicRoomsPage(r.Context(), f.db, req, fedPublicRoomsMaxLimit)
 	if errors.Is(err, storage.ErrBadSince) {
 		return httpapi.InvalidParam("unknown since token")
@@ -65,7 +65,7 @@ func (f *Federation) publicRooms(r *http.Request, req fedPublicRoomsReq) httpapi
 }
 
 // hierarchy is GET /_matrix/federation/v1/hierarchy/{roomId}.
-func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *queries) hierarchy(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	ctx := r.Context()
 	roomID := mux.Vars(r)["roomId"]
 	suggestedOnly := r.URL.Query().Get("suggested_only") == "true"
@@ -115,7 +115,7 @@ func (f *Federation) hierarchy(r *http.Request, origin spec.ServerName, _ []byte
 }
 
 // hierarchyEntry is a room's PublicRoomsChunk plus allowed_room_ids.
-func (f *Federation) hierarchyEntry(ctx context.Context, roomID string, st roomserver.StateMap) (map[string]any, error) {
+func (f *queries) hierarchyEntry(ctx context.Context, roomID string, st roomserver.StateMap) (map[string]any, error) {
 	stats, err := storage.GetRoomStats(ctx, f.db, roomID)
 	if err != nil {
 		return nil, err
@@ -159,7 +159,7 @@ func joinRule(st roomserver.StateMap) (string, []string) {
 // world-readable history, a public or knockable join rule, a member of
 // its own in the room, or (restricted rooms) a member in an allowed room.
 // The room's server ACL applies first.
-func (f *Federation) serverMayPreview(ctx context.Context, st roomserver.StateMap, origin spec.ServerName) bool {
+func (f *queries) serverMayPreview(ctx context.Context, st roomserver.StateMap, origin spec.ServerName) bool {
 	if !aclAllows(st, origin) {
 		return false
 	}

@@ -55,7 +55,7 @@ const (
 
 // --- inbound endpoints ---
 
-func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+func (f *userKeys) userKeysQuery(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		DeviceKeys map[string][]string `json:"device_keys"`
 	}
@@ -88,7 +88,7 @@ func (f *Federation) userKeysQuery(r *http.Request, origin spec.ServerName, body
 	return httpapi.JSON(http.StatusOK, out)
 }
 
-func (f *Federation) userKeysClaim(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+func (f *userKeys) userKeysClaim(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		OneTimeKeys map[string]map[string]string `json:"one_time_keys"`
 	}
@@ -123,7 +123,7 @@ type userDevice struct {
 	DisplayName string          `json:"device_display_name,omitempty"`
 }
 
-func (f *Federation) userDevices(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *userKeys) userDevices(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	userID := mux.Vars(r)["userId"]
 	if !f.isLocalUser(userID) {
 		return httpapi.NotFound("%s is not a user of this server", userID)
@@ -165,7 +165,7 @@ func (f *Federation) userDevices(r *http.Request, origin spec.ServerName, _ []by
 
 // --- inbound EDUs ---
 
-func (f *Federation) onDirectToDevice(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onDirectToDevice(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	var c struct {
 		Sender    string                                `json:"sender"`
 		Type      string                                `json:"type"`
@@ -261,12 +261,12 @@ func compactObject(raw json.RawMessage) (json.RawMessage, bool) {
 // device, cross-signing keys) changed: their cached keys are dropped and
 // local users sharing a room with them see them in device_lists.changed.
 // Updates about users nobody here shares a room with are ignored.
-func (f *Federation) remoteDeviceChange(ctx context.Context, origin spec.ServerName, userID, deviceID string, deleted bool) error {
+func (f *inboundEDUs) remoteDeviceChange(ctx context.Context, origin spec.ServerName, userID, deviceID string, deleted bool) error {
 	if userServer(userID) != origin {
 		return errForeignUser
 	}
 	f.ext().keys.invalidate(userID)
-	watchers, err := f.localUsersSharingRoomWith(ctx, userID)
+	watchers, err := localUsersSharingRoomWith(ctx, f.db, f.isLocalUser, userID)
 	if err != nil || len(watchers) == 0 {
 		return err
 	}
@@ -280,7 +280,7 @@ func (f *Federation) remoteDeviceChange(ctx context.Context, origin spec.ServerN
 	})
 }
 
-func (f *Federation) onDeviceListUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onDeviceListUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	var c gomatrixserverlib.DeviceListUpdateEvent
 	if err := json.Unmarshal(content, &c); err != nil {
 		return err
@@ -291,7 +291,7 @@ func (f *Federation) onDeviceListUpdate(ctx context.Context, origin spec.ServerN
 	return f.remoteDeviceChange(ctx, origin, c.UserID, c.DeviceID, c.Deleted)
 }
 
-func (f *Federation) onSigningKeyUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onSigningKeyUpdate(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	var c struct {
 		UserID string `json:"user_id"`
 	}
@@ -485,7 +485,7 @@ func (e RemoteE2EE) QueryKeys(ctx context.Context, server string, want map[strin
 		if k := raw.SelfSigningKeys[u]; keyBelongsTo(k, u, "") {
 			c.selfSigning = k
 		}
-		if users, err := f.localUsersSharingRoomWith(ctx, u); err == nil && len(users) > 0 {
+		if users, err := localUsersSharingRoomWith(ctx, f.db, f.isLocalUser, u); err == nil && len(users) > 0 {
 			f.ext().keys.put(u, c, tokens[u])
 		}
 		c.fill(res, u, want[u])

@@ -130,7 +130,7 @@ func TestDirectToDeviceEDU(t *testing.T) {
 	t.Cleanup(f.StopLocal)
 	edu := func(sender, msgID string, messages map[string]any) error {
 		b, _ := json.Marshal(map[string]any{"sender": sender, "type": "m.room.encrypted", "message_id": msgID, "messages": messages})
-		return f.onDirectToDevice(ctx, "remote.test", b)
+		return f.inEDUs.onDirectToDevice(ctx, "remote.test", b)
 	}
 	pending := func() int {
 		n, err := storage.PendingToDevice(ctx, f.db, "@alice:self.test", "DEV1")
@@ -198,7 +198,7 @@ func TestTypingEDUChecks(t *testing.T) {
 	t.Cleanup(f.StopLocal)
 	typing := func(origin spec.ServerName, user string) error {
 		b, _ := json.Marshal(map[string]any{"room_id": "!r:self.test", "user_id": user, "typing": true})
-		return f.onTyping(context.Background(), origin, b)
+		return f.inEDUs.onTyping(context.Background(), origin, b)
 	}
 	if err := typing("remote.test", "@bob:remote.test"); err != nil {
 		t.Fatal(err)
@@ -336,7 +336,7 @@ func TestDeviceListUpdateEDU(t *testing.T) {
 	}
 	update := func(origin spec.ServerName, user, device string) error {
 		b, _ := json.Marshal(map[string]any{"user_id": user, "device_id": device, "stream_id": 5, "prev_id": []int64{4}})
-		return f.onDeviceListUpdate(ctx, origin, b)
+		return f.inEDUs.onDeviceListUpdate(ctx, origin, b)
 	}
 	f.ext().keys.put("@bob:remote.test", &cachedKeys{fetched: time.Now()}, f.ext().keys.token("@bob:remote.test"))
 	if err := update("other.test", "@bob:remote.test", "D1"); !errors.Is(err, errForeignUser) || len(changes()) != 0 || f.ext().keys.get("@bob:remote.test") == nil {
@@ -356,7 +356,7 @@ func TestDeviceListUpdateEDU(t *testing.T) {
 		t.Fatalf("update for a stranger: %v, %d changes", err, len(changes()))
 	}
 	b, _ := json.Marshal(map[string]any{"user_id": "@bob:remote.test", "master_key": map[string]any{}})
-	if err := f.onSigningKeyUpdate(ctx, "remote.test", b); err != nil {
+	if err := f.inEDUs.onSigningKeyUpdate(ctx, "remote.test", b); err != nil {
 		t.Fatal(err)
 	}
 	if cs := changes(); len(cs) != 2 || cs[1].DeviceID != "" {

@@ -190,14 +190,14 @@ func (f *Federation) serversSharingRoomWith(ctx context.Context, userID string) 
 
 // localUsersSharingRoomWith lists this server's users joined to a room
 // that userID is joined to.
-func (f *Federation) localUsersSharingRoomWith(ctx context.Context, userID string) ([]string, error) {
-	users, err := storage.UsersSharingRoomWith(ctx, f.db, userID)
+func localUsersSharingRoomWith(ctx context.Context, db *storage.DB, isLocalUser func(string) bool, userID string) ([]string, error) {
+	users, err := storage.UsersSharingRoomWith(ctx, db, userID)
 	if err != nil {
 		return nil, err
 	}
 	out := users[:0]
 	for _, u := range users {
-		if f.isLocalUser(u) {
+		if isLocalUser(u) {
 			out = append(out, u)
 		}
 	}
@@ -206,7 +206,7 @@ func (f *Federation) localUsersSharingRoomWith(ctx context.Context, userID strin
 
 // joinedFromOrigin checks an ephemeral EDU's user: from origin, joined to
 // the room, and origin not denied by the room's server ACL.
-func (f *Federation) joinedFromOrigin(ctx context.Context, origin spec.ServerName, roomID, userID string) error {
+func (f *inboundEDUs) joinedFromOrigin(ctx context.Context, origin spec.ServerName, roomID, userID string) error {
 	if userServer(userID) != origin {
 		return errForeignUser
 	}
@@ -233,7 +233,7 @@ func (f *Federation) joinedFromOrigin(ctx context.Context, origin spec.ServerNam
 
 // --- inbound ---
 
-func (f *Federation) onTyping(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onTyping(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	var c struct {
 		RoomID string `json:"room_id"`
 		UserID string `json:"user_id"`
@@ -262,7 +262,7 @@ type receiptEDU map[string]map[string]map[string]struct {
 	} `json:"data"`
 }
 
-func (f *Federation) onReceipt(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onReceipt(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	var c receiptEDU
 	if err := json.Unmarshal(content, &c); err != nil {
 		return err
@@ -307,7 +307,7 @@ type presenceUpdate struct {
 	CurrentlyActive bool    `json:"currently_active"`
 }
 
-func (f *Federation) onPresence(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
+func (f *inboundEDUs) onPresence(ctx context.Context, origin spec.ServerName, content json.RawMessage) error {
 	l := f.local()
 	if l == nil || l.PresenceEnabled == nil || !l.PresenceEnabled() {
 		return nil
@@ -331,7 +331,7 @@ func (f *Federation) onPresence(ctx context.Context, origin spec.ServerName, con
 		if p.StatusMsg != nil && utf8.RuneCountInString(*p.StatusMsg) > maxStatusMsg {
 			continue
 		}
-		watchers, err := f.localUsersSharingRoomWith(ctx, p.UserID)
+		watchers, err := localUsersSharingRoomWith(ctx, f.db, f.isLocalUser, p.UserID)
 		if err != nil {
 			return err
 		}

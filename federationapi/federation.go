@@ -49,7 +49,9 @@ type RoomServer interface {
 // EDUHandler processes one inbound EDU of a type in eduHandlers.
 type EDUHandler func(ctx context.Context, origin spec.ServerName, content json.RawMessage) error
 
-// Federation is the federation component of one server.
+// Federation is the federation component of one server: the shared
+// services (outbound client, queues, policy, key ring, lifecycle) and the
+// handler groups that serve the federation endpoints (handlers.go).
 type Federation struct {
 	cfg        *config.Config
 	db         *storage.DB
@@ -64,8 +66,6 @@ type Federation struct {
 	// keyRing is keys as its concrete type, for gomatrixserverlib helpers
 	// (PerformJoin) that want one.
 	keyRing *gomatrixserverlib.KeyRing
-	edusMu  sync.RWMutex
-	edus    map[string]EDUHandler // eduHandlers, plus HandleEDU's additions
 
 	policy    atomic.Pointer[policy]
 	limiter   *originLimiter
@@ -77,14 +77,17 @@ type Federation struct {
 	queue     *queue
 	x         *extras
 
-	oldKeys     []oldKey // retired signing keys, published as old_verify_keys
-	ownMu       sync.Mutex
-	ownSigned   json.RawMessage
-	ownSignedAt time.Time
+	// The handler groups of the federation endpoints (handlers.go).
+	in       *inbound
+	inEDUs   *inboundEDUs
+	joins    *joins
+	history  *history
+	queries  *queries
+	srvKeys  *serverKeys
+	userKeys *userKeys
+	media    *media
 
-	originLocks sync.Map // spec.ServerName → *sync.Mutex, serialising /send
-	txnsStored  atomic.Int64
-	stopOnce    sync.Once
+	stopOnce sync.Once
 }
 
 // requestTimeout bounds outbound federation requests made through Client.
@@ -134,9 +137,10 @@ func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed
 		fclient.WithTimeout(requestTimeout),
 		fclient.WithUserAgent("Enclave"),
 	)
+	f.newHandlers()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if err := f.loadOwnKeys(ctx); err != nil {
+	if err := f.srvKeys.loadOwnKeys(ctx); err != nil {
 		return nil, fmt.Errorf("federation: recording signing key: %w", err)
 	}
 	f.fetcher = newKeyFetcher(f, notaries)
@@ -145,8 +149,10 @@ func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed
 		KeyFetchers: []gomatrixserverlib.KeyFetcher{f.fetcher},
 	}
 	f.keys = f.keyRing
+	f.srvKeys.fetcher = f.fetcher
+	f.in.keys, f.joins.keys = f.keys, f.keys
 	f.queue = newQueue(f)
-	f.edus = f.eduHandlers()
+	f.in.edus = f.inEDUs.eduHandlers()
 	if err := f.mount(f.routes()); err != nil {
 		return nil, err
 	}
@@ -155,7 +161,7 @@ func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed
 
 // Start resumes delivery to every destination with queued rows.
 func (f *Federation) Start() error {
-	go f.pruneInboundTxns()
+	go f.in.pruneInboundTxns()
 	return f.queue.start()
 }
 
@@ -175,9 +181,9 @@ func (f *Federation) Client() fclient.FederationClient { return f.client }
 // the table (eduHandlers); the integration tests count EDUs of a type of
 // their own with it.
 func (f *Federation) HandleEDU(typ string, h EDUHandler) {
-	f.edusMu.Lock()
-	defer f.edusMu.Unlock()
-	f.edus[typ] = h
+	f.in.edusMu.Lock()
+	defer f.in.edusMu.Unlock()
+	f.in.edus[typ] = h
 }
 
 // ServerName is this server's name.

@@ -34,7 +34,7 @@ func (k *keyDatabase) FetchKeys(ctx context.Context, reqs map[gomatrixserverlib.
 	out := map[gomatrixserverlib.PublicKeyLookupRequest]gomatrixserverlib.PublicKeyLookupResult{}
 	for req := range reqs {
 		if req.ServerName == k.f.serverName {
-			if res, ok := k.f.ownKeyResult(req.KeyID); ok {
+			if res, ok := k.f.srvKeys.ownKeyResult(req.KeyID); ok {
 				out[req] = res
 			}
 			continue
@@ -78,7 +78,7 @@ func (k *keyDatabase) StoreKeys(ctx context.Context, results map[gomatrixserverl
 }
 
 // ownKeyResult answers a lookup of one of this server's keys.
-func (f *Federation) ownKeyResult(keyID gomatrixserverlib.KeyID) (gomatrixserverlib.PublicKeyLookupResult, bool) {
+func (f *serverKeys) ownKeyResult(keyID gomatrixserverlib.KeyID) (gomatrixserverlib.PublicKeyLookupResult, bool) {
 	if keyID == f.keyID {
 		return gomatrixserverlib.PublicKeyLookupResult{
 			VerifyKey:    gomatrixserverlib.VerifyKey{Key: spec.Base64Bytes(f.key.Public().(ed25519.PublicKey))},

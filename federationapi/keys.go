@@ -42,7 +42,7 @@ type oldKey struct {
 // loadOwnKeys records the current signing key in federation_own_keys
 // (retiring any previous one, e.g. after generate-keys --force) and loads
 // the retired keys to publish as old_verify_keys.
-func (f *Federation) loadOwnKeys(ctx context.Context) error {
+func (f *serverKeys) loadOwnKeys(ctx context.Context) error {
 	pub := f.key.Public().(ed25519.PublicKey)
 	if err := storage.RecordOwnKey(ctx, f.db, string(f.keyID), base64.RawStdEncoding.EncodeToString(pub), time.Now().UnixMilli()); err != nil {
 		return err
@@ -67,7 +67,7 @@ func (f *Federation) loadOwnKeys(ctx context.Context) error {
 
 // ownServerKeys returns this server's signed key response (GET
 // /_matrix/key/v2/server), re-signed at most hourly.
-func (f *Federation) ownServerKeys() (json.RawMessage, error) {
+func (f *serverKeys) ownServerKeys() (json.RawMessage, error) {
 	f.ownMu.Lock()
 	defer f.ownMu.Unlock()
 	if f.ownSigned != nil && time.Since(f.ownSignedAt) < ownKeyResign {
@@ -97,7 +97,7 @@ func (f *Federation) ownServerKeys() (json.RawMessage, error) {
 	return signed, nil
 }
 
-func (f *Federation) serveOwnKeys(r *http.Request) httpapi.Response {
+func (f *serverKeys) serveOwnKeys(r *http.Request) httpapi.Response {
 	b, err := f.ownServerKeys()
 	if err != nil {
 		return httpapi.InternalError(r, err)
@@ -110,7 +110,7 @@ type keyQueryResponse struct {
 }
 
 // queryKeysBatch is POST /_matrix/key/v2/query: this server as a notary.
-func (f *Federation) queryKeysBatch(r *http.Request) httpapi.Response {
+func (f *serverKeys) queryKeysBatch(r *http.Request) httpapi.Response {
 	var req struct {
 		ServerKeys map[spec.ServerName]map[gomatrixserverlib.KeyID]struct {
 			MinimumValidUntilTS spec.Timestamp `json:"minimum_valid_until_ts"`
@@ -141,7 +141,7 @@ func (f *Federation) queryKeysBatch(r *http.Request) httpapi.Response {
 }
 
 // queryKeysOne is GET /_matrix/key/v2/query/{serverName}.
-func (f *Federation) queryKeysOne(r *http.Request) httpapi.Response {
+func (f *serverKeys) queryKeysOne(r *http.Request) httpapi.Response {
 	server := spec.ServerName(mux.Vars(r)["serverName"])
 	var minValid spec.Timestamp
 	if v := r.URL.Query().Get("minimum_valid_until_ts"); v != "" {
@@ -159,7 +159,7 @@ func (f *Federation) queryKeysOne(r *http.Request) httpapi.Response {
 // fetched; if the server cannot be reached the last response is returned,
 // as the spec asks, so old signatures stay checkable. Servers outside the
 // federation policy get nothing and are never contacted.
-func (f *Federation) notaryAnswer(ctx context.Context, server spec.ServerName, minValid spec.Timestamp) []json.RawMessage {
+func (f *serverKeys) notaryAnswer(ctx context.Context, server spec.ServerName, minValid spec.Timestamp) []json.RawMessage {
 	if server == f.serverName {
 		b, err := f.ownServerKeys()
 		if err != nil {

@@ -38,7 +38,7 @@ var ErrMediaNotFound = errors.New("federation: remote media not found")
 const mediaErrorLimit = 64 << 10
 
 // serveMedia answers a signed media request with the multipart framing.
-func (f *Federation) serveMedia(thumb bool) func(http.ResponseWriter, *http.Request, spec.ServerName) {
+func (f *media) serveMedia(thumb bool) func(http.ResponseWriter, *http.Request, spec.ServerName) {
 	return func(w http.ResponseWriter, r *http.Request, _ spec.ServerName) {
 		l := f.local()
 		if l == nil || l.Media == nil {

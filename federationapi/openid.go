@@ -14,7 +14,7 @@ import (
 // /_matrix/client/v3/user/{userId}/openid/request_token) learns whose it
 // is. The endpoint needs no X-Matrix signature: the token is the secret.
 
-func (f *Federation) openIDUserInfo(r *http.Request) httpapi.Response {
+func (f *queries) openIDUserInfo(r *http.Request) httpapi.Response {
 	token := r.URL.Query().Get("access_token")
 	if token == "" || len(token) > 255 {
 		return httpapi.Errf(http.StatusUnauthorized, "M_UNKNOWN_TOKEN", "access token unknown or expired")

@@ -117,7 +117,7 @@ func globMatch(pattern, s string) bool {
 
 // makeMembership answers make_join / make_leave / make_knock with an event
 // template for the remote user, if the current state would allow it.
-func (f *Federation) makeMembership(membership string) roomHandler {
+func (f *joins) makeMembership(membership string) roomHandler {
 	return func(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 		v := mux.Vars(r)
 		roomID, userID := v["roomId"], v["userId"]
@@ -175,7 +175,7 @@ func containsVersion(vers []string, v gomatrixserverlib.RoomVersion) bool {
 
 // sendMembership accepts a signed join/leave/knock from the remote server,
 // stores it, and (for joins) answers with the state and auth chain.
-func (f *Federation) sendMembership(membership string) roomHandler {
+func (f *joins) sendMembership(membership string) roomHandler {
 	return func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 		v := mux.Vars(r)
 		roomID := v["roomId"]
@@ -236,7 +236,7 @@ func (f *Federation) sendMembership(membership string) roomHandler {
 // joining server talks only to us, and the others would otherwise learn of
 // it only when a later event refers to it. Servers our policy refuses are
 // skipped as for our own events.
-func (f *Federation) relayMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) {
+func (f *joins) relayMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) {
 	st, err := f.rs.CurrentState(ctx, ev.RoomID().String())
 	if err != nil {
 		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
@@ -251,7 +251,7 @@ func (f *Federation) relayMembership(ctx context.Context, origin spec.ServerName
 	if len(dests) == 0 {
 		return
 	}
-	if err := f.SendPDU(ctx, dests, ev); err != nil {
+	if err := f.sendPDU(ctx, dests, ev); err != nil {
 		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
 	}
 }
@@ -266,7 +266,7 @@ func pduJSONs(evs []gomatrixserverlib.PDU) []json.RawMessage {
 
 // inviteV2 receives an invite for one of our users into a remote room: we
 // countersign it and show it to the user.
-func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+func (f *joins) inviteV2(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	var req struct {
 		RoomVersion     gomatrixserverlib.RoomVersion `json:"room_version"`
 		Event           json.RawMessage               `json:"event"`
@@ -312,7 +312,7 @@ func (f *Federation) inviteV2(r *http.Request, origin spec.ServerName, body []by
 
 // visibleToServer decides whether origin may read events of a room: it
 // must have had a member in the room (current state check).
-func (f *Federation) visibleToServer(ctx context.Context, roomID string, origin spec.ServerName) (roomserver.StateMap, bool) {
+func (f *history) visibleToServer(ctx context.Context, roomID string, origin spec.ServerName) (roomserver.StateMap, bool) {
 	st, err := f.rs.CurrentState(ctx, roomID)
 	if err != nil || st.Get(spec.MRoomCreate, "") == nil {
 		return nil, false
@@ -331,7 +331,7 @@ func (f *Federation) visibleToServer(ctx context.Context, roomID string, origin 
 	return nil, false
 }
 
-func (f *Federation) state(idsOnly bool) roomHandler {
+func (f *history) state(idsOnly bool) roomHandler {
 	return func(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 		roomID := mux.Vars(r)["roomId"]
 		if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
@@ -365,7 +365,7 @@ func eventIDs(evs []gomatrixserverlib.PDU) []string {
 	return out
 }
 
-func (f *Federation) getEvent(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *history) getEvent(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	se, err := storage.GetEvent(r.Context(), f.db, mux.Vars(r)["eventId"])
 	if err != nil {
 		return httpapi.Errf(404, "M_NOT_FOUND", "event not found")
@@ -376,7 +376,7 @@ func (f *Federation) getEvent(r *http.Request, origin spec.ServerName, _ []byte)
 	return httpapi.JSON(200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": []json.RawMessage{se.JSON}})
 }
 
-func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *history) eventAuth(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	v := mux.Vars(r)
 	if _, ok := f.visibleToServer(r.Context(), v["roomId"], origin); !ok {
 		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
@@ -394,7 +394,7 @@ func (f *Federation) eventAuth(r *http.Request, origin spec.ServerName, _ []byte
 
 // walkBack follows prev_events from the given events, newest first by
 // depth, returning at most limit events and never passing `stop`.
-func (f *Federation) walkBack(ctx context.Context, roomID string, from []string, stop map[string]bool, limit int, includeFrom bool) ([]gomatrixserverlib.PDU, error) {
+func (f *history) walkBack(ctx context.Context, roomID string, from []string, stop map[string]bool, limit int, includeFrom bool) ([]gomatrixserverlib.PDU, error) {
 	seen := map[string]bool{}
 	var out []gomatrixserverlib.PDU
 	frontier := from
@@ -430,7 +430,7 @@ func (f *Federation) walkBack(ctx context.Context, roomID string, from []string,
 	return out, nil
 }
 
-func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *history) backfill(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	roomID := mux.Vars(r)["roomId"]
 	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
 		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
@@ -447,7 +447,7 @@ func (f *Federation) backfill(r *http.Request, origin spec.ServerName, _ []byte)
 	return httpapi.JSON(200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": pduJSONs(evs)})
 }
 
-func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+func (f *history) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	roomID := mux.Vars(r)["roomId"]
 	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
 		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
@@ -472,7 +472,7 @@ func (f *Federation) getMissingEvents(r *http.Request, origin spec.ServerName, b
 	return httpapi.JSON(200, map[string]any{"events": pduJSONs(evs)})
 }
 
-func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *queries) queryDirectory(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	alias := r.URL.Query().Get("room_alias")
 	roomID, _, err := storage.GetAlias(r.Context(), f.db, alias)
 	if err != nil {
@@ -486,7 +486,7 @@ func (f *Federation) queryDirectory(r *http.Request, origin spec.ServerName, _ [
 	return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": servers})
 }
 
-func (f *Federation) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+func (f *queries) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	q := r.URL.Query()
 	userID := q.Get("user_id")
 	p, err := storage.GetActiveProfile(r.Context(), f.db, userID)

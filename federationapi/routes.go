@@ -52,55 +52,55 @@ func (f *Federation) routes() []route {
 	const v1, v2 = "/_matrix/federation/v1", "/_matrix/federation/v2"
 	return []route{
 		// Server keys and notary (open: keys are how signatures are checked).
-		openRoute(http.MethodGet, "/_matrix/key/v2/server", f.serveOwnKeys),
-		openRoute(http.MethodGet, "/_matrix/key/v2/server/{keyID}", f.serveOwnKeys), // deprecated form
-		openRoute(http.MethodPost, "/_matrix/key/v2/query", f.queryKeysBatch),
-		openRoute(http.MethodGet, "/_matrix/key/v2/query/{serverName}", f.queryKeysOne),
-		openRoute(http.MethodGet, "/_matrix/key/v2/query/{serverName}/{keyID}", f.queryKeysOne), // deprecated form
+		openRoute(http.MethodGet, "/_matrix/key/v2/server", f.srvKeys.serveOwnKeys),
+		openRoute(http.MethodGet, "/_matrix/key/v2/server/{keyID}", f.srvKeys.serveOwnKeys), // deprecated form
+		openRoute(http.MethodPost, "/_matrix/key/v2/query", f.srvKeys.queryKeysBatch),
+		openRoute(http.MethodGet, "/_matrix/key/v2/query/{serverName}", f.srvKeys.queryKeysOne),
+		openRoute(http.MethodGet, "/_matrix/key/v2/query/{serverName}/{keyID}", f.srvKeys.queryKeysOne), // deprecated form
 		openRoute(http.MethodGet, v1+"/version", f.serveVersion),
-		openRoute(http.MethodGet, v1+"/openid/userinfo", f.openIDUserInfo),
+		openRoute(http.MethodGet, v1+"/openid/userinfo", f.queries.openIDUserInfo),
 
 		// Inbound transactions: PDUs and EDUs.
-		signedRoute(http.MethodPut, v1+"/send/{txnId}", f.sendTransaction),
+		signedRoute(http.MethodPut, v1+"/send/{txnId}", f.in.sendTransaction),
 
 		// Joins, leaves, knocks and invites.
-		signedRoute(http.MethodGet, v1+"/make_join/{roomId}/{userId}", f.makeMembership(spec.Join)),
-		signedRoute(http.MethodGet, v1+"/make_leave/{roomId}/{userId}", f.makeMembership(spec.Leave)),
-		signedRoute(http.MethodGet, v1+"/make_knock/{roomId}/{userId}", f.makeMembership(spec.Knock)),
-		signedRoute(http.MethodPut, v2+"/send_join/{roomId}/{eventId}", f.sendMembership(spec.Join)),
-		signedRoute(http.MethodPut, v2+"/send_leave/{roomId}/{eventId}", f.sendMembership(spec.Leave)),
-		signedRoute(http.MethodPut, v1+"/send_knock/{roomId}/{eventId}", f.sendMembership(spec.Knock)),
-		signedRoute(http.MethodPut, v2+"/invite/{roomId}/{eventId}", f.inviteV2),
+		signedRoute(http.MethodGet, v1+"/make_join/{roomId}/{userId}", f.joins.makeMembership(spec.Join)),
+		signedRoute(http.MethodGet, v1+"/make_leave/{roomId}/{userId}", f.joins.makeMembership(spec.Leave)),
+		signedRoute(http.MethodGet, v1+"/make_knock/{roomId}/{userId}", f.joins.makeMembership(spec.Knock)),
+		signedRoute(http.MethodPut, v2+"/send_join/{roomId}/{eventId}", f.joins.sendMembership(spec.Join)),
+		signedRoute(http.MethodPut, v2+"/send_leave/{roomId}/{eventId}", f.joins.sendMembership(spec.Leave)),
+		signedRoute(http.MethodPut, v1+"/send_knock/{roomId}/{eventId}", f.joins.sendMembership(spec.Knock)),
+		signedRoute(http.MethodPut, v2+"/invite/{roomId}/{eventId}", f.joins.inviteV2),
 
 		// Room history and state.
-		signedRoute(http.MethodGet, v1+"/state/{roomId}", f.state(false)),
-		signedRoute(http.MethodGet, v1+"/state_ids/{roomId}", f.state(true)),
-		signedRoute(http.MethodGet, v1+"/event/{eventId}", f.getEvent),
-		signedRoute(http.MethodGet, v1+"/event_auth/{roomId}/{eventId}", f.eventAuth),
-		signedRoute(http.MethodGet, v1+"/backfill/{roomId}", f.backfill),
-		signedRoute(http.MethodPost, v1+"/get_missing_events/{roomId}", f.getMissingEvents),
+		signedRoute(http.MethodGet, v1+"/state/{roomId}", f.history.state(false)),
+		signedRoute(http.MethodGet, v1+"/state_ids/{roomId}", f.history.state(true)),
+		signedRoute(http.MethodGet, v1+"/event/{eventId}", f.history.getEvent),
+		signedRoute(http.MethodGet, v1+"/event_auth/{roomId}/{eventId}", f.history.eventAuth),
+		signedRoute(http.MethodGet, v1+"/backfill/{roomId}", f.history.backfill),
+		signedRoute(http.MethodPost, v1+"/get_missing_events/{roomId}", f.history.getMissingEvents),
 
 		// Queries and the room directory.
-		signedRoute(http.MethodGet, v1+"/query/directory", f.queryDirectory),
-		signedRoute(http.MethodGet, v1+"/query/profile", f.queryProfile),
-		signedRoute(http.MethodGet, v1+"/publicRooms", f.getPublicRooms),
-		signedRoute(http.MethodPost, v1+"/publicRooms", f.postPublicRooms),
-		signedRoute(http.MethodGet, v1+"/hierarchy/{roomId}", f.hierarchy),
+		signedRoute(http.MethodGet, v1+"/query/directory", f.queries.queryDirectory),
+		signedRoute(http.MethodGet, v1+"/query/profile", f.queries.queryProfile),
+		signedRoute(http.MethodGet, v1+"/publicRooms", f.queries.getPublicRooms),
+		signedRoute(http.MethodPost, v1+"/publicRooms", f.queries.postPublicRooms),
+		signedRoute(http.MethodGet, v1+"/hierarchy/{roomId}", f.queries.hierarchy),
 
 		// End-to-end encryption.
-		signedRoute(http.MethodPost, v1+"/user/keys/query", f.userKeysQuery),
-		signedRoute(http.MethodPost, v1+"/user/keys/claim", f.userKeysClaim),
-		signedRoute(http.MethodGet, v1+"/user/devices/{userId}", f.userDevices),
+		signedRoute(http.MethodPost, v1+"/user/keys/query", f.userKeys.userKeysQuery),
+		signedRoute(http.MethodPost, v1+"/user/keys/claim", f.userKeys.userKeysClaim),
+		signedRoute(http.MethodGet, v1+"/user/devices/{userId}", f.userKeys.userDevices),
 
 		// Media (multipart answers).
-		signedRawRoute(http.MethodGet, v1+"/media/download/{mediaId}", f.serveMedia(false)),
-		signedRawRoute(http.MethodGet, v1+"/media/thumbnail/{mediaId}", f.serveMedia(true)),
+		signedRawRoute(http.MethodGet, v1+"/media/download/{mediaId}", f.media.serveMedia(false)),
+		signedRawRoute(http.MethodGet, v1+"/media/thumbnail/{mediaId}", f.media.serveMedia(true)),
 	}
 }
 
 // eduHandlers is every inbound EDU type /send processes; other types are
 // ignored, as the spec asks.
-func (f *Federation) eduHandlers() map[string]EDUHandler {
+func (f *inboundEDUs) eduHandlers() map[string]EDUHandler {
 	return map[string]EDUHandler{
 		spec.MTyping:           f.onTyping,
 		spec.MReceipt:          f.onReceipt,

@@ -76,7 +76,7 @@ func parseTransaction(body []byte) (*inboundTxn, error) {
 // sendTransaction is PUT /_matrix/federation/v1/send/{txnId}. One origin's
 // transactions are processed one at a time, in arrival order; a retried
 // transaction ID gets the stored response without being processed again.
-func (f *Federation) sendTransaction(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+func (f *inbound) sendTransaction(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
 	txnID := mux.Vars(r)["txnId"]
 	if txnID == "" || len(txnID) > maxTxnIDLen {
 		return httpapi.InvalidParam("invalid transaction ID")
@@ -114,7 +114,7 @@ func (f *Federation) sendTransaction(r *http.Request, origin spec.ServerName, bo
 	return httpapi.JSON(http.StatusOK, []byte(b))
 }
 
-func (f *Federation) pruneInboundTxns() {
+func (f *inbound) pruneInboundTxns() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	if _, err := storage.PruneInboundTxns(ctx, f.db, time.Now().Add(-inboundTxnRetention).UnixMilli()); err != nil {
@@ -123,7 +123,7 @@ func (f *Federation) pruneInboundTxns() {
 }
 
 // lockOrigin serialises one origin's transactions.
-func (f *Federation) lockOrigin(origin spec.ServerName) func() {
+func (f *inbound) lockOrigin(origin spec.ServerName) func() {
 	m, _ := f.originLocks.LoadOrStore(origin, &sync.Mutex{})
 	mu := m.(*sync.Mutex)
 	mu.Lock()
@@ -135,7 +135,7 @@ func (f *Federation) lockOrigin(origin spec.ServerName) func() {
 // signatures valid), hands the good ones to the room server and dispatches
 // the EDUs. An error means the transaction could not be processed at all
 // (e.g. the store is down) and should be retried.
-func (f *Federation) processTransaction(ctx context.Context, origin spec.ServerName, txn *inboundTxn) (*SendResponse, error) {
+func (f *inbound) processTransaction(ctx context.Context, origin spec.ServerName, txn *inboundTxn) (*SendResponse, error) {
 	resp := &SendResponse{PDUs: map[string]PDUResult{}}
 	seen := map[string]bool{}
 	var pdus []gomatrixserverlib.PDU
@@ -181,7 +181,7 @@ var errStore = errors.New("store unavailable")
 
 // checkPDU parses and verifies one PDU. id is its event ID, or a best
 // guess when it cannot be parsed ("" if there is none to give).
-func (f *Federation) checkPDU(ctx context.Context, raw json.RawMessage) (gomatrixserverlib.PDU, string, error) {
+func (f *inbound) checkPDU(ctx context.Context, raw json.RawMessage) (gomatrixserverlib.PDU, string, error) {
 	var hdr struct {
 		RoomID  string `json:"room_id"`
 		EventID string `json:"event_id"`
@@ -226,7 +226,7 @@ func (f *Federation) checkPDU(ctx context.Context, raw json.RawMessage) (gomatri
 // (transactions may relay other servers' events) and the event to carry
 // valid signatures from it (and from any other server the room version
 // requires).
-func (f *Federation) checkPDUSender(ctx context.Context, ev gomatrixserverlib.PDU) error {
+func (f *inbound) checkPDUSender(ctx context.Context, ev gomatrixserverlib.PDU) error {
 	sender, err := spec.NewUserID(string(ev.SenderID()), true)
 	if err != nil {
 		return fmt.Errorf("invalid sender: %v", err)
@@ -288,7 +288,7 @@ func guessEventID(raw []byte, eventID string, ver gomatrixserverlib.RoomVersion)
 
 // dispatchEDU hands an EDU to its handler in the EDU table; unknown types are
 // ignored, as the spec asks, and handler failures stay with the EDU.
-func (f *Federation) dispatchEDU(ctx context.Context, origin spec.ServerName, edu gomatrixserverlib.EDU) {
+func (f *inbound) dispatchEDU(ctx context.Context, origin spec.ServerName, edu gomatrixserverlib.EDU) {
 	f.edusMu.RLock()
 	h := f.edus[edu.Type]
 	f.edusMu.RUnlock()

@@ -51,9 +51,9 @@ func FuzzSendTransaction(f *testing.F) {
 		"!v1:remote.test":   gomatrixserverlib.RoomVersionV1,
 		"!v12:remote.test":  gomatrixserverlib.RoomVersionV12,
 	}}
-	fed := &Federation{serverName: "self.test", rs: rooms, keys: acceptAll{}, metrics: newMetrics(), edus: map[string]EDUHandler{}}
-	fed.policy.Store(newPolicy("self.test", config.FederationConfig{Enabled: true, DeniedServers: []string{"denied.test"}}))
-	fed.HandleEDU("m.typing", func(context.Context, spec.ServerName, json.RawMessage) error { return nil })
+	pol := newPolicy("self.test", config.FederationConfig{Enabled: true, DeniedServers: []string{"denied.test"}})
+	fed := &inbound{serverName: "self.test", rs: rooms, keys: acceptAll{}, metrics: newMetrics(), pol: func() *policy { return pol },
+		edus: map[string]EDUHandler{"m.typing": func(context.Context, spec.ServerName, json.RawMessage) error { return nil }}}
 
 	f.Fuzz(func(t *testing.T, body []byte) {
 		txn, err := parseTransaction(body)
