@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/roomserver"
+	"enclave/storage"
 )
 
 func timeNow() time.Time { return time.Now() }
@@ -101,18 +102,19 @@ func (j joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, eve
 	return &r, err
 }
 
-// OnRoomEvent sends every event our users create to the other servers in the
-// room, and invites to the invitee's server.
-func (f *Federation) OnRoomEvent(o roomserver.OutputEvent) {
-	ev := o.PDU
+// QueueRoomEvent is the room server's StateHook (the assembly registers
+// it) that queues every event our users create for the other servers in
+// the room (st is the state right after ev), inside the event's
+// transaction: the event and its queue rows commit together, so a crash
+// cannot leave an acknowledged event unsent; the senders are woken after
+// commit. A kicked or banned user's server is told too; an invite goes to
+// the invitee's server directly, after commit. Events of remote senders,
+// including those that reached us over federation, are their origin's to
+// send.
+func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
 	_, domain, err := gomatrixserverlib.SplitID('@', string(ev.SenderID()))
 	if err != nil || domain != f.serverName {
-		return // remote events are their origin's to send
-	}
-	ctx := context.Background()
-	st, err := f.rs.CurrentState(ctx, o.Event.RoomID)
-	if err != nil {
-		return
+		return nil
 	}
 	dests := map[spec.ServerName]bool{}
 	for _, s := range ServersInRoom(st) {
@@ -122,7 +124,7 @@ func (f *Federation) OnRoomEvent(o roomserver.OutputEvent) {
 		if _, target, err := gomatrixserverlib.SplitID('@', *ev.StateKey()); err == nil && target != f.serverName {
 			m, _ := ev.Membership()
 			if m == spec.Invite {
-				go f.sendInvite(ev, st)
+				tx.AfterCommit(func() { go f.sendInvite(ev, st) })
 			} else {
 				dests[target] = true // a kicked or banned server learns of it
 			}
@@ -130,15 +132,16 @@ func (f *Federation) OnRoomEvent(o roomserver.OutputEvent) {
 	}
 	delete(dests, f.serverName)
 	if len(dests) == 0 {
-		return
+		return nil
 	}
 	list := make([]spec.ServerName, 0, len(dests))
 	for d := range dests {
 		list = append(list, d)
 	}
-	if err := f.SendPDU(ctx, list, ev); err != nil {
-		logrus.WithError(err).WithField("event_id", ev.EventID()).Error("queueing event for federation")
+	if err := f.queue.enqueuePDU(ctx, tx, list, ev); err != nil {
+		return fmt.Errorf("federation: queueing %s: %w", ev.EventID(), err)
 	}
+	return nil
 }
 
 func (f *Federation) sendInvite(ev gomatrixserverlib.PDU, st roomserver.StateMap) {

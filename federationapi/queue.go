@@ -363,9 +363,10 @@ func newTxnID() string {
 }
 
 // destinations drops this server and duplicates, and splits the rest into
-// the servers the policy allows and those it refuses (counted and audited:
-// no row is queued for them, nothing is sent).
-func (f *Federation) destinations(in []spec.ServerName) (allowed, refused []string) {
+// the servers the policy allows and those it refuses (no row is queued for
+// them, nothing is sent). It has no side effects: callers report the
+// refusals (reportRefused), after their transaction if they hold one.
+func (f *Federation) destinations(in []spec.ServerName) (allowed []string, refused []refusal) {
 	p := f.pol()
 	seen := map[spec.ServerName]bool{}
 	allowed = make([]string, 0, len(in))
@@ -375,13 +376,27 @@ func (f *Federation) destinations(in []spec.ServerName) (allowed, refused []stri
 		}
 		seen[d] = true
 		if err := p.checkDestination(d); err != nil {
-			f.refuseOutbound(d, err)
-			refused = append(refused, string(d))
+			refused = append(refused, refusal{d, err})
 			continue
 		}
 		allowed = append(allowed, string(d))
 	}
 	return allowed, refused
+}
+
+// refusal is a destination the policy refused, and why.
+type refusal struct {
+	dest spec.ServerName
+	err  error
+}
+
+// reportRefused counts and audits refused destinations. The audit record
+// has its own transaction, so this never runs inside another one (on
+// SQLite it would wait for the write lock that one holds).
+func (q *queue) reportRefused(rs []refusal) {
+	for _, r := range rs {
+		q.f.refuseOutbound(r.dest, r.err)
+	}
 }
 
 // SendPDU queues pdu for each destination and returns once it is stored;
@@ -390,13 +405,26 @@ func (f *Federation) destinations(in []spec.ServerName) (allowed, refused []stri
 // audited). For a refused server only the room is noted: if the policy
 // allows it again (a healed partition), it is sent the room's latest event
 // and fetches what it missed itself (see queue.catchUp). PDUs to one
-// destination are sent in the order queued.
+// destination are sent in the order queued. Our own room events are queued
+// by QueueRoomEvent, in their own transaction, instead.
 func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName, pdu gomatrixserverlib.PDU) error {
-	dests, refused := f.destinations(destinations)
+	return f.db.WithTx(ctx, func(tx *storage.Tx) error { return f.queue.enqueuePDU(ctx, tx, destinations, pdu) })
+}
+
+// enqueuePDU writes SendPDU's rows in tx and, once tx commits, wakes the
+// destinations' senders and reports the refusals.
+func (q *queue) enqueuePDU(ctx context.Context, tx *storage.Tx, destinations []spec.ServerName, pdu gomatrixserverlib.PDU) error {
+	dests, refused := q.f.destinations(destinations)
+	now := time.Now().UnixMilli()
 	if len(refused) > 0 {
-		if err := storage.MarkCatchUp(ctx, f.db, refused, pdu.RoomID().String(), time.Now().UnixMilli()); err != nil {
+		names := make([]string, len(refused))
+		for i, r := range refused {
+			names[i] = string(r.dest)
+		}
+		if err := storage.MarkCatchUp(ctx, tx, names, pdu.RoomID().String(), now); err != nil {
 			return err
 		}
+		tx.AfterCommit(func() { q.reportRefused(refused) })
 	}
 	if len(dests) == 0 {
 		return nil
@@ -405,10 +433,10 @@ func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName
 	if err != nil {
 		return err
 	}
-	if err := storage.EnqueuePDU(ctx, f.db, dests, b, time.Now().UnixMilli()); err != nil {
+	if err := storage.EnqueuePDU(ctx, tx, dests, b, now); err != nil {
 		return err
 	}
-	f.wakeAll(dests)
+	tx.AfterCommit(func() { q.f.wakeAll(dests) })
 	return nil
 }
 
@@ -416,7 +444,8 @@ func (f *Federation) SendPDU(ctx context.Context, destinations []spec.ServerName
 // single-user presence EDUs still waiting for a slow destination are
 // replaced by newer ones for the same room and user.
 func (f *Federation) SendEDU(ctx context.Context, destinations []spec.ServerName, edu gomatrixserverlib.EDU) error {
-	dests, _ := f.destinations(destinations)
+	dests, refused := f.destinations(destinations)
+	f.queue.reportRefused(refused)
 	if len(dests) == 0 {
 		return nil
 	}

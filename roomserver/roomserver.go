@@ -33,6 +33,13 @@ type OutputEvent struct {
 // stored without its record.
 type Hook func(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU) error
 
+// StateHook is a Hook that also sees the room's state right after the
+// event. The federation sender is one: it queues the event for every
+// server in the room inside the event's transaction, so an acknowledged
+// event is never left unsent by a crash between commit and enqueue. State
+// hooks run after the plain hooks; state must not be modified.
+type StateHook func(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU, state StateMap) error
+
 // RoomServer implements API.
 type RoomServer struct {
 	db         *storage.DB
@@ -50,9 +57,10 @@ type RoomServer struct {
 
 	fetcher EventFetcher
 
-	hooksMu   sync.RWMutex
-	hooks     []Hook
-	listeners []func(OutputEvent)
+	hooksMu    sync.RWMutex
+	hooks      []Hook
+	stateHooks []StateHook
+	listeners  []func(OutputEvent)
 }
 
 // roomHead is the in-memory copy of a room's tip: only changed under the
@@ -93,6 +101,14 @@ func (s *RoomServer) AddHook(h Hook) {
 	s.hooksMu.Lock()
 	defer s.hooksMu.Unlock()
 	s.hooks = append(s.hooks, h)
+}
+
+// AddStateHook registers a transactional hook that needs the state after
+// the event (see StateHook).
+func (s *RoomServer) AddStateHook(h StateHook) {
+	s.hooksMu.Lock()
+	defer s.hooksMu.Unlock()
+	s.stateHooks = append(s.stateHooks, h)
 }
 
 // Subscribe registers fn to receive every stored event in stream order of

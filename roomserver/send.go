@@ -116,8 +116,8 @@ func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID str
 // (snapshot, chain and state of the room just before ev) and returns the
 // stored row and a head holding the state after ev, with ev as the only
 // extremity. Soft-failed events are stored but never shown or published.
-// Hooks (audit) run inside tx; listeners (sync, federation) run once the
-// event's stream position is visible.
+// Hooks (audit, then the state hooks: federation's queue) run inside tx;
+// listeners (sync, push) run once the event's stream position is visible.
 func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID string, before *roomHead, ev gomatrixserverlib.PDU, softFailed bool, req SendRequest) (*storage.Event, *roomHead, error) {
 	next := &roomHead{version: before.version, extremities: []string{ev.EventID()}, snapshot: before.snapshot, chain: before.chain, maxDepth: max(before.maxDepth, ev.Depth()), state: before.state}
 	pos := tx.NextPos("events")
@@ -182,12 +182,17 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 		}
 	}
 	s.hooksMu.RLock()
-	hooks := s.hooks
+	hooks, stateHooks := s.hooks, s.stateHooks
 	listeners := s.listeners
 	s.hooksMu.RUnlock()
 	for _, hook := range hooks {
 		if err := hook(ctx, tx, se, ev); err != nil {
 			return nil, nil, fmt.Errorf("roomserver: hook: %w", err)
+		}
+	}
+	for _, hook := range stateHooks {
+		if err := hook(ctx, tx, se, ev, next.state); err != nil {
+			return nil, nil, fmt.Errorf("roomserver: state hook: %w", err)
 		}
 	}
 	tx.AfterCommit(func() { s.events.Put(ev.EventID(), ev) })

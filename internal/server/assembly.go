@@ -35,9 +35,10 @@ const retentionInterval = time.Hour
 // build makes every component and connects them, in one fixed order. The
 // order matters in four places, each noted at its step:
 //   - room server hooks run in the order added, inside each event's
-//     transaction: audit, then device lists, then the room index;
+//     transaction: audit, then device lists, then the room index; then
+//     the state hooks: federation's outbound queue;
 //   - room server subscribers run in the order added, after commit: the
-//     sync stream (syncapi.New), federation, then the push notifier;
+//     sync stream (syncapi.New), then the push notifier;
 //   - sync extensions fill a response in the order added: E2EE,
 //     relations, account data, ephemeral, presence, unread counts last;
 //   - shutdown closers run in the order added, start hooks likewise.
@@ -217,14 +218,15 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	s.Federation = f
 	f.SetAuditHook(s.Audit.FederationRefusalHook())
 
-	// Remote events close gaps through federation; local events go out
-	// through the queues; clients join remote rooms and backfill. The
-	// client API's typing, receipt and presence handlers tell federation
-	// of each change: typing is sent at once, receipts and presence are
-	// read back from the stream by federation's tailer, which the news
-	// wakes so they leave at once.
+	// Remote events close gaps through federation; local events are
+	// queued for the servers in the room inside their own transaction
+	// (a crash after commit cannot lose them); clients join remote rooms
+	// and backfill. The client API's typing, receipt and presence
+	// handlers tell federation of each change: typing is sent at once,
+	// receipts and presence are read back from the stream by federation's
+	// tailer, which the news wakes so they leave at once.
 	s.Rooms.SetFetcher(f.Fetcher())
-	s.Rooms.Subscribe(f.OnRoomEvent)
+	s.Rooms.AddStateHook(f.QueueRoomEvent)
 	s.fedEphemeral = f.EphemeralSender(s.Sync.Typing().Users)
 	s.Client.SetFederation(f, s.fedEphemeral)
 
