@@ -11,11 +11,19 @@ import (
 	"enclave/syncapi"
 )
 
+// accountData serves what a user keeps for their own clients: account
+// data, room tags, push rules and pushers. All of it is per user, stored
+// as sent and streamed back through /sync.
+type accountData struct {
+	db   *storage.DB
+	sync *syncapi.Syncer
+}
+
 func (a *API) accountDataRoutes() {
-	a.v3("GET", "/user/{userId}/account_data/{type}", "account_data", a.getAccountData)
-	a.v3("PUT", "/user/{userId}/account_data/{type}", "account_data", a.putAccountData)
-	a.v3("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.getAccountData)
-	a.v3("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.putAccountData)
+	a.v3("GET", "/user/{userId}/account_data/{type}", "account_data", a.accountData.getAccountData)
+	a.v3("PUT", "/user/{userId}/account_data/{type}", "account_data", a.accountData.putAccountData)
+	a.v3("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.accountData.getAccountData)
+	a.v3("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.accountData.putAccountData)
 }
 
 // Account data types the server manages itself.
@@ -41,19 +49,19 @@ func accountDataTarget(r *http.Request, dev *httpapi.Device) (roomID, typ string
 	return roomID, typ, httpapi.Response{}, true
 }
 
-func (a *API) getAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) getAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, typ, resp, ok := accountDataTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	if roomID == "" && typ == syncapi.PushRulesType {
-		c, err := pushnotify.AccountDataContent(r.Context(), a.db, dev.UserID)
+		c, err := pushnotify.AccountDataContent(r.Context(), ad.db, dev.UserID)
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
 		return httpapi.Response{Code: 200, Body: []byte(c)}
 	}
-	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, typ)
+	c, err := storage.GetAccountData(r.Context(), ad.db, dev.UserID, roomID, typ)
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("no account data of type %s", typ)
 	} else if err != nil {
@@ -62,7 +70,7 @@ func (a *API) getAccountData(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	return httpapi.Response{Code: 200, Body: []byte(c)}
 }
 
-func (a *API) putAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) putAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, typ, resp, ok := accountDataTarget(r, dev)
 	if !ok {
 		return resp
@@ -87,20 +95,20 @@ func (a *API) putAccountData(r *http.Request, dev *httpapi.Device) httpapi.Respo
 			}
 		}
 	}
-	if err := a.writeAccountData(r, dev.UserID, roomID, typ, content); err != nil {
+	if err := ad.writeAccountData(r, dev.UserID, roomID, typ, content); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{})
 }
 
 // writeAccountData stores a blob and wakes the user's syncs.
-func (a *API) writeAccountData(r *http.Request, userID, roomID, typ string, content json.RawMessage) error {
-	return a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+func (ad *accountData) writeAccountData(r *http.Request, userID, roomID, typ string, content json.RawMessage) error {
+	return ad.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		pos, err := storage.PutAccountData(r.Context(), tx, userID, roomID, typ, content)
 		if err != nil {
 			return err
 		}
-		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
 		return nil
 	})
 }

@@ -40,6 +40,7 @@ func (a *API) SetFederation(f Federation, e EphemeralSender) {
 	a.fed = f
 	a.ephemeral = e
 	a.rooms.fed = f
+	a.social.ephemeral = e
 }
 
 // needsRemoteJoin reports whether joining roomID must go through another

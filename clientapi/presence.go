@@ -13,26 +13,26 @@ import (
 )
 
 func (a *API) presenceRoutes() {
-	a.v3("GET", "/presence/{userId}/status", "presence", a.getPresence)
-	a.v3("PUT", "/presence/{userId}/status", "presence", a.putPresence)
+	a.v3("GET", "/presence/{userId}/status", "presence", a.social.getPresence)
+	a.v3("PUT", "/presence/{userId}/status", "presence", a.social.putPresence)
 }
 
 const maxStatusMsgLen = 1024
 
-func (a *API) presence() *syncapi.Presence { return a.sync.Presence() }
+func (so *social) presence() *syncapi.Presence { return so.sync.Presence() }
 
-func (a *API) getPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (so *social) getPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	target := httpapi.Vars(r)["userId"]
 	if !looksLikeUserID(target) {
 		return httpapi.InvalidParam("invalid user ID %q", target)
 	}
 	if target != dev.UserID {
-		shares, err := storage.SharesRoom(r.Context(), a.db, dev.UserID, target)
+		shares, err := storage.SharesRoom(r.Context(), so.db, dev.UserID, target)
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
 		if !shares {
-			exists, err := storage.AccountExists(r.Context(), a.db, target)
+			exists, err := storage.AccountExists(r.Context(), so.db, target)
 			if err != nil {
 				return httpapi.InternalError(r, err)
 			}
@@ -42,7 +42,7 @@ func (a *API) getPresence(r *http.Request, dev *httpapi.Device) httpapi.Response
 			return httpapi.Forbidden("you do not share a room with this user")
 		}
 	}
-	p := a.presence()
+	p := so.presence()
 	if !p.Enabled() {
 		return httpapi.JSON(200, map[string]any{"presence": syncapi.PresenceOffline})
 	}
@@ -53,7 +53,7 @@ func (a *API) getPresence(r *http.Request, dev *httpapi.Device) httpapi.Response
 	return httpapi.JSON(200, c)
 }
 
-func (a *API) putPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (so *social) putPresence(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if httpapi.Vars(r)["userId"] != dev.UserID {
 		return httpapi.Forbidden("you may only set your own presence")
 	}
@@ -74,19 +74,19 @@ func (a *API) putPresence(r *http.Request, dev *httpapi.Device) httpapi.Response
 		return httpapi.InvalidParam("status_msg is longer than %d characters", maxStatusMsgLen)
 	}
 	// With presence disabled the request is accepted and ignored.
-	if err := a.presence().Set(r.Context(), dev.UserID, body.Presence, body.StatusMsg, true); err != nil {
+	if err := so.presence().Set(r.Context(), dev.UserID, body.Presence, body.StatusMsg, true); err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if a.ephemeral != nil {
-		a.ephemeral.PresenceChanged()
+	if so.ephemeral != nil {
+		so.ephemeral.PresenceChanged()
 	}
 	return httpapi.JSON(200, map[string]any{})
 }
 
 // syncPresence applies /sync's set_presence (called by the sync handler).
 // A failure to record presence never fails the sync.
-func (a *API) syncPresence(ctx context.Context, userID, setPresence string) {
-	if err := a.presence().SyncActivity(ctx, userID, setPresence); err != nil {
+func (so *social) syncPresence(ctx context.Context, userID, setPresence string) {
+	if err := so.presence().SyncActivity(ctx, userID, setPresence); err != nil {
 		logrus.WithError(err).WithField("user_id", userID).Warn("presence: recording sync activity")
 	}
 }

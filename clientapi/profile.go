@@ -13,16 +13,31 @@ import (
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
+	"enclave/syncapi"
 )
+
+// social serves what users see of each other: profiles (local and
+// remote, within the visibility rules of SocialOptions) and presence.
+type social struct {
+	opts     Options
+	db       *storage.DB
+	rs       roomserver.API
+	sync     *syncapi.Syncer
+	accounts *accounts // optional authentication of profile lookups
+	// Set by the assembly before serving, read-only after.
+	socialOpts     SocialOptions
+	remoteProfiles RemoteProfiles
+	ephemeral      EphemeralSender // federation's presence sender
+}
 
 func (a *API) profileRoutes() {
 	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
-		a.open("GET", prefix+"/profile/{userId}", "profile", a.getProfile)
-		a.open("GET", prefix+"/profile/{userId}/displayname", "profile", a.getProfileField("displayname"))
-		a.open("GET", prefix+"/profile/{userId}/avatar_url", "profile", a.getProfileField("avatar_url"))
+		a.open("GET", prefix+"/profile/{userId}", "profile", a.social.getProfile)
+		a.open("GET", prefix+"/profile/{userId}/displayname", "profile", a.social.getProfileField("displayname"))
+		a.open("GET", prefix+"/profile/{userId}/avatar_url", "profile", a.social.getProfileField("avatar_url"))
 	}
-	a.v3("PUT", "/profile/{userId}/displayname", "profile", a.putProfileField("displayname"))
-	a.v3("PUT", "/profile/{userId}/avatar_url", "profile", a.putProfileField("avatar_url"))
+	a.v3("PUT", "/profile/{userId}/displayname", "profile", a.social.putProfileField("displayname"))
+	a.v3("PUT", "/profile/{userId}/avatar_url", "profile", a.social.putProfileField("avatar_url"))
 }
 
 // SocialOptions are the config switches of the profile and presence
@@ -35,9 +50,9 @@ type SocialOptions struct {
 }
 
 // SetSocialOptions installs the profile switches (wired from config).
-func (a *API) SetSocialOptions(o SocialOptions) { a.socialOpts = o }
+func (a *API) SetSocialOptions(o SocialOptions) { a.social.socialOpts = o }
 
-func (a *API) social() SocialOptions { return a.socialOpts }
+func (so *social) social() SocialOptions { return so.socialOpts }
 
 // Profile limits.
 const (
@@ -56,11 +71,11 @@ func looksLikeUserID(s string) bool {
 
 // profileRequester authenticates the request if it carries a token: profile
 // lookups work without one unless lookups are limited to shared rooms.
-func (a *API) profileRequester(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {
+func (so *social) profileRequester(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {
 	if r.Header.Get("Authorization") == "" && r.URL.Query().Get("access_token") == "" {
 		return nil, httpapi.Response{}, true
 	}
-	dev, resp, ok := a.accounts.authenticate(r)
+	dev, resp, ok := so.accounts.authenticate(r)
 	if !ok {
 		return nil, resp, false
 	}
@@ -69,8 +84,8 @@ func (a *API) profileRequester(r *http.Request) (*httpapi.Device, httpapi.Respon
 
 // canSeeProfile applies profile.require_shared_room: without it anyone may look
 // a profile up; with it only the user and those sharing a room with them.
-func (a *API) canSeeProfile(ctx context.Context, dev *httpapi.Device, target string) (httpapi.Response, bool) {
-	if !a.social().ProfileRequireSharedRoom {
+func (so *social) canSeeProfile(ctx context.Context, dev *httpapi.Device, target string) (httpapi.Response, bool) {
+	if !so.social().ProfileRequireSharedRoom {
 		return httpapi.Response{}, true
 	}
 	if dev == nil {
@@ -79,7 +94,7 @@ func (a *API) canSeeProfile(ctx context.Context, dev *httpapi.Device, target str
 	if dev.UserID == target {
 		return httpapi.Response{}, true
 	}
-	ok, err := storage.SharesRoom(ctx, a.db, dev.UserID, target)
+	ok, err := storage.SharesRoom(ctx, so.db, dev.UserID, target)
 	if err != nil {
 		return httpapi.InternalError(nil, err), false
 	}
@@ -89,24 +104,24 @@ func (a *API) canSeeProfile(ctx context.Context, dev *httpapi.Device, target str
 	return httpapi.Response{}, true
 }
 
-func (a *API) lookupProfile(r *http.Request) (*storage.Profile, httpapi.Response, bool) {
+func (so *social) lookupProfile(r *http.Request) (*storage.Profile, httpapi.Response, bool) {
 	target := httpapi.Vars(r)["userId"]
 	if !looksLikeUserID(target) {
 		return nil, httpapi.InvalidParam("invalid user ID %q", target), false
 	}
-	dev, resp, ok := a.profileRequester(r)
+	dev, resp, ok := so.profileRequester(r)
 	if !ok {
 		return nil, resp, false
 	}
-	if resp, ok := a.canSeeProfile(r.Context(), dev, target); !ok {
+	if resp, ok := so.canSeeProfile(r.Context(), dev, target); !ok {
 		return nil, resp, false
 	}
 	var p *storage.Profile
 	var err error
-	if serverOf(target) != a.opts.ServerName {
-		p, err = a.remoteProfile(r.Context(), target)
+	if serverOf(target) != so.opts.ServerName {
+		p, err = so.remoteProfile(r.Context(), target)
 	} else {
-		p, err = storage.GetProfile(r.Context(), a.db, target)
+		p, err = storage.GetProfile(r.Context(), so.db, target)
 	}
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, httpapi.NotFound("no such user"), false
@@ -125,14 +140,14 @@ type RemoteProfiles interface {
 }
 
 // SetRemoteProfiles installs federation's profile lookups.
-func (a *API) SetRemoteProfiles(rp RemoteProfiles) { a.remoteProfiles = rp }
+func (a *API) SetRemoteProfiles(rp RemoteProfiles) { a.social.remoteProfiles = rp }
 
 // errRemoteProfile is a remote lookup that failed for another reason than
 // the user being unknown.
 var errRemoteProfile = errors.New("remote profile lookup failed")
 
-func (a *API) remoteProfile(ctx context.Context, userID string) (*storage.Profile, error) {
-	rp := a.remoteProfiles
+func (so *social) remoteProfile(ctx context.Context, userID string) (*storage.Profile, error) {
+	rp := so.remoteProfiles
 	if rp == nil {
 		return nil, storage.ErrNotFound
 	}
@@ -144,8 +159,8 @@ func (a *API) remoteProfile(ctx context.Context, userID string) (*storage.Profil
 	return p, err
 }
 
-func (a *API) getProfile(r *http.Request) httpapi.Response {
-	p, resp, ok := a.lookupProfile(r)
+func (so *social) getProfile(r *http.Request) httpapi.Response {
+	p, resp, ok := so.lookupProfile(r)
 	if !ok {
 		return resp
 	}
@@ -159,9 +174,9 @@ func (a *API) getProfile(r *http.Request) httpapi.Response {
 	return httpapi.JSON(200, body)
 }
 
-func (a *API) getProfileField(field string) handler {
+func (so *social) getProfileField(field string) handler {
 	return func(r *http.Request) httpapi.Response {
-		p, resp, ok := a.lookupProfile(r)
+		p, resp, ok := so.lookupProfile(r)
 		if !ok {
 			return resp
 		}
@@ -176,7 +191,7 @@ func (a *API) getProfileField(field string) handler {
 	}
 }
 
-func (a *API) putProfileField(field string) authedHandler {
+func (so *social) putProfileField(field string) authedHandler {
 	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		if httpapi.Vars(r)["userId"] != dev.UserID {
 			return httpapi.Forbidden("you may only change your own profile")
@@ -210,32 +225,32 @@ func (a *API) putProfileField(field string) authedHandler {
 		ctx := r.Context()
 		var err error
 		if field == "displayname" {
-			err = storage.SetAccountDisplayName(ctx, a.db, dev.UserID, value)
+			err = storage.SetAccountDisplayName(ctx, so.db, dev.UserID, value)
 		} else {
-			err = storage.SetAccountAvatarURL(ctx, a.db, dev.UserID, value)
+			err = storage.SetAccountAvatarURL(ctx, so.db, dev.UserID, value)
 		}
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
-		p, err := storage.GetProfile(ctx, a.db, dev.UserID)
+		p, err := storage.GetProfile(ctx, so.db, dev.UserID)
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
-		a.propagateProfile(ctx, dev.UserID, p)
+		so.propagateProfile(ctx, dev.UserID, p)
 		return httpapi.JSON(200, map[string]any{})
 	}
 }
 
 // propagateProfile sends a new m.room.member join event with the profile
 // to every room the user is joined to, so members see the change.
-func (a *API) propagateProfile(ctx context.Context, userID string, p *storage.Profile) {
-	rooms, err := storage.RoomsByMembership(ctx, a.db, userID, "join")
+func (so *social) propagateProfile(ctx context.Context, userID string, p *storage.Profile) {
+	rooms, err := storage.RoomsByMembership(ctx, so.db, userID, "join")
 	if err != nil {
 		logrus.WithError(err).WithField("user_id", userID).Error("profile: listing rooms")
 		return
 	}
 	for roomID := range rooms {
-		state, err := a.rs.CurrentState(ctx, roomID)
+		state, err := so.rs.CurrentState(ctx, roomID)
 		if err != nil {
 			logrus.WithError(err).WithField("room_id", roomID).Warn("profile: room state")
 			continue
@@ -257,7 +272,7 @@ func (a *API) propagateProfile(ctx context.Context, userID string, p *storage.Pr
 		setOrDelete(content, "avatar_url", p.AvatarURL)
 		b, _ := json.Marshal(content)
 		uid := userID
-		if _, err := a.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: userID, Type: "m.room.member", StateKey: &uid, Content: b}); err != nil {
+		if _, err := so.rs.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: userID, Type: "m.room.member", StateKey: &uid, Content: b}); err != nil {
 			logrus.WithError(err).WithField("room_id", roomID).Warn("profile: updating member event")
 		}
 	}

@@ -17,31 +17,31 @@ import (
 )
 
 func (a *API) pushRuleRoutes() {
-	a.v3("GET", "/pushrules/", "pushrules", a.getAllPushRules)
-	a.v3("GET", "/pushrules", "pushrules", a.getAllPushRules)
-	a.v3("GET", "/pushrules/global/", "pushrules", a.getGlobalPushRules)
-	a.v3("GET", "/pushrules/global", "pushrules", a.getGlobalPushRules)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.getPushRule)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.putPushRule)
-	a.v3("DELETE", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.deletePushRule)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.getPushRuleEnabled)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.putPushRuleEnabled)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.getPushRuleActions)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.putPushRuleActions)
-	a.v3("GET", "/pushers", "pushers", a.getPushers)
-	a.v3("POST", "/pushers/set", "pushers", a.setPusher)
+	a.v3("GET", "/pushrules/", "pushrules", a.accountData.getAllPushRules)
+	a.v3("GET", "/pushrules", "pushrules", a.accountData.getAllPushRules)
+	a.v3("GET", "/pushrules/global/", "pushrules", a.accountData.getGlobalPushRules)
+	a.v3("GET", "/pushrules/global", "pushrules", a.accountData.getGlobalPushRules)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.getPushRule)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.putPushRule)
+	a.v3("DELETE", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.deletePushRule)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.accountData.getPushRuleEnabled)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.accountData.putPushRuleEnabled)
+	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.accountData.getPushRuleActions)
+	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.accountData.putPushRuleActions)
+	a.v3("GET", "/pushers", "pushers", a.accountData.getPushers)
+	a.v3("POST", "/pushers/set", "pushers", a.accountData.setPusher)
 }
 
-func (a *API) getAllPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+func (ad *accountData) getAllPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rs, err := pushnotify.UserRuleset(r.Context(), ad.db, dev.UserID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{"global": rs})
 }
 
-func (a *API) getGlobalPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+func (ad *accountData) getGlobalPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rs, err := pushnotify.UserRuleset(r.Context(), ad.db, dev.UserID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -62,12 +62,12 @@ func ruleTarget(r *http.Request) (pushrules.Kind, string, httpapi.Response, bool
 }
 
 // findRule resolves a path to an existing rule of the user's rule set.
-func (a *API) findRule(r *http.Request, dev *httpapi.Device) (*pushrules.Rule, httpapi.Response, bool) {
+func (ad *accountData) findRule(r *http.Request, dev *httpapi.Device) (*pushrules.Rule, httpapi.Response, bool) {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return nil, resp, false
 	}
-	rs, err := pushnotify.UserRuleset(r.Context(), a.db, dev.UserID)
+	rs, err := pushnotify.UserRuleset(r.Context(), ad.db, dev.UserID)
 	if err != nil {
 		return nil, httpapi.InternalError(r, err), false
 	}
@@ -78,24 +78,24 @@ func (a *API) findRule(r *http.Request, dev *httpapi.Device) (*pushrules.Rule, h
 	return rule, httpapi.Response{}, true
 }
 
-func (a *API) getPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rule, resp, ok := a.findRule(r, dev)
+func (ad *accountData) getPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rule, resp, ok := ad.findRule(r, dev)
 	if !ok {
 		return resp
 	}
 	return httpapi.JSON(200, rule)
 }
 
-func (a *API) getPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rule, resp, ok := a.findRule(r, dev)
+func (ad *accountData) getPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rule, resp, ok := ad.findRule(r, dev)
 	if !ok {
 		return resp
 	}
 	return httpapi.JSON(200, map[string]bool{"enabled": rule.Enabled})
 }
 
-func (a *API) getPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rule, resp, ok := a.findRule(r, dev)
+func (ad *accountData) getPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rule, resp, ok := ad.findRule(r, dev)
 	if !ok {
 		return resp
 	}
@@ -108,8 +108,8 @@ func (a *API) getPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.R
 
 // changeRules runs fn in a transaction and records a push rules change,
 // so /sync sends the new m.push_rules to the user's clients.
-func (a *API) changeRules(ctx context.Context, userID string, fn func(tx *storage.Tx) error) error {
-	return a.db.WithTx(ctx, func(tx *storage.Tx) error {
+func (ad *accountData) changeRules(ctx context.Context, userID string, fn func(tx *storage.Tx) error) error {
+	return ad.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := fn(tx); err != nil {
 			return err
 		}
@@ -117,12 +117,12 @@ func (a *API) changeRules(ctx context.Context, userID string, fn func(tx *storag
 		if err != nil {
 			return err
 		}
-		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
 		return nil
 	})
 }
 
-func (a *API) putPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) putPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return resp
@@ -148,7 +148,7 @@ func (a *API) putPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if pushrules.IsServerDefault(before) || pushrules.IsServerDefault(after) {
 		return httpapi.Errf(400, "M_UNKNOWN", "rules cannot be placed relative to server-default rules")
 	}
-	err = a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+	err = ad.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		return storage.PutUserPushRule(r.Context(), tx, dev.UserID, string(k), id, stored, before, after)
 	})
 	if errors.Is(err, storage.ErrRuleNotFound) {
@@ -159,7 +159,7 @@ func (a *API) putPushRule(r *http.Request, dev *httpapi.Device) httpapi.Response
 	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) deletePushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) deletePushRule(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	k, id, resp, ok := ruleTarget(r)
 	if !ok {
 		return resp
@@ -168,7 +168,7 @@ func (a *API) deletePushRule(r *http.Request, dev *httpapi.Device) httpapi.Respo
 		return httpapi.InvalidParam("server-default rules cannot be deleted (disable them instead)")
 	}
 	found := false
-	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+	err := ad.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		var err error
 		if found, err = storage.DeletePushRule(r.Context(), tx, dev.UserID, string(k), id); err != nil {
 			return err
@@ -186,8 +186,8 @@ func (a *API) deletePushRule(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) putPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rule, resp, ok := a.findRule(r, dev)
+func (ad *accountData) putPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rule, resp, ok := ad.findRule(r, dev)
 	if !ok {
 		return resp
 	}
@@ -200,7 +200,7 @@ func (a *API) putPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.R
 	if body.Enabled == nil {
 		return httpapi.MissingParam("enabled is required")
 	}
-	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+	err := ad.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		return storage.SetPushRuleEnabled(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, *body.Enabled)
 	})
 	if err != nil {
@@ -209,8 +209,8 @@ func (a *API) putPushRuleEnabled(r *http.Request, dev *httpapi.Device) httpapi.R
 	return httpapi.JSON(200, map[string]any{})
 }
 
-func (a *API) putPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rule, resp, ok := a.findRule(r, dev)
+func (ad *accountData) putPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rule, resp, ok := ad.findRule(r, dev)
 	if !ok {
 		return resp
 	}
@@ -239,7 +239,7 @@ func (a *API) putPushRuleActions(r *http.Request, dev *httpapi.Device) httpapi.R
 		}
 	}
 	stored, _ := json.Marshal(nb)
-	err := a.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
+	err := ad.changeRules(r.Context(), dev.UserID, func(tx *storage.Tx) error {
 		return storage.SetPushRuleActions(r.Context(), tx, dev.UserID, string(rule.Kind), rule.RuleID, stored)
 	})
 	if err != nil {
@@ -256,8 +256,8 @@ const (
 	maxAppIDChars   = 64
 )
 
-func (a *API) getPushers(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	ps, err := storage.Pushers(r.Context(), a.db, dev.UserID)
+func (ad *accountData) getPushers(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	ps, err := storage.Pushers(r.Context(), ad.db, dev.UserID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -267,7 +267,7 @@ func (a *API) getPushers(r *http.Request, dev *httpapi.Device) httpapi.Response 
 	return httpapi.JSON(200, map[string]any{"pushers": ps})
 }
 
-func (a *API) setPusher(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) setPusher(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var body struct {
 		PushKey           string          `json:"pushkey"`
 		Kind              json.RawMessage `json:"kind"`
@@ -296,7 +296,7 @@ func (a *API) setPusher(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return httpapi.BadJSON("kind must be a string or null")
 	}
 	if kind == nil {
-		if err := storage.DeletePusher(r.Context(), a.db, dev.UserID, body.AppID, body.PushKey); err != nil {
+		if err := storage.DeletePusher(r.Context(), ad.db, dev.UserID, body.AppID, body.PushKey); err != nil {
 			return httpapi.InternalError(r, err)
 		}
 		return httpapi.JSON(200, map[string]any{})
@@ -339,7 +339,7 @@ func (a *API) setPusher(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	p := &storage.Pusher{UserID: dev.UserID, AppID: body.AppID, PushKey: body.PushKey, Kind: *kind, AppDisplayName: body.AppDisplayName,
 		DeviceDisplayName: body.DeviceDisplayName, ProfileTag: body.ProfileTag, Lang: body.Lang, Data: body.Data, DeviceID: dev.DeviceID,
 		CreatedTS: time.Now().UnixMilli()}
-	if err := storage.PutPusher(r.Context(), a.db, p, body.Append); err != nil {
+	if err := storage.PutPusher(r.Context(), ad.db, p, body.Append); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{})

@@ -52,21 +52,21 @@ type TURNOptions struct {
 
 // API is the client API. Build it with New and serve Handler().
 type API struct {
-	opts     Options
-	db       *storage.DB
-	rs       roomserver.API
-	sync     *syncapi.Syncer
-	router   *mux.Router
-	limiter  *limiter
-	metrics  *httpMetrics
-	fed      Federation
-	accounts *accounts
-	rooms    *rooms
-	keys     *keys
+	opts        Options
+	db          *storage.DB
+	rs          roomserver.API
+	sync        *syncapi.Syncer
+	router      *mux.Router
+	limiter     *limiter
+	metrics     *httpMetrics
+	fed         Federation
+	accounts    *accounts
+	rooms       *rooms
+	keys        *keys
+	social      *social
+	accountData *accountData
 	// Set by the assembly before serving (Set* methods), read-only after.
 	searchAllUsers bool
-	socialOpts     SocialOptions
-	remoteProfiles RemoteProfiles
 	ephemeral      EphemeralSender
 	// syncFilters keeps parsed /sync filters: clients name the same filter
 	// on every /sync, and a stored filter never changes, so the store
@@ -90,6 +90,8 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
+	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts}
+	a.accountData = &accountData{db: db, sync: syncer}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})

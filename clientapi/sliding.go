@@ -60,7 +60,7 @@ func (a *API) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	if resp, ok := checkSliding(&req); !ok {
 		return resp
 	}
-	a.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
+	a.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	p.Req = &req
 	resp, err := a.sync.Sliding(r.Context(), p)
 	switch {

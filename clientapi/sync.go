@@ -52,7 +52,7 @@ func (a *API) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Response
 	default:
 		return httpapi.InvalidParam("set_presence must be online, offline or unavailable")
 	}
-	a.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
+	a.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	if f := q.Get("filter"); f != "" {
 		filter, resp, ok := a.syncFilter(r, dev.UserID, f)
 		if !ok {

@@ -17,9 +17,9 @@ import (
 const tagType = "m.tag"
 
 func (a *API) tagRoutes() {
-	a.v3("GET", "/user/{userId}/rooms/{roomId}/tags", "account_data", a.getTags)
-	a.v3("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.putTag)
-	a.v3("DELETE", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.deleteTag)
+	a.v3("GET", "/user/{userId}/rooms/{roomId}/tags", "account_data", a.accountData.getTags)
+	a.v3("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.accountData.putTag)
+	a.v3("DELETE", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.accountData.deleteTag)
 }
 
 // tagTarget checks the path: own user, valid room ID.
@@ -42,19 +42,19 @@ func tagsOf(content json.RawMessage) map[string]json.RawMessage {
 	return c.Tags
 }
 
-func (a *API) getTags(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) getTags(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
 	}
-	c, err := storage.GetAccountData(r.Context(), a.db, dev.UserID, roomID, tagType)
+	c, err := storage.GetAccountData(r.Context(), ad.db, dev.UserID, roomID, tagType)
 	if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{"tags": tagsOf(c)})
 }
 
-func (a *API) putTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) putTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
@@ -77,24 +77,24 @@ func (a *API) putTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
 			return httpapi.BadJSON("order must be a number")
 		}
 	}
-	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { tags[tag] = body })
+	return ad.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { tags[tag] = body })
 }
 
-func (a *API) deleteTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (ad *accountData) deleteTag(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := tagTarget(r, dev)
 	if !ok {
 		return resp
 	}
 	tag := httpapi.Vars(r)["tag"]
-	return a.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { delete(tags, tag) })
+	return ad.editTags(r, dev.UserID, roomID, func(tags map[string]json.RawMessage) { delete(tags, tag) })
 }
 
 // editTags rewrites the room's m.tag in one transaction and wakes the
 // user's syncs. Touching the row first makes concurrent edits of the same
 // room's tags queue behind each other instead of losing one.
-func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) httpapi.Response {
+func (ad *accountData) editTags(r *http.Request, userID, roomID string, edit func(map[string]json.RawMessage)) httpapi.Response {
 	ctx := r.Context()
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := ad.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.LockAccountData(ctx, tx, userID, roomID, tagType); err != nil {
 			return err
 		}
@@ -112,7 +112,7 @@ func (a *API) editTags(r *http.Request, userID, roomID string, edit func(map[str
 		if err != nil {
 			return err
 		}
-		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
 		return nil
 	})
 	if err != nil {
