@@ -102,7 +102,7 @@ func (a *API) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if !ok {
 		return resp
 	}
-	if _, resp, ok := a.access(r.Context(), dev.UserID, roomID); !ok {
+	if _, resp, ok := a.events.access(r.Context(), dev.UserID, roomID); !ok {
 		return resp
 	}
 	aliases, err := storage.RoomAliases(r.Context(), a.db, roomID)

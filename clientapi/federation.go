@@ -37,9 +37,8 @@ type EphemeralSender interface {
 // joins and backfill, and the sender of typing, receipts and presence
 // (nil, nil: federation off).
 func (a *API) SetFederation(f Federation, e EphemeralSender) {
-	a.fed = f
-	a.ephemeral = e
 	a.rooms.fed = f
+	a.events.fed, a.events.ephemeral = f, e
 	a.social.ephemeral = e
 }
 

@@ -11,12 +11,12 @@ import (
 )
 
 func (a *API) notificationRoutes() {
-	a.v3("GET", "/notifications", "notifications", a.getNotifications)
+	a.v3("GET", "/notifications", "notifications", a.events.getNotifications)
 }
 
 // getNotifications pages through the events the user was notified about,
 // newest first. Tokens are notification row IDs.
-func (a *API) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	var before int64
 	if s := q.Get("from"); s != "" {
@@ -34,7 +34,7 @@ func (a *API) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Res
 	if only != "" && only != "highlight" {
 		return httpapi.InvalidParam("only must be highlight")
 	}
-	ns, err := storage.ListNotifications(r.Context(), a.db, dev.UserID, before, limit, only == "highlight")
+	ns, err := storage.ListNotifications(r.Context(), eg.db, dev.UserID, before, limit, only == "highlight")
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -42,7 +42,7 @@ func (a *API) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Res
 	for i, n := range ns {
 		ids[i] = n.EventID
 	}
-	evs, err := storage.GetEvents(r.Context(), a.db, ids)
+	evs, err := storage.GetEvents(r.Context(), eg.db, ids)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -56,7 +56,7 @@ func (a *API) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Res
 		if e == nil {
 			continue
 		}
-		pdu, err := a.rs.PDU(e)
+		pdu, err := eg.rs.PDU(e)
 		if err != nil {
 			continue
 		}

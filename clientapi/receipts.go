@@ -12,14 +12,14 @@ import (
 )
 
 func (a *API) receiptRoutes() {
-	a.v3("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", "receipts", a.postReceipt)
-	a.v3("POST", "/rooms/{roomId}/read_markers", "receipts", a.postReadMarkers)
+	a.v3("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", "receipts", a.events.postReceipt)
+	a.v3("POST", "/rooms/{roomId}/read_markers", "receipts", a.events.postReadMarkers)
 }
 
 // receiptEvent loads the receipted event, which must be a timeline event
 // of the room.
-func (a *API) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, httpapi.Response, bool) {
-	ev, err := storage.GetEvent(ctx, a.db, eventID)
+func (eg *events) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, httpapi.Response, bool) {
+	ev, err := storage.GetEvent(ctx, eg.db, eventID)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0)) {
 		return nil, httpapi.NotFound("event %s not found in room", eventID), false
 	} else if err != nil {
@@ -31,7 +31,7 @@ func (a *API) receiptEvent(ctx context.Context, roomID, eventID string) (*storag
 // validThreadID accepts "main" and event IDs.
 func validThreadID(s string) bool { return s == "main" || (len(s) > 1 && s[0] == '$') }
 
-func (a *API) postReceipt(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) postReceipt(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -54,35 +54,35 @@ func (a *API) postReceipt(r *http.Request, dev *httpapi.Device) httpapi.Response
 			return httpapi.InvalidParam("thread_id must be \"main\" or a thread root's event ID")
 		}
 	}
-	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
+	if resp, ok := eg.requireJoined(r, roomID, dev.UserID); !ok {
 		return resp
 	}
-	ev, resp, ok := a.receiptEvent(r.Context(), roomID, v["eventId"])
+	ev, resp, ok := eg.receiptEvent(r.Context(), roomID, v["eventId"])
 	if !ok {
 		return resp
 	}
-	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
-		return a.storeMarker(r.Context(), tx, dev.UserID, roomID, typ, thread, ev)
+	err := eg.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		return eg.storeMarker(r.Context(), tx, dev.UserID, roomID, typ, thread, ev)
 	})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if a.ephemeral != nil {
-		a.ephemeral.ReceiptChanged()
+	if eg.ephemeral != nil {
+		eg.ephemeral.ReceiptChanged()
 	}
 	return httpapi.JSON(200, map[string]any{})
 }
 
 // storeMarker records one receipt or the fully-read marker inside tx and
 // wakes who should hear: the room for m.read, only the user otherwise.
-func (a *API) storeMarker(ctx context.Context, tx *storage.Tx, userID, roomID, typ, thread string, ev *storage.Event) error {
+func (eg *events) storeMarker(ctx context.Context, tx *storage.Tx, userID, roomID, typ, thread string, ev *storage.Event) error {
 	if typ == fullyReadType {
 		content, _ := json.Marshal(map[string]string{"event_id": ev.EventID})
 		pos, err := storage.PutAccountData(ctx, tx, userID, roomID, fullyReadType, content)
 		if err != nil {
 			return err
 		}
-		tx.Publish(pos, func() { a.sync.NotifyUsers(userID) })
+		tx.Publish(pos, func() { eg.sync.NotifyUsers(userID) })
 		return nil
 	}
 	rec := &storage.Receipt{RoomID: roomID, Type: typ, UserID: userID, ThreadID: thread, EventID: ev.EventID, EventPos: ev.StreamPos, TS: time.Now().UnixMilli()}
@@ -91,14 +91,14 @@ func (a *API) storeMarker(ctx context.Context, tx *storage.Tx, userID, roomID, t
 		return err
 	}
 	if typ == storage.ReceiptRead {
-		tx.Publish(rec.StreamPos, func() { a.sync.NotifyRoom(roomID) })
+		tx.Publish(rec.StreamPos, func() { eg.sync.NotifyRoom(roomID) })
 	} else {
-		tx.Publish(rec.StreamPos, func() { a.sync.NotifyUsers(userID) })
+		tx.Publish(rec.StreamPos, func() { eg.sync.NotifyUsers(userID) })
 	}
 	return nil
 }
 
-func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -107,7 +107,7 @@ func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Resp
 	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
-	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
+	if resp, ok := eg.requireJoined(r, roomID, dev.UserID); !ok {
 		return resp
 	}
 	type marker struct {
@@ -120,15 +120,15 @@ func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Resp
 		if id == nil {
 			continue
 		}
-		ev, resp, ok := a.receiptEvent(r.Context(), roomID, *id)
+		ev, resp, ok := eg.receiptEvent(r.Context(), roomID, *id)
 		if !ok {
 			return resp
 		}
 		markers = append(markers, marker{typ, ev})
 	}
-	err := a.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+	err := eg.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		for _, m := range markers {
-			if err := a.storeMarker(r.Context(), tx, dev.UserID, roomID, m.typ, "", m.ev); err != nil {
+			if err := eg.storeMarker(r.Context(), tx, dev.UserID, roomID, m.typ, "", m.ev); err != nil {
 				return err
 			}
 		}
@@ -137,8 +137,8 @@ func (a *API) postReadMarkers(r *http.Request, dev *httpapi.Device) httpapi.Resp
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if a.ephemeral != nil {
-		a.ephemeral.ReceiptChanged()
+	if eg.ephemeral != nil {
+		eg.ephemeral.ReceiptChanged()
 	}
 	return httpapi.JSON(200, map[string]any{})
 }

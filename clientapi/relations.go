@@ -22,9 +22,9 @@ import (
 
 func (a *API) relationsRoutes() {
 	for _, p := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
-		a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+p, "messages", a.relations)
+		a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+p, "messages", a.events.relations)
 	}
-	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/threads", "messages", a.threads)
+	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/threads", "messages", a.events.threads)
 }
 
 const (
@@ -39,11 +39,11 @@ const (
 
 // bundle adds bundled aggregations to formatted events (see
 // syncapi.Syncer.BundleAggregations). A failure only costs the bundles.
-func (a *API) bundle(ctx context.Context, dev *httpapi.Device, evs []syncapi.ClientEvent) {
+func (eg *events) bundle(ctx context.Context, dev *httpapi.Device, evs []syncapi.ClientEvent) {
 	if len(evs) == 0 {
 		return
 	}
-	if err := a.sync.BundleAggregations(ctx, viewer(dev), syncapi.EventPage{Events: evs}); err != nil && !errors.Is(err, context.Canceled) {
+	if err := eg.sync.BundleAggregations(ctx, viewer(dev), syncapi.EventPage{Events: evs}); err != nil && !errors.Is(err, context.Canceled) {
 		logrus.WithError(err).Warn("bundling aggregations")
 	}
 }
@@ -61,7 +61,7 @@ func parseBoolParam(r *http.Request, name string) (val, set bool, resp httpapi.R
 	return false, false, httpapi.InvalidParam("%s must be true or false", name), false
 }
 
-func (a *API) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -95,17 +95,17 @@ func (a *API) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	// The parent must exist in this room and be visible to the user;
 	// anything else is the same 404, so nothing leaks.
-	acc, _, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, _, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return httpapi.NotFound("event not found")
 	}
-	parent, err := storage.GetEvent(r.Context(), a.db, v["eventId"])
+	parent, err := storage.GetEvent(r.Context(), eg.db, v["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (parent.RoomID != roomID || parent.StreamPos == 0 || parent.StreamPos > acc.capPos)) {
 		return httpapi.NotFound("event not found")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{parent}); err != nil {
+	if vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{parent}); err != nil {
 		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
@@ -134,10 +134,10 @@ func (a *API) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	var rels []storage.Relation
 	if !recurse {
-		rels, err = storage.ChildRelations(r.Context(), a.db, storage.RelationsQuery{RoomID: roomID, Parent: parent.EventID, RelType: v["relType"],
+		rels, err = storage.ChildRelations(r.Context(), eg.db, storage.RelationsQuery{RoomID: roomID, Parent: parent.EventID, RelType: v["relType"],
 			EventType: v["eventType"], From: lo, To: hi, Backwards: dir == "b", Limit: limit + 1})
 	} else {
-		rels, err = a.relationTree(r.Context(), roomID, parent.EventID, v["relType"], v["eventType"], lo, hi, dir == "b", limit+1)
+		rels, err = eg.relationTree(r.Context(), roomID, parent.EventID, v["relType"], v["eventType"], lo, hi, dir == "b", limit+1)
 	}
 	if err != nil {
 		return httpapi.InternalError(r, err)
@@ -161,15 +161,15 @@ func (a *API) relations(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 		body["recursion_depth"] = depth
 	}
-	evs, err := a.storedInOrder(r.Context(), relationIDs(rels))
+	evs, err := eg.storedInOrder(r.Context(), relationIDs(rels))
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, evs)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	body["chunk"] = a.formatStored(r.Context(), dev, vis, true)
+	body["chunk"] = eg.formatStored(r.Context(), dev, vis, true)
 	return httpapi.JSON(200, body)
 }
 
@@ -182,8 +182,8 @@ func relationIDs(rels []storage.Relation) []string {
 }
 
 // storedInOrder loads events keeping the order of ids.
-func (a *API) storedInOrder(ctx context.Context, ids []string) ([]*storage.Event, error) {
-	stored, err := storage.GetEvents(ctx, a.db, ids)
+func (eg *events) storedInOrder(ctx context.Context, ids []string) ([]*storage.Event, error) {
+	stored, err := storage.GetEvents(ctx, eg.db, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -204,7 +204,7 @@ func (a *API) storedInOrder(ctx context.Context, ids []string) ([]*storage.Event
 // up to relationsRecurseDepth relations, keeps those of relType/eventType
 // in (lo, hi], and returns them in stream order (newest first when
 // backwards), at most limit.
-func (a *API) relationTree(ctx context.Context, roomID, root, relType, eventType string, lo, hi int64, backwards bool, limit int) ([]storage.Relation, error) {
+func (eg *events) relationTree(ctx context.Context, roomID, root, relType, eventType string, lo, hi int64, backwards bool, limit int) ([]storage.Relation, error) {
 	var all []storage.Relation
 	seen := map[string]bool{root: true}
 	level := []string{root}
@@ -212,7 +212,7 @@ func (a *API) relationTree(ctx context.Context, roomID, root, relType, eventType
 		var next []string
 		for start := 0; start < len(level); start += 500 {
 			end := min(start+500, len(level))
-			rels, err := storage.RelationsOf(ctx, a.db, roomID, level[start:end], nil, relationsRecurseMax-len(all))
+			rels, err := storage.RelationsOf(ctx, eg.db, roomID, level[start:end], nil, relationsRecurseMax-len(all))
 			if err != nil {
 				return nil, err
 			}
@@ -246,7 +246,7 @@ func (a *API) relationTree(ctx context.Context, roomID, root, relType, eventType
 	return out, nil
 }
 
-func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -268,7 +268,7 @@ func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if !ok {
 		return resp
 	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return resp
 	}
@@ -284,7 +284,7 @@ func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if include == "participated" {
 		participant = dev.UserID
 	}
-	roots, err := storage.ThreadRoots(r.Context(), a.db, roomID, participant, acc.capPos, before, limit+1)
+	roots, err := storage.ThreadRoots(r.Context(), eg.db, roomID, participant, acc.capPos, before, limit+1)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -297,7 +297,7 @@ func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	for i, t := range roots {
 		ids[i] = t.Root
 	}
-	evs, err := a.storedInOrder(r.Context(), ids)
+	evs, err := eg.storedInOrder(r.Context(), ids)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -308,10 +308,10 @@ func (a *API) threads(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 	}
 	// Visible keeps its input's order; roots stay most recently active first.
-	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, kept)
+	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, kept)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	body["chunk"] = a.formatStored(r.Context(), dev, vis, true)
+	body["chunk"] = eg.formatStored(r.Context(), dev, vis, true)
 	return httpapi.JSON(200, body)
 }

@@ -17,6 +17,21 @@ import (
 	"enclave/syncapi"
 )
 
+// events serves reading rooms: state, members, single events, /messages,
+// /context, relations and threads, search, receipts and read markers,
+// typing and notifications. Each read goes through access, so history
+// visibility is applied in one place.
+type events struct {
+	opts Options
+	db   *storage.DB
+	rs   roomserver.API
+	sync *syncapi.Syncer
+	// Set by SetFederation (nil: federation off): backfill for /messages,
+	// and the sender of typing and receipts to other servers.
+	fed       Federation
+	ephemeral EphemeralSender
+}
+
 // readAccess says what of a room a user may read: the state (current, or
 // as it was when they left) and the stream position reading stops at.
 type readAccess struct {
@@ -27,8 +42,8 @@ type readAccess struct {
 // access decides whether userID may read roomID at all: members read it
 // now, former members read it up to their departure, anyone reads a
 // world_readable room.
-func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, httpapi.Response, bool) {
-	cur, err := a.rs.CurrentState(ctx, roomID)
+func (eg *events) access(ctx context.Context, userID, roomID string) (*readAccess, httpapi.Response, bool) {
+	cur, err := eg.rs.CurrentState(ctx, roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return nil, httpapi.Forbidden("you are not allowed to read room %s", roomID), false
 	} else if err != nil {
@@ -38,13 +53,13 @@ func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, h
 	case "join":
 		return &readAccess{state: cur, capPos: math.MaxInt64}, httpapi.Response{}, true
 	case "leave", "ban":
-		last, err := storage.LatestMembershipBefore(ctx, a.db, roomID, userID, math.MaxInt64)
+		last, err := storage.LatestMembershipBefore(ctx, eg.db, roomID, userID, math.MaxInt64)
 		if err != nil {
 			return nil, httpapi.InternalError(nil, err), false
 		}
 		// A user who was only ever invited (and rejected) sees nothing.
-		if joins, _ := storage.UserJoinPositions(ctx, a.db, roomID, userID); len(joins) > 0 {
-			st, err := a.rs.StateAtSnapshot(ctx, last.SnapshotAfter)
+		if joins, _ := storage.UserJoinPositions(ctx, eg.db, roomID, userID); len(joins) > 0 {
+			st, err := eg.rs.StateAtSnapshot(ctx, last.SnapshotAfter)
 			if err != nil {
 				return nil, httpapi.InternalError(nil, err), false
 			}
@@ -61,12 +76,12 @@ func (a *API) access(ctx context.Context, userID, roomID string) (*readAccess, h
 
 // readableRoom validates the request's room ID and checks the caller may
 // read the room (see access).
-func (a *API) readableRoom(r *http.Request, dev *httpapi.Device) (string, *readAccess, httpapi.Response, bool) {
+func (eg *events) readableRoom(r *http.Request, dev *httpapi.Device) (string, *readAccess, httpapi.Response, bool) {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return "", nil, resp, false
 	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
 	return roomID, acc, resp, ok
 }
 
@@ -75,34 +90,34 @@ func viewer(dev *httpapi.Device) syncapi.Viewer {
 }
 
 // formatPDUs renders state events (by loading their stored rows).
-func (a *API) formatStored(ctx context.Context, dev *httpapi.Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
+func (eg *events) formatStored(ctx context.Context, dev *httpapi.Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
 	out := make([]syncapi.ClientEvent, 0, len(evs))
 	for _, e := range evs {
-		pdu, err := a.rs.PDU(e)
+		pdu, err := eg.rs.PDU(e)
 		if err != nil {
 			continue
 		}
 		out = append(out, syncapi.FormatEvent(e, pdu, viewer(dev), withRoomID))
 	}
-	a.bundle(ctx, dev, out) // unsigned m.relations, one batch per page (relations.go)
+	eg.bundle(ctx, dev, out) // unsigned m.relations, one batch per page (relations.go)
 	return out
 }
 
-func (a *API) formatState(ctx context.Context, dev *httpapi.Device, pdus []gomatrixserverlib.PDU) ([]syncapi.ClientEvent, error) {
+func (eg *events) formatState(ctx context.Context, dev *httpapi.Device, pdus []gomatrixserverlib.PDU) ([]syncapi.ClientEvent, error) {
 	ids := make([]string, len(pdus))
 	for i, p := range pdus {
 		ids[i] = p.EventID()
 	}
-	stored, err := storage.GetEvents(ctx, a.db, ids)
+	stored, err := storage.GetEvents(ctx, eg.db, ids)
 	if err != nil {
 		return nil, err
 	}
 	sort.Slice(stored, func(i, j int) bool { return stored[i].StreamPos < stored[j].StreamPos })
-	return a.formatStored(ctx, dev, stored, true), nil
+	return eg.formatStored(ctx, dev, stored, true), nil
 }
 
-func (a *API) members(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	roomID, acc, resp, ok := a.readableRoom(r, dev)
+func (eg *events) members(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	roomID, acc, resp, ok := eg.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -113,11 +128,11 @@ func (a *API) members(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		if err != nil {
 			return httpapi.InvalidParam("invalid at token")
 		}
-		snap, err := storage.SnapshotAtPos(r.Context(), a.db, roomID, min(tok.Pos, acc.capPos))
+		snap, err := storage.SnapshotAtPos(r.Context(), eg.db, roomID, min(tok.Pos, acc.capPos))
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
-		if state, err = a.rs.StateAtSnapshot(r.Context(), snap); err != nil {
+		if state, err = eg.rs.StateAtSnapshot(r.Context(), snap); err != nil {
 			return httpapi.InternalError(r, err)
 		}
 	}
@@ -133,15 +148,15 @@ func (a *API) members(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 		evs = append(evs, e)
 	}
-	chunk, err := a.formatState(r.Context(), dev, evs)
+	chunk, err := eg.formatState(r.Context(), dev, evs)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{"chunk": chunk})
 }
 
-func (a *API) joinedMembers(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	_, acc, resp, ok := a.readableRoom(r, dev)
+func (eg *events) joinedMembers(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	_, acc, resp, ok := eg.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -163,20 +178,20 @@ func (a *API) joinedMembers(r *http.Request, dev *httpapi.Device) httpapi.Respon
 	return httpapi.JSON(200, map[string]any{"joined": joined})
 }
 
-func (a *API) roomState(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	_, acc, resp, ok := a.readableRoom(r, dev)
+func (eg *events) roomState(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	_, acc, resp, ok := eg.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
-	evs, err := a.formatState(r.Context(), dev, acc.state.Events())
+	evs, err := eg.formatState(r.Context(), dev, acc.state.Events())
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, evs)
 }
 
-func (a *API) roomStateEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	_, acc, resp, ok := a.readableRoom(r, dev)
+func (eg *events) roomStateEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	_, acc, resp, ok := eg.readableRoom(r, dev)
 	if !ok {
 		return resp
 	}
@@ -186,7 +201,7 @@ func (a *API) roomStateEvent(r *http.Request, dev *httpapi.Device) httpapi.Respo
 		return httpapi.NotFound("no %s state event with key %q", v["eventType"], v["stateKey"])
 	}
 	if r.URL.Query().Get("format") == "event" {
-		evs, err := a.formatState(r.Context(), dev, []gomatrixserverlib.PDU{ev})
+		evs, err := eg.formatState(r.Context(), dev, []gomatrixserverlib.PDU{ev})
 		if err != nil || len(evs) == 0 {
 			return httpapi.InternalError(r, err)
 		}
@@ -195,32 +210,32 @@ func (a *API) roomStateEvent(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	return httpapi.Response{Code: 200, Body: []byte(ev.Content())}
 }
 
-func (a *API) getEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) getEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	ev, err := storage.GetEvent(r.Context(), a.db, httpapi.Vars(r)["eventId"])
+	ev, err := storage.GetEvent(r.Context(), eg.db, httpapi.Vars(r)["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.SoftFailed || ev.Rejected)) {
 		return httpapi.NotFound("event not found")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	acc, _, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, _, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return httpapi.NotFound("event not found")
 	}
 	if ev.StreamPos > acc.capPos {
 		return httpapi.NotFound("event not found")
 	}
-	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
+	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
 	}
-	return httpapi.JSON(200, a.formatStored(r.Context(), dev, vis, true)[0])
+	return httpapi.JSON(200, eg.formatStored(r.Context(), dev, vis, true)[0])
 }
 
 // parseRoomEventFilter reads the filter query parameter of /messages.
@@ -252,7 +267,7 @@ func parseLimit(r *http.Request, def, maxv int) (int, httpapi.Response, bool) {
 // messages pages through a room's timeline (GET /rooms/{roomId}/messages).
 // Tokens are stream positions: a token P sits between the events at P and
 // P+1, so paging back from a /sync prev_batch reaches every event.
-func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -270,11 +285,11 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if !ok {
 		return resp
 	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return resp
 	}
-	current := a.db.Stream.Current()
+	current := eg.db.Stream.Current()
 	upper := min(current, acc.capPos)
 	var from int64
 	if s := q.Get("from"); s != "" {
@@ -307,11 +322,11 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 			lo = to
 		}
 		hi := min(from, upper)
-		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
-		if err == nil && len(evs) < limit && !hasTo && a.fed != nil {
+		evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
+		if err == nil && len(evs) < limit && !hasTo && eg.fed != nil {
 			// We hold no older events: ask the other servers (backfill).
-			if n, berr := a.fed.Backfill(r.Context(), roomID, limit-len(evs)); berr == nil && n > 0 {
-				evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, lo, hi, limit, true)
+			if n, berr := eg.fed.Backfill(r.Context(), roomID, limit-len(evs)); berr == nil && n > 0 {
+				evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
 			}
 		}
 	} else {
@@ -319,7 +334,7 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		if hasTo {
 			hi = min(hi, to)
 		}
-		evs, err = storage.RoomEventsRange(r.Context(), a.db, roomID, from, hi, limit, false)
+		evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, from, hi, limit, false)
 	}
 	if err != nil {
 		return httpapi.InternalError(r, err)
@@ -332,18 +347,18 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 		body["end"] = syncapi.Token{Pos: last}.String()
 	}
-	vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, evs)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	kept := vis[:0:0]
-	ignored := a.sync.IgnoredBy(dev.UserID)
+	ignored := eg.sync.IgnoredBy(dev.UserID)
 	for _, e := range vis {
 		if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) && !syncapi.Ignored(ignored, e.Sender, e.StateKey != nil) {
 			kept = append(kept, e)
 		}
 	}
-	body["chunk"] = a.formatStored(r.Context(), dev, kept, true)
+	body["chunk"] = eg.formatStored(r.Context(), dev, kept, true)
 	if filter.LazyLoadMembers {
 		senders := map[string]bool{}
 		var members []gomatrixserverlib.PDU
@@ -355,7 +370,7 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 				}
 			}
 		}
-		st, err := a.formatState(r.Context(), dev, members)
+		st, err := eg.formatState(r.Context(), dev, members)
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
@@ -364,7 +379,7 @@ func (a *API) messages(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	return httpapi.JSON(200, body)
 }
 
-func (a *API) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -377,27 +392,27 @@ func (a *API) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if !ok {
 		return resp
 	}
-	acc, resp, ok := a.access(r.Context(), dev.UserID, roomID)
+	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return resp
 	}
-	ev, err := storage.GetEvent(r.Context(), a.db, httpapi.Vars(r)["eventId"])
+	ev, err := storage.GetEvent(r.Context(), eg.db, httpapi.Vars(r)["eventId"])
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && (ev.RoomID != roomID || ev.StreamPos == 0 || ev.StreamPos > acc.capPos)) {
 		return httpapi.NotFound("event not found")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if vis, err := a.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
+	if vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
 		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
 	}
 	half := limit / 2
-	before, err := storage.RoomEventsRange(r.Context(), a.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)
+	before, err := storage.RoomEventsRange(r.Context(), eg.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	after, err := storage.RoomEventsRange(r.Context(), a.db, roomID, ev.StreamPos, min(a.db.Stream.Current(), acc.capPos), limit-half, false)
+	after, err := storage.RoomEventsRange(r.Context(), eg.db, roomID, ev.StreamPos, min(eg.db.Stream.Current(), acc.capPos), limit-half, false)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -409,25 +424,25 @@ func (a *API) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		end = after[len(after)-1].StreamPos
 	}
 	keep := func(evs []*storage.Event) []syncapi.ClientEvent {
-		vis, _ := a.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+		vis, _ := eg.sync.Visible(r.Context(), dev.UserID, roomID, evs)
 		k := vis[:0:0]
 		for _, e := range vis {
 			if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) {
 				k = append(k, e)
 			}
 		}
-		return a.formatStored(r.Context(), dev, k, true)
+		return eg.formatStored(r.Context(), dev, k, true)
 	}
-	st, err := a.rs.StateAtSnapshot(r.Context(), ev.SnapshotBefore)
+	st, err := eg.rs.StateAtSnapshot(r.Context(), ev.SnapshotBefore)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	state, err := a.formatState(r.Context(), dev, st.Events())
+	state, err := eg.formatState(r.Context(), dev, st.Events())
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{
-		"event":         a.formatStored(r.Context(), dev, []*storage.Event{ev}, true)[0],
+		"event":         eg.formatStored(r.Context(), dev, []*storage.Event{ev}, true)[0],
 		"events_before": keep(before),
 		"events_after":  keep(after),
 		"start":         syncapi.Token{Pos: start}.String(),

@@ -59,15 +59,14 @@ type API struct {
 	router      *mux.Router
 	limiter     *limiter
 	metrics     *httpMetrics
-	fed         Federation
 	accounts    *accounts
 	rooms       *rooms
 	keys        *keys
+	events      *events
 	social      *social
 	accountData *accountData
 	// Set by the assembly before serving (Set* methods), read-only after.
 	searchAllUsers bool
-	ephemeral      EphemeralSender
 	// syncFilters keeps parsed /sync filters: clients name the same filter
 	// on every /sync, and a stored filter never changes, so the store
 	// lookup and the parse are done once. Entries are shared read-only.
@@ -90,6 +89,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
+	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts}
 	a.accountData = &accountData{db: db, sync: syncer}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

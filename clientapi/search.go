@@ -22,7 +22,7 @@ import (
 // returned.
 
 func (a *API) searchRoutes() {
-	a.v3("POST", "/search", "search", a.search)
+	a.v3("POST", "/search", "search", a.events.search)
 }
 
 const (
@@ -58,7 +58,7 @@ type searchRequest struct {
 
 var searchKeys = map[string]bool{"content.body": true, "content.name": true, "content.topic": true}
 
-func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req searchRequest
 	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
@@ -114,7 +114,7 @@ func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 	}
 	terms := storage.SearchTerms(*re.SearchTerm)
-	joined, err := storage.RoomsByMembership(r.Context(), a.db, dev.UserID, "join")
+	joined, err := storage.RoomsByMembership(r.Context(), eg.db, dev.UserID, "join")
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -127,11 +127,11 @@ func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	sort.Strings(rooms)
 	keys := re.Keys
-	hits, err := storage.SearchEvents(r.Context(), a.db, storage.SearchQuery{Terms: terms, RoomIDs: rooms, Keys: keys, Recent: recent, Before: before, Offset: offset, Limit: searchScan})
+	hits, err := storage.SearchEvents(r.Context(), eg.db, storage.SearchQuery{Terms: terms, RoomIDs: rooms, Keys: keys, Recent: recent, Before: before, Offset: offset, Limit: searchScan})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	visible, err := a.visibleHits(r.Context(), dev.UserID, hits, filter)
+	visible, err := eg.visibleHits(r.Context(), dev.UserID, hits, filter)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -173,7 +173,7 @@ func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	// Formatting skips events it cannot parse: keep only those formatted,
 	// so results, ranks and groups stay aligned.
-	formatted := a.formatStored(r.Context(), dev, evs, true)
+	formatted := eg.formatStored(r.Context(), dev, evs, true)
 	rank := make(map[string]float64, len(page))
 	for _, h := range page {
 		rank[h.EventID] = h.Rank
@@ -195,7 +195,7 @@ func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 			if ec.AfterLimit != nil {
 				al = max(0, min(*ec.AfterLimit, searchContextMax))
 			}
-			c, err := a.searchContext(r.Context(), dev, evs[i], bl, al, ec.IncludeProfile)
+			c, err := eg.searchContext(r.Context(), dev, evs[i], bl, al, ec.IncludeProfile)
 			if err != nil {
 				return httpapi.InternalError(r, err)
 			}
@@ -226,11 +226,11 @@ func (a *API) search(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if re.IncludeState {
 		state := map[string]any{}
 		for room := range byRoom {
-			st, err := a.rs.CurrentState(r.Context(), room)
+			st, err := eg.rs.CurrentState(r.Context(), room)
 			if err != nil {
 				return httpapi.InternalError(r, err)
 			}
-			evs, err := a.formatState(r.Context(), dev, st.Events())
+			evs, err := eg.formatState(r.Context(), dev, st.Events())
 			if err != nil {
 				return httpapi.InternalError(r, err)
 			}
@@ -252,12 +252,12 @@ func containsString(list []string, s string) bool {
 
 // visibleHits loads the hits' events and keeps those the user may see
 // (history visibility) and the filter allows.
-func (a *API) visibleHits(ctx context.Context, userID string, hits []storage.SearchHit, filter *syncapi.RoomEventFilter) (map[string]*storage.Event, error) {
+func (eg *events) visibleHits(ctx context.Context, userID string, hits []storage.SearchHit, filter *syncapi.RoomEventFilter) (map[string]*storage.Event, error) {
 	ids := make([]string, len(hits))
 	for i, h := range hits {
 		ids[i] = h.EventID
 	}
-	stored, err := storage.GetEvents(ctx, a.db, ids)
+	stored, err := storage.GetEvents(ctx, eg.db, ids)
 	if err != nil {
 		return nil, err
 	}
@@ -274,7 +274,7 @@ func (a *API) visibleHits(ctx context.Context, userID string, hits []storage.Sea
 	out := map[string]*storage.Event{}
 	for room, evs := range byRoom {
 		sort.Slice(evs, func(i, j int) bool { return evs[i].StreamPos < evs[j].StreamPos })
-		vis, err := a.sync.Visible(ctx, userID, room, evs)
+		vis, err := eg.sync.Visible(ctx, userID, room, evs)
 		if err != nil {
 			return nil, err
 		}
@@ -287,17 +287,17 @@ func (a *API) visibleHits(ctx context.Context, userID string, hits []storage.Sea
 
 // searchContext is a result's surrounding events, as /context gives them
 // (search only covers rooms the user is joined to, so nothing caps them).
-func (a *API) searchContext(ctx context.Context, dev *httpapi.Device, ev *storage.Event, beforeLimit, afterLimit int, profiles bool) (map[string]any, error) {
+func (eg *events) searchContext(ctx context.Context, dev *httpapi.Device, ev *storage.Event, beforeLimit, afterLimit int, profiles bool) (map[string]any, error) {
 	c := map[string]any{"events_before": []syncapi.ClientEvent{}, "events_after": []syncapi.ClientEvent{}}
 	var before, after []*storage.Event
 	var err error
 	if beforeLimit > 0 {
-		if before, err = storage.RoomEventsRange(ctx, a.db, ev.RoomID, math.MinInt64, ev.StreamPos-1, beforeLimit, true); err != nil {
+		if before, err = storage.RoomEventsRange(ctx, eg.db, ev.RoomID, math.MinInt64, ev.StreamPos-1, beforeLimit, true); err != nil {
 			return nil, err
 		}
 	}
 	if afterLimit > 0 {
-		if after, err = storage.RoomEventsRange(ctx, a.db, ev.RoomID, ev.StreamPos, math.MaxInt64, afterLimit, false); err != nil {
+		if after, err = storage.RoomEventsRange(ctx, eg.db, ev.RoomID, ev.StreamPos, math.MaxInt64, afterLimit, false); err != nil {
 			return nil, err
 		}
 	}
@@ -310,14 +310,14 @@ func (a *API) searchContext(ctx context.Context, dev *httpapi.Device, ev *storag
 	}
 	c["start"] = syncapi.Token{Pos: start}.String()
 	c["end"] = syncapi.Token{Pos: end}.String()
-	if before, err = a.sync.Visible(ctx, dev.UserID, ev.RoomID, before); err != nil {
+	if before, err = eg.sync.Visible(ctx, dev.UserID, ev.RoomID, before); err != nil {
 		return nil, err
 	}
-	if after, err = a.sync.Visible(ctx, dev.UserID, ev.RoomID, after); err != nil {
+	if after, err = eg.sync.Visible(ctx, dev.UserID, ev.RoomID, after); err != nil {
 		return nil, err
 	}
-	c["events_before"] = a.formatStored(ctx, dev, before, true)
-	c["events_after"] = a.formatStored(ctx, dev, after, true)
+	c["events_before"] = eg.formatStored(ctx, dev, before, true)
+	c["events_after"] = eg.formatStored(ctx, dev, after, true)
 	if profiles {
 		info := map[string]any{}
 		for _, e := range append(append([]*storage.Event{ev}, before...), after...) {
@@ -325,7 +325,7 @@ func (a *API) searchContext(ctx context.Context, dev *httpapi.Device, ev *storag
 				continue
 			}
 			p := map[string]any{}
-			m, err := a.rs.StateEventAt(ctx, ev.SnapshotBefore, "m.room.member", e.Sender)
+			m, err := eg.rs.StateEventAt(ctx, ev.SnapshotBefore, "m.room.member", e.Sender)
 			if err != nil {
 				return nil, err
 			}

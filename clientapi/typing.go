@@ -7,7 +7,7 @@ import (
 )
 
 func (a *API) typingRoutes() {
-	a.v3("PUT", "/rooms/{roomId}/typing/{userId}", "typing", a.putTyping)
+	a.v3("PUT", "/rooms/{roomId}/typing/{userId}", "typing", a.events.putTyping)
 }
 
 // Typing timeouts: the default when none is given, and the cap.
@@ -17,15 +17,15 @@ const (
 )
 
 // requireJoined answers 403 unless the user is joined to the room.
-func (a *API) requireJoined(r *http.Request, roomID, userID string) (httpapi.Response, bool) {
-	m, err := a.rs.Membership(r.Context(), roomID, userID)
+func (eg *events) requireJoined(r *http.Request, roomID, userID string) (httpapi.Response, bool) {
+	m, err := eg.rs.Membership(r.Context(), roomID, userID)
 	if err != nil || m != "join" {
 		return httpapi.Forbidden("you are not joined to room %s", roomID), false
 	}
 	return httpapi.Response{}, true
 }
 
-func (a *API) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (eg *events) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -43,7 +43,7 @@ func (a *API) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if body.Typing == nil {
 		return httpapi.BadJSON("typing is required")
 	}
-	if resp, ok := a.requireJoined(r, roomID, dev.UserID); !ok {
+	if resp, ok := eg.requireJoined(r, roomID, dev.UserID); !ok {
 		return resp
 	}
 	timeout := defaultTypingTimeout
@@ -53,9 +53,9 @@ func (a *API) putTyping(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		}
 		timeout = min(time.Duration(*body.Timeout)*time.Millisecond, maxTypingTimeout)
 	}
-	a.sync.Typing().Set(roomID, dev.UserID, *body.Typing, timeout)
-	if a.ephemeral != nil {
-		a.ephemeral.SendTyping(r.Context(), roomID, dev.UserID, *body.Typing, timeout)
+	eg.sync.Typing().Set(roomID, dev.UserID, *body.Typing, timeout)
+	if eg.ephemeral != nil {
+		eg.ephemeral.SendTyping(r.Context(), roomID, dev.UserID, *body.Typing, timeout)
 	}
 	return httpapi.JSON(200, map[string]any{})
 }
