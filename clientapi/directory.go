@@ -10,8 +10,20 @@ import (
 	"enclave/storage"
 )
 
+// directory serves finding rooms and users: room aliases, the public room
+// list and its visibility flag, and the user directory.
+type directory struct {
+	opts   Options
+	db     *storage.DB
+	rs     roomserver.API
+	events *events // room access for alias listings
+	// searchAllUsers is set by the assembly before serving: the user
+	// directory covers every local user, not only those sharing a room.
+	searchAllUsers bool
+}
+
 // aliasParam validates a room alias path parameter: #localpart:server.
-func (a *API) aliasParam(r *http.Request) (string, httpapi.Response, bool) {
+func (dir *directory) aliasParam(r *http.Request) (string, httpapi.Response, bool) {
 	alias := httpapi.Vars(r)["roomAlias"]
 	i := strings.IndexByte(alias, ':')
 	if !strings.HasPrefix(alias, "#") || i < 2 || i == len(alias)-1 || len(alias) > 255 {
@@ -20,22 +32,22 @@ func (a *API) aliasParam(r *http.Request) (string, httpapi.Response, bool) {
 	return alias, httpapi.Response{}, true
 }
 
-func (a *API) getAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	alias, resp, ok := a.aliasParam(r)
+func (dir *directory) getAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	alias, resp, ok := dir.aliasParam(r)
 	if !ok {
 		return resp
 	}
-	roomID, _, err := storage.GetAlias(r.Context(), a.db, alias)
+	roomID, _, err := storage.GetAlias(r.Context(), dir.db, alias)
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("room alias %s not found", alias)
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": []string{a.opts.ServerName}})
+	return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": []string{dir.opts.ServerName}})
 }
 
-func (a *API) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	alias, resp, ok := a.aliasParam(r)
+func (dir *directory) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	alias, resp, ok := dir.aliasParam(r)
 	if !ok {
 		return resp
 	}
@@ -45,13 +57,13 @@ func (a *API) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
-	if !strings.HasSuffix(alias, ":"+a.opts.ServerName) {
-		return httpapi.InvalidParam("alias must be on server %s", a.opts.ServerName)
+	if !strings.HasSuffix(alias, ":"+dir.opts.ServerName) {
+		return httpapi.InvalidParam("alias must be on server %s", dir.opts.ServerName)
 	}
 	if !validRoomID.MatchString(body.RoomID) {
 		return httpapi.InvalidParam("invalid room_id")
 	}
-	m, err := a.rs.Membership(r.Context(), body.RoomID, dev.UserID)
+	m, err := dir.rs.Membership(r.Context(), body.RoomID, dev.UserID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return httpapi.NotFound("room %s not found", body.RoomID)
 	} else if err != nil {
@@ -60,7 +72,7 @@ func (a *API) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if m != "join" && !dev.IsAdmin {
 		return httpapi.Forbidden("you must be in the room to give it an alias")
 	}
-	ok, err = storage.InsertAlias(r.Context(), a.db, alias, body.RoomID, dev.UserID)
+	ok, err = storage.InsertAlias(r.Context(), dir.db, alias, body.RoomID, dev.UserID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -70,12 +82,12 @@ func (a *API) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	return httpapi.JSON(200, struct{}{})
 }
 
-func (a *API) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	alias, resp, ok := a.aliasParam(r)
+func (dir *directory) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	alias, resp, ok := dir.aliasParam(r)
 	if !ok {
 		return resp
 	}
-	roomID, creator, err := storage.GetAlias(r.Context(), a.db, alias)
+	roomID, creator, err := storage.GetAlias(r.Context(), dir.db, alias)
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("room alias %s not found", alias)
 	} else if err != nil {
@@ -83,7 +95,7 @@ func (a *API) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.Response
 	}
 	allowed := creator == dev.UserID || dev.IsAdmin
 	if !allowed {
-		if st, err := a.rs.CurrentState(r.Context(), roomID); err == nil {
+		if st, err := dir.rs.CurrentState(r.Context(), roomID); err == nil {
 			pl := roomserver.PowerLevels(st)
 			allowed = roomserver.PowerLevel(st, dev.UserID) >= pl.EventLevel("m.room.canonical_alias", true)
 		}
@@ -91,21 +103,21 @@ func (a *API) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if !allowed {
 		return httpapi.Forbidden("you may not remove alias %s", alias)
 	}
-	if err := storage.DeleteAlias(r.Context(), a.db, alias); err != nil {
+	if err := storage.DeleteAlias(r.Context(), dir.db, alias); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, struct{}{})
 }
 
-func (a *API) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dir *directory) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	if _, resp, ok := a.events.access(r.Context(), dev.UserID, roomID); !ok {
+	if _, resp, ok := dir.events.access(r.Context(), dev.UserID, roomID); !ok {
 		return resp
 	}
-	aliases, err := storage.RoomAliases(r.Context(), a.db, roomID)
+	aliases, err := storage.RoomAliases(r.Context(), dir.db, roomID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -115,12 +127,12 @@ func (a *API) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response
 	return httpapi.JSON(200, map[string]any{"aliases": aliases})
 }
 
-func (a *API) getDirectoryVisibility(r *http.Request) httpapi.Response {
+func (dir *directory) getDirectoryVisibility(r *http.Request) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
 	}
-	room, err := storage.GetRoom(r.Context(), a.db, roomID)
+	room, err := storage.GetRoom(r.Context(), dir.db, roomID)
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
@@ -133,7 +145,7 @@ func (a *API) getDirectoryVisibility(r *http.Request) httpapi.Response {
 	return httpapi.JSON(200, map[string]string{"visibility": vis})
 }
 
-func (a *API) putDirectoryVisibility(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dir *directory) putDirectoryVisibility(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
 		return resp
@@ -147,7 +159,7 @@ func (a *API) putDirectoryVisibility(r *http.Request, dev *httpapi.Device) httpa
 	if body.Visibility != "public" && body.Visibility != "private" {
 		return httpapi.InvalidParam("visibility must be public or private")
 	}
-	st, err := a.rs.CurrentState(r.Context(), roomID)
+	st, err := dir.rs.CurrentState(r.Context(), roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return httpapi.NotFound("room %s not found", roomID)
 	} else if err != nil {
@@ -157,7 +169,7 @@ func (a *API) putDirectoryVisibility(r *http.Request, dev *httpapi.Device) httpa
 	if !dev.IsAdmin && (st.Membership(dev.UserID) != "join" || roomserver.PowerLevel(st, dev.UserID) < pl.EventLevel("m.room.canonical_alias", true)) {
 		return httpapi.Forbidden("you may not change this room's directory visibility")
 	}
-	if err := storage.SetRoomPublic(r.Context(), a.db, roomID, body.Visibility == "public"); err != nil {
+	if err := storage.SetRoomPublic(r.Context(), dir.db, roomID, body.Visibility == "public"); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, struct{}{})

@@ -17,9 +17,9 @@ func (a *API) publicRoomsRoutes() {
 	// GET needs no access token (the spec lists no security for it);
 	// filtering with POST does.
 	for _, v := range []string{"v3", "r0"} {
-		a.open("GET", "/_matrix/client/"+v+"/publicRooms", "directory", a.getPublicRooms)
+		a.open("GET", "/_matrix/client/"+v+"/publicRooms", "directory", a.directory.getPublicRooms)
 	}
-	a.v3("POST", "/publicRooms", "directory", a.postPublicRooms)
+	a.v3("POST", "/publicRooms", "directory", a.directory.postPublicRooms)
 }
 
 const (
@@ -29,7 +29,7 @@ const (
 // publicRoomsReq is the union of GET's query and POST's body.
 type publicRoomsReq = storage.PublicRoomsRequest
 
-func (a *API) getPublicRooms(r *http.Request) httpapi.Response {
+func (dir *directory) getPublicRooms(r *http.Request) httpapi.Response {
 	q := r.URL.Query()
 	var req publicRoomsReq
 	if s := q.Get("limit"); s != "" {
@@ -42,22 +42,22 @@ func (a *API) getPublicRooms(r *http.Request) httpapi.Response {
 	req.Since = q.Get("since")
 	req.IncludeAllNetworks = q.Get("include_all_networks") == "true"
 	req.ThirdPartyInstanceID = q.Get("third_party_instance_id")
-	return a.publicRooms(r, q.Get("server"), req)
+	return dir.publicRooms(r, q.Get("server"), req)
 }
 
-func (a *API) postPublicRooms(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dir *directory) postPublicRooms(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req publicRoomsReq
 	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
 	}
-	return a.publicRooms(r, r.URL.Query().Get("server"), req)
+	return dir.publicRooms(r, r.URL.Query().Get("server"), req)
 }
 
-func (a *API) publicRooms(r *http.Request, server string, req publicRoomsReq) httpapi.Response {
-	if server != "" && server != a.opts.ServerName {
+func (dir *directory) publicRooms(r *http.Request, server string, req publicRoomsReq) httpapi.Response {
+	if server != "" && server != dir.opts.ServerName {
 		return httpapi.InvalidParam("only this server's room directory is available")
 	}
-	body, err := storage.PublicRoomsPage(r.Context(), a.db, req, publicRoomsMaxLimit)
+	body, err := storage.PublicRoomsPage(r.Context(), dir.db, req, publicRoomsMaxLimit)
 	if errors.Is(err, storage.ErrBadSince) {
 		return httpapi.InvalidParam("unknown since token")
 	} else if err != nil {

@@ -60,12 +60,12 @@ func (a *API) roomRoutes() {
 	a.v3("GET", "/rooms/{roomId}/event/{eventId}", "rooms", a.events.getEvent)
 	a.v3("GET", "/rooms/{roomId}/messages", "messages", a.events.messages)
 	a.v3("GET", "/rooms/{roomId}/context/{eventId}", "messages", a.events.eventContext)
-	a.v3("GET", "/directory/room/{roomAlias}", "directory", a.getAlias)
-	a.v3("PUT", "/directory/room/{roomAlias}", "directory", a.putAlias)
-	a.v3("DELETE", "/directory/room/{roomAlias}", "directory", a.deleteAlias)
-	a.v3("GET", "/rooms/{roomId}/aliases", "directory", a.roomAliases)
-	a.open("GET", "/_matrix/client/v3/directory/list/room/{roomId}", "directory", a.getDirectoryVisibility)
-	a.v3("PUT", "/directory/list/room/{roomId}", "directory", a.putDirectoryVisibility)
+	a.v3("GET", "/directory/room/{roomAlias}", "directory", a.directory.getAlias)
+	a.v3("PUT", "/directory/room/{roomAlias}", "directory", a.directory.putAlias)
+	a.v3("DELETE", "/directory/room/{roomAlias}", "directory", a.directory.deleteAlias)
+	a.v3("GET", "/rooms/{roomId}/aliases", "directory", a.directory.roomAliases)
+	a.open("GET", "/_matrix/client/v3/directory/list/room/{roomId}", "directory", a.directory.getDirectoryVisibility)
+	a.v3("PUT", "/directory/list/room/{roomId}", "directory", a.directory.putDirectoryVisibility)
 }
 
 // roomError maps room server errors to the spec's responses.

@@ -62,11 +62,10 @@ type API struct {
 	accounts    *accounts
 	rooms       *rooms
 	keys        *keys
-	events      *events
-	social      *social
 	accountData *accountData
-	// Set by the assembly before serving (Set* methods), read-only after.
-	searchAllUsers bool
+	social      *social
+	events      *events
+	directory   *directory
 	// syncFilters keeps parsed /sync filters: clients name the same filter
 	// on every /sync, and a stored filter never changes, so the store
 	// lookup and the parse are done once. Entries are shared read-only.
@@ -89,9 +88,10 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
-	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
-	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts}
 	a.accountData = &accountData{db: db, sync: syncer}
+	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts}
+	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
+	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})

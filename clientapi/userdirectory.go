@@ -14,19 +14,19 @@ import (
 // when user_directory.search_all_users is set.
 
 func (a *API) userDirectoryRoutes() {
-	a.v3("POST", "/user_directory/search", "user_directory", a.searchUserDirectory)
+	a.v3("POST", "/user_directory/search", "user_directory", a.directory.searchUserDirectory)
 }
 
 // SetUserDirectorySearchAll makes user directory searches cover every
 // local account, not only users sharing a room or in public rooms.
-func (a *API) SetUserDirectorySearchAll(all bool) { a.searchAllUsers = all }
+func (a *API) SetUserDirectorySearchAll(all bool) { a.directory.searchAllUsers = all }
 
 const (
 	userDirectoryDefaultLimit = 10
 	userDirectoryMaxLimit     = 50
 )
 
-func (a *API) searchUserDirectory(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dir *directory) searchUserDirectory(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		SearchTerm *string `json:"search_term"`
 		Limit      int     `json:"limit"`
@@ -49,7 +49,7 @@ func (a *API) searchUserDirectory(r *http.Request, dev *httpapi.Device) httpapi.
 	if term == "" {
 		return httpapi.JSON(200, map[string]any{"results": results, "limited": false})
 	}
-	users, err := storage.SearchUsers(r.Context(), a.db, dev.UserID, term, a.searchAllUsers, limit+1)
+	users, err := storage.SearchUsers(r.Context(), dir.db, dev.UserID, term, dir.searchAllUsers, limit+1)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
