@@ -18,13 +18,22 @@ import (
 	"enclave/storage"
 )
 
+// devices serves the user's device list: listing, renaming and
+// deleting devices (with user-interactive auth) and recording when each
+// was last seen.
+type devices struct {
+	opts     Options
+	db       *storage.DB
+	accounts *accounts // tokens, UIA and last-seen throttling
+}
+
 func (a *API) deviceRoutes() {
-	a.v3("GET", "/devices", "devices", a.listDevices)
-	a.v3("GET", "/devices/{deviceId}", "devices", a.getDevice)
-	a.v3("PUT", "/devices/{deviceId}", "devices", a.putDevice)
-	a.v3("DELETE", "/devices/{deviceId}", "devices", a.deleteDevice)
-	a.v3("POST", "/delete_devices", "devices", a.postDeleteDevices)
-	a.router.Use(a.lastSeenMiddleware)
+	a.v3("GET", "/devices", "devices", a.devices.listDevices)
+	a.v3("GET", "/devices/{deviceId}", "devices", a.devices.getDevice)
+	a.v3("PUT", "/devices/{deviceId}", "devices", a.devices.putDevice)
+	a.v3("DELETE", "/devices/{deviceId}", "devices", a.devices.deleteDevice)
+	a.v3("POST", "/delete_devices", "devices", a.devices.postDeleteDevices)
+	a.router.Use(a.devices.lastSeenMiddleware)
 }
 
 // clientDevice is a device as the spec's device endpoints show it.
@@ -39,8 +48,8 @@ func toClientDevice(d *storage.Device) clientDevice {
 	return clientDevice{DeviceID: d.DeviceID, DisplayName: d.DisplayName, LastSeenIP: d.LastSeenIP, LastSeenTS: d.LastSeenTS}
 }
 
-func (a *API) listDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	devs, err := storage.ListDevices(r.Context(), a.db, dev.UserID)
+func (dv *devices) listDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	devs, err := storage.ListDevices(r.Context(), dv.db, dev.UserID)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -51,8 +60,8 @@ func (a *API) listDevices(r *http.Request, dev *httpapi.Device) httpapi.Response
 	return httpapi.JSON(http.StatusOK, map[string]any{"devices": out})
 }
 
-func (a *API) getDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	d, err := storage.GetDevice(r.Context(), a.db, dev.UserID, httpapi.Vars(r)["deviceId"])
+func (dv *devices) getDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	d, err := storage.GetDevice(r.Context(), dv.db, dev.UserID, httpapi.Vars(r)["deviceId"])
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("no such device")
 	}
@@ -62,7 +71,7 @@ func (a *API) getDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	return httpapi.JSON(http.StatusOK, toClientDevice(d))
 }
 
-func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dv *devices) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		DisplayName *string `json:"display_name"`
 	}
@@ -72,7 +81,7 @@ func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	deviceID := httpapi.Vars(r)["deviceId"]
 	ctx := r.Context()
 	if req.DisplayName == nil {
-		if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
+		if _, err := storage.GetDevice(ctx, dv.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
 			return httpapi.NotFound("no such device")
 		} else if err != nil {
 			return httpapi.InternalError(r, err)
@@ -83,7 +92,7 @@ func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return httpapi.InvalidParam("display_name may not be longer than %d bytes", maxDeviceNameLen)
 	}
 	errNoDevice := errors.New("no such device")
-	err := a.db.WithTx(ctx, func(tx *storage.Tx) error {
+	err := dv.db.WithTx(ctx, func(tx *storage.Tx) error {
 		old, err := storage.GetDevice(ctx, tx, dev.UserID, deviceID)
 		if errors.Is(err, storage.ErrNotFound) {
 			return errNoDevice
@@ -95,7 +104,7 @@ func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 			return err
 		}
 		// The name itself stays out of the record: it is user content.
-		if err := a.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
+		if err := dv.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionDeviceUpdate, Target: deviceID,
 			Details: map[string]any{"fields": []string{"display_name"}}}); err != nil {
 			return err
 		}
@@ -117,28 +126,28 @@ func (a *API) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
-func (a *API) deleteDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dv *devices) deleteDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
 	}
 	deviceID := httpapi.Vars(r)["deviceId"]
 	ctx := r.Context()
-	if _, err := storage.GetDevice(ctx, a.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
+	if _, err := storage.GetDevice(ctx, dv.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("no such device")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
-	if err := a.accounts.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
+	if err := dv.accounts.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
-func (a *API) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (dv *devices) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
 		return resp
@@ -155,10 +164,10 @@ func (a *API) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpapi.Re
 	if len(req.Devices) > 1000 {
 		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
 	}
-	if resp, ok := a.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+	if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
 		return resp
 	}
-	if err := a.accounts.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
+	if err := dv.accounts.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(http.StatusOK, struct{}{})
@@ -169,7 +178,7 @@ func (a *API) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpapi.Re
 // writes per device and makes them in the background; here it only costs
 // a hash and a map lookup (tokens the request just authenticated are in
 // the cache).
-func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
+func (dv *devices) lastSeenMiddleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		next.ServeHTTP(w, r)
 		token := ""
@@ -181,7 +190,7 @@ func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
 		if token == "" {
 			return
 		}
-		e, ok := a.accounts.tokens.get(hashToken(token), time.Now())
+		e, ok := dv.accounts.tokens.get(hashToken(token), time.Now())
 		if !ok {
 			return
 		}
@@ -193,6 +202,6 @@ func (a *API) lastSeenMiddleware(next http.Handler) http.Handler {
 		if len(ua) > 512 {
 			ua = ua[:512]
 		}
-		a.accounts.touchDevice(e.dev.UserID, e.dev.DeviceID, ip, ua)
+		dv.accounts.touchDevice(e.dev.UserID, e.dev.DeviceID, ip, ua)
 	})
 }

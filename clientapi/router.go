@@ -66,6 +66,7 @@ type API struct {
 	social      *social
 	events      *events
 	directory   *directory
+	devices     *devices
 	// syncFilters keeps parsed /sync filters: clients name the same filter
 	// on every /sync, and a stored filter never changes, so the store
 	// lookup and the parse are done once. Entries are shared read-only.
@@ -92,6 +93,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts}
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}
+	a.devices = &devices{opts: opts, db: db, accounts: a.accounts}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})
