@@ -67,10 +67,7 @@ type API struct {
 	events      *events
 	directory   *directory
 	devices     *devices
-	// syncFilters keeps parsed /sync filters: clients name the same filter
-	// on every /sync, and a stored filter never changes, so the store
-	// lookup and the parse are done once. Entries are shared read-only.
-	syncFilters *lru.Cache[string, *syncapi.Filter]
+	syncing     *syncing
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
 	authorizer func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool)
@@ -85,7 +82,7 @@ func (a *API) SetAuthorizer(fn func(r *http.Request, dev *httpapi.Device, group 
 
 // New wires the client API over the store, the room server and the syncer.
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) *API {
-	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg), syncFilters: lru.New[string, *syncapi.Filter](4096)}
+	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
@@ -94,6 +91,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}
 	a.devices = &devices{opts: opts, db: db, accounts: a.accounts}
+	a.syncing = &syncing{opts: opts, db: db, sync: syncer, social: a.social, filters: lru.New[string, *syncapi.Filter](4096)}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})

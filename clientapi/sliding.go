@@ -16,7 +16,7 @@ import (
 // work is in syncapi.Syncer.Sliding; this checks the request.
 
 func (a *API) slidingRoutes() {
-	a.authed("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "sync", a.slidingHandler)
+	a.authed("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "sync", a.syncing.slidingHandler)
 }
 
 // Request bounds: a client asking for more is refused, not truncated.
@@ -28,7 +28,7 @@ const (
 	maxSlidingConnID        = 64
 )
 
-func (a *API) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (sy *syncing) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	p := syncapi.SlidingParams{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	if s := q.Get("pos"); s != "" {
@@ -60,9 +60,9 @@ func (a *API) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	if resp, ok := checkSliding(&req); !ok {
 		return resp
 	}
-	a.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
+	sy.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	p.Req = &req
-	resp, err := a.sync.Sliding(r.Context(), p)
+	resp, err := sy.sync.Sliding(r.Context(), p)
 	switch {
 	case errors.Is(err, syncapi.ErrUnknownPos):
 		return httpapi.Errf(400, "M_UNKNOWN_POS", "unknown pos: start a new session")

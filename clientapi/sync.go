@@ -10,20 +10,34 @@ import (
 	"time"
 
 	"enclave/internal/httpapi"
+	"enclave/internal/lru"
 	"enclave/storage"
 	"enclave/syncapi"
 )
 
+// syncing serves /sync, sliding sync and the /sync filters, over the
+// sync stream; it sets presence on the way in through social.
+type syncing struct {
+	opts   Options
+	db     *storage.DB
+	sync   *syncapi.Syncer
+	social *social // set_presence
+	// filters keeps parsed /sync filters: clients name the same filter on
+	// every /sync, and a stored filter never changes, so the store lookup
+	// and the parse are done once. Entries are shared read-only.
+	filters *lru.Cache[string, *syncapi.Filter]
+}
+
 func (a *API) syncRoutes() {
-	a.v3("GET", "/sync", "sync", a.syncHandler)
-	a.v3("POST", "/user/{userId}/filter", "filter", a.postFilter)
-	a.v3("GET", "/user/{userId}/filter/{filterId}", "filter", a.getFilter)
+	a.v3("GET", "/sync", "sync", a.syncing.syncHandler)
+	a.v3("POST", "/user/{userId}/filter", "filter", a.syncing.postFilter)
+	a.v3("GET", "/user/{userId}/filter/{filterId}", "filter", a.syncing.getFilter)
 }
 
 // maxSyncTimeout bounds how long a long-poll may wait.
 const maxSyncTimeout = 5 * time.Minute
 
-func (a *API) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (sy *syncing) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	p := syncapi.Params{UserID: dev.UserID, DeviceID: dev.DeviceID}
 	if s := q.Get("since"); s != "" {
@@ -52,15 +66,15 @@ func (a *API) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Response
 	default:
 		return httpapi.InvalidParam("set_presence must be online, offline or unavailable")
 	}
-	a.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
+	sy.social.syncPresence(r.Context(), dev.UserID, q.Get("set_presence"))
 	if f := q.Get("filter"); f != "" {
-		filter, resp, ok := a.syncFilter(r, dev.UserID, f)
+		filter, resp, ok := sy.syncFilter(r, dev.UserID, f)
 		if !ok {
 			return resp
 		}
 		p.Filter = filter
 	}
-	resp, err := a.sync.Sync(r.Context(), p)
+	resp, err := sy.sync.Sync(r.Context(), p)
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
 			return httpapi.Errf(499, "M_UNKNOWN", "client went away")
@@ -76,8 +90,8 @@ const maxCachedInlineFilter = 2048
 
 // syncFilter resolves /sync's filter parameter: a stored filter ID or
 // inline JSON.
-func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, httpapi.Response, bool) {
-	cache := a.syncFilters
+func (sy *syncing) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, httpapi.Response, bool) {
+	cache := sy.filters
 	inline := strings.HasPrefix(strings.TrimSpace(f), "{")
 	key := userID + "\x00" + f
 	if filter, ok := cache.Get(key); ok {
@@ -86,7 +100,7 @@ func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, ht
 	raw := []byte(f)
 	if !inline {
 		var err error
-		raw, err = storage.GetFilter(r.Context(), a.db, userID, f)
+		raw, err = storage.GetFilter(r.Context(), sy.db, userID, f)
 		if errors.Is(err, storage.ErrNotFound) {
 			return nil, httpapi.NotFound("filter %s not found", f), false
 		} else if err != nil {
@@ -103,15 +117,15 @@ func (a *API) syncFilter(r *http.Request, userID, f string) (*syncapi.Filter, ht
 	return filter, httpapi.Response{}, true
 }
 
-func (a *API) ownUser(r *http.Request, dev *httpapi.Device) (httpapi.Response, bool) {
+func (sy *syncing) ownUser(r *http.Request, dev *httpapi.Device) (httpapi.Response, bool) {
 	if httpapi.Vars(r)["userId"] != dev.UserID {
 		return httpapi.Forbidden("you may only manage your own filters"), false
 	}
 	return httpapi.Response{}, true
 }
 
-func (a *API) postFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	if resp, ok := a.ownUser(r, dev); !ok {
+func (sy *syncing) postFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	if resp, ok := sy.ownUser(r, dev); !ok {
 		return resp
 	}
 	body, resp, ok := httpapi.ReadJSONObject(r)
@@ -122,18 +136,18 @@ func (a *API) postFilter(r *http.Request, dev *httpapi.Device) httpapi.Response 
 		return httpapi.BadJSON("invalid filter: %v", err)
 	}
 	var compact json.RawMessage = body
-	id, err := storage.InsertFilter(r.Context(), a.db, dev.UserID, compact)
+	id, err := storage.InsertFilter(r.Context(), sy.db, dev.UserID, compact)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]string{"filter_id": id})
 }
 
-func (a *API) getFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	if resp, ok := a.ownUser(r, dev); !ok {
+func (sy *syncing) getFilter(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	if resp, ok := sy.ownUser(r, dev); !ok {
 		return resp
 	}
-	f, err := storage.GetFilter(r.Context(), a.db, dev.UserID, httpapi.Vars(r)["filterId"])
+	f, err := storage.GetFilter(r.Context(), sy.db, dev.UserID, httpapi.Vars(r)["filterId"])
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("filter not found")
 	} else if err != nil {
