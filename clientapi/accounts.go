@@ -1,8 +1,9 @@
 package clientapi
 
-// Accounts: password hashing, token minting, access-token authentication
-// (with its in-memory cache), session issuance shared by login/register/
-// refresh, and the /account and /logout endpoints.
+// Accounts: password checks (the hashing is internal/accounts'), token
+// minting, access-token authentication (with its in-memory cache), session
+// issuance shared by login/register/refresh, and the /account and /logout
+// endpoints.
 //
 // Helpers other groups use through their *accounts field:
 //

@@ -6,7 +6,7 @@ package clientapi
 //
 // Using it from an endpoint (device deletion, cross-signing upload, …):
 //
-//	body, resp, ok := readBody(r)
+//	body, resp, ok := httpapi.ReadBody(r)
 //	if !ok {
 //		return resp
 //	}
