@@ -23,6 +23,7 @@ import (
 	"enclave/internal/server"
 	"enclave/storage"
 	"enclave/storage/storagetest"
+	"enclave/test/fedpeer"
 )
 
 // Multi-server federation tests. A FedCluster is a private PKI (a test CA
@@ -44,6 +45,8 @@ type FedCluster struct {
 	caKey  *ecdsa.PrivateKey
 	dir    string
 	Nodes  []*FedNode
+	hosts  int      // loopback addresses handed out (nodes and peers)
+	peers  []string // hosts of test peers (AddPeer), allowed like nodes
 }
 
 // FedNode is one planned server; Server is nil while it is stopped.
@@ -107,7 +110,7 @@ func (c *FedCluster) AddNode(d storage.Dialect) *FedNode {
 	t := c.t
 	t.Helper()
 	i := len(c.Nodes)
-	ip := fmt.Sprintf("127.0.0.%d", i+2)
+	ip := c.nextHost()
 	n := &FedNode{
 		Index: i, Dialect: d, IP: ip,
 		ServerName: net.JoinHostPort(ip, fmt.Sprint(FreePort(t, ip))),
@@ -115,10 +118,38 @@ func (c *FedCluster) AddNode(d storage.Dialect) *FedNode {
 		DBURL:      storagetest.NewURL(t, d),
 		c:          c,
 	}
-	n.CertFile, n.KeyFile = c.issue(ip, i)
+	n.CertFile, n.KeyFile = c.issue(ip, c.hosts)
 	c.Nodes = append(c.Nodes, n)
 	t.Cleanup(n.Stop)
 	return n
+}
+
+// nextHost hands out the next loopback address: 127.0.0.2, 127.0.0.3, ….
+func (c *FedCluster) nextHost() string {
+	c.hosts++
+	return fmt.Sprintf("127.0.0.%d", c.hosts+1)
+}
+
+// AddPeer starts a test federation peer (test/fedpeer) on the next
+// loopback address with a certificate from the cluster CA. It is on every
+// node's allow-list: add peers before starting the nodes.
+func (c *FedCluster) AddPeer() *fedpeer.Peer {
+	t := c.t
+	t.Helper()
+	ip := c.nextHost()
+	certFile, keyFile := c.issue(ip, c.hosts)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(c.caCert)
+	c.peers = append(c.peers, ip)
+	return fedpeer.New(t, fedpeer.Config{
+		ServerName: net.JoinHostPort(ip, fmt.Sprint(FreePort(t, ip))),
+		Cert:       cert,
+		RootCAs:    pool,
+	})
 }
 
 // FreePort returns a TCP port that was free on ip a moment ago.
@@ -181,7 +212,7 @@ func (c *FedCluster) StartAll() {
 
 // allowList is every non-outsider node's host.
 func (c *FedCluster) allowList() []string {
-	var out []string
+	out := append([]string(nil), c.peers...)
 	for _, n := range c.Nodes {
 		if !n.Outsider {
 			out = append(out, n.IP)
