@@ -6,6 +6,7 @@ package auditapi
 const (
 	// Accounts and sessions.
 	ActionLogin          = "account.login"      // outcome failure carries details.reason
+	ActionLoginLockout   = "account.lockout"    // failed logins locked the account: details.failures, lockout_seconds
 	ActionLogout         = "account.logout"     // details.all for /logout/all
 	ActionRegister       = "account.register"   // details.kind: user, admin (shared secret), admin_api
 	ActionPasswordChange = "account.password"   // details.by_admin when reset through the admin API

@@ -86,6 +86,7 @@ type accounts struct {
 	seen       map[string]seenEntry // "user|device" -> last write
 	maintainMu sync.Mutex
 	lastMaint  time.Time
+	guard      *loginGuard // password-guessing defences of /login and /register
 }
 
 func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {
@@ -94,6 +95,7 @@ func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {
 		tokens: tokenCache{entries: map[string]cachedToken{}, gen: map[string]uint64{}},
 		nonces: nonceStore{m: map[string]time.Time{}},
 		seen:   map[string]seenEntry{},
+		guard:  newLoginGuard(opts.LoginGuard),
 	}
 }
 

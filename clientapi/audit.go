@@ -71,6 +71,23 @@ func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason stri
 	return resp
 }
 
+// lockoutAfterFailure counts a wrong password for userID and, when it
+// locks the account, records the lockout (with the failure itself).
+func (ac *accounts) lockoutAfterFailure(r *http.Request, userID string) (httpapi.Response, bool) {
+	lockout, count := ac.guard.failed(userID)
+	if lockout == 0 {
+		return httpapi.Response{}, false
+	}
+	err := ac.opts.Audit.Record(actorContext(r), ac.db, auditapi.Entry{
+		Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionLoginLockout, Target: userID,
+		Outcome: auditapi.OutcomeDenied, Details: map[string]any{"failures": count, "lockout_seconds": int64(lockout.Seconds())},
+	})
+	if err != nil {
+		return httpapi.InternalError(r, err), true
+	}
+	return ac.loginFailed(r, userID, "", "invalid_credentials", httpapi.Forbidden("invalid username or password")), true
+}
+
 // auditDevicesRemoved records one device.remove entry per device.
 func (ac *accounts) auditDevicesRemoved(ctx context.Context, q storage.Querier, userID string, deviceIDs []string, reason string) error {
 	for _, id := range deviceIDs {

@@ -56,6 +56,9 @@ func checkDeviceFields(deviceID, displayName string) (httpapi.Response, bool) {
 }
 
 func (ac *accounts) postLogin(r *http.Request) httpapi.Response {
+	if wait, ok := ac.guard.allowIP(requestIP(r)); !ok {
+		return limitExceeded(wait, "too many login attempts from this address")
+	}
 	var req loginRequest
 	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
 		return resp
@@ -84,13 +87,27 @@ func (ac *accounts) postLogin(r *http.Request) httpapi.Response {
 		if !valid {
 			uid = "" // still hashes, against the dummy
 		}
+		guardKey := uid
+		if guardKey == "" {
+			guardKey = "?" + clipString(who, 255) // guesses at unknown names are paced too
+		}
+		if wait, locked, ok := ac.guard.allowAccount(guardKey); !ok {
+			if locked {
+				return ac.loginFailed(r, uid, who, "locked_out", limitExceeded(wait, "too many failed logins: the account is locked for a while"))
+			}
+			return limitExceeded(wait, "too many login attempts for this account")
+		}
 		acc, ok, err := ac.verifyUserPassword(ctx, uid, req.Password)
 		if err != nil {
 			return httpapi.InternalError(r, err)
 		}
 		if !ok || acc == nil {
+			if resp, locked := ac.lockoutAfterFailure(r, uid); locked {
+				return resp
+			}
 			return ac.loginFailed(r, uid, who, "invalid_credentials", httpapi.Forbidden("invalid username or password"))
 		}
+		ac.guard.succeeded(uid)
 		if acc.Deactivated {
 			return ac.loginFailed(r, acc.UserID, who, "deactivated", httpapi.Errf(http.StatusForbidden, "M_USER_DEACTIVATED", "this account has been deactivated"))
 		}

@@ -1,11 +1,12 @@
 package clientapi
 
 import (
-	"enclave/internal/httpapi"
 	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"enclave/internal/httpapi"
 )
 
 // RateLimit configures the per-user (or per-IP when unauthenticated) token
@@ -22,15 +23,59 @@ type bucket struct {
 	last   time.Time
 }
 
+// buckets is a set of token buckets keyed by caller, all with one rate.
+type buckets struct {
+	rate  float64
+	burst int
+	mu    sync.Mutex
+	m     map[string]*bucket
+}
+
+func newBuckets(rate float64, burst int) *buckets {
+	return &buckets{rate: rate, burst: burst, m: map[string]*bucket{}}
+}
+
+// take spends one token of key's bucket; when it is empty it reports how
+// long until the next token instead.
+func (bs *buckets) take(key string) (wait time.Duration, ok bool) {
+	now := time.Now()
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if len(bs.m) > 100000 { // bound memory under a flood of distinct callers
+		bs.m = map[string]*bucket{}
+	}
+	b := bs.m[key]
+	if b == nil {
+		b = &bucket{tokens: float64(bs.burst), last: now}
+		bs.m[key] = b
+	}
+	b.tokens += now.Sub(b.last).Seconds() * bs.rate
+	if b.tokens > float64(bs.burst) {
+		b.tokens = float64(bs.burst)
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return time.Duration((1 - b.tokens) / bs.rate * float64(time.Second)), false
+	}
+	b.tokens--
+	return 0, true
+}
+
+// limitExceeded is the spec's 429 with the wait in retry_after_ms.
+func limitExceeded(wait time.Duration, msg string) httpapi.Response {
+	resp := httpapi.Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "%s", msg)
+	resp.Body.(*httpapi.MatrixError).RetryAfterMs = wait.Milliseconds() + 1
+	return resp
+}
+
 type limiter struct {
 	cfg     RateLimit
 	exempt  map[string]bool
-	mu      sync.Mutex
-	buckets map[string]*bucket
+	buckets *buckets
 }
 
 func newLimiter(cfg RateLimit) *limiter {
-	l := &limiter{cfg: cfg, exempt: map[string]bool{}, buckets: map[string]*bucket{}}
+	l := &limiter{cfg: cfg, exempt: map[string]bool{}, buckets: newBuckets(cfg.PerSecond, cfg.Burst)}
 	for _, u := range cfg.ExemptUsers {
 		l.exempt[u] = true
 	}
@@ -46,30 +91,19 @@ func (l *limiter) check(r *http.Request, userID string) (httpapi.Response, bool)
 	}
 	key := userID
 	if key == "" {
-		key, _, _ = net.SplitHostPort(r.RemoteAddr)
+		key = requestIP(r)
 	}
-	now := time.Now()
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if len(l.buckets) > 100000 { // bound memory under a flood of distinct callers
-		l.buckets = map[string]*bucket{}
+	if wait, ok := l.buckets.take(key); !ok {
+		return limitExceeded(wait, "too many requests"), true
 	}
-	b := l.buckets[key]
-	if b == nil {
-		b = &bucket{tokens: float64(l.cfg.Burst), last: now}
-		l.buckets[key] = b
-	}
-	b.tokens += now.Sub(b.last).Seconds() * l.cfg.PerSecond
-	if b.tokens > float64(l.cfg.Burst) {
-		b.tokens = float64(l.cfg.Burst)
-	}
-	b.last = now
-	if b.tokens < 1 {
-		wait := time.Duration((1 - b.tokens) / l.cfg.PerSecond * float64(time.Second))
-		resp := httpapi.Errf(http.StatusTooManyRequests, "M_LIMIT_EXCEEDED", "too many requests")
-		resp.Body.(*httpapi.MatrixError).RetryAfterMs = wait.Milliseconds() + 1
-		return resp, true
-	}
-	b.tokens--
 	return httpapi.Response{}, false
+}
+
+// requestIP is the caller's address without the port.
+func requestIP(r *http.Request) string {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return r.RemoteAddr
+	}
+	return ip
 }

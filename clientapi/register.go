@@ -55,6 +55,9 @@ func userInUse() httpapi.Response {
 
 // POST /register
 func (ac *accounts) postRegister(r *http.Request) httpapi.Response {
+	if wait, ok := ac.guard.allowIP(requestIP(r)); !ok {
+		return limitExceeded(wait, "too many registration attempts from this address")
+	}
 	switch r.URL.Query().Get("kind") {
 	case "", "user":
 	case "guest":

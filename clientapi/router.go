@@ -36,6 +36,7 @@ type Options struct {
 	RefreshTokenAccess  time.Duration // lifetime of access tokens that come with a refresh token
 	LoginTokenLifetime  time.Duration
 	RateLimit           RateLimit
+	LoginGuard          LoginGuard
 	TURN                TURNOptions
 	Version             string
 	// Audit is the process's audit log (nil: entries are written detached,

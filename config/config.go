@@ -96,6 +96,10 @@ type AuthConfig struct {
 	AccessTokenLifetime        Duration `yaml:"access_token_lifetime" doc:"Lifetime of access tokens for clients that do not use refresh tokens; 0 means they never expire. Clients that ask for refresh tokens get refresh_access_token_lifetime instead."`
 	RefreshAccessTokenLifetime Duration `yaml:"refresh_access_token_lifetime" doc:"Lifetime of access tokens issued to clients that use refresh tokens."`
 	LoginTokenLifetime         Duration `yaml:"login_token_lifetime" doc:"Lifetime of one-shot m.login.token tokens (e.g. login via another device)."`
+	// The lockout holds whether or not rate limits are enabled.
+	LockoutAfterFailures int      `yaml:"lockout_after_failures" doc:"Consecutive failed password logins that lock an account (audited as account.lockout); 0 disables the lockout. Applies even with rate limits off."`
+	Lockout              Duration `yaml:"lockout" doc:"First lockout after auth.lockout_after_failures failures; every further failure doubles it."`
+	LockoutMax           Duration `yaml:"lockout_max" doc:"Longest lockout."`
 }
 
 // RateLimitConfig configures token buckets; requests refill at the
@@ -210,6 +214,9 @@ func Default() *Config {
 			AccessTokenLifetime:        Duration{0},
 			RefreshAccessTokenLifetime: Duration{5 * time.Minute},
 			LoginTokenLifetime:         Duration{2 * time.Minute},
+			LockoutAfterFailures:       10,
+			Lockout:                    Duration{time.Minute},
+			LockoutMax:                 Duration{time.Hour},
 		},
 		RateLimits: RateLimitConfig{
 			Enabled:        true,

@@ -71,6 +71,15 @@ func (c *Config) Validate() error {
 		bad("listen.max_connections_per_ip", "must not be negative")
 	}
 	notNegative("listen.body_timeout", c.Listen.BodyTimeout)
+	if c.Auth.LockoutAfterFailures < 0 {
+		bad("auth.lockout_after_failures", "must not be negative")
+	}
+	if c.Auth.LockoutAfterFailures > 0 {
+		positive("auth.lockout", c.Auth.Lockout.Seconds())
+		if c.Auth.LockoutMax.Duration < c.Auth.Lockout.Duration {
+			bad("auth.lockout_max", "must be at least auth.lockout (%s)", c.Auth.Lockout)
+		}
+	}
 	if c.Listen.BodyTimeout.Duration > 0 {
 		positive("listen.body_min_bytes_per_second", float64(c.Listen.BodyMinRate))
 	}

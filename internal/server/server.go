@@ -146,6 +146,14 @@ func ClientOptions(cfg *config.Config) clientapi.Options {
 			Burst:       cfg.RateLimits.Burst,
 			ExemptUsers: cfg.RateLimits.ExemptUsers,
 		},
+		LoginGuard: clientapi.LoginGuard{
+			RateLimited:  cfg.RateLimits.Enabled,
+			PerSecond:    cfg.RateLimits.LoginPerSecond,
+			Burst:        cfg.RateLimits.LoginBurst,
+			LockoutAfter: cfg.Auth.LockoutAfterFailures,
+			Lockout:      cfg.Auth.Lockout.Duration,
+			LockoutMax:   cfg.Auth.LockoutMax.Duration,
+		},
 		TURN: clientapi.TURNOptions{
 			URIs:         cfg.TURN.URIs,
 			SharedSecret: cfg.TURN.SharedSecret,
