@@ -11,6 +11,7 @@ package adminapi
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"strings"
 	"sync"
@@ -20,6 +21,7 @@ import (
 
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	"enclave/internal/rbac"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -81,68 +83,79 @@ func New(o Options) *API { return &API{Options: o} }
 
 type handler func(r *http.Request, dev *httpapi.Device) httpapi.Response
 
-// Register mounts every endpoint on the client listener.
-func (a *API) Register() {
+// Register mounts every endpoint on the client listener, each with the
+// permissions it needs: use_admin_api always, plus manage_users,
+// manage_rooms or manage_roles by what it touches.
+func (a *API) Register() error {
 	const s1, s2, e1 = "/_synapse/admin/v1", "/_synapse/admin/v2", "/_enclave/admin/v1"
-	a.route("GET", s1+"/server_version", a.serverVersion)
+	admin := perm.Needs(perm.UseAdminAPI)
+	users := perm.Needs(perm.UseAdminAPI, perm.ManageUsers)
+	rooms := perm.Needs(perm.UseAdminAPI, perm.ManageRooms)
+	roles := perm.Needs(perm.UseAdminAPI, perm.ManageRoles)
+	var errs []error
+	route := func(method, path string, need perm.Requirement, h handler) {
+		errs = append(errs, a.route(method, path, need, h))
+	}
+	route("GET", s1+"/server_version", admin, a.serverVersion)
 
 	// Users.
-	a.route("GET", s2+"/users", a.listUsers)
-	a.route("GET", s2+"/users/{userId}", a.getUser)
-	a.route("PUT", s2+"/users/{userId}", a.putUser)
-	a.route("POST", s1+"/deactivate/{userId}", a.deactivate)
-	a.route("POST", s1+"/reset_password/{userId}", a.resetPassword)
-	a.route("GET", s1+"/whois/{userId}", a.whois)
-	a.route("GET", s1+"/users/{userId}/joined_rooms", a.joinedRooms)
-	a.route("GET", s1+"/users/{userId}/admin", a.getUserAdmin)
-	a.route("PUT", s1+"/users/{userId}/admin", a.putUserAdmin)
-	a.route("GET", s2+"/users/{userId}/devices", a.userDevices)
+	route("GET", s2+"/users", users, a.listUsers)
+	route("GET", s2+"/users/{userId}", users, a.getUser)
+	route("PUT", s2+"/users/{userId}", users, a.putUser)
+	route("POST", s1+"/deactivate/{userId}", users, a.deactivate)
+	route("POST", s1+"/reset_password/{userId}", users, a.resetPassword)
+	route("GET", s1+"/whois/{userId}", users, a.whois)
+	route("GET", s1+"/users/{userId}/joined_rooms", users, a.joinedRooms)
+	route("GET", s1+"/users/{userId}/admin", users, a.getUserAdmin)
+	route("PUT", s1+"/users/{userId}/admin", users, a.putUserAdmin)
+	route("GET", s2+"/users/{userId}/devices", users, a.userDevices)
 
 	// Rooms.
-	a.route("GET", s1+"/rooms", a.listRooms)
-	a.route("GET", s1+"/rooms/{roomId}", a.getRoom)
-	a.route("GET", s1+"/rooms/{roomId}/members", a.roomMembers)
-	a.route("GET", s1+"/rooms/{roomId}/state", a.roomState)
-	a.route("DELETE", s1+"/rooms/{roomId}", a.deleteRoomV1)
-	a.route("DELETE", s2+"/rooms/{roomId}", a.deleteRoomV2)
-	a.route("GET", s2+"/rooms/{roomId}/delete_status", a.deleteStatusByRoom)
-	a.route("GET", s2+"/rooms/delete_status/{deleteId}", a.deleteStatusByID)
-	a.route("GET", s1+"/rooms/{roomId}/block", a.getRoomBlock)
-	a.route("PUT", s1+"/rooms/{roomId}/block", a.putRoomBlock)
+	route("GET", s1+"/rooms", rooms, a.listRooms)
+	route("GET", s1+"/rooms/{roomId}", rooms, a.getRoom)
+	route("GET", s1+"/rooms/{roomId}/members", rooms, a.roomMembers)
+	route("GET", s1+"/rooms/{roomId}/state", rooms, a.roomState)
+	route("DELETE", s1+"/rooms/{roomId}", rooms, a.deleteRoomV1)
+	route("DELETE", s2+"/rooms/{roomId}", rooms, a.deleteRoomV2)
+	route("GET", s2+"/rooms/{roomId}/delete_status", rooms, a.deleteStatusByRoom)
+	route("GET", s2+"/rooms/delete_status/{deleteId}", rooms, a.deleteStatusByID)
+	route("GET", s1+"/rooms/{roomId}/block", rooms, a.getRoomBlock)
+	route("PUT", s1+"/rooms/{roomId}/block", rooms, a.putRoomBlock)
 
 	// Registration tokens.
-	a.route("GET", s1+"/registration_tokens", a.listRegTokens)
-	a.route("POST", s1+"/registration_tokens/new", a.newRegToken)
-	a.route("GET", s1+"/registration_tokens/{token}", a.getRegToken)
-	a.route("PUT", s1+"/registration_tokens/{token}", a.putRegToken)
-	a.route("DELETE", s1+"/registration_tokens/{token}", a.deleteRegToken)
+	route("GET", s1+"/registration_tokens", users, a.listRegTokens)
+	route("POST", s1+"/registration_tokens/new", users, a.newRegToken)
+	route("GET", s1+"/registration_tokens/{token}", users, a.getRegToken)
+	route("PUT", s1+"/registration_tokens/{token}", users, a.putRegToken)
+	route("DELETE", s1+"/registration_tokens/{token}", users, a.deleteRegToken)
 
 	// Media (synadm sends a trailing slash).
 	for _, p := range []string{"", "/"} {
-		a.route("POST", s1+"/media/quarantine/{serverName}/{mediaId}"+p, a.mediaOp("quarantine"))
-		a.route("POST", s1+"/media/unquarantine/{serverName}/{mediaId}"+p, a.mediaOp("unquarantine"))
-		a.route("DELETE", s1+"/media/{serverName}/{mediaId}"+p, a.mediaOp("delete"))
+		route("POST", s1+"/media/quarantine/{serverName}/{mediaId}"+p, rooms, a.mediaOp("quarantine"))
+		route("POST", s1+"/media/unquarantine/{serverName}/{mediaId}"+p, rooms, a.mediaOp("unquarantine"))
+		route("DELETE", s1+"/media/{serverName}/{mediaId}"+p, rooms, a.mediaOp("delete"))
 	}
 
 	// Server notices.
-	a.route("POST", s1+"/send_server_notice", a.sendServerNotice)
-	a.route("PUT", s1+"/send_server_notice/{txnId}", a.sendServerNotice)
+	route("POST", s1+"/send_server_notice", users, a.sendServerNotice)
+	route("PUT", s1+"/send_server_notice/{txnId}", users, a.sendServerNotice)
 
 	// Enclave extensions.
-	a.route("GET", e1+"/roles", a.listRoles)
-	a.route("GET", e1+"/users/{userId}/roles", a.getUserRoles)
-	a.route("PUT", e1+"/users/{userId}/roles", a.putUserRoles)
-	a.route("GET", e1+"/legal_holds", a.listLegalHolds)
-	a.route("PUT", e1+"/legal_holds/{scope}/{target}", a.putLegalHold)
-	a.route("DELETE", e1+"/legal_holds/{scope}/{target}", a.deleteLegalHold)
-	a.route("POST", e1+"/retention/run", a.runRetention)
-	a.Client.HandleRaw("GET", e1+"/rooms/{roomId}/export", "admin", a.exportRoom)
+	route("GET", e1+"/roles", roles, a.listRoles)
+	route("GET", e1+"/users/{userId}/roles", roles, a.getUserRoles)
+	route("PUT", e1+"/users/{userId}/roles", roles, a.putUserRoles)
+	route("GET", e1+"/legal_holds", rooms, a.listLegalHolds)
+	route("PUT", e1+"/legal_holds/{scope}/{target}", rooms, a.putLegalHold)
+	route("DELETE", e1+"/legal_holds/{scope}/{target}", rooms, a.deleteLegalHold)
+	route("POST", e1+"/retention/run", rooms, a.runRetention)
+	errs = append(errs, a.Client.HandleRaw("GET", e1+"/rooms/{roomId}/export", "admin", rooms, a.exportRoom))
+	return errors.Join(errs...)
 }
 
 // route registers an admin endpoint whose every call is audited. A read
 // whose call cannot be recorded is not answered.
-func (a *API) route(method, path string, h handler) {
-	a.Client.HandleAuthed(method, path, "admin", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
+func (a *API) route(method, path string, need perm.Requirement, h handler) error {
+	return a.Client.HandleAuthed(method, path, "admin", need, func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		resp := h(r, dev)
 		code := resp.Code
 		if code == 0 {

@@ -8,6 +8,7 @@ import (
 
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	"enclave/internal/rbac"
 	"enclave/storage"
 )
@@ -15,15 +16,15 @@ import (
 // GET /_enclave/admin/v1/roles: the role definitions.
 func (a *API) listRoles(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	defs := a.RBAC.Definitions()
-	roles := map[string][]rbac.Permission{}
+	roles := map[string][]perm.Permission{}
 	for _, n := range defs.Names() {
 		perms := defs.Permissions(n)
 		if perms == nil {
-			perms = []rbac.Permission{}
+			perms = []perm.Permission{}
 		}
 		roles[n] = perms
 	}
-	return httpapi.JSON(http.StatusOK, map[string]any{"roles": roles, "default_role": a.RBAC.DefaultRole(), "permissions": rbac.AllPermissions})
+	return httpapi.JSON(http.StatusOK, map[string]any{"roles": roles, "default_role": a.RBAC.DefaultRole(), "permissions": perm.All})
 }
 
 func (a *API) rolesBody(r *http.Request, userID string) httpapi.Response {

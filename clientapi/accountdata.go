@@ -19,13 +19,6 @@ type accountData struct {
 	sync *syncapi.Syncer
 }
 
-func (a *API) accountDataRoutes() {
-	a.v3("GET", "/user/{userId}/account_data/{type}", "account_data", a.accountData.getAccountData)
-	a.v3("PUT", "/user/{userId}/account_data/{type}", "account_data", a.accountData.putAccountData)
-	a.v3("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.accountData.getAccountData)
-	a.v3("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", a.accountData.putAccountData)
-}
-
 // Account data types the server manages itself.
 const fullyReadType = "m.fully_read"
 

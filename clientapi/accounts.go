@@ -37,39 +37,6 @@ import (
 	"enclave/storage"
 )
 
-func (a *API) accountRoutes() {
-	// Login and sessions.
-	a.openBoth(http.MethodGet, "/login", "login", a.accounts.getLoginFlows)
-	a.openBoth(http.MethodPost, "/login", "login", a.accounts.postLogin)
-	a.open(http.MethodPost, "/_matrix/client/v3/refresh", "login", a.accounts.postRefresh)
-	a.authedBoth(http.MethodPost, "/logout", "login", a.accounts.postLogout)
-	a.authedBoth(http.MethodPost, "/logout/all", "login", a.accounts.postLogoutAll)
-
-	// Registration.
-	a.openBoth(http.MethodPost, "/register", "register", a.accounts.postRegister)
-	a.openBoth(http.MethodGet, "/register/available", "register", a.accounts.getRegisterAvailable)
-	a.open(http.MethodGet, "/_matrix/client/v1/register/m.login.registration_token/validity", "register", a.accounts.getRegistrationTokenValidity)
-	a.open(http.MethodGet, "/_synapse/admin/v1/register", "admin", a.accounts.getAdminRegisterNonce)
-	a.open(http.MethodPost, "/_synapse/admin/v1/register", "admin", a.accounts.postAdminRegister)
-
-	// Account management.
-	a.authedBoth(http.MethodGet, "/account/whoami", "account", a.accounts.getWhoami)
-	a.authedBoth(http.MethodPost, "/account/password", "account", a.accounts.postPassword)
-	a.authedBoth(http.MethodPost, "/account/deactivate", "account", a.accounts.postDeactivate)
-	a.authedBoth(http.MethodGet, "/account/3pid", "account", a.accounts.getThreepids)
-}
-
-// openBoth / authedBoth register path under /_matrix/client/v3 and /r0.
-func (a *API) openBoth(method, path, group string, h handler) {
-	a.open(method, "/_matrix/client/v3"+path, group, h)
-	a.open(method, "/_matrix/client/r0"+path, group, h)
-}
-
-func (a *API) authedBoth(method, path, group string, h authedHandler) {
-	a.authed(method, "/_matrix/client/v3"+path, group, h)
-	a.authed(method, "/_matrix/client/r0"+path, group, h)
-}
-
 // ---------------------------------------------------------------------------
 // accounts is the handler group for login, registration, sessions, UIA and
 // /account: it owns the access-token cache, the admin-registration nonces

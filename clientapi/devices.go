@@ -27,15 +27,6 @@ type devices struct {
 	accounts *accounts // tokens, UIA and last-seen throttling
 }
 
-func (a *API) deviceRoutes() {
-	a.v3("GET", "/devices", "devices", a.devices.listDevices)
-	a.v3("GET", "/devices/{deviceId}", "devices", a.devices.getDevice)
-	a.v3("PUT", "/devices/{deviceId}", "devices", a.devices.putDevice)
-	a.v3("DELETE", "/devices/{deviceId}", "devices", a.devices.deleteDevice)
-	a.v3("POST", "/delete_devices", "devices", a.devices.postDeleteDevices)
-	a.router.Use(a.devices.lastSeenMiddleware)
-}
-
 // clientDevice is a device as the spec's device endpoints show it.
 type clientDevice struct {
 	DeviceID    string `json:"device_id"`

@@ -12,39 +12,40 @@ import (
 // supportedVersions are the spec versions we serve; clients pick features by them.
 var supportedVersions = []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5", "v1.6", "v1.7", "v1.8", "v1.9", "v1.10", "v1.11", "v1.12", "v1.13", "v1.14", "v1.15", "v1.16"}
 
-func (a *API) discoveryRoutes() {
-	a.open("GET", "/_matrix/client/versions", "discovery", func(r *http.Request) httpapi.Response {
-		return httpapi.JSON(200, map[string]any{
-			"versions":          supportedVersions,
-			"unstable_features": map[string]bool{"org.matrix.msc3575": false, "org.matrix.simplified_msc3575": true},
-		})
+// versions answers GET /_matrix/client/versions.
+func versions(*http.Request) httpapi.Response {
+	return httpapi.JSON(200, map[string]any{
+		"versions":          supportedVersions,
+		"unstable_features": map[string]bool{"org.matrix.msc3575": false, "org.matrix.simplified_msc3575": true},
 	})
-	a.open("GET", "/.well-known/matrix/client", "discovery", func(r *http.Request) httpapi.Response {
-		if a.opts.BaseURL == "" {
-			return httpapi.NotFound("no client well-known configured")
-		}
-		return httpapi.JSON(200, map[string]any{"m.homeserver": map[string]string{"base_url": a.opts.BaseURL}})
-	})
-	for _, p := range []string{"/_matrix/client/v3/capabilities", "/_matrix/client/r0/capabilities"} {
-		a.authed("GET", p, "discovery", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
-			versions := map[string]string{}
-			for v, impl := range gomatrixserverlib.RoomVersions() {
-				if v == gomatrixserverlib.RoomVersionPseudoIDs {
-					continue
-				}
-				if impl.Stable() {
-					versions[string(v)] = "stable"
-				}
-			}
-			return httpapi.JSON(200, map[string]any{"capabilities": map[string]any{
-				"m.room_versions":   map[string]any{"default": roomserver.DefaultRoomVersion, "available": versions},
-				"m.change_password": map[string]bool{"enabled": true},
-				"m.set_displayname": map[string]bool{"enabled": true},
-				"m.set_avatar_url":  map[string]bool{"enabled": true},
-				"m.3pid_changes":    map[string]bool{"enabled": false},
-				"m.get_login_token": map[string]bool{"enabled": false},
-				"m.profile_fields":  map[string]bool{"enabled": true},
-			}})
-		})
+}
+
+// wellKnown answers GET /.well-known/matrix/client.
+func (a *API) wellKnown(*http.Request) httpapi.Response {
+	if a.opts.BaseURL == "" {
+		return httpapi.NotFound("no client well-known configured")
 	}
+	return httpapi.JSON(200, map[string]any{"m.homeserver": map[string]string{"base_url": a.opts.BaseURL}})
+}
+
+// capabilities answers GET /capabilities.
+func capabilities(*http.Request, *httpapi.Device) httpapi.Response {
+	versions := map[string]string{}
+	for v, impl := range gomatrixserverlib.RoomVersions() {
+		if v == gomatrixserverlib.RoomVersionPseudoIDs {
+			continue
+		}
+		if impl.Stable() {
+			versions[string(v)] = "stable"
+		}
+	}
+	return httpapi.JSON(200, map[string]any{"capabilities": map[string]any{
+		"m.room_versions":   map[string]any{"default": roomserver.DefaultRoomVersion, "available": versions},
+		"m.change_password": map[string]bool{"enabled": true},
+		"m.set_displayname": map[string]bool{"enabled": true},
+		"m.set_avatar_url":  map[string]bool{"enabled": true},
+		"m.3pid_changes":    map[string]bool{"enabled": false},
+		"m.get_login_token": map[string]bool{"enabled": false},
+		"m.profile_fields":  map[string]bool{"enabled": true},
+	}})
 }

@@ -16,10 +16,6 @@ import (
 // join or peek. Only rooms this server holds are listed: remote children
 // would need federation and are skipped.
 
-func (a *API) hierarchyRoutes() {
-	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", "rooms", a.rooms.hierarchy)
-}
-
 const (
 	hierarchyDefaultLimit = 50
 	hierarchyMaxLimit     = 100

@@ -17,19 +17,6 @@ import (
 	"enclave/storage"
 )
 
-func (a *API) keyBackupRoutes() {
-	a.v3("POST", "/room_keys/version", "keybackup", a.keys.createBackupVersion)
-	a.v3("GET", "/room_keys/version", "keybackup", a.keys.getBackupVersion)
-	a.v3("GET", "/room_keys/version/{version}", "keybackup", a.keys.getBackupVersion)
-	a.v3("PUT", "/room_keys/version/{version}", "keybackup", a.keys.putBackupVersion)
-	a.v3("DELETE", "/room_keys/version/{version}", "keybackup", a.keys.deleteBackupVersion)
-	for _, p := range []string{"/room_keys/keys", "/room_keys/keys/{roomId}", "/room_keys/keys/{roomId}/{sessionId}"} {
-		a.v3("GET", p, "keybackup", a.keys.getBackupKeys)
-		a.v3("PUT", p, "keybackup", a.keys.putBackupKeys)
-		a.v3("DELETE", p, "keybackup", a.keys.deleteBackupKeys)
-	}
-}
-
 // maxBackupKeysPerRequest bounds one upload.
 const maxBackupKeysPerRequest = 20000
 

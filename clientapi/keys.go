@@ -23,15 +23,6 @@ import (
 	"enclave/syncapi"
 )
 
-func (a *API) keysRoutes() {
-	a.v3("POST", "/keys/upload", "keys", a.keys.keysUpload)
-	a.v3("POST", "/keys/query", "keys", a.keys.keysQuery)
-	a.v3("POST", "/keys/claim", "keys", a.keys.keysClaim)
-	a.v3("GET", "/keys/changes", "keys", a.keys.keysChanges)
-	a.v3("POST", "/keys/device_signing/upload", "keys", a.keys.crossSigningUpload)
-	a.v3("POST", "/keys/signatures/upload", "keys", a.keys.signaturesUpload)
-}
-
 // RemoteKeys is how /keys/query and /keys/claim reach users of other
 // servers. Federation implements it (federation /user/keys/query and
 // /user/keys/claim) and installs it with SetRemoteKeys; until then remote

@@ -16,10 +16,6 @@ import (
 // knock or a join is allowed is the room version's auth rules' call
 // (gomatrixserverlib); this file only builds the events they judge.
 
-func (a *API) knockRoutes() {
-	a.v3("POST", "/knock/{roomIdOrAlias}", "membership", a.rooms.knock)
-}
-
 func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var body struct {
 		Reason string `json:"reason"`

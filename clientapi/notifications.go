@@ -10,10 +10,6 @@ import (
 	"enclave/syncapi"
 )
 
-func (a *API) notificationRoutes() {
-	a.v3("GET", "/notifications", "notifications", a.events.getNotifications)
-}
-
 // getNotifications pages through the events the user was notified about,
 // newest first. Tokens are notification row IDs.
 func (eg *events) getNotifications(r *http.Request, dev *httpapi.Device) httpapi.Response {

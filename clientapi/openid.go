@@ -13,10 +13,6 @@ import (
 // user's ID from it through the federation API's GET /openid/userinfo.
 // The token proves identity only; it grants no access to this server.
 
-func (a *API) openIDRoutes() {
-	a.v3("POST", "/user/{userId}/openid/request_token", "openid", a.accounts.requestOpenIDToken)
-}
-
 // openIDTokenLifetime is the expires_in of OpenID tokens.
 const openIDTokenLifetime = time.Hour
 

@@ -12,11 +12,6 @@ import (
 	"enclave/syncapi"
 )
 
-func (a *API) presenceRoutes() {
-	a.v3("GET", "/presence/{userId}/status", "presence", a.social.getPresence)
-	a.v3("PUT", "/presence/{userId}/status", "presence", a.social.putPresence)
-}
-
 const maxStatusMsgLen = 1024
 
 func (so *social) presence() *syncapi.Presence { return so.sync.Presence() }

@@ -30,16 +30,6 @@ type social struct {
 	ephemeral      EphemeralSender // federation's presence sender
 }
 
-func (a *API) profileRoutes() {
-	for _, prefix := range []string{"/_matrix/client/v3", "/_matrix/client/r0"} {
-		a.open("GET", prefix+"/profile/{userId}", "profile", a.social.getProfile)
-		a.open("GET", prefix+"/profile/{userId}/displayname", "profile", a.social.getProfileField("displayname"))
-		a.open("GET", prefix+"/profile/{userId}/avatar_url", "profile", a.social.getProfileField("avatar_url"))
-	}
-	a.v3("PUT", "/profile/{userId}/displayname", "profile", a.social.putProfileField("displayname"))
-	a.v3("PUT", "/profile/{userId}/avatar_url", "profile", a.social.putProfileField("avatar_url"))
-}
-
 // SocialOptions are the config switches of the profile and presence
 // endpoints (config profile.*; presence.enabled lives on the syncer's
 // presence tracker).

@@ -13,15 +13,6 @@ import (
 // published with PUT /directory/list/room or createRoom's visibility,
 // largest first, from the directory stats kept by the room event hook.
 
-func (a *API) publicRoomsRoutes() {
-	// GET needs no access token (the spec lists no security for it);
-	// filtering with POST does.
-	for _, v := range []string{"v3", "r0"} {
-		a.open("GET", "/_matrix/client/"+v+"/publicRooms", "directory", a.directory.getPublicRooms)
-	}
-	a.v3("POST", "/publicRooms", "directory", a.directory.postPublicRooms)
-}
-
 const (
 	publicRoomsMaxLimit = 500
 )

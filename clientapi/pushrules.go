@@ -16,22 +16,6 @@ import (
 	"enclave/syncapi"
 )
 
-func (a *API) pushRuleRoutes() {
-	a.v3("GET", "/pushrules/", "pushrules", a.accountData.getAllPushRules)
-	a.v3("GET", "/pushrules", "pushrules", a.accountData.getAllPushRules)
-	a.v3("GET", "/pushrules/global/", "pushrules", a.accountData.getGlobalPushRules)
-	a.v3("GET", "/pushrules/global", "pushrules", a.accountData.getGlobalPushRules)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.getPushRule)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.putPushRule)
-	a.v3("DELETE", "/pushrules/{scope}/{kind}/{ruleId}", "pushrules", a.accountData.deletePushRule)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.accountData.getPushRuleEnabled)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/enabled", "pushrules", a.accountData.putPushRuleEnabled)
-	a.v3("GET", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.accountData.getPushRuleActions)
-	a.v3("PUT", "/pushrules/{scope}/{kind}/{ruleId}/actions", "pushrules", a.accountData.putPushRuleActions)
-	a.v3("GET", "/pushers", "pushers", a.accountData.getPushers)
-	a.v3("POST", "/pushers/set", "pushers", a.accountData.setPusher)
-}
-
 func (ad *accountData) getAllPushRules(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	rs, err := pushnotify.UserRuleset(r.Context(), ad.db, dev.UserID)
 	if err != nil {

@@ -11,11 +11,6 @@ import (
 	"enclave/storage"
 )
 
-func (a *API) receiptRoutes() {
-	a.v3("POST", "/rooms/{roomId}/receipt/{receiptType}/{eventId}", "receipts", a.events.postReceipt)
-	a.v3("POST", "/rooms/{roomId}/read_markers", "receipts", a.events.postReadMarkers)
-}
-
 // receiptEvent loads the receipted event, which must be a timeline event
 // of the room.
 func (eg *events) receiptEvent(ctx context.Context, roomID, eventID string) (*storage.Event, httpapi.Response, bool) {

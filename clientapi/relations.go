@@ -20,13 +20,6 @@ import (
 // threads through a room's threads. Both read the relations table the room
 // event hook writes, and serve events with their bundled aggregations.
 
-func (a *API) relationsRoutes() {
-	for _, p := range []string{"", "/{relType}", "/{relType}/{eventType}"} {
-		a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}"+p, "messages", a.events.relations)
-	}
-	a.authed("GET", "/_matrix/client/v1/rooms/{roomId}/threads", "messages", a.events.threads)
-}
-
 const (
 	relationsDefaultLimit = 20
 	relationsMaxLimit     = 100

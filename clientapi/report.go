@@ -18,12 +18,6 @@ import (
 // admins land in the content_reports table (storage/reports.go). Nothing
 // about a report is shown to the reported party.
 
-func (a *API) reportRoutes() {
-	a.v3("POST", "/rooms/{roomId}/report/{eventId}", "report", a.reportEvent)
-	a.v3("POST", "/rooms/{roomId}/report", "report", a.reportRoom)
-	a.v3("POST", "/users/{userId}/report", "report", a.reportUser)
-}
-
 // maxReportReason bounds a stored reason (characters).
 const maxReportReason = 2000
 

@@ -31,43 +31,6 @@ type rooms struct {
 	upgradeLocks sync.Map // room ID -> *sync.Mutex
 }
 
-// v3 registers a path under /_matrix/client/v3 and its r0 alias.
-func (a *API) v3(method, path, group string, h authedHandler) {
-	a.authed(method, "/_matrix/client/v3"+path, group, h)
-	a.authed(method, "/_matrix/client/r0"+path, group, h)
-}
-
-func (a *API) roomRoutes() {
-	a.v3("POST", "/createRoom", "rooms", a.rooms.createRoom)
-	a.v3("POST", "/join/{roomIdOrAlias}", "membership", a.rooms.joinRoomIDOrAlias)
-	a.v3("POST", "/rooms/{roomId}/join", "membership", a.rooms.joinRoomByID)
-	a.v3("POST", "/rooms/{roomId}/invite", "membership", a.rooms.membershipOther("invite"))
-	a.v3("POST", "/rooms/{roomId}/kick", "membership", a.rooms.membershipOther("leave"))
-	a.v3("POST", "/rooms/{roomId}/ban", "membership", a.rooms.membershipOther("ban"))
-	a.v3("POST", "/rooms/{roomId}/unban", "membership", a.rooms.membershipOther("unban"))
-	a.v3("POST", "/rooms/{roomId}/leave", "membership", a.rooms.leaveRoom)
-	a.v3("POST", "/rooms/{roomId}/forget", "membership", a.rooms.forgetRoom)
-	a.v3("GET", "/joined_rooms", "rooms", a.rooms.joinedRooms)
-	a.v3("GET", "/rooms/{roomId}/members", "rooms", a.events.members)
-	a.v3("GET", "/rooms/{roomId}/joined_members", "rooms", a.events.joinedMembers)
-	a.v3("GET", "/rooms/{roomId}/state", "rooms", a.events.roomState)
-	a.v3("GET", "/rooms/{roomId}/state/{eventType}", "rooms", a.events.roomStateEvent)
-	a.v3("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "rooms", a.events.roomStateEvent)
-	a.v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", a.rooms.putState)
-	a.v3("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "send", a.rooms.putState)
-	a.v3("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", "send", a.rooms.send)
-	a.v3("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", "send", a.rooms.redact)
-	a.v3("GET", "/rooms/{roomId}/event/{eventId}", "rooms", a.events.getEvent)
-	a.v3("GET", "/rooms/{roomId}/messages", "messages", a.events.messages)
-	a.v3("GET", "/rooms/{roomId}/context/{eventId}", "messages", a.events.eventContext)
-	a.v3("GET", "/directory/room/{roomAlias}", "directory", a.directory.getAlias)
-	a.v3("PUT", "/directory/room/{roomAlias}", "directory", a.directory.putAlias)
-	a.v3("DELETE", "/directory/room/{roomAlias}", "directory", a.directory.deleteAlias)
-	a.v3("GET", "/rooms/{roomId}/aliases", "directory", a.directory.roomAliases)
-	a.open("GET", "/_matrix/client/v3/directory/list/room/{roomId}", "directory", a.directory.getDirectoryVisibility)
-	a.v3("PUT", "/directory/list/room/{roomId}", "directory", a.directory.putDirectoryVisibility)
-}
-
 // roomError maps room server errors to the spec's responses.
 func roomError(r *http.Request, err error) httpapi.Response {
 	var na *roomserver.NotAllowedError

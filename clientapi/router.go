@@ -7,8 +7,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -19,6 +21,7 @@ import (
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
 	"enclave/internal/lru"
+	"enclave/internal/perm"
 	"enclave/roomserver"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -71,18 +74,25 @@ type API struct {
 	syncing     *syncing
 	// authorizer, when set (RBAC), decides per request whether the
 	// authenticated device may call the route; see SetAuthorizer.
-	authorizer func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool)
+	authorizer Authorizer
+	// table lists the registered routes in order (Routes).
+	table []RouteInfo
 }
 
-// SetAuthorizer installs the role check run on every authenticated request
-// after the token is verified and before the handler. The route's path
-// template is available through mux.CurrentRoute(r).
-func (a *API) SetAuthorizer(fn func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool)) {
+// Authorizer decides whether the authenticated device may make request r
+// on a route that asks need; on refusal it returns the response to send.
+type Authorizer func(r *http.Request, dev *httpapi.Device, need perm.Requirement) (httpapi.Response, bool)
+
+// SetAuthorizer installs the role check (RBAC) run on every authenticated
+// request after the token is verified and before the handler. Until one is
+// installed, routes that need a permission are refused.
+func (a *API) SetAuthorizer(fn Authorizer) {
 	a.authorizer = fn
 }
 
 // New wires the client API over the store, the room server and the syncer.
-func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) *API {
+// It fails if a route of the table carries no permission requirement.
+func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) (*API, error) {
 	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
@@ -99,43 +109,67 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusMethodNotAllowed, "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
-	a.routes()
-	return a
+	for _, rows := range a.routes() {
+		for _, rt := range rows {
+			if err := a.add(rt); err != nil {
+				return nil, err
+			}
+		}
+	}
+	a.router.Use(a.devices.lastSeenMiddleware)
+	return a, nil
 }
 
-// routes registers every Client-Server API endpoint group, each a method
-// in the file of its handlers. The order is behaviour: gorilla/mux serves
-// the first route that matches.
-func (a *API) routes() {
-	a.discoveryRoutes()
-	a.accountRoutes()
-	a.roomRoutes()
-	a.syncRoutes()
-	a.accountDataRoutes()
-	a.deviceRoutes()
-	a.hierarchyRoutes()
-	a.keyBackupRoutes()
-	a.keysRoutes()
-	a.knockRoutes()
-	a.notificationRoutes()
-	a.openIDRoutes()
-	a.presenceRoutes()
-	a.profileRoutes()
-	a.publicRoomsRoutes()
-	a.pushRuleRoutes()
-	a.receiptRoutes()
-	a.relationsRoutes()
-	a.reportRoutes()
-	a.searchRoutes()
-	a.slidingRoutes()
-	a.summaryRoutes()
-	a.tagRoutes()
-	a.thirdPartyRoutes()
-	a.toDeviceRoutes()
-	a.typingRoutes()
-	a.upgradeRoutes()
-	a.userDirectoryRoutes()
-	a.voipRoutes()
+// RouteInfo describes a registered route, for the route-table tests and
+// documentation.
+type RouteInfo struct {
+	Method, Path, Group string
+	Need                perm.Requirement
+}
+
+// Routes lists every route registered on the router, in order: the client
+// API's table and those of the components mounted on it.
+func (a *API) Routes() []RouteInfo { return slices.Clone(a.table) }
+
+// add registers one route after checking its requirement: every route has
+// one, an open route is perm.Public and an authenticated one is not.
+func (a *API) add(rt route) error {
+	handlers := 0
+	for _, set := range []bool{rt.open != nil, rt.authed != nil, rt.raw != nil} {
+		if set {
+			handlers++
+		}
+	}
+	switch {
+	case handlers != 1:
+		return fmt.Errorf("clientapi: route %s %s needs exactly one handler", rt.method, rt.path)
+	case !rt.need.Valid():
+		return fmt.Errorf("clientapi: route %s %s has no permission requirement (use perm.Public, perm.AnyUser, perm.Needs or perm.Dynamic)", rt.method, rt.path)
+	case rt.open != nil && !rt.need.IsPublic():
+		return fmt.Errorf("clientapi: route %s %s takes no token, so it cannot need %s: authenticate it or mark it perm.Public", rt.method, rt.path, rt.need)
+	case rt.authed != nil && rt.need.IsPublic():
+		return fmt.Errorf("clientapi: route %s %s takes a token: mark it perm.AnyUser rather than perm.Public", rt.method, rt.path)
+	}
+	for _, ri := range a.table {
+		if ri.Method == rt.method && ri.Path == rt.path {
+			return fmt.Errorf("clientapi: route %s %s registered twice", rt.method, rt.path)
+		}
+	}
+	var h http.HandlerFunc
+	switch {
+	case rt.open != nil:
+		h = a.serveOpen(rt.open)
+	case rt.authed != nil:
+		h = a.serveAuthed(rt.need, rt.authed)
+	default:
+		need, raw := rt.need, rt.raw
+		h = func(w http.ResponseWriter, r *http.Request) {
+			raw(w, r.WithContext(context.WithValue(r.Context(), ctxNeed, need)))
+		}
+	}
+	a.router.Handle(rt.path, a.instrument(rt.group, h)).Methods(rt.method)
+	a.table = append(a.table, RouteInfo{Method: rt.method, Path: rt.path, Group: rt.group, Need: rt.need})
+	return nil
 }
 
 // Handler returns the HTTP handler with CORS, request IDs, body limits and
@@ -150,7 +184,10 @@ func (a *API) Router() *mux.Router { return a.router }
 
 type ctxKey int
 
-const ctxDevice ctxKey = iota
+const (
+	ctxDevice ctxKey = iota
+	ctxNeed          // a raw route's requirement, for Authenticate
+)
 
 func (a *API) middleware(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -181,20 +218,21 @@ type handler func(r *http.Request) httpapi.Response
 // authedHandler is the shape of an endpoint that needs a valid access token.
 type authedHandler func(r *http.Request, dev *httpapi.Device) httpapi.Response
 
-// open registers an endpoint that needs no access token.
-func (a *API) open(method, path, group string, h handler) {
-	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
+// serveOpen serves an endpoint that needs no access token.
+func (a *API) serveOpen(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		if resp, limited := a.limiter.check(r, ""); limited {
 			httpapi.WriteResponse(w, resp)
 			return
 		}
 		httpapi.WriteResponse(w, h(r))
-	})).Methods(method)
+	}
 }
 
-// authed registers an endpoint that needs a valid access token.
-func (a *API) authed(method, path, group string, h authedHandler) {
-	a.router.Handle(path, a.instrument(group, func(w http.ResponseWriter, r *http.Request) {
+// serveAuthed serves an endpoint that needs a valid access token and
+// whatever permissions need asks.
+func (a *API) serveAuthed(need perm.Requirement, h authedHandler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
 		dev, resp, ok := a.accounts.authenticate(r)
 		if !ok {
 			httpapi.WriteResponse(w, resp)
@@ -207,14 +245,27 @@ func (a *API) authed(method, path, group string, h authedHandler) {
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 		a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
-		if a.authorizer != nil {
-			if resp, ok := a.authorizer(r, dev, group); !ok {
-				httpapi.WriteResponse(w, resp)
-				return
-			}
+		if resp, ok := a.authorize(r, dev, need); !ok {
+			httpapi.WriteResponse(w, resp)
+			return
 		}
 		httpapi.WriteResponse(w, h(r, dev))
-	})).Methods(method)
+	}
+}
+
+// authorize runs the installed authorizer. Without one only routes that
+// need no permission are served: nothing is open by omission.
+func (a *API) authorize(r *http.Request, dev *httpapi.Device, need perm.Requirement) (httpapi.Response, bool) {
+	if a.authorizer != nil {
+		return a.authorizer(r, dev, need)
+	}
+	if !need.Valid() {
+		return httpapi.Forbidden("this route has no permission requirement"), false
+	}
+	if len(need.Possible()) > 0 {
+		return httpapi.Forbidden("no role check is installed, so routes that need a permission are refused"), false
+	}
+	return httpapi.Response{}, true
 }
 
 func (a *API) instrument(group string, fn http.HandlerFunc) http.Handler {

@@ -21,10 +21,6 @@ import (
 // hit passes the same history-visibility check as /messages before it is
 // returned.
 
-func (a *API) searchRoutes() {
-	a.v3("POST", "/search", "search", a.events.search)
-}
-
 const (
 	searchDefaultLimit = 10
 	searchMaxLimit     = 50

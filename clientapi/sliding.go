@@ -15,10 +15,6 @@ import (
 // Simplified sliding sync (MSC4186): the sync Element X requires. The
 // work is in syncapi.Syncer.Sliding; this checks the request.
 
-func (a *API) slidingRoutes() {
-	a.authed("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", "sync", a.syncing.slidingHandler)
-}
-
 // Request bounds: a client asking for more is refused, not truncated.
 const (
 	maxSlidingLists         = 64

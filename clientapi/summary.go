@@ -19,12 +19,6 @@ import (
 // A room the caller may not preview answers the same 404 as an unknown
 // one, so its existence does not leak.
 
-func (a *API) summaryRoutes() {
-	a.open("GET", "/_matrix/client/v1/room_summary/{roomIdOrAlias}", "rooms", a.rooms.roomSummary(false))
-	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/rooms/{roomIdOrAlias}/summary", "rooms", a.rooms.roomSummary(true))
-	a.open("GET", "/_matrix/client/unstable/im.nheko.summary/summary/{roomIdOrAlias}", "rooms", a.rooms.roomSummary(true))
-}
-
 // optionalDevice authenticates the request if it carries an access token;
 // ok is false (with resp to send) only for a token that is invalid.
 func (rm *rooms) optionalDevice(r *http.Request) (*httpapi.Device, httpapi.Response, bool) {

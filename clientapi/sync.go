@@ -28,12 +28,6 @@ type syncing struct {
 	filters *lru.Cache[string, *syncapi.Filter]
 }
 
-func (a *API) syncRoutes() {
-	a.v3("GET", "/sync", "sync", a.syncing.syncHandler)
-	a.v3("POST", "/user/{userId}/filter", "filter", a.syncing.postFilter)
-	a.v3("GET", "/user/{userId}/filter/{filterId}", "filter", a.syncing.getFilter)
-}
-
 // maxSyncTimeout bounds how long a long-poll may wait.
 const maxSyncTimeout = 5 * time.Minute
 

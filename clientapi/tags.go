@@ -16,12 +16,6 @@ import (
 
 const tagType = "m.tag"
 
-func (a *API) tagRoutes() {
-	a.v3("GET", "/user/{userId}/rooms/{roomId}/tags", "account_data", a.accountData.getTags)
-	a.v3("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.accountData.putTag)
-	a.v3("DELETE", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", a.accountData.deleteTag)
-}
-
 // tagTarget checks the path: own user, valid room ID.
 func tagTarget(r *http.Request, dev *httpapi.Device) (string, httpapi.Response, bool) {
 	if httpapi.Vars(r)["userId"] != dev.UserID {

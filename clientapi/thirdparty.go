@@ -11,30 +11,27 @@ import (
 // (email, phone) is refused: users are provisioned by the operator, and a
 // 3PID would be an unverifiable side channel.
 
-func (a *API) thirdPartyRoutes() {
-	a.v3("GET", "/thirdparty/protocols", "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
-		return httpapi.JSON(200, struct{}{})
-	})
-	a.v3("GET", "/thirdparty/protocol/{protocol}", "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
-		return httpapi.NotFound("unknown protocol")
-	})
-	for _, p := range []string{"/thirdparty/location", "/thirdparty/location/{protocol}", "/thirdparty/user", "/thirdparty/user/{protocol}"} {
-		a.v3("GET", p, "thirdparty", func(r *http.Request, dev *httpapi.Device) httpapi.Response {
-			return httpapi.JSON(200, []any{})
-		})
-	}
-	refuse := func(r *http.Request, dev *httpapi.Device) httpapi.Response {
-		return httpapi.Forbidden("third-party identifiers are not supported on this server")
-	}
-	for _, p := range []string{"/account/3pid", "/account/3pid/add", "/account/3pid/bind", "/account/3pid/delete", "/account/3pid/unbind"} {
-		a.v3("POST", p, "account", refuse)
-	}
-	// Token requests are unauthenticated in the spec; refuse them alike.
-	for _, v := range []string{"v3", "r0"} {
-		for _, p := range []string{"/account/3pid/email/requestToken", "/account/3pid/msisdn/requestToken"} {
-			a.open("POST", "/_matrix/client/"+v+p, "account", func(r *http.Request) httpapi.Response {
-				return httpapi.Forbidden("third-party identifiers are not supported on this server")
-			})
-		}
-	}
+// thirdPartyProtocols answers GET /thirdparty/protocols: none.
+func thirdPartyProtocols(*http.Request, *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(200, struct{}{})
+}
+
+// thirdPartyProtocol answers GET /thirdparty/protocol/{protocol}.
+func thirdPartyProtocol(*http.Request, *httpapi.Device) httpapi.Response {
+	return httpapi.NotFound("unknown protocol")
+}
+
+// thirdPartyLookup answers the location and user lookups: nothing found.
+func thirdPartyLookup(*http.Request, *httpapi.Device) httpapi.Response {
+	return httpapi.JSON(200, []any{})
+}
+
+// refuse3PID answers every attempt to add, bind or remove a 3PID.
+func refuse3PID(*http.Request, *httpapi.Device) httpapi.Response { return no3PID() }
+
+// refuse3PIDToken answers the token requests, unauthenticated in the spec.
+func refuse3PIDToken(*http.Request) httpapi.Response { return no3PID() }
+
+func no3PID() httpapi.Response {
+	return httpapi.Forbidden("third-party identifiers are not supported on this server")
 }

@@ -17,10 +17,6 @@ import (
 	"enclave/storage"
 )
 
-func (a *API) toDeviceRoutes() {
-	a.v3("PUT", "/sendToDevice/{eventType}/{txnId}", "todevice", a.keys.sendToDevice)
-}
-
 // maxToDeviceMessages bounds the recipients of one request.
 const maxToDeviceMessages = 10000
 

@@ -6,10 +6,6 @@ import (
 	"time"
 )
 
-func (a *API) typingRoutes() {
-	a.v3("PUT", "/rooms/{roomId}/typing/{userId}", "typing", a.events.putTyping)
-}
-
 // Typing timeouts: the default when none is given, and the cap.
 const (
 	defaultTypingTimeout = 30 * time.Second

@@ -21,10 +21,6 @@ import (
 // aliases moved, a tombstone in the old room and its power levels
 // restricted so that ordinary members can no longer talk there.
 
-func (a *API) upgradeRoutes() {
-	a.v3("POST", "/rooms/{roomId}/upgrade", "rooms", a.rooms.upgradeRoom)
-}
-
 // transferableState are the state events copied into the replacement
 // room, in the order they are sent there.
 var transferableState = []string{"m.room.join_rules", "m.room.history_visibility", "m.room.guest_access", "m.room.name",

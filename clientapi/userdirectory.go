@@ -13,10 +13,6 @@ import (
 // room with the searcher and users in public rooms, or every local user
 // when user_directory.search_all_users is set.
 
-func (a *API) userDirectoryRoutes() {
-	a.v3("POST", "/user_directory/search", "user_directory", a.directory.searchUserDirectory)
-}
-
 // SetUserDirectorySearchAll makes user directory searches cover every
 // local account, not only users sharing a room or in public rooms.
 func (a *API) SetUserDirectorySearchAll(all bool) { a.directory.searchAllUsers = all }

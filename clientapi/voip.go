@@ -16,10 +16,6 @@ import (
 // configured the answer is an empty object, as Synapse gives and Element
 // expects, so clients fall back to their own STUN/TURN settings.
 
-func (a *API) voipRoutes() {
-	a.v3("GET", "/voip/turnServer", "voip", a.turnServer)
-}
-
 func (a *API) turnServer(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	t := a.opts.TURN
 	if len(t.URIs) == 0 || t.SharedSecret == "" {

@@ -29,6 +29,7 @@ import (
 	"enclave/auditapi"
 	"enclave/config"
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	"enclave/internal/sealing"
 	"enclave/storage"
 )
@@ -160,24 +161,34 @@ func (r *Repo) emit(ctx context.Context, user, mediaID string, size int64, sha, 
 }
 
 // Register mounts the media endpoints on the client API's listener.
-func (r *Repo) Register(api httpapi.Routes) {
+// Uploads need upload_media; the rest any user (the legacy download and
+// thumbnail paths take no token).
+func (r *Repo) Register(api httpapi.Routes) error {
 	r.api = api
 	const v1 = "/_matrix/client/v1/media"
-	api.HandleAuthed(http.MethodGet, v1+"/config", "media", r.config)
-	api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}", "media_download", r.download(true))
-	api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}/{fileName}", "media_download", r.download(true))
-	api.HandleRaw(http.MethodGet, v1+"/thumbnail/{serverName}/{mediaId}", "media_thumbnail", r.thumbnail(true))
+	upload := perm.Needs(perm.UploadMedia)
+	return errors.Join(
+		api.HandleAuthed(http.MethodGet, v1+"/config", "media", perm.AnyUser, r.config),
+		api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}", "media_download", perm.AnyUser, r.download(true)),
+		api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}/{fileName}", "media_download", perm.AnyUser, r.download(true)),
+		api.HandleRaw(http.MethodGet, v1+"/thumbnail/{serverName}/{mediaId}", "media_thumbnail", perm.AnyUser, r.thumbnail(true)),
 
-	api.HandleAuthed(http.MethodPost, "/_matrix/media/v1/create", "media_upload", r.create)
-	for _, v := range []string{"v3", "r0"} {
-		p := "/_matrix/media/" + v
-		api.HandleAuthed(http.MethodGet, p+"/config", "media", r.config)
-		api.HandleRaw(http.MethodPost, p+"/upload", "media_upload", r.upload)
-		api.HandleRaw(http.MethodGet, p+"/download/{serverName}/{mediaId}", "media_download", r.download(false))
-		api.HandleRaw(http.MethodGet, p+"/download/{serverName}/{mediaId}/{fileName}", "media_download", r.download(false))
-		api.HandleRaw(http.MethodGet, p+"/thumbnail/{serverName}/{mediaId}", "media_thumbnail", r.thumbnail(false))
-	}
-	api.HandleRaw(http.MethodPut, "/_matrix/media/v3/upload/{serverName}/{mediaId}", "media_upload", r.uploadTo)
+		api.HandleAuthed(http.MethodPost, "/_matrix/media/v1/create", "media_upload", upload, r.create),
+
+		api.HandleAuthed(http.MethodGet, "/_matrix/media/v3/config", "media", perm.AnyUser, r.config),
+		api.HandleRaw(http.MethodPost, "/_matrix/media/v3/upload", "media_upload", upload, r.upload),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/v3/download/{serverName}/{mediaId}", "media_download", perm.Public, r.download(false)),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/v3/download/{serverName}/{mediaId}/{fileName}", "media_download", perm.Public, r.download(false)),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/v3/thumbnail/{serverName}/{mediaId}", "media_thumbnail", perm.Public, r.thumbnail(false)),
+
+		api.HandleAuthed(http.MethodGet, "/_matrix/media/r0/config", "media", perm.AnyUser, r.config),
+		api.HandleRaw(http.MethodPost, "/_matrix/media/r0/upload", "media_upload", upload, r.upload),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/r0/download/{serverName}/{mediaId}", "media_download", perm.Public, r.download(false)),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/r0/download/{serverName}/{mediaId}/{fileName}", "media_download", perm.Public, r.download(false)),
+		api.HandleRaw(http.MethodGet, "/_matrix/media/r0/thumbnail/{serverName}/{mediaId}", "media_thumbnail", perm.Public, r.thumbnail(false)),
+
+		api.HandleRaw(http.MethodPut, "/_matrix/media/v3/upload/{serverName}/{mediaId}", "media_upload", upload, r.uploadTo),
+	)
 }
 
 func (r *Repo) config(_ *http.Request, _ *httpapi.Device) httpapi.Response {

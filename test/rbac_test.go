@@ -8,7 +8,7 @@ import (
 
 	"enclave/auditapi"
 	"enclave/config"
-	"enclave/internal/rbac"
+	"enclave/internal/perm"
 	"enclave/storage"
 )
 
@@ -19,29 +19,29 @@ func TestRBACEveryPermission(t *testing.T) {
 		method, path string
 		body         any
 	}
-	cases := map[rbac.Permission]call{
-		rbac.CreateRoom:        {"POST", "/_matrix/client/v3/createRoom", map[string]any{}},
-		rbac.CreatePublicRoom:  {"POST", "/_matrix/client/v3/createRoom", map[string]any{"visibility": "public"}},
-		rbac.InviteRemoteUsers: {"POST", "/_matrix/client/v3/rooms/!nowhere:localhost/invite", map[string]any{"user_id": "@x:remote.example"}},
-		rbac.JoinRemoteRooms:   {"POST", "/_matrix/client/v3/join/%23room:remote.example", map[string]any{}},
-		rbac.Federate:          {"POST", "/_matrix/client/r0/join/%23room:remote.example", map[string]any{}},
-		rbac.UploadMedia:       {"POST", "/_matrix/media/v3/upload", "some bytes"},
-		rbac.UseAdminAPI:       {"GET", "/_synapse/admin/v1/server_version", nil},
-		rbac.ManageUsers:       {"GET", "/_synapse/admin/v2/users", nil},
-		rbac.ManageRooms:       {"GET", "/_synapse/admin/v1/rooms", nil},
-		rbac.ReadAudit:         {"GET", "/_enclave/audit/v1/entries", nil},
-		rbac.ExportAudit:       {"GET", "/_enclave/audit/v1/export", nil},
-		rbac.ManageRoles:       {"GET", "/_enclave/admin/v1/roles", nil},
+	cases := map[perm.Permission]call{
+		perm.CreateRoom:        {"POST", "/_matrix/client/v3/createRoom", map[string]any{}},
+		perm.CreatePublicRoom:  {"POST", "/_matrix/client/v3/createRoom", map[string]any{"visibility": "public"}},
+		perm.InviteRemoteUsers: {"POST", "/_matrix/client/v3/rooms/!nowhere:localhost/invite", map[string]any{"user_id": "@x:remote.example"}},
+		perm.JoinRemoteRooms:   {"POST", "/_matrix/client/v3/join/%23room:remote.example", map[string]any{}},
+		perm.Federate:          {"POST", "/_matrix/client/r0/join/%23room:remote.example", map[string]any{}},
+		perm.UploadMedia:       {"POST", "/_matrix/media/v3/upload", "some bytes"},
+		perm.UseAdminAPI:       {"GET", "/_synapse/admin/v1/server_version", nil},
+		perm.ManageUsers:       {"GET", "/_synapse/admin/v2/users", nil},
+		perm.ManageRooms:       {"GET", "/_synapse/admin/v1/rooms", nil},
+		perm.ReadAudit:         {"GET", "/_enclave/audit/v1/entries", nil},
+		perm.ExportAudit:       {"GET", "/_enclave/audit/v1/export", nil},
+		perm.ManageRoles:       {"GET", "/_enclave/admin/v1/roles", nil},
 	}
-	if len(cases) != len(rbac.AllPermissions) {
-		t.Fatalf("%d cases for %d permissions", len(cases), len(rbac.AllPermissions))
+	if len(cases) != len(perm.All) {
+		t.Fatalf("%d cases for %d permissions", len(cases), len(perm.All))
 	}
 	var all []string
-	for _, p := range rbac.AllPermissions {
+	for _, p := range perm.All {
 		all = append(all, string(p))
 	}
 	roles := []string{"everything=" + strings.Join(all, " ")}
-	for _, p := range rbac.AllPermissions {
+	for _, p := range perm.All {
 		var rest []string
 		for _, q := range all {
 			if q != string(p) {
@@ -62,13 +62,13 @@ func TestRBACEveryPermission(t *testing.T) {
 		}
 		allowed := Register(t, srv.URL, "everything", "pw-everything", false)
 		setRoles(allowed, "everything")
-		denied := map[rbac.Permission]RegisterResult{}
-		for _, p := range rbac.AllPermissions {
+		denied := map[perm.Permission]RegisterResult{}
+		for _, p := range perm.All {
 			u := Register(t, srv.URL, "no_"+string(p), "pw-"+string(p), false)
 			setRoles(u, "no_"+string(p))
 			denied[p] = u
 		}
-		for _, p := range rbac.AllPermissions {
+		for _, p := range perm.All {
 			c := cases[p]
 			t.Run(string(p), func(t *testing.T) {
 				resp := raw(t, c.method, srv.URL+c.path, denied[p].AccessToken, c.body)
@@ -94,17 +94,17 @@ func TestRBACEveryPermission(t *testing.T) {
 		denyCases := []struct {
 			who  RegisterResult
 			c    call
-			perm rbac.Permission
+			perm perm.Permission
 		}{
-			{admin, cases[rbac.ReadAudit], rbac.ReadAudit},
-			{admin, cases[rbac.ExportAudit], rbac.ExportAudit},
-			{aud, cases[rbac.UseAdminAPI], rbac.UseAdminAPI},
-			{aud, cases[rbac.CreateRoom], rbac.CreateRoom},
-			{op, cases[rbac.ManageUsers], rbac.ManageUsers},
-			{op, cases[rbac.ReadAudit], rbac.ReadAudit},
-			{plain, cases[rbac.UseAdminAPI], rbac.UseAdminAPI},
-			{guest, cases[rbac.CreateRoom], rbac.CreateRoom},
-			{guest, cases[rbac.UploadMedia], rbac.UploadMedia},
+			{admin, cases[perm.ReadAudit], perm.ReadAudit},
+			{admin, cases[perm.ExportAudit], perm.ExportAudit},
+			{aud, cases[perm.UseAdminAPI], perm.UseAdminAPI},
+			{aud, cases[perm.CreateRoom], perm.CreateRoom},
+			{op, cases[perm.ManageUsers], perm.ManageUsers},
+			{op, cases[perm.ReadAudit], perm.ReadAudit},
+			{plain, cases[perm.UseAdminAPI], perm.UseAdminAPI},
+			{guest, cases[perm.CreateRoom], perm.CreateRoom},
+			{guest, cases[perm.UploadMedia], perm.UploadMedia},
 		}
 		for _, dc := range denyCases {
 			resp := raw(t, dc.c.method, srv.URL+dc.c.path, dc.who.AccessToken, dc.c.body)
@@ -115,7 +115,7 @@ func TestRBACEveryPermission(t *testing.T) {
 		for _, ok := range []struct {
 			who RegisterResult
 			c   call
-		}{{aud, cases[rbac.ReadAudit]}, {op, cases[rbac.ManageRooms]}, {plain, cases[rbac.CreateRoom]}, {admin, cases[rbac.ManageRoles]}} {
+		}{{aud, cases[perm.ReadAudit]}, {op, cases[perm.ManageRooms]}, {plain, cases[perm.CreateRoom]}, {admin, cases[perm.ManageRoles]}} {
 			if resp := raw(t, ok.c.method, srv.URL+ok.c.path, ok.who.AccessToken, ok.c.body); resp.Status != 200 {
 				t.Errorf("%s on %s: %d %s", ok.who.UserID, ok.c.path, resp.Status, resp.Raw)
 			}
@@ -137,7 +137,7 @@ func TestRBACEveryPermission(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := len(rbac.AllPermissions) + len(denyCases); len(rows) != want {
+		if want := len(perm.All) + len(denyCases); len(rows) != want {
 			t.Fatalf("%d denials recorded, want %d", len(rows), want)
 		}
 	})

@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -18,6 +19,7 @@ import (
 
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	"enclave/internal/rbac"
 	"enclave/storage"
 )
@@ -37,14 +39,18 @@ type API struct {
 
 const prefix = "/_enclave/audit/v1"
 
-// Register mounts the endpoints.
-func (a *API) Register() {
-	a.Client.HandleAuthed("GET", prefix+"/entries", "audit", a.entries)
-	a.Client.HandleAuthed("GET", prefix+"/head", "audit", a.head)
-	a.Client.HandleAuthed("GET", prefix+"/public_key", "audit", a.publicKey)
-	a.Client.HandleAuthed("POST", prefix+"/verify", "audit", a.verify)
-	a.Client.HandleAuthed("GET", prefix+"/verify", "audit", a.verify)
-	a.Client.HandleRaw("GET", prefix+"/export", "audit_export", a.export)
+// Register mounts the endpoints: reading needs read_audit, exporting
+// export_audit (auditors only, by default).
+func (a *API) Register() error {
+	read, export := perm.Needs(perm.ReadAudit), perm.Needs(perm.ExportAudit)
+	return errors.Join(
+		a.Client.HandleAuthed("GET", prefix+"/entries", "audit", read, a.entries),
+		a.Client.HandleAuthed("GET", prefix+"/head", "audit", read, a.head),
+		a.Client.HandleAuthed("GET", prefix+"/public_key", "audit", read, a.publicKey),
+		a.Client.HandleAuthed("POST", prefix+"/verify", "audit", read, a.verify),
+		a.Client.HandleAuthed("GET", prefix+"/verify", "audit", read, a.verify),
+		a.Client.HandleRaw("GET", prefix+"/export", "audit_export", export, a.export),
+	)
 }
 
 // Entry is an entry as the listing shows it: the export form with its
@@ -157,15 +163,7 @@ func (a *API) export(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, resp)
 		return
 	}
-	ctx := r.Context()
-	if can, err := a.RBAC.Can(ctx, dev.UserID, rbac.ExportAudit); err != nil {
-		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
-		return
-	} else if !can {
-		roles, _ := a.RBAC.UserRoles(ctx, dev.UserID)
-		httpapi.WriteResponse(w, rbac.Forbidden(rbac.ExportAudit, roles))
-		return
-	}
+	ctx := r.Context() // Authenticate checked the route's export_audit
 	q := r.URL.Query()
 	format := orDefault(q.Get("format"), auditapi.FormatJSONL)
 	since, err1 := auditapi.ParseTime(q.Get("since"))

@@ -5,7 +5,8 @@
 // that mount on it see it). It exists so that a component serving HTTP
 // needs neither clientapi nor its own copy of these helpers.
 //
-// Imports: no component (gorilla/mux and logrus only). Called by:
+// Imports: no component (gorilla/mux, logrus and the internal/perm
+// vocabulary only). Called by:
 // clientapi, federationapi, adminapi, auditapi/endpoints, mediaapi,
 // internal/rbac and the assembly.
 package httpapi

@@ -5,6 +5,8 @@ import (
 	"net/http"
 
 	"github.com/gorilla/mux"
+
+	"enclave/internal/perm"
 )
 
 // Device is the authenticated caller of an endpoint.
@@ -19,16 +21,20 @@ type Device struct {
 // Routes is the client listener as the components that mount endpoints on
 // it see it (media, admin, audit): registration with the listener's
 // authentication, rate limiting and metrics, and Authenticate for raw
-// handlers that write their own answer.
+// handlers that write their own answer. Every route states its permission
+// requirement; registering one without is an error.
 type Routes interface {
-	// HandleAuthed registers an endpoint that needs a valid access token.
-	HandleAuthed(method, path, group string, h func(r *http.Request, dev *Device) Response)
+	// HandleAuthed registers an endpoint that needs a valid access token
+	// and what need asks.
+	HandleAuthed(method, path, group string, need perm.Requirement, h func(r *http.Request, dev *Device) Response) error
 	// HandleOpen registers an endpoint that needs no access token.
-	HandleOpen(method, path, group string, h func(r *http.Request) Response)
-	// HandleRaw registers a handler that writes its own response.
-	HandleRaw(method, path, group string, h http.HandlerFunc)
+	HandleOpen(method, path, group string, h func(r *http.Request) Response) error
+	// HandleRaw registers a handler that writes its own response; need is
+	// what Authenticate checks (perm.Public for one that takes no token).
+	HandleRaw(method, path, group string, need perm.Requirement, h http.HandlerFunc) error
 	// Authenticate resolves the request's access token to its device and
-	// applies the checks authed routes get; on failure resp is the error.
+	// applies the checks authed routes get, the route's requirement
+	// included; on failure resp is the error.
 	Authenticate(r *http.Request) (dev *Device, resp Response, ok bool)
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"enclave/internal/perm"
 	"enclave/storage"
 )
 
@@ -40,7 +41,6 @@ type Recorder func(ctx context.Context, q storage.Querier, e AuditEntry) error
 type RBAC struct {
 	db          *storage.DB
 	audit       Recorder // role changes and refusals are recorded
-	serverName  string
 	roles       Roles
 	defaultRole string
 
@@ -49,13 +49,11 @@ type RBAC struct {
 
 	blockedMu sync.RWMutex
 	blocked   map[string]bool // room ID -> purged
-
-	rules sync.Map // method+" "+route template -> *Rule (nil for none)
 }
 
 type cachedRoles struct {
 	roles []string
-	perms map[Permission]bool
+	perms map[perm.Permission]bool
 	at    time.Time
 }
 
@@ -65,7 +63,7 @@ const cacheTTL = 10 * time.Second
 
 // New loads the role definitions (built-in plus config's custom roles) and
 // the blocked rooms.
-func New(ctx context.Context, db *storage.DB, audit Recorder, serverName string, custom []string, defaultRole string) (*RBAC, error) {
+func New(ctx context.Context, db *storage.DB, audit Recorder, custom []string, defaultRole string) (*RBAC, error) {
 	roles, err := ParseRoles(custom)
 	if err != nil {
 		return nil, err
@@ -76,7 +74,7 @@ func New(ctx context.Context, db *storage.DB, audit Recorder, serverName string,
 	if _, ok := roles[defaultRole]; !ok {
 		return nil, fmt.Errorf("rbac.default_role: unknown role %q", defaultRole)
 	}
-	z := &RBAC{db: db, audit: audit, serverName: serverName, roles: roles, defaultRole: defaultRole, cache: map[string]cachedRoles{}, blocked: map[string]bool{}}
+	z := &RBAC{db: db, audit: audit, roles: roles, defaultRole: defaultRole, cache: map[string]cachedRoles{}, blocked: map[string]bool{}}
 	blocks, err := storage.ListRoomBlocks(ctx, db)
 	if err != nil {
 		return nil, err
@@ -122,7 +120,7 @@ func (z *RBAC) UserRoles(ctx context.Context, userID string) ([]string, error) {
 }
 
 // Can reports whether the user holds permission p.
-func (z *RBAC) Can(ctx context.Context, userID string, p Permission) (bool, error) {
+func (z *RBAC) Can(ctx context.Context, userID string, p perm.Permission) (bool, error) {
 	c, err := z.load(ctx, userID)
 	if err != nil {
 		return false, err
@@ -147,7 +145,7 @@ func (z *RBAC) load(ctx context.Context, userID string) (cachedRoles, error) {
 	if err != nil {
 		return cachedRoles{}, err
 	}
-	c = cachedRoles{roles: EffectiveRoles(explicit, acc.IsAdmin, acc.IsGuest, z.defaultRole), perms: map[Permission]bool{}, at: time.Now()}
+	c = cachedRoles{roles: EffectiveRoles(explicit, acc.IsAdmin, acc.IsGuest, z.defaultRole), perms: map[perm.Permission]bool{}, at: time.Now()}
 	for _, r := range c.roles {
 		for p := range z.roles[r] {
 			c.perms[p] = true

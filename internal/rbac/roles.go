@@ -1,7 +1,7 @@
 // Package rbac is Enclave's role-based access control: server roles, the
-// permissions they grant, which permission each client-API and admin
-// endpoint needs, and the authorizer that checks every authenticated
-// request against them.
+// permissions (internal/perm) they grant, and the authorizer that checks
+// every authenticated request against the requirement its route carries
+// (the route tables: clientapi/routes.go and the components' Register).
 //
 // Separation of duties is built into the fixed roles: admin administers
 // but cannot read the audit trail; auditor reads and exports it but holds
@@ -14,30 +14,9 @@ import (
 	"slices"
 	"sort"
 	"strings"
+
+	"enclave/internal/perm"
 )
-
-// Permission is one capability a role can grant.
-type Permission string
-
-// The permissions.
-const (
-	CreateRoom        Permission = "create_room"
-	CreatePublicRoom  Permission = "create_public_room"
-	InviteRemoteUsers Permission = "invite_remote_users"
-	JoinRemoteRooms   Permission = "join_remote_rooms"
-	Federate          Permission = "federate"
-	UploadMedia       Permission = "upload_media"
-	UseAdminAPI       Permission = "use_admin_api"
-	ManageUsers       Permission = "manage_users"
-	ManageRooms       Permission = "manage_rooms"
-	ReadAudit         Permission = "read_audit"
-	ExportAudit       Permission = "export_audit"
-	ManageRoles       Permission = "manage_roles"
-)
-
-// AllPermissions lists every permission.
-var AllPermissions = []Permission{CreateRoom, CreatePublicRoom, InviteRemoteUsers, JoinRemoteRooms, Federate, UploadMedia,
-	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles}
 
 // Built-in role names.
 const (
@@ -48,22 +27,22 @@ const (
 	RoleGuest    = "guest"
 )
 
-var userPerms = []Permission{CreateRoom, CreatePublicRoom, InviteRemoteUsers, JoinRemoteRooms, Federate, UploadMedia}
+var userPerms = []perm.Permission{perm.CreateRoom, perm.CreatePublicRoom, perm.InviteRemoteUsers, perm.JoinRemoteRooms, perm.Federate, perm.UploadMedia}
 
 // builtin are the default role definitions. admin and auditor are fixed;
 // config may redefine the others.
-func builtin() map[string][]Permission {
-	return map[string][]Permission{
-		RoleAdmin:    append(append([]Permission{}, userPerms...), UseAdminAPI, ManageUsers, ManageRooms, ManageRoles),
-		RoleAuditor:  {ReadAudit, ExportAudit},
-		RoleOperator: append(append([]Permission{}, userPerms...), UseAdminAPI, ManageRooms),
-		RoleUser:     append([]Permission{}, userPerms...),
+func builtin() map[string][]perm.Permission {
+	return map[string][]perm.Permission{
+		RoleAdmin:    append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageUsers, perm.ManageRooms, perm.ManageRoles),
+		RoleAuditor:  {perm.ReadAudit, perm.ExportAudit},
+		RoleOperator: append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageRooms),
+		RoleUser:     append([]perm.Permission{}, userPerms...),
 		RoleGuest:    {},
 	}
 }
 
 // Roles is a set of role definitions.
-type Roles map[string]map[Permission]bool
+type Roles map[string]map[perm.Permission]bool
 
 // ParseRoles builds the role definitions: the built-in roles, then custom
 // ones from config, each "name=perm perm ...".
@@ -78,10 +57,10 @@ func ParseRoles(custom []string) (Roles, error) {
 		if name == RoleAdmin || name == RoleAuditor {
 			return nil, fmt.Errorf("rbac.roles: the %s role is fixed and cannot be redefined", name)
 		}
-		perms := []Permission{}
+		perms := []perm.Permission{}
 		for _, f := range strings.Fields(strings.ReplaceAll(list, ",", " ")) {
-			p := Permission(f)
-			if !slices.Contains(AllPermissions, p) {
+			p := perm.Permission(f)
+			if !slices.Contains(perm.All, p) {
 				return nil, fmt.Errorf("rbac.roles: %s: unknown permission %q", name, f)
 			}
 			perms = append(perms, p)
@@ -90,7 +69,7 @@ func ParseRoles(custom []string) (Roles, error) {
 	}
 	out := Roles{}
 	for name, perms := range defs {
-		set := map[Permission]bool{}
+		set := map[perm.Permission]bool{}
 		for _, p := range perms {
 			set[p] = true
 		}
@@ -122,8 +101,8 @@ func (r Roles) Names() []string {
 }
 
 // Permissions lists a role's permissions, sorted.
-func (r Roles) Permissions(role string) []Permission {
-	var out []Permission
+func (r Roles) Permissions(role string) []perm.Permission {
+	var out []perm.Permission
 	for p := range r[role] {
 		out = append(out, p)
 	}

@@ -18,6 +18,7 @@ import (
 	"enclave/clientapi"
 	"enclave/federationapi"
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/internal/rbac"
 	"enclave/mediaapi"
@@ -60,7 +61,11 @@ func (s *Server) build(ctx context.Context) error {
 	}
 	copts := ClientOptions(cfg)
 	copts.Audit = s.Audit
-	s.Client = clientapi.New(copts, s.DB, s.Rooms, s.Sync, s.Registry)
+	client, err := clientapi.New(copts, s.DB, s.Rooms, s.Sync, s.Registry)
+	if err != nil {
+		return err
+	}
+	s.Client = client
 	s.registerMetrics()
 
 	steps := []struct {
@@ -100,14 +105,14 @@ func (s *Server) build(ctx context.Context) error {
 // the requester to the request for the audit trail), the admin API and
 // the retention purge job.
 func (s *Server) buildAdmin(ctx context.Context) error {
-	z, err := rbac.New(ctx, s.DB, RBACAudit(s.Audit), s.Config.ServerName, s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
+	z, err := rbac.New(ctx, s.DB, RBACAudit(s.Audit), s.Config.RBAC.Roles, s.Config.RBAC.DefaultRole)
 	if err != nil {
 		return err
 	}
 	s.RBAC = z
-	s.Client.SetAuthorizer(func(r *http.Request, dev *httpapi.Device, group string) (httpapi.Response, bool) {
+	s.Client.SetAuthorizer(func(r *http.Request, dev *httpapi.Device, need perm.Requirement) (httpapi.Response, bool) {
 		clientapi.AttachActor(r, dev)
-		return z.Authorize(r, dev, group)
+		return z.Authorize(r, dev, need)
 	})
 	s.Admin = adminapi.New(adminapi.Options{
 		DB: s.DB, Rooms: s.Rooms, Client: s.Client, RBAC: z, Audit: s.Audit, ServerName: s.Config.ServerName, Version: Version,
@@ -119,7 +124,9 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 		// Read when a request comes, by which time buildMedia has run.
 		Media: func() adminapi.MediaAdmin { return s.Media },
 	})
-	s.Admin.Register()
+	if err := s.Admin.Register(); err != nil {
+		return err
+	}
 	s.OnStart(func() error {
 		s.OnShutdown(s.Admin.StartRetention(retentionInterval))
 		return nil
@@ -149,8 +156,10 @@ func (s *Server) buildAudit(ctx context.Context) error {
 	c := s.Config.Audit
 	l := s.Audit
 	s.Rooms.AddHook(l.EventHook())
-	(&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
-		Version: Version, HeadPath: c.HeadExportPath}).Register()
+	if err := (&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
+		Version: Version, HeadPath: c.HeadExportPath}).Register(); err != nil {
+		return err
+	}
 	if err := l.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
 		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
 		return err // New closes the log
@@ -188,7 +197,9 @@ func (s *Server) buildMedia(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	repo.Register(s.Client)
+	if err := repo.Register(s.Client); err != nil {
+		return err
+	}
 	repo.SetAuditHook(s.Audit.MediaHook())
 	s.Media = repo
 	return nil
