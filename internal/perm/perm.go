@@ -1,12 +1,3 @@
-// Package perm is the permission vocabulary shared by the routes that
-// need permissions (clientapi and the components mounted on its router)
-// and the role system that grants them (internal/rbac). It is a leaf: it
-// imports nothing of Enclave, so both sides can use it without importing
-// each other.
-//
-// Every route carries a Requirement. There is no "nothing registered"
-// default: the zero Requirement is invalid, so a route somebody forgot to
-// classify is refused at start instead of being open to every role.
 package perm
 
 import (
