@@ -68,7 +68,7 @@ func (a *API) routes() [][]route {
 		v3("GET", "/rooms/{roomId}/state", "rooms", perm.AnyUser, a.events.roomState),
 		v3("GET", "/rooms/{roomId}/state/{eventType}", "rooms", perm.AnyUser, a.events.roomStateEvent),
 		v3("GET", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "rooms", perm.AnyUser, a.events.roomStateEvent),
-		v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", perm.AnyUser, a.rooms.putState),
+		v3("PUT", "/rooms/{roomId}/state/{eventType}", "send", n.putState(false), a.rooms.putState),
 		v3("PUT", "/rooms/{roomId}/state/{eventType}/{stateKey:.*}", "send", n.putState(true), a.rooms.putState),
 		v3("PUT", "/rooms/{roomId}/send/{eventType}/{txnId}", "send", perm.AnyUser, a.rooms.send),
 		v3("PUT", "/rooms/{roomId}/redact/{eventId}/{txnId}", "send", perm.AnyUser, a.rooms.redact),
@@ -80,7 +80,7 @@ func (a *API) routes() [][]route {
 		v3("DELETE", "/directory/room/{roomAlias}", "directory", perm.AnyUser, a.directory.deleteAlias),
 		v3("GET", "/rooms/{roomId}/aliases", "directory", perm.AnyUser, a.directory.roomAliases),
 		open("GET", "/_matrix/client/v3/directory/list/room/{roomId}", "directory", perm.Public, a.directory.getDirectoryVisibility),
-		v3("PUT", "/directory/list/room/{roomId}", "directory", perm.AnyUser, a.directory.putDirectoryVisibility),
+		v3("PUT", "/directory/list/room/{roomId}", "directory", n.publish(), a.directory.putDirectoryVisibility),
 
 		// Sync and filters.
 		v3("GET", "/sync", "sync", perm.AnyUser, a.syncing.syncHandler),
@@ -213,7 +213,7 @@ func (a *API) routes() [][]route {
 		// To-device, typing, upgrades, user directory, VoIP.
 		v3("PUT", "/sendToDevice/{eventType}/{txnId}", "todevice", perm.AnyUser, a.keys.sendToDevice),
 		v3("PUT", "/rooms/{roomId}/typing/{userId}", "typing", perm.AnyUser, a.events.putTyping),
-		v3("POST", "/rooms/{roomId}/upgrade", "rooms", perm.AnyUser, a.rooms.upgradeRoom),
+		v3("POST", "/rooms/{roomId}/upgrade", "rooms", n.upgrade(), a.rooms.upgradeRoom),
 		v3("POST", "/user_directory/search", "user_directory", perm.AnyUser, a.directory.searchUserDirectory),
 		v3("GET", "/voip/turnServer", "voip", perm.AnyUser, a.turnServer),
 	}
@@ -268,8 +268,10 @@ func (n needs) remoteUser(userID string) bool {
 	return ok && domain != "" && !strings.EqualFold(domain, n.serverName)
 }
 
-// createRoom: create_room; create_public_room for a published room;
-// inviting a remote user needs invite_remote_users and federate.
+// createRoom: create_room; create_public_room for a room anyone may join
+// or that is published (visibility public, preset public_chat, or a
+// public join rule in initial_state); inviting a remote user needs
+// invite_remote_users and federate.
 func (n needs) createRoom() perm.Requirement {
 	return perm.Dynamic("createRoom", []perm.Permission{perm.CreatePublicRoom, perm.InviteRemoteUsers, perm.Federate}, func(r *http.Request) ([]perm.Permission, error) {
 		var req createRoomRequest
@@ -277,7 +279,13 @@ func (n needs) createRoom() perm.Requirement {
 			return nil, nil
 		}
 		var out []perm.Permission
-		if req.Visibility == "public" {
+		public := req.Visibility == "public" || req.Preset == "public_chat"
+		for _, is := range req.InitialState {
+			if is.Type == "m.room.join_rules" && is.StateKey == "" && is.Content["join_rule"] == "public" {
+				public = true
+			}
+		}
+		if public {
 			out = append(out, perm.CreatePublicRoom)
 		}
 		for _, u := range req.Invite {
@@ -338,18 +346,77 @@ func (n needs) invite() perm.Requirement {
 }
 
 // putState: inviting a remote user through their member event needs
-// invite_remote_users and federate.
-func (n needs) putState(bool) perm.Requirement {
-	return perm.Dynamic("putState", []perm.Permission{perm.InviteRemoteUsers, perm.Federate}, func(r *http.Request) ([]perm.Permission, error) {
+// invite_remote_users and federate; making a room joinable by anyone (a
+// public join rule) needs create_public_room, as creating it so would.
+// keyed is the route with a state key in its path (only it can name a
+// member).
+func (n needs) putState(keyed bool) perm.Requirement {
+	name, may := "putStateNoKey", []perm.Permission{perm.CreatePublicRoom}
+	if keyed {
+		name, may = "putState", []perm.Permission{perm.CreatePublicRoom, perm.InviteRemoteUsers, perm.Federate}
+	}
+	return perm.Dynamic(name, may, func(r *http.Request) ([]perm.Permission, error) {
 		v := httpapi.Vars(r)
-		var body struct {
-			Membership string `json:"membership"`
-		}
-		if v["eventType"] == "m.room.member" && n.remoteUser(v["stateKey"]) && peekBody(r, &body) && body.Membership == "invite" {
-			return []perm.Permission{perm.InviteRemoteUsers, perm.Federate}, nil
+		switch v["eventType"] {
+		case "m.room.member":
+			var body struct {
+				Membership string `json:"membership"`
+			}
+			if n.remoteUser(v["stateKey"]) && peekBody(r, &body) && body.Membership == "invite" {
+				return []perm.Permission{perm.InviteRemoteUsers, perm.Federate}, nil
+			}
+		case "m.room.join_rules":
+			var body struct {
+				JoinRule any `json:"join_rule"`
+			}
+			if v["stateKey"] == "" && peekBody(r, &body) && body.JoinRule == "public" {
+				return []perm.Permission{perm.CreatePublicRoom}, nil
+			}
 		}
 		return nil, nil
 	})
+}
+
+// publish: listing a room in the public directory needs
+// create_public_room.
+func (n needs) publish() perm.Requirement {
+	return perm.Dynamic("publish", []perm.Permission{perm.CreatePublicRoom}, func(r *http.Request) ([]perm.Permission, error) {
+		var body struct {
+			Visibility string `json:"visibility"`
+		}
+		if peekBody(r, &body) && body.Visibility == "public" {
+			return []perm.Permission{perm.CreatePublicRoom}, nil
+		}
+		return nil, nil
+	})
+}
+
+// upgrade creates a room: create_room, and create_public_room when the
+// old room is public (its join rule and directory listing carry over).
+func (n needs) upgrade() perm.Requirement {
+	return perm.Dynamic("upgrade", []perm.Permission{perm.CreatePublicRoom}, func(r *http.Request) ([]perm.Permission, error) {
+		roomID := httpapi.Vars(r)["roomId"]
+		room, err := storage.GetRoom(r.Context(), n.db, roomID)
+		if errors.Is(err, storage.ErrNotFound) {
+			return nil, nil // the handler answers for an unknown room
+		} else if err != nil {
+			return nil, err
+		}
+		public := room.IsPublic
+		if !public {
+			st, err := n.rs.CurrentState(r.Context(), roomID)
+			if errors.Is(err, roomserver.ErrRoomNotFound) {
+				return nil, nil
+			} else if err != nil {
+				return nil, err
+			}
+			public = contentMap(st.Get("m.room.join_rules", ""))["join_rule"] == "public"
+		}
+		if public {
+			return []perm.Permission{perm.CreatePublicRoom}, nil
+		}
+		return nil, nil
+	}, perm.CreateRoom)
 }
 
 // serverParam: asking another server's directory needs federate.

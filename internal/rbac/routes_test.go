@@ -28,15 +28,18 @@ func TestEveryPermissionIsRequiredSomewhere(t *testing.T) {
 		}
 	}
 	for route, want := range map[string][]perm.Permission{
-		"POST /_matrix/client/v3/createRoom":            {perm.CreateRoom, perm.CreatePublicRoom, perm.InviteRemoteUsers, perm.Federate},
-		"POST /_matrix/client/r0/rooms/{roomId}/invite": {perm.InviteRemoteUsers, perm.Federate},
-		"GET /_synapse/admin/v2/users/{userId}":         {perm.UseAdminAPI, perm.ManageUsers},
-		"GET /_synapse/admin/v1/server_version":         {perm.UseAdminAPI},
-		"PUT /_enclave/admin/v1/users/{userId}/roles":   {perm.UseAdminAPI, perm.ManageRoles},
-		"GET /_enclave/audit/v1/export":                 {perm.ExportAudit},
-		"GET /_enclave/audit/v1/entries":                {perm.ReadAudit},
-		"POST /_matrix/media/v3/upload":                 {perm.UploadMedia},
-		"GET /_matrix/client/v3/sync":                   nil,
+		"POST /_matrix/client/v3/createRoom":                      {perm.CreateRoom, perm.CreatePublicRoom, perm.InviteRemoteUsers, perm.Federate},
+		"POST /_matrix/client/r0/rooms/{roomId}/invite":           {perm.InviteRemoteUsers, perm.Federate},
+		"POST /_matrix/client/v3/rooms/{roomId}/upgrade":          {perm.CreateRoom, perm.CreatePublicRoom},
+		"PUT /_matrix/client/v3/directory/list/room/{roomId}":     {perm.CreatePublicRoom},
+		"PUT /_matrix/client/v3/rooms/{roomId}/state/{eventType}": {perm.CreatePublicRoom},
+		"GET /_synapse/admin/v2/users/{userId}":                   {perm.UseAdminAPI, perm.ManageUsers},
+		"GET /_synapse/admin/v1/server_version":                   {perm.UseAdminAPI},
+		"PUT /_enclave/admin/v1/users/{userId}/roles":             {perm.UseAdminAPI, perm.ManageRoles},
+		"GET /_enclave/audit/v1/export":                           {perm.ExportAudit},
+		"GET /_enclave/audit/v1/entries":                          {perm.ReadAudit},
+		"POST /_matrix/media/v3/upload":                           {perm.UploadMedia},
+		"GET /_matrix/client/v3/sync":                             nil,
 	} {
 		q, ok := need[route]
 		if !ok {
