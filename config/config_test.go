@@ -491,6 +491,13 @@ func TestValidate(t *testing.T) {
 		{"kek both", func(c *Config) { c.Media.KEKFile, c.Media.KEKEnv = "k", "K" }, "media.kek_env", "at most one"},
 		{"allowed glob", func(c *Config) { c.Federation.AllowedServers = []string{"a b.org"} }, "federation.allowed_servers", "invalid glob"},
 		{"denied glob empty", func(c *Config) { c.Federation.DeniedServers = []string{""} }, "federation.denied_servers", "invalid glob"},
+		{"allowed empty port", func(c *Config) { c.Federation.AllowedServers = []string{"ok.org", "matrix.bravo.gov:"} }, "federation.allowed_servers", `"matrix.bravo.gov:" can never match a server name: empty port`},
+		{"allowed port not a number", func(c *Config) { c.Federation.AllowedServers = []string{"matrix.bravo.gov:https"} }, "federation.allowed_servers", `"matrix.bravo.gov:https" can never match`},
+		{"allowed port out of range", func(c *Config) { c.Federation.AllowedServers = []string{"matrix.bravo.gov:84480"} }, "federation.allowed_servers", "out of range"},
+		{"allowed port zero", func(c *Config) { c.Federation.AllowedServers = []string{"matrix.bravo.gov:0"} }, "federation.allowed_servers", "out of range"},
+		{"allowed no host", func(c *Config) { c.Federation.AllowedServers = []string{":8448"} }, "federation.allowed_servers", "no host part"},
+		{"allowed bare ipv6", func(c *Config) { c.Federation.AllowedServers = []string{"2001:db8::1"} }, "federation.allowed_servers", "must be in brackets"},
+		{"denied open bracket", func(c *Config) { c.Federation.DeniedServers = []string{"[2001:db8::1"} }, "federation.denied_servers", "unterminated"},
 		{"turn secret", func(c *Config) { c.TURN.URIs = []string{"turn:x"} }, "turn.shared_secret", "must be set"},
 		{"turn ttl", func(c *Config) { c.TURN.TTL.Duration = 0 }, "turn.ttl", "positive"},
 		{"checkpoint_every", func(c *Config) { c.Audit.CheckpointEvery = 0 }, "audit.checkpoint_every", "positive"},
@@ -544,10 +551,13 @@ func TestValidateAcceptsGoodConfigs(t *testing.T) {
 		"tls everywhere": func(c *Config) {
 			c.Listen.ClientTLS, c.Listen.Federation, c.TLS.Cert, c.TLS.Key = true, "[::]:8448", "c", "k"
 		},
-		"token mode":             func(c *Config) { c.Registration.Mode, c.Registration.Tokens = RegistrationToken, []string{"t"} },
-		"open mode":              func(c *Config) { c.Registration.Mode = RegistrationOpen },
-		"turn":                   func(c *Config) { c.TURN.URIs, c.TURN.SharedSecret = []string{"turn:x"}, "s" },
-		"globs":                  func(c *Config) { c.Federation.AllowedServers = []string{"*.example.org", "matrix.org"} },
+		"token mode": func(c *Config) { c.Registration.Mode, c.Registration.Tokens = RegistrationToken, []string{"t"} },
+		"open mode":  func(c *Config) { c.Registration.Mode = RegistrationOpen },
+		"turn":       func(c *Config) { c.TURN.URIs, c.TURN.SharedSecret = []string{"turn:x"}, "s" },
+		"globs":      func(c *Config) { c.Federation.AllowedServers = []string{"*.example.org", "matrix.org"} },
+		"globs with ports": func(c *Config) {
+			c.Federation.AllowedServers = []string{"matrix.bravo.gov:8448", "[2001:db8::1]:443", "*.example.org:84*", "10.0.0.1:65535"}
+		},
 		"client_base_url":        func(c *Config) { c.WellKnown.ClientBaseURL = "https://matrix.example.org/" },
 		"empty listen host":      func(c *Config) { c.Listen.Client = ":8008" },
 		"ipv6 server name":       func(c *Config) { c.ServerName = "[2001:db8::1]:8448" },
@@ -951,6 +961,19 @@ func TestFederationAllowed(t *testing.T) {
 		{"question mark", true, []string{"s?.example.org"}, nil, "s1.example.org", true},
 		{"star matches dots", true, []string{"*.org"}, nil, "a.b.org", true},
 		{"star not suffix", true, []string{"*.org"}, nil, "a.org.evil", false},
+		{"full server name", true, []string{"matrix.bravo.gov:8448"}, nil, "matrix.bravo.gov:8448", true},
+		{"full server name case", true, []string{"Matrix.Bravo.gov:8448"}, nil, "matrix.bravo.GOV:8448", true},
+		{"other port", true, []string{"matrix.bravo.gov:8448"}, nil, "matrix.bravo.gov:443", false},
+		{"port given, name has none", true, []string{"matrix.bravo.gov:8448"}, nil, "matrix.bravo.gov", false},
+		{"no port matches any", true, []string{"matrix.bravo.gov"}, nil, "matrix.bravo.gov:8448", true},
+		{"no port matches none", true, []string{"matrix.bravo.gov"}, nil, "matrix.bravo.gov", true},
+		{"glob host with port", true, []string{"*.bravo.gov:8448"}, nil, "a.bravo.gov:8448", true},
+		{"glob port", true, []string{"matrix.bravo.gov:84*"}, nil, "matrix.bravo.gov:8448", true},
+		{"ipv6 with port", true, []string{"[::1]:8448"}, nil, "[::1]:8448", true},
+		{"ipv6 other port", true, []string{"[::1]:8448"}, nil, "[::1]:8449", false},
+		{"ip with port", true, []string{"127.0.0.2:8448"}, nil, "127.0.0.2:8448", true},
+		{"denied with port", true, nil, []string{"evil.example:8448"}, "evil.example:8448", false},
+		{"denied other port", true, nil, []string{"evil.example:8448"}, "evil.example:9000", true},
 	}
 	for _, tt := range tests {
 		c := Default()

@@ -2,6 +2,7 @@ package config
 
 import (
 	"net"
+	"strconv"
 	"strings"
 )
 
@@ -28,30 +29,43 @@ func (c *Config) ClientBaseURL() string {
 // serverHost strips an optional :port from a server name, keeping IPv6
 // brackets so the result can go straight into a URL.
 func serverHost(name string) string {
+	host, _, _ := splitServerName(name)
+	return host
+}
+
+// splitServerName splits a server name (or an allow/deny pattern) into
+// its host and its port; hasPort says whether a ":port" part was given.
+// IPv6 hosts keep their brackets.
+func splitServerName(name string) (host, port string, hasPort bool) {
 	if strings.HasPrefix(name, "[") {
 		if end := strings.IndexByte(name, ']'); end >= 0 {
-			return name[:end+1]
+			if rest := name[end+1:]; strings.HasPrefix(rest, ":") {
+				return name[:end+1], rest[1:], true
+			}
 		}
-		return name
+		return name, "", false
 	}
 	if i := strings.LastIndexByte(name, ':'); i >= 0 {
-		return name[:i]
+		return name[:i], name[i+1:], true
 	}
-	return name
+	return name, "", false
 }
 
 // FederationAllowed reports whether we may federate with serverName under
 // federation.enabled, federation.denied_servers (checked first, so a deny
 // always wins) and federation.allowed_servers (empty means allow all).
-// Globs match the lower-cased host part, ignoring any port.
+// Patterns match case-insensitively: one without a port matches the host
+// on any port; one with a port matches only server names with that port
+// (server names are what user IDs carry, "matrix.bravo.gov:8448").
 func (c *Config) FederationAllowed(serverName string) bool {
 	if !c.Federation.Enabled {
 		return false
 	}
-	host := strings.ToLower(serverHost(serverName))
-	matches := func(globs []string) bool {
-		for _, g := range globs {
-			if globMatch(strings.ToLower(g), host) {
+	host, port, _ := splitServerName(strings.ToLower(serverName))
+	matches := func(patterns []string) bool {
+		for _, g := range patterns {
+			ph, pp, withPort := splitServerName(strings.ToLower(g))
+			if (!withPort || globMatch(pp, port)) && globMatch(ph, host) {
 				return true
 			}
 		}
@@ -61,6 +75,47 @@ func (c *Config) FederationAllowed(serverName string) bool {
 		return false
 	}
 	return len(c.Federation.AllowedServers) == 0 || matches(c.Federation.AllowedServers)
+}
+
+// serverPatternProblem says why an allow/deny entry can never match a
+// server name ("" if it can): an operator's typo must fail loudly at
+// start, not silently refuse (or admit) a partner.
+func serverPatternProblem(g string) string {
+	if !validGlob(g) {
+		return "invalid glob"
+	}
+	host, port, withPort := splitServerName(g)
+	switch {
+	case host == "":
+		return "no host part"
+	case strings.HasPrefix(host, "[") && !strings.HasSuffix(host, "]"):
+		return "unterminated IPv6 bracket"
+	case !strings.HasPrefix(host, "[") && strings.ContainsAny(host, "[]"):
+		return "brackets only enclose an IPv6 address"
+	case !strings.HasPrefix(host, "[") && strings.Contains(host, ":"):
+		return "an IPv6 address must be in brackets"
+	}
+	if !withPort {
+		return ""
+	}
+	if port == "" {
+		return "empty port"
+	}
+	wild := false
+	for _, r := range port {
+		switch {
+		case r == '*' || r == '?':
+			wild = true
+		case r < '0' || r > '9':
+			return "port " + strconv.Quote(port) + " is not a number"
+		}
+	}
+	if !wild {
+		if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+			return "port " + port + " is out of range 1-65535"
+		}
+	}
+	return ""
 }
 
 // globMatch matches s against pattern, where * matches any run of

@@ -162,8 +162,8 @@ func (c *Config) Validate() error {
 		{"federation.denied_servers", c.Federation.DeniedServers},
 	} {
 		for _, g := range l.globs {
-			if !validGlob(g) {
-				bad(l.path, "invalid glob %q", g)
+			if why := serverPatternProblem(g); why != "" {
+				bad(l.path, "%q can never match a server name: %s", g, why)
 			}
 		}
 	}

@@ -3,6 +3,9 @@ package test
 import (
 	"errors"
 	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -13,6 +16,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	"enclave/config"
+	"enclave/federationapi"
 	"enclave/storage"
 )
 
@@ -135,5 +139,70 @@ func TestFederationPolicyOutsider(t *testing.T) {
 	}
 	if m := fedMembership(t, alice, room, oscar.UserID.String()); m != "ban" {
 		t.Fatalf("O's user is %q in A's room, want ban", m)
+	}
+}
+
+// TestFederationAllowListServerNames: allow-list entries written as the
+// full server name (host:port, as in user IDs) admit exactly that server;
+// the same host on another port is refused both ways; and an entry that
+// can never match stops the server at start with an error naming it.
+func TestFederationAllowListServerNames(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres, storage.SQLite)
+	a, b, cc := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	a.Configure = func(cfg *config.Config) {
+		cfg.Federation.AllowedServers = []string{b.ServerName, cc.IP + ":1"}
+	}
+	b.Configure = func(cfg *config.Config) { cfg.Federation.AllowedServers = []string{a.ServerName} }
+
+	// The config file takes full server names; an entry that can never
+	// match is an error naming it.
+	for _, tc := range []struct{ entry, wantErr string }{
+		{b.ServerName, ""},
+		{b.IP + ":", `"` + b.IP + `:" can never match a server name: empty port`},
+		{"matrix.bravo.gov:https", `"matrix.bravo.gov:https" can never match a server name`},
+	} {
+		dir := t.TempDir()
+		yaml := "federation:\n  enabled: true\n  allowed_servers: [\"" + tc.entry + "\"]\n"
+		if err := os.WriteFile(filepath.Join(dir, "enclave.yaml"), []byte(yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		_, err := config.Load(filepath.Join(dir, "enclave.yaml"), dir)
+		switch {
+		case tc.wantErr == "" && err != nil:
+			t.Fatalf("allowed_servers [%q]: %v", tc.entry, err)
+		case tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), "federation.allowed_servers") || !strings.Contains(err.Error(), tc.wantErr)):
+			t.Fatalf("allowed_servers [%q]: %v, want an error naming it (%s)", tc.entry, err, tc.wantErr)
+		}
+	}
+
+	c.StartAll()
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	carol := fedUser(t, cc, "carol")
+	created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := created.RoomID
+	fedJoin(t, bob, room, a)
+	if _, err := alice.SendText(ctxT(t), room, "to bravo"); err != nil {
+		t.Fatal(err)
+	}
+	fedWaitTimeline(t, bob, room, "to bravo", 1, 20*time.Second)
+	if _, err := bob.SendText(ctxT(t), room, "to alpha"); err != nil {
+		t.Fatal(err)
+	}
+	fedWaitTimeline(t, alice, room, "to alpha", 1, 20*time.Second)
+
+	// C is allowed only on another port: refused inbound and outbound.
+	if _, err := carol.JoinRoom(ctxT(t), room.String(), &mautrix.ReqJoinRoom{Via: []string{a.ServerName}}); err == nil {
+		t.Fatal("C joined through A although A allows C's host only on another port")
+	}
+	if m := fedMembership(t, alice, room, carol.UserID.String()); m != "" {
+		t.Fatalf("A has carol as %q", m)
+	}
+	_, err = a.Fed().Client().GetServerKeys(fedCtx(t), spec.ServerName(cc.ServerName))
+	if !errors.Is(err, federationapi.ErrRefused) {
+		t.Fatalf("A calling C: %v, want a policy refusal", err)
 	}
 }
