@@ -133,6 +133,8 @@ type MediaConfig struct {
 
 	MaxUserBytes  int64 `yaml:"max_user_bytes" doc:"Total bytes of media one user may have stored; uploads past it are refused with 403 M_FORBIDDEN. 0 means no per-user quota."`
 	MaxTotalBytes int64 `yaml:"max_total_bytes" doc:"Total bytes of media the server stores for all users together; uploads past it are refused with 403 M_FORBIDDEN. 0 means no limit."`
+
+	LegacyUnauthenticated bool `yaml:"legacy_unauthenticated" doc:"Keep serving the legacy /_matrix/media/v3 and r0 download and thumbnail paths, which take no access token, for clients older than Matrix 1.11; each read is audited with the requester's IP. Off by default: those paths answer 404 M_NOT_FOUND (as the spec allows since v1.11) and media is read only through the authenticated /_matrix/client/v1/media paths."`
 }
 
 // FederationConfig controls server-server traffic.

@@ -93,6 +93,7 @@ func TestDefaults(t *testing.T) {
 		"media.kek_env":                      `""`,
 		"media.max_user_bytes":               "0",
 		"media.max_total_bytes":              "0",
+		"media.legacy_unauthenticated":       "false",
 		"federation.enabled":                 "false",
 		"federation.allowed_servers":         "[]",
 		"federation.denied_servers":          "[]",

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/auditapi"
 	"enclave/internal/httpapi"
 	"enclave/internal/sealing"
 	"enclave/storage"
@@ -73,17 +75,50 @@ func (o *object) Close() { o.f.Close() }
 // GET …/download/{serverName}/{mediaId}[/{fileName}]
 func (r *Repo) download(authed bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
-		user := ""
-		if authed {
-			dev, ok := r.authenticate(w, req)
-			if !ok {
-				return
-			}
-			user = dev.UserID
+		user, ok := r.reader(w, req, authed)
+		if !ok {
+			return
 		}
 		v := httpapi.Vars(req)
 		r.serveDownload(w, req, v["serverName"], v["mediaId"], v["fileName"], user, authed)
 	}
+}
+
+// reader admits a media read: with authed, the device's user (the
+// authorizer has put the whole actor in req's context); otherwise, when
+// media.legacy_unauthenticated allows token-less reads at all, the anonymous
+// requester's IP and user agent, so that its audit entry names where the
+// read came from. Off, the legacy paths answer 404 M_NOT_FOUND, as the
+// spec allows since v1.11 for servers that serve media only to
+// authenticated clients.
+func (r *Repo) reader(w http.ResponseWriter, req *http.Request, authed bool) (user string, ok bool) {
+	if authed {
+		dev, ok := r.authenticate(w, req)
+		if !ok {
+			return "", false
+		}
+		return dev.UserID, true
+	}
+	if !r.opts.LegacyUnauthenticated {
+		httpapi.WriteResponse(w, httpapi.NotFound("unauthenticated media is disabled: use /_matrix/client/v1/media"))
+		return "", false
+	}
+	attachRequester(req)
+	return "", true
+}
+
+// attachRequester puts req's peer address and user agent into its context
+// for the audit entry of a read that has no authenticated actor (legacy
+// paths, federation), unless an actor is already there.
+func attachRequester(req *http.Request) {
+	if _, ok := auditapi.ActorFrom(req.Context()); ok {
+		return
+	}
+	ip := req.RemoteAddr
+	if h, _, err := net.SplitHostPort(ip); err == nil {
+		ip = h
+	}
+	*req = *req.WithContext(auditapi.WithActor(req.Context(), auditapi.Actor{IP: ip, UserAgent: req.UserAgent()}))
 }
 
 // serveDownload streams one media item (fileName, if set, overrides the

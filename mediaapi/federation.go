@@ -13,7 +13,9 @@ import (
 // component frames as multipart. Only the query keys the client endpoints
 // read are kept, and the remote's headers are dropped, so a Range or
 // conditional header cannot turn the answer into a 206 or 304 that the
-// framing does not carry.
+// framing does not carry. The read is audited with the remote's address.
+// Federation is not affected by media.legacy_unauthenticated: the request
+// is signed by a server the policy admits.
 func (r *Repo) ServeFederation(w http.ResponseWriter, req *http.Request, mediaID string, thumb bool) {
 	in := req.URL.Query()
 	q := url.Values{}
@@ -27,6 +29,7 @@ func (r *Repo) ServeFederation(w http.ResponseWriter, req *http.Request, mediaID
 		}
 	}
 	own := req.Clone(req.Context())
+	attachRequester(own) // before the headers go: the user agent is the remote server's
 	own.Header = http.Header{}
 	u := *req.URL
 	u.RawQuery = q.Encode()

@@ -47,6 +47,9 @@ type Options struct {
 	MaxUploadBytes int64
 	MaxUserBytes   int64 // media.max_user_bytes; 0: no per-user quota
 	MaxTotalBytes  int64 // media.max_total_bytes; 0: no total limit
+	// LegacyUnauthenticated keeps the token-less legacy download and
+	// thumbnail paths (media.legacy_unauthenticated); off, they answer 404.
+	LegacyUnauthenticated bool
 	// MaxThumbnailPixels bounds the images decoded for thumbnails
 	// (decompression bombs); 0 means DefaultMaxThumbnailPixels.
 	MaxThumbnailPixels int64
@@ -64,11 +67,14 @@ func OptionsFromConfig(cfg *config.Config) Options {
 		MaxUploadBytes: cfg.Limits.MaxUploadBytes,
 		MaxUserBytes:   cfg.Media.MaxUserBytes,
 		MaxTotalBytes:  cfg.Media.MaxTotalBytes,
+
+		LegacyUnauthenticated: cfg.Media.LegacyUnauthenticated,
 	}
 }
 
 // AuditFunc is told of every download, thumbnail and remote fetch: who
-// (empty for unauthenticated calls), which media, its size and SHA-256
+// (empty for unauthenticated calls, whose IP and user agent ctx carries,
+// see auditapi.WithActor), which media, its size and SHA-256
 // (hex, of the plaintext; empty where unknown). Actions: "download",
 // "thumbnail", "remote_fetch". Uploads, deletions and (un)quarantines are
 // recorded in the transaction that makes them (upload.go, admin.go).

@@ -67,13 +67,9 @@ func parseThumbSpec(req *http.Request) (thumbSpec, httpapi.Response, bool) {
 // GET …/thumbnail/{serverName}/{mediaId}?width=&height=&method=
 func (r *Repo) thumbnail(authed bool) http.HandlerFunc {
 	return func(w http.ResponseWriter, req *http.Request) {
-		user := ""
-		if authed {
-			dev, ok := r.authenticate(w, req)
-			if !ok {
-				return
-			}
-			user = dev.UserID
+		user, ok := r.reader(w, req, authed)
+		if !ok {
+			return
 		}
 		v := httpapi.Vars(req)
 		r.serveThumbnail(w, req, v["serverName"], v["mediaId"], user, authed)

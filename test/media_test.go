@@ -351,9 +351,9 @@ func TestMediaSealedAtRest(t *testing.T) {
 			if ct, cd := res.Header.Get("Content-Type"), res.Header.Get("Content-Disposition"); ct != "application/x-"+typeMarker || cd != "attachment" {
 				t.Errorf("%s: unsafe type served as %q / %q", label, ct, cd)
 			}
-			// Legacy endpoint, unauthenticated.
+			// Legacy endpoint, unauthenticated: off by default.
 			res = c.do("GET", "/_matrix/media/v3/download/localhost/"+docID, "", nil, 0, nil)
-			if res.Status != 200 || !bytes.Equal(res.Body, docBytes) {
+			if res.Status != 404 || bytes.Contains(res.Body, docBytes[:100]) {
 				t.Fatalf("%s: legacy download: %d", label, res.Status)
 			}
 		}
@@ -551,8 +551,8 @@ func TestMediaThumbnails(t *testing.T) {
 			if cd := res.Header.Get("Content-Disposition"); !strings.HasPrefix(cd, "inline") {
 				t.Errorf("%s: Content-Disposition %q", q, cd)
 			}
-			// The cached copy is the same image, also over the legacy endpoint.
-			again := alice.do("GET", "/_matrix/media/v3/thumbnail/localhost/"+id+q, "", nil, 0, nil)
+			// The cached copy is the same image.
+			again := alice.get("/_matrix/client/v1/media/thumbnail/localhost/" + id + q)
 			if again.Status != 200 || !bytes.Equal(again.Body, res.Body) {
 				t.Errorf("%s: cached thumbnail differs (%d)", q, again.Status)
 			}
@@ -967,7 +967,7 @@ func (f *mediaFakeFetcher) FetchMedia(_ context.Context, serverName, mediaID str
 
 func TestMediaRemote(t *testing.T) {
 	EachStore(t, func(t *testing.T, d storage.Dialect) {
-		srv := Start(t, d, Options{})
+		srv := Start(t, d, Options{Configure: func(c *config.Config) { c.Media.LegacyUnauthenticated = true }})
 		alice := newMediaClient(t, srv, "alice")
 		p := "/_matrix/client/v1/media/download/remote.example/RemoteMedia1"
 		if res := alice.get(p); res.Status != 404 || res.errcode() != "M_NOT_FOUND" {
@@ -1158,7 +1158,7 @@ func TestMediaThumbnailCacheBound(t *testing.T) {
 		_ = png.Encode(&buf, image.NewGray(image.Rect(0, 0, 200, 200)))
 		_, id := alice.mustUpload(buf.Bytes(), "image/png", "")
 		th := func(w, h int, method string) image.Rectangle {
-			res := alice.do("GET", fmt.Sprintf("/_matrix/media/v3/thumbnail/localhost/%s?width=%d&height=%d&method=%s", id, w, h, method), "", nil, 0, nil)
+			res := alice.get(fmt.Sprintf("/_matrix/client/v1/media/thumbnail/localhost/%s?width=%d&height=%d&method=%s", id, w, h, method))
 			if res.Status != 200 {
 				t.Fatalf("thumbnail %dx%d: %d %s", w, h, res.Status, res.Body)
 			}
@@ -1222,5 +1222,75 @@ func TestMediaRotateWhileRunning(t *testing.T) {
 			t.Errorf("%d media rows, want 1", n)
 		}
 		c.mustUpload([]byte("after"), "text/plain", "")
+	})
+}
+
+// Issue 11 §2: the legacy /_matrix/media/v3 and r0 download and thumbnail
+// paths take no token. By default they answer 404 M_NOT_FOUND (token or
+// not) while the authenticated paths serve; with
+// media.legacy_unauthenticated they serve again and each read is audited
+// with the requester's IP and user agent. Authenticated reads name the
+// user and the IP.
+func TestMediaLegacyUnauthenticated(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		var img bytes.Buffer
+		_ = png.Encode(&img, image.NewGray(image.Rect(0, 0, 64, 64)))
+		legacy := func(id string) []string {
+			var out []string
+			for _, v := range []string{"v3", "r0"} {
+				p := "/_matrix/media/" + v
+				out = append(out, p+"/download/localhost/"+id, p+"/download/localhost/"+id+"/name.png",
+					p+"/thumbnail/localhost/"+id+"?width=32&height=32&method=scale")
+			}
+			return out
+		}
+		ua := map[string]string{"User-Agent": "legacy-client/1"}
+
+		srv := Start(t, d, Options{})
+		alice := newMediaClient(t, srv, "alice")
+		_, id := alice.mustUpload(img.Bytes(), "image/png", "private.png")
+		for _, p := range legacy(id) {
+			for _, tok := range []string{"", alice.token} {
+				if res := alice.do("GET", p, tok, nil, 0, ua); res.Status != 404 || res.errcode() != "M_NOT_FOUND" {
+					t.Errorf("default config, %s (token %v): %d %s, want 404 M_NOT_FOUND", p, tok != "", res.Status, res.Body)
+				}
+			}
+		}
+		for _, p := range []string{"/download/localhost/" + id, "/thumbnail/localhost/" + id + "?width=32&height=32"} {
+			if res := alice.get("/_matrix/client/v1/media" + p); res.Status != 200 {
+				t.Errorf("authenticated %s: %d %s", p, res.Status, res.Body)
+			}
+			if res := alice.do("GET", "/_matrix/client/v1/media"+p, "", nil, 0, nil); res.Status != 401 {
+				t.Errorf("authenticated path without a token %s: %d", p, res.Status)
+			}
+		}
+		rows := auditRows(t, srv)
+		for _, e := range auditMatching(rows, auditapi.ActionMediaDownload, id) {
+			if e.ActorUser != "@alice:localhost" || e.ActorIP != "127.0.0.1" {
+				t.Errorf("authenticated read audited as user %q IP %q", e.ActorUser, e.ActorIP)
+			}
+		}
+		if n := len(auditMatching(rows, auditapi.ActionMediaDownload, id)); n != 2 {
+			t.Errorf("%d media read entries, want 2 (the refused legacy reads serve nothing)", n)
+		}
+		srv.Stop()
+
+		srv = Start(t, d, Options{Configure: func(c *config.Config) { c.Media.LegacyUnauthenticated = true }})
+		alice = newMediaClient(t, srv, "alice")
+		_, id = alice.mustUpload(img.Bytes(), "image/png", "private.png")
+		for _, p := range legacy(id) {
+			if res := alice.do("GET", p, "", nil, 0, ua); res.Status != 200 {
+				t.Errorf("legacy_unauthenticated, %s: %d %s", p, res.Status, res.Body)
+			}
+		}
+		reads := auditMatching(auditRows(t, srv), auditapi.ActionMediaDownload, id)
+		if len(reads) != len(legacy(id)) {
+			t.Errorf("%d media read entries, want %d", len(reads), len(legacy(id)))
+		}
+		for _, e := range reads {
+			if e.ActorUser != "" || e.ActorIP != "127.0.0.1" || e.ActorUA != "legacy-client/1" {
+				t.Errorf("anonymous read audited as user %q IP %q UA %q", e.ActorUser, e.ActorIP, e.ActorUA)
+			}
+		}
 	})
 }
