@@ -11,6 +11,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/internal/httpapi"
+	"enclave/internal/perm"
 	"enclave/roomserver"
 	"enclave/storage"
 	"enclave/syncapi"
@@ -24,6 +25,10 @@ type social struct {
 	rs       roomserver.API
 	sync     *syncapi.Syncer
 	accounts *accounts // optional authentication of profile lookups
+	// authorize is the API's role check: looking up another server's
+	// user makes this server federate, which needs the federate
+	// permission although the route takes no token.
+	authorize func(r *http.Request, dev *httpapi.Device, need perm.Requirement) (httpapi.Response, bool)
 	// Set by the assembly before serving, read-only after.
 	socialOpts     SocialOptions
 	remoteProfiles RemoteProfiles
@@ -109,6 +114,12 @@ func (so *social) lookupProfile(r *http.Request) (*storage.Profile, httpapi.Resp
 	var p *storage.Profile
 	var err error
 	if serverOf(target) != so.opts.ServerName {
+		if dev == nil {
+			return nil, httpapi.Forbidden("looking up a profile on another server needs an access token"), false
+		}
+		if resp, ok := so.authorize(r, dev, perm.Needs(perm.Federate)); !ok {
+			return nil, resp, false
+		}
 		p, err = so.remoteProfile(r.Context(), target)
 	} else {
 		p, err = storage.GetProfile(r.Context(), so.db, target)

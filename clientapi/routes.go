@@ -136,8 +136,9 @@ func (a *API) routes() [][]route {
 		v3("GET", "/presence/{userId}/status", "presence", perm.AnyUser, a.social.getPresence),
 		v3("PUT", "/presence/{userId}/status", "presence", perm.AnyUser, a.social.putPresence),
 
-		// Profiles (lookups need no token unless profiles are limited to
-		// shared rooms, which the handler checks).
+		// Profiles: lookups need no token unless profiles are limited to
+		// shared rooms; another server's user needs a token and federate.
+		// The handler checks both (through the authorizer for federate).
 		open("GET", "/_matrix/client/v3/profile/{userId}", "profile", perm.Public, a.social.getProfile),
 		open("GET", "/_matrix/client/v3/profile/{userId}/displayname", "profile", perm.Public, a.social.getProfileField("displayname")),
 		open("GET", "/_matrix/client/v3/profile/{userId}/avatar_url", "profile", perm.Public, a.social.getProfileField("avatar_url")),

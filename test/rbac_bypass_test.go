@@ -2,6 +2,7 @@ package test
 
 import (
 	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 
@@ -117,4 +118,34 @@ func TestRBACBypasses(t *testing.T) {
 			t.Errorf("public_chat by a user: %d %s", resp.Status, resp.Raw)
 		}
 	})
+}
+
+// TestRemoteProfileNeedsFederate: looking up another server's user makes
+// this server federate, so it needs an access token and the federate
+// permission, although local profile lookups need neither. (The rule
+// existed before the route table but was never run: the route takes no
+// token, so the authorizer never saw it.)
+func TestRemoteProfileNeedsFederate(t *testing.T) {
+	srv := Start(t, storage.SQLite, Options{Configure: func(c *config.Config) {
+		c.RBAC.Roles = []string{"local_only=create_room create_public_room upload_media"}
+	}})
+	admin := Register(t, srv.URL, "boss", "boss-pw", true)
+	eve := Register(t, srv.URL, "eve", "eve-pw", false)
+	if resp := raw(t, "PUT", srv.URL+"/_enclave/admin/v1/users/"+eve.UserID+"/roles", admin.AccessToken, map[string]any{"roles": []string{"local_only"}}); resp.Status != 200 {
+		t.Fatalf("set roles: %d %s", resp.Status, resp.Raw)
+	}
+	remote := srv.URL + "/_matrix/client/v3/profile/" + url.PathEscape("@someone:remote.example")
+	resp := raw(t, "GET", remote, eve.AccessToken, nil)
+	if msg, _ := resp.Body["error"].(string); resp.Status != http.StatusForbidden || resp.errcode() != "M_FORBIDDEN" || !strings.Contains(msg, "federate") {
+		t.Errorf("remote profile without federate: want 403 naming federate, got %d %s", resp.Status, resp.Raw)
+	}
+	raw(t, "GET", remote+"/displayname", "", nil).wantErr(t, "remote profile without a token", http.StatusForbidden, "M_FORBIDDEN")
+	// A holder of federate gets past the check (federation is off here,
+	// so the user is not found); local lookups stay open.
+	raw(t, "GET", remote, admin.AccessToken, nil).wantErr(t, "remote profile with federate", http.StatusNotFound, "M_NOT_FOUND")
+	for _, token := range []string{"", eve.AccessToken} {
+		if resp := raw(t, "GET", srv.URL+"/_matrix/client/v3/profile/"+url.PathEscape(admin.UserID), token, nil); resp.Status != 200 {
+			t.Errorf("local profile (token %t): %d %s", token != "", resp.Status, resp.Raw)
+		}
+	}
 }
