@@ -231,6 +231,19 @@ func (f *joins) sendMembership(membership string) roomHandler {
 	}
 }
 
+// v1Membership serves the deprecated v1 send_join and send_leave, which
+// servers that predate v2 still call: the same checks and effect, the
+// answer wrapped as [200, body] as v1 specifies (errors are unchanged).
+func v1Membership(h roomHandler) roomHandler {
+	return func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+		resp := h(r, origin, body)
+		if resp.Code != http.StatusOK {
+			return resp
+		}
+		return httpapi.JSON(http.StatusOK, []any{http.StatusOK, resp.Body})
+	}
+}
+
 // relayMembership passes a membership event received through send_join,
 // send_leave or send_knock on to the other servers in the room: the
 // joining server talks only to us, and the others would otherwise learn of
@@ -489,6 +502,12 @@ func (f *queries) queryDirectory(r *http.Request, origin spec.ServerName, _ []by
 func (f *queries) queryProfile(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
 	q := r.URL.Query()
 	userID := q.Get("user_id")
+	// A user ID whose server name is not one (a non-numeric port, say) is
+	// a bad request, not an unknown user.
+	localpart, server, err := gomatrixserverlib.SplitID('@', userID)
+	if _, _, ok := spec.ParseAndValidateServerName(server); err != nil || !ok || localpart == "" {
+		return httpapi.Errf(400, "M_INVALID_PARAM", "user_id is not a valid user ID")
+	}
 	p, err := storage.GetActiveProfile(r.Context(), f.db, userID)
 	if err != nil {
 		return httpapi.Errf(404, "M_NOT_FOUND", "profile not found")

@@ -69,6 +69,8 @@ func (f *Federation) routes() []route {
 		signedRoute(http.MethodGet, v1+"/make_knock/{roomId}/{userId}", f.joins.makeMembership(spec.Knock)),
 		signedRoute(http.MethodPut, v2+"/send_join/{roomId}/{eventId}", f.joins.sendMembership(spec.Join)),
 		signedRoute(http.MethodPut, v2+"/send_leave/{roomId}/{eventId}", f.joins.sendMembership(spec.Leave)),
+		signedRoute(http.MethodPut, v1+"/send_join/{roomId}/{eventId}", v1Membership(f.joins.sendMembership(spec.Join))),
+		signedRoute(http.MethodPut, v1+"/send_leave/{roomId}/{eventId}", v1Membership(f.joins.sendMembership(spec.Leave))),
 		signedRoute(http.MethodPut, v1+"/send_knock/{roomId}/{eventId}", f.joins.sendMembership(spec.Knock)),
 		signedRoute(http.MethodPut, v2+"/invite/{roomId}/{eventId}", f.joins.inviteV2),
 

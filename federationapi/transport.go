@@ -10,6 +10,7 @@ import (
 
 	"enclave/internal/httpapi"
 
+	"github.com/gorilla/mux"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
@@ -167,4 +168,19 @@ func (f *Federation) setFallbackHandlers() {
 	f.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.Errf(http.StatusMethodNotAllowed, "M_UNRECOGNIZED", "method %s not allowed on %s", r.Method, r.URL.Path))
 	})
+}
+
+// ClientListenerHandler answers federation and key paths that reach the
+// client listener. They are served only on the federation listener, but a
+// client (or a conformance suite) probing them must still get the spec's
+// codes: 405 M_UNRECOGNIZED for a known path with a wrong method, 404
+// M_UNRECOGNIZED otherwise. The route table is read from a Federation with
+// no services: only its methods and paths are used, no handler runs.
+func ClientListenerHandler() http.Handler {
+	f := &Federation{router: mux.NewRouter()}
+	f.setFallbackHandlers()
+	for _, rt := range f.routes() {
+		f.router.Handle(rt.path, f.router.NotFoundHandler).Methods(rt.method)
+	}
+	return f.router
 }

@@ -188,6 +188,10 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/health", s.health)
 	mux.Handle("/", s.Client.Handler())
+	// Federation is served on its own listener; here its paths only get
+	// the spec's unknown-endpoint and wrong-method answers.
+	mux.Handle("/_matrix/federation/", federationapi.ClientListenerHandler())
+	mux.Handle("/_matrix/key/", federationapi.ClientListenerHandler())
 	return mux
 }
 

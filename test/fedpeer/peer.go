@@ -148,31 +148,40 @@ func (p *Peer) MustDo(t testing.TB, want int, dest spec.ServerName, method, path
 	return b
 }
 
-// Join joins userID (on the peer) to roomID through dest with
-// make_join/send_join v2 and returns the room as the peer now knows it.
-func (p *Peer) Join(t testing.TB, dest spec.ServerName, roomID, userID string) *Room {
+// MakeMembership asks dest for a membership template (make_join,
+// make_leave or make_knock, by membership) for userID on the peer and
+// returns it signed by the peer, with the room version dest chose.
+func (p *Peer) MakeMembership(t testing.TB, dest spec.ServerName, membership, roomID, userID string) (gomatrixserverlib.PDU, gomatrixserverlib.IRoomVersion) {
 	t.Helper()
 	q := url.Values{}
 	for v := range gomatrixserverlib.RoomVersions() {
 		q.Add("ver", string(v))
 	}
 	b := p.MustDo(t, http.StatusOK, dest, http.MethodGet,
-		"/_matrix/federation/v1/make_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+"?"+q.Encode(), nil)
+		"/_matrix/federation/v1/make_"+membership+"/"+url.PathEscape(roomID)+"/"+url.PathEscape(userID)+"?"+q.Encode(), nil)
 	var mj fclient.RespMakeJoin
 	if err := json.Unmarshal(b, &mj); err != nil {
-		t.Fatalf("make_join answer %s: %v", b, err)
+		t.Fatalf("make_%s answer %s: %v", membership, b, err)
 	}
 	ver, err := gomatrixserverlib.GetRoomVersion(mj.RoomVersion)
 	if err != nil {
-		t.Fatalf("make_join room version: %v", err)
+		t.Fatalf("make_%s room version: %v", membership, err)
 	}
 	proto := mj.JoinEvent
 	proto.SenderID, proto.RoomID = userID, roomID
-	join, err := ver.NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), p.ServerName, p.KeyID, p.Key)
+	ev, err := ver.NewEventBuilderFromProtoEvent(&proto).Build(time.Now(), p.ServerName, p.KeyID, p.Key)
 	if err != nil {
-		t.Fatalf("building the join: %v", err)
+		t.Fatalf("building the %s: %v", membership, err)
 	}
-	b = p.MustDo(t, http.StatusOK, dest, http.MethodPut,
+	return ev, ver
+}
+
+// Join joins userID (on the peer) to roomID through dest with
+// make_join/send_join v2 and returns the room as the peer now knows it.
+func (p *Peer) Join(t testing.TB, dest spec.ServerName, roomID, userID string) *Room {
+	t.Helper()
+	join, ver := p.MakeMembership(t, dest, "join", roomID, userID)
+	b := p.MustDo(t, http.StatusOK, dest, http.MethodPut,
 		"/_matrix/federation/v2/send_join/"+url.PathEscape(roomID)+"/"+url.PathEscape(join.EventID()), json.RawMessage(join.JSON()))
 	var sj struct {
 		State     []json.RawMessage `json:"state"`
