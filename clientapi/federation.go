@@ -7,17 +7,29 @@ import (
 	"strings"
 	"time"
 
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
+	"enclave/storage"
 )
 
 // Federation is what the client API asks of the federation component:
-// joining rooms that live on other servers.
+// memberships in rooms that live on other servers, their history, and
+// other servers' aliases.
 type Federation interface {
 	JoinRemote(ctx context.Context, userID, roomIDOrAlias string, via []string, content map[string]any) (string, error)
 	// Backfill fetches up to limit events older than the oldest we hold
 	// from the other servers in the room; it returns how many it stored.
 	Backfill(ctx context.Context, roomID string, limit int) (int, error)
+	// LeaveRemote leaves a room this server takes no part in (rejecting
+	// an invite, retracting a knock) through another server.
+	LeaveRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error
+	// KnockRemote knocks on a room hosted elsewhere.
+	KnockRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error
+	// LookupAlias asks an alias's server which room it names.
+	LookupAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
 }
 
 // EphemeralSender carries local users' typing, read receipts and presence
@@ -42,14 +54,70 @@ func (a *API) SetFederation(f Federation, e EphemeralSender) {
 	a.social.ephemeral = e
 }
 
-// needsRemoteJoin reports whether joining roomID must go through another
-// server: we do not hold the room's state (unknown, or only an invite).
+// needsRemoteJoin reports whether a membership change in roomID must go
+// through another server: we do not hold the room's state (unknown, or
+// only an invite or knock), or we hold it but none of our users is joined
+// while other servers' are (our copy stops where we left).
 func (rm *rooms) needsRemoteJoin(ctx context.Context, roomID string) bool {
 	st, err := rm.rs.CurrentState(ctx, roomID)
 	if errors.Is(err, roomserver.ErrRoomNotFound) {
 		return true
 	}
-	return err == nil && st.Get("m.room.create", "") == nil
+	if err != nil {
+		return false
+	}
+	if st.Get("m.room.create", "") == nil {
+		return true
+	}
+	local := spec.ServerName(rm.opts.ServerName)
+	return !roomserver.ServerJoined(st, local) && othersJoined(st, local)
+}
+
+// othersJoined reports whether a server other than local has a joined
+// member in st.
+func othersJoined(st roomserver.StateMap, local spec.ServerName) bool {
+	for k, e := range st {
+		if k.Type != "m.room.member" {
+			continue
+		}
+		if m, _ := e.Membership(); m != "join" {
+			continue
+		}
+		if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && d != local {
+			return true
+		}
+	}
+	return false
+}
+
+// remoteVia is the servers to reach a remote room through: the via and
+// server_name query parameters, the room ID's server, the sender of the
+// user's pending invite (the inviting server; v12 room IDs name none) and
+// the servers joined in our copy of the room.
+func (rm *rooms) remoteVia(r *http.Request, userID, target string) []string {
+	q := r.URL.Query()
+	via := append(q["via"], q["server_name"]...)
+	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") {
+		via = append(via, target[i+1:])
+	}
+	if strings.HasPrefix(target, "!") {
+		if own, err := storage.LatestMembershipBefore(r.Context(), rm.db, target, userID, 1<<62); err == nil {
+			if _, d, err := gomatrixserverlib.SplitID('@', own.Sender); err == nil && string(d) != rm.opts.ServerName {
+				via = append(via, string(d))
+			}
+		}
+		if st, err := rm.rs.CurrentState(r.Context(), target); err == nil {
+			for k, e := range st {
+				if m, _ := e.Membership(); k.Type != "m.room.member" || m != "join" {
+					continue
+				}
+				if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && string(d) != rm.opts.ServerName {
+					via = append(via, string(d))
+				}
+			}
+		}
+	}
+	return via
 }
 
 // remoteJoin joins through federation, using the via / server_name query
@@ -58,11 +126,7 @@ func (rm *rooms) remoteJoin(r *http.Request, dev *httpapi.Device, target string,
 	if rm.fed == nil {
 		return httpapi.NotFound("room %s is not known to this server and federation is off", target)
 	}
-	q := r.URL.Query()
-	via := append(q["via"], q["server_name"]...)
-	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") {
-		via = append(via, target[i+1:])
-	}
+	via := rm.remoteVia(r, dev.UserID, target)
 	roomID, err := rm.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
 	if err != nil {
 		return httpapi.Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/matrix-org/gomatrix"
+
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
 )
@@ -31,14 +33,17 @@ func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	var aliasServers []string
+	if roomID == "" && strings.HasPrefix(target, "#") && rm.fed != nil && !strings.HasSuffix(target, ":"+rm.opts.ServerName) {
+		if roomID, aliasServers, err = rm.fed.LookupAlias(r.Context(), target); err != nil {
+			return httpapi.NotFound("room alias %s not found: %v", target, err)
+		}
+	}
 	if roomID == "" {
 		return httpapi.NotFound("room %s not found", target)
 	}
 	cur, err := rm.rs.Membership(r.Context(), roomID, dev.UserID)
-	if errors.Is(err, roomserver.ErrRoomNotFound) {
-		// Knocking on rooms this server does not hold needs federation.
-		return httpapi.NotFound("room %s not found", target)
-	} else if err != nil {
+	if err != nil && !errors.Is(err, roomserver.ErrRoomNotFound) {
 		return httpapi.InternalError(r, err)
 	}
 	if cur == "knock" {
@@ -52,6 +57,19 @@ func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	if body.Reason != "" {
 		content["reason"] = body.Reason
+	}
+	if rm.needsRemoteJoin(r.Context(), roomID) {
+		// A room this server does not hold (or no longer takes part in):
+		// the knock goes through one of the room's servers.
+		if rm.fed == nil {
+			return httpapi.NotFound("room %s not found", target)
+		}
+		via := append(rm.remoteVia(r, dev.UserID, roomID), aliasServers...)
+		if err := rm.fed.KnockRemote(r.Context(), dev.UserID, roomID, via, content); err != nil {
+			return remoteMembershipError(target, err)
+		}
+		_ = rm.db.Stream.Wait(r.Context(), rm.db.Stream.Last())
+		return httpapi.JSON(200, map[string]string{"room_id": roomID})
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID
@@ -111,4 +129,22 @@ func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) stri
 		return ""
 	}
 	return candidates[0]
+}
+
+// remoteMembershipError answers a failed knock through another server
+// with the Matrix error that server gave (e.g. 403 for a banned user), or
+// 404 when no server could be reached.
+func remoteMembershipError(target string, err error) httpapi.Response {
+	var he gomatrix.HTTPError
+	if errors.As(err, &he) && he.Code >= 400 && he.Code < 500 {
+		var me struct {
+			ErrCode string `json:"errcode"`
+			Err     string `json:"error"`
+		}
+		if json.Unmarshal(he.Contents, &me) == nil && me.ErrCode != "" {
+			return httpapi.Errf(he.Code, me.ErrCode, "%s", me.Err)
+		}
+		return httpapi.Errf(he.Code, "M_FORBIDDEN", "%s refused: %v", target, err)
+	}
+	return httpapi.NotFound("could not reach a server of %s: %v", target, err)
 }

@@ -214,7 +214,14 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 	if req.Topic != nil && *req.Topic != "" {
 		events = append(events, roomserver.InitialEvent{Type: "m.room.topic", StateKey: sp(""), Content: map[string]any{"topic": *req.Topic}})
 	}
+	var remoteInvites []string
 	for _, u := range req.Invite {
+		if rm.fed != nil && !strings.HasSuffix(u, ":"+rm.opts.ServerName) {
+			// Sent once the room exists: the invitee's server countersigns
+			// each remote invite before it is stored.
+			remoteInvites = append(remoteInvites, u)
+			continue
+		}
 		c := map[string]any{"membership": "invite"}
 		if req.IsDirect {
 			c["is_direct"] = true
@@ -231,6 +238,17 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 	})
 	if err != nil {
 		return roomError(r, err)
+	}
+	for _, u := range remoteInvites {
+		c := map[string]any{"membership": "invite"}
+		if req.IsDirect {
+			c["is_direct"] = true
+		}
+		cb, _ := json.Marshal(c)
+		target := u
+		if _, err := rm.rs.SendEvent(r.Context(), roomserver.SendRequest{RoomID: roomID, Sender: creator, Type: "m.room.member", StateKey: &target, Content: cb}); err != nil {
+			return roomError(r, err)
+		}
 	}
 	// Answer once the room's events are visible (they are at or below Last).
 	_ = rm.db.Stream.Wait(r.Context(), rm.db.Stream.Last())
@@ -415,8 +433,17 @@ func (rm *rooms) leaveRoom(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if body.Reason != "" {
 		content["reason"] = body.Reason
 	}
-	cb, _ := json.Marshal(content)
 	uid := dev.UserID
+	if rm.fed != nil && (cur == "invite" || cur == "knock") && rm.needsRemoteJoin(r.Context(), roomID) {
+		// Rejecting an invite or retracting a knock in a room we take no
+		// part in: the leave is made through a server in the room.
+		if err := rm.fed.LeaveRemote(r.Context(), uid, roomID, rm.remoteVia(r, uid, roomID), content); err != nil {
+			return httpapi.Errf(http.StatusForbidden, "M_FORBIDDEN", "could not leave %s through another server: %v", roomID, err)
+		}
+		_ = rm.db.Stream.Wait(r.Context(), rm.db.Stream.Last())
+		return httpapi.JSON(200, struct{}{})
+	}
+	cb, _ := json.Marshal(content)
 	if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: uid, Type: "m.room.member", StateKey: &uid, Content: cb}); !ok {
 		return resp
 	}

@@ -38,6 +38,9 @@ type RoomServer interface {
 	InputRemoteEvents(ctx context.Context, origin spec.ServerName, pdus []gomatrixserverlib.PDU) map[string]error
 	JoinRemoteRoom(ctx context.Context, origin spec.ServerName, join gomatrixserverlib.PDU, state, authChain []gomatrixserverlib.PDU) error
 	StoreRemoteInvite(ctx context.Context, invite gomatrixserverlib.PDU) error
+	// StoreRemoteMembership records a local user's leave or knock made
+	// through origin in a room this server takes no part in.
+	StoreRemoteMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) error
 	LatestForRemote(ctx context.Context, roomID string) (gomatrixserverlib.IRoomVersion, []string, int64, roomserver.StateMap, error)
 	AuthChainOf(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error)
 	BuildFromProto(proto *gomatrixserverlib.ProtoEvent, ver gomatrixserverlib.IRoomVersion) (gomatrixserverlib.PDU, error)

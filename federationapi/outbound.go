@@ -107,8 +107,8 @@ func (j joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, eve
 // the room (st is the state right after ev), inside the event's
 // transaction: the event and its queue rows commit together, so a crash
 // cannot leave an acknowledged event unsent; the senders are woken after
-// commit. A kicked or banned user's server is told too; an invite goes to
-// the invitee's server directly, after commit. Events of remote senders,
+// commit. A kicked or banned user's server is told too; an invite went to
+// the invitee's server (/invite) before it was stored. Events of remote senders,
 // including those that reached us over federation, are their origin's to
 // send.
 func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
@@ -122,11 +122,11 @@ func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *stor
 	}
 	if ev.Type() == spec.MRoomMember && ev.StateKey() != nil {
 		if _, target, err := gomatrixserverlib.SplitID('@', *ev.StateKey()); err == nil && target != f.serverName {
-			m, _ := ev.Membership()
-			if m == spec.Invite {
-				tx.AfterCommit(func() { go f.sendInvite(ev, st) })
-			} else {
-				dests[target] = true // a kicked or banned server learns of it
+			// A kicked or banned (or unbanned) server learns of it; an
+			// invite reached the invitee's server through /invite before
+			// it was stored (Memberships.CountersignInvite).
+			if m, _ := ev.Membership(); m != spec.Invite {
+				dests[target] = true
 			}
 		}
 	}
@@ -142,29 +142,6 @@ func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *stor
 		return fmt.Errorf("federation: queueing %s: %w", ev.EventID(), err)
 	}
 	return nil
-}
-
-func (f *Federation) sendInvite(ev gomatrixserverlib.PDU, st roomserver.StateMap) {
-	_, target, _ := gomatrixserverlib.SplitID('@', *ev.StateKey())
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	var stripped []gomatrixserverlib.InviteStrippedState
-	for _, t := range []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"} {
-		if e := st.Get(t, ""); e != nil {
-			stripped = append(stripped, gomatrixserverlib.NewInviteStrippedState(e))
-		}
-	}
-	req, err := fclient.NewInviteV2Request(ev, stripped)
-	if err != nil {
-		logrus.WithError(err).Error("building invite request")
-		return
-	}
-	if _, err := f.client.SendInviteV2(ctx, f.serverName, target, req); err != nil {
-		logrus.WithError(err).WithField("server", target).Warn("remote invite failed")
-	}
-	// The invite is already in the room's timeline (and queued to the
-	// servers in the room); the invitee's server learns of later events
-	// once its user joins.
 }
 
 // Fetcher returns the federation implementation of roomserver.EventFetcher.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
 
 	"enclave/storage"
 )
@@ -86,37 +87,88 @@ func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName,
 // another server that we may not know yet. The invite is shown in the
 // user's sync with the stripped state the inviting server sent.
 func (s *RoomServer) StoreRemoteInvite(ctx context.Context, invite gomatrixserverlib.PDU) error {
-	roomID := invite.RoomID().String()
+	_, origin, err := gomatrixserverlib.SplitID('@', string(invite.SenderID()))
+	if err != nil {
+		return err
+	}
+	return s.StoreRemoteMembership(ctx, origin, invite)
+}
+
+// StoreRemoteMembership records a local user's membership in a room this
+// server takes no part in: an invite from another server, or the leave
+// or knock the user made through origin (make_leave/send_leave,
+// make_knock/send_knock). While one of our users is joined the event
+// reaches us in the room's timeline anyway. In a room we hold but left
+// (our users left or were banned) it joins the timeline when we hold its
+// prev events; otherwise it is kept beside the room, as for a room we
+// never joined, where sync shows it with the stripped state in its
+// unsigned invite_room_state.
+func (s *RoomServer) StoreRemoteMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) error {
+	roomID := ev.RoomID().String()
 	unlock := s.lock(roomID)
 	defer unlock()
 	if room, err := storage.GetRoom(ctx, s.db, roomID); err == nil && room.CurrentSnapshot != 0 {
-		// We are in the room already: it arrives as a normal event too.
-		return nil
+		h, err := s.head(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		if ServerJoined(h.state, s.serverName) {
+			return nil
+		}
+		if err := s.inputLocked(ctx, origin, ev, false); err == nil {
+			return nil
+		} else {
+			logrus.WithError(err).WithField("event_id", ev.EventID()).Debug("membership kept beside a room we left")
+		}
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
-	target := ""
-	if invite.StateKey() != nil {
-		target = *invite.StateKey()
+	return s.storeBesideRoom(ctx, ev)
+}
+
+// ServerJoined reports whether server has a joined member in st.
+func ServerJoined(st StateMap, server spec.ServerName) bool {
+	for k, e := range st {
+		if k.Type != spec.MRoomMember {
+			continue
+		}
+		if m, _ := e.Membership(); m != spec.Join {
+			continue
+		}
+		if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && d == server {
+			return true
+		}
 	}
+	return false
+}
+
+// storeBesideRoom stores a membership event outside the room's DAG: a
+// timeline row at a new stream position and the user's current-state row.
+func (s *RoomServer) storeBesideRoom(ctx context.Context, ev gomatrixserverlib.PDU) error {
+	roomID := ev.RoomID().String()
+	target := ""
+	if ev.StateKey() != nil {
+		target = *ev.StateKey()
+	}
+	membership, _ := ev.Membership()
 	return s.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if _, err := storage.GetRoom(ctx, tx, roomID); errors.Is(err, storage.ErrNotFound) {
-			if err := storage.InsertRoom(ctx, tx, &storage.Room{RoomID: roomID, Version: string(invite.Version()), Creator: "", CreatedTS: time.Now().UnixMilli()}); err != nil {
+			if err := storage.InsertRoom(ctx, tx, &storage.Room{RoomID: roomID, Version: string(ev.Version()), Creator: "", CreatedTS: time.Now().UnixMilli()}); err != nil {
 				return err
 			}
 		}
 		pos := tx.NextPos("events")
 		se := &storage.Event{
-			StreamPos: pos, EventID: invite.EventID(), RoomID: roomID, RoomVersion: string(invite.Version()), Type: invite.Type(), StateKey: invite.StateKey(),
-			Sender: string(invite.SenderID()), Depth: invite.Depth(), OriginTS: int64(invite.OriginServerTS()), ReceivedTS: time.Now().UnixMilli(),
-			JSON: invite.JSON(), Membership: "invite",
+			StreamPos: pos, EventID: ev.EventID(), RoomID: roomID, RoomVersion: string(ev.Version()), Type: ev.Type(), StateKey: ev.StateKey(),
+			Sender: string(ev.SenderID()), Depth: ev.Depth(), OriginTS: int64(ev.OriginServerTS()), ReceivedTS: time.Now().UnixMilli(),
+			JSON: ev.JSON(), Membership: membership,
 		}
 		if ok, err := storage.InsertEvent(ctx, tx, se); err != nil {
 			return err
 		} else if !ok {
 			return nil
 		}
-		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: spec.MRoomMember, StateKey: target, EventID: invite.EventID(), Membership: "invite", StreamPos: pos}); err != nil {
+		if err := storage.SetCurrentState(ctx, tx, storage.CurrentStateRow{RoomID: roomID, Type: spec.MRoomMember, StateKey: target, EventID: ev.EventID(), Membership: membership, StreamPos: pos}); err != nil {
 			return err
 		}
 		if err := storage.SetRoomLastPos(ctx, tx, roomID, pos); err != nil {
@@ -125,10 +177,10 @@ func (s *RoomServer) StoreRemoteInvite(ctx context.Context, invite gomatrixserve
 		s.hooksMu.RLock()
 		listeners := s.listeners
 		s.hooksMu.RUnlock()
-		tx.AfterCommit(func() { s.events.Put(invite.EventID(), invite) })
+		tx.AfterCommit(func() { s.events.Put(ev.EventID(), ev) })
 		tx.Publish(pos, func() {
 			for _, l := range listeners {
-				l(OutputEvent{Event: se, PDU: invite})
+				l(OutputEvent{Event: se, PDU: ev})
 			}
 		})
 		return nil
@@ -176,4 +228,25 @@ func (s *RoomServer) LatestForRemote(ctx context.Context, roomID string) (ver go
 // /event_auth, /state responses).
 func (s *RoomServer) AuthChainOf(ctx context.Context, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
 	return s.authChain(ctx, evs)
+}
+
+// InviteSigner sends a local user's invite of a user on another server to
+// that server (federation's /invite) and returns the event it
+// countersigned, with the same event ID. st is the room state the invite
+// extends (for the stripped state the invitee is shown).
+type InviteSigner func(ctx context.Context, invite gomatrixserverlib.PDU, st StateMap) (gomatrixserverlib.PDU, error)
+
+// SetInviteSigner installs the federation step of remote invites.
+func (s *RoomServer) SetInviteSigner(f InviteSigner) { s.inviteSigner = f }
+
+// isRemoteInvite reports whether ev invites a user of another server.
+func (s *RoomServer) isRemoteInvite(ev gomatrixserverlib.PDU) bool {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return false
+	}
+	if m, _ := ev.Membership(); m != spec.Invite {
+		return false
+	}
+	_, domain, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
+	return err == nil && domain != s.serverName
 }

@@ -56,6 +56,9 @@ type RoomServer struct {
 	snapshots *lru.Cache[int64, map[StateKey]string]
 
 	fetcher EventFetcher
+	// inviteSigner has a remote invitee's server countersign an invite
+	// before it is stored (federation's /invite; nil with federation off).
+	inviteSigner InviteSigner
 
 	hooksMu    sync.RWMutex
 	hooks      []Hook
@@ -202,6 +205,16 @@ func (s *RoomServer) Membership(ctx context.Context, roomID, userID string) (str
 	st, err := s.CurrentState(ctx, roomID)
 	if err != nil {
 		return "", err
+	}
+	if st.Get(spec.MRoomCreate, "") == nil || !ServerJoined(st, s.serverName) {
+		// A room we take no part in: a local user's invite, leave or knock
+		// may be kept beside our copy of it (storeBesideRoom), and is then
+		// the latest of the user's membership events.
+		if _, d, err := gomatrixserverlib.SplitID('@', userID); err == nil && d == s.serverName {
+			if e, err := storage.LatestMembershipBefore(ctx, s.db, roomID, userID, 1<<62); err == nil {
+				return e.Membership, nil
+			}
+		}
 	}
 	return st.Membership(userID), nil
 }

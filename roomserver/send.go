@@ -74,6 +74,15 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	if err := checkAllowed(ev, h.state); err != nil {
 		return nil, err
 	}
+	if s.inviteSigner != nil && s.isRemoteInvite(ev) {
+		// The invite is stored (and sent to the room) as the invitee's
+		// server countersigned it: every server checks that signature.
+		signed, err := s.inviteSigner(ctx, ev, h.state)
+		if err != nil {
+			return nil, &NotAllowedError{Reason: "the invitee's server did not accept the invite: " + err.Error()}
+		}
+		ev = signed
+	}
 	var stored *storage.Event
 	var next *roomHead
 	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {

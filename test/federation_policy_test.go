@@ -110,8 +110,13 @@ func TestFederationPolicyOutsider(t *testing.T) {
 	refusedBefore := fedMetric(t, a.Server.Server, "enclave_federation_refused_total", "outbound")
 
 	// The room now mentions O in every way A could act on.
-	if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: id.UserID("@olive:" + o.ServerName)}); err != nil {
-		t.Fatalf("inviting a user of O: %v", err)
+	// An invite must be countersigned by the invitee's server, which A
+	// may not contact: it is refused and not stored.
+	olive := "@olive:" + o.ServerName
+	_, err = alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: id.UserID(olive)})
+	wantMatrixErr(t, "inviting a user of O", err, 403, "M_FORBIDDEN")
+	if m := fedMembership(t, alice, room, olive); m != "" {
+		t.Fatalf("A stored olive's refused invite as %q", m)
 	}
 	if _, err := alice.BanUser(ctxT(t), room, &mautrix.ReqBanUser{UserID: oscar.UserID, Reason: "not a partner"}); err != nil {
 		t.Fatalf("banning O's user: %v", err)

@@ -231,15 +231,18 @@ func (s *Server) buildFederation(ctx context.Context) error {
 
 	// Remote events close gaps through federation; local events are
 	// queued for the servers in the room inside their own transaction
-	// (a crash after commit cannot lose them); clients join remote rooms
-	// and backfill. The client API's typing, receipt and presence
+	// (a crash after commit cannot lose them); an invite of another
+	// server's user is countersigned by that server before it is stored;
+	// clients join, leave and knock on remote rooms, look up remote
+	// aliases and backfill. The client API's typing, receipt and presence
 	// handlers tell federation of each change: typing is sent at once,
 	// receipts and presence are read back from the stream by federation's
 	// tailer, which the news wakes so they leave at once.
 	s.Rooms.SetFetcher(f.Fetcher())
 	s.Rooms.AddStateHook(f.QueueRoomEvent)
+	s.Rooms.SetInviteSigner(f.Memberships().CountersignInvite)
 	s.fedEphemeral = f.EphemeralSender(s.Sync.Typing().Users)
-	s.Client.SetFederation(f, s.fedEphemeral)
+	s.Client.SetFederation(f.Memberships(), s.fedEphemeral)
 
 	// The client API's /keys/query, /keys/claim and /sendToDevice reach
 	// other servers' users; local users' device-list and cross-signing
@@ -361,7 +364,7 @@ func (s *Server) buildSocial(ctx context.Context) error {
 // The federation component implements the faces the client API asks of
 // it; checked here, in the assembly, so neither imports the other.
 var (
-	_ clientapi.Federation     = (*federationapi.Federation)(nil)
+	_ clientapi.Federation     = federationapi.Memberships{}
 	_ clientapi.RemoteKeys     = federationapi.RemoteE2EE{}
 	_ clientapi.RemoteToDevice = federationapi.RemoteE2EE{}
 )

@@ -1,0 +1,248 @@
+package federationapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/sirupsen/logrus"
+
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// Memberships is what the client API and the room server ask of
+// federation for rooms hosted elsewhere: joins and backfill, invites of
+// other servers' users (countersigned by their server before they are
+// stored), leaves and knocks in rooms this server takes no part in, and
+// remote alias lookups. A type of its own, so the Federation type keeps to
+// its shared services.
+type Memberships struct{ f *Federation }
+
+// Memberships returns the membership face of the component.
+func (f *Federation) Memberships() Memberships { return Memberships{f} }
+
+// remoteMembershipTimeout bounds one membership round trip to another
+// server (the client waits for it).
+const remoteMembershipTimeout = 30 * time.Second
+
+// JoinRemote implements clientapi.Federation (Federation.JoinRemote).
+func (m Memberships) JoinRemote(ctx context.Context, userID, roomIDOrAlias string, via []string, content map[string]any) (string, error) {
+	return m.f.JoinRemote(ctx, userID, roomIDOrAlias, via, content)
+}
+
+// Backfill implements clientapi.Federation (Federation.Backfill).
+func (m Memberships) Backfill(ctx context.Context, roomID string, limit int) (int, error) {
+	return m.f.Backfill(ctx, roomID, limit)
+}
+
+// inviteStrippedTypes are the state events an invitee is shown.
+var inviteStrippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
+
+// strippedState is the stripped state shown to invitees and knockers.
+func strippedState(st roomserver.StateMap) []gomatrixserverlib.InviteStrippedState {
+	var out []gomatrixserverlib.InviteStrippedState
+	for _, t := range inviteStrippedTypes {
+		if e := st.Get(t, ""); e != nil {
+			out = append(out, gomatrixserverlib.NewInviteStrippedState(e))
+		}
+	}
+	return out
+}
+
+// CountersignInvite is the room server's InviteSigner: it sends the invite
+// to the invitee's server (/invite v2) and returns the event that server
+// signed. Every server that later checks the invite (the invitee's, when
+// its user joins and the invite comes back in send_join's state) needs that
+// signature, so the invite is stored only once it has it.
+func (m Memberships) CountersignInvite(ctx context.Context, ev gomatrixserverlib.PDU, st roomserver.StateMap) (gomatrixserverlib.PDU, error) {
+	f := m.f
+	_, target, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
+	if err != nil {
+		return nil, err
+	}
+	req, err := fclient.NewInviteV2Request(ev, strippedState(st))
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
+	defer cancel()
+	resp, err := f.client.SendInviteV2(ctx, f.serverName, target, req)
+	if err != nil {
+		return nil, err
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(ev.Version())
+	if err != nil {
+		return nil, err
+	}
+	signed, err := ver.NewEventFromUntrustedJSON(resp.Event)
+	if err != nil {
+		return nil, fmt.Errorf("invalid countersigned invite: %w", err)
+	}
+	if signed.EventID() != ev.EventID() {
+		return nil, errors.New("the countersigned invite is a different event")
+	}
+	if err := gomatrixserverlib.VerifyEventSignatures(ctx, signed, f.keys, roomserver.UserIDForSender); err != nil {
+		return nil, fmt.Errorf("countersigned invite: %w", err)
+	}
+	return signed, nil
+}
+
+// LeaveRemote leaves (rejects an invite to, or retracts a knock on) a room
+// this server takes no part in, through the servers given or, failing
+// them, the room's and the inviting server (make_leave, send_leave); the
+// leave is then recorded here.
+func (m Memberships) LeaveRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error {
+	f := m.f
+	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
+	defer cancel()
+	var lastErr error = ErrNoServers
+	for _, server := range m.candidates(ctx, userID, roomID, via) {
+		tmpl, err := f.client.MakeLeave(ctx, f.serverName, server, roomID, userID)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ev, err := m.buildFromTemplate(tmpl.LeaveEvent, tmpl.RoomVersion, userID, roomID, spec.Leave, content)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if err := f.client.SendLeave(ctx, f.serverName, server, ev); err != nil {
+			lastErr = err
+			continue
+		}
+		return f.rs.StoreRemoteMembership(ctx, server, ev)
+	}
+	return lastErr
+}
+
+// KnockRemote knocks on a room hosted elsewhere (make_knock, send_knock)
+// and records the knock with the stripped state the room's server sent.
+func (m Memberships) KnockRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error {
+	f := m.f
+	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
+	defer cancel()
+	var lastErr error = ErrNoServers
+	for _, server := range m.candidates(ctx, userID, roomID, via) {
+		tmpl, err := f.client.MakeKnock(ctx, f.serverName, server, roomID, userID, supportedVersions())
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		ev, err := m.buildFromTemplate(tmpl.KnockEvent, tmpl.RoomVersion, userID, roomID, spec.Knock, content)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		resp, err := f.client.SendKnock(ctx, f.serverName, server, ev)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		if len(resp.KnockRoomState) > 0 {
+			if withState, err := ev.SetUnsigned(map[string]any{"invite_room_state": resp.KnockRoomState}); err == nil {
+				ev = withState
+			}
+		}
+		return f.rs.StoreRemoteMembership(ctx, server, ev)
+	}
+	return lastErr
+}
+
+// LookupAlias asks the alias's server which room it names (/query/directory).
+func (m Memberships) LookupAlias(ctx context.Context, alias string) (string, []string, error) {
+	f := m.f
+	_, domain, err := gomatrixserverlib.SplitID('#', alias)
+	if err != nil {
+		return "", nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
+	defer cancel()
+	dir, err := f.client.LookupRoomAlias(ctx, f.serverName, domain, alias)
+	if err != nil {
+		return "", nil, err
+	}
+	servers := make([]string, 0, len(dir.Servers))
+	for _, s := range dir.Servers {
+		servers = append(servers, string(s))
+	}
+	return dir.RoomID, servers, nil
+}
+
+// candidates lists the servers to send a leave or knock through: the ones
+// given, the room ID's server, and the sender of the user's latest
+// membership event (the inviting server), never this one.
+func (m Memberships) candidates(ctx context.Context, userID, roomID string, via []string) []spec.ServerName {
+	f := m.f
+	var out []spec.ServerName
+	seen := map[spec.ServerName]bool{f.serverName: true}
+	add := func(s spec.ServerName) {
+		if s != "" && !seen[s] {
+			seen[s] = true
+			out = append(out, s)
+		}
+	}
+	for _, v := range via {
+		add(spec.ServerName(v))
+	}
+	if own, err := storage.LatestMembershipBefore(ctx, f.db, roomID, userID, 1<<62); err == nil {
+		if _, d, err := gomatrixserverlib.SplitID('@', own.Sender); err == nil {
+			add(d)
+		}
+	}
+	if st, err := f.rs.CurrentState(ctx, roomID); err == nil {
+		for _, s := range ServersInRoom(st) {
+			add(s)
+		}
+	}
+	if _, d, err := gomatrixserverlib.SplitID('!', roomID); err == nil {
+		add(d)
+	}
+	return out
+}
+
+// buildFromTemplate signs a make_leave/make_knock template as ours after
+// checking it is the membership event asked for.
+func (m Memberships) buildFromTemplate(proto gomatrixserverlib.ProtoEvent, rv gomatrixserverlib.RoomVersion, userID, roomID, membership string, content map[string]any) (gomatrixserverlib.PDU, error) {
+	f := m.f
+	if rv == "" {
+		rv = gomatrixserverlib.RoomVersionV1
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(rv)
+	if err != nil {
+		return nil, err
+	}
+	if proto.Type != spec.MRoomMember || proto.StateKey == nil || *proto.StateKey != userID || proto.SenderID != userID || proto.RoomID != roomID {
+		return nil, errors.New("the template is not this user's membership event")
+	}
+	c := map[string]any{}
+	for k, v := range content {
+		c[k] = v
+	}
+	c["membership"] = membership
+	if proto.Content, err = json.Marshal(c); err != nil {
+		return nil, err
+	}
+	proto.Version = ver
+	ev, err := ver.NewEventBuilderFromProtoEvent(&proto).Build(timeNow(), f.serverName, f.keyID, f.key)
+	if err != nil {
+		logrus.WithError(err).WithField("room_id", roomID).Debug("bad membership template")
+		return nil, err
+	}
+	return ev, nil
+}
+
+// supportedVersions lists the room versions this server can take part in.
+func supportedVersions() []gomatrixserverlib.RoomVersion {
+	var out []gomatrixserverlib.RoomVersion
+	for v := range gomatrixserverlib.RoomVersions() {
+		out = append(out, v)
+	}
+	return out
+}

@@ -1,0 +1,214 @@
+package test
+
+import (
+	"encoding/json"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/storage"
+)
+
+// Invites, rejections and knocks across servers: each test asserts what
+// both servers store, not only what a client is told.
+
+// fedWaitMembership polls n's room server until user's membership in room
+// is want.
+func fedWaitMembership(t *testing.T, n *FedNode, room id.RoomID, user id.UserID, want string, timeout time.Duration) {
+	t.Helper()
+	var got string
+	deadline := time.Now().Add(timeout)
+	for {
+		m, err := n.Rooms.Membership(ctxT(t), room.String(), user.String())
+		if err == nil {
+			got = m
+		}
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s's membership in %s is %q, want %q (last error %v)", n.ServerName, user, room, got, want, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// fedMemberEvent is user's current m.room.member event on n: its ID,
+// membership and the servers that signed it.
+func fedMemberEvent(t *testing.T, n *FedNode, room id.RoomID, user id.UserID) (string, string, map[string]bool) {
+	t.Helper()
+	st, err := n.Rooms.CurrentState(ctxT(t), room.String())
+	if err != nil {
+		t.Fatalf("%s: state of %s: %v", n.ServerName, room, err)
+	}
+	ev := st.Get("m.room.member", user.String())
+	if ev == nil {
+		t.Fatalf("%s holds no member event of %s in %s", n.ServerName, user, room)
+	}
+	m, _ := ev.Membership()
+	return ev.EventID(), m, fedSigners(t, ev.JSON())
+}
+
+// fedSigners is the set of servers that signed an event's JSON.
+func fedSigners(t *testing.T, raw []byte) map[string]bool {
+	t.Helper()
+	var e struct {
+		Signatures map[string]json.RawMessage `json:"signatures"`
+	}
+	if err := json.Unmarshal(raw, &e); err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]bool{}
+	for s := range e.Signatures {
+		out[s] = true
+	}
+	return out
+}
+
+// fedWaitInvited syncs cli until room is in its invite section and returns
+// the stripped state it was shown.
+func fedWaitInvited(t *testing.T, cli *mautrix.Client, room id.RoomID, timeout time.Duration) []*event.Event {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	since := ""
+	for time.Now().Before(deadline) {
+		resp, err := cli.SyncRequest(ctxT(t), 1000, since, "", false, event.PresenceOnline)
+		if err != nil {
+			t.Fatalf("sync: %v", err)
+		}
+		since = resp.NextBatch
+		if ir, ok := resp.Rooms.Invite[room]; ok {
+			return ir.State.Events
+		}
+	}
+	t.Fatalf("%s never saw the invite to %s", cli.UserID, room)
+	return nil
+}
+
+// TestFederationInviteJoin: a user on A invites a user on B into an
+// invite-only room; the invite A stores carries B's signature (B
+// countersigned it through /invite), so when B's user accepts, B accepts
+// the invite it finds in A's send_join state and the join succeeds on both
+// sides. Rejections go back to A through make_leave/send_leave while B
+// takes no part in the room, several times over, also once the inviter
+// has left; once B is in the room, invites and rejections of its other
+// users travel as ordinary room events.
+func TestFederationInviteJoin(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	bob2 := fedUser(t, b, "bob2")
+	bob3 := fedUser(t, b, "bob3")
+
+	t.Run("accept", func(t *testing.T) {
+		name := "Invites room"
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Name: name, Invite: []id.UserID{bob.UserID}, IsDirect: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		inviteID, m, signers := fedMemberEvent(t, a, room, bob.UserID)
+		if m != "invite" || !signers[a.ServerName] || !signers[b.ServerName] {
+			t.Fatalf("A stores bob's invite as %q signed by %v, want invite signed by both servers", m, signers)
+		}
+		fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+		stripped := fedWaitInvited(t, bob, room, 10*time.Second)
+		sawName := false
+		for _, e := range stripped {
+			if e.Type == event.StateRoomName && e.Content.Raw["name"] == name {
+				sawName = true
+			}
+		}
+		if !sawName {
+			t.Fatalf("bob's invite shows no room name: %v", stripped)
+		}
+
+		// No via: B goes through the inviting server.
+		if _, err := bob.JoinRoom(ctxT(t), room.String(), &mautrix.ReqJoinRoom{}); err != nil {
+			t.Fatalf("bob accepting the invite: %v", err)
+		}
+		fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
+		fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+		evs, err := b.Rooms.Events(ctxT(t), []string{inviteID})
+		if err != nil || len(evs) != 1 {
+			t.Fatalf("B does not hold the invite %s: %v", inviteID, err)
+		}
+		if s := fedSigners(t, evs[0].JSON()); !s[a.ServerName] || !s[b.ServerName] {
+			t.Fatalf("B's copy of the invite is signed by %v", s)
+		}
+		if _, err := alice.SendText(ctxT(t), room, "welcome bob"); err != nil {
+			t.Fatal(err)
+		}
+		waitForBody(t, bob, room, "welcome bob", 20*time.Second)
+		if _, err := bob.SendText(ctxT(t), room, "thanks alice"); err != nil {
+			t.Fatal(err)
+		}
+		waitForBody(t, alice, room, "thanks alice", 20*time.Second)
+
+		// B takes part now: bob2's invite arrives in the room too, and
+		// bob2 joins on B alone; bob3 rejects on B alone.
+		for _, u := range []id.UserID{bob2.UserID, bob3.UserID} {
+			if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: u}); err != nil {
+				t.Fatalf("inviting %s: %v", u, err)
+			}
+			fedWaitMembership(t, b, room, u, "invite", 10*time.Second)
+		}
+		if _, err := bob2.JoinRoom(ctxT(t), room.String(), &mautrix.ReqJoinRoom{}); err != nil {
+			t.Fatalf("bob2 joining: %v", err)
+		}
+		if _, err := bob3.LeaveRoom(ctxT(t), room); err != nil {
+			t.Fatalf("bob3 rejecting: %v", err)
+		}
+		for _, n := range []*FedNode{a, b} {
+			fedWaitMembership(t, n, room, bob2.UserID, "join", 10*time.Second)
+			fedWaitMembership(t, n, room, bob3.UserID, "leave", 10*time.Second)
+		}
+		if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, bob, room)); len(d) != 0 {
+			t.Fatalf("A and B disagree on the room state: %v", d)
+		}
+	})
+
+	t.Run("reject several times", func(t *testing.T) {
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		for i := 0; i < 3; i++ {
+			if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+				t.Fatalf("invite %d: %v", i, err)
+			}
+			fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+			if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
+				t.Fatalf("rejecting invite %d: %v", i, err)
+			}
+			fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+			fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+			if _, m, _ := fedMemberEvent(t, a, room, bob.UserID); m != "leave" {
+				t.Fatalf("A's state has bob %q", m)
+			}
+		}
+	})
+
+	t.Run("reject in an empty room", func(t *testing.T) {
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+		if _, err := alice.LeaveRoom(ctxT(t), room); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
+			t.Fatalf("rejecting the invite to a room nobody is in: %v", err)
+		}
+		fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+		fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+	})
+}
