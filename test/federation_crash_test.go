@@ -168,8 +168,9 @@ func fedCrashRun(t *testing.T, bin string, d storage.Dialect) {
 				time.Sleep(time.Duration(rnd.IntN(5000)) * time.Microsecond)
 			}
 			a.p.kill()
-		default: // (half the kills) while a burst of sends is in flight: they queue for the
-			// store's writer, so some are between commit and answer
+		default: // (half the kills) while a burst of sends is in
+			// flight: they queue for the store's writer, so some are
+			// between commit and answer
 			n := min(2+rnd.IntN(7), total-i)
 			res := make(chan crashSend, n)
 			for j := 0; j < n; j++ {
@@ -187,6 +188,14 @@ func fedCrashRun(t *testing.T, bin string, d storage.Dialect) {
 		}
 		kills++
 		a.start(t)
+		// A send answered just before the kill, retried (its answer
+		// might have been lost), answers the same event.
+		last := acked[len(acked)-1]
+		if ev, err := send(last.txn); err != nil {
+			t.Fatalf("resending %s after restart: %v", last.txn, err)
+		} else if ev != last.event {
+			t.Fatalf("resent %s after restart: event %s, but it was answered %s before the kill", last.txn, ev, last.event)
+		}
 		if len(inflight) > 0 {
 			// The in-flight sends that committed before the kill must
 			// reach B before a retry can create an event referring to
