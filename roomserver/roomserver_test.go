@@ -92,3 +92,62 @@ func TestCreateSendAndAuth(t *testing.T) {
 		}
 	})
 }
+
+// TestSendTxnRecordedByAnotherWriter: when the send's transaction ID is
+// recorded by another writer between the room server's check and its
+// commit (a killed process whose commit PostgreSQL finished while its
+// successor served the client's retry), the retry answers that writer's
+// event instead of failing, and stores nothing of its own.
+func TestSendTxnRecordedByAnotherWriter(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
+		if db.Dialect != storage.Postgres {
+			t.Skip("SQLite has one writer at a time: the other writer cannot commit inside our transaction")
+		}
+		ctx := context.Background()
+		alice := "@alice:test.local"
+		first := newTestServer(t, db)
+		roomID, err := first.CreateRoom(ctx, CreateRoomRequest{Creator: alice, RoomVersion: "10", Events: []InitialEvent{
+			{Type: "m.room.member", StateKey: sp(alice), Content: map[string]any{"membership": "join"}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		send := func(rs *RoomServer, body string) (*storage.Event, error) {
+			return rs.SendEvent(ctx, SendRequest{RoomID: roomID, Sender: alice, DeviceID: "DEV", TxnID: "t1", Type: "m.room.message",
+				Content: json.RawMessage(`{"msgtype":"m.text","body":"` + body + `"}`)})
+		}
+		var other *storage.Event
+		second := newTestServer(t, db)
+		second.AddHook(func(ctx context.Context, _ *storage.Tx, ev *storage.Event, _ gomatrixserverlib.PDU) error {
+			if ev.Type != "m.room.message" || other != nil {
+				return nil
+			}
+			var err error
+			other, err = send(first, "from the other writer")
+			return err
+		})
+		got, err := send(second, "retry")
+		if err != nil {
+			t.Fatalf("retry failed: %v", err)
+		}
+		if other == nil || got.EventID != other.EventID {
+			t.Fatalf("retry answered %s, want the other writer's %v", got.EventID, other)
+		}
+		if _, err := storage.GetTxn(ctx, db, alice, "DEV", "send", "t1"); err != nil {
+			t.Fatal(err)
+		}
+		evs, err := storage.RoomEventsRange(ctx, db, roomID, 0, 1<<62, 100, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		for _, e := range evs {
+			if e.Type == "m.room.message" {
+				n++
+			}
+		}
+		if n != 1 {
+			t.Fatalf("%d messages stored, want 1", n)
+		}
+	})
+}

@@ -98,6 +98,15 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 		}
 		return storage.UpdateRoomHead(ctx, tx, req.RoomID, next.extremities, next.snapshot, next.maxDepth, stored.StreamPos)
 	})
+	if err != nil && req.TxnID != "" && storage.IsUniqueViolation(err) {
+		// The transaction ID was recorded after our check by a writer
+		// our room lock does not cover: a process killed mid-send whose
+		// commit PostgreSQL finished late, while its successor served the
+		// client's retry. Answer that event, as for any retry.
+		if id, gerr := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, "send", req.TxnID); gerr == nil {
+			return storage.GetEvent(ctx, s.db, id)
+		}
+	}
 	if err != nil {
 		return nil, err
 	}
