@@ -17,14 +17,22 @@ import (
 // JoinRemoteRoom installs a room this server joins through another one:
 // the state and auth chain of the send_join response (already verified by
 // federation) become the state before our join event, which becomes the
-// room's tip. A room we already know (e.g. we left and rejoin) has the join
-// input like any other remote event instead.
+// room's tip. So it is for a room we hold but left (our copy stops where
+// our last user left; an invite since may be kept beside it); a room one of
+// our users is still joined to has the join input like any other remote
+// event instead.
 func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName, join gomatrixserverlib.PDU, state, authChain []gomatrixserverlib.PDU) error {
 	roomID := join.RoomID().String()
 	unlock := s.lock(roomID)
 	defer unlock()
 	if room, err := storage.GetRoom(ctx, s.db, roomID); err == nil && room.CurrentSnapshot != 0 {
-		return s.inputLocked(ctx, origin, join, true)
+		h, err := s.head(ctx, roomID)
+		if err != nil {
+			return err
+		}
+		if ServerJoined(h.state, s.serverName) {
+			return s.inputLocked(ctx, origin, join, true)
+		}
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
@@ -68,7 +76,8 @@ func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName,
 		if err != nil {
 			return err
 		}
-		// The whole state is new to this server's current_state.
+		// The whole state is new to this server's current_state (rows of
+		// a room we left are overwritten: SetCurrentState upserts).
 		empty := &roomHead{version: ver, state: StateMap{}}
 		if next, err = s.advanceHead(ctx, tx, roomID, empty, join, after); err != nil {
 			return err

@@ -212,3 +212,85 @@ func TestFederationInviteJoin(t *testing.T) {
 		fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
 	})
 }
+
+// TestFederationRejectInviteRelayed: A hosts a room C's user has joined;
+// A's user invites B's user, and C sees the invite; B's user rejects it
+// while B takes no part in the room (make_leave/send_leave to A), and A
+// passes the leave on, so all three servers store it.
+func TestFederationRejectInviteRelayed(t *testing.T) {
+	c := NewFedCluster(t, storage.Postgres, storage.SQLite, storage.SQLite)
+	c.StartAll()
+	a, b, cc := c.Nodes[0], c.Nodes[1], c.Nodes[2]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	carol := fedUser(t, cc, "carol")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	fedJoin(t, carol, room, a)
+	if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*FedNode{a, b, cc} {
+		fedWaitMembership(t, n, room, bob.UserID, "invite", 10*time.Second)
+	}
+	if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
+		t.Fatalf("rejecting through A: %v", err)
+	}
+	for _, n := range []*FedNode{a, b, cc} {
+		fedWaitMembership(t, n, room, bob.UserID, "leave", 10*time.Second)
+	}
+	if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, carol, room)); len(d) != 0 {
+		t.Fatalf("A and C disagree on the room state: %v", d)
+	}
+}
+
+// TestFederationUnbanViaInvite: B's user joins a room on A, is banned and
+// unbanned; B takes no part in the room any more, yet A's re-invite
+// reaches B's user, who accepts it through A.
+func TestFederationUnbanViaInvite(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	fedJoin(t, bob, room, a)
+	if _, err := alice.BanUser(ctxT(t), room, &mautrix.ReqBanUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	fedWaitMembership(t, b, room, bob.UserID, "ban", 10*time.Second)
+	if _, err := alice.UnbanUser(ctxT(t), room, &mautrix.ReqUnbanUser{UserID: bob.UserID}); err != nil {
+		t.Fatal(err)
+	}
+	fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+	if _, err := alice.SendText(ctxT(t), room, "while bob was away"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+		t.Fatalf("re-inviting: %v", err)
+	}
+	fedWaitMembership(t, a, room, bob.UserID, "invite", 10*time.Second)
+	fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+	fedWaitInvited(t, bob, room, 10*time.Second)
+	fedJoin(t, bob, room, a)
+	fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
+	fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+	if _, err := alice.SendText(ctxT(t), room, "welcome back"); err != nil {
+		t.Fatal(err)
+	}
+	waitForBody(t, bob, room, "welcome back", 20*time.Second)
+	if _, err := bob.SendText(ctxT(t), room, "glad to be back"); err != nil {
+		t.Fatal(err)
+	}
+	waitForBody(t, alice, room, "glad to be back", 20*time.Second)
+	if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, bob, room)); len(d) != 0 {
+		t.Fatalf("A and B disagree on the room state: %v", d)
+	}
+}
