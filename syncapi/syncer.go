@@ -50,7 +50,7 @@ type Request struct {
 type Syncer struct {
 	db         *storage.DB
 	rs         RoomServer
-	n          *notifier
+	n          *wakeups // who to wake when a room or user moves (wakeups.go)
 	eph        atomic.Int64
 	extMu      sync.RWMutex
 	extensions []Extension
@@ -94,7 +94,7 @@ func New(db *storage.DB, rs RoomServer, opts Options) *Syncer {
 		maxBuilds = max(2, n/2)
 	}
 	maxBuilds = max(2, min(maxBuilds, 2*runtime.GOMAXPROCS(0)))
-	s := &Syncer{db: db, rs: rs, n: newNotifier(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds),
+	s := &Syncer{db: db, rs: rs, n: newWakeups(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds),
 		ranges: lru.New[rangeKey, *rangeRead](1024), wakesHandedOff: opts.EventWakesHandedOff,
 		sliding: lru.New[string, *slidingConn](10000)}
 	s.typing = &Typing{s: s, rooms: map[string]*typingRoom{}}

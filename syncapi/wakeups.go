@@ -7,10 +7,10 @@ import (
 	"enclave/storage"
 )
 
-// notifier wakes long-polling /sync requests. It keeps, per room, the users
+// wakeups wakes long-polling /sync requests. It keeps, per room, the users
 // who should hear of its events (joined and invited), so an event wakes
 // only them, and per user a channel closed at each wake-up.
-type notifier struct {
+type wakeups struct {
 	db *storage.DB
 
 	mu      sync.Mutex
@@ -19,13 +19,13 @@ type notifier struct {
 	waiters int
 }
 
-func newNotifier(db *storage.DB) *notifier {
-	return &notifier{db: db, members: map[string]map[string]bool{}, wake: map[string]chan struct{}{}}
+func newWakeups(db *storage.DB) *wakeups {
+	return &wakeups{db: db, members: map[string]map[string]bool{}, wake: map[string]chan struct{}{}}
 }
 
 // channel returns the channel that the user's next wake-up closes. Taking
 // it before reading the stream position means no wake-up is lost.
-func (n *notifier) channel(userID string) <-chan struct{} {
+func (n *wakeups) channel(userID string) <-chan struct{} {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	ch := n.wake[userID]
@@ -36,7 +36,7 @@ func (n *notifier) channel(userID string) <-chan struct{} {
 	return ch
 }
 
-func (n *notifier) wakeLocked(userID string) {
+func (n *wakeups) wakeLocked(userID string) {
 	if ch := n.wake[userID]; ch != nil {
 		close(ch)
 		delete(n.wake, userID)
@@ -44,7 +44,7 @@ func (n *notifier) wakeLocked(userID string) {
 }
 
 // wakeUsers wakes the given users.
-func (n *notifier) wakeUsers(users ...string) {
+func (n *wakeups) wakeUsers(users ...string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for _, u := range users {
@@ -53,7 +53,7 @@ func (n *notifier) wakeUsers(users ...string) {
 }
 
 // roomMembers returns the wake set of a room, loading it on first use.
-func (n *notifier) roomMembersLocked(ctx context.Context, roomID string) map[string]bool {
+func (n *wakeups) roomMembersLocked(ctx context.Context, roomID string) map[string]bool {
 	if m := n.members[roomID]; m != nil {
 		return m
 	}
@@ -69,7 +69,7 @@ func (n *notifier) roomMembersLocked(ctx context.Context, roomID string) map[str
 }
 
 // wakeRoom wakes everyone in the room's wake set.
-func (n *notifier) wakeRoom(ctx context.Context, roomID string) {
+func (n *wakeups) wakeRoom(ctx context.Context, roomID string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for u := range n.roomMembersLocked(ctx, roomID) {
@@ -79,7 +79,7 @@ func (n *notifier) wakeRoom(ctx context.Context, roomID string) {
 
 // onMembership updates a room's wake set for a membership change, waking
 // the target too (a user who left or was kicked must hear of it).
-func (n *notifier) onMembership(ctx context.Context, roomID, userID, membership string) {
+func (n *wakeups) onMembership(ctx context.Context, roomID, userID, membership string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	m := n.roomMembersLocked(ctx, roomID)
@@ -92,14 +92,14 @@ func (n *notifier) onMembership(ctx context.Context, roomID, userID, membership 
 	n.wakeLocked(userID)
 }
 
-func (n *notifier) addWaiter(d int) {
+func (n *wakeups) addWaiter(d int) {
 	n.mu.Lock()
 	n.waiters += d
 	n.mu.Unlock()
 }
 
 // Waiters is the number of /sync requests waiting now.
-func (n *notifier) Waiters() int {
+func (n *wakeups) Waiters() int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.waiters
