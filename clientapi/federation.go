@@ -129,7 +129,7 @@ func (rm *rooms) remoteJoin(r *http.Request, dev *httpapi.Device, target string,
 	via := rm.remoteVia(r, dev.UserID, target)
 	roomID, err := rm.fed.JoinRemote(r.Context(), dev.UserID, target, via, content)
 	if err != nil {
-		return httpapi.Errf(http.StatusNotFound, "M_NOT_FOUND", "could not join %s over federation: %v", target, err)
+		return remoteMembershipError(target, err)
 	}
 	return httpapi.JSON(200, map[string]string{"room_id": roomID})
 }

@@ -46,9 +46,6 @@ func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if err != nil && !errors.Is(err, roomserver.ErrRoomNotFound) {
 		return httpapi.InternalError(r, err)
 	}
-	if cur == "knock" {
-		return httpapi.JSON(200, map[string]string{"room_id": roomID})
-	}
 	content := map[string]any{"membership": "knock"}
 	if p, err := rm.profile(r.Context(), dev.UserID); err == nil {
 		for k, v := range p {
@@ -69,6 +66,9 @@ func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 			return remoteMembershipError(target, err)
 		}
 		_ = rm.db.Stream.Wait(r.Context(), rm.db.Stream.Last())
+		return httpapi.JSON(200, map[string]string{"room_id": roomID})
+	}
+	if cur == "knock" {
 		return httpapi.JSON(200, map[string]string{"room_id": roomID})
 	}
 	cb, _ := json.Marshal(content)
@@ -131,9 +131,9 @@ func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) stri
 	return candidates[0]
 }
 
-// remoteMembershipError answers a failed knock through another server
-// with the Matrix error that server gave (e.g. 403 for a banned user), or
-// 404 when no server could be reached.
+// remoteMembershipError answers a failed join or knock through another
+// server with the Matrix error that server gave (e.g. 403 for a banned
+// user), or 404 when no server could be reached.
 func remoteMembershipError(target string, err error) httpapi.Response {
 	var he gomatrix.HTTPError
 	if errors.As(err, &he) && he.Code >= 400 && he.Code < 500 {

@@ -209,6 +209,15 @@ func (f *joins) sendMembership(membership string) roomHandler {
 			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: err.Error()})
 		}
 		f.relayMembership(r.Context(), origin, ev)
+		if membership == spec.Knock {
+			// The knocker's server shows the room with this stripped state.
+			st, _ := f.rs.CurrentState(r.Context(), roomID)
+			knockState := strippedState(st)
+			if knockState == nil {
+				knockState = []gomatrixserverlib.InviteStrippedState{}
+			}
+			return httpapi.JSON(200, map[string]any{"knock_room_state": knockState})
+		}
 		if membership != spec.Join {
 			return httpapi.JSON(200, struct{}{})
 		}

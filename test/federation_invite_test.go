@@ -2,6 +2,7 @@ package test
 
 import (
 	"encoding/json"
+	"net/url"
 	"testing"
 	"time"
 
@@ -292,5 +293,133 @@ func TestFederationUnbanViaInvite(t *testing.T) {
 	waitForBody(t, alice, room, "glad to be back", 20*time.Second)
 	if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, bob, room)); len(d) != 0 {
 		t.Fatalf("A and B disagree on the room state: %v", d)
+	}
+}
+
+// fedKnock knocks on room as cli through via and returns the HTTP status.
+func fedKnock(t *testing.T, cli *mautrix.Client, room string, via *FedNode, reason string) rawResp {
+	t.Helper()
+	body := map[string]any{}
+	if reason != "" {
+		body["reason"] = reason
+	}
+	return raw(t, "POST", cli.HomeserverURL.String()+"/_matrix/client/v3/knock/"+url.PathEscape(room)+"?server_name="+url.QueryEscape(via.ServerName), cli.AccessToken, body)
+}
+
+// fedWaitKnocked syncs cli until room is in its knock section.
+func fedWaitKnocked(t *testing.T, cli *mautrix.Client, room id.RoomID, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		r := raw(t, "GET", cli.HomeserverURL.String()+"/_matrix/client/v3/sync?timeout=500", cli.AccessToken, nil)
+		if rooms, _ := r.Body["rooms"].(map[string]any); rooms != nil {
+			if k, _ := rooms["knock"].(map[string]any); k != nil && k[room.String()] != nil {
+				return
+			}
+		}
+	}
+	t.Fatalf("%s never saw its knock on %s in sync", cli.UserID, room)
+}
+
+// TestFederationKnock: users on B knock on an invite-only room on A
+// (make_knock/send_knock through server_name), in room version 7 with the
+// knock join rule and in version 10 with knock_restricted (MSC3787). Each
+// step checks the membership both servers store: a knock on a room that
+// does not allow it and a join without an invite are refused, the knock
+// (with its reason) reaches A, a member rejects it (kick) and the user
+// knocks again, the user retracts it (leave through A), a member accepts
+// it (invite) and the user joins, and a banned user's knock is refused.
+func TestFederationKnock(t *testing.T) {
+	c := NewFedCluster(t, storage.Postgres, storage.SQLite)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	for _, tc := range []struct{ version, rule string }{{"7", "knock"}, {"10", "knock_restricted"}} {
+		t.Run("v"+tc.version+" "+tc.rule, func(t *testing.T) {
+			bob := fedUser(t, b, "bob"+tc.version)
+			eve := fedUser(t, b, "eve"+tc.version)
+			resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: id.RoomVersion(tc.version), RoomAliasName: "knock" + tc.version})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := resp.RoomID
+			if r := fedKnock(t, bob, room.String(), a, "may I?"); r.Status != 403 {
+				t.Fatalf("knock on an invite-only room: %d %s", r.Status, r.Raw)
+			}
+			content := map[string]any{"join_rule": tc.rule}
+			if tc.rule == "knock_restricted" {
+				content["allow"] = []any{}
+			}
+			if _, err := alice.SendStateEvent(ctxT(t), room, event.StateJoinRules, "", content); err != nil {
+				t.Fatal(err)
+			}
+			_, err = bob.JoinRoom(ctxT(t), room.String(), &mautrix.ReqJoinRoom{Via: []string{a.ServerName}})
+			wantMatrixErr(t, "joining a knock room uninvited", err, 403, "M_FORBIDDEN")
+
+			knock := func(u *mautrix.Client, reason string) {
+				t.Helper()
+				if r := fedKnock(t, u, room.String(), a, reason); r.Status != 200 || r.Body["room_id"] != room.String() {
+					t.Fatalf("%s knocking: %d %s", u.UserID, r.Status, r.Raw)
+				}
+				fedWaitMembership(t, a, room, u.UserID, "knock", 10*time.Second)
+				fedWaitMembership(t, b, room, u.UserID, "knock", 10*time.Second)
+			}
+			knock(bob, "let me in")
+			var m map[string]any
+			if err := alice.StateEvent(ctxT(t), room, event.StateMember, bob.UserID.String(), &m); err != nil || m["reason"] != "let me in" {
+				t.Fatalf("A's knock event: %v %v", m, err)
+			}
+			fedWaitKnocked(t, bob, room, 10*time.Second)
+			knock(bob, "again") // knocking twice is allowed
+
+			// Rejected (kicked), then knocks again.
+			if _, err := alice.KickUser(ctxT(t), room, &mautrix.ReqKickUser{UserID: bob.UserID, Reason: "not yet"}); err != nil {
+				t.Fatal(err)
+			}
+			fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+			knock(bob, "")
+
+			// Retracted: the leave goes through A.
+			if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
+				t.Fatalf("retracting the knock: %v", err)
+			}
+			fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+			fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+			knock(bob, "once more")
+
+			// Accepted: invited, cannot knock any more, joins.
+			if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+				t.Fatal(err)
+			}
+			fedWaitMembership(t, a, room, bob.UserID, "invite", 10*time.Second)
+			fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+			if r := fedKnock(t, bob, room.String(), a, "and again"); r.Status != 403 {
+				t.Fatalf("knock while invited: %d %s", r.Status, r.Raw)
+			}
+			fedJoin(t, bob, room, a)
+			fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
+			fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+
+			// A banned user cannot knock (knocking by alias).
+			alias := "#knock" + tc.version + ":" + a.ServerName
+			if r := fedKnock(t, eve, alias, a, "hello"); r.Status != 200 {
+				t.Fatalf("eve knocking by alias: %d %s", r.Status, r.Raw)
+			}
+			fedWaitMembership(t, a, room, eve.UserID, "knock", 10*time.Second)
+			if _, err := alice.BanUser(ctxT(t), room, &mautrix.ReqBanUser{UserID: eve.UserID}); err != nil {
+				t.Fatal(err)
+			}
+			fedWaitMembership(t, a, room, eve.UserID, "ban", 10*time.Second)
+			fedWaitMembership(t, b, room, eve.UserID, "ban", 10*time.Second)
+			if r := fedKnock(t, eve, room.String(), a, "I didn't mean it"); r.Status != 403 {
+				t.Fatalf("banned user's knock: %d %s", r.Status, r.Raw)
+			}
+			if m := fedMembership(t, alice, room, eve.UserID.String()); m != "ban" {
+				t.Fatalf("eve is %q on A after her refused knock", m)
+			}
+			if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, bob, room)); len(d) != 0 {
+				t.Fatalf("A and B disagree on the room state: %v", d)
+			}
+		})
 	}
 }
