@@ -1,12 +1,3 @@
-// Package adminapi is the server administration API: the Synapse admin
-// API paths and shapes that tools such as synadm and synapse-admin use
-// (/_synapse/admin/...), and Enclave's own extensions under
-// /_enclave/admin/v1 (roles, legal holds).
-//
-// Every endpoint is authorised by RBAC (internal/rbac's rule table: admin
-// API use plus manage_users, manage_rooms or manage_roles). Every call is
-// recorded in the audit trail (admin.call, with its outcome), and every
-// change also records its own entry inside the transaction that makes it.
 package adminapi
 
 import (

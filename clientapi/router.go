@@ -1,6 +1,3 @@
-// Package clientapi is the Client-Server API: a thin HTTP face that checks
-// who is asking and what they sent, then hands the work to the room server,
-// the sync stream and the store.
 package clientapi
 
 import (

@@ -1,8 +1,3 @@
-// Package federationapi is the Server-Server API: the federation listener
-// (signed requests in, verified against the key ring and the federation
-// policy), the outbound client (signed requests out, only to servers the
-// policy allows), and the per-destination queues that carry this server's
-// events and EDUs to the others.
 package federationapi
 
 import (

@@ -2,6 +2,7 @@ package test
 
 import (
 	"go/ast"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
@@ -70,5 +71,32 @@ func TestArchitectureStorageEdge(t *testing.T) {
 	// The pattern must see the store's own SQL, or it proves nothing.
 	if sqlSeen < 200 {
 		t.Fatalf("found only %d SQL literals in the module: the pattern is not matching", sqlSeen)
+	}
+}
+
+// TestArchitectureDocs: every package has a doc.go whose package comment
+// says its job, what it may import and who calls it (README, "Contributing").
+func TestArchitectureDocs(t *testing.T) {
+	files := moduleGoFiles(t)
+	dirs := map[string]bool{}
+	for path := range files {
+		dirs[filepath.Dir(path)] = true
+	}
+	for dir := range dirs {
+		f := files[dir+"/doc.go"]
+		if dir == "." {
+			continue
+		}
+		if f == nil || f.Doc == nil {
+			t.Errorf("%s: no doc.go with a package comment", dir)
+			continue
+		}
+		text := strings.Join(strings.Fields(f.Doc.Text()), " ")
+		if !strings.Contains(text, "Imports:") || !strings.Contains(text, "Called by:") {
+			t.Errorf("%s/doc.go: the package comment must say what it imports (\"Imports:\") and who calls it (\"Called by:\")", dir)
+		}
+	}
+	if len(dirs) < 20 {
+		t.Fatalf("only %d package directories found", len(dirs))
 	}
 }

@@ -1,7 +1,3 @@
-// Package server assembles the components of one Enclave process — store,
-// room server, sync stream, client API — from a config, and runs their
-// listeners. cmd/enclave and the integration tests both start servers
-// through it, so tests exercise exactly what operators run.
 package server
 
 import (
