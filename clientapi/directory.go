@@ -17,6 +17,8 @@ type directory struct {
 	db     *storage.DB
 	rs     roomserver.API
 	events *events // room access for alias listings
+	// fed looks up other servers' aliases (nil with federation off).
+	fed Federation
 	// searchAllUsers is set by the assembly before serving: the user
 	// directory covers every local user, not only those sharing a room.
 	searchAllUsers bool
@@ -36,6 +38,17 @@ func (dir *directory) getAlias(r *http.Request, dev *httpapi.Device) httpapi.Res
 	alias, resp, ok := dir.aliasParam(r)
 	if !ok {
 		return resp
+	}
+	if dir.fed != nil && !strings.HasSuffix(alias, ":"+dir.opts.ServerName) {
+		// Another server's alias: only that server can say (/query/directory).
+		roomID, servers, err := dir.fed.LookupAlias(r.Context(), alias)
+		if err != nil {
+			return httpapi.NotFound("room alias %s not found: %v", alias, err)
+		}
+		if servers == nil {
+			servers = []string{}
+		}
+		return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": servers})
 	}
 	roomID, _, err := storage.GetAlias(r.Context(), dir.db, alias)
 	if errors.Is(err, storage.ErrNotFound) {

@@ -46,10 +46,11 @@ type EphemeralSender interface {
 }
 
 // SetFederation connects the federation component's two faces: remote
-// joins and backfill, and the sender of typing, receipts and presence
+// memberships, aliases and backfill, and the sender of typing, receipts and presence
 // (nil, nil: federation off).
 func (a *API) SetFederation(f Federation, e EphemeralSender) {
 	a.rooms.fed = f
+	a.directory.fed = f
 	a.events.fed, a.events.ephemeral = f, e
 	a.social.ephemeral = e
 }

@@ -423,3 +423,41 @@ func TestFederationKnock(t *testing.T) {
 		})
 	}
 }
+
+// TestFederationRemoteAlias: GET /directory/room with another server's
+// alias answers from that server (/query/directory), Unicode aliases
+// included; an alias the other server does not have is 404; the room
+// found that way can be joined and knocked on by alias.
+func TestFederationRemoteAlias(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "joint"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	unicode := "#老虎Â£я🤨👉ඞ:" + a.ServerName
+	if _, err := alice.CreateAlias(ctxT(t), id.RoomAlias(unicode), room); err != nil {
+		t.Fatalf("creating %s: %v", unicode, err)
+	}
+	for _, alias := range []string{"#joint:" + a.ServerName, unicode} {
+		r := raw(t, "GET", b.URL+"/_matrix/client/v3/directory/room/"+url.PathEscape(alias), bob.AccessToken, nil)
+		if r.Status != 200 || r.Body["room_id"] != room.String() {
+			t.Fatalf("B resolving %s: %d %s", alias, r.Status, r.Raw)
+		}
+		servers, _ := r.Body["servers"].([]any)
+		if len(servers) == 0 || servers[0] != a.ServerName {
+			t.Fatalf("B resolving %s: servers %v", alias, servers)
+		}
+	}
+	raw(t, "GET", b.URL+"/_matrix/client/v3/directory/room/"+url.PathEscape("#nowhere:"+a.ServerName), bob.AccessToken, nil).
+		wantErr(t, "unknown remote alias", 404, "M_NOT_FOUND")
+	if _, err := bob.JoinRoom(ctxT(t), unicode, nil); err != nil {
+		t.Fatalf("joining by the Unicode alias: %v", err)
+	}
+	fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
+	fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+}
