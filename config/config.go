@@ -134,6 +134,8 @@ type MediaConfig struct {
 	MaxUserBytes  int64 `yaml:"max_user_bytes" doc:"Total bytes of media one user may have stored; uploads past it are refused with 403 M_FORBIDDEN. 0 means no per-user quota."`
 	MaxTotalBytes int64 `yaml:"max_total_bytes" doc:"Total bytes of media the server stores for all users together; uploads past it are refused with 403 M_FORBIDDEN. 0 means no limit."`
 
+	MaxImagePixels int64 `yaml:"max_image_pixels" doc:"Largest image, in pixels (width × height as its header declares), that thumbnails are made of; larger ones answer 413 M_TOO_LARGE. Decodes running together use at most 4 bytes per such pixel (128 MB at the default of 32 megapixels)."`
+
 	LegacyUnauthenticated bool `yaml:"legacy_unauthenticated" doc:"Keep serving the legacy /_matrix/media/v3 and r0 download and thumbnail paths, which take no access token, for clients older than Matrix 1.11; each read is audited with the requester's IP. Off by default: those paths answer 404 M_NOT_FOUND (as the spec allows since v1.11) and media is read only through the authenticated /_matrix/client/v1/media paths."`
 }
 
@@ -232,7 +234,7 @@ func Default() *Config {
 			MaxUploadBytes:  100 << 20,
 		},
 		Log:      LogConfig{Level: "info", Format: "text"},
-		Media:    MediaConfig{Path: "media"},
+		Media:    MediaConfig{Path: "media", MaxImagePixels: 32_000_000},
 		Presence: PresenceConfig{Enabled: true},
 		Federation: FederationConfig{
 			RequestsPerSecond: 50,

@@ -94,6 +94,7 @@ func TestDefaults(t *testing.T) {
 		"media.max_user_bytes":               "0",
 		"media.max_total_bytes":              "0",
 		"media.legacy_unauthenticated":       "false",
+		"media.max_image_pixels":             "32000000",
 		"federation.enabled":                 "false",
 		"federation.allowed_servers":         "[]",
 		"federation.denied_servers":          "[]",

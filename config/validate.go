@@ -150,6 +150,7 @@ func (c *Config) Validate() error {
 	if c.Media.Path == "" {
 		bad("media.path", "must be set")
 	}
+	positive("media.max_image_pixels", float64(c.Media.MaxImagePixels))
 	if c.Media.KEKFile != "" && c.Media.KEKEnv != "" {
 		bad("media.kek_env", "set at most one of media.kek_file and media.kek_env")
 	}

@@ -2,6 +2,7 @@ package mediaapi
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
 	"image"
@@ -12,6 +13,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/image/draw"
 )
@@ -114,7 +116,7 @@ func TestRenderThumbFormats(t *testing.T) {
 		"webp": {solidWebP(400, 300, 10, 200, 30, 255), "image/png"},
 	}
 	for name, in := range inputs {
-		data, ct, w, h, err := renderThumb(bytes.NewReader(in.data), thumbSpec{96, 96, "crop"}, DefaultMaxThumbnailPixels)
+		data, ct, w, h, err := renderThumb(bytes.NewReader(in.data), thumbSpec{96, 96, "crop"}, DefaultMaxImagePixels)
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
@@ -127,7 +129,7 @@ func TestRenderThumbFormats(t *testing.T) {
 		}
 	}
 	// The WebP's colour survives decoding and scaling.
-	data, _, _, _, err := renderThumb(bytes.NewReader(inputs["webp"].data), thumbSpec{32, 32, "crop"}, DefaultMaxThumbnailPixels)
+	data, _, _, _, err := renderThumb(bytes.NewReader(inputs["webp"].data), thumbSpec{32, 32, "crop"}, DefaultMaxImagePixels)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -139,10 +141,10 @@ func TestRenderThumbFormats(t *testing.T) {
 		t.Errorf("webp thumbnail colour %d,%d,%d", r>>8, g>>8, b>>8)
 	}
 	// Decompression bombs are refused from the header alone.
-	if _, _, _, _, err := renderThumb(bytes.NewReader(solidWebP(16000, 16000, 0, 0, 0, 255)), thumbSpec{32, 32, "crop"}, DefaultMaxThumbnailPixels); !errors.Is(err, errImageTooLarge) {
+	if _, _, _, _, err := renderThumb(bytes.NewReader(solidWebP(16000, 16000, 0, 0, 0, 255)), thumbSpec{32, 32, "crop"}, DefaultMaxImagePixels); !errors.Is(err, errImageTooLarge) {
 		t.Errorf("256 MP image: %v", err)
 	}
-	if _, _, _, _, err := renderThumb(bytes.NewReader([]byte("%PDF-1.7 not an image")), thumbSpec{32, 32, "crop"}, DefaultMaxThumbnailPixels); !errors.Is(err, errNotImage) {
+	if _, _, _, _, err := renderThumb(bytes.NewReader([]byte("%PDF-1.7 not an image")), thumbSpec{32, 32, "crop"}, DefaultMaxImagePixels); !errors.Is(err, errNotImage) {
 		t.Errorf("non-image: %v", err)
 	}
 }
@@ -258,7 +260,7 @@ func TestThumbnailEXIFOrientation(t *testing.T) {
 		if got := jpegOrientation(bytes.NewReader(jpg)); got != o {
 			t.Fatalf("orientation %d read as %d", o, got)
 		}
-		data, _, w, h, err := renderThumb(bytes.NewReader(jpg), thumbSpec{320, 240, "scale"}, DefaultMaxThumbnailPixels)
+		data, _, w, h, err := renderThumb(bytes.NewReader(jpg), thumbSpec{320, 240, "scale"}, DefaultMaxImagePixels)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,4 +301,69 @@ func mediaColourDist(r, g, b uint32, c color.RGBA) int {
 		return int(b) - int(a)
 	}
 	return d(r, c.R) + d(g, c.G) + d(b, c.B)
+}
+
+// The decode budget admits in order while the reservations fit, and a
+// waiter that gives up takes nothing.
+func TestDecodeBudget(t *testing.T) {
+	b := newDecodeBudget(100)
+	ctx := context.Background()
+	if err := b.acquire(ctx, 60); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	if err := b.acquire(short, 50); err == nil {
+		t.Fatal("50 more granted with 60 of 100 used")
+	}
+	if b.used != 60 || len(b.waiters) != 0 {
+		t.Fatalf("after a cancelled wait: used %d, %d waiters", b.used, len(b.waiters))
+	}
+	got := make(chan struct{})
+	go func() {
+		if err := b.acquire(ctx, 100); err == nil {
+			close(got)
+		}
+	}()
+	time.Sleep(20 * time.Millisecond)
+	select {
+	case <-got:
+		t.Fatal("granted while 60 are held")
+	default:
+	}
+	b.release(60)
+	select {
+	case <-got:
+	case <-time.After(2 * time.Second):
+		t.Fatal("not granted after the release")
+	}
+	if b.used != 100 || len(b.waiters) != 0 {
+		t.Fatalf("used %d, %d waiters", b.used, len(b.waiters))
+	}
+}
+
+// probe refuses images by their header: too many pixels, or a decode
+// dearer than the budget (a progressive JPEG keeps its coefficients).
+func TestProbeLimits(t *testing.T) {
+	var buf bytes.Buffer
+	_ = png.Encode(&buf, image.NewNRGBA(image.Rect(0, 0, 300, 200)))
+	p, err := probe(bytes.NewReader(buf.Bytes()), 60_000, 4*60_000)
+	if err != nil || p.format != "png" || p.cost != 4*60_000 {
+		t.Fatalf("probe %+v, %v", p, err)
+	}
+	if _, err := probe(bytes.NewReader(buf.Bytes()), 59_999, 4*59_999); !errors.Is(err, errImageTooLarge) {
+		t.Errorf("over max pixels: %v", err)
+	}
+	buf.Reset()
+	_ = jpeg.Encode(&buf, image.NewYCbCr(image.Rect(0, 0, 800, 600), image.YCbCrSubsampleRatio420), nil)
+	p, err = probe(bytes.NewReader(buf.Bytes()), DefaultMaxImagePixels, 4*DefaultMaxImagePixels)
+	px := int64(800 * 600)
+	if err != nil || p.cost < px*3/2 || p.cost > px*2 {
+		t.Fatalf("baseline 4:2:0 JPEG: cost %d for %d pixels, %v", p.cost, px, err)
+	}
+	// The same frame header marked progressive (SOF2) costs five times the planes.
+	b := bytes.Replace(buf.Bytes(), []byte{0xFF, 0xC0}, []byte{0xFF, 0xC2}, 1)
+	if c := jpegDecodeCost(bytes.NewReader(b), px); c < px*15/2 || c > px*8 {
+		t.Errorf("progressive 4:2:0 JPEG: cost %d for %d pixels", c, px)
+	}
 }

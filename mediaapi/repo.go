@@ -35,13 +35,16 @@ type Options struct {
 	// LegacyUnauthenticated keeps the token-less legacy download and
 	// thumbnail paths (media.legacy_unauthenticated); off, they answer 404.
 	LegacyUnauthenticated bool
-	// MaxThumbnailPixels bounds the images decoded for thumbnails
-	// (decompression bombs); 0 means DefaultMaxThumbnailPixels.
-	MaxThumbnailPixels int64
+	// MaxImagePixels bounds the images decoded for thumbnails
+	// (media.max_image_pixels: decompression bombs); 0 means
+	// DefaultMaxImagePixels. Decodes in flight together may take 4 bytes
+	// per allowed pixel.
+	MaxImagePixels int64
 }
 
-// DefaultMaxThumbnailPixels is 50 megapixels.
-const DefaultMaxThumbnailPixels = 50_000_000
+// DefaultMaxImagePixels is 32 megapixels (a 7000×4500 photo; at 4 bytes a
+// pixel, 128 MB decoded).
+const DefaultMaxImagePixels = 32_000_000
 
 // OptionsFromConfig maps the server config to Options.
 func OptionsFromConfig(cfg *config.Config) Options {
@@ -54,6 +57,7 @@ func OptionsFromConfig(cfg *config.Config) Options {
 		MaxTotalBytes:  cfg.Media.MaxTotalBytes,
 
 		LegacyUnauthenticated: cfg.Media.LegacyUnauthenticated,
+		MaxImagePixels:        cfg.Media.MaxImagePixels,
 	}
 }
 
@@ -93,6 +97,7 @@ type Repo struct {
 	api   httpapi.Routes
 
 	thumbSem chan struct{}
+	sources  sources // shared thumbnail decodes, within their memory budget
 	waiters  waiters
 	audit    atomic.Pointer[AuditFunc]
 	remote   atomic.Pointer[remoteHolder]
@@ -110,8 +115,8 @@ func New(ctx context.Context, opts Options, db *storage.DB) (*Repo, error) {
 	if opts.Path == "" {
 		return nil, errors.New("media.path must be set")
 	}
-	if opts.MaxThumbnailPixels <= 0 {
-		opts.MaxThumbnailPixels = DefaultMaxThumbnailPixels
+	if opts.MaxImagePixels <= 0 {
+		opts.MaxImagePixels = DefaultMaxImagePixels
 	}
 	kek, err := setupKEK(ctx, db, opts.Key)
 	if err != nil {
@@ -121,7 +126,8 @@ func New(ctx context.Context, opts Options, db *storage.DB) (*Repo, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Repo{opts: opts, db: db, kek: kek, blobs: blobs, thumbSem: make(chan struct{}, 2), waiters: waiters{m: map[string]chan struct{}{}}}, nil
+	return &Repo{opts: opts, db: db, kek: kek, blobs: blobs, thumbSem: make(chan struct{}, 2),
+		sources: sources{budget: newDecodeBudget(4 * opts.MaxImagePixels)}, waiters: waiters{m: map[string]chan struct{}{}}}, nil
 }
 
 // KEKID is the fingerprint of the key in use.

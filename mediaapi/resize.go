@@ -15,6 +15,11 @@ import (
 // (a box filter, which is also fair anti-aliasing for big factors) down to
 // at least twice the target, and CatmullRom does only the last, small
 // step.
+//
+// CatmullRom's two passes keep a w × (source height) buffer of 32 bytes a
+// sample; when that would pass maxKernelTmp (large outputs of a large
+// source), the box filter takes the whole integer factor and bilinear
+// interpolation the remaining (less than 2×) step.
 func resize(src image.Image, r image.Rectangle, w, h int) *image.RGBA {
 	dst := image.NewRGBA(image.Rect(0, 0, w, h))
 	k := min(r.Dx()/w, r.Dy()/h) / 2
@@ -22,9 +27,21 @@ func resize(src image.Image, r image.Rectangle, w, h int) *image.RGBA {
 		src = boxReduce(src, r, k)
 		r = src.Bounds()
 	}
+	if int64(w)*int64(r.Dy())*32 > maxKernelTmp {
+		if k := min(r.Dx()/w, r.Dy()/h); k >= 2 {
+			src = boxReduce(src, r, k)
+			r = src.Bounds()
+		}
+		draw.ApproxBiLinear.Scale(dst, dst.Bounds(), src, r, draw.Src, nil)
+		return dst
+	}
 	draw.CatmullRom.Scale(dst, dst.Bounds(), src, r, draw.Src, nil)
 	return dst
 }
+
+// maxKernelTmp bounds CatmullRom's temporary buffer (an 800×600 thumbnail
+// of a 12-megapixel photo needs 38 MB).
+const maxKernelTmp = 48 << 20
 
 // boxReduce averages k×k blocks of region r (partial blocks at the right
 // and bottom edges average what they cover).
@@ -35,12 +52,13 @@ func boxReduce(src image.Image, r image.Rectangle, k int) *image.RGBA {
 		boxYCbCr(yc, r, k, out)
 		return out
 	}
-	// Other formats: one fast conversion to premultiplied RGBA (where
-	// averaging alpha is correct), then average its bytes.
-	rgba, ok := src.(*image.RGBA)
-	if !ok {
-		rgba = image.NewRGBA(r)
-		stddraw.Draw(rgba, r, src, r.Min, stddraw.Src)
+	// Other formats: converted to premultiplied RGBA (where averaging alpha
+	// is correct) one band of k rows at a time, never as a whole copy of
+	// the source, then their bytes averaged.
+	rgba, whole := src.(*image.RGBA)
+	var band *image.RGBA
+	if !whole {
+		band = image.NewRGBA(image.Rect(0, 0, r.Dx(), k))
 	}
 	ocol := make([]int, r.Dx())
 	for x := range ocol {
@@ -51,8 +69,17 @@ func boxReduce(src image.Image, r image.Rectangle, k int) *image.RGBA {
 	for oy := range oh {
 		clear(sums)
 		clear(counts)
-		for y := r.Min.Y + oy*k; y < min(r.Min.Y+(oy+1)*k, r.Max.Y); y++ {
-			row := rgba.Pix[rgba.PixOffset(r.Min.X, y):][:4*r.Dx()]
+		y0, y1 := r.Min.Y+oy*k, min(r.Min.Y+(oy+1)*k, r.Max.Y)
+		if !whole {
+			stddraw.Draw(band, image.Rect(0, 0, r.Dx(), y1-y0), src, image.Pt(r.Min.X, y0), stddraw.Src)
+		}
+		for y := y0; y < y1; y++ {
+			var row []byte
+			if whole {
+				row = rgba.Pix[rgba.PixOffset(r.Min.X, y):][:4*r.Dx()]
+			} else {
+				row = band.Pix[band.PixOffset(0, y-y0):][:4*r.Dx()]
+			}
 			for x, o := range ocol {
 				p := row[x*4 : x*4+4 : x*4+4]
 				s := sums[o : o+4 : o+4]

@@ -8,7 +8,9 @@ import (
 	"image/jpeg"
 	"image/png"
 	"io"
+	"math"
 	"net/http"
+	"runtime"
 	"strconv"
 	"time"
 
@@ -23,7 +25,11 @@ import (
 const (
 	maxThumbsPerMedia = 16    // cached sizes per media item; more are made but not kept
 	maxThumbSide      = 10000 // requests beyond are clamped (no upscaling anyway)
-	jpegQuality       = 85
+	// maxThumbPixels bounds a thumbnail's area (about 2048×2048): larger
+	// requests are scaled down to it, keeping their aspect ratio, so one
+	// render's buffers stay in tens of megabytes.
+	maxThumbPixels = 1 << 22
+	jpegQuality    = 85
 )
 
 var (
@@ -52,6 +58,10 @@ func parseThumbSpec(req *http.Request) (thumbSpec, httpapi.Response, bool) {
 			return s, httpapi.InvalidParam("%s must be a positive integer", p.name), false
 		}
 		*p.dst = min(n, maxThumbSide)
+	}
+	if a := int64(s.W) * int64(s.H); a > maxThumbPixels {
+		f := math.Sqrt(float64(maxThumbPixels) / float64(a))
+		s.W, s.H = max(1, int(float64(s.W)*f)), max(1, int(float64(s.H)*f))
 	}
 	switch m := q.Get("method"); m {
 	case "", "scale":
@@ -197,24 +207,66 @@ func (r *Repo) nearestCachedThumb(ctx context.Context, obj *object, spec thumbSp
 
 var errCachedMeanwhile = errors.New("media: thumbnail cached meanwhile")
 
-// makeThumb generates a thumbnail and caches it sealed. At most cap(thumbSem)
-// images are decoded at once, which with the pixel limit bounds memory.
+// makeThumb generates a thumbnail and caches it sealed. Requests for one
+// media item take turns on its shared decode (decode.go); the first
+// decodes, within the decode budget, and the rest render from its image.
+// At most cap(thumbSem) decodes or renders run at once (CPU).
 func (r *Repo) makeThumb(ctx context.Context, obj *object, spec thumbSpec) ([]byte, string, error) {
+	key := mediaKey(obj.row.Origin, obj.row.MediaID)
+	e := r.sources.acquire(key)
+	defer r.sources.release(key, e)
+	if _, err := selectThumb(ctx, r.db, obj.row.Origin, obj.row.MediaID, spec.W, spec.H, spec.Method); err == nil {
+		return nil, "", errCachedMeanwhile
+	}
+	if e.err != nil {
+		return nil, "", e.err
+	}
 	select {
 	case r.thumbSem <- struct{}{}:
 	case <-ctx.Done():
 		return nil, "", ctx.Err()
 	}
 	defer func() { <-r.thumbSem }()
-	if _, err := selectThumb(ctx, r.db, obj.row.Origin, obj.row.MediaID, spec.W, spec.H, spec.Method); err == nil {
-		return nil, "", errCachedMeanwhile
+	if e.src == nil {
+		if err := r.decodeInto(ctx, e, obj.r); err != nil {
+			return nil, "", err
+		}
 	}
-	data, ct, w, h, err := renderThumb(obj.r, spec, r.opts.MaxThumbnailPixels)
+	data, ct, w, h, err := render(e.src, spec)
+	if e.cost >= freeOSAfter {
+		// A render of a large image leaves tens of MB of buffers; with
+		// the decoded image live, the heap would otherwise grow to twice
+		// that before the next collection.
+		runtime.GC()
+	}
 	if err != nil {
 		return nil, "", err
 	}
 	r.storeThumb(ctx, obj, spec, data, meta{ContentType: ct, Width: w, Height: h})
 	return data, ct, nil
+}
+
+// decodeInto decodes src into e within the decode budget; a refusal or a
+// broken image is kept for the requests waiting on e.
+func (r *Repo) decodeInto(ctx context.Context, e *sourceEntry, src io.ReadSeeker) error {
+	p, err := probe(src, r.opts.MaxImagePixels, r.sources.budget.total)
+	if err != nil {
+		if errors.Is(err, errNotImage) || errors.Is(err, errImageTooLarge) {
+			e.err = err
+		}
+		return err
+	}
+	if err := r.sources.budget.acquire(ctx, p.cost); err != nil {
+		return err
+	}
+	e.cost = p.cost // released with the entry, once nobody renders from it
+	s, err := decode(src, p)
+	if err != nil {
+		e.err = err
+		return err
+	}
+	e.src = s
+	return nil
 }
 
 // storeThumb caches a thumbnail; failures only cost a regeneration later.
@@ -258,34 +310,25 @@ func (r *Repo) storeThumb(ctx context.Context, obj *object, spec thumbSpec, data
 }
 
 // renderThumb decodes src (JPEG, PNG, GIF or WebP, after checking the
-// declared dimensions against maxPixels) and renders the thumbnail: JPEG
-// for JPEG sources, PNG (keeping transparency) otherwise. Only the first
-// frame of an animation is used (animated thumbnails are not offered).
+// declared dimensions against maxPixels and its decode cost against
+// 4 bytes a pixel) and renders the thumbnail.
 func renderThumb(src io.ReadSeeker, spec thumbSpec, maxPixels int64) (data []byte, contentType string, w, h int, err error) {
-	cfg, format, err := image.DecodeConfig(src)
+	p, err := probe(src, maxPixels, 4*maxPixels)
 	if err != nil {
-		return nil, "", 0, 0, errNotImage
-	}
-	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, "", 0, 0, errNotImage
-	}
-	if int64(cfg.Width)*int64(cfg.Height) > maxPixels {
-		return nil, "", 0, 0, errImageTooLarge
-	}
-	o := 1
-	if format == "jpeg" {
-		if _, err := src.Seek(0, io.SeekStart); err != nil {
-			return nil, "", 0, 0, err
-		}
-		o = jpegOrientation(src)
-	}
-	if _, err := src.Seek(0, io.SeekStart); err != nil {
 		return nil, "", 0, 0, err
 	}
-	img, _, err := image.Decode(src)
+	s, err := decode(src, p)
 	if err != nil {
-		return nil, "", 0, 0, errNotImage
+		return nil, "", 0, 0, err
 	}
+	return render(s, spec)
+}
+
+// render makes the thumbnail of a decoded image: JPEG for JPEG sources,
+// PNG (keeping transparency) otherwise. Only the first frame of an
+// animation is used (animated thumbnails are not offered).
+func render(s *source, spec thumbSpec) (data []byte, contentType string, w, h int, err error) {
+	img, o := s.img, s.orient
 	// Geometry is worked out on the image as displayed (EXIF orientation
 	// applied); the scaling runs on the stored pixels and only the small
 	// result is turned.
@@ -295,7 +338,7 @@ func renderThumb(src io.ReadSeeker, spec thumbSpec, maxPixels int64) (data []byt
 	rw, rh := orientedSize(w, h, o)
 	dst := orient(resize(img, storedRect(crop, b.Dx(), b.Dy(), o).Add(b.Min), rw, rh), o)
 	var buf bytes.Buffer
-	if format == "jpeg" {
+	if s.format == "jpeg" {
 		contentType = "image/jpeg"
 		err = jpeg.Encode(&buf, dst, &jpeg.Options{Quality: jpegQuality})
 	} else {

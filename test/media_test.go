@@ -2,6 +2,7 @@ package test
 
 import (
 	"bytes"
+	"compress/zlib"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -11,6 +12,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"image"
 	"image/color"
 	"image/gif"
@@ -41,6 +43,7 @@ import (
 	"enclave/internal/server"
 	"enclave/mediaapi"
 	"enclave/storage"
+	"enclave/storage/storagetest"
 
 	_ "golang.org/x/image/webp"
 )
@@ -1291,6 +1294,139 @@ func TestMediaLegacyUnauthenticated(t *testing.T) {
 			if e.ActorUser != "" || e.ActorIP != "127.0.0.1" || e.ActorUA != "legacy-client/1" {
 				t.Errorf("anonymous read audited as user %q IP %q UA %q", e.ActorUser, e.ActorIP, e.ActorUA)
 			}
+		}
+	})
+}
+
+// mediaBlankPNG writes a w×h fully transparent RGBA PNG by hand (the rows
+// compress about 1000:1, so a 7000×7000 image is some 190 KB), without the
+// test holding the decoded image.
+func mediaBlankPNG(t testing.TB, w, h int) []byte {
+	t.Helper()
+	var out bytes.Buffer
+	out.WriteString("\x89PNG\r\n\x1a\n")
+	chunk := func(typ string, data []byte) {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(data)))
+		out.Write(n[:])
+		c := crc32.NewIEEE()
+		c.Write([]byte(typ))
+		c.Write(data)
+		out.WriteString(typ)
+		out.Write(data)
+		binary.BigEndian.PutUint32(n[:], c.Sum32())
+		out.Write(n[:])
+	}
+	ihdr := make([]byte, 13)
+	binary.BigEndian.PutUint32(ihdr[0:], uint32(w))
+	binary.BigEndian.PutUint32(ihdr[4:], uint32(h))
+	ihdr[8], ihdr[9] = 8, 6 // 8-bit RGBA
+	chunk("IHDR", ihdr)
+	var idat bytes.Buffer
+	zw, _ := zlib.NewWriterLevel(&idat, zlib.BestCompression)
+	row := make([]byte, 1+4*w) // filter 0, then transparent black
+	for range h {
+		if _, err := zw.Write(row); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	chunk("IDAT", idat.Bytes())
+	chunk("IEND", nil)
+	return out.Bytes()
+}
+
+// mediaProcStatus reads a /proc/PID/status field in bytes.
+func mediaProcStatus(t testing.TB, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field+":" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// Issue 11 §4, thumbnail memory: a 190 KB PNG declaring 7000×7000 and 40
+// concurrent thumbnail sizes of it grew the server from 58 MB to 1.55 GB.
+// Now it is over media.max_image_pixels (413 M_TOO_LARGE from its header,
+// never decoded), and 40 concurrent sizes of an admissible 4000×4000 PNG
+// share one decode: the real binary's peak RSS (VmHWM) grows by less than
+// 200 MB over both attacks, and the memory is handed back afterwards.
+func TestMediaThumbnailMemory(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Fatal("RSS is read from /proc")
+	}
+	bin := enclaveBinary(t)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		dir := t.TempDir()
+		dbURL := storagetest.NewURL(t, d)
+		if d == storage.SQLite {
+			dbURL = "sqlite:" + filepath.Join(dir, "enclave.db")
+		}
+		p := startBinary(t, bin, dir, dbURL)
+		pid := p.cmd.Process.Pid
+		alice := &mediaClient{t: t, base: p.URL, token: Register(t, p.URL, "alice", "password-alice", false).AccessToken}
+		bomb := mediaBlankPNG(t, 7000, 7000)
+		t.Logf("7000x7000 PNG: %d KB", len(bomb)>>10)
+		_, bombID := alice.mustUpload(bomb, "image/png", "")
+		_, bigID := alice.mustUpload(mediaBlankPNG(t, 4000, 4000), "image/png", "")
+
+		base := mediaProcStatus(t, pid, "VmHWM")
+		attack := func(id string) map[int]int {
+			var mu sync.Mutex
+			statuses := map[int]int{}
+			var wg sync.WaitGroup
+			for i := range 40 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					method := "scale"
+					if i%2 == 1 {
+						method = "crop"
+					}
+					res := alice.get(fmt.Sprintf("/_matrix/client/v1/media/thumbnail/localhost/%s?width=%d&height=%d&method=%s", id, 32+i*20, 32+i*15, method))
+					mu.Lock()
+					statuses[res.Status]++
+					mu.Unlock()
+					if res.Status == 413 && res.errcode() != "M_TOO_LARGE" {
+						t.Errorf("413 with %s", res.Body)
+					}
+				}()
+			}
+			wg.Wait()
+			return statuses
+		}
+		if st := attack(bombID); st[413] != 40 {
+			t.Errorf("7000x7000: statuses %v, want 40 × 413 M_TOO_LARGE", st)
+		}
+		afterBomb := mediaProcStatus(t, pid, "VmHWM")
+		start := time.Now()
+		if st := attack(bigID); st[200] != 40 {
+			t.Errorf("4000x4000: statuses %v, want 40 × 200", st)
+		}
+		peak := mediaProcStatus(t, pid, "VmHWM")
+		t.Logf("VmHWM %d MiB at start, %d MiB after the 7000x7000 attack, %d MiB after 40 sizes of 4000x4000 (%v)",
+			base>>20, afterBomb>>20, peak>>20, time.Since(start).Round(time.Millisecond))
+		if peak-base >= 200<<20 {
+			t.Errorf("peak RSS grew by %d MiB, want < 200", (peak-base)>>20)
+		}
+		// The decoded image is released and its memory returned.
+		deadline := time.Now().Add(10 * time.Second)
+		for rss := mediaProcStatus(t, pid, "VmRSS"); rss-base > 64<<20; rss = mediaProcStatus(t, pid, "VmRSS") {
+			if time.Now().After(deadline) {
+				t.Errorf("RSS still %d MiB above the start's peak 10 s after the attack", (rss-base)>>20)
+				break
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 }
