@@ -246,3 +246,35 @@ func supportedVersions() []gomatrixserverlib.RoomVersion {
 	}
 	return out
 }
+
+// undoJoin leaves through server after a join it accepted could not be
+// completed here (its answer failed our checks, or storing the room did):
+// otherwise that server would list the user as joined while this one does
+// not hold the room. A membership we hold for the user beside the room (an
+// invite) becomes the leave, so both servers agree.
+func (m Memberships) undoJoin(server spec.ServerName, join gomatrixserverlib.PDU) {
+	f := m.f
+	ctx, cancel := context.WithTimeout(context.Background(), remoteMembershipTimeout)
+	defer cancel()
+	userID, roomID := string(join.SenderID()), join.RoomID().String()
+	log := logrus.WithField("room_id", roomID).WithField("server", server)
+	tmpl, err := f.client.MakeLeave(ctx, f.serverName, server, roomID, userID)
+	if err != nil {
+		log.WithError(err).Warn("federation: could not undo a failed join")
+		return
+	}
+	ev, err := m.buildFromTemplate(tmpl.LeaveEvent, tmpl.RoomVersion, userID, roomID, spec.Leave, nil)
+	if err != nil {
+		log.WithError(err).Warn("federation: could not undo a failed join")
+		return
+	}
+	if err := f.client.SendLeave(ctx, f.serverName, server, ev); err != nil {
+		log.WithError(err).Warn("federation: could not undo a failed join")
+		return
+	}
+	if cur, err := f.rs.Membership(ctx, roomID, userID); err == nil && cur != "" && cur != spec.Join {
+		if err := f.rs.StoreRemoteMembership(ctx, server, ev); err != nil {
+			log.WithError(err).Warn("federation: recording the leave of a failed join")
+		}
+	}
+}

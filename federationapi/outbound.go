@@ -60,7 +60,8 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 			continue
 		}
 		tried[server] = true
-		resp, ferr := gomatrixserverlib.PerformJoin(ctx, f.joinClient(), gomatrixserverlib.PerformJoinInput{
+		jc := f.joinClient()
+		resp, ferr := gomatrixserverlib.PerformJoin(ctx, jc, gomatrixserverlib.PerformJoinInput{
 			UserID: uid, RoomID: rid, ServerName: server, Content: content,
 			PrivateKey: f.key, KeyID: f.keyID, KeyRing: f.keyRing,
 			EventProvider: func(rv gomatrixserverlib.RoomVersion, ids []string) ([]gomatrixserverlib.PDU, error) {
@@ -71,12 +72,16 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 		if ferr != nil {
 			lastErr = ferr.Err
 			logrus.WithError(ferr.Err).WithField("server", server).Warn("remote join failed")
+			if jc.sent != nil {
+				f.Memberships().undoJoin(server, jc.sent)
+			}
 			continue
 		}
 		ver := resp.JoinEvent.Version()
 		state := resp.StateSnapshot.GetStateEvents().TrustedEvents(ver, false)
 		auth := resp.StateSnapshot.GetAuthEvents().TrustedEvents(ver, false)
 		if err := f.rs.JoinRemoteRoom(ctx, server, resp.JoinEvent, state, auth); err != nil {
+			f.Memberships().undoJoin(server, resp.JoinEvent)
 			return "", err
 		}
 		return roomID, nil
@@ -84,21 +89,29 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 	return "", lastErr
 }
 
-// joinClient adapts the federation client to PerformJoin, asking for the
-// room versions we support.
-func (f *Federation) joinClient() gomatrixserverlib.FederatedJoinClient {
-	return joinClient{f.client}
+// joinClient adapts the federation client to PerformJoin for one join
+// attempt, remembering the join the other server accepted.
+func (f *Federation) joinClient() *joinClient {
+	return &joinClient{c: f.client}
 }
 
-type joinClient struct{ c fclient.FederationClient }
+type joinClient struct {
+	c fclient.FederationClient
+	// sent is the join send_join delivered: the other server has it even
+	// if PerformJoin then fails on the answer, and must be told we left.
+	sent gomatrixserverlib.PDU
+}
 
-func (j joinClient) MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (gomatrixserverlib.MakeJoinResponse, error) {
+func (j *joinClient) MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (gomatrixserverlib.MakeJoinResponse, error) {
 	r, err := j.c.MakeJoin(ctx, origin, s, roomID, userID)
 	return &r, err
 }
 
-func (j joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (gomatrixserverlib.SendJoinResponse, error) {
+func (j *joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (gomatrixserverlib.SendJoinResponse, error) {
 	r, err := j.c.SendJoin(ctx, origin, s, event)
+	if err == nil {
+		j.sent = event
+	}
 	return &r, err
 }
 

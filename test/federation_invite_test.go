@@ -10,6 +10,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	"enclave/config"
 	"enclave/storage"
 )
 
@@ -460,4 +461,54 @@ func TestFederationRemoteAlias(t *testing.T) {
 	}
 	fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
 	fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+}
+
+// TestFederationFailedJoinUndone: a room created on C, which A federates
+// with and B does not. A's user joins through C; B's user then joins
+// through A, which accepts the join (send_join), but B cannot verify the
+// room's events (they are C's, and B may not fetch C's keys), so the join
+// fails on B. B then leaves through A, so the two servers agree the user
+// is not in the room, and B does not list the room.
+func TestFederationFailedJoinUndone(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	a, b := c.Nodes[0], c.Nodes[1]
+	o := c.AddNode(storage.SQLite)
+	o.Outsider = true
+	a.Configure = func(cfg *config.Config) {
+		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, o.IP)
+	}
+	o.Configure = func(cfg *config.Config) {
+		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, a.IP)
+	}
+	c.StartAll()
+	olga := fedUser(t, o, "olga")
+	amy := fedUser(t, a, "amy")
+	bob := fedUser(t, b, "bob")
+	resp, err := olga.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	fedJoin(t, amy, room, o)
+	if _, err := bob.JoinRoom(ctxT(t), room.String(), &mautrix.ReqJoinRoom{Via: []string{a.ServerName}}); err == nil {
+		t.Fatal("B joined a room whose events it cannot verify")
+	}
+	fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+	if m, err := b.Rooms.Membership(ctxT(t), room.String(), bob.UserID.String()); err == nil && m == "join" {
+		t.Fatalf("B stores bob as %q", m)
+	}
+	joined, err := bob.JoinedRooms(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range joined.JoinedRooms {
+		if r == room {
+			t.Fatal("B lists the room as joined")
+		}
+	}
+	if members, err := amy.JoinedMembers(ctxT(t), room); err != nil {
+		t.Fatal(err)
+	} else if _, ok := members.Joined[bob.UserID]; ok {
+		t.Fatalf("A lists bob as joined: %v", members.Joined)
+	}
 }
