@@ -138,6 +138,10 @@ func (s *RoomServer) appendLocal(ctx context.Context, tx *storage.Tx, roomID str
 // listeners (sync, push) run once the event's stream position is visible.
 func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID string, before *roomHead, ev gomatrixserverlib.PDU, softFailed bool, req SendRequest) (*storage.Event, *roomHead, error) {
 	next := &roomHead{version: before.version, extremities: []string{ev.EventID()}, snapshot: before.snapshot, chain: before.chain, maxDepth: max(before.maxDepth, ev.Depth()), state: before.state}
+	// What we store, cache and keep in the state carries the slot's
+	// previous content (clients read e.g. an accepted invite's is_direct
+	// from a join's prev_content); hooks get the event as it was signed.
+	stored := withPrevContent(ev, before.state)
 	pos := tx.NextPos("events")
 	se := &storage.Event{
 		StreamPos:      pos,
@@ -150,7 +154,7 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 		Depth:          ev.Depth(),
 		OriginTS:       int64(ev.OriginServerTS()),
 		ReceivedTS:     time.Now().UnixMilli(),
-		JSON:           ev.JSON(),
+		JSON:           stored.JSON(),
 		SoftFailed:     softFailed,
 		SnapshotBefore: before.snapshot,
 		SnapshotAfter:  before.snapshot,
@@ -171,7 +175,7 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 		for k, v := range before.state {
 			next.state[k] = v
 		}
-		next.state[StateKey{ev.Type(), *sk}] = ev
+		next.state[StateKey{ev.Type(), *sk}] = stored
 	}
 	inserted, err := storage.InsertEvent(ctx, tx, se)
 	if err != nil {
@@ -213,13 +217,39 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 			return nil, nil, fmt.Errorf("roomserver: state hook: %w", err)
 		}
 	}
-	tx.AfterCommit(func() { s.events.Put(ev.EventID(), ev) })
+	tx.AfterCommit(func() { s.events.Put(ev.EventID(), stored) })
 	tx.Publish(pos, func() {
 		for _, l := range listeners {
-			l(OutputEvent{Event: se, PDU: ev})
+			l(OutputEvent{Event: se, PDU: stored})
 		}
 	})
 	return se, next, nil
+}
+
+// withPrevContent returns ev with unsigned prev_content, prev_sender and
+// replaces_state naming the event it replaces in st, if any (the
+// Client-Server API's unsigned data of state events).
+func withPrevContent(ev gomatrixserverlib.PDU, st StateMap) gomatrixserverlib.PDU {
+	sk := ev.StateKey()
+	if sk == nil {
+		return ev
+	}
+	prev := st.Get(ev.Type(), *sk)
+	if prev == nil || prev.EventID() == ev.EventID() {
+		return ev
+	}
+	u := map[string]any{}
+	if un := ev.Unsigned(); len(un) > 0 {
+		_ = json.Unmarshal(un, &u)
+	}
+	u["prev_content"] = json.RawMessage(prev.Content())
+	u["prev_sender"] = string(prev.SenderID())
+	u["replaces_state"] = prev.EventID()
+	out, err := ev.SetUnsigned(u)
+	if err != nil {
+		return ev
+	}
+	return out
 }
 
 // redactsTarget returns the event a redaction redacts (top level before v11,

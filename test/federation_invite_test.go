@@ -136,6 +136,18 @@ func TestFederationInviteJoin(t *testing.T) {
 		}
 		fedWaitMembership(t, a, room, bob.UserID, "join", 10*time.Second)
 		fedWaitMembership(t, b, room, bob.UserID, "join", 10*time.Second)
+		// bob's join, as B shows it, says what it replaced: the direct
+		// invite alice sent.
+		var join *event.Event
+		for _, e := range fedTimeline(t, bob, room) {
+			if e.Type == event.StateMember && e.GetStateKey() == bob.UserID.String() && e.Content.Raw["membership"] == "join" {
+				join = e
+			}
+		}
+		if join == nil || join.Unsigned.PrevContent == nil || join.Unsigned.PrevContent.Raw["membership"] != "invite" ||
+			join.Unsigned.PrevContent.Raw["is_direct"] != true || join.Unsigned.PrevSender != alice.UserID {
+			t.Fatalf("bob's join on B lacks the invite as prev_content: %+v", join)
+		}
 		evs, err := b.Rooms.Events(ctxT(t), []string{inviteID})
 		if err != nil || len(evs) != 1 {
 			t.Fatalf("B does not hold the invite %s: %v", inviteID, err)
