@@ -22,6 +22,7 @@ const (
 	ActionKeyBackupKeys  = "keys.backup_keys"   // room-key upload/delete to a backup: details.op, count
 	ActionDeviceKeys     = "keys.device_upload" // device keys published: target device ID
 	ActionRoleChange     = "rbac.role_change"   // target: user; details.from, details.to
+	ActionRoleGrant      = "rbac.role_grant"    // a watchful grant waiting for a second admin: details.op requested, approved or cancelled
 	ActionAccessDenied   = "rbac.denied"        // details.permission, details.route
 	ActionRegTokenChange = "admin.registration_token"
 

@@ -49,6 +49,7 @@ var migrations = []migration{
 	{Component: "media", Version: 1, SQL: mediaV1},
 	{Component: "reports", Version: 1, SQL: reportsV1},
 	{Component: "audit", Version: 1, SQL: auditV1},
+	{Component: "roles", Version: 2, SQL: rolesV2},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -96,8 +96,9 @@ func TestMigrationListWellFormed(t *testing.T) {
 }
 
 // A store migrated by the build before the ordered list (its schema and
-// ledger as that build left them, in testdata) opens without any step
-// re-running: the ledger and the schema are unchanged.
+// ledger as that build left them, in testdata) opens without any of its
+// steps re-running: its ledger rows and schema objects are unchanged, and
+// only the steps added to the list since (listed after the fixture's) run.
 func TestMigrationsKeepOldLedger(t *testing.T) {
 	dump, err := os.ReadFile("testdata/ledger_before_ordered_migrations.sql")
 	if err != nil {
@@ -148,16 +149,36 @@ func TestMigrationsKeepOldLedger(t *testing.T) {
 	}
 	db.Close()
 	after := readLedger(t, raw)
-	if len(after) != len(before) {
-		t.Fatalf("ledger grew from %d to %d rows: %v", len(before), len(after), after)
+	old := map[storage.MigrationKey]ledgerRow{}
+	for _, r := range before {
+		old[r.MigrationKey] = r
 	}
-	for i := range before {
-		if before[i] != after[i] {
-			t.Fatalf("ledger row changed: %v -> %v", before[i], after[i])
+	var added []storage.MigrationKey
+	for _, r := range after {
+		if o, ok := old[r.MigrationKey]; !ok {
+			added = append(added, r.MigrationKey)
+		} else if o != r {
+			t.Fatalf("ledger row changed: %v -> %v", o, r)
 		}
 	}
-	if s := schema(); s != schemaBefore {
-		t.Fatalf("schema changed:\n%s\nwas:\n%s", s, schemaBefore)
+	if len(after)-len(added) != len(before) {
+		t.Fatalf("ledger lost rows: %v -> %v", before, after)
+	}
+	// The steps that ran are exactly those listed after the fixture's.
+	var newer []storage.MigrationKey
+	for _, k := range storage.MigrationKeys() {
+		if _, ok := old[k]; !ok {
+			newer = append(newer, k)
+		}
+	}
+	if !equalKeys(sortedKeys(added), sortedKeys(newer)) {
+		t.Fatalf("steps run on the old store: %v, want the newer ones %v", added, newer)
+	}
+	now := schema()
+	for _, line := range strings.Split(strings.TrimSpace(schemaBefore), "\n") {
+		if !strings.Contains(now, line+"\n") {
+			t.Fatalf("schema object changed or dropped: %s\nnow:\n%s", line, now)
+		}
 	}
 }
 

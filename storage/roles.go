@@ -2,6 +2,9 @@ package storage
 
 import (
 	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
 	"sort"
 )
 
@@ -60,4 +63,74 @@ func UsersWithRole(ctx context.Context, q Querier, role string) ([]string, error
 	out, err := queryStrings(ctx, q, `SELECT user_id FROM user_roles WHERE role = $1 ORDER BY user_id`, role)
 	sort.Strings(out)
 	return out, err
+}
+
+// Two-person rule for the roles that watch the others (RBAC): a grant of a
+// role holding read_audit, export_audit or lift_legal_hold made through the
+// admin API waits in role_grant_requests until a second admin approves it.
+const rolesV2 = `
+CREATE TABLE role_grant_requests (
+	id TEXT PRIMARY KEY,
+	user_id TEXT NOT NULL,
+	roles TEXT NOT NULL,
+	requested_by TEXT NOT NULL,
+	requested_ts BIGINT NOT NULL
+)`
+
+// RoleGrantRequest is a pending change of a user's roles.
+type RoleGrantRequest struct {
+	ID          string   `json:"id"`
+	UserID      string   `json:"user_id"`
+	Roles       []string `json:"roles"` // the user's full role list once approved
+	RequestedBy string   `json:"requested_by"`
+	RequestedTS int64    `json:"requested_ts"`
+}
+
+// InsertRoleGrantRequest stores a pending grant.
+func InsertRoleGrantRequest(ctx context.Context, q Querier, g RoleGrantRequest) error {
+	roles, err := json.Marshal(g.Roles)
+	if err != nil {
+		return err
+	}
+	_, err = q.ExecContext(ctx, `INSERT INTO role_grant_requests (id, user_id, roles, requested_by, requested_ts) VALUES ($1, $2, $3, $4, $5)`,
+		g.ID, g.UserID, string(roles), g.RequestedBy, g.RequestedTS)
+	return err
+}
+
+// TakeRoleGrantRequest removes and returns the pending grant id
+// (ErrNotFound if there is none), so that it is applied at most once.
+func TakeRoleGrantRequest(ctx context.Context, q Querier, id string) (*RoleGrantRequest, error) {
+	var g RoleGrantRequest
+	var roles string
+	err := q.QueryRowContext(ctx, `DELETE FROM role_grant_requests WHERE id = $1 RETURNING id, user_id, roles, requested_by, requested_ts`, id).
+		Scan(&g.ID, &g.UserID, &roles, &g.RequestedBy, &g.RequestedTS)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &g, json.Unmarshal([]byte(roles), &g.Roles)
+}
+
+// ListRoleGrantRequests returns the pending grants, oldest first.
+func ListRoleGrantRequests(ctx context.Context, q Querier) ([]RoleGrantRequest, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, user_id, roles, requested_by, requested_ts FROM role_grant_requests ORDER BY requested_ts, id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := []RoleGrantRequest{}
+	for rows.Next() {
+		var g RoleGrantRequest
+		var roles string
+		if err := rows.Scan(&g.ID, &g.UserID, &roles, &g.RequestedBy, &g.RequestedTS); err != nil {
+			return nil, err
+		}
+		if err := json.Unmarshal([]byte(roles), &g.Roles); err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, rows.Err()
 }

@@ -190,7 +190,11 @@ func TestAdminUsersRoomsTokens(t *testing.T) {
 		if got := roles.Body["roles"].([]any); len(got) != 1 || got[0] != "admin" {
 			t.Fatalf("roles after admin:true: %s", roles.Raw)
 		}
-		do("PUT", e1+"users/@dora:localhost/roles", map[string]any{"roles": []string{"operator", "auditor"}}, 200)
+		// auditor watches the admins: the grant waits for a second admin.
+		do("PUT", e1+"users/@dora:localhost/roles", map[string]any{"roles": []string{"operator", "auditor"}}, 202)
+		if r := setRolesApproved(t, srv.URL, admin.AccessToken, "@dora:localhost", "operator", "auditor"); r.Status != 200 {
+			t.Fatalf("approved grant: %d %s", r.Status, r.Raw)
+		}
 		if r := do("GET", s2+"users/@dora:localhost", nil, 200); r.Body["admin"] != false {
 			t.Fatalf("roles without admin keep the admin flag: %s", r.Raw)
 		}

@@ -241,7 +241,7 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 		admin := Register(t, srv.URL, "root", "root-pw", true)
 		aud := Register(t, srv.URL, "auditor1", "aud-pw", false)
 		mustOK(t, "list users", raw(t, "GET", srv.URL+"/_synapse/admin/v2/users", admin.AccessToken, nil))
-		mustOK(t, "grant auditor", raw(t, "PUT", srv.URL+"/_enclave/admin/v1/users/"+aud.UserID+"/roles", admin.AccessToken, map[string]any{"roles": []string{"auditor"}}))
+		mustOK(t, "grant auditor", setRolesApproved(t, srv.URL, admin.AccessToken, aud.UserID, "auditor"))
 		raw(t, "GET", srv.URL+"/_enclave/audit/v1/entries", admin.AccessToken, nil).wantErr(t, "admin reads audit", 403, "M_FORBIDDEN")
 		entries := mustOK(t, "auditor reads", raw(t, "GET", srv.URL+"/_enclave/audit/v1/entries?action=rbac.*", aud.AccessToken, nil))
 		if list, _ := entries.Body["entries"].([]any); len(list) < 2 {
@@ -278,8 +278,13 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 		if call.ActorUser != admin.UserID || details(t, call)["status"] != float64(200) {
 			t.Fatalf("admin call %+v", call)
 		}
+		// auditor is granted by a second admin (the two-person rule): the
+		// request is the first admin's, the change the approver's.
+		findAudit(t, rows, auditapi.ActionRoleGrant, func(r *storage.AuditRow) bool {
+			return r.Target == aud.UserID && r.ActorUser == admin.UserID && strings.Contains(r.Details, `"op":"requested"`)
+		})
 		rc := findAudit(t, rows, auditapi.ActionRoleChange, target(aud.UserID))
-		if rc.ActorUser != admin.UserID || !strings.Contains(rc.Details, `"to":["auditor"]`) {
+		if rc.ActorUser == admin.UserID || !strings.HasPrefix(rc.ActorUser, "@approver-") || !strings.Contains(rc.Details, `"to":["auditor"]`) {
 			t.Fatalf("role change %+v", rc)
 		}
 		den := findAudit(t, rows, auditapi.ActionAccessDenied, func(r *storage.AuditRow) bool { return r.ActorUser == admin.UserID })

@@ -3,6 +3,8 @@ package test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -355,3 +357,20 @@ func (p *proc) kill() {
 }
 
 func jsonUnmarshal(b []byte, v any) error { return json.Unmarshal(b, v) }
+
+// setRolesApproved sets userID's roles through the admin API as admin. A
+// grant of a watchful role (one holding read_audit, export_audit or
+// lift_legal_hold) waits for a second admin (202): a fresh one approves it.
+func setRolesApproved(t testing.TB, baseURL, adminToken, userID string, roles ...string) rawResp {
+	t.Helper()
+	resp := raw(t, "PUT", baseURL+"/_enclave/admin/v1/users/"+userID+"/roles", adminToken, map[string]any{"roles": roles})
+	if resp.Status != http.StatusAccepted {
+		return resp
+	}
+	pending, _ := resp.Body["pending"].(map[string]any)
+	id, _ := pending["id"].(string)
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	second := Register(t, baseURL, "approver-"+hex.EncodeToString(b), "approver-pw", true)
+	return raw(t, "POST", baseURL+"/_enclave/admin/v1/role_grants/"+id+"/approve", second.AccessToken, nil)
+}

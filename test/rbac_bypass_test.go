@@ -25,7 +25,7 @@ func TestRBACBypasses(t *testing.T) {
 		admin := Register(t, srv.URL, "boss", "boss-pw", true)
 		setRoles := func(r RegisterResult, roles ...string) {
 			t.Helper()
-			resp := raw(t, "PUT", srv.URL+"/_enclave/admin/v1/users/"+r.UserID+"/roles", admin.AccessToken, map[string]any{"roles": roles})
+			resp := setRolesApproved(t, srv.URL, admin.AccessToken, r.UserID, roles...)
 			if resp.Status != 200 {
 				t.Fatalf("set roles %v: %d %s", roles, resp.Status, resp.Raw)
 			}

@@ -32,6 +32,7 @@ func TestRBACEveryPermission(t *testing.T) {
 		perm.ReadAudit:         {"GET", "/_enclave/audit/v1/entries", nil},
 		perm.ExportAudit:       {"GET", "/_enclave/audit/v1/export", nil},
 		perm.ManageRoles:       {"GET", "/_enclave/admin/v1/roles", nil},
+		perm.LiftLegalHold:     {"DELETE", "/_enclave/admin/v1/legal_holds/room/!held:localhost", nil},
 	}
 	if len(cases) != len(perm.All) {
 		t.Fatalf("%d cases for %d permissions", len(cases), len(perm.All))
@@ -55,7 +56,7 @@ func TestRBACEveryPermission(t *testing.T) {
 		admin := Register(t, srv.URL, "boss", "boss-pw", true)
 		setRoles := func(r RegisterResult, roles ...string) {
 			t.Helper()
-			resp := raw(t, "PUT", srv.URL+"/_enclave/admin/v1/users/"+r.UserID+"/roles", admin.AccessToken, map[string]any{"roles": roles})
+			resp := setRolesApproved(t, srv.URL, admin.AccessToken, r.UserID, roles...)
 			if resp.Status != 200 {
 				t.Fatalf("set roles %v: %d %s", roles, resp.Status, resp.Raw)
 			}

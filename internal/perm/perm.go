@@ -24,11 +24,19 @@ const (
 	ReadAudit         Permission = "read_audit"
 	ExportAudit       Permission = "export_audit"
 	ManageRoles       Permission = "manage_roles"
+	// LiftLegalHold is apart from manage_rooms so that whoever purges
+	// rooms (operators) cannot also lift the hold that protects them.
+	LiftLegalHold Permission = "lift_legal_hold"
 )
 
 // All lists every permission.
 var All = []Permission{CreateRoom, CreatePublicRoom, InviteRemoteUsers, JoinRemoteRooms, Federate, UploadMedia,
-	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles}
+	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles, LiftLegalHold}
+
+// Watchful are the permissions of the roles that oversee the others (the
+// audit trail, legal holds): granting a role that holds one through the
+// admin API needs a second admin's approval (see rbac.RBAC.WatchfulAdded).
+var Watchful = []Permission{ReadAudit, ExportAudit, LiftLegalHold}
 
 type kind uint8
 

@@ -178,10 +178,9 @@ func (z *RBAC) SetRoles(ctx context.Context, tx *storage.Tx, userID string, role
 	return SetRoles(ctx, z.audit, tx, z.roles, z.defaultRole, userID, roles, by, func() { z.Invalidate(userID) })
 }
 
-// SetRoles is RBAC.SetRoles for callers without a running server (the
-// CLI, whose recorder writes the entry detached); onCommit runs after the
-// transaction commits.
-func SetRoles(ctx context.Context, audit Recorder, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
+// ValidRoles checks that every role is defined and returns the list
+// trimmed and without repeats (ErrUnknownRole otherwise).
+func ValidRoles(defs Roles, roles []string) ([]string, error) {
 	clean := []string{}
 	for _, r := range roles {
 		r = strings.TrimSpace(r)
@@ -189,11 +188,22 @@ func SetRoles(ctx context.Context, audit Recorder, tx *storage.Tx, defs Roles, d
 			continue
 		}
 		if _, ok := defs[r]; !ok {
-			return nil, nil, fmt.Errorf("%w %q (defined: %s)", ErrUnknownRole, r, strings.Join(defs.Names(), ", "))
+			return nil, fmt.Errorf("%w %q (defined: %s)", ErrUnknownRole, r, strings.Join(defs.Names(), ", "))
 		}
 		if !slices.Contains(clean, r) {
 			clean = append(clean, r)
 		}
+	}
+	return clean, nil
+}
+
+// SetRoles is RBAC.SetRoles for callers without a running server (the
+// CLI, whose recorder writes the entry detached); onCommit runs after the
+// transaction commits.
+func SetRoles(ctx context.Context, audit Recorder, tx *storage.Tx, defs Roles, defaultRole, userID string, roles []string, by string, onCommit func()) (before, after []string, err error) {
+	clean, err := ValidRoles(defs, roles)
+	if err != nil {
+		return nil, nil, err
 	}
 	acc, err := storage.GetAccount(ctx, tx, userID)
 	if err != nil {
@@ -220,6 +230,36 @@ func SetRoles(ctx context.Context, audit Recorder, tx *storage.Tx, defs Roles, d
 		tx.AfterCommit(onCommit)
 	}
 	return before, after, nil
+}
+
+// WatchfulAdded returns the roles of roles that userID does not hold yet
+// and that grant a watchful permission (perm.Watchful). Through the admin
+// API such a grant waits for a second admin; the host's command line
+// applies it at once.
+func (z *RBAC) WatchfulAdded(ctx context.Context, q storage.Querier, userID string, roles []string) ([]string, error) {
+	acc, err := storage.GetAccount(ctx, q, userID)
+	if err != nil {
+		return nil, err
+	}
+	explicit, err := storage.UserRoles(ctx, q, userID)
+	if err != nil {
+		return nil, err
+	}
+	held := EffectiveRoles(explicit, acc.IsAdmin, acc.IsGuest, z.defaultRole)
+	var out []string
+	for _, r := range roles {
+		r = strings.TrimSpace(r)
+		if slices.Contains(held, r) || slices.Contains(out, r) {
+			continue
+		}
+		for _, p := range perm.Watchful {
+			if z.roles[r][p] {
+				out = append(out, r)
+				break
+			}
+		}
+	}
+	return out, nil
 }
 
 // RoomBlocked reports whether the administrator blocked (or purged) a room.
