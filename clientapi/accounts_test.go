@@ -468,10 +468,10 @@ func TestAccountsPasswordChangeAndUIA(t *testing.T) {
 		if body["session"] != sess || body["flows"] == nil {
 			t.Fatalf("failed stage body %v", body)
 		}
-		// Someone else's identity is refused.
+		// Someone else's identity is refused outright (403, not a retry).
 		code, body = s.do("POST", "/_matrix/client/v3/account/password", main, map[string]any{"new_password": "new",
 			"auth": map[string]any{"type": "m.login.password", "session": sess, "identifier": map[string]any{"type": "m.id.user", "user": "dave"}, "password": "old"}})
-		s.expect(401, "M_FORBIDDEN", code, body)
+		s.expect(403, "M_FORBIDDEN", code, body)
 		// A session started for this request cannot authorise another.
 		code, body = s.do("POST", "/_matrix/client/v3/account/deactivate", main, map[string]any{
 			"auth": map[string]any{"type": "m.login.password", "session": sess, "user": "carol", "password": "old"}})

@@ -139,7 +139,7 @@ func parseDeviceKeys(raw json.RawMessage, userID, deviceID string) ([]byte, stri
 	}
 	ed := head.Keys["ed25519:"+deviceID]
 	if ed == "" || len(head.Algorithms) == 0 {
-		return nil, "", httpapi.InvalidParam("device_keys must list algorithms and an ed25519:%s key", deviceID), false
+		return nil, "", httpapi.BadJSON("device_keys must list algorithms and an ed25519:%s key", deviceID), false
 	}
 	if _, err := decodeKey(ed); err != nil {
 		return nil, "", httpapi.InvalidParam("the device's ed25519 key is not a valid key"), false

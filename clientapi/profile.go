@@ -219,8 +219,10 @@ func (so *social) putProfileField(field string) authedHandler {
 				return httpapi.InvalidParam("displayname is longer than %d characters", maxDisplayNameLen)
 			}
 		case "avatar_url":
-			if len(value) > maxAvatarURLLen || (value != "" && !strings.HasPrefix(value, "mxc://")) {
-				return httpapi.InvalidParam("avatar_url must be an mxc:// URI")
+			// Stored as given: the spec does not require an mxc URI here
+			// and clients decide what to show for anything else.
+			if len(value) > maxAvatarURLLen {
+				return httpapi.InvalidParam("avatar_url is longer than %d bytes", maxAvatarURLLen)
 			}
 		}
 		ctx := r.Context()

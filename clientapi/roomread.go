@@ -156,9 +156,14 @@ func (eg *events) members(r *http.Request, dev *httpapi.Device) httpapi.Response
 }
 
 func (eg *events) joinedMembers(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	_, acc, resp, ok := eg.readableRoom(r, dev)
+	roomID, acc, resp, ok := eg.readableRoom(r, dev)
 	if !ok {
 		return resp
+	}
+	if acc.capPos != math.MaxInt64 {
+		// The current members are for members (and world-readable rooms),
+		// not for who left: the spec's 403.
+		return httpapi.Forbidden("you are not a member of room %s", roomID)
 	}
 	joined := map[string]any{}
 	for k, e := range acc.state {
@@ -272,6 +277,12 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if !ok {
 		return resp
 	}
+	// Who may read comes first: a stranger learns nothing from how the
+	// request is malformed.
+	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
+	if !ok {
+		return resp
+	}
 	q := r.URL.Query()
 	dir := q.Get("dir")
 	if dir != "b" && dir != "f" {
@@ -282,10 +293,6 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return resp
 	}
 	filter, resp, ok := parseRoomEventFilter(r)
-	if !ok {
-		return resp
-	}
-	acc, resp, ok := eg.access(r.Context(), dev.UserID, roomID)
 	if !ok {
 		return resp
 	}

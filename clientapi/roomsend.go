@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
@@ -25,20 +26,8 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	v := httpapi.Vars(r)
 	typ, key := v["eventType"], v["stateKey"]
 	if typ == "m.room.canonical_alias" {
-		var c struct {
-			Alias      string   `json:"alias"`
-			AltAliases []string `json:"alt_aliases"`
-		}
-		if err := json.Unmarshal(content, &c); err != nil {
-			return httpapi.BadJSON("invalid m.room.canonical_alias content")
-		}
-		for _, al := range append([]string{c.Alias}, c.AltAliases...) {
-			if al == "" {
-				continue
-			}
-			if id, _, err := storage.GetAlias(r.Context(), rm.db, al); err != nil || id != roomID {
-				return httpapi.Errf(400, "M_BAD_ALIAS", "alias %s does not point to this room", al)
-			}
+		if resp, ok := rm.checkCanonicalAlias(r, roomID, content); !ok {
+			return resp
 		}
 	}
 	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: typ, StateKey: &key, Content: content})
@@ -89,4 +78,51 @@ func (rm *rooms) redact(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return resp
 	}
 	return httpapi.JSON(200, map[string]string{"event_id": ev.EventID})
+}
+
+// checkCanonicalAlias applies the spec's rules for m.room.canonical_alias:
+// an alias that is not one is M_INVALID_PARAM, one that does not point to
+// this room (missing, deleted, another room's) is M_BAD_ALIAS. The empty
+// content (no alias) is how a canonical alias is removed.
+func (rm *rooms) checkCanonicalAlias(r *http.Request, roomID string, content json.RawMessage) (httpapi.Response, bool) {
+	var c struct {
+		Alias      *json.RawMessage  `json:"alias"`
+		AltAliases []json.RawMessage `json:"alt_aliases"`
+	}
+	if err := json.Unmarshal(content, &c); err != nil {
+		return httpapi.InvalidParam("alt_aliases must be a list of aliases"), false
+	}
+	var aliases []string
+	for _, raw := range append([]json.RawMessage{derefRaw(c.Alias)}, c.AltAliases...) {
+		if raw == nil {
+			continue
+		}
+		var al string
+		if err := json.Unmarshal(raw, &al); err != nil || !validAlias(al) {
+			return httpapi.InvalidParam("%s is not a room alias", raw), false
+		}
+		aliases = append(aliases, al)
+	}
+	for _, al := range aliases {
+		if id, _, err := storage.GetAlias(r.Context(), rm.db, al); errors.Is(err, storage.ErrNotFound) || (err == nil && id != roomID) {
+			return httpapi.Errf(http.StatusBadRequest, "M_BAD_ALIAS", "alias %s does not point to this room", al), false
+		} else if err != nil {
+			return httpapi.InternalError(r, err), false
+		}
+	}
+	return httpapi.Response{}, true
+}
+
+func derefRaw(p *json.RawMessage) json.RawMessage {
+	if p == nil || string(*p) == "null" {
+		return nil
+	}
+	return *p
+}
+
+// validAlias is the spec's room alias grammar: #localpart:server, both
+// parts non-empty, at most 255 bytes.
+func validAlias(al string) bool {
+	local, server, ok := strings.Cut(strings.TrimPrefix(al, "#"), ":")
+	return ok && strings.HasPrefix(al, "#") && local != "" && server != "" && len(al) <= 255
 }

@@ -101,6 +101,16 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.devices = &devices{opts: opts, db: db, accounts: a.accounts}
 	a.syncing = &syncing{opts: opts, db: db, sync: syncer, social: a.social, filters: lru.New[string, *syncapi.Filter](4096)}
 	a.router.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Every authenticated-media path needs a token: without one the
+		// answer is the spec's 401 even for a path no route matches (a
+		// media ID with an escaped slash, say), so clients learn to log
+		// in rather than that the media is gone.
+		if strings.HasPrefix(r.URL.Path, "/_matrix/client/v1/media/") {
+			if _, resp, ok := a.accounts.authenticate(r); !ok {
+				httpapi.WriteResponse(w, resp)
+				return
+			}
+		}
 		httpapi.WriteResponse(w, httpapi.Unrecognized(http.StatusNotFound, "unrecognized request: %s %s", r.Method, r.URL.Path))
 	})
 	a.router.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {

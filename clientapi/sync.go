@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -126,8 +127,12 @@ func (sy *syncing) postFilter(r *http.Request, dev *httpapi.Device) httpapi.Resp
 	if !ok {
 		return resp
 	}
-	if _, err := syncapi.ParseFilter(body); err != nil {
+	f, err := syncapi.ParseFilter(body)
+	if err != nil {
 		return httpapi.BadJSON("invalid filter: %v", err)
+	}
+	if bad := badFilterID(f); bad != "" {
+		return httpapi.InvalidParam("%s", bad)
 	}
 	var compact json.RawMessage = body
 	id, err := storage.InsertFilter(r.Context(), sy.db, dev.UserID, compact)
@@ -148,4 +153,46 @@ func (sy *syncing) getFilter(r *http.Request, dev *httpapi.Device) httpapi.Respo
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.Response{Code: 200, Body: f}
+}
+
+// badFilterID names the first room or user ID in a filter that is not one
+// (the spec's 400 M_INVALID_PARAM), or returns "".
+func badFilterID(f *syncapi.Filter) string {
+	rooms := func(list *[]string, not []string) string {
+		if list != nil {
+			not = append(append([]string(nil), *list...), not...)
+		}
+		for _, id := range not {
+			if !validRoomID.MatchString(id) {
+				return fmt.Sprintf("%q is not a room ID", id)
+			}
+		}
+		return ""
+	}
+	users := func(ef syncapi.EventFilter) string {
+		all := ef.NotSenders
+		if ef.Senders != nil {
+			all = append(append([]string(nil), *ef.Senders...), all...)
+		}
+		for _, id := range all {
+			if local, server, ok := strings.Cut(strings.TrimPrefix(id, "@"), ":"); !ok || !strings.HasPrefix(id, "@") || local == "" || server == "" {
+				return fmt.Sprintf("%q is not a user ID", id)
+			}
+		}
+		return ""
+	}
+	rm := f.Room
+	for _, bad := range []string{
+		rooms(rm.Rooms, rm.NotRooms),
+		users(f.AccountData), users(f.Presence),
+		rooms(rm.Timeline.Rooms, rm.Timeline.NotRooms), users(rm.Timeline.EventFilter),
+		rooms(rm.State.Rooms, rm.State.NotRooms), users(rm.State.EventFilter),
+		rooms(rm.Ephemeral.Rooms, rm.Ephemeral.NotRooms), users(rm.Ephemeral.EventFilter),
+		rooms(rm.AccountData.Rooms, rm.AccountData.NotRooms), users(rm.AccountData.EventFilter),
+	} {
+		if bad != "" {
+			return bad
+		}
+	}
+	return ""
 }

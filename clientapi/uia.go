@@ -139,11 +139,15 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *httpapi.Device, fl
 
 	if auth != nil && auth.Session != "" {
 		s, err := storage.GetUIASession(ctx, ac.db, auth.Session)
-		if errors.Is(err, storage.ErrNotFound) || (err == nil && (s.UserID != userID || time.Since(time.UnixMilli(s.CreatedTS)) > uiaSessionLifetime)) {
+		if errors.Is(err, storage.ErrNotFound) || (err == nil && time.Since(time.UnixMilli(s.CreatedTS)) > uiaSessionLifetime) {
 			return nil, httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "unknown auth session"), false
 		}
 		if err != nil {
 			return nil, httpapi.InternalError(r, err), false
+		}
+		if s.UserID != userID {
+			// Another user's session never authorises this user's request.
+			return nil, httpapi.Forbidden("the auth session belongs to another user"), false
 		}
 		if s.Op != op {
 			return nil, httpapi.Forbidden("the auth session was started for another request"), false
@@ -174,6 +178,10 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *httpapi.Device, fl
 	if err != nil {
 		return nil, httpapi.InternalError(r, err), false
 	}
+	if errcode == errcodeOtherUser {
+		// Credentials of another user: the spec's 403, not a retry.
+		return sess, httpapi.Forbidden("%s", msg), false
+	}
 	if errcode != "" {
 		return sess, uiaChallenge(flows, sess, errcode, msg), false
 	}
@@ -186,6 +194,10 @@ func (ac *accounts) runUIA(r *http.Request, body []byte, dev *httpapi.Device, fl
 	}
 	return sess, uiaChallenge(flows, sess, "", ""), false
 }
+
+// errcodeOtherUser is runStage's answer to a stage completed as another
+// user; runUIA answers it 403 M_FORBIDDEN instead of a new challenge.
+const errcodeOtherUser = "other_user"
 
 // runStage checks one stage. A non-empty errcode is a failed attempt.
 func (ac *accounts) runStage(ctx context.Context, auth *authDict, dev *httpapi.Device, sess *storage.UIASession) (errcode, msg string, err error) {
@@ -205,7 +217,7 @@ func (ac *accounts) runStage(ctx context.Context, auth *authDict, dev *httpapi.D
 		}
 		if who != "" {
 			if uid, ok := ac.resolveLocalUser(who); !ok || uid != dev.UserID {
-				return "M_FORBIDDEN", "you can only authenticate as yourself", nil
+				return errcodeOtherUser, "you can only authenticate as yourself", nil
 			}
 		}
 		acc, ok, err := ac.verifyUserPassword(ctx, dev.UserID, auth.Password)

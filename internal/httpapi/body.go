@@ -5,11 +5,13 @@ import (
 	"errors"
 	"io"
 	"net/http"
+	"unicode/utf8"
 )
 
 // ReadBody reads r's body, answering M_TOO_LARGE past the size limit (an
 // http.MaxBytesReader set by the listener) and M_NOT_JSON for bodies that
-// are not JSON. An empty body reads as {}. ok is false when resp should be
+// are not JSON (the spec's JSON is UTF-8: invalid bytes are refused, not
+// replaced). An empty body reads as {}. ok is false when resp should be
 // returned.
 func ReadBody(r *http.Request) (body []byte, resp Response, ok bool) {
 	body, err := io.ReadAll(r.Body)
@@ -23,7 +25,7 @@ func ReadBody(r *http.Request) (body []byte, resp Response, ok bool) {
 	if len(body) == 0 {
 		body = []byte("{}")
 	}
-	if !json.Valid(body) {
+	if !utf8.Valid(body) || !json.Valid(body) {
 		return nil, Errf(http.StatusBadRequest, "M_NOT_JSON", "request body is not valid JSON"), false
 	}
 	return body, Response{}, true
