@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -119,7 +120,58 @@ func (dir *directory) deleteAlias(r *http.Request, dev *httpapi.Device) httpapi.
 	if err := storage.DeleteAlias(r.Context(), dir.db, alias); err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	dir.dropCanonicalAlias(r, dev.UserID, roomID, alias)
 	return httpapi.JSON(200, struct{}{})
+}
+
+// dropCanonicalAlias takes a deleted alias out of the room's
+// m.room.canonical_alias (alias and alt_aliases), so the room does not
+// advertise an alias that names nothing. It is sent as the deleter; when
+// they may not send it (an alias creator without power) the alias is still
+// deleted and the state is left as it was, as the spec's deletion does
+// not depend on it.
+func (dir *directory) dropCanonicalAlias(r *http.Request, sender, roomID, alias string) {
+	st, err := dir.rs.CurrentState(r.Context(), roomID)
+	if err != nil {
+		return
+	}
+	ev := st.Get("m.room.canonical_alias", "")
+	if ev == nil {
+		return
+	}
+	var c map[string]any
+	if json.Unmarshal(ev.Content(), &c) != nil {
+		return
+	}
+	changed := false
+	if c["alias"] == alias {
+		delete(c, "alias")
+		changed = true
+	}
+	if alts, ok := c["alt_aliases"].([]any); ok {
+		kept := []any{}
+		for _, a := range alts {
+			if a != alias {
+				kept = append(kept, a)
+			}
+		}
+		if len(kept) != len(alts) {
+			changed = true
+			if len(kept) == 0 {
+				delete(c, "alt_aliases")
+			} else {
+				c["alt_aliases"] = kept
+			}
+		}
+	}
+	if !changed {
+		return
+	}
+	content, _ := json.Marshal(c)
+	empty := ""
+	if ev, err := dir.rs.SendEvent(r.Context(), roomserver.SendRequest{RoomID: roomID, Sender: sender, Type: "m.room.canonical_alias", StateKey: &empty, Content: content}); err == nil {
+		_ = dir.db.Stream.Wait(r.Context(), ev.StreamPos)
+	}
 }
 
 func (dir *directory) roomAliases(r *http.Request, dev *httpapi.Device) httpapi.Response {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 
@@ -212,7 +213,10 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 		events = append(events, roomserver.InitialEvent{Type: "m.room.name", StateKey: sp(""), Content: map[string]any{"name": *req.Name}})
 	}
 	if req.Topic != nil && *req.Topic != "" {
-		events = append(events, roomserver.InitialEvent{Type: "m.room.topic", StateKey: sp(""), Content: map[string]any{"topic": *req.Topic}})
+		// The plain topic and its rich m.topic block (spec v1.15, MSC3765),
+		// which newer clients read first.
+		events = append(events, roomserver.InitialEvent{Type: "m.room.topic", StateKey: sp(""), Content: map[string]any{"topic": *req.Topic,
+			"m.topic": map[string]any{"m.text": []any{map[string]any{"mimetype": "text/plain", "body": *req.Topic}}}}})
 	}
 	var remoteInvites []string
 	for _, u := range req.Invite {
@@ -311,13 +315,14 @@ func (rm *rooms) joinRoomByID(r *http.Request, dev *httpapi.Device) httpapi.Resp
 }
 
 func (rm *rooms) join(r *http.Request, dev *httpapi.Device, roomID string) httpapi.Response {
-	var body struct {
-		Reason string `json:"reason"`
-	}
+	var body map[string]any
 	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
-	content := rm.joinContent(r.Context(), dev.UserID, body.Reason)
+	content := rm.joinContent(r.Context(), dev.UserID, "")
+	if !copyExtra(content, body, "third_party_signed") {
+		return httpapi.BadJSON("reason must be a string")
+	}
 	if rm.needsRemoteJoin(r.Context(), roomID) {
 		return rm.remoteJoin(r, dev, roomID, content)
 	}
@@ -352,6 +357,29 @@ func (rm *rooms) joinContent(ctx context.Context, userID, reason string) map[str
 	return content
 }
 
+// copyExtra copies what a membership request's body adds (a reason,
+// custom keys) into the member event's content, as the spec's clients
+// expect to find them there. What the server decides (membership, the
+// profile it filled in, the authorising user) and the request's own
+// parameters (drop) are not the client's to set.
+func copyExtra(content, body map[string]any, drop ...string) bool {
+	if r, set := body["reason"]; set {
+		if _, ok := r.(string); !ok {
+			return false
+		}
+	}
+	for k, v := range body {
+		if k == "membership" || k == "join_authorised_via_users_server" || slices.Contains(drop, k) {
+			continue
+		}
+		if _, set := content[k]; set && (k == "displayname" || k == "avatar_url") {
+			continue
+		}
+		content[k] = v
+	}
+	return true
+}
+
 // membershipOther handles invite, kick (leave), ban and unban (leave).
 func (rm *rooms) membershipOther(action string) authedHandler {
 	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
@@ -360,8 +388,12 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 			return resp
 		}
 		var body membershipBody
-		if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
+		var extra map[string]any
+		if resp, ok := httpapi.DecodeJSON(r, &extra); !ok {
 			return resp
+		}
+		if b, _ := json.Marshal(extra); json.Unmarshal(b, &body) != nil {
+			return httpapi.BadJSON("user_id and reason must be strings")
 		}
 		if body.UserID == "" {
 			return httpapi.MissingParam("user_id is required")
@@ -392,9 +424,6 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 			}
 		}
 		content := map[string]any{"membership": membership}
-		if body.Reason != "" {
-			content["reason"] = body.Reason
-		}
 		if action == "invite" {
 			if p, err := rm.profile(r.Context(), body.UserID); err == nil {
 				for k, v := range p {
@@ -402,6 +431,7 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 				}
 			}
 		}
+		copyExtra(content, extra, "user_id", "id_server", "id_access_token", "medium", "address") // reason checked above
 		cb, _ := json.Marshal(content)
 		target := body.UserID
 		if _, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.member", StateKey: &target, Content: cb}); !ok {
@@ -416,7 +446,7 @@ func (rm *rooms) leaveRoom(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if !ok {
 		return resp
 	}
-	var body membershipBody
+	var body map[string]any
 	if resp, ok := httpapi.DecodeJSON(r, &body); !ok {
 		return resp
 	}
@@ -430,8 +460,8 @@ func (rm *rooms) leaveRoom(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return httpapi.JSON(200, struct{}{})
 	}
 	content := map[string]any{"membership": "leave"}
-	if body.Reason != "" {
-		content["reason"] = body.Reason
+	if !copyExtra(content, body) {
+		return httpapi.BadJSON("reason must be a string")
 	}
 	uid := dev.UserID
 	if rm.fed != nil && (cur == "invite" || cur == "knock") && rm.needsRemoteJoin(r.Context(), roomID) {

@@ -9,6 +9,8 @@ import (
 	"net/http"
 	"strings"
 
+	"github.com/matrix-org/gomatrixserverlib"
+
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -29,6 +31,9 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 		if resp, ok := rm.checkCanonicalAlias(r, roomID, content); !ok {
 			return resp
 		}
+	}
+	if id, ok := rm.sameState(r, roomID, dev.UserID, typ, key, content); ok {
+		return httpapi.JSON(200, map[string]string{"event_id": id})
 	}
 	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: typ, StateKey: &key, Content: content})
 	if !ok {
@@ -125,4 +130,25 @@ func derefRaw(p *json.RawMessage) json.RawMessage {
 func validAlias(al string) bool {
 	local, server, ok := strings.Cut(strings.TrimPrefix(al, "#"), ":")
 	return ok && strings.HasPrefix(al, "#") && local != "" && server != "" && len(al) <= 255
+}
+
+// sameState returns the current state event when the sender sets it to
+// exactly the content it already has: the spec makes that a no-op
+// answering the existing event ID (clients re-send state they read, and
+// an identical event would only add noise to every member's timeline).
+func (rm *rooms) sameState(r *http.Request, roomID, sender, typ, key string, content json.RawMessage) (string, bool) {
+	st, err := rm.rs.CurrentState(r.Context(), roomID)
+	if err != nil {
+		return "", false // the send answers the error
+	}
+	cur := st.Get(typ, key)
+	if cur == nil || string(cur.SenderID()) != sender || st.Membership(sender) != "join" {
+		return "", false
+	}
+	a, errA := gomatrixserverlib.CanonicalJSON(cur.Content())
+	b, errB := gomatrixserverlib.CanonicalJSON(content)
+	if errA != nil || errB != nil || string(a) != string(b) {
+		return "", false
+	}
+	return cur.EventID(), true
 }

@@ -1,0 +1,156 @@
+package test
+
+import (
+	"net/url"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/storage"
+)
+
+// TestEventContent checks the event content and state rules issue 13
+// lists ("Event content and state"), reading back what the room stored,
+// on each store.
+func TestEventContent(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		ctx := ctxT(t)
+		v3 := srv.URL + "/_matrix/client/v3"
+		alice := registerClient(t, srv.URL, "alice", "alice-pass")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass")
+		roomURL := func(room id.RoomID, rest string) string { return v3 + "/rooms/" + url.PathEscape(room.String()) + rest }
+		state := func(cli *mautrix.Client, room id.RoomID, typ event.Type, key string) map[string]any {
+			t.Helper()
+			var c map[string]any
+			if err := cli.StateEvent(ctx, room, typ, key, &c); err != nil {
+				t.Fatalf("state %s/%s: %v", typ.Type, key, err)
+			}
+			return c
+		}
+		create := func(req *mautrix.ReqCreateRoom) id.RoomID {
+			t.Helper()
+			resp, err := alice.CreateRoom(ctx, req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return resp.RoomID
+		}
+
+		t.Run("createRoom topic writes m.topic", func(t *testing.T) {
+			for _, req := range []*mautrix.ReqCreateRoom{
+				{Topic: "Test Room", Preset: "public_chat"},
+				{Topic: "Test Room", Preset: "public_chat", InitialState: []*event.Event{{Type: event.StateTopic, StateKey: ptr(""),
+					Content: event.Content{Raw: map[string]any{"topic": "Shenanigans"}}}}},
+			} {
+				c := state(alice, create(req), event.StateTopic, "")
+				blocks, _ := c["m.topic"].(map[string]any)["m.text"].([]any)
+				if c["topic"] != "Test Room" || len(blocks) != 1 || blocks[0].(map[string]any)["body"] != "Test Room" ||
+					blocks[0].(map[string]any)["mimetype"] != "text/plain" {
+					t.Fatalf("topic content: %v", c)
+				}
+			}
+		})
+
+		t.Run("membership bodies reach the member event", func(t *testing.T) {
+			room := create(&mautrix.ReqCreateRoom{Preset: "public_chat", RoomAliasName: "custom"})
+			if r := raw(t, "POST", v3+"/join/"+url.PathEscape("#custom:localhost"), bob.AccessToken, map[string]any{"foo": "bar", "reason": "hi",
+				"membership": "ban", "displayname": "Mallory"}); r.Status != 200 {
+				t.Fatalf("join: %d %s", r.Status, r.Raw)
+			}
+			c := state(alice, room, event.StateMember, bob.UserID.String())
+			if c["foo"] != "bar" || c["reason"] != "hi" || c["membership"] != "join" || c["displayname"] != "bob" {
+				t.Fatalf("join content: %v", c)
+			}
+			raw(t, "POST", roomURL(room, "/leave"), bob.AccessToken, map[string]any{"reason": 5}).wantErr(t, "non-string reason", 400, "M_BAD_JSON")
+			if r := raw(t, "POST", roomURL(room, "/leave"), bob.AccessToken, map[string]any{"reason": "bye", "custom": 1}); r.Status != 200 {
+				t.Fatalf("leave: %d %s", r.Status, r.Raw)
+			}
+			if c := state(alice, room, event.StateMember, bob.UserID.String()); c["membership"] != "leave" || c["reason"] != "bye" || c["custom"] != float64(1) {
+				t.Fatalf("leave content: %v", c)
+			}
+			if r := raw(t, "POST", roomURL(room, "/ban"), alice.AccessToken, map[string]any{"user_id": bob.UserID, "reason": "Testing", "x": "y"}); r.Status != 200 {
+				t.Fatalf("ban: %d %s", r.Status, r.Raw)
+			}
+			if c := state(alice, room, event.StateMember, bob.UserID.String()); c["membership"] != "ban" || c["reason"] != "Testing" || c["x"] != "y" || c["user_id"] != nil {
+				t.Fatalf("ban content: %v", c)
+			}
+		})
+
+		t.Run("identical state is a no-op", func(t *testing.T) {
+			room := create(&mautrix.ReqCreateRoom{Preset: "public_chat"})
+			put := func(cli *mautrix.Client, body string) string {
+				t.Helper()
+				r := raw(t, "PUT", roomURL(room, "/state/m.room.topic/"), cli.AccessToken, body)
+				if r.Status != 200 {
+					t.Fatalf("put topic: %d %s", r.Status, r.Raw)
+				}
+				return r.Body["event_id"].(string)
+			}
+			first := put(alice, `{"topic":"same","x":{"a":1,"b":2}}`)
+			before := srv.DB.Stream.Last()
+			if again := put(alice, `{"x":{"b":2,"a":1},"topic":"same"}`); again != first {
+				t.Fatalf("same content: %s, want %s", again, first)
+			}
+			if srv.DB.Stream.Last() != before {
+				t.Fatal("the no-op wrote an event")
+			}
+			if other := put(alice, `{"topic":"other"}`); other == first {
+				t.Fatal("new content must be a new event")
+			}
+			// Another sender setting the same content is a new event.
+			raw(t, "POST", roomURL(room, "/join"), bob.AccessToken, map[string]any{})
+			pl := state(alice, room, event.StatePowerLevels, "")
+			pl["users"].(map[string]any)[bob.UserID.String()] = 100
+			if _, err := alice.SendStateEvent(ctx, room, event.StatePowerLevels, "", pl); err != nil {
+				t.Fatal(err)
+			}
+			cur := put(alice, `{"topic":"shared"}`)
+			if byBob := put(bob, `{"topic":"shared"}`); byBob == cur {
+				t.Fatal("another sender's identical state is an event of its own")
+			}
+		})
+
+		t.Run("deleting the canonical alias", func(t *testing.T) {
+			room := create(&mautrix.ReqCreateRoom{})
+			for _, a := range []string{"#canon:localhost", "#alt1:localhost", "#alt2:localhost"} {
+				if r := raw(t, "PUT", v3+"/directory/room/"+url.PathEscape(a), alice.AccessToken, map[string]any{"room_id": room}); r.Status != 200 {
+					t.Fatalf("alias %s: %d %s", a, r.Status, r.Raw)
+				}
+			}
+			if _, err := alice.SendStateEvent(ctx, room, event.StateCanonicalAlias, "", map[string]any{"alias": "#canon:localhost", "alt_aliases": []string{"#alt1:localhost", "#alt2:localhost"}}); err != nil {
+				t.Fatal(err)
+			}
+			del := func(a string) {
+				t.Helper()
+				if r := raw(t, "DELETE", v3+"/directory/room/"+url.PathEscape(a), alice.AccessToken, nil); r.Status != 200 {
+					t.Fatalf("delete %s: %d %s", a, r.Status, r.Raw)
+				}
+			}
+			del("#canon:localhost")
+			if c := state(alice, room, event.StateCanonicalAlias, ""); c["alias"] != nil || len(c["alt_aliases"].([]any)) != 2 {
+				t.Fatalf("after deleting the alias: %v", c)
+			}
+			del("#alt1:localhost")
+			del("#alt2:localhost")
+			if c := state(alice, room, event.StateCanonicalAlias, ""); len(c) != 0 {
+				t.Fatalf("after deleting every alias: %v", c)
+			}
+			// An alias creator without power still deletes the alias.
+			pub := create(&mautrix.ReqCreateRoom{Preset: "public_chat"})
+			raw(t, "POST", roomURL(pub, "/join"), bob.AccessToken, map[string]any{})
+			raw(t, "PUT", v3+"/directory/room/"+url.PathEscape("#bobs:localhost"), bob.AccessToken, map[string]any{"room_id": pub})
+			if _, err := alice.SendStateEvent(ctx, pub, event.StateCanonicalAlias, "", map[string]any{"alias": "#bobs:localhost"}); err != nil {
+				t.Fatal(err)
+			}
+			if r := raw(t, "DELETE", v3+"/directory/room/"+url.PathEscape("#bobs:localhost"), bob.AccessToken, nil); r.Status != 200 {
+				t.Fatalf("creator without power: %d %s", r.Status, r.Raw)
+			}
+			if _, _, err := storage.GetAlias(ctx, srv.DB, "#bobs:localhost"); err == nil {
+				t.Fatal("alias still stored")
+			}
+		})
+	})
+}
