@@ -133,7 +133,7 @@ func TestSendTxnRecordedByAnotherWriter(t *testing.T) {
 		if other == nil || got.EventID != other.EventID {
 			t.Fatalf("retry answered %s, want the other writer's %v", got.EventID, other)
 		}
-		if _, err := storage.GetTxn(ctx, db, alice, "DEV", "send", "t1"); err != nil {
+		if _, err := storage.GetTxn(ctx, db, alice, "DEV", TxnScope(roomID), "t1"); err != nil {
 			t.Fatal(err)
 		}
 		evs, err := storage.RoomEventsRange(ctx, db, roomID, 0, 1<<62, 100, false)

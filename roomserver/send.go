@@ -47,13 +47,18 @@ func PowerLevels(state StateMap) gomatrixserverlib.PowerLevelContent {
 	return pl
 }
 
+// TxnScope is the scope a client's transaction ID is recorded under for a
+// send to roomID: the spec's idempotency key is device, room and txnId, so
+// the same txnId in another room is another event.
+func TxnScope(roomID string) string { return "send:" + roomID }
+
 // SendEvent implements API.
 func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.Event, error) {
 	unlock := s.lock(req.RoomID)
 	defer unlock()
 
 	if req.TxnID != "" {
-		if id, err := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, "send", req.TxnID); err == nil {
+		if id, err := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, TxnScope(req.RoomID), req.TxnID); err == nil {
 			return storage.GetEvent(ctx, s.db, id)
 		} else if !errors.Is(err, storage.ErrNotFound) {
 			return nil, err
@@ -92,7 +97,7 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 			return err
 		}
 		if req.TxnID != "" {
-			if err := storage.PutTxn(ctx, tx, req.Sender, req.DeviceID, "send", req.TxnID, ev.EventID(), time.Now().UnixMilli()); err != nil {
+			if err := storage.PutTxn(ctx, tx, req.Sender, req.DeviceID, TxnScope(req.RoomID), req.TxnID, ev.EventID(), time.Now().UnixMilli()); err != nil {
 				return err
 			}
 		}
@@ -103,7 +108,7 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 		// our room lock does not cover: a process killed mid-send whose
 		// commit PostgreSQL finished late, while its successor served the
 		// client's retry. Answer that event, as for any retry.
-		if id, gerr := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, "send", req.TxnID); gerr == nil {
+		if id, gerr := storage.GetTxn(ctx, s.db, req.Sender, req.DeviceID, TxnScope(req.RoomID), req.TxnID); gerr == nil {
 			return storage.GetEvent(ctx, s.db, id)
 		}
 	}

@@ -152,5 +152,38 @@ func TestEventContent(t *testing.T) {
 				t.Fatal("alias still stored")
 			}
 		})
+		t.Run("txnId is per room", func(t *testing.T) {
+			r1 := create(&mautrix.ReqCreateRoom{})
+			r2 := create(&mautrix.ReqCreateRoom{})
+			send := func(cli *mautrix.Client, room id.RoomID) string {
+				t.Helper()
+				r := raw(t, "PUT", roomURL(room, "/send/m.room.message/same-txn"), cli.AccessToken, map[string]any{"msgtype": "m.text", "body": "x"})
+				if r.Status != 200 {
+					t.Fatalf("send: %d %s", r.Status, r.Raw)
+				}
+				return r.Body["event_id"].(string)
+			}
+			a1, a2 := send(alice, r1), send(alice, r2)
+			if a1 == a2 {
+				t.Fatal("the same txnId in another room must be another event")
+			}
+			if again := send(alice, r1); again != a1 {
+				t.Fatalf("retry in the first room: %s, want %s", again, a1)
+			}
+			if again := send(alice, r2); again != a2 {
+				t.Fatalf("retry in the second room: %s, want %s", again, a2)
+			}
+			for room, want := range map[id.RoomID]string{r1: a1, r2: a2} {
+				ev, err := storage.GetEvent(ctx, srv.DB, want)
+				if err != nil || ev.RoomID != room.String() {
+					t.Fatalf("stored %s: %+v %v", want, ev, err)
+				}
+			}
+			// Another device of the same user is another transaction.
+			other := loginClient(t, srv.URL, "alice", "alice-pass")
+			if send(other, r1) == a1 {
+				t.Fatal("another device's txnId must be another event")
+			}
+		})
 	})
 }
