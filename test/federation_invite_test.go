@@ -187,6 +187,34 @@ func TestFederationInviteJoin(t *testing.T) {
 		}
 	})
 
+	t.Run("room versions 11 and 12", func(t *testing.T) {
+		// v12 room IDs name no server: the join and the rejection go
+		// through the inviting server.
+		for _, v := range []id.RoomVersion{"11", "12"} {
+			resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: v, Invite: []id.UserID{bob.UserID}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fedWaitMembership(t, b, resp.RoomID, bob.UserID, "invite", 10*time.Second)
+			if _, err := bob.JoinRoom(ctxT(t), resp.RoomID.String(), &mautrix.ReqJoinRoom{}); err != nil {
+				t.Fatalf("v%s: joining: %v", v, err)
+			}
+			fedWaitMembership(t, a, resp.RoomID, bob.UserID, "join", 10*time.Second)
+			fedWaitMembership(t, b, resp.RoomID, bob.UserID, "join", 10*time.Second)
+
+			resp, err = alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", RoomVersion: v, Invite: []id.UserID{bob.UserID}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			fedWaitMembership(t, b, resp.RoomID, bob.UserID, "invite", 10*time.Second)
+			if _, err := bob.LeaveRoom(ctxT(t), resp.RoomID); err != nil {
+				t.Fatalf("v%s: rejecting: %v", v, err)
+			}
+			fedWaitMembership(t, a, resp.RoomID, bob.UserID, "leave", 10*time.Second)
+			fedWaitMembership(t, b, resp.RoomID, bob.UserID, "leave", 10*time.Second)
+		}
+	})
+
 	t.Run("reject several times", func(t *testing.T) {
 		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
 		if err != nil {
@@ -523,4 +551,73 @@ func TestFederationFailedJoinUndone(t *testing.T) {
 	} else if _, ok := members.Joined[bob.UserID]; ok {
 		t.Fatalf("A lists bob as joined: %v", members.Joined)
 	}
+}
+
+// fedDeviceListChanged syncs cli from since until device_lists.changed
+// holds every user in want, returning the next token.
+func fedDeviceListChanged(t *testing.T, cli *mautrix.Client, since string, want []id.UserID, timeout time.Duration) string {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	var got []any
+	for time.Now().Before(deadline) {
+		r := raw(t, "GET", cli.HomeserverURL.String()+"/_matrix/client/v3/sync?timeout=1000&since="+url.QueryEscape(since), cli.AccessToken, nil)
+		if r.Status != 200 {
+			t.Fatalf("sync: %d %s", r.Status, r.Raw)
+		}
+		since, _ = r.Body["next_batch"].(string)
+		dl, _ := r.Body["device_lists"].(map[string]any)
+		got, _ = dl["changed"].([]any)
+		seen := map[string]bool{}
+		for _, u := range got {
+			s, _ := u.(string)
+			seen[s] = true
+		}
+		all := true
+		for _, u := range want {
+			all = all && seen[u.String()]
+		}
+		if all {
+			return since
+		}
+	}
+	t.Fatalf("%s never saw device-list changes of %v (last %v)", cli.UserID, want, got)
+	return ""
+}
+
+// TestFederationInviteDeviceLists: once B's user accepts an invite into
+// an encrypted room on A, each side's sync reports the other's device
+// list as changed, and a new device of A's user, added while B is down,
+// reaches B's user after B restarts.
+func TestFederationInviteDeviceLists(t *testing.T) {
+	c := NewFedCluster(t, storage.Postgres, storage.SQLite)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},
+		InitialState: []*event.Event{{Type: event.StateEncryption, StateKey: ptr(""), Content: event.Content{Raw: map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	aliceSync, err := alice.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedWaitInvited(t, bob, room, 10*time.Second)
+	bobSync, err := bob.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedJoin(t, bob, room, a)
+	fedDeviceListChanged(t, alice, aliceSync.NextBatch, []id.UserID{bob.UserID}, 20*time.Second)
+	bobSince := fedDeviceListChanged(t, bob, bobSync.NextBatch, []id.UserID{alice.UserID}, 20*time.Second)
+
+	b.Stop()
+	alice2 := loginClient(t, a.URL, "alice", "pw")
+	newE2EEDevice(t, "alice2", alice2, "pw")
+	time.Sleep(time.Second)
+	b.Start()
+	bob = fedRebase(t, bob, b)
+	fedDeviceListChanged(t, bob, bobSince, []id.UserID{alice.UserID}, 30*time.Second)
 }
