@@ -96,11 +96,58 @@ func (m Memberships) CountersignInvite(ctx context.Context, ev gomatrixserverlib
 // LeaveRemote leaves (rejects an invite to, or retracts a knock on) a room
 // this server takes no part in, through the servers given or, failing
 // them, the room's and the inviting server (make_leave, send_leave); the
-// leave is then recorded here.
+// leave is then recorded here. When no server takes the leave, an invite
+// or knock we hold only beside the room is rejected here alone, so a user
+// is never stuck with an invite from a server that is gone.
 func (m Memberships) LeaveRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error {
-	f := m.f
 	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
 	defer cancel()
+	err := m.leaveThrough(ctx, userID, roomID, via, content)
+	if err == nil {
+		return nil
+	}
+	if lerr := m.leaveLocally(ctx, userID, roomID, content); lerr != nil {
+		return err
+	}
+	logrus.WithError(err).WithField("room_id", roomID).Info("federation: no server took the leave; rejected here only")
+	return nil
+}
+
+// leaveLocally stores a leave we sign ourselves on top of the user's
+// invite or knock, when we hold the room only beside (no state).
+func (m Memberships) leaveLocally(ctx context.Context, userID, roomID string, content map[string]any) error {
+	f := m.f
+	if st, err := f.rs.CurrentState(ctx, roomID); err != nil || st.Get(spec.MRoomCreate, "") != nil {
+		return errors.New("the room's state is held here: not an invite alone")
+	}
+	own, err := storage.LatestMembershipBefore(ctx, f.db, roomID, userID, 1<<62)
+	if err != nil {
+		return err
+	}
+	if own.Membership != spec.Invite && own.Membership != spec.Knock {
+		return errors.New("no invite or knock to reject")
+	}
+	prev, err := f.rs.PDU(own)
+	if err != nil {
+		return err
+	}
+	ver, err := gomatrixserverlib.GetRoomVersion(prev.Version())
+	if err != nil {
+		return err
+	}
+	proto := gomatrixserverlib.ProtoEvent{SenderID: userID, RoomID: roomID, Type: spec.MRoomMember, StateKey: &userID,
+		PrevEvents: []string{prev.EventID()}, AuthEvents: []string{prev.EventID()}, Depth: prev.Depth() + 1}
+	ev, err := m.buildFromTemplate(proto, ver.Version(), userID, roomID, spec.Leave, content)
+	if err != nil {
+		return err
+	}
+	return f.rs.StoreRemoteMembership(ctx, f.serverName, ev)
+}
+
+// leaveThrough is make_leave/send_leave through the first server that
+// takes it.
+func (m Memberships) leaveThrough(ctx context.Context, userID, roomID string, via []string, content map[string]any) error {
+	f := m.f
 	var lastErr error = ErrNoServers
 	for _, server := range m.candidates(ctx, userID, roomID, via) {
 		tmpl, err := f.client.MakeLeave(ctx, f.serverName, server, roomID, userID)

@@ -253,6 +253,36 @@ func TestFederationInviteJoin(t *testing.T) {
 		fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
 		fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
 	})
+
+	t.Run("reject while the inviting server is down", func(t *testing.T) {
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+		a.Stop()
+		defer a.Start()
+		// No server takes the leave: B rejects the invite on its own.
+		if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
+			t.Fatalf("rejecting with A down: %v", err)
+		}
+		fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+		if _, _, signers := fedMemberEventBeside(t, b, room, bob.UserID); !signers[b.ServerName] {
+			t.Fatalf("B's leave is signed by %v", signers)
+		}
+	})
+}
+
+// fedMemberEventBeside is user's latest m.room.member event n stores
+// (also one kept beside a room n takes no part in).
+func fedMemberEventBeside(t *testing.T, n *FedNode, room id.RoomID, user id.UserID) (string, string, map[string]bool) {
+	t.Helper()
+	e, err := storage.LatestMembershipBefore(ctxT(t), n.DB, room.String(), user.String(), 1<<62)
+	if err != nil {
+		t.Fatalf("%s: %s's membership events in %s: %v", n.ServerName, user, room, err)
+	}
+	return e.EventID, e.Membership, fedSigners(t, e.JSON)
 }
 
 // TestFederationRejectInviteRelayed: A hosts a room C's user has joined;
