@@ -59,10 +59,49 @@ func (s *RoomServer) InputRemoteEvents(ctx context.Context, origin spec.ServerNa
 	sort.SliceStable(sorted, func(i, j int) bool { return sorted[i].Depth() < sorted[j].Depth() })
 	for _, ev := range sorted {
 		unlock := s.lock(ev.RoomID().String())
-		res[ev.EventID()] = s.inputLocked(ctx, origin, ev, true)
+		if s.answersBesideMembership(ctx, origin, ev) {
+			res[ev.EventID()] = s.storeBesideRoom(ctx, ev)
+		} else {
+			res[ev.EventID()] = s.inputLocked(ctx, origin, ev, true)
+		}
 		unlock()
 	}
 	return res
+}
+
+// answersBesideMembership reports whether ev is the room's server undoing
+// an invite or knock of a local user that we hold only beside the room (we
+// have none of its state): a kick, a revoked invite or a ban, sent by a
+// user of origin and authorised by our user's membership event. We cannot
+// check it against the room's state, which we lack; it is kept beside the
+// room as the invite was, so both servers agree the user is out.
+func (s *RoomServer) answersBesideMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) bool {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil || *ev.StateKey() == string(ev.SenderID()) {
+		return false
+	}
+	if m, _ := ev.Membership(); m != spec.Leave && m != spec.Ban {
+		return false
+	}
+	if _, d, err := gomatrixserverlib.SplitID('@', *ev.StateKey()); err != nil || d != s.serverName {
+		return false
+	}
+	if _, d, err := gomatrixserverlib.SplitID('@', string(ev.SenderID())); err != nil || d != origin {
+		return false
+	}
+	h, err := s.head(ctx, ev.RoomID().String())
+	if err != nil || h.state.Get(spec.MRoomCreate, "") != nil {
+		return false
+	}
+	own, err := storage.LatestMembershipBefore(ctx, s.db, ev.RoomID().String(), *ev.StateKey(), 1<<62)
+	if err != nil || (own.Membership != spec.Invite && own.Membership != spec.Knock) {
+		return false
+	}
+	for _, id := range ev.AuthEventIDs() {
+		if id == own.EventID {
+			return true
+		}
+	}
+	return false
 }
 
 // ErrRejected wraps the reason an event failed the auth rules.

@@ -215,6 +215,22 @@ func TestFederationInviteJoin(t *testing.T) {
 		}
 	})
 
+	t.Run("revoked invite", func(t *testing.T) {
+		// B takes no part in the room: A's kick of the invitee reaches B,
+		// which keeps it beside the room as it kept the invite.
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := resp.RoomID
+		fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+		if _, err := alice.KickUser(ctxT(t), room, &mautrix.ReqKickUser{UserID: bob.UserID, Reason: "sent by mistake"}); err != nil {
+			t.Fatal(err)
+		}
+		fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+		fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
+	})
+
 	t.Run("reject several times", func(t *testing.T) {
 		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
 		if err != nil {
@@ -448,6 +464,7 @@ func TestFederationKnock(t *testing.T) {
 				t.Fatal(err)
 			}
 			fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
+			fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
 			knock(bob, "")
 
 			// Retracted: the leave goes through A.
