@@ -24,6 +24,7 @@ type MediaAdmin interface {
 	DeleteMedia(ctx context.Context, serverName, mediaID string) error
 	QuarantineMedia(ctx context.Context, serverName, mediaID string) error
 	UnquarantineMedia(ctx context.Context, serverName, mediaID string) error
+	DeleteUserMedia(ctx context.Context, userID string) (int, error)
 }
 
 // Rooms is what the admin API asks of the room server: the reads and

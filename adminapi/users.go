@@ -32,7 +32,7 @@ func userJSON(acc *storage.Account, lastSeen int64, roles []string) map[string]a
 	}
 	out := map[string]any{
 		"name": acc.UserID, "displayname": dn, "avatar_url": av, "threepids": []any{}, "external_ids": []any{},
-		"is_guest": acc.IsGuest, "admin": acc.IsAdmin, "deactivated": acc.Deactivated, "erased": false,
+		"is_guest": acc.IsGuest, "admin": acc.IsAdmin, "deactivated": acc.Deactivated, "erased": acc.Erased,
 		"shadow_banned": false, "locked": false, "suspended": false, "user_type": nil, "appservice_id": nil,
 		"consent_server_notice_sent": nil, "consent_version": nil, "consent_ts": nil,
 		"creation_ts": acc.CreatedTS, "last_seen_ts": seen, "approved": true,
@@ -334,6 +334,15 @@ func (a *API) deactivate(r *http.Request, dev *httpapi.Device) httpapi.Response 
 		return resp
 	}
 	ctx := r.Context()
+	if req.Erase {
+		held, err := storage.UserUnderHold(ctx, a.DB, acc.UserID)
+		if err != nil {
+			return httpapi.InternalError(r, err)
+		}
+		if held {
+			return httpapi.Forbidden("the user is under legal hold: erasing would hide held history; lift the hold first (nothing was changed)")
+		}
+	}
 	err := a.DB.WithTx(ctx, func(tx *storage.Tx) error {
 		if err := storage.Deactivate(ctx, tx, acc.UserID, req.Erase); err != nil {
 			return err
@@ -349,6 +358,20 @@ func (a *API) deactivate(r *http.Request, dev *httpapi.Device) httpapi.Response 
 		return httpapi.InternalError(r, err)
 	}
 	a.Client.LeaveAllRooms(ctx, acc.UserID)
+	if req.Erase {
+		// Erasure as Synapse defines it: the profile went above, the
+		// user's media go now, and their events are served redacted to
+		// anyone who was not in the room when they were sent
+		// (storage.Erased, syncapi.Visible).
+		n, err := a.Media().DeleteUserMedia(ctx, acc.UserID)
+		if err != nil {
+			return httpapi.InternalError(r, err)
+		}
+		if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
+			Action: auditapi.ActionDeactivate, Target: acc.UserID, Details: map[string]any{"erased_media": n, "by_admin": true, "erase": true}}); err != nil {
+			return httpapi.InternalError(r, err)
+		}
+	}
 	return httpapi.JSON(http.StatusOK, map[string]any{"id_server_unbind_result": "success"})
 }
 

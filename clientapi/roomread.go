@@ -413,6 +413,8 @@ func (eg *events) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Res
 		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
+	} else {
+		ev = vis[0] // as this viewer may see it (an erased sender's, redacted)
 	}
 	half := limit / 2
 	before, err := storage.RoomEventsRange(r.Context(), eg.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)

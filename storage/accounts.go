@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 )
 
 // Account tables: written by the client API (login, registration, devices,
@@ -107,14 +108,18 @@ type Account struct {
 	Deactivated  bool
 	DisplayName  string // "" = unset
 	AvatarURL    string // "" = unset
+	Erased       bool   // deactivated with erase (GDPR): see Deactivate
 }
 
-const accountCols = `user_id, localpart, password_hash, created_ts, is_admin, is_guest, deactivated, displayname, avatar_url`
+const accountCols = `user_id, localpart, password_hash, created_ts, is_admin, is_guest, deactivated, displayname, avatar_url, erased`
+
+// accountsV2 marks erased accounts (Synapse's "erase" on deactivation).
+const accountsV2 = `ALTER TABLE accounts ADD COLUMN erased BOOLEAN NOT NULL DEFAULT FALSE`
 
 func scanAccount(sc interface{ Scan(...any) error }) (*Account, error) {
 	var a Account
 	var dn, av sql.NullString
-	if err := sc.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av); err != nil {
+	if err := sc.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased); err != nil {
 		return nil, err
 	}
 	a.DisplayName, a.AvatarURL = dn.String, av.String
@@ -126,8 +131,8 @@ func scanAccount(sc interface{ Scan(...any) error }) (*Account, error) {
 func CreateAccount(ctx context.Context, q Querier, a *Account) (bool, error) {
 	// ON CONFLICT, not a caught error: a failed statement would abort a
 	// PostgreSQL transaction.
-	res, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING`,
-		a.UserID, a.Localpart, a.PasswordHash, a.CreatedTS, a.IsAdmin, a.IsGuest, a.Deactivated, NullString(a.DisplayName), NullString(a.AvatarURL))
+	res, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING`,
+		a.UserID, a.Localpart, a.PasswordHash, a.CreatedTS, a.IsAdmin, a.IsGuest, a.Deactivated, NullString(a.DisplayName), NullString(a.AvatarURL), a.Erased)
 	if err != nil {
 		return false, err
 	}
@@ -183,7 +188,8 @@ func SetAccountAvatarURL(ctx context.Context, q Querier, userID, url string) err
 func Deactivate(ctx context.Context, q Querier, userID string, erase bool) error {
 	query := `UPDATE accounts SET deactivated = TRUE WHERE user_id = $1`
 	if erase {
-		query = `UPDATE accounts SET deactivated = TRUE, displayname = NULL, avatar_url = NULL WHERE user_id = $1`
+		query = `UPDATE accounts SET deactivated = TRUE, displayname = NULL, avatar_url = NULL, erased = TRUE WHERE user_id = $1`
+		onCommit(q, func(db *DB) { db.erased.add(userID) })
 	}
 	if _, err := q.ExecContext(ctx, query, userID); err != nil {
 		return err
@@ -767,4 +773,57 @@ func PurgeUIASessions(ctx context.Context, q Querier, before int64) ([]*UIASessi
 		out = append(out, s)
 	}
 	return out, rows.Err()
+}
+
+// erasedSet is the set of erased local users, read on every event served
+// to a client (Erased): loaded once, then kept by Deactivate after commit.
+type erasedSet struct {
+	mu     sync.RWMutex
+	loaded bool
+	users  map[string]bool
+}
+
+func (e *erasedSet) add(userID string) {
+	e.mu.Lock()
+	if e.users == nil {
+		e.users = map[string]bool{}
+	}
+	e.users[userID] = true
+	e.mu.Unlock()
+}
+
+func (e *erasedSet) remove(userID string) {
+	e.mu.Lock()
+	delete(e.users, userID)
+	e.mu.Unlock()
+}
+
+// Erased reports whether userID was deactivated with erase: their events
+// are served redacted to users who were not in the room when they were
+// sent. It costs a map lookup once loaded.
+func Erased(ctx context.Context, db *DB, userID string) (bool, error) {
+	e := &db.erased
+	e.mu.RLock()
+	loaded, erased := e.loaded, e.users[userID]
+	e.mu.RUnlock()
+	if loaded {
+		return erased, nil
+	}
+	users, err := queryStrings(ctx, db, `SELECT user_id FROM accounts WHERE erased = TRUE`)
+	if err != nil {
+		return false, err
+	}
+	e.mu.Lock()
+	if !e.loaded {
+		if e.users == nil {
+			e.users = map[string]bool{}
+		}
+		for _, u := range users {
+			e.users[u] = true
+		}
+		e.loaded = true
+	}
+	erased = e.users[userID]
+	e.mu.Unlock()
+	return erased, nil
 }

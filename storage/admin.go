@@ -111,7 +111,7 @@ func ListAdminAccounts(ctx context.Context, q Querier, f AccountFilter) ([]*Admi
 	if limit <= 0 {
 		limit = 100
 	}
-	query := `SELECT a.user_id, a.localpart, a.password_hash, a.created_ts, a.is_admin, a.is_guest, a.deactivated, a.displayname, a.avatar_url,
+	query := `SELECT a.user_id, a.localpart, a.password_hash, a.created_ts, a.is_admin, a.is_guest, a.deactivated, a.displayname, a.avatar_url, a.erased,
 		COALESCE((SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = a.user_id), 0) AS last_seen
 		FROM accounts a` + where + ` ORDER BY ` + col + ` ` + dir + `, a.user_id ASC LIMIT ` + arg(limit) + ` OFFSET ` + arg(max(f.From, 0))
 	rows, err := q.QueryContext(ctx, query, args...)
@@ -123,7 +123,7 @@ func ListAdminAccounts(ctx context.Context, q Querier, f AccountFilter) ([]*Admi
 	for rows.Next() {
 		var a AdminAccount
 		var dn, av sql.NullString
-		if err := rows.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.LastSeenTS); err != nil {
+		if err := rows.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased, &a.LastSeenTS); err != nil {
 			return nil, 0, err
 		}
 		a.DisplayName, a.AvatarURL = dn.String, av.String
@@ -134,7 +134,11 @@ func ListAdminAccounts(ctx context.Context, q Querier, f AccountFilter) ([]*Admi
 
 // ReactivateAccount clears the deactivated flag (admin API).
 func ReactivateAccount(ctx context.Context, q Querier, userID string) error {
-	_, err := q.ExecContext(ctx, `UPDATE accounts SET deactivated = FALSE WHERE user_id = $1`, userID)
+	// As Synapse does, a reactivated user is no longer erased.
+	_, err := q.ExecContext(ctx, `UPDATE accounts SET deactivated = FALSE, erased = FALSE WHERE user_id = $1`, userID)
+	if err == nil {
+		onCommit(q, func(db *DB) { db.erased.remove(userID) })
+	}
 	return err
 }
 
@@ -423,6 +427,14 @@ func ListLegalHolds(ctx context.Context, q Querier) ([]LegalHold, error) {
 		out = append(out, h)
 	}
 	return out, rows.Err()
+}
+
+// UserUnderHold reports whether the user is under legal hold: erasing
+// them would hide held history.
+func UserUnderHold(ctx context.Context, q Querier, userID string) (bool, error) {
+	var n int
+	err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM legal_holds WHERE scope = 'user' AND target = $1`, userID).Scan(&n)
+	return n > 0, err
 }
 
 // RoomUnderHold reports whether the room, or any user ever a member of it,

@@ -54,6 +54,8 @@ type DB struct {
 	keys    keyCache // ReadSyncState (e2ee_sync.go)
 	// ignores caches ignore lists (IgnoredUsers, accountdata.go).
 	ignores *ignoreCache
+	// erased is the set of erased users (Erased, accounts.go).
+	erased erasedSet
 	// fts is set once SQLite's event_search_fts is known to exist
 	// (hasFTS, search.go).
 	fts atomic.Bool

@@ -50,6 +50,7 @@ var migrations = []migration{
 	{Component: "reports", Version: 1, SQL: reportsV1},
 	{Component: "audit", Version: 1, SQL: auditV1},
 	{Component: "roles", Version: 2, SQL: rolesV2},
+	{Component: "accounts", Version: 2, SQL: accountsV2},
 }
 
 func (db *DB) rewriteDDL(s string) string {

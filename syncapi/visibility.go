@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 
+	"github.com/matrix-org/gomatrixserverlib"
+
 	"enclave/storage"
 )
 
@@ -16,7 +18,9 @@ import (
 //   - shared: also visible if the user joined at or after the event;
 //   - joined: only while joined.
 //
-// A user always sees their own membership events.
+// A user always sees their own membership events. The events of an erased
+// user (deactivated with erase) are redacted for a viewer who was not
+// joined when they were sent, as Synapse does.
 func (s *Syncer) Visible(ctx context.Context, userID, roomID string, evs []*storage.Event) ([]*storage.Event, error) {
 	if len(evs) == 0 {
 		return evs, nil
@@ -67,9 +71,37 @@ func (s *Syncer) Visible(ctx context.Context, userID, roomID string, evs []*stor
 				}
 			}
 		}
+		if visible && v.membership != "join" && ev.Sender != userID && !ev.Redacted {
+			// An erased user's events are for those who were there.
+			erased, err := storage.Erased(ctx, s.db, ev.Sender)
+			if err != nil {
+				return nil, err
+			}
+			if erased {
+				if ev, err = redactedCopy(ev); err != nil {
+					return nil, err
+				}
+			}
+		}
 		if visible {
 			out = append(out, ev)
 		}
 	}
 	return out, nil
+}
+
+// redactedCopy is ev as its room version's redaction algorithm leaves it;
+// the stored event is not touched.
+func redactedCopy(ev *storage.Event) (*storage.Event, error) {
+	ver, err := gomatrixserverlib.GetRoomVersion(gomatrixserverlib.RoomVersion(ev.RoomVersion))
+	if err != nil {
+		return nil, err
+	}
+	js, err := ver.RedactEventJSON(ev.JSON)
+	if err != nil {
+		return nil, err
+	}
+	cp := *ev
+	cp.JSON, cp.Redacted = js, true
+	return &cp, nil
 }
