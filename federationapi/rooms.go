@@ -44,10 +44,14 @@ func ServersInRoom(st roomserver.StateMap) []spec.ServerName {
 		if k.Type != spec.MRoomMember {
 			continue
 		}
-		if m, _ := e.Membership(); m != spec.Join {
+		// The domain first: membership is parsed from the event's
+		// content, and this runs inside every local event's transaction
+		// (QueueRoomEvent), so a known server's other members are skipped.
+		_, d, err := gomatrixserverlib.SplitID('@', k.StateKey)
+		if err != nil || seen[d] {
 			continue
 		}
-		if _, d, err := gomatrixserverlib.SplitID('@', k.StateKey); err == nil && !seen[d] {
+		if m, _ := e.Membership(); m == spec.Join {
 			seen[d] = true
 			out = append(out, d)
 		}
