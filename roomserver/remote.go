@@ -114,6 +114,12 @@ func (s *RoomServer) StoreRemoteInvite(ctx context.Context, invite gomatrixserve
 // unsigned invite_room_state.
 func (s *RoomServer) StoreRemoteMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) error {
 	roomID := ev.RoomID().String()
+	// Looked at before taking the room's lock: our own invite of a user of
+	// the sending server may hold it while that server's /invite call
+	// waits on this one.
+	if h, err := s.head(ctx, roomID); err == nil && h.state.Get(spec.MRoomCreate, "") != nil && ServerJoined(h.state, s.serverName) {
+		return nil
+	}
 	unlock := s.lock(roomID)
 	defer unlock()
 	if room, err := storage.GetRoom(ctx, s.db, roomID); err == nil && room.CurrentSnapshot != 0 {

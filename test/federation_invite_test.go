@@ -182,6 +182,33 @@ func TestFederationInviteJoin(t *testing.T) {
 			fedWaitMembership(t, n, room, bob2.UserID, "join", 10*time.Second)
 			fedWaitMembership(t, n, room, bob3.UserID, "leave", 10*time.Second)
 		}
+		// Both servers invite each other's users at the same moment: each
+		// holds its room while the other countersigns, without waiting on
+		// each other.
+		alice2 := fedUser(t, a, "alice2")
+		bob4 := fedUser(t, b, "bob4")
+		start := time.Now()
+		errs := make(chan error, 2)
+		go func() {
+			_, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob4.UserID})
+			errs <- err
+		}()
+		go func() {
+			_, err := bob.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: alice2.UserID})
+			errs <- err
+		}()
+		for i := 0; i < 2; i++ {
+			if err := <-errs; err != nil {
+				t.Fatalf("concurrent invites: %v", err)
+			}
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Fatalf("concurrent invites took %v", d)
+		}
+		for _, n := range []*FedNode{a, b} {
+			fedWaitMembership(t, n, room, bob4.UserID, "invite", 10*time.Second)
+			fedWaitMembership(t, n, room, alice2.UserID, "invite", 10*time.Second)
+		}
 		if d := fedStateDiff(fedStateIDs(t, alice, room), fedStateIDs(t, bob, room)); len(d) != 0 {
 			t.Fatalf("A and B disagree on the room state: %v", d)
 		}
