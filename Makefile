@@ -6,7 +6,7 @@ BIN       ?= bin/enclave
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X enclave/internal/server.Version=$(VERSION)
 
-.PHONY: run build test test-go test-node lint fmt vet bench clean
+.PHONY: run build test test-go test-node lint fmt vet bench clean notice
 
 ## run: build and serve on 127.0.0.1:8008 with SQLite under ./data (created on first start)
 run: build
@@ -36,6 +36,10 @@ fmt:
 lint: vet
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || (gofmt -l $$(git ls-files '*.go'); exit 1)
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 -tags $(TAGS) ./...
+
+## notice: regenerate NOTICE (the licences of the modules in the binary) after changing go.mod
+notice:
+	UPDATE_NOTICE=1 $(GO) test -tags $(TAGS) -count=1 -run '^TestNotice$$' ./test
 
 clean:
 	rm -rf bin
