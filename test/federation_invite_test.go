@@ -90,6 +90,39 @@ func fedWaitInvited(t *testing.T, cli *mautrix.Client, room id.RoomID, timeout t
 	return nil
 }
 
+// fedSyncToken is cli's current sync token.
+func fedSyncToken(t *testing.T, cli *mautrix.Client) string {
+	t.Helper()
+	resp, err := cli.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.NextBatch
+}
+
+// fedWaitLeftSync syncs cli from since until room is in its leave section
+// with cli's own leave in the timeline.
+func fedWaitLeftSync(t *testing.T, cli *mautrix.Client, since string, room id.RoomID, timeout time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		resp, err := cli.SyncRequest(ctxT(t), 1000, since, "", false, event.PresenceOnline)
+		if err != nil {
+			t.Fatalf("sync: %v", err)
+		}
+		since = resp.NextBatch
+		if lr, ok := resp.Rooms.Leave[room]; ok {
+			for _, e := range lr.Timeline.Events {
+				if e.Type == event.StateMember && e.GetStateKey() == cli.UserID.String() && e.Content.Raw["membership"] == "leave" {
+					return
+				}
+			}
+			t.Fatalf("%s's leave section for %s lacks its leave: %+v", cli.UserID, room, lr.Timeline.Events)
+		}
+	}
+	t.Fatalf("%s never saw %s in its leave section", cli.UserID, room)
+}
+
 // TestFederationInviteJoin: a user on A invites a user on B into an
 // invite-only room; the invite A stores carries B's signature (B
 // countersigned it through /invite), so when B's user accepts, B accepts
@@ -269,9 +302,11 @@ func TestFederationInviteJoin(t *testing.T) {
 				t.Fatalf("invite %d: %v", i, err)
 			}
 			fedWaitMembership(t, b, room, bob.UserID, "invite", 10*time.Second)
+			since := fedSyncToken(t, bob)
 			if _, err := bob.LeaveRoom(ctxT(t), room); err != nil {
 				t.Fatalf("rejecting invite %d: %v", i, err)
 			}
+			fedWaitLeftSync(t, bob, since, room, 10*time.Second)
 			fedWaitMembership(t, a, room, bob.UserID, "leave", 10*time.Second)
 			fedWaitMembership(t, b, room, bob.UserID, "leave", 10*time.Second)
 			if _, m, _ := fedMemberEvent(t, a, room, bob.UserID); m != "leave" {
