@@ -156,3 +156,13 @@ func appendInt(b []byte, n int) []byte {
 	}
 	return append(b, byte('0'+n%10))
 }
+
+// e2eeV2 records when each one-time key was uploaded: keys are claimed
+// oldest first (MSC4225), as a client expects the keys it uploaded first
+// (and may discard first) to go first. Keys stored before carry 0, older
+// than any new one. (The v1 index stays: released schema objects are not
+// dropped, see TestMigrationsKeepOldLedger.)
+const e2eeV2 = `
+ALTER TABLE e2ee_one_time_keys ADD COLUMN uploaded_ts BIGINT NOT NULL DEFAULT 0;
+CREATE INDEX e2ee_one_time_keys_claim ON e2ee_one_time_keys(user_id, device_id, algorithm, uploaded_ts, key_id);
+`

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 )
 
 // Device identity keys, one-time keys and fallback keys.
@@ -114,16 +115,17 @@ func (e *KeyConflictError) Error() string {
 // with *KeyConflictError. Run it in a transaction so a conflict stores none.
 func AddOneTimeKeys(ctx context.Context, q Querier, userID, deviceID string, keys []OneTimeKey) error {
 	defer keysWritten(q, userID) // after the writes (at once outside a transaction)
+	now := time.Now().UnixMilli()
 	for start := 0; start < len(keys); start += 100 {
 		chunk := keys[start:min(start+100, len(keys))]
-		args := make([]any, 0, 5*len(chunk))
+		args := make([]any, 0, 6*len(chunk))
 		vals := make([]string, 0, len(chunk))
 		for i, k := range chunk {
-			n := 5 * i
-			vals = append(vals, fmt.Sprintf("($%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5))
-			args = append(args, userID, deviceID, k.KeyID, k.Algorithm, string(k.JSON))
+			n := 6 * i
+			vals = append(vals, fmt.Sprintf("($%d, $%d, $%d, $%d, $%d, $%d)", n+1, n+2, n+3, n+4, n+5, n+6))
+			args = append(args, userID, deviceID, k.KeyID, k.Algorithm, string(k.JSON), now)
 		}
-		inserted, err := queryStrings(ctx, q, `INSERT INTO e2ee_one_time_keys (user_id, device_id, key_id, algorithm, key_json) VALUES `+
+		inserted, err := queryStrings(ctx, q, `INSERT INTO e2ee_one_time_keys (user_id, device_id, key_id, algorithm, key_json, uploaded_ts) VALUES `+
 			strings.Join(vals, ", ")+` ON CONFLICT (user_id, device_id, key_id) DO NOTHING RETURNING key_id`, args...)
 		if err != nil {
 			return err
@@ -248,14 +250,14 @@ type ClaimedKey struct {
 	Fallback bool
 }
 
-// ClaimKey hands out one one-time key of the device for the algorithm,
+// ClaimKey hands out the device's oldest one-time key for the algorithm,
 // deleting it, or else the device's fallback key (marking it used). It
 // returns nil when the device has neither. Each one-time key goes to
 // exactly one caller even when claims run concurrently: SQLite runs one
 // writer at a time, and PostgreSQL claimers skip rows another is taking.
 func ClaimKey(ctx context.Context, q Querier, userID, deviceID, algorithm string) (*ClaimedKey, error) {
 	defer keysWritten(q, userID)
-	pick := `SELECT key_id FROM e2ee_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY key_id LIMIT 1`
+	pick := `SELECT key_id FROM e2ee_one_time_keys WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY uploaded_ts, key_id LIMIT 1`
 	if q.Store().Dialect == Postgres {
 		pick += ` FOR UPDATE SKIP LOCKED`
 	}

@@ -51,6 +51,7 @@ var migrations = []migration{
 	{Component: "audit", Version: 1, SQL: auditV1},
 	{Component: "roles", Version: 2, SQL: rolesV2},
 	{Component: "accounts", Version: 2, SQL: accountsV2},
+	{Component: "e2ee", Version: 2, SQL: e2eeV2},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -3,6 +3,7 @@ package test
 import (
 	"net/url"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -183,6 +184,30 @@ func TestEventContent(t *testing.T) {
 			other := loginClient(t, srv.URL, "alice", "alice-pass")
 			if send(other, r1) == a1 {
 				t.Fatal("another device's txnId must be another event")
+			}
+		})
+
+		t.Run("one-time keys are claimed oldest first", func(t *testing.T) {
+			upload := func(keyID string) {
+				t.Helper()
+				r := raw(t, "POST", v3+"/keys/upload", bob.AccessToken, map[string]any{"one_time_keys": map[string]any{
+					"signed_curve25519:" + keyID: map[string]any{"key": "key-" + keyID}}})
+				if r.Status != 200 {
+					t.Fatalf("upload %s: %d %s", keyID, r.Status, r.Raw)
+				}
+			}
+			// Uploaded in the opposite order of their IDs, in separate requests.
+			for _, k := range []string{"9", "5", "1"} {
+				upload(k)
+				time.Sleep(5 * time.Millisecond)
+			}
+			for _, want := range []string{"9", "5", "1"} {
+				r := raw(t, "POST", v3+"/keys/claim", alice.AccessToken, map[string]any{"one_time_keys": map[string]any{
+					bob.UserID.String(): map[string]string{bob.DeviceID.String(): "signed_curve25519"}}})
+				keys, _ := r.Body["one_time_keys"].(map[string]any)[bob.UserID.String()].(map[string]any)[bob.DeviceID.String()].(map[string]any)
+				if _, ok := keys["signed_curve25519:"+want]; !ok || len(keys) != 1 {
+					t.Fatalf("claim: want key %s, got %s", want, r.Raw)
+				}
 			}
 		})
 	})
