@@ -255,7 +255,7 @@ type DirectoryUser struct {
 // (case-insensitively) among those visible to searcher: users sharing a
 // joined room with them and users joined to public rooms (join rule public
 // or published in the directory), plus every local account when allLocal.
-// Deactivated accounts never appear. Results are ordered: prefix matches
+// Deactivated accounts and the searcher never appear. Results are ordered: prefix matches
 // first, then users with a display name, then by user ID. At most limit
 // rows are returned.
 func SearchUsers(ctx context.Context, q Querier, searcher, term string, allLocal bool, limit int) ([]DirectoryUser, error) {
@@ -269,7 +269,7 @@ func SearchUsers(ctx context.Context, q Querier, searcher, term string, allLocal
 	}
 	rows, err := q.QueryContext(ctx, `SELECT u.user_id, COALESCE(a.displayname, ''), COALESCE(a.avatar_url, '') FROM (`+candidates+`) u
 		LEFT JOIN accounts a ON a.user_id = u.user_id
-		WHERE COALESCE(a.deactivated, FALSE) = FALSE
+		WHERE COALESCE(a.deactivated, FALSE) = FALSE AND u.user_id <> $1
 		AND (LOWER(u.user_id) LIKE $2 ESCAPE '!' OR LOWER(COALESCE(a.displayname, '')) LIKE $2 ESCAPE '!')
 		ORDER BY CASE WHEN LOWER(COALESCE(a.displayname, '')) LIKE $3 ESCAPE '!' OR LOWER(u.user_id) LIKE $4 ESCAPE '!' THEN 0 ELSE 1 END,
 			CASE WHEN COALESCE(a.displayname, '') = '' THEN 1 ELSE 0 END, u.user_id

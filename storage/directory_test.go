@@ -272,8 +272,12 @@ func TestSearchUsers(t *testing.T) {
 		if got := search("@alice:test", "%", true, 10); got != "[]" {
 			t.Fatalf("wildcard matched: %s", got)
 		}
-		if got := search("@alice:test", ":test", false, 2); got != "[@alice:test=Alice @bob:test=Bobby Tables]" {
+		// The searcher is never among the results.
+		if got := search("@alice:test", ":test", false, 2); got != "[@bob:test=Bobby Tables @robert:test=Bob]" {
 			t.Fatalf("limit: %s", got)
+		}
+		if got := search("@alice:test", "alice", true, 10); got != "[]" {
+			t.Fatalf("alice finds herself: %s", got)
 		}
 	})
 }

@@ -210,5 +210,61 @@ func TestEventContent(t *testing.T) {
 				}
 			}
 		})
+		t.Run("user directory", func(t *testing.T) {
+			carol := registerClient(t, srv.URL, "carol", "carol-pass")
+			eve := registerClient(t, srv.URL, "eve", "eve-pass")
+			if err := carol.SetDisplayName(ctx, "Carol Cooper"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := carol.CreateRoom(ctx, &mautrix.ReqCreateRoom{Visibility: "public", Preset: "public_chat"}); err != nil {
+				t.Fatal(err)
+			}
+			priv := create(&mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{carol.UserID}})
+			if _, err := carol.JoinRoomByID(ctx, priv); err != nil {
+				t.Fatal(err)
+			}
+			// Carol's name in alice's room only.
+			if _, err := carol.SendStateEvent(ctx, priv, event.StateMember, carol.UserID.String(), map[string]any{"membership": "join", "displayname": "Freddy"}); err != nil {
+				t.Fatal(err)
+			}
+			if c := state(alice, priv, event.StateMember, carol.UserID.String()); c["displayname"] != "Freddy" {
+				t.Fatalf("room-specific name: %v", c)
+			}
+			search := func(cli *mautrix.Client, term string) []map[string]any {
+				t.Helper()
+				r := raw(t, "POST", v3+"/user_directory/search", cli.AccessToken, map[string]any{"search_term": term})
+				if r.Status != 200 {
+					t.Fatalf("search %q: %d %s", term, r.Status, r.Raw)
+				}
+				var out []map[string]any
+				for _, x := range r.Body["results"].([]any) {
+					out = append(out, x.(map[string]any))
+				}
+				return out
+			}
+			for _, who := range []*mautrix.Client{alice, eve} {
+				for _, term := range []string{"Carol Cooper", "@carol"} {
+					if res := search(who, term); len(res) != 1 || res[0]["user_id"] != carol.UserID.String() || res[0]["display_name"] != "Carol Cooper" {
+						t.Fatalf("%s searching %q: %v", who.UserID, term, res)
+					}
+				}
+				if res := search(who, "Freddy"); len(res) != 0 {
+					t.Fatalf("%s finds the room-specific name: %v", who.UserID, res)
+				}
+			}
+			// The searcher is never a result of their own search.
+			if res := search(carol, "carol"); len(res) != 0 {
+				t.Fatalf("carol finds herself: %v", res)
+			}
+			if res := search(alice, "localhost"); len(res) == 0 {
+				t.Fatal("alice finds nobody")
+			} else {
+				for _, u := range res {
+					if u["user_id"] == alice.UserID.String() {
+						t.Fatalf("alice finds herself: %v", res)
+					}
+				}
+			}
+		})
 	})
 }
