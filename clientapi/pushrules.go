@@ -328,3 +328,66 @@ func (ad *accountData) setPusher(r *http.Request, dev *httpapi.Device) httpapi.R
 	}
 	return httpapi.JSON(200, map[string]any{})
 }
+
+// copyRoomPushRules gives userID, for newRoom, the rules they set for
+// oldRoom (the room's own rule and any rule whose conditions name the
+// room), as the spec's room upgrade asks: a muted room stays muted in its
+// replacement. A rule already set for newRoom is kept as it is.
+func (ad *accountData) copyRoomPushRules(ctx context.Context, userID, oldRoom, newRoom string) error {
+	rows, err := storage.PushRules(ctx, ad.db, userID)
+	if err != nil {
+		return err
+	}
+	type copied struct {
+		kind, id string
+		body     json.RawMessage
+		disabled bool
+	}
+	have := map[string]bool{}
+	for _, r := range rows {
+		have[r.Kind+"\x00"+r.RuleID] = true
+	}
+	var out []copied
+	for _, r := range rows {
+		if pushrules.IsServerDefault(r.RuleID) || r.Body == nil {
+			continue
+		}
+		var body map[string]any
+		if json.Unmarshal(r.Body, &body) != nil {
+			continue
+		}
+		named := r.Kind == "room" && r.RuleID == oldRoom
+		conds, _ := body["conditions"].([]any)
+		for _, c := range conds {
+			if cm, ok := c.(map[string]any); ok && cm["pattern"] == oldRoom {
+				cm["pattern"] = newRoom
+				named = true
+			}
+		}
+		newID := strings.ReplaceAll(r.RuleID, oldRoom, newRoom)
+		if !named || newID == r.RuleID || have[r.Kind+"\x00"+newID] {
+			continue
+		}
+		b, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		out = append(out, copied{kind: r.Kind, id: newID, body: b, disabled: r.Enabled != nil && !*r.Enabled})
+	}
+	if len(out) == 0 {
+		return nil
+	}
+	return ad.changeRules(ctx, userID, func(tx *storage.Tx) error {
+		for _, c := range out {
+			if err := storage.PutUserPushRule(ctx, tx, userID, c.kind, c.id, c.body, "", ""); err != nil {
+				return err
+			}
+			if c.disabled {
+				if err := storage.SetPushRuleEnabled(ctx, tx, userID, c.kind, c.id, false); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -27,6 +27,8 @@ type rooms struct {
 	rs       roomserver.API
 	fed      Federation
 	accounts *accounts // optional authentication of preview endpoints
+	// accountData carries members' room push rules over an upgrade.
+	accountData *accountData
 	// upgradeLocks serialises upgrades of the same room, so a double click
 	// cannot create two replacement rooms.
 	upgradeLocks sync.Map // room ID -> *sync.Mutex

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
+	"strings"
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -86,6 +87,13 @@ func (rm *rooms) upgradeRoom(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	}
 	if err := rm.retireRoom(r.Context(), dev, roomID, newRoom, st); err != nil {
 		return roomError(r, err)
+	}
+	for k, ev := range st {
+		if m, _ := ev.Membership(); k.Type == "m.room.member" && m == "join" && strings.HasSuffix(k.StateKey, ":"+rm.opts.ServerName) {
+			if err := rm.accountData.copyRoomPushRules(r.Context(), k.StateKey, roomID, newRoom); err != nil {
+				logrus.WithError(err).WithField("user_id", k.StateKey).Warn("upgrade: could not copy push rules to the new room")
+			}
+		}
 	}
 	return httpapi.JSON(200, map[string]string{"replacement_room": newRoom})
 }

@@ -266,5 +266,58 @@ func TestEventContent(t *testing.T) {
 				}
 			}
 		})
+		t.Run("upgrade copies room push rules", func(t *testing.T) {
+			room := create(&mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
+			if _, err := bob.JoinRoomByID(ctx, room); err != nil {
+				t.Fatal(err)
+			}
+			rule := func(cli *mautrix.Client, kind, ruleID string) string {
+				return v3 + "/pushrules/global/" + kind + "/" + url.PathEscape(ruleID)
+			}
+			put := func(cli *mautrix.Client, kind, ruleID string, body map[string]any) {
+				t.Helper()
+				if r := raw(t, "PUT", rule(cli, kind, ruleID), cli.AccessToken, body); r.Status != 200 {
+					t.Fatalf("put %s rule: %d %s", kind, r.Status, r.Raw)
+				}
+			}
+			put(alice, "room", room.String(), map[string]any{"actions": []string{"dont_notify"}})
+			put(alice, "underride", room.String(), map[string]any{"actions": []string{"dont_notify"},
+				"conditions": []map[string]any{{"kind": "event_match", "key": "room_id", "pattern": room.String()}}})
+			put(alice, "override", "unrelated", map[string]any{"actions": []string{"notify"},
+				"conditions": []map[string]any{{"kind": "event_match", "key": "room_id", "pattern": room.String()}}})
+			put(bob, "room", room.String(), map[string]any{"actions": []string{"dont_notify"}})
+			if r := raw(t, "PUT", rule(bob, "room", room.String())+"/enabled", bob.AccessToken, map[string]any{"enabled": false}); r.Status != 200 {
+				t.Fatalf("disable: %d %s", r.Status, r.Raw)
+			}
+			up := raw(t, "POST", roomURL(room, "/upgrade"), alice.AccessToken, map[string]any{"new_version": "11"})
+			newRoom, _ := up.Body["replacement_room"].(string)
+			if up.Status != 200 || newRoom == "" {
+				t.Fatalf("upgrade: %d %s", up.Status, up.Raw)
+			}
+			get := func(cli *mautrix.Client, kind, ruleID string) map[string]any {
+				t.Helper()
+				r := raw(t, "GET", rule(cli, kind, ruleID), cli.AccessToken, nil)
+				if r.Status != 200 {
+					t.Fatalf("%s's %s rule %s: %d %s", cli.UserID, kind, ruleID, r.Status, r.Raw)
+				}
+				return r.Body
+			}
+			for _, who := range []*mautrix.Client{alice, bob} {
+				for _, id := range []string{room.String(), newRoom} {
+					if r := get(who, "room", id); r["actions"].([]any)[0] != "dont_notify" {
+						t.Fatalf("%s's room rule %s: %v", who.UserID, id, r)
+					}
+				}
+			}
+			if r := get(bob, "room", newRoom); r["enabled"] != false {
+				t.Fatalf("bob's rule must stay disabled: %v", r)
+			}
+			if r := get(alice, "underride", newRoom); r["conditions"].([]any)[0].(map[string]any)["pattern"] != newRoom {
+				t.Fatalf("underride copy: %v", r)
+			}
+			if r := get(alice, "override", "unrelated"); r["conditions"].([]any)[0].(map[string]any)["pattern"] != room.String() {
+				t.Fatalf("a rule not named for the room is left alone: %v", r)
+			}
+		})
 	})
 }
