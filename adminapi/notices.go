@@ -19,7 +19,8 @@ func (a *API) noticeSender() string { return "@_server:" + a.ServerName }
 
 // POST /_synapse/admin/v1/send_server_notice (and PUT …/{txnId}): send a
 // message to a local user in their server-notice room, created (and the
-// user invited) on first use.
+// user invited) on first use and reused after (the user is invited back
+// if they left it).
 func (a *API) sendServerNotice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req struct {
 		UserID   string          `json:"user_id"`
@@ -54,9 +55,19 @@ func (a *API) sendServerNotice(r *http.Request, dev *httpapi.Device) httpapi.Res
 		return httpapi.InternalError(r, err)
 	}
 	if roomID != "" {
-		// A room the user left (or that was purged) is replaced.
-		if m, err := a.Rooms.Membership(ctx, roomID, req.UserID); err != nil || (m != "join" && m != "invite") {
+		// A user who left their notice room is invited back into it (one
+		// room per user, its history kept); only a room that is gone, or
+		// that they cannot come back to, is replaced.
+		m, err := a.Rooms.Membership(ctx, roomID, req.UserID)
+		switch {
+		case err != nil || m == "ban":
 			roomID = ""
+		case m == "leave" || m == "":
+			target := req.UserID
+			invite, _ := json.Marshal(map[string]any{"membership": "invite"})
+			if _, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: sender, Type: "m.room.member", StateKey: &target, Content: invite}); err != nil {
+				roomID = ""
+			}
 		}
 	}
 	if roomID == "" {

@@ -461,6 +461,15 @@ func (rm *rooms) leaveRoom(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if cur == "leave" {
 		return httpapi.JSON(200, struct{}{})
 	}
+	if cur == "invite" {
+		// The invite to the server-notice room cannot be rejected: notices
+		// must reach the user (they may leave once they have joined).
+		if notices, err := storage.ServerNoticeRoom(r.Context(), rm.db, dev.UserID); err != nil {
+			return httpapi.InternalError(r, err)
+		} else if notices == roomID {
+			return httpapi.Errf(http.StatusForbidden, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM", "the server notices room cannot be left before joining it")
+		}
+	}
 	content := map[string]any{"membership": "leave"}
 	if !copyExtra(content, body) {
 		return httpapi.BadJSON("reason must be a string")

@@ -319,5 +319,58 @@ func TestEventContent(t *testing.T) {
 				t.Fatalf("a rule not named for the room is left alone: %v", r)
 			}
 		})
+		t.Run("server notices room", func(t *testing.T) {
+			admin := sessionClient(t, srv.URL, Register(t, srv.URL, "noticeadmin", "admin-pass", true))
+			dave := registerClient(t, srv.URL, "dave", "dave-pass")
+			notice := func(txn string) string {
+				t.Helper()
+				method, u := "POST", srv.URL+"/_synapse/admin/v1/send_server_notice"
+				if txn != "" {
+					method, u = "PUT", u+"/"+txn
+				}
+				r := raw(t, method, u, admin.AccessToken, map[string]any{"user_id": dave.UserID, "content": map[string]any{"msgtype": "m.text", "body": "hello"}})
+				if r.Status != 200 {
+					t.Fatalf("notice: %d %s", r.Status, r.Raw)
+				}
+				return r.Body["event_id"].(string)
+			}
+			raw(t, "POST", srv.URL+"/_synapse/admin/v1/send_server_notice", dave.AccessToken, map[string]any{"user_id": dave.UserID,
+				"content": map[string]any{"msgtype": "m.text", "body": "x"}}).wantErr(t, "not an admin", 403, "M_FORBIDDEN")
+			first := notice("")
+			roomID, err := storage.ServerNoticeRoom(ctx, srv.DB, dave.UserID.String())
+			if err != nil || roomID == "" {
+				t.Fatalf("notice room: %q %v", roomID, err)
+			}
+			room := id.RoomID(roomID)
+			if m, _ := srv.Rooms.Membership(ctx, roomID, dave.UserID.String()); m != "invite" {
+				t.Fatalf("dave is %q, want invited", m)
+			}
+			raw(t, "POST", roomURL(room, "/leave"), dave.AccessToken, map[string]any{}).wantErr(t, "reject the notice invite", 403, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM")
+			if m, _ := srv.Rooms.Membership(ctx, roomID, dave.UserID.String()); m != "invite" {
+				t.Fatalf("after the refused leave dave is %q", m)
+			}
+			if _, err := dave.JoinRoomByID(ctx, room); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dave.GetEvent(ctx, room, id.EventID(first)); err != nil {
+				t.Fatalf("dave reads the notice: %v", err)
+			}
+			if _, err := dave.LeaveRoom(ctx, room); err != nil {
+				t.Fatalf("leaving once joined: %v", err)
+			}
+			second := notice("")
+			if again, _ := storage.ServerNoticeRoom(ctx, srv.DB, dave.UserID.String()); again != roomID {
+				t.Fatalf("a new notice room %s, want %s", again, roomID)
+			}
+			if m, _ := srv.Rooms.Membership(ctx, roomID, dave.UserID.String()); m != "invite" {
+				t.Fatalf("dave is %q after the second notice, want invited back", m)
+			}
+			if ev, err := storage.GetEvent(ctx, srv.DB, second); err != nil || ev.RoomID != roomID {
+				t.Fatalf("second notice: %+v %v", ev, err)
+			}
+			if a, b := notice("n1"), notice("n1"); a != b {
+				t.Fatalf("notice txnId: %s then %s", a, b)
+			}
+		})
 	})
 }
