@@ -130,11 +130,11 @@ func (s *RoomServer) StoreRemoteMembership(ctx context.Context, origin spec.Serv
 		if ServerJoined(h.state, s.serverName) {
 			return nil
 		}
-		if err := s.inputLocked(ctx, origin, ev, false); err == nil {
+		err = s.inputLocked(ctx, origin, ev, false)
+		if err == nil {
 			return nil
-		} else {
-			logrus.WithError(err).WithField("event_id", ev.EventID()).Debug("membership kept beside a room we left")
 		}
+		logrus.WithError(err).WithField("event_id", ev.EventID()).Debug("membership kept beside a room we left")
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
 	}
