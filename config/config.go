@@ -1,11 +1,13 @@
 package config
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"time"
 
@@ -273,6 +275,9 @@ func Load(path string, dataDir string) (*Config, error) {
 	if err := c.ApplyEnv(os.LookupEnv); err != nil {
 		return nil, err
 	}
+	if err := c.unknownEnv(os.Environ()); err != nil {
+		return nil, err
+	}
 	if err := c.resolvePaths(dataDir); err != nil {
 		return nil, err
 	}
@@ -283,12 +288,22 @@ func Load(path string, dataDir string) (*Config, error) {
 }
 
 func decodeFile(path string, c *Config) error {
-	f, err := os.Open(path)
+	data, err := os.ReadFile(path)
 	if err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	defer f.Close()
-	dec := yaml.NewDecoder(f)
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return fmt.Errorf("config: %s is not valid YAML: %w", path, err)
+	}
+	if errs := checkNode(&doc, reflect.TypeOf(*c), ""); len(errs) > 0 {
+		lines := make([]string, len(errs))
+		for i, e := range errs {
+			lines[i] = "  " + e.Error()
+		}
+		return fmt.Errorf("config: %s:\n%s", path, strings.Join(lines, "\n"))
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
 	dec.KnownFields(true)
 	if err := dec.Decode(c); err != nil && !errors.Is(err, io.EOF) { // EOF: empty file means all defaults
 		return fmt.Errorf("config: %s: %w", path, err)

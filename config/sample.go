@@ -223,3 +223,29 @@ func redactURL(raw, rendered string) string {
 	}
 	return strings.Replace(u.String(), placeholder, Mask, 1)
 }
+
+// PrintYAML writes the effective configuration as commented YAML (the form
+// of the generated file), with secrets masked as Print masks them, so that
+// the output can be pasted into a bug report or kept as a template.
+func PrintYAML(w io.Writer, c *Config) error {
+	cp := *c
+	for _, o := range cp.options() {
+		switch {
+		case o.Secret == "":
+		case o.Secret == "url" && o.Value.Kind() == reflect.String:
+			if val, err := yamlValue(o.Value); err == nil {
+				o.Value.SetString(strings.Trim(redactURL(o.Value.String(), val), `"`))
+			}
+		case o.Value.Kind() == reflect.String && o.Value.String() != "":
+			o.Value.SetString(Mask)
+		case o.Value.Type() == reflect.TypeOf([]string(nil)) && o.Value.Len() > 0:
+			o.Value.Set(reflect.ValueOf([]string{Mask}))
+		}
+	}
+	data, err := MarshalAnnotated(&cp)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}

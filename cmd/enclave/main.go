@@ -78,8 +78,27 @@ func usage() {
 	fmt.Fprint(os.Stderr, "  version         print the version\n\ncommon flags:\n  --data DIR      data directory holding enclave.yaml, keys, database and media (default ./data)\n")
 }
 
-// loadConfig reads DIR/enclave.yaml, creating it on first use.
+// loadConfig reads DIR/enclave.yaml. Only serve creates a data directory
+// (loadOrCreateConfig): a tool given a wrong --data must say so, not make
+// a fresh directory with a new secret beside the real one.
 func loadConfig(dataDir string) (*config.Config, string, bool, error) {
+	abs, err := filepath.Abs(dataDir)
+	if err != nil {
+		return nil, "", false, err
+	}
+	path := filepath.Join(abs, config.ConfigFileName)
+	if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, "", false, fmt.Errorf("no Enclave data directory at %s (no %s there): give the right --data, or run `enclave serve --data %s` once to create one", abs, config.ConfigFileName, dataDir)
+	} else if err != nil {
+		return nil, "", false, err
+	}
+	cfg, err := config.Load(path, abs)
+	return cfg, path, false, err
+}
+
+// loadOrCreateConfig is loadConfig that writes a commented default config
+// (with a new shared secret) on first use.
+func loadOrCreateConfig(dataDir string) (*config.Config, string, bool, error) {
 	abs, err := filepath.Abs(dataDir)
 	if err != nil {
 		return nil, "", false, err
@@ -90,6 +109,18 @@ func loadConfig(dataDir string) (*config.Config, string, bool, error) {
 	}
 	cfg, err := config.Load(path, abs)
 	return cfg, path, created, err
+}
+
+// noArgs parses flags given anywhere and refuses stray arguments.
+func noArgs(fl *flag.FlagSet, args []string) error {
+	pos, err := parseMixed(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) > 0 {
+		return fmt.Errorf("%s: unexpected argument %q", fl.Name(), pos[0])
+	}
+	return nil
 }
 
 func setupLogging(cfg *config.Config) {
@@ -106,8 +137,10 @@ func setupLogging(cfg *config.Config) {
 func cmdServe(args []string) error {
 	fl := flag.NewFlagSet("serve", flag.ExitOnError)
 	dataDir := fl.String("data", "./data", "data directory")
-	_ = fl.Parse(args)
-	cfg, path, created, err := loadConfig(*dataDir)
+	if err := noArgs(fl, args); err != nil {
+		return err
+	}
+	cfg, path, created, err := loadOrCreateConfig(*dataDir)
 	if err != nil {
 		return err
 	}
@@ -156,6 +189,7 @@ func reload(path string, running *config.Config, srv *server.Server) {
 		return
 	}
 	setupLogging(cfg)
+	restart := config.RestartNeeded(running, cfg)
 	running.Log = cfg.Log
 	srv.ConfigReloaded(path, nil)
 	if f := srv.Federation; f != nil {
@@ -166,26 +200,43 @@ func reload(path string, running *config.Config, srv *server.Server) {
 			logrus.Info("SIGHUP: federation policy reloaded")
 		}
 	}
-	logrus.Info("SIGHUP: configuration reloaded (log and federation policy applied; other changes need a restart)")
+	if len(restart) > 0 {
+		logrus.WithField("needs_restart", strings.Join(restart, ", ")).Warn("SIGHUP: configuration reloaded (log and federation policy applied); these changed settings take effect only after a restart")
+		return
+	}
+	logrus.Info("SIGHUP: configuration reloaded (log and federation policy applied)")
 }
 
+// cmdConfig prints the effective configuration; it never writes anything.
 func cmdConfig(args []string) error {
 	fl := flag.NewFlagSet("config", flag.ExitOnError)
 	dataDir := fl.String("data", "./data", "data directory")
-	_ = fl.Parse(args)
+	format := fl.String("format", "list", "list (key = value (ENV)) or yaml")
+	if err := noArgs(fl, args); err != nil {
+		return err
+	}
 	cfg, path, _, err := loadConfig(*dataDir)
 	if err != nil {
 		return err
 	}
-	fmt.Printf("# effective configuration from %s (secrets masked)\n", path)
-	return config.Print(os.Stdout, cfg)
+	switch *format {
+	case "list":
+		fmt.Printf("# effective configuration from %s (secrets masked)\n", path)
+		return config.Print(os.Stdout, cfg)
+	case "yaml":
+		fmt.Printf("# effective configuration from %s (secrets masked)\n", path)
+		return config.PrintYAML(os.Stdout, cfg)
+	}
+	return fmt.Errorf("config: --format is list or yaml, not %q", *format)
 }
 
 func cmdGenerateKeys(args []string) error {
 	fl := flag.NewFlagSet("generate-keys", flag.ExitOnError)
 	dataDir := fl.String("data", "./data", "data directory")
 	force := fl.Bool("force", false, "replace an existing key")
-	_ = fl.Parse(args)
+	if err := noArgs(fl, args); err != nil {
+		return err
+	}
 	cfg, _, _, err := loadConfig(*dataDir)
 	if err != nil {
 		return err
@@ -205,15 +256,28 @@ func cmdCreateUser(args []string) error {
 	fl := flag.NewFlagSet("create-user", flag.ExitOnError)
 	dataDir := fl.String("data", "./data", "data directory")
 	admin := fl.Bool("admin", false, "make the user a server administrator")
-	_ = fl.Parse(args)
-	if fl.NArg() < 1 {
+	// Flags may come before or after the user name; a password that starts
+	// with "-" goes after "--" (or at the prompt).
+	pos, err := parseMixed(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 1 || len(pos) > 2 {
 		return errors.New("usage: enclave create-user [--data DIR] [--admin] USER [PASSWORD]")
 	}
-	localpart := strings.TrimPrefix(fl.Arg(0), "@")
+	// The data directory must exist before a password is asked for.
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	localpart := strings.TrimPrefix(pos[0], "@")
 	if i := strings.IndexByte(localpart, ':'); i >= 0 {
 		localpart = localpart[:i]
 	}
-	password := fl.Arg(1)
+	var password string
+	if len(pos) == 2 {
+		password = pos[1]
+	}
 	if password == "" {
 		fmt.Fprint(os.Stderr, "password: ")
 		line, err := bufio.NewReader(os.Stdin).ReadString('\n')
@@ -221,10 +285,6 @@ func cmdCreateUser(args []string) error {
 			return errors.New("no password given")
 		}
 		password = strings.TrimRight(line, "\r\n")
-	}
-	cfg, _, _, err := loadConfig(*dataDir)
-	if err != nil {
-		return err
 	}
 	ctx := context.Background()
 	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{MaxOpenConns: 2})

@@ -1,0 +1,108 @@
+package test
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"gopkg.in/yaml.v3"
+
+	"enclave/config"
+	"enclave/storage"
+)
+
+// TestCLI drives the real binary as an operator would (issue: `create-user
+// dave --admin --data DIR` made a ./data with password "--admin"; `config`
+// on a missing directory wrote a new config with a new secret; a misspelt
+// ENCLAVE_* variable was ignored).
+func TestCLI(t *testing.T) {
+	bin := enclaveBinary(t)
+	work := t.TempDir() // the working directory: nothing may appear in it
+	dataDir := filepath.Join(t.TempDir(), "data")
+	if _, _, err := config.EnsureDataDir(dataDir); err != nil { // as serve's first start leaves it
+		t.Fatal(err)
+	}
+	run := func(env []string, args ...string) (string, error) {
+		cmd := exec.Command(bin, args...)
+		cmd.Dir = work
+		cmd.Env = append(os.Environ(), env...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+
+	t.Run("flags after the user name", func(t *testing.T) {
+		if out, err := run(nil, "create-user", "dave", "--admin", "--data", dataDir, "dave-password"); err != nil {
+			t.Fatalf("create-user: %v\n%s", err, out)
+		}
+		cfg, err := config.Load(filepath.Join(dataDir, config.ConfigFileName), dataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		db, err := storage.Open(context.Background(), cfg.Database.URL, storage.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		acc, err := storage.GetAccount(context.Background(), db, "@dave:localhost")
+		if err != nil || !acc.IsAdmin {
+			t.Fatalf("dave: %+v, %v: want an admin", acc, err)
+		}
+		if out, err := run(nil, "create-user", "erin", "--data", dataDir, "pw", "extra"); err == nil {
+			t.Fatalf("a stray argument was accepted: %s", out)
+		}
+	})
+
+	t.Run("tools never create a data directory", func(t *testing.T) {
+		missing := filepath.Join(t.TempDir(), "nowhere")
+		for _, args := range [][]string{
+			{"create-user", "erin", "--data", missing, "pw"},
+			{"config", "--data", missing},
+			{"generate-keys", "--data", missing},
+			{"create-user", "frank", "pw"}, // default ./data in the working directory
+		} {
+			out, err := run(nil, args...)
+			if err == nil || !strings.Contains(out, "no Enclave data directory") {
+				t.Errorf("%v: %v\n%s", args, err, out)
+			}
+		}
+		if _, err := os.Stat(missing); !os.IsNotExist(err) {
+			t.Errorf("%s was created", missing)
+		}
+		if entries, _ := os.ReadDir(work); len(entries) != 0 {
+			t.Errorf("the working directory gained %v", entries)
+		}
+	})
+
+	t.Run("config prints, masked, as a list or YAML", func(t *testing.T) {
+		before, _ := os.ReadFile(filepath.Join(dataDir, config.ConfigFileName))
+		out, err := run(nil, "config", "--format", "yaml", "--data", dataDir)
+		if err != nil {
+			t.Fatalf("config --format yaml: %v\n%s", err, out)
+		}
+		var parsed map[string]any
+		if err := yaml.Unmarshal([]byte(out), &parsed); err != nil || parsed["server_name"] != "localhost" {
+			t.Fatalf("not YAML with server_name: %v\n%s", err, out)
+		}
+		cfg, _ := config.Load(filepath.Join(dataDir, config.ConfigFileName), dataDir)
+		if strings.Contains(out, cfg.Registration.SharedSecret) || !strings.Contains(out, config.Mask) {
+			t.Fatalf("the shared secret is not masked:\n%s", out)
+		}
+		if out, err := run(nil, "config", "--data", dataDir); err != nil || !strings.Contains(out, "server_name = ") {
+			t.Fatalf("config list: %v\n%s", err, out)
+		}
+		after, _ := os.ReadFile(filepath.Join(dataDir, config.ConfigFileName))
+		if string(before) != string(after) {
+			t.Fatal("printing the config changed the file")
+		}
+	})
+
+	t.Run("a misspelt environment variable is an error", func(t *testing.T) {
+		out, err := run([]string{"ENCLAVE_FEDERATON_ENABLED=true"}, "config", "--data", dataDir)
+		if err == nil || !strings.Contains(out, "ENCLAVE_FEDERATON_ENABLED matches no option (did you mean ENCLAVE_FEDERATION_ENABLED?)") {
+			t.Fatalf("%v\n%s", err, out)
+		}
+	})
+}
