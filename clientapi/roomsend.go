@@ -72,7 +72,14 @@ func (rm *rooms) redact(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}
 	v := httpapi.Vars(r)
 	target, err := storage.GetEvent(r.Context(), rm.db, v["eventId"])
-	if errors.Is(err, storage.ErrNotFound) || (err == nil && target.RoomID != roomID) {
+	if errors.Is(err, storage.ErrNotFound) {
+		// An event we do not have (a remote one not fetched yet) may be
+		// redacted by whoever may redact others' events: the redaction is
+		// sent on, and applied here if the event arrives later.
+		if st, serr := rm.rs.CurrentState(r.Context(), roomID); serr != nil || roomserver.PowerLevel(st, dev.UserID) < roomserver.PowerLevels(st).Redact {
+			return httpapi.NotFound("event not found")
+		}
+	} else if err == nil && target.RoomID != roomID {
 		return httpapi.NotFound("event not found")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)

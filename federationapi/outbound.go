@@ -80,13 +80,25 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 		ver := resp.JoinEvent.Version()
 		state := resp.StateSnapshot.GetStateEvents().TrustedEvents(ver, false)
 		auth := resp.StateSnapshot.GetAuthEvents().TrustedEvents(ver, false)
-		if err := f.rs.JoinRemoteRoom(ctx, server, resp.JoinEvent, state, auth); err != nil {
+		jctx := context.WithValue(ctx, deliveredKey{}, delivered{eventID: resp.JoinEvent.EventID(), server: server})
+		if err := f.rs.JoinRemoteRoom(jctx, server, resp.JoinEvent, state, auth); err != nil {
 			f.Memberships().undoJoin(server, resp.JoinEvent)
 			return "", err
 		}
 		return roomID, nil
 	}
 	return "", lastErr
+}
+
+// deliveredKey marks in a context the server that already has an event of
+// ours: the one that answered our send_join. QueueRoomEvent leaves it out,
+// so our join is not sent to it again in /send (the resident server
+// passes it on to the others in the room itself).
+type deliveredKey struct{}
+
+type delivered struct {
+	eventID string
+	server  spec.ServerName
 }
 
 // joinClient adapts the federation client to PerformJoin for one join
@@ -144,6 +156,9 @@ func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *stor
 		}
 	}
 	delete(dests, f.serverName)
+	if d, ok := ctx.Value(deliveredKey{}).(delivered); ok && d.eventID == ev.EventID() {
+		delete(dests, d.server)
+	}
 	if len(dests) == 0 {
 		return nil
 	}

@@ -11,6 +11,9 @@
 // prev and auth events (defaults: the room's forward extremities and the
 // auth events the spec requires), which Peer.SendPDUs delivers.
 //
+// Peer.CreateRoom hosts a room on the peer that servers under test join
+// through it (make_join/send_join v2).
+//
 // The Peer listens with TLS on its own loopback address; the caller gives
 // it a certificate the servers under test trust (test.FedCluster.AddPeer).
 //

@@ -276,6 +276,18 @@ func (p *Peer) ReceivedPDUs() []json.RawMessage {
 	return out
 }
 
+// Parsed is every PDU the peer was sent so far in rooms it knows, parsed,
+// in arrival order.
+func (p *Peer) Parsed() []gomatrixserverlib.PDU {
+	var out []gomatrixserverlib.PDU
+	for _, raw := range p.ReceivedPDUs() {
+		if ev := p.parse(raw); ev != nil {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
 // WaitPDU waits until the peer was sent a PDU in a room it knows for which
 // match is true, and returns it.
 func (p *Peer) WaitPDU(t testing.TB, timeout time.Duration, what string, match func(gomatrixserverlib.PDU) bool) gomatrixserverlib.PDU {
@@ -375,6 +387,8 @@ func (p *Peer) mux() *http.ServeMux {
 	m.HandleFunc("GET /_matrix/federation/v1/state_ids/{roomID}", p.signed(p.serveStateIDs))
 	m.HandleFunc("GET /_matrix/federation/v1/backfill/{roomID}", p.signed(p.serveBackfill))
 	m.HandleFunc("POST /_matrix/federation/v1/get_missing_events/{roomID}", p.signed(p.serveMissing))
+	m.HandleFunc("GET /_matrix/federation/v1/make_join/{roomID}/{userID}", p.signed(p.serveMakeJoin))
+	m.HandleFunc("PUT /_matrix/federation/v2/send_join/{roomID}/{eventID}", p.signed(p.serveSendJoin))
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"errcode": "M_UNRECOGNIZED", "error": "not served by fedpeer"})
 	})

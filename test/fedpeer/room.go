@@ -83,7 +83,7 @@ func (r *Room) AuthFor(t testing.TB, proto gomatrixserverlib.ProtoEvent) []strin
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var out []string
+	out := []string{}
 	for _, tup := range needed.Tuples() {
 		if tup.EventType == spec.MRoomCreate && r.Version.DomainlessRoomIDs() {
 			continue
