@@ -31,6 +31,14 @@ type fakeRooms struct {
 	got        []gomatrixserverlib.PDU
 }
 
+// CurrentState is empty (no server ACL) for the rooms the fake knows.
+func (r *fakeRooms) CurrentState(_ context.Context, roomID string) (roomserver.StateMap, error) {
+	if _, ok := r.versions[roomID]; ok {
+		return roomserver.StateMap{}, nil
+	}
+	return nil, roomserver.ErrRoomNotFound
+}
+
 func (r *fakeRooms) RoomVersion(_ context.Context, roomID string) (gomatrixserverlib.RoomVersion, error) {
 	if v, ok := r.versions[roomID]; ok {
 		return v, nil

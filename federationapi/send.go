@@ -138,6 +138,7 @@ func (f *inbound) lockOrigin(origin spec.ServerName) func() {
 func (f *inbound) processTransaction(ctx context.Context, origin spec.ServerName, txn *inboundTxn) (*SendResponse, error) {
 	resp := &SendResponse{PDUs: map[string]PDUResult{}}
 	seen := map[string]bool{}
+	acls := map[string]roomserver.StateMap{} // room → its current state, read once per transaction
 	var pdus []gomatrixserverlib.PDU
 	for _, raw := range txn.PDUs {
 		ev, id, err := f.checkPDU(ctx, raw)
@@ -151,6 +152,12 @@ func (f *inbound) processTransaction(ctx context.Context, origin spec.ServerName
 			continue
 		}
 		seen[id] = true
+		if err == nil {
+			err = f.checkPDUACL(ctx, origin, ev, acls)
+		}
+		if errors.Is(err, errStore) {
+			return nil, err
+		}
 		if err != nil {
 			resp.PDUs[id] = PDUResult{Error: err.Error()}
 			f.metrics.inboundPDUs.WithLabelValues("rejected").Inc()
@@ -174,6 +181,31 @@ func (f *inbound) processTransaction(ctx context.Context, origin spec.ServerName
 		f.dispatchEDU(ctx, origin, edu)
 	}
 	return resp, nil
+}
+
+// checkPDUACL applies the room's m.room.server_acl to a PDU: neither the
+// server that sent the transaction nor the event's sender's server may be
+// denied (the second keeps a denied server's events out when another
+// server relays them).
+func (f *inbound) checkPDUACL(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU, states map[string]roomserver.StateMap) error {
+	roomID := ev.RoomID().String()
+	st, ok := states[roomID]
+	if !ok {
+		var err error
+		if st, err = f.rs.CurrentState(ctx, roomID); errors.Is(err, roomserver.ErrRoomNotFound) {
+			return fmt.Errorf("unknown room %s", roomID)
+		} else if err != nil {
+			return fmt.Errorf("%w: %v", errStore, err)
+		}
+		states[roomID] = st
+	}
+	if !aclAllows(st, origin) {
+		return fmt.Errorf("%s is denied by the server ACL of %s", origin, roomID)
+	}
+	if d := userServer(string(ev.SenderID())); d != "" && d != origin && !aclAllows(st, d) {
+		return fmt.Errorf("events from %s are denied by the server ACL of %s", d, roomID)
+	}
+	return nil
 }
 
 // errStore marks failures that are ours, not the PDU's.

@@ -1,0 +1,94 @@
+package test
+
+import (
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/storage"
+)
+
+// fedWantNoEvent asserts cli's server does not have eventID in room.
+func fedWantNoEvent(t *testing.T, cli *mautrix.Client, room, eventID, what string) {
+	t.Helper()
+	r := raw(t, "GET", cli.HomeserverURL.String()+"/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/event/"+url.PathEscape(eventID), cli.AccessToken, nil)
+	if r.Status != 404 {
+		t.Fatalf("%s: %s's server has %s (%d %s), want 404", what, cli.UserID, eventID, r.Status, r.Raw)
+	}
+}
+
+// TestFederationServerACLInbound: once a room's m.room.server_acl denies
+// the peer's server, /send refuses the peer's PDUs for that room on the
+// room's host (A, SQLite) and on a server that joined after the ACL (C,
+// PostgreSQL), also when an allowed server relays them; the peer's events
+// in another room still arrive.
+func TestFederationServerACLInbound(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	peer := c.AddPeer()
+	c.StartAll()
+	a, cc := c.Nodes[0], c.Nodes[1]
+	aName, cName := spec.ServerName(a.ServerName), spec.ServerName(cc.ServerName)
+	alice := fedUser(t, a, "alice")
+	charlie := fedUser(t, cc, "charlie")
+	mk := func() string {
+		created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return created.RoomID.String()
+	}
+	room, sentinel := mk(), mk()
+	pat := peer.UserID("pat")
+	r := peer.Join(t, aName, room, pat)
+	rs := peer.Join(t, aName, sentinel, pat)
+	fedJoin(t, charlie, id.RoomID(sentinel), a)
+
+	host, _, _ := strings.Cut(string(peer.ServerName), ":")
+	acl, err := alice.SendStateEvent(ctxT(t), id.RoomID(room), event.StateServerACL, "", map[string]any{
+		"allow": []string{"*"}, "deny": []string{host}, "allow_ip_literals": true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer.WaitPDU(t, 20*time.Second, "with the ACL", func(e gomatrixserverlib.PDU) bool { return e.EventID() == acl.EventID.String() })
+	fedJoin(t, charlie, id.RoomID(room), a)
+	peer.WaitPDU(t, 20*time.Second, "with charlie's join", func(e gomatrixserverlib.PDU) bool {
+		return e.Type() == "m.room.member" && e.StateKey() != nil && *e.StateKey() == charlie.UserID.String()
+	})
+
+	blocked := r.Message(t, pat, "I should be blocked")
+	for _, dest := range []spec.ServerName{aName, cName} {
+		res := peer.SendPDUs(t, dest, blocked)
+		if e := res[blocked.EventID()]; !strings.Contains(e, "server ACL") {
+			t.Fatalf("%s answered %q for the ACL-denied server's event, want an ACL refusal", dest, e)
+		}
+	}
+	// Relayed by C, an allowed server: still refused by A.
+	code, res := fedSend(t, c, nodeSigner(cc), a, blocked.JSON())
+	if code != 200 || !strings.Contains(res[blocked.EventID()], "server ACL") {
+		t.Fatalf("A answered %d %v for the denied server's event relayed by C", code, res)
+	}
+	visible := rs.Message(t, pat, "I should be visible")
+	for _, dest := range []spec.ServerName{aName, cName} {
+		if res := peer.SendPDUs(t, dest, visible); res[visible.EventID()] != "" {
+			t.Fatalf("%s refused the peer's event in a room without an ACL: %q", dest, res[visible.EventID()])
+		}
+	}
+	fedWaitTimeline(t, alice, id.RoomID(sentinel), "I should be visible", 1, 20*time.Second)
+	fedWaitTimeline(t, charlie, id.RoomID(sentinel), "I should be visible", 1, 20*time.Second)
+	fedWantNoEvent(t, alice, room, blocked.EventID(), "ACL-denied event")
+	fedWantNoEvent(t, charlie, room, blocked.EventID(), "ACL-denied event")
+	for _, cli := range []*mautrix.Client{alice, charlie} {
+		var got map[string]any
+		if err := cli.StateEvent(ctxT(t), id.RoomID(room), event.StateServerACL, "", &got); err != nil || got["deny"] == nil {
+			t.Fatalf("%s's server ACL state: %v %v", cli.UserID, got, err)
+		}
+	}
+}
