@@ -55,20 +55,8 @@ func (s *RoomServer) StoreBackfilled(ctx context.Context, origin spec.ServerName
 			if old, err := storage.GetEvent(ctx, tx, ev.EventID()); err == nil && !old.Outlier {
 				continue
 			}
-			authEvs, err := s.loadOrFetch(ctx, origin, ev.AuthEventIDs(), h.version.Version())
-			if err != nil {
-				continue
-			}
-			authState := StateMap{}
-			for _, a := range authEvs {
-				if a.StateKey() != nil {
-					authState[StateKey{a.Type(), *a.StateKey()}] = a
-				}
-			}
-			if c := h.state.Get(spec.MRoomCreate, ""); c != nil && h.version.DomainlessRoomIDs() {
-				authState[StateKey{spec.MRoomCreate, ""}] = c
-			}
-			if checkAllowed(ev, authState) != nil {
+			authState, err := s.authStateFor(ctx, origin, h, ev)
+			if err != nil || checkAllowed(ev, authState) != nil {
 				continue
 			}
 			se := &storage.Event{

@@ -124,20 +124,9 @@ func (s *RoomServer) inputLocked(ctx context.Context, origin spec.ServerName, ev
 		return &ErrRejected{Reason: "room version mismatch"}
 	}
 	// 1. Auth against the event's own auth events.
-	authEvs, err := s.loadOrFetch(ctx, origin, ev.AuthEventIDs(), h.version.Version())
+	authState, err := s.authStateFor(ctx, origin, h, ev)
 	if err != nil {
 		return err
-	}
-	authState := StateMap{}
-	for _, a := range authEvs {
-		if a.StateKey() != nil {
-			authState[StateKey{a.Type(), *a.StateKey()}] = a
-		}
-	}
-	if h.version.DomainlessRoomIDs() { // v12: the create event is implied by the room ID
-		if c := h.state.Get(spec.MRoomCreate, ""); c != nil {
-			authState[StateKey{spec.MRoomCreate, ""}] = c
-		}
 	}
 	if err := checkAllowed(ev, authState); err != nil {
 		return &ErrRejected{Reason: err.Error()}
@@ -421,40 +410,6 @@ func (s *RoomServer) timelineEvents(ctx context.Context, ids []string) ([]*stora
 		}
 	}
 	return out, missing, nil
-}
-
-// loadOrFetch returns the events with the given IDs, fetching missing ones
-// from origin and keeping them as outliers.
-func (s *RoomServer) loadOrFetch(ctx context.Context, origin spec.ServerName, ids []string, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, error) {
-	evs, err := s.Events(ctx, ids)
-	if err != nil {
-		return nil, err
-	}
-	if len(evs) == len(ids) {
-		return evs, nil
-	}
-	have := map[string]bool{}
-	for _, e := range evs {
-		have[e.EventID()] = true
-	}
-	var fetched []gomatrixserverlib.PDU
-	for _, id := range ids {
-		if have[id] {
-			continue
-		}
-		if s.fetcher == nil {
-			return nil, fmt.Errorf("missing auth event %s", id)
-		}
-		e, err := s.fetcher.Event(ctx, origin, id, ver)
-		if err != nil {
-			return nil, fmt.Errorf("fetching auth event %s: %w", id, err)
-		}
-		fetched = append(fetched, e)
-	}
-	if err := s.storeOutliers(ctx, fetched); err != nil {
-		return nil, err
-	}
-	return append(evs, fetched...), nil
 }
 
 // storeOutliers keeps events that are not (yet) part of our timeline: auth

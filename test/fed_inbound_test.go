@@ -92,3 +92,72 @@ func TestFederationServerACLInbound(t *testing.T) {
 		}
 	}
 }
+
+// TestFederationRejectsEventsWithRejectedAuthEvents: the peer sends A a
+// power-levels event its user may not send (R, rejected), then events
+// whose auth events lead to R through an event A must fetch (O, a join
+// citing R): O is rejected, and so are X (citing O beside the genuine
+// membership: two auth events for one slot) and Y (citing O alone). A
+// sentinel event is accepted, and none of R, O, X, Y is stored.
+func TestFederationRejectsEventsWithRejectedAuthEvents(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			c.StartAll()
+			a := c.Nodes[0]
+			aName := spec.ServerName(a.ServerName)
+			alice := fedUser(t, a, "alice")
+			created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID.String()
+			pat := peer.UserID("pat")
+			r := peer.Join(t, aName, room, pat)
+			create, joinRules, pl, patMember := r.State("m.room.create", ""), r.State("m.room.join_rules", ""), r.State("m.room.power_levels", ""), r.State("m.room.member", pat)
+
+			rej := r.StateEvent(t, pat, "m.room.power_levels", "", map[string]any{"users": map[string]any{}})
+			if e := peer.SendPDUs(t, aName, rej)[rej.EventID()]; e == "" {
+				t.Fatal("A accepted a power-levels event from a user without power")
+			}
+			r.Keep(rej)
+			stateKey := pat
+			outlier := r.Build(t, gomatrixserverlib.ProtoEvent{
+				SenderID: pat, Type: "m.room.member", StateKey: &stateKey, Content: spec.RawJSON(`{"membership":"join","test":1}`),
+				AuthEvents: []string{create.EventID(), joinRules.EventID(), rej.EventID(), patMember.EventID()},
+			})
+			r.Keep(outlier)
+			msg := func(body string, auth ...gomatrixserverlib.PDU) gomatrixserverlib.PDU {
+				ids := []string{}
+				for _, e := range auth {
+					ids = append(ids, e.EventID())
+				}
+				return r.Build(t, gomatrixserverlib.ProtoEvent{SenderID: pat, Type: "m.room.message",
+					Content: spec.RawJSON(`{"msgtype":"m.text","body":"` + body + `"}`), AuthEvents: ids})
+			}
+			x := msg("sent event 1", create, pl, patMember, outlier)
+			y := msg("sent event 2", create, pl, outlier)
+			res := peer.SendPDUs(t, aName, x, y)
+			for what, ev := range map[string]gomatrixserverlib.PDU{"X": x, "Y": y} {
+				if e := res[ev.EventID()]; !strings.Contains(e, "rejected") {
+					t.Errorf("%s (auth events leading to a rejected event): A answered %q, want a rejection", what, e)
+				}
+			}
+			if !strings.Contains(res[y.EventID()], outlier.EventID()) {
+				t.Errorf("Y's rejection %q does not name the rejected auth event %s", res[y.EventID()], outlier.EventID())
+			}
+			sentinel := r.Message(t, pat, "sentinel")
+			if e := peer.SendPDUs(t, aName, sentinel)[sentinel.EventID()]; e != "" {
+				t.Fatalf("A refused the sentinel: %q", e)
+			}
+			fedWaitTimeline(t, alice, created.RoomID, "sentinel", 1, 20*time.Second)
+			for what, ev := range map[string]gomatrixserverlib.PDU{"R": rej, "O": outlier, "X": x, "Y": y} {
+				fedWantNoEvent(t, alice, room, ev.EventID(), what)
+			}
+			if m := fedMembership(t, alice, created.RoomID, pat); m != "join" {
+				t.Fatalf("pat's membership %q", m)
+			}
+		})
+	}
+}

@@ -47,6 +47,15 @@ func (r *Room) Add(ev gomatrixserverlib.PDU) {
 	r.depth = max(r.depth, ev.Depth())
 }
 
+// Keep records ev so the peer serves it (/event, missing events) without
+// making it part of the room's state or forward extremities: how a test
+// plants an event that the server under test can only fetch.
+func (r *Room) Keep(ev gomatrixserverlib.PDU) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.events[ev.EventID()] = ev
+}
+
 // Event is the event with eventID the peer has (nil if none).
 func (r *Room) Event(eventID string) gomatrixserverlib.PDU {
 	r.mu.Lock()
