@@ -131,8 +131,8 @@ func (f *inbound) lockOrigin(origin spec.ServerName) func() {
 }
 
 // processTransaction checks every PDU (room known, size, format, the
-// content hash (a mismatch is refused), the sender's server permitted, its
-// signatures valid), hands the good ones to the room server and dispatches
+// content hash (a mismatch is redacted), the sender's server permitted by
+// the policy and the room's ACL, its signatures valid), hands the good ones to the room server and dispatches
 // the EDUs. An error means the transaction could not be processed at all
 // (e.g. the store is down) and should be retried.
 func (f *inbound) processTransaction(ctx context.Context, origin spec.ServerName, txn *inboundTxn) (*SendResponse, error) {
@@ -238,16 +238,9 @@ func (f *inbound) checkPDU(ctx context.Context, raw json.RawMessage) (gomatrixse
 	if err != nil {
 		return nil, guessEventID(raw, hdr.EventID, ver), err
 	}
-	if ev.Redacted() {
-		// The parser redacts an event whose content hash does not match.
-		// That is how the spec keeps altered content out of fetched
-		// history, where a legitimately redacted copy looks the same. A
-		// transaction carries events as their servers sent them, so here
-		// a mismatch means the content was changed after signing: refuse
-		// the event rather than store a redacted stand-in (if a later
-		// event needs it, it is fetched and redacted like any history).
-		return nil, ev.EventID(), errors.New("content hash mismatch: the event's content was altered after it was signed")
-	}
+	// An event whose content hash does not match comes back from the
+	// parser redacted; the spec has it processed further in that form
+	// (its signatures cover only the redacted form), not refused.
 	if err := f.checkPDUSender(ctx, ev); err != nil {
 		return nil, ev.EventID(), err
 	}

@@ -1,6 +1,7 @@
 package test
 
 import (
+	"encoding/json"
 	"net/url"
 	"strings"
 	"testing"
@@ -157,6 +158,66 @@ func TestFederationRejectsEventsWithRejectedAuthEvents(t *testing.T) {
 			}
 			if m := fedMembership(t, alice, created.RoomID, pat); m != "join" {
 				t.Fatalf("pat's membership %q", m)
+			}
+		})
+	}
+}
+
+// TestFederationContentHashRedacted: an event whose content was changed
+// after it was signed (its content hash no longer matches) is not refused
+// but redacted, as the spec says: A accepts it and stores it with its
+// content stripped (a message keeps no body; a membership keeps only its
+// membership).
+func TestFederationContentHashRedacted(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			c.StartAll()
+			a := c.Nodes[0]
+			aName := spec.ServerName(a.ServerName)
+			alice := fedUser(t, a, "alice")
+			created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID.String()
+			pat := peer.UserID("pat")
+			r := peer.Join(t, aName, room, pat)
+
+			tamper := func(ev gomatrixserverlib.PDU, key, value string) json.RawMessage {
+				var m map[string]any
+				if err := json.Unmarshal(ev.JSON(), &m); err != nil {
+					t.Fatal(err)
+				}
+				m["content"].(map[string]any)[key] = value
+				b, _ := json.Marshal(m)
+				return b
+			}
+			msg := r.Message(t, pat, "original")
+			res := peer.SendRaw(t, aName, []json.RawMessage{tamper(msg, "body", "tampered")}, nil)
+			if e, ok := res[msg.EventID()]; !ok || e != "" {
+				t.Fatalf("tampered message: A answered %q (present %v), want it accepted redacted", e, ok)
+			}
+			r.Add(msg)
+			member := r.StateEvent(t, pat, "m.room.member", pat, map[string]any{"membership": "join", "displayname": "Pat"})
+			res = peer.SendRaw(t, aName, []json.RawMessage{tamper(member, "displayname", "Mallory")}, nil)
+			if e, ok := res[member.EventID()]; !ok || e != "" {
+				t.Fatalf("tampered membership: A answered %q (present %v), want it accepted redacted", e, ok)
+			}
+			got := raw(t, "GET", a.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/event/"+url.PathEscape(msg.EventID()), alice.AccessToken, nil)
+			if got.Status != 200 || strings.Contains(string(got.Raw), "tampered") || strings.Contains(string(got.Raw), "original") {
+				t.Fatalf("A's copy of the tampered message: %d %s, want it stored without its content", got.Status, got.Raw)
+			}
+			var content map[string]any
+			if err := alice.StateEvent(ctxT(t), created.RoomID, event.StateMember, pat, &content); err != nil {
+				t.Fatal(err)
+			}
+			if content["membership"] != "join" || content["displayname"] != nil {
+				t.Fatalf("pat's membership after the tampered event: %v, want only membership join", content)
+			}
+			if ids := fedStateIDs(t, alice, created.RoomID); ids["m.room.member|"+pat] != member.EventID() {
+				t.Fatalf("pat's member state is %s, want the redacted %s", ids["m.room.member|"+pat], member.EventID())
 			}
 		})
 	}
