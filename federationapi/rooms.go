@@ -470,7 +470,76 @@ func (f *history) backfill(r *http.Request, origin spec.ServerName, _ []byte) ht
 	if err != nil {
 		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
+	if evs, err = f.asSeenBy(r.Context(), origin, evs); err != nil {
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
+	}
 	return httpapi.JSON(200, map[string]any{"origin": f.serverName, "origin_server_ts": spec.AsTimestamp(timeNow()), "pdus": pduJSONs(evs)})
+}
+
+// asSeenBy applies the room's history visibility to events served to
+// origin, as the spec asks of /backfill and /get_missing_events: an event
+// the server could not see (history "joined" and none of its users joined
+// at that event, or "invited" and none joined or invited) is returned
+// redacted, so the DAG stays whole while its content stays private.
+func (f *history) asSeenBy(ctx context.Context, origin spec.ServerName, evs []gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
+	out := make([]gomatrixserverlib.PDU, 0, len(evs))
+	for _, e := range evs {
+		se, err := storage.GetEvent(ctx, f.db, e.EventID())
+		if err != nil {
+			return nil, err
+		}
+		hv, err := f.rs.StateEventAt(ctx, se.SnapshotAfter, spec.MRoomHistoryVisibility, "")
+		if err != nil {
+			return nil, err
+		}
+		vis := gomatrixserverlib.HistoryVisibilityShared
+		if hv != nil {
+			if v, err := hv.HistoryVisibility(); err == nil {
+				vis = v
+			}
+		}
+		if vis != gomatrixserverlib.HistoryVisibilityJoined && vis != gomatrixserverlib.HistoryVisibilityInvited {
+			out = append(out, e)
+			continue
+		}
+		st, err := f.rs.StateAtSnapshot(ctx, se.SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		if serverCanSee(st, origin, vis) {
+			out = append(out, e)
+			continue
+		}
+		ver, err := gomatrixserverlib.GetRoomVersion(e.Version())
+		if err != nil {
+			return nil, err
+		}
+		redacted, err := ver.RedactEventJSON(e.JSON())
+		if err != nil {
+			return nil, err
+		}
+		re, err := ver.NewEventFromTrustedJSONWithEventID(e.EventID(), redacted, true)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, re)
+	}
+	return out, nil
+}
+
+// serverCanSee reports whether a user of server is joined in st (or, with
+// "invited" visibility, invited).
+func serverCanSee(st roomserver.StateMap, server spec.ServerName, vis gomatrixserverlib.HistoryVisibility) bool {
+	for k, e := range st {
+		if k.Type != spec.MRoomMember || userServer(k.StateKey) != server {
+			continue
+		}
+		m, _ := e.Membership()
+		if m == spec.Join || (m == spec.Invite && vis == gomatrixserverlib.HistoryVisibilityInvited) {
+			return true
+		}
+	}
+	return false
 }
 
 func (f *history) getMissingEvents(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
@@ -493,8 +562,17 @@ func (f *history) getMissingEvents(r *http.Request, origin spec.ServerName, body
 	if err != nil {
 		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 	}
+	kept := evs[:0]
+	for _, e := range evs {
+		if e.Depth() >= int64(req.MinDepth) {
+			kept = append(kept, e)
+		}
+	}
+	if evs, err = f.asSeenBy(r.Context(), origin, kept); err != nil {
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
+	}
 	// Oldest first, as the requester applies them in order.
-	sort.Slice(evs, func(i, j int) bool { return evs[i].Depth() < evs[j].Depth() })
+	sort.SliceStable(evs, func(i, j int) bool { return evs[i].Depth() < evs[j].Depth() })
 	return httpapi.JSON(200, map[string]any{"events": pduJSONs(evs)})
 }
 

@@ -222,3 +222,89 @@ func TestFederationContentHashRedacted(t *testing.T) {
 		})
 	}
 }
+
+// TestFederationGetMissingEvents: /get_missing_events from the creation to
+// the peer's join returns exactly the events in between, oldest first, up
+// to limit (the newest ones), and the message sent before the peer joined
+// redacted when the room's history is "joined" or "invited" (intact when
+// "shared" or "world_readable").
+func TestFederationGetMissingEvents(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			c.StartAll()
+			a := c.Nodes[0]
+			aName := spec.ServerName(a.ServerName)
+			alice := fedUser(t, a, "alice")
+			for _, vis := range []string{"world_readable", "shared", "invited", "joined"} {
+				created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				room := created.RoomID.String()
+				before := fedTimeline(t, alice, created.RoomID) // creation events, oldest first
+				if _, err := alice.SendStateEvent(ctxT(t), created.RoomID, event.StateHistoryVisibility, "", map[string]any{"history_visibility": vis}); err != nil {
+					t.Fatal(err)
+				}
+				msg, err := alice.SendText(ctxT(t), created.RoomID, "1")
+				if err != nil {
+					t.Fatal(err)
+				}
+				pat := peer.UserID("pat")
+				r := peer.Join(t, aName, room, pat)
+				create, join := r.State("m.room.create", ""), r.State("m.room.member", pat)
+				all := fedTimeline(t, alice, created.RoomID)
+				var want []string // between create and the join, oldest first
+				for _, e := range all {
+					if e.ID.String() != create.EventID() && e.ID.String() != join.EventID() {
+						want = append(want, e.ID.String())
+					}
+				}
+				if len(want) != len(before)+1 { // before (without create) + history + message
+					t.Logf("timeline: %d events before, %d after", len(before), len(all))
+				}
+				gme := func(limit int) []gomatrixserverlib.PDU {
+					b := peer.MustDo(t, 200, aName, "POST", "/_matrix/federation/v1/get_missing_events/"+url.PathEscape(room), map[string]any{
+						"earliest_events": []string{create.EventID()}, "latest_events": []string{join.EventID()}, "limit": limit, "min_depth": 1,
+					})
+					var resp struct {
+						Events []json.RawMessage `json:"events"`
+					}
+					if err := json.Unmarshal(b, &resp); err != nil {
+						t.Fatal(err)
+					}
+					var out []gomatrixserverlib.PDU
+					for _, raw := range resp.Events {
+						ev, err := r.Version.NewEventFromUntrustedJSON(raw)
+						if err != nil {
+							t.Fatalf("%s: returned event does not verify: %v", vis, err)
+						}
+						out = append(out, ev)
+					}
+					return out
+				}
+				got := gme(10)
+				var gotIDs []string
+				for _, e := range got {
+					gotIDs = append(gotIDs, e.EventID())
+				}
+				if strings.Join(gotIDs, ",") != strings.Join(want, ",") {
+					t.Fatalf("%s: get_missing_events returned %v (%s), want %v", vis, gotIDs, pduTypes(got), want)
+				}
+				for _, e := range got {
+					if e.EventID() != msg.EventID.String() {
+						continue
+					}
+					hidden := vis == "joined" || vis == "invited"
+					if hasBody := strings.Contains(string(e.Content()), `"body"`); hasBody == hidden {
+						t.Fatalf("%s: the message before the peer joined has content %s (redacted wanted: %v)", vis, e.Content(), hidden)
+					}
+				}
+				if got := gme(2); len(got) != 2 || got[0].EventID() != want[len(want)-2] || got[1].EventID() != want[len(want)-1] {
+					t.Fatalf("%s: limit 2 returned %s, want the two newest events before the join", vis, pduTypes(got))
+				}
+			}
+		})
+	}
+}
