@@ -91,13 +91,21 @@ func viewer(dev *httpapi.Device) syncapi.Viewer {
 
 // formatPDUs renders state events (by loading their stored rows).
 func (eg *events) formatStored(ctx context.Context, dev *httpapi.Device, evs []*storage.Event, withRoomID bool) []syncapi.ClientEvent {
+	return eg.formatStoredAt(ctx, dev, evs, withRoomID, nil)
+}
+
+// formatStoredAt is formatStored with the viewer's membership at each
+// event (unsigned.membership, MSC4115) from syncapi's VisibleAt.
+func (eg *events) formatStoredAt(ctx context.Context, dev *httpapi.Device, evs []*storage.Event, withRoomID bool, ms syncapi.Memberships) []syncapi.ClientEvent {
 	out := make([]syncapi.ClientEvent, 0, len(evs))
+	v := viewer(dev)
+	v.Memberships = ms
 	for _, e := range evs {
 		pdu, err := eg.rs.PDU(e)
 		if err != nil {
 			continue
 		}
-		out = append(out, syncapi.FormatEvent(e, pdu, viewer(dev), withRoomID))
+		out = append(out, syncapi.FormatEvent(e, pdu, v, withRoomID))
 	}
 	eg.bundle(ctx, dev, out) // unsigned m.relations, one batch per page (relations.go)
 	return out
@@ -233,14 +241,14 @@ func (eg *events) getEvent(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if ev.StreamPos > acc.capPos {
 		return httpapi.NotFound("event not found")
 	}
-	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
+	vis, ms, err := eg.sync.VisibleAt(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
 	}
-	return httpapi.JSON(200, eg.formatStored(r.Context(), dev, vis, true)[0])
+	return httpapi.JSON(200, eg.formatStoredAt(r.Context(), dev, vis, true, ms)[0])
 }
 
 // parseRoomEventFilter reads the filter query parameter of /messages.
@@ -354,7 +362,7 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		}
 		body["end"] = syncapi.Token{Pos: last}.String()
 	}
-	vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+	vis, ms, err := eg.sync.VisibleAt(r.Context(), dev.UserID, roomID, evs)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
@@ -365,7 +373,7 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 			kept = append(kept, e)
 		}
 	}
-	body["chunk"] = eg.formatStored(r.Context(), dev, kept, true)
+	body["chunk"] = eg.formatStoredAt(r.Context(), dev, kept, true, ms)
 	if filter.LazyLoadMembers {
 		senders := map[string]bool{}
 		var members []gomatrixserverlib.PDU

@@ -27,6 +27,9 @@ type ClientEvent struct {
 type Viewer struct {
 	UserID   string
 	DeviceID string
+	// Memberships, when set, adds unsigned.membership (MSC4115) to each
+	// event: the viewer's membership at it ("leave" when none).
+	Memberships Memberships
 }
 
 // FormatEvent renders a stored event for a client. withRoomID is false
@@ -68,6 +71,16 @@ func FormatEvent(ev *storage.Event, pdu gomatrixserverlib.PDU, v Viewer, withRoo
 	}
 	if ev.Redacted && ev.RedactedBecause != "" {
 		u["redacted_because"] = map[string]any{"event_id": ev.RedactedBecause, "type": "m.room.redaction", "content": map[string]any{}}
+	}
+	if v.Memberships != nil {
+		m := v.Memberships[ev.EventID]
+		if ev.Type == "m.room.member" && ev.StateKey != nil && *ev.StateKey == v.UserID {
+			m, _ = pdu.Membership() // after their own membership event
+		}
+		if m == "" {
+			m = "leave"
+		}
+		u["membership"] = m
 	}
 	if len(u) > 0 {
 		ce.Unsigned = u

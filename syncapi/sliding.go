@@ -510,11 +510,11 @@ func (s *Syncer) slidingRoom(ctx context.Context, req *Request, r *slidingRoomIn
 	if known {
 		from = req.Since.Pos
 	}
-	evs, limited, err := s.recentEvents(ctx, req.UserID, r.id, from, to, cfg.TimelineLimit)
+	evs, ms, limited, err := s.recentEvents(ctx, req.UserID, r.id, from, to, cfg.TimelineLimit)
 	if err != nil {
 		return nil, err
 	}
-	room.Timeline = s.format(req, evs, nil)
+	room.Timeline = s.format(req, evs, ms, nil)
 	room.Limited = limited
 	// Pagination goes back from the timeline's first event, or from its
 	// end when it is empty (timeline_limit 0).

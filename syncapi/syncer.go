@@ -336,17 +336,17 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 
 // timeline returns the visible, filtered timeline of a room in (from, to]
 // and whether it was cut short.
-func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, bool, error) {
+func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, Memberships, bool, error) {
 	return s.recentEvents(ctx, req.UserID, roomID, from, to, req.Filter.Room.Timeline.LimitOr(10))
 }
 
 // recentEvents returns the last limit events of (from, to] that userID may
 // see, oldest first, and whether more were left out. /sync and sliding
 // sync both read through it, so both share roomRange's reads.
-func (s *Syncer) recentEvents(ctx context.Context, userID, roomID string, from, to int64, limit int) ([]*storage.Event, bool, error) {
+func (s *Syncer) recentEvents(ctx context.Context, userID, roomID string, from, to int64, limit int) ([]*storage.Event, Memberships, bool, error) {
 	shared, err := s.roomRange(ctx, roomID, from, to, limit+1)
 	if err != nil {
-		return nil, false, err
+		return nil, nil, false, err
 	}
 	evs := slices.Clone(shared) // reordered below; the stored events themselves are only read
 	limited := len(evs) > limit
@@ -354,13 +354,15 @@ func (s *Syncer) recentEvents(ctx context.Context, userID, roomID string, from, 
 		evs = evs[:limit]
 	}
 	slices.Reverse(evs)
-	evs, err = s.Visible(ctx, userID, roomID, evs)
-	return evs, limited, err
+	evs, ms, err := s.VisibleAt(ctx, userID, roomID, evs)
+	return evs, ms, limited, err
 }
 
-func (s *Syncer) format(req *Request, evs []*storage.Event, tf *RoomEventFilter) []ClientEvent {
+// format renders a timeline; ms (from recentEvents) adds each event's
+// unsigned.membership.
+func (s *Syncer) format(req *Request, evs []*storage.Event, ms Memberships, tf *RoomEventFilter) []ClientEvent {
 	out := make([]ClientEvent, 0, len(evs))
-	v := Viewer{UserID: req.UserID, DeviceID: req.DeviceID}
+	v := Viewer{UserID: req.UserID, DeviceID: req.DeviceID, Memberships: ms}
 	ignored := s.IgnoredBy(req.UserID)
 	for _, e := range evs {
 		if tf != nil && !tf.AllowsEvent(e.RoomID, e.Type, e.Sender, e.JSON) {
@@ -384,7 +386,7 @@ func (s *Syncer) joinedRoom(ctx context.Context, req *Request, resp *Response, r
 	if req.Initial || newlyJoined {
 		from = 0
 	}
-	evs, limited, err := s.timeline(ctx, req, roomID, from, req.To.Pos)
+	evs, ms, limited, err := s.timeline(ctx, req, roomID, from, req.To.Pos)
 	if err != nil {
 		return err
 	}
@@ -393,7 +395,7 @@ func (s *Syncer) joinedRoom(ctx context.Context, req *Request, resp *Response, r
 	}
 	jr := resp.JoinedRoom(roomID)
 	tf := &req.Filter.Room.Timeline
-	jr.Timeline.Events = s.format(req, evs, tf)
+	jr.Timeline.Events = s.format(req, evs, ms, tf)
 	jr.Timeline.Limited = limited
 	jr.Timeline.PrevBatch = Token{Pos: from}.String()
 	if len(evs) > 0 {
@@ -596,12 +598,12 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 	if from > to {
 		from = 0
 	}
-	evs, limited, err := s.timeline(ctx, req, roomID, from, to)
+	evs, ms, limited, err := s.timeline(ctx, req, roomID, from, to)
 	if err != nil {
 		return err
 	}
 	lr := &LeftRoom{State: StateList{Events: []ClientEvent{}}, AccountData: EventList{Events: []any{}}}
-	lr.Timeline.Events = s.format(req, evs, &req.Filter.Room.Timeline)
+	lr.Timeline.Events = s.format(req, evs, ms, &req.Filter.Room.Timeline)
 	lr.Timeline.Limited = limited
 	lr.Timeline.PrevBatch = Token{Pos: from}.String()
 	if len(evs) > 0 {

@@ -22,6 +22,25 @@ import (
 // user (deactivated with erase) are redacted for a viewer who was not
 // joined when they were sent, as Synapse does.
 func (s *Syncer) Visible(ctx context.Context, userID, roomID string, evs []*storage.Event) ([]*storage.Event, error) {
+	out, _, err := s.VisibleAt(ctx, userID, roomID, evs)
+	return out, err
+}
+
+// Memberships is a viewer's membership at each event of a batch (event ID
+// to membership), the unsigned.membership of MSC4115. VisibleAt derives it
+// from the state it reads anyway, so it costs no query per event; an
+// event it has no entry for is one the viewer was not in the room at.
+type Memberships map[string]string
+
+// VisibleAt is Visible that also answers the viewer's membership at each
+// event it keeps (their own membership events are read from the event).
+func (s *Syncer) VisibleAt(ctx context.Context, userID, roomID string, evs []*storage.Event) ([]*storage.Event, Memberships, error) {
+	ms := Memberships{}
+	out, err := s.visible(ctx, userID, roomID, evs, ms)
+	return out, ms, err
+}
+
+func (s *Syncer) visible(ctx context.Context, userID, roomID string, evs []*storage.Event, ms Memberships) ([]*storage.Event, error) {
 	if len(evs) == 0 {
 		return evs, nil
 	}
@@ -84,6 +103,7 @@ func (s *Syncer) Visible(ctx context.Context, userID, roomID string, evs []*stor
 			}
 		}
 		if visible {
+			ms[ev.EventID] = v.membership
 			out = append(out, ev)
 		}
 	}

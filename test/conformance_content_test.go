@@ -372,5 +372,55 @@ func TestEventContent(t *testing.T) {
 				t.Fatalf("notice txnId: %s then %s", a, b)
 			}
 		})
+		t.Run("unsigned.membership", func(t *testing.T) {
+			room := create(&mautrix.ReqCreateRoom{Preset: "public_chat"})
+			sendText := func(body string) string {
+				t.Helper()
+				r, err := alice.SendText(ctx, room, body)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return r.EventID.String()
+			}
+			pre := sendText("prejoin")
+			erin := registerClient(t, srv.URL, "erin", "erin-pass")
+			if _, err := erin.JoinRoomByID(ctx, room); err != nil {
+				t.Fatal(err)
+			}
+			post := sendText("postjoin")
+			check := func(what string, evs []any) {
+				t.Helper()
+				seenJoin, seen := false, map[string]bool{}
+				for _, x := range evs {
+					ev := x.(map[string]any)
+					if ev["type"] == "m.room.member" && ev["state_key"] == erin.UserID.String() {
+						seenJoin = true
+					}
+					want := "leave"
+					if seenJoin {
+						want = "join"
+					}
+					un, _ := ev["unsigned"].(map[string]any)
+					if un["membership"] != want {
+						t.Fatalf("%s: %s %s has unsigned.membership %v, want %s", what, ev["type"], ev["event_id"], un["membership"], want)
+					}
+					seen[ev["event_id"].(string)] = true
+				}
+				if !seen[pre] || !seen[post] || !seenJoin {
+					t.Fatalf("%s lacks the messages or the join: %v", what, seen)
+				}
+			}
+			r := raw(t, "GET", v3+"/sync?filter="+url.QueryEscape(`{"room":{"timeline":{"limit":50}}}`), erin.AccessToken, nil)
+			join := r.Body["rooms"].(map[string]any)["join"].(map[string]any)[room.String()].(map[string]any)
+			check("/sync", join["timeline"].(map[string]any)["events"].([]any))
+			m := raw(t, "GET", roomURL(room, "/messages?dir=b&limit=50"), erin.AccessToken, nil)
+			check("/messages", reversed(m.Body["chunk"].([]any)))
+			for id, want := range map[string]string{pre: "leave", post: "join"} {
+				e := raw(t, "GET", roomURL(room, "/event/"+url.PathEscape(id)), erin.AccessToken, nil)
+				if un, _ := e.Body["unsigned"].(map[string]any); un["membership"] != want {
+					t.Fatalf("/event %s: %s", id, e.Raw)
+				}
+			}
+		})
 	})
 }
