@@ -53,6 +53,15 @@ func (eg *events) access(ctx context.Context, userID, roomID string) (*readAcces
 	case "join":
 		return &readAccess{state: cur, capPos: math.MaxInt64}, httpapi.Response{}, true
 	case "leave", "ban":
+		// A room the user forgot is no longer theirs to read (the spec's
+		// forget: "the user will no longer be able to retrieve history").
+		forgotten, err := storage.ForgottenRooms(ctx, eg.db, userID)
+		if err != nil {
+			return nil, httpapi.InternalError(nil, err), false
+		}
+		if forgotten[roomID] {
+			break
+		}
 		last, err := storage.LatestMembershipBefore(ctx, eg.db, roomID, userID, math.MaxInt64)
 		if err != nil {
 			return nil, httpapi.InternalError(nil, err), false

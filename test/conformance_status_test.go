@@ -138,6 +138,33 @@ func TestStatusCodes(t *testing.T) {
 			if r := raw(t, "GET", roomURL(room.RoomID.String(), "/messages"), alice.AccessToken, nil); r.Status != 400 || r.errcode() != "M_INVALID_PARAM" {
 				t.Fatalf("member without dir: %d %s", r.Status, r.Raw)
 			}
+			// A room left and forgotten is no longer readable.
+			pub, _ := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			pr := pub.RoomID.String()
+			if _, err := bob.JoinRoomByID(ctx, pub.RoomID); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := alice.SendText(ctx, pub.RoomID, "Hello world!"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := bob.LeaveRoom(ctx, pub.RoomID); err != nil {
+				t.Fatal(err)
+			}
+			if r := raw(t, "GET", roomURL(pr, "/messages?dir=b"), bob.AccessToken, nil); r.Status != 200 {
+				t.Fatalf("left, not forgotten: %d %s", r.Status, r.Raw)
+			}
+			if r := raw(t, "POST", roomURL(pr, "/forget"), bob.AccessToken, map[string]any{}); r.Status != 200 {
+				t.Fatalf("forget: %d %s", r.Status, r.Raw)
+			}
+			raw(t, "GET", roomURL(pr, "/messages"), bob.AccessToken, nil).wantErr(t, "forgotten, no dir", 403, "M_FORBIDDEN")
+			raw(t, "GET", roomURL(pr, "/messages?dir=b"), bob.AccessToken, nil).wantErr(t, "forgotten", 403, "M_FORBIDDEN")
+			// Joining again makes it readable again.
+			if _, err := bob.JoinRoomByID(ctx, pub.RoomID); err != nil {
+				t.Fatal(err)
+			}
+			if r := raw(t, "GET", roomURL(pr, "/messages?dir=b"), bob.AccessToken, nil); r.Status != 200 {
+				t.Fatalf("rejoined: %d %s", r.Status, r.Raw)
+			}
 		})
 	})
 }
