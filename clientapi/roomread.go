@@ -339,6 +339,7 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	}
 	var evs []*storage.Event
 	var err error
+	more := false // backfill may hold older events than this page shows
 	if dir == "b" {
 		// Backfilled history has negative positions: no lower bound.
 		lo := int64(math.MinInt64)
@@ -347,11 +348,17 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		}
 		hi := min(from, upper)
 		evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
-		if err == nil && len(evs) < limit && !hasTo && eg.fed != nil {
-			// We hold no older events: ask the other servers (backfill).
-			if n, berr := eg.fed.Backfill(r.Context(), roomID, limit-len(evs)); berr == nil && n > 0 {
-				evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
+		// We hold no older events: ask the other servers (backfill), a
+		// page at a time until this page is full. A server answers at
+		// most 100 events a request, so a larger limit takes several; the
+		// rounds are bounded so one request cannot pull a whole history.
+		for round := 0; err == nil && len(evs) < limit && !hasTo && eg.fed != nil && round < limit/50+2; round++ {
+			n, berr := eg.fed.Backfill(r.Context(), roomID, min(limit-len(evs), 100))
+			if berr != nil || n == 0 {
+				break
 			}
+			more = true
+			evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
 		}
 	} else {
 		hi := upper
@@ -364,7 +371,7 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{"start": syncapi.Token{Pos: from}.String()}
-	if len(evs) == limit && len(evs) > 0 {
+	if (len(evs) == limit || more) && len(evs) > 0 {
 		last := evs[len(evs)-1].StreamPos
 		if dir == "b" {
 			last--
