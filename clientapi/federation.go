@@ -132,5 +132,6 @@ func (rm *rooms) remoteJoin(r *http.Request, dev *httpapi.Device, target string,
 	if err != nil {
 		return remoteMembershipError(target, err)
 	}
+	rm.inheritPushRules(r, dev.UserID, roomID)
 	return httpapi.JSON(200, map[string]string{"room_id": roomID})
 }

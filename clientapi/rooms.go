@@ -11,6 +11,7 @@ import (
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/sirupsen/logrus"
 
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
@@ -342,7 +343,30 @@ func (rm *rooms) join(r *http.Request, dev *httpapi.Device, roomID string) httpa
 		return resp
 	}
 	_ = storage.ClearForgotten(r.Context(), rm.db, uid, roomID)
+	rm.inheritPushRules(r, uid, roomID)
 	return httpapi.JSON(200, map[string]string{"room_id": roomID})
+}
+
+// inheritPushRules copies a joining user's push rules for the room this
+// one replaced (m.room.create's predecessor): an upgrade made on another
+// server, or one this user was not in the old room's members for, still
+// carries their rules over. Best effort: the join has happened.
+func (rm *rooms) inheritPushRules(r *http.Request, userID, roomID string) {
+	st, err := rm.rs.CurrentState(r.Context(), roomID)
+	if err != nil {
+		return
+	}
+	var c struct {
+		Predecessor struct {
+			RoomID string `json:"room_id"`
+		} `json:"predecessor"`
+	}
+	if create := st.Get("m.room.create", ""); create == nil || json.Unmarshal(create.Content(), &c) != nil || c.Predecessor.RoomID == "" {
+		return
+	}
+	if err := rm.accountData.copyRoomPushRules(r.Context(), userID, c.Predecessor.RoomID, roomID); err != nil {
+		logrus.WithError(err).WithField("room_id", roomID).Warn("join: could not copy push rules from the predecessor room")
+	}
 }
 
 // joinContent is the content of a user's join: membership and profile.

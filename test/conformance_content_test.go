@@ -289,6 +289,15 @@ func TestEventContent(t *testing.T) {
 			if r := raw(t, "PUT", rule(bob, "room", room.String())+"/enabled", bob.AccessToken, map[string]any{"enabled": false}); r.Status != 200 {
 				t.Fatalf("disable: %d %s", r.Status, r.Raw)
 			}
+			// Frank left before the upgrade and joins the new room after it.
+			frank := registerClient(t, srv.URL, "frank", "frank-pass")
+			if _, err := frank.JoinRoomByID(ctx, room); err != nil {
+				t.Fatal(err)
+			}
+			put(frank, "room", room.String(), map[string]any{"actions": []string{"dont_notify"}})
+			if _, err := frank.LeaveRoom(ctx, room); err != nil {
+				t.Fatal(err)
+			}
 			up := raw(t, "POST", roomURL(room, "/upgrade"), alice.AccessToken, map[string]any{"new_version": "11"})
 			newRoom, _ := up.Body["replacement_room"].(string)
 			if up.Status != 200 || newRoom == "" {
@@ -308,6 +317,15 @@ func TestEventContent(t *testing.T) {
 						t.Fatalf("%s's room rule %s: %v", who.UserID, id, r)
 					}
 				}
+			}
+			if r := raw(t, "GET", rule(frank, "room", newRoom), frank.AccessToken, nil); r.Status != 404 {
+				t.Fatalf("frank was not in the room at the upgrade: %d %s", r.Status, r.Raw)
+			}
+			if _, err := frank.JoinRoomByID(ctx, id.RoomID(newRoom)); err != nil {
+				t.Fatal(err)
+			}
+			if r := get(frank, "room", newRoom); r["actions"].([]any)[0] != "dont_notify" {
+				t.Fatalf("frank's rule after joining the new room: %v", r)
 			}
 			if r := get(bob, "room", newRoom); r["enabled"] != false {
 				t.Fatalf("bob's rule must stay disabled: %v", r)
@@ -344,6 +362,13 @@ func TestEventContent(t *testing.T) {
 			room := id.RoomID(roomID)
 			if m, _ := srv.Rooms.Membership(ctx, roomID, dave.UserID.String()); m != "invite" {
 				t.Fatalf("dave is %q, want invited", m)
+			}
+			// Clients find the notice room by its inviter: the first stripped
+			// event of the invite is from the notice sender.
+			sy := raw(t, "GET", v3+"/sync", dave.AccessToken, nil)
+			inv, _ := sy.Body["rooms"].(map[string]any)["invite"].(map[string]any)[roomID].(map[string]any)
+			if evs, _ := inv["invite_state"].(map[string]any)["events"].([]any); len(evs) == 0 || evs[0].(map[string]any)["sender"] != "@_server:localhost" {
+				t.Fatalf("invite_state: %v", inv)
 			}
 			raw(t, "POST", roomURL(room, "/leave"), dave.AccessToken, map[string]any{}).wantErr(t, "reject the notice invite", 403, "M_CANNOT_LEAVE_SERVER_NOTICE_ROOM")
 			if m, _ := srv.Rooms.Membership(ctx, roomID, dave.UserID.String()); m != "invite" {
