@@ -144,7 +144,7 @@ type MediaConfig struct {
 // FederationConfig controls server-server traffic.
 type FederationConfig struct {
 	Enabled           bool     `yaml:"enabled" doc:"Federate with other Matrix servers. Inbound federation also needs listen.federation."`
-	AllowedServers    []string `yaml:"allowed_servers" doc:"If non-empty, only servers matching one of these globs may federate with us. A glob without a port matches any port; with a port (matrix.bravo.gov:8448) only that port."`
+	AllowedServers    []string `yaml:"allowed_servers" doc:"If non-empty, only servers matching one of these globs may federate with us. A glob without a port matches any port; with a port (matrix.bravo.gov:8448) only that port. Keys are fetched directly only from server names matched exactly (a portless entry admits only the portless name): list partners whose server names carry a port with that port."`
 	DeniedServers     []string `yaml:"denied_servers" doc:"Servers matching any of these globs are refused; takes precedence over allowed_servers."`
 	KeyNotaries       []string `yaml:"key_notaries" doc:"Notary (perspective) servers to fetch other servers' signing keys through. When set, keys are fetched ONLY through them, never directly. Each entry is a server name, optionally followed by the notary's pinned keys as 'ed25519:<id>=<unpadded base64>' separated by spaces; without a pin the notary's own key is fetched from it over TLS on first use."`
 	RequestsPerSecond float64  `yaml:"requests_per_second" doc:"Sustained signed federation requests per second accepted from each remote server; 0 disables the limit."`

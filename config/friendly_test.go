@@ -59,6 +59,26 @@ func TestUnknownEnvRefused(t *testing.T) {
 	}
 }
 
+// TestFederationDestinationAllowed: keys are fetched only from server
+// names the allow-list gives exactly.
+func TestFederationDestinationAllowed(t *testing.T) {
+	c := Default()
+	c.Federation.Enabled = true
+	c.Federation.AllowedServers = []string{"bravo.gov", "*.charlie.gov", "delta.gov:8448"}
+	for name, want := range map[string]bool{
+		"bravo.gov": true, "bravo.gov:22": false, "m.charlie.gov": true, "m.charlie.gov:1": false,
+		"delta.gov:8448": true, "delta.gov": false, "delta.gov:22": false, "echo.gov": false,
+	} {
+		if got := c.FederationDestinationAllowed(name); got != want {
+			t.Errorf("FederationDestinationAllowed(%q) = %v, want %v", name, got, want)
+		}
+	}
+	c.Federation.AllowedServers = nil
+	if !c.FederationDestinationAllowed("any.gov:22") {
+		t.Error("without an allow-list every server is a destination")
+	}
+}
+
 // TestRestartNeeded names what a SIGHUP cannot apply.
 func TestRestartNeeded(t *testing.T) {
 	a, b := Default(), Default()

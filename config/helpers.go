@@ -77,6 +77,33 @@ func (c *Config) FederationAllowed(serverName string) bool {
 	return len(c.Federation.AllowedServers) == 0 || matches(c.Federation.AllowedServers)
 }
 
+// FederationDestinationAllowed is FederationAllowed for a server we would
+// connect to. With an allow-list, a pattern without a port admits only
+// server names without one (reached on the port discovery gives, 8448 by
+// default): a request claiming origin "allowed-host:1" is then not a
+// reason to open a connection to port 1 of allowed-host, so nobody can use
+// this server to probe a partner's ports. A pattern with a port admits
+// exactly that port.
+func (c *Config) FederationDestinationAllowed(serverName string) bool {
+	if !c.FederationAllowed(serverName) {
+		return false
+	}
+	if len(c.Federation.AllowedServers) == 0 {
+		return true
+	}
+	host, port, hasPort := splitServerName(strings.ToLower(serverName))
+	for _, g := range c.Federation.AllowedServers {
+		ph, pp, withPort := splitServerName(strings.ToLower(g))
+		if withPort != hasPort || !globMatch(ph, host) {
+			continue
+		}
+		if !withPort || globMatch(pp, port) {
+			return true
+		}
+	}
+	return false
+}
+
 // serverPatternProblem says why an allow/deny entry can never match a
 // server name ("" if it can): an operator's typo must fail loudly at
 // start, not silently refuse (or admit) a partner.

@@ -283,6 +283,18 @@ func (kf *keyFetcher) fetchedWithin(server spec.ServerName, d time.Duration) boo
 
 func (kf *keyFetcher) fetchUncoalesced(ctx context.Context, server spec.ServerName, minValid spec.Timestamp) ([]gomatrixserverlib.ServerKeys, error) {
 	if len(kf.notaries) == 0 {
+		// A direct fetch opens a connection to server: only to a name the
+		// allow-list gives exactly, so that a request merely claiming an
+		// origin such as "partner:1" cannot make us probe partner's ports.
+		if err := kf.f.pol().checkDestination(server); err != nil {
+			kf.f.refuseOutbound(server, err) // as the transport would
+			return nil, err
+		}
+		if !kf.f.pol().cfg.FederationDestinationAllowed(string(server)) {
+			err := fmt.Errorf("%w: %s: keys are fetched only from server names the allow-list gives exactly (with their port)", ErrRefused, server)
+			kf.f.refuseOutbound(server, err)
+			return nil, err
+		}
 		k, err := kf.f.client.GetServerKeys(ctx, server)
 		if err != nil {
 			return nil, err

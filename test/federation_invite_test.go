@@ -624,10 +624,10 @@ func TestFederationFailedJoinUndone(t *testing.T) {
 	o := c.AddNode(storage.SQLite)
 	o.Outsider = true
 	a.Configure = func(cfg *config.Config) {
-		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, o.IP)
+		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, o.IP, o.ServerName)
 	}
 	o.Configure = func(cfg *config.Config) {
-		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, a.IP)
+		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, a.IP, a.ServerName)
 	}
 	c.StartAll()
 	olga := fedUser(t, o, "olga")

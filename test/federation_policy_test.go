@@ -43,7 +43,9 @@ func TestFederationPolicyOutsider(t *testing.T) {
 	a, cc := c.Nodes[0], c.Nodes[1]
 	o := c.AddNode(storage.SQLite)
 	o.Outsider = true
-	cc.Configure = func(cfg *config.Config) { cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, o.IP) }
+	cc.Configure = func(cfg *config.Config) {
+		cfg.Federation.AllowedServers = append(cfg.Federation.AllowedServers, o.IP, o.ServerName)
+	}
 	c.StartAll()
 	ctx := fedCtx(t)
 	aName, oName := spec.ServerName(a.ServerName), spec.ServerName(o.ServerName)

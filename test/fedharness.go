@@ -144,9 +144,11 @@ func (c *FedCluster) AddPeer() *fedpeer.Peer {
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(c.caCert)
-	c.peers = append(c.peers, ip)
+	name := net.JoinHostPort(ip, fmt.Sprint(FreePort(t, ip)))
+	// The host admits the peer; its full name is what keys are fetched from.
+	c.peers = append(c.peers, ip, name)
 	return fedpeer.New(t, fedpeer.Config{
-		ServerName: net.JoinHostPort(ip, fmt.Sprint(FreePort(t, ip))),
+		ServerName: name,
 		Cert:       cert,
 		RootCAs:    pool,
 	})
@@ -215,7 +217,9 @@ func (c *FedCluster) allowList() []string {
 	out := append([]string(nil), c.peers...)
 	for _, n := range c.Nodes {
 		if !n.Outsider {
-			out = append(out, n.IP)
+			// The host admits the node on any port; keys are fetched only
+			// from full server names the list gives exactly.
+			out = append(out, n.IP, n.ServerName)
 		}
 	}
 	return out
