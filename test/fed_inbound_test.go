@@ -28,8 +28,9 @@ func fedWantNoEvent(t *testing.T, cli *mautrix.Client, room, eventID, what strin
 // TestFederationServerACLInbound: once a room's m.room.server_acl denies
 // the peer's server, /send refuses the peer's PDUs for that room on the
 // room's host (A, SQLite) and on a server that joined after the ACL (C,
-// PostgreSQL), also when an allowed server relays them; the peer's events
-// in another room still arrive.
+// PostgreSQL), also when an allowed server relays them, and A ignores its
+// typing EDU for the room; the peer's events and typing in another room
+// still arrive.
 func TestFederationServerACLInbound(t *testing.T) {
 	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
 	peer := c.AddPeer()
@@ -86,6 +87,39 @@ func TestFederationServerACLInbound(t *testing.T) {
 	fedWaitTimeline(t, charlie, id.RoomID(sentinel), "I should be visible", 1, 20*time.Second)
 	fedWantNoEvent(t, alice, room, blocked.EventID(), "ACL-denied event")
 	fedWantNoEvent(t, charlie, room, blocked.EventID(), "ACL-denied event")
+
+	// EDUs too: pat typing in both rooms shows only in the room without
+	// an ACL.
+	typing := func(roomID string) gomatrixserverlib.EDU {
+		b, _ := json.Marshal(map[string]any{"room_id": roomID, "user_id": pat, "typing": true})
+		return gomatrixserverlib.EDU{Type: "m.typing", Content: b}
+	}
+	peer.SendRaw(t, aName, nil, []gomatrixserverlib.EDU{typing(room), typing(sentinel)})
+	typingIn := func(resp *mautrix.RespSync, roomID string) bool {
+		for _, e := range resp.Rooms.Join[id.RoomID(roomID)].Ephemeral.Events {
+			if e.Type.Type == "m.typing" && strings.Contains(string(e.Content.VeryRaw), pat) {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := alice.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if typingIn(resp, room) {
+			t.Fatal("A shows the ACL-denied server's user typing")
+		}
+		if typingIn(resp, sentinel) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("A never showed pat typing in the room without an ACL")
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 	for _, cli := range []*mautrix.Client{alice, charlie} {
 		var got map[string]any
 		if err := cli.StateEvent(ctxT(t), id.RoomID(room), event.StateServerACL, "", &got); err != nil || got["deny"] == nil {
