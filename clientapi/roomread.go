@@ -433,13 +433,13 @@ func (eg *events) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Res
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if vis, err := eg.sync.Visible(r.Context(), dev.UserID, roomID, []*storage.Event{ev}); err != nil {
+	vis, evMs, err := eg.sync.VisibleAt(r.Context(), dev.UserID, roomID, []*storage.Event{ev})
+	if err != nil {
 		return httpapi.InternalError(r, err)
 	} else if len(vis) == 0 {
 		return httpapi.NotFound("event not found")
-	} else {
-		ev = vis[0] // as this viewer may see it (an erased sender's, redacted)
 	}
+	ev = vis[0] // as this viewer may see it (an erased sender's, redacted)
 	half := limit / 2
 	before, err := storage.RoomEventsRange(r.Context(), eg.db, roomID, math.MinInt64, ev.StreamPos-1, half, true)
 	if err != nil {
@@ -457,14 +457,14 @@ func (eg *events) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Res
 		end = after[len(after)-1].StreamPos
 	}
 	keep := func(evs []*storage.Event) []syncapi.ClientEvent {
-		vis, _ := eg.sync.Visible(r.Context(), dev.UserID, roomID, evs)
+		vis, ms, _ := eg.sync.VisibleAt(r.Context(), dev.UserID, roomID, evs)
 		k := vis[:0:0]
 		for _, e := range vis {
 			if filter.AllowsEvent(roomID, e.Type, e.Sender, e.JSON) {
 				k = append(k, e)
 			}
 		}
-		return eg.formatStored(r.Context(), dev, k, true)
+		return eg.formatStoredAt(r.Context(), dev, k, true, ms)
 	}
 	st, err := eg.rs.StateAtSnapshot(r.Context(), ev.SnapshotBefore)
 	if err != nil {
@@ -475,7 +475,7 @@ func (eg *events) eventContext(r *http.Request, dev *httpapi.Device) httpapi.Res
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{
-		"event":         eg.formatStored(r.Context(), dev, []*storage.Event{ev}, true)[0],
+		"event":         eg.formatStoredAt(r.Context(), dev, []*storage.Event{ev}, true, evMs)[0],
 		"events_before": keep(before),
 		"events_after":  keep(after),
 		"start":         syncapi.Token{Pos: start}.String(),

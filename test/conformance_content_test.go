@@ -440,6 +440,11 @@ func TestEventContent(t *testing.T) {
 			check("/sync", join["timeline"].(map[string]any)["events"].([]any))
 			m := raw(t, "GET", roomURL(room, "/messages?dir=b&limit=50"), erin.AccessToken, nil)
 			check("/messages", reversed(m.Body["chunk"].([]any)))
+			c := raw(t, "GET", roomURL(room, "/context/"+url.PathEscape(post)+"?limit=50"), erin.AccessToken, nil)
+			if un, _ := c.Body["event"].(map[string]any)["unsigned"].(map[string]any); un["membership"] != "join" {
+				t.Fatalf("/context event: %s", c.Raw)
+			}
+			check("/context", append(reversed(c.Body["events_before"].([]any)), c.Body["event"]))
 			for id, want := range map[string]string{pre: "leave", post: "join"} {
 				e := raw(t, "GET", roomURL(room, "/event/"+url.PathEscape(id)), erin.AccessToken, nil)
 				if un, _ := e.Body["unsigned"].(map[string]any); un["membership"] != want {
