@@ -128,6 +128,11 @@ func (a *API) Register() error {
 		route("DELETE", s1+"/media/{serverName}/{mediaId}"+p, rooms, a.mediaOp("delete"))
 	}
 
+	// Event reports.
+	route("GET", s1+"/event_reports", rooms, a.listEventReports)
+	route("GET", s1+"/event_reports/{reportId}", rooms, a.getEventReport)
+	route("DELETE", s1+"/event_reports/{reportId}", rooms, a.deleteEventReport)
+
 	// Server notices.
 	route("POST", s1+"/send_server_notice", users, a.sendServerNotice)
 	route("PUT", s1+"/send_server_notice/{txnId}", users, a.sendServerNotice)

@@ -51,6 +51,7 @@ const (
 	ActionRoomPurge    = "admin.room_purge"    // details.events
 	ActionLegalHold    = "admin.legal_hold"    // details.scope, held
 	ActionServerNotice = "admin.server_notice" // target: user
+	ActionReportDelete = "admin.report_delete" // target: report ID; details.event_id, reporter
 	ActionRetention    = "retention.purge"     // details.events, before_ts
 	ActionRoomExport   = "admin.room_export"   // target: room
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
 )
 
 // Reports table.
@@ -118,6 +119,63 @@ func ListReports(ctx context.Context, q Querier, beforeID int64, limit int, unre
 // ResolveReport marks a report handled; false if there is no such report.
 func ResolveReport(ctx context.Context, q Querier, id int64) (bool, error) {
 	res, err := q.ExecContext(ctx, `UPDATE content_reports SET resolved = TRUE WHERE id = $1`, id)
+	if err != nil {
+		return false, err
+	}
+	n, err := res.RowsAffected()
+	return n > 0, err
+}
+
+// EventReportFilter selects event reports for the admin API (Synapse's
+// GET /_synapse/admin/v1/event_reports): offset paging, newest first unless
+// Forward, optionally one reporter or one room.
+type EventReportFilter struct {
+	From, Limit int
+	Forward     bool
+	UserID      string
+	RoomID      string
+}
+
+// ListEventReports returns the event reports the filter selects and how
+// many there are in all.
+func ListEventReports(ctx context.Context, q Querier, f EventReportFilter) ([]*Report, int, error) {
+	where, args := "kind = $1", []any{ReportEvent}
+	if f.UserID != "" {
+		args = append(args, f.UserID)
+		where += fmt.Sprintf(" AND reporter = $%d", len(args))
+	}
+	if f.RoomID != "" {
+		args = append(args, f.RoomID)
+		where += fmt.Sprintf(" AND room_id = $%d", len(args))
+	}
+	var total int
+	if err := q.QueryRowContext(ctx, `SELECT COUNT(*) FROM content_reports WHERE `+where, args...).Scan(&total); err != nil {
+		return nil, 0, err
+	}
+	dir := "DESC"
+	if f.Forward {
+		dir = "ASC"
+	}
+	args = append(args, f.Limit, f.From)
+	rows, err := q.QueryContext(ctx, fmt.Sprintf(`SELECT `+reportCols+` FROM content_reports WHERE `+where+` ORDER BY id `+dir+` LIMIT $%d OFFSET $%d`, len(args)-1, len(args)), args...)
+	if err != nil {
+		return nil, 0, err
+	}
+	defer rows.Close()
+	out := []*Report{}
+	for rows.Next() {
+		r, err := scanReport(rows)
+		if err != nil {
+			return nil, 0, err
+		}
+		out = append(out, r)
+	}
+	return out, total, rows.Err()
+}
+
+// DeleteReport removes a report; false if there was none.
+func DeleteReport(ctx context.Context, q Querier, id int64) (bool, error) {
+	res, err := q.ExecContext(ctx, `DELETE FROM content_reports WHERE id = $1`, id)
 	if err != nil {
 		return false, err
 	}
