@@ -14,6 +14,7 @@ import (
 	"enclave/internal/httpapi"
 	"enclave/internal/perm"
 	"enclave/internal/rbac"
+	"enclave/mediaapi"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -25,6 +26,7 @@ type MediaAdmin interface {
 	QuarantineMedia(ctx context.Context, serverName, mediaID string) error
 	UnquarantineMedia(ctx context.Context, serverName, mediaID string) error
 	DeleteUserMedia(ctx context.Context, userID string) (int, error)
+	ListUserMedia(ctx context.Context, userID string) ([]mediaapi.MediaInfo, error)
 }
 
 // Rooms is what the admin API asks of the room server: the reads and
@@ -93,6 +95,7 @@ func (a *API) Register() error {
 	// Users.
 	route("GET", s2+"/users", users, a.listUsers)
 	route("GET", s2+"/users/{userId}", users, a.getUser)
+	route("GET", "/_synapse/admin/v3/users/{userId}", users, a.getUser) // synapse-admin reads v3; same shape here
 	route("PUT", s2+"/users/{userId}", users, a.putUser)
 	route("POST", s1+"/deactivate/{userId}", users, a.deactivate)
 	route("POST", s1+"/reset_password/{userId}", users, a.resetPassword)
@@ -101,6 +104,10 @@ func (a *API) Register() error {
 	route("GET", s1+"/users/{userId}/admin", users, a.getUserAdmin)
 	route("PUT", s1+"/users/{userId}/admin", users, a.putUserAdmin)
 	route("GET", s2+"/users/{userId}/devices", users, a.userDevices)
+	route("GET", s1+"/users/{userId}/pushers", users, a.userPushers)
+	route("GET", s1+"/users/{userId}/media", users, a.userMedia)
+	route("DELETE", s1+"/users/{userId}/media", users, a.deleteUserMedia)
+	route("GET", s1+"/username_available", users, a.usernameAvailable)
 
 	// Rooms.
 	route("GET", s1+"/rooms", rooms, a.listRooms)

@@ -80,3 +80,58 @@ func TestAdminEventReports(t *testing.T) {
 }
 
 func ftoa(f float64) string { return strconv.FormatInt(int64(f), 10) }
+
+// TestAdminUserExtras: the rest of the user pages synapse-admin shows, in
+// Synapse's shapes: v3 user, pushers, the user's media (list, delete) and
+// username availability.
+func TestAdminUserExtras(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		ctx := ctxT(t)
+		s1 := srv.URL + "/_synapse/admin/v1/"
+		admin := Register(t, srv.URL, "root", "root-pw", true)
+		aliceReg := Register(t, srv.URL, "alice", "alice-pw", false)
+		alice := sessionClient(t, srv.URL, aliceReg)
+
+		if u := mustOK(t, "v3 user", raw(t, "GET", srv.URL+"/_synapse/admin/v3/users/"+aliceReg.UserID, admin.AccessToken, nil)); u.Body["name"] != aliceReg.UserID {
+			t.Fatalf("v3 user: %s", u.Raw)
+		}
+		mustOK(t, "pusher", raw(t, "POST", srv.URL+"/_matrix/client/v3/pushers/set", alice.AccessToken, map[string]any{
+			"kind": "http", "app_id": "org.example.app", "pushkey": "key1", "app_display_name": "App", "device_display_name": "Phone",
+			"lang": "en", "data": map[string]any{"url": "https://push.example/_matrix/push/v1/notify"}}))
+		ps := mustOK(t, "pushers", raw(t, "GET", s1+"users/"+aliceReg.UserID+"/pushers", admin.AccessToken, nil))
+		if list, _ := ps.Body["pushers"].([]any); ps.Body["total"] != float64(1) || len(list) != 1 || list[0].(map[string]any)["pushkey"] != "key1" {
+			t.Fatalf("pushers: %s", ps.Raw)
+		}
+
+		var ids []string
+		for i := 0; i < 3; i++ {
+			up, err := alice.UploadBytes(ctx, []byte("file "+strconv.Itoa(i)), "text/plain")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids = append(ids, up.ContentURI.FileID)
+		}
+		page := mustOK(t, "media", raw(t, "GET", s1+"users/"+aliceReg.UserID+"/media?limit=2", admin.AccessToken, nil))
+		if m, _ := page.Body["media"].([]any); page.Body["total"] != float64(3) || len(m) != 2 || page.Body["next_token"] != float64(2) || m[0].(map[string]any)["media_length"] == nil {
+			t.Fatalf("media page: %s", page.Raw)
+		}
+		del := mustOK(t, "delete media", raw(t, "DELETE", s1+"users/"+aliceReg.UserID+"/media", admin.AccessToken, nil))
+		if del.Body["total"] != float64(3) {
+			t.Fatalf("deleted: %s", del.Raw)
+		}
+		if r := raw(t, "GET", srv.URL+"/_matrix/client/v1/media/download/localhost/"+ids[0], alice.AccessToken, nil); r.Status != 404 {
+			t.Fatalf("deleted media still served: %d", r.Status)
+		}
+		if after := mustOK(t, "media", raw(t, "GET", s1+"users/"+aliceReg.UserID+"/media", admin.AccessToken, nil)); after.Body["total"] != float64(0) {
+			t.Fatalf("media after delete: %s", after.Raw)
+		}
+
+		if r := mustOK(t, "free name", raw(t, "GET", s1+"username_available?username=nobody", admin.AccessToken, nil)); r.Body["available"] != true {
+			t.Fatalf("free name: %s", r.Raw)
+		}
+		raw(t, "GET", s1+"username_available?username=alice", admin.AccessToken, nil).wantErr(t, "taken name", 400, "M_USER_IN_USE")
+		raw(t, "GET", s1+"username_available?username=Not%20Valid!", admin.AccessToken, nil).wantErr(t, "invalid name", 400, "M_INVALID_USERNAME")
+		raw(t, "GET", s1+"username_available?username=x", alice.AccessToken, nil).wantErr(t, "non-admin", 403, "M_FORBIDDEN")
+	})
+}
