@@ -134,16 +134,20 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 		return httpapi.InvalidParam("unknown preset %q", preset)
 	}
 	for _, u := range req.Invite {
-		if _, _, err := gomatrixserverlib.SplitID('@', u); err != nil {
-			return httpapi.InvalidParam("invalid user ID to invite: %q", u)
+		if _, _, err := gomatrixserverlib.SplitID('@', u); err != nil || len(u) > maxIDBytes {
+			return httpapi.InvalidParam("invalid user ID to invite: %q", clipString(u, maxIDBytes))
 		}
 	}
 	alias := ""
 	if req.RoomAliasName != "" {
 		if !validAliasName.MatchString(req.RoomAliasName) {
-			return httpapi.InvalidParam("invalid room_alias_name %q", req.RoomAliasName)
+			return httpapi.InvalidParam("invalid room_alias_name %q", clipString(req.RoomAliasName, maxIDBytes))
 		}
 		alias = "#" + req.RoomAliasName + ":" + rm.opts.ServerName
+		if len(alias) > maxIDBytes {
+			// As PUT /directory/room refuses it: the spec bounds aliases.
+			return httpapi.InvalidParam("room alias %s… is longer than %d bytes", clipString(alias, 64), maxIDBytes)
+		}
 		if _, _, err := storage.GetAlias(r.Context(), rm.db, alias); err == nil {
 			return httpapi.Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
 		}

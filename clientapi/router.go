@@ -124,7 +124,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 			}
 		}
 	}
-	a.router.Use(a.devices.lastSeenMiddleware)
+	a.router.Use(limitPathVars, a.devices.lastSeenMiddleware)
 	return a, nil
 }
 
