@@ -128,7 +128,7 @@ func fedCrashRun(t *testing.T, bin string, d storage.Dialect) {
 	checked := 0
 	delivered := func(when string) {
 		t.Helper()
-		deadline := time.Now().Add(15 * time.Second)
+		deadline := time.Now().Add(30 * time.Second)
 		for checked < len(acked) {
 			if onB(acked[checked].event) {
 				checked++
