@@ -64,6 +64,11 @@ const (
 	ActionAuditExport = "audit.export"
 	ActionAuditVerify = "audit.verify"
 	ActionCheckpoint  = "audit.checkpoint"
+
+	// Server keys (every operation on them, from the server or the CLI).
+	ActionSigningKey  = "keys.server_signing_key" // federation key generated or replaced: target key ID; details.op
+	ActionAuditKey    = "keys.audit_signing_key"  // audit key generated: target key ID; details.op
+	ActionKEKRotate   = "keys.media_kek_rotate"   // media KEK rotation: details.from, to, rewrapped, resumed (outcome failure on error)
 	ActionConfigLoad  = "server.config_reload"
 	ActionServerStart = "server.start"
 	ActionServerStop  = "server.stop"

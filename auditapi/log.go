@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -18,16 +19,25 @@ import (
 	"enclave/storage"
 )
 
-// Options configure a Log (from config.AuditConfig and the server key).
+// Options configure a Log (from config.AuditConfig and the audit key).
 type Options struct {
-	Enabled            bool
-	ServerName         string
-	KeyID              string
-	Key                ed25519.PrivateKey
+	Enabled    bool
+	ServerName string
+	// KeyID and Key are the audit signing key (never the federation key):
+	// every checkpoint and head is signed with it. Required when enabled.
+	KeyID string
+	Key   ed25519.PrivateKey
+	// LegacyKeyID and LegacyKey are the key earlier releases signed with
+	// (the federation key): accepted once, at the first start after the
+	// upgrade, for the last checkpoint and an old head file.
+	LegacyKeyID        string
+	LegacyKey          ed25519.PublicKey
 	CheckpointEvery    int           // entries between checkpoints
 	CheckpointInterval time.Duration // longest time between checkpoints while entries arrive
 	HeadExportPath     string        // file the signed head is written to ("" = none)
+	AnchorPath         string        // append-only JSONL file every head is appended to ("" = none)
 	HeadSyslog         bool          // also send the head to syslog
+	SyslogAddress      string        // "udp://HOST:PORT" or "tcp://HOST:PORT"; "" = the local daemon
 }
 
 // Log is the process's audit trail over one store: it seals committed
@@ -45,6 +55,7 @@ type Log struct {
 
 	sealMu sync.Mutex // one sealing pass at a time
 	syslog headSyslog
+	anchor *anchorFile
 
 	mu              sync.Mutex // guards the fields below
 	n               int64
@@ -56,9 +67,10 @@ type Log struct {
 	closed          bool
 }
 
-// Open attaches an audit log to db, seals what earlier runs (or other
-// processes) left unsealed and starts the sealer. Close it before closing
-// the store.
+// Open attaches an audit log to db, checks the chain's tail against the
+// last exported head (refusing to go on over a log that was truncated or
+// rewritten), seals what earlier runs (or other processes) left unsealed,
+// checkpoints it and starts the sealer. Close it before closing the store.
 func Open(ctx context.Context, db *storage.DB, opts Options) (*Log, error) {
 	if opts.CheckpointEvery <= 0 {
 		opts.CheckpointEvery = 1000
@@ -66,16 +78,35 @@ func Open(ctx context.Context, db *storage.DB, opts Options) (*Log, error) {
 	if opts.CheckpointInterval <= 0 {
 		opts.CheckpointInterval = 5 * time.Minute
 	}
+	if opts.Enabled && opts.Key == nil {
+		return nil, errors.New("audit: no audit signing key (audit.signing_key or audit.signing_key_env)")
+	}
 	l := &Log{db: db, opts: opts, kickCh: make(chan struct{}, 1), done: make(chan struct{}), hash: GenesisHash, lastCheckpoint: time.Now()}
+	if a := opts.SyslogAddress; a != "" {
+		l.syslog.network, l.syslog.addr, _ = strings.Cut(a, "://")
+	}
 	head, cpN, err := storage.AuditHead(ctx, db)
 	if err != nil {
 		return nil, fmt.Errorf("audit: reading head: %w", err)
+	}
+	if opts.Key != nil {
+		if err := l.checkTail(ctx, head, cpN); err != nil {
+			return nil, err
+		}
 	}
 	if head != nil {
 		l.n, l.hash = head.N, head.ChainHash
 		l.sinceCheckpoint = head.N - cpN
 	}
-	if err := l.seal(ctx, false); err != nil {
+	if opts.AnchorPath != "" {
+		if l.anchor, err = openAnchorFile(opts.AnchorPath); err != nil {
+			return nil, fmt.Errorf("audit: opening the anchor file audit.anchor_file %s: %w", opts.AnchorPath, err)
+		}
+	}
+	// A checkpoint now covers whatever the last run left after its last
+	// one (a crash skips the one Close writes).
+	if err := l.Checkpoint(ctx); err != nil {
+		l.anchor.close()
 		return nil, err
 	}
 	l.wg.Add(1)
@@ -139,17 +170,16 @@ func (l *Log) run() {
 // Seal chains every committed entry now, so readers see them at once.
 func (l *Log) Seal(ctx context.Context) error { return l.seal(ctx, false) }
 
+// seal chains committed rows in batches, appending checkpoints as due.
+// force writes the head export even if one was written recently.
+func (l *Log) seal(ctx context.Context, force bool) error { return l.sealCheckpoint(ctx, force, false) }
+
 // Flush seals every committed entry and writes the head export now.
 func (l *Log) Flush(ctx context.Context) error { return l.seal(ctx, true) }
 
 // Checkpoint seals what is committed and appends a checkpoint now (if
 // anything was appended since the last one).
-func (l *Log) Checkpoint(ctx context.Context) error {
-	l.mu.Lock()
-	l.lastCheckpoint = time.Time{}
-	l.mu.Unlock()
-	return l.seal(ctx, true)
-}
+func (l *Log) Checkpoint(ctx context.Context) error { return l.sealCheckpoint(ctx, true, true) }
 
 // Close stops the sealer after a last pass that seals everything, writes
 // a final checkpoint and exports the head.
@@ -167,14 +197,15 @@ func (l *Log) Close() error {
 	defer cancel()
 	err := l.Checkpoint(ctx)
 	l.syslog.close()
+	l.anchor.close()
 	return err
 }
 
 const sealBatch = 500
 
-// seal chains committed rows in batches, appending checkpoints as due.
-// force writes the head export even if one was written recently.
-func (l *Log) seal(ctx context.Context, force bool) error {
+// sealCheckpoint is seal that, with final, ends on a checkpoint whatever
+// the count and time since the last one (Close, and Open after a crash).
+func (l *Log) sealCheckpoint(ctx context.Context, force, final bool) error {
 	l.sealMu.Lock()
 	defer l.sealMu.Unlock()
 	for {
@@ -187,7 +218,7 @@ func (l *Log) seal(ctx context.Context, force bool) error {
 		n, hash, since, lastCP := l.n, l.hash, l.sinceCheckpoint, l.lastCheckpoint
 		l.mu.Unlock()
 		cpDue := func() bool {
-			return since > 0 && (since >= int64(l.opts.CheckpointEvery) || time.Since(lastCP) >= l.opts.CheckpointInterval)
+			return since > 0 && (final || since >= int64(l.opts.CheckpointEvery) || time.Since(lastCP) >= l.opts.CheckpointInterval)
 		}
 		if len(rows) == 0 && !cpDue() {
 			break
@@ -321,7 +352,7 @@ func VerifyHead(h *Head, pub ed25519.PublicKey) error {
 const headWriteEvery = time.Second
 
 func (l *Log) exportHead(force bool) error {
-	if l.opts.HeadExportPath == "" && !l.opts.HeadSyslog {
+	if l.opts.HeadExportPath == "" && !l.opts.HeadSyslog && l.anchor == nil {
 		return nil
 	}
 	l.mu.Lock()
@@ -331,14 +362,21 @@ func (l *Log) exportHead(force bool) error {
 		return nil
 	}
 	h := l.CurrentHead()
-	if l.opts.HeadSyslog {
-		l.syslog.send(h)
-	}
+	// The on-host file first, then the anchor: a crash in between leaves the
+	// anchor behind the file, never ahead of it.
 	if l.opts.HeadExportPath != "" {
 		b, _ := json.MarshalIndent(h, "", "  ")
 		if err := writeAtomic(l.opts.HeadExportPath, append(b, '\n')); err != nil {
 			return fmt.Errorf("audit: exporting head to %s: %w", l.opts.HeadExportPath, err)
 		}
+	}
+	if l.anchor != nil {
+		if err := l.anchor.append(h); err != nil {
+			return fmt.Errorf("audit: appending the head to the anchor %s: %w", l.anchor.path, err)
+		}
+	}
+	if l.opts.HeadSyslog {
+		l.syslog.send(h)
 	}
 	l.mu.Lock()
 	l.headDirty = false

@@ -8,11 +8,15 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-// headSyslog sends exported heads to the local syslog daemon (facility
-// auth), so that a copy of the chain's end leaves the host through the
+// headSyslog sends exported heads to the local syslog daemon or a SIEM
+// collector (facility auth), so that a copy of the chain's end leaves the host through the
 // usual log forwarding. A missing daemon is reported once and retried on
 // the next export.
 type headSyslog struct {
+	// network and addr name a remote collector ("udp", "HOST:PORT");
+	// empty for the local daemon.
+	network, addr string
+
 	mu     sync.Mutex
 	w      *syslog.Writer
 	warned bool
@@ -22,7 +26,7 @@ func (s *headSyslog) send(h *Head) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.w == nil {
-		w, err := syslog.New(syslog.LOG_AUTH|syslog.LOG_INFO, "enclave-audit")
+		w, err := syslog.Dial(s.network, s.addr, syslog.LOG_AUTH|syslog.LOG_INFO, "enclave-audit")
 		if err != nil {
 			if !s.warned {
 				logrus.WithError(err).Warn("audit: cannot reach syslog for audit.head_syslog")

@@ -179,7 +179,12 @@ type AuditConfig struct {
 	CheckpointEvery    int      `yaml:"checkpoint_every" doc:"Write an integrity checkpoint after this many audit entries."`
 	CheckpointInterval Duration `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
 	HeadExportPath     string   `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
-	HeadSyslog         bool     `yaml:"head_syslog" doc:"Also send the signed audit log head to the local syslog daemon (facility auth) whenever it is exported, so a copy leaves the host through syslog forwarding."`
+	HeadSyslog         bool     `yaml:"head_syslog" doc:"Also send the signed audit log head to syslog (facility auth, tag enclave-audit) whenever it is exported, so a copy leaves the host through syslog forwarding or straight to a SIEM (see syslog_address)."`
+	SyslogAddress      string   `yaml:"syslog_address" doc:"Where head_syslog sends: empty for the local syslog daemon, or udp://HOST:PORT or tcp://HOST:PORT for a SIEM's syslog collector."`
+	SigningKey         string   `yaml:"signing_key" doc:"File holding the ed25519 key that signs audit checkpoints and heads (Matrix key file format), created on first start. Keep it away from the data directory and the database: whoever holds it can re-sign a rewritten log. Empty: DATA.audit.key beside the data directory DATA (falling back, with a warning, to DATA/audit.key if that cannot be created). A key inside the data directory is warned about at every start."`
+	SigningKeyEnv      string   `yaml:"signing_key_env" doc:"Name of an environment variable holding the audit signing key (unpadded base64 of the 32-byte ed25519 seed, e.g. from a secrets manager); overrides signing_key."`
+	PublicKey          string   `yaml:"public_key" doc:"The audit public key (unpadded base64), or a file holding it, for enclave audit verify on a host that does not hold the private key. Empty: derived from the signing key."`
+	AnchorFile         string   `yaml:"anchor_file" doc:"Append-only JSONL file every signed head is appended to, the anchor enclave audit verify checks the chain against. Put it on storage the database's administrators cannot rewrite (a remote or append-only mount). Empty: DATA.audit-anchor.jsonl beside the data directory DATA; none disables the file (then anchor with head_syslog)."`
 }
 
 // RetentionConfig is the server-wide retention policy: a default for rooms
@@ -322,9 +327,12 @@ func (c *Config) resolvePaths(dataDir string) error {
 		return fmt.Errorf("config: data dir: %w", err)
 	}
 	c.DataDir = abs
+	if c.Audit.AnchorFile != AnchorNone {
+		c.Audit.AnchorFile = c.resolve(c.Audit.AnchorFile)
+	}
 	for _, p := range []*string{
 		&c.SigningKey, &c.Media.Path, &c.Media.KEKFile,
-		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath,
+		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath, &c.Audit.SigningKey,
 	} {
 		*p = c.resolve(*p)
 	}

@@ -176,6 +176,12 @@ func (c *Config) Validate() error {
 
 	positive("audit.checkpoint_every", float64(c.Audit.CheckpointEvery))
 	positive("audit.checkpoint_interval", c.Audit.CheckpointInterval.Seconds())
+	if c.Audit.SigningKey != "" && c.Audit.SigningKeyEnv != "" {
+		bad("audit.signing_key_env", "set at most one of audit.signing_key and audit.signing_key_env")
+	}
+	if a := c.Audit.SyslogAddress; a != "" && !strings.HasPrefix(a, "udp://") && !strings.HasPrefix(a, "tcp://") {
+		bad("audit.syslog_address", "must be udp://HOST:PORT or tcp://HOST:PORT (got %q)", a)
+	}
 
 	notNegative("retention.default_max_lifetime", c.Retention.DefaultMaxLifetime)
 	notNegative("retention.allowed_lifetime_min", c.Retention.AllowedLifetimeMin)

@@ -255,7 +255,8 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 		if exp.Status != 200 || !strings.HasPrefix(string(exp.Raw), `{"format":"enclave-audit-export"`) {
 			t.Fatalf("export: %d %.200s", exp.Status, exp.Raw)
 		}
-		if res, _, err := auditapi.VerifyExport(strings.NewReader(string(exp.Raw)), srv.Key.Public().(ed25519.PublicKey), nil); err != nil || !res.OK() {
+		_, auditPub := srv.Audit.PublicKey()
+		if res, _, err := auditapi.VerifyExport(strings.NewReader(string(exp.Raw)), auditPub, nil); err != nil || !res.OK() {
 			t.Fatalf("offline verification of the HTTP export: %v %s", err, res)
 		}
 		// Media.
@@ -605,7 +606,8 @@ func TestAuditWriteFailureFailsAction(t *testing.T) {
 		}
 		mustOK(t, "logout after repair", raw(t, "POST", base+"/logout", alice.AccessToken, map[string]any{}))
 		auditRows(t, srv)
-		res, err := auditapi.VerifyStore(ctx, srv.DB, srv.KeyID, srv.Key.Public().(ed25519.PublicKey), nil)
+		keyID, pub := srv.Audit.PublicKey()
+		res, err := auditapi.VerifyStore(ctx, srv.DB, keyID, pub, nil)
 		if err != nil || !res.OK() {
 			t.Fatalf("chain after the outage: %v %s", err, res)
 		}
@@ -629,6 +631,11 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 			mustOK(t, "send", raw(t, "PUT", cs(srv.URL)+"/rooms/"+url.PathEscape(room)+"/send/m.room.message/m"+fmt.Sprint(i), alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "hi"}))
 		}
 		opts.DBURL = srv.DBURL
+		// Checkpoints are signed with the audit key, not the federation key.
+		keyID, pub := srv.Audit.PublicKey()
+		if keyID == srv.KeyID || pub.Equal(srv.Key.Public()) {
+			t.Fatalf("the audit log is signed with the federation key %s", srv.KeyID)
+		}
 		srv.Stop()
 		// Restart: the chain carries on where it ended.
 		srv = Start(t, d, opts)
@@ -641,11 +648,6 @@ func TestAuditVerifyDetectsTampering(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer db.Close()
-		keyID, key, _, err := config.LoadOrCreateSigningKey(filepath.Join(dataDir, "signing.key"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pub := key.Public().(ed25519.PublicKey)
 		head, err := auditapi.ReadHead(filepath.Join(dataDir, "audit-head.json"))
 		if err != nil {
 			t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/http"
 	"strconv"
 	"time"
@@ -30,6 +31,8 @@ type API struct {
 	Version    string
 	// HeadPath is the exported head file verification compares with.
 	HeadPath string
+	// AnchorPath is the append-only head export (audit.anchor_file).
+	AnchorPath string
 }
 
 const prefix = "/_enclave/audit/v1"
@@ -125,15 +128,24 @@ func (a *API) verify(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return httpapi.InternalError(r, err)
 	}
 	keyID, pub := a.Log.PublicKey()
-	var head *auditapi.Head
-	if a.HeadPath != "" {
-		h, err := auditapi.ReadHead(a.HeadPath)
-		if err != nil {
-			return httpapi.InternalError(r, fmt.Errorf("reading the exported head: %w", err))
+	keys := auditapi.Keys{KeyID: keyID, Pub: pub}
+	var heads []*auditapi.Head
+	for _, p := range []string{a.HeadPath, a.AnchorPath} {
+		if p == "" {
+			continue
 		}
-		head = h
+		an, err := auditapi.ReadAnchor(p, a.ServerName, keys, false)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return httpapi.JSON(http.StatusOK, map[string]any{"ok": false, "result": err.Error()})
+		}
+		if an.Head != nil {
+			heads = append(heads, an.Head)
+		}
 	}
-	res, err := auditapi.VerifyStore(ctx, a.DB, keyID, pub, head)
+	res, err := auditapi.VerifyStoreWith(ctx, a.DB, auditapi.VerifyOptions{Keys: keys, Heads: heads})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}

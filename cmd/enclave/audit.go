@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/ed25519"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -20,8 +19,12 @@ import (
 
 const auditUsage = `usage:
   enclave audit export [--data DIR] [--since T] [--until T] [--format jsonl|cef] > FILE
-  enclave audit verify FILE [--pubkey KEY] [--head HEADFILE]     (offline: needs only the server's public key)
-  enclave audit verify --data DIR [--head HEADFILE]              (the store itself, and the exported head)
+  enclave audit verify --data DIR [--anchor FILE]... [--head FILE] [--pubkey KEY] [--allow-unanchored]
+  enclave audit verify FILE [--anchor FILE]... [--pubkey KEY] [--allow-unanchored]   (an export, offline)
+--anchor: exported heads kept off the host: the audit.anchor_file JSONL, a head file, or a syslog file
+with "audit head {...}" lines (default with --data: audit.anchor_file). Without an anchor, verify fails
+("truncation and rewrite cannot be ruled out") unless --allow-unanchored. Verification needs only the
+audit public key (--pubkey, audit.public_key, or the public half of audit.signing_key).
 times T: Unix milliseconds, RFC 3339 or YYYY-MM-DD; KEY: unpadded base64 ed25519 public key, or @FILE holding it`
 
 func cmdAudit(args []string) error {
@@ -62,24 +65,29 @@ func cliContext() context.Context {
 	return auditapi.WithActor(context.Background(), auditapi.Actor{IP: "local", UserAgent: "enclave-cli (os user " + who + ")"})
 }
 
-// openForAudit loads the config, the server key and the store.
+// openForAudit loads the config and opens the store; keyID and key are
+// the audit signing key when it is readable here (nil otherwise: verifying
+// needs only the public key).
 func openForAudit(dataDir string) (*config.Config, string, ed25519.PrivateKey, *storage.DB, error) {
 	cfg, _, _, err := loadConfig(dataDir)
 	if err != nil {
 		return nil, "", nil, nil, err
 	}
-	if _, err := os.Stat(cfg.SigningKey); err != nil {
-		return nil, "", nil, nil, fmt.Errorf("server signing key %s: %w", cfg.SigningKey, err)
+	var keyID string
+	var key ed25519.PrivateKey
+	if ak, err := config.LoadAuditKey(cfg, false); err == nil {
+		keyID, key = ak.KeyID, ak.Key
 	}
-	keyID, key, _, err := config.LoadOrCreateSigningKey(cfg.SigningKey)
-	if err != nil {
-		return nil, "", nil, nil, err
-	}
-	db, err := storage.Open(context.Background(), cfg.Database.URL, storage.Options{MaxOpenConns: 2})
+	db, err := openStore(cfg)
 	if err != nil {
 		return nil, "", nil, nil, err
 	}
 	return cfg, keyID, key, db, nil
+}
+
+// openStore opens the store of cfg for a command.
+func openStore(cfg *config.Config) (*storage.DB, error) {
+	return storage.Open(context.Background(), cfg.Database.URL, storage.Options{MaxOpenConns: 2})
 }
 
 func cmdAuditExport(args []string) error {
@@ -104,7 +112,17 @@ func cmdAuditExport(args []string) error {
 	if *format != auditapi.FormatJSONL && *format != auditapi.FormatCEF {
 		return fmt.Errorf("--format must be jsonl or cef")
 	}
-	cfg, keyID, key, db, err := openForAudit(*dataDir)
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	// The export header is signed with the audit key, as checkpoints are.
+	ak, err := config.LoadAuditKey(cfg, false)
+	if err != nil {
+		return err
+	}
+	keyID, key := ak.KeyID, ak.Key
+	db, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
@@ -135,93 +153,191 @@ func readPubKey(s string) (ed25519.PublicKey, error) {
 		}
 		s = string(b)
 	}
-	s = strings.TrimRight(strings.TrimSpace(s), "=")
-	if f := strings.Fields(s); len(f) > 0 {
-		s = f[len(f)-1] // accept "ed25519:ID KEY" too
-	}
-	b, err := base64.RawStdEncoding.DecodeString(s)
+	pub, err := config.ParsePublicKey(s)
 	if err != nil {
-		b, err = base64.RawURLEncoding.DecodeString(s)
-	}
-	if err != nil || len(b) != ed25519.PublicKeySize {
 		return nil, errors.New("--pubkey must be a 32-byte ed25519 public key in base64")
 	}
-	return ed25519.PublicKey(b), nil
+	return pub, nil
 }
+
+// repeated is a flag that may be given several times.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ",") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
+
+const unanchoredMsg = "truncation and rewrite cannot be ruled out"
 
 func cmdAuditVerify(args []string) error {
 	fl := flag.NewFlagSet("audit verify", flag.ExitOnError)
 	dataDir := fl.String("data", "", "verify the store of this data directory")
-	pubS := fl.String("pubkey", "", "server public key (base64, or @FILE); default: the one in the export header")
-	headPath := fl.String("head", "", "exported head file to check truncation against (default: audit.head_export_path with --data)")
+	pubS := fl.String("pubkey", "", "audit public key (base64, or @FILE); default: audit.public_key, or the public half of the audit key")
+	legacyS := fl.String("legacy-pubkey", "", "key that signed checkpoints before the audit key existed (the federation key of earlier releases), accepted until the first audit-key checkpoint")
+	headPath := fl.String("head", "", "on-host head file (default: audit.head_export_path with --data); it must not be older than the anchor")
+	var anchors repeated
+	fl.Var(&anchors, "anchor", "exported heads kept off the host: JSONL anchor, head file or syslog file (repeatable; default with --data: audit.anchor_file)")
+	allowUnanchored := fl.Bool("allow-unanchored", false, "accept a verification with no external head (truncation and rewrite cannot be ruled out)")
 	pos, err := parseMixed(fl, args)
 	if err != nil {
 		return err
 	}
-	var head *auditapi.Head
-	if *headPath != "" {
-		if head, err = auditapi.ReadHead(*headPath); err != nil {
+	var keys auditapi.Keys
+	if *pubS != "" {
+		if keys.Pub, err = readPubKey(*pubS); err != nil {
+			return err
+		}
+		keys.KeyID = config.AuditKeyID(keys.Pub)
+	}
+	if *legacyS != "" {
+		if keys.Legacy, err = readPubKey(*legacyS); err != nil {
 			return err
 		}
 	}
 	if len(pos) == 1 && *dataDir == "" {
-		var pub ed25519.PublicKey
-		if *pubS != "" {
-			if pub, err = readPubKey(*pubS); err != nil {
-				return err
-			}
-		}
-		f, err := os.Open(pos[0])
-		if err != nil {
-			return err
-		}
-		defer f.Close()
-		res, fromFile, err := auditapi.VerifyExport(f, pub, head)
-		if err != nil {
-			return err
-		}
-		if fromFile {
-			fmt.Fprintln(os.Stderr, "note: checked against the public key in the file itself; pass --pubkey to pin the server's key")
-		}
-		if !res.OK() {
-			return errors.New(res.String())
-		}
-		fmt.Println(res.String())
-		return nil
+		return verifyExportFile(pos[0], keys, anchors, *headPath, *allowUnanchored)
 	}
 	if len(pos) != 0 || *dataDir == "" {
 		return errors.New(auditUsage)
 	}
-	cfg, keyID, key, db, err := openForAudit(*dataDir)
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	if keys.Pub == nil {
+		if keys.KeyID, keys.Pub, err = config.AuditPublicKey(cfg); err != nil {
+			return fmt.Errorf("audit public key: %w (give --pubkey or audit.public_key)", err)
+		}
+	}
+	legacyOK := keys.Legacy != nil
+	// The anchors: given, or the configured anchor file.
+	var heads []*auditapi.Head
+	var anchored []*auditapi.Anchor
+	if len(anchors) == 0 {
+		if p := cfg.AuditAnchorPath(); p != "" {
+			if _, err := os.Stat(p); err == nil {
+				anchors = append(anchors, p)
+			} else {
+				fmt.Fprintf(os.Stderr, "note: no anchor file at %s (audit.anchor_file)\n", p)
+			}
+		}
+	}
+	for _, p := range anchors {
+		a, err := auditapi.ReadAnchor(p, cfg.ServerName, keys, legacyOK)
+		if err != nil {
+			return fmt.Errorf("anchor: %w", err)
+		}
+		if a.Head == nil {
+			fmt.Fprintf(os.Stderr, "note: %s holds no head for %s\n", p, cfg.ServerName)
+			continue
+		}
+		anchored = append(anchored, a)
+		heads = append(heads, a.Head)
+	}
+	if *headPath == "" {
+		*headPath = cfg.Audit.HeadExportPath
+	}
+	if *headPath != "" {
+		a, err := auditapi.ReadAnchor(*headPath, cfg.ServerName, keys, true)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			fmt.Fprintf(os.Stderr, "note: no on-host head file at %s\n", *headPath)
+		case err != nil:
+			return fmt.Errorf("head file: %w", err)
+		case a.Head != nil:
+			for _, an := range anchored {
+				if a.Head.N < an.Head.N {
+					return fmt.Errorf("the on-host head %s (entry %d) is older than the last exported one in %s (entry %d): a head older than the last exported one (rolled back)", *headPath, a.Head.N, an.Source, an.Head.N)
+				}
+			}
+			heads = append(heads, a.Head)
+		}
+	}
+	db, err := openStore(cfg)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	if head == nil && cfg.Audit.HeadExportPath != "" {
-		head, err = auditapi.ReadHead(cfg.Audit.HeadExportPath)
-		if errors.Is(err, fs.ErrNotExist) {
-			head = nil
-			fmt.Fprintf(os.Stderr, "note: no exported head at %s yet; truncation of the tail cannot be checked\n", cfg.Audit.HeadExportPath)
-		} else if err != nil {
-			return err
-		}
-	}
 	ctx := cliContext()
-	res, err := auditapi.VerifyStore(ctx, db, keyID, key.Public().(ed25519.PublicKey), head)
+	res, err := auditapi.VerifyStoreWith(ctx, db, auditapi.VerifyOptions{Keys: keys, Heads: heads,
+		CheckpointInterval: cfg.Audit.CheckpointInterval.Duration, AllowLegacy: legacyOK})
 	if err != nil {
 		return err
 	}
+	text := res.String()
+	isAnchored := false
+	if res.OK() {
+		text, isAnchored = anchorText(res, anchored)
+	}
 	outcome := auditapi.OutcomeSuccess
-	if !res.OK() {
+	if !res.OK() || !isAnchored {
 		outcome = auditapi.OutcomeFailure
 	}
 	if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditVerify, Outcome: outcome,
-		Details: map[string]any{"verified": res.Verified, "result": res.String(), "via": "cli"}}); err != nil {
+		Details: map[string]any{"verified": res.Verified, "result": text, "anchored": isAnchored, "via": "cli"}}); err != nil {
 		fmt.Fprintln(os.Stderr, "warning: could not record this verification:", err)
 	}
-	if !res.OK() {
-		return errors.New(res.String())
+	return verifyOutcome(res, text, isAnchored, *allowUnanchored)
+}
+
+// anchorText describes the anchoring of a passing result.
+func anchorText(res *auditapi.Result, anchored []*auditapi.Anchor) (string, bool) {
+	for _, a := range anchored {
+		if res.AnchorN >= a.Head.N && a.Head.N > 0 {
+			note := ""
+			if a.KeyFromFile {
+				note = " (checked with the public key in the anchor itself; pass --pubkey to pin the audit key)"
+			}
+			return fmt.Sprintf("%s; anchored: the chain holds the exported head of entry %d from %s%s", res.String(), a.Head.N, a.Source, note), true
+		}
 	}
-	fmt.Println(res.String())
+	return res.String() + "; UNANCHORED: no external head checked, " + unanchoredMsg, false
+}
+
+func verifyOutcome(res *auditapi.Result, text string, anchored, allowUnanchored bool) error {
+	if !res.OK() {
+		return errors.New(text)
+	}
+	if !anchored && !allowUnanchored {
+		return fmt.Errorf("%s\nunanchored: give the exported head kept off the host (--anchor FILE: audit.anchor_file, a head file, or the syslog export); without it %s (pass --allow-unanchored to accept)", text, unanchoredMsg)
+	}
+	fmt.Println(text)
 	return nil
+}
+
+// verifyExportFile verifies an export (offline) against the anchor.
+func verifyExportFile(path string, keys auditapi.Keys, anchors []string, headPath string, allowUnanchored bool) error {
+	if headPath != "" {
+		anchors = append(anchors, headPath)
+	}
+	var anchored []*auditapi.Anchor
+	for _, p := range anchors {
+		a, err := auditapi.ReadAnchor(p, "", keys, keys.Legacy != nil)
+		if err != nil {
+			return fmt.Errorf("anchor: %w", err)
+		}
+		if a.Head != nil {
+			anchored = append(anchored, a)
+		}
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var head *auditapi.Head
+	if len(anchored) > 0 {
+		head = anchored[len(anchored)-1].Head
+	}
+	res, fromFile, err := auditapi.VerifyExport(f, keys.Pub, head)
+	if err != nil {
+		return err
+	}
+	if fromFile {
+		fmt.Fprintln(os.Stderr, "note: checked against the public key in the file itself; pass --pubkey to pin the audit key")
+	}
+	text, isAnchored := res.String(), false
+	if res.OK() {
+		text, isAnchored = anchorText(res, anchored)
+	}
+	return verifyOutcome(res, text, isAnchored, allowUnanchored)
 }

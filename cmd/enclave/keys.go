@@ -27,12 +27,15 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"enclave/auditapi"
+	"enclave/config"
 	"enclave/internal/sealing"
 	"enclave/mediaapi"
 	"enclave/storage"
@@ -72,6 +75,18 @@ func cmdKeysStatus(args []string) error {
 	}
 	if storeID == "" {
 		storeID = "(none yet: no server has started on this store)"
+	}
+	if keyID, pub, err := config.AuditPublicKey(cfg); err != nil {
+		fmt.Printf("audit signing key: %v\n", err)
+	} else {
+		where := "audit.signing_key_env " + cfg.Audit.SigningKeyEnv
+		if cfg.Audit.SigningKeyEnv == "" {
+			where = cfg.AuditKeyPath()
+			if cfg.InsideDataDir(where) {
+				where += " (inside the data directory: move it)"
+			}
+		}
+		fmt.Printf("audit signing key: %s, public key %s, from %s\n", keyID, base64.RawStdEncoding.EncodeToString(pub), where)
 	}
 	fmt.Printf("store sealed under key id: %s\n", storeID)
 	kek, err := src.Load()
@@ -156,7 +171,7 @@ func cmdKeysRotate(args []string) error {
 		return fmt.Errorf("keys rotate: new key: %w", err)
 	}
 
-	ctx := context.Background()
+	ctx := cliContext()
 	db, err := storage.Open(ctx, cfg.Database.URL, storage.Options{MaxOpenConns: 2})
 	if err != nil {
 		return err
@@ -164,6 +179,15 @@ func cmdKeysRotate(args []string) error {
 	defer db.Close()
 	n, err := mediaapi.RotateKEK(ctx, db, oldKEK, newKEK)
 	resumed := errors.Is(err, mediaapi.ErrAlreadyRotated)
+	// Every rotation attempt is audited, failed ones too.
+	entry := auditapi.Entry{Action: auditapi.ActionKEKRotate, Target: newKEK.ID(), Details: map[string]any{
+		"op": "rotated", "from": oldKEK.ID(), "to": newKEK.ID(), "rewrapped": n, "resumed": resumed, "new_key": newSrc.String(), "via": "cli"}}
+	if err != nil && !resumed {
+		entry.Outcome, entry.Details["error"] = auditapi.OutcomeFailure, err.Error()
+	}
+	if aerr := auditapi.RecordDetached(ctx, db, entry); aerr != nil {
+		fmt.Fprintln(os.Stderr, "warning: could not record the rotation in the audit log:", aerr)
+	}
 	if err != nil && !resumed {
 		if created {
 			os.Remove(newSrc.File) // never used: nothing is sealed under it

@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"enclave/auditapi"
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/internal/server"
@@ -61,8 +62,8 @@ var commands = map[string]*command{
 	"generate-keys": {"create the server signing key (--force replaces an existing one)", cmdGenerateKeys},
 	"create-user":   {"create a local user: create-user [--admin] USER [PASSWORD]", cmdCreateUser},
 	"user":          {"manage users: user role USER [ROLE ...] | user role --add ROLE USER | user role --remove ROLE USER", cmdUser},
-	"keys":          {"media key-encryption key: keys status | keys rotate [--new-kek-file F | --new-kek-env NAME]", cmdKeys},
-	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify FILE [--pubkey KEY] | audit verify --data DIR", cmdAudit},
+	"keys":          {"server keys: keys status (media KEK, audit key) | keys rotate [--new-kek-file F | --new-kek-env NAME] (media KEK; audited)", cmdKeys},
+	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify --data DIR [--anchor FILE] [--allow-unanchored] | audit verify FILE [--pubkey KEY] [--anchor FILE]", cmdAudit},
 }
 
 func usage() {
@@ -249,7 +250,25 @@ func cmdGenerateKeys(args []string) error {
 		return err
 	}
 	fmt.Printf("wrote %s (%s)\n", cfg.SigningKey, keyID)
+	op := "generated"
+	if *force {
+		op = "replaced"
+	}
+	recordKeyOp(cfg, auditapi.Entry{Action: auditapi.ActionSigningKey, Target: keyID, Details: map[string]any{"op": op, "path": cfg.SigningKey, "via": "cli"}})
 	return nil
+}
+
+// recordKeyOp audits a key operation of the command line (best effort: the
+// key is already written; a store that cannot be reached is reported).
+func recordKeyOp(cfg *config.Config, e auditapi.Entry) {
+	db, err := openStore(cfg)
+	if err == nil {
+		defer db.Close()
+		err = auditapi.RecordDetached(cliContext(), db, e)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "warning: could not record this key operation in the audit log:", err)
+	}
 }
 
 func cmdCreateUser(args []string) error {

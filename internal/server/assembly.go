@@ -16,6 +16,7 @@ import (
 	"enclave/auditapi"
 	"enclave/auditapi/endpoints"
 	"enclave/clientapi"
+	"enclave/config"
 	"enclave/federationapi"
 	"enclave/internal/httpapi"
 	"enclave/internal/perm"
@@ -134,18 +135,47 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 	return nil
 }
 
-// openAudit opens the audit log (sealer, checkpoints, head export).
+// openAudit loads the audit signing key (never the federation key: see
+// config/auditkey.go) and opens the audit log, which checks the chain's
+// tail against the last exported head before it signs anything.
 func (s *Server) openAudit(ctx context.Context) error {
 	c := s.Config.Audit
+	ak, err := config.LoadAuditKey(s.Config, true)
+	if err != nil {
+		return err
+	}
+	if ak.Path != "" && s.Config.InsideDataDir(ak.Path) {
+		logrus.WithField("path", ak.Path).Warn("audit: the audit signing key lies inside the data directory: whoever can copy or edit the data directory can re-sign a rewritten audit log; move it elsewhere (audit.signing_key) or provide it through audit.signing_key_env")
+	}
+	if ak.Created {
+		logrus.WithFields(logrus.Fields{"path": ak.Path, "key_id": ak.KeyID}).Info("generated a new audit signing key (public key in PATH.pub): keep a copy of the public key off the host for verification")
+	}
+	anchor := s.Config.AuditAnchorPath()
+	if anchor != "" && s.Config.InsideDataDir(anchor) {
+		logrus.WithField("path", anchor).Warn("audit: audit.anchor_file lies inside the data directory: it is lost with it and anchors nothing against whoever controls it")
+	}
 	l, err := auditapi.Open(ctx, s.DB, auditapi.Options{
-		Enabled: c.Enabled, ServerName: s.Config.ServerName, KeyID: s.KeyID, Key: s.Key,
+		Enabled: c.Enabled, ServerName: s.Config.ServerName, KeyID: ak.KeyID, Key: ak.Key,
+		LegacyKeyID: s.KeyID, LegacyKey: s.Key.Public().(ed25519.PublicKey),
 		CheckpointEvery: c.CheckpointEvery, CheckpointInterval: c.CheckpointInterval.Duration,
-		HeadExportPath: c.HeadExportPath, HeadSyslog: c.HeadSyslog,
+		HeadExportPath: c.HeadExportPath, AnchorPath: anchor, HeadSyslog: c.HeadSyslog, SyslogAddress: c.SyslogAddress,
 	})
 	if err != nil {
 		return err
 	}
 	s.Audit = l
+	// Key operations are audited (after server.start, by buildAudit): the
+	// keys made for this start.
+	for _, k := range []struct {
+		made   bool
+		action string
+		id     string
+	}{{s.signingKeyCreated, auditapi.ActionSigningKey, s.KeyID}, {ak.Created, auditapi.ActionAuditKey, ak.KeyID}} {
+		if k.made {
+			s.keyOps = append(s.keyOps, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName}, Action: k.action,
+				Target: k.id, Details: map[string]any{"op": "generated", "via": "server start"}})
+		}
+	}
 	return nil
 }
 
@@ -157,12 +187,17 @@ func (s *Server) buildAudit(ctx context.Context) error {
 	l := s.Audit
 	s.Rooms.AddHook(l.EventHook())
 	if err := (&endpoints.API{DB: s.DB, Client: s.Client, RBAC: s.RBAC, Log: l, ServerName: s.Config.ServerName,
-		Version: Version, HeadPath: c.HeadExportPath}).Register(); err != nil {
+		Version: Version, HeadPath: c.HeadExportPath, AnchorPath: s.Config.AuditAnchorPath()}).Register(); err != nil {
 		return err
 	}
 	if err := l.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
 		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
 		return err // New closes the log
+	}
+	for _, e := range s.keyOps {
+		if err := l.Record(ctx, s.DB, e); err != nil {
+			return err
+		}
 	}
 	s.OnShutdown(func() {
 		if err := l.Record(context.Background(), s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},

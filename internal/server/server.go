@@ -61,6 +61,10 @@ type Server struct {
 
 	KeyID string
 	Key   ed25519.PrivateKey
+	// signingKeyCreated: New generated the key; keyOps are the key
+	// operations of this start, recorded once the log is open.
+	signingKeyCreated bool
+	keyOps            []auditapi.Entry
 
 	// fedEphemeral sends local typing, receipts and presence to other
 	// servers (and times typing out towards them).
@@ -104,7 +108,7 @@ func New(ctx context.Context, cfg *config.Config) (*Server, error) {
 		db.Close()
 		return nil, err
 	}
-	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry(), unlock: unlock}
+	s := &Server{Config: cfg, DB: db, KeyID: keyID, Key: key, Registry: prometheus.NewRegistry(), unlock: unlock, signingKeyCreated: created}
 	if err := s.build(ctx); err != nil {
 		if s.Audit != nil {
 			s.Audit.Close() // stops its sealer before the store closes
