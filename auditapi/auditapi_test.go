@@ -5,8 +5,10 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -242,4 +244,96 @@ func TestMediaAndFederationHooks(t *testing.T) {
 			}
 		}
 	})
+}
+
+// The first start after an upgrade accepts the last checkpoint signed with
+// the federation key (earlier releases) once and goes on with the audit
+// key; verification accepts the old key only when asked, and only before
+// the first audit-key checkpoint. Another key is refused at start.
+func TestUpgradeFromFederationKey(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		fedPub, fed, _ := ed25519.GenerateKey(rand.Reader)
+		auditPub, audit, _ := ed25519.GenerateKey(rand.Reader)
+		head := filepath.Join(t.TempDir(), "head.json")
+		opts := auditapi.Options{Enabled: true, ServerName: "test", KeyID: "ed25519:fed", Key: fed, CheckpointEvery: 3, CheckpointInterval: time.Hour, HeadExportPath: head}
+		l, err := auditapi.Open(ctx, db, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 4 {
+			if err := l.Record(ctx, db, auditapi.Entry{Action: "test.old"}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l.Close()
+		opts.KeyID, opts.Key, opts.LegacyKeyID, opts.LegacyKey = "ed25519:audit", audit, "ed25519:fed", fedPub
+		opts.AnchorPath = filepath.Join(t.TempDir(), "anchor.jsonl")
+		if l, err = auditapi.Open(ctx, db, opts); err != nil {
+			t.Fatalf("first start after the upgrade: %v", err)
+		}
+		if err := l.Record(ctx, db, auditapi.Entry{Action: "test.new"}); err != nil {
+			t.Fatal(err)
+		}
+		l.Close()
+		keys := auditapi.Keys{KeyID: "ed25519:audit", Pub: auditPub}
+		an, err := auditapi.ReadAnchor(opts.AnchorPath, "test", keys, false)
+		if err != nil || an.Head == nil {
+			t.Fatalf("anchor: %v %+v", err, an)
+		}
+		if res, _ := auditapi.VerifyStoreWith(ctx, db, auditapi.VerifyOptions{Keys: keys, Heads: []*auditapi.Head{an.Head}}); res.OK() {
+			t.Fatal("federation-key checkpoints accepted without --legacy-pubkey")
+		}
+		keys.Legacy = fedPub
+		if res, _ := auditapi.VerifyStoreWith(ctx, db, auditapi.VerifyOptions{Keys: keys, Heads: []*auditapi.Head{an.Head}, AllowLegacy: true}); !res.OK() || res.AnchorN != an.Head.N {
+			t.Fatalf("upgraded log: %s", res)
+		}
+		// Once the audit key has signed, the legacy key no longer passes.
+		if l, err = auditapi.Open(ctx, db, opts); err != nil {
+			t.Fatalf("second start: %v", err)
+		}
+		l.Close()
+		_, other, _ := ed25519.GenerateKey(rand.Reader)
+		opts.KeyID, opts.Key = "ed25519:other", other
+		if _, err := auditapi.Open(ctx, db, opts); !errors.Is(err, auditapi.ErrChainMismatch) {
+			t.Fatalf("start with another audit key: %v", err)
+		}
+	})
+}
+
+// ReadAnchor takes the JSONL anchor, a head file and a syslog file, skips
+// other servers' heads, and refuses forged or rolled-back heads.
+func TestReadAnchor(t *testing.T) {
+	pub, key, _ := ed25519.GenerateKey(rand.Reader)
+	sign := func(server string, n int64) string {
+		h := &auditapi.Head{ServerName: server, KeyID: "ed25519:a", N: n, ChainHash: strings.Repeat("a", 64), TS: n}
+		h.Signature = auditapi.SignHeadForTest(h, key)
+		b, _ := json.Marshal(h)
+		return string(b)
+	}
+	dir := t.TempDir()
+	write := func(name string, lines ...string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	keys := auditapi.Keys{KeyID: "ed25519:a", Pub: pub}
+	for name, p := range map[string]string{
+		"jsonl":  write("a.jsonl", sign("s", 3), sign("s", 7), sign("other", 1)),
+		"syslog": write("syslog", "Dec  7 host sshd[1]: noise", "Dec  7 host enclave-audit[9]: audit head "+sign("s", 3), "Dec  7 host enclave-audit[9]: audit head "+sign("s", 7)),
+	} {
+		a, err := auditapi.ReadAnchor(p, "s", keys, false)
+		if err != nil || a.Head == nil || a.Head.N != 7 || a.Heads != 2 {
+			t.Errorf("%s: %v %+v", name, err, a)
+		}
+	}
+	if _, err := auditapi.ReadAnchor(write("back.jsonl", sign("s", 7), sign("s", 3)), "s", keys, false); err == nil || !strings.Contains(err.Error(), "older than the last exported one") {
+		t.Errorf("rolled-back anchor: %v", err)
+	}
+	forged := strings.Replace(sign("s", 9), `"n":9`, `"n":10`, 1)
+	if _, err := auditapi.ReadAnchor(write("forged.jsonl", sign("s", 7), forged), "s", keys, false); err == nil || !strings.Contains(err.Error(), "forged") {
+		t.Errorf("forged head: %v", err)
+	}
 }

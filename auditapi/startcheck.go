@@ -25,7 +25,7 @@ func (l *Log) checkTail(ctx context.Context, head *storage.AuditRow, cpN int64) 
 	keys := Keys{KeyID: l.opts.KeyID, Pub: l.opts.Key.Public().(ed25519.PublicKey), LegacyID: l.opts.LegacyKeyID, Legacy: l.opts.LegacyKey}
 	exp, src, legacyOK, err := l.lastExported(keys)
 	if err != nil {
-		return fmt.Errorf("refusing to start: %w; operator action needed: keep the file as evidence, run `enclave audit verify`, and restore the file or move it aside to start a new anchor", err)
+		return fmt.Errorf("refusing to start: %w: %w; operator action needed: keep the file as evidence, run `enclave audit verify`, and restore the file or move it aside to start a new anchor", ErrChainMismatch, err)
 	}
 	storeN := int64(0)
 	if head != nil {
