@@ -248,7 +248,7 @@ func TestAuditAdminMediaServerActions(t *testing.T) {
 			t.Fatalf("auditor listing: %s", entries.Raw)
 		}
 		ver := mustOK(t, "verify", raw(t, "POST", srv.URL+"/_enclave/audit/v1/verify", aud.AccessToken, map[string]any{}))
-		if ver.Body["ok"] != true {
+		if ver.Body["ok"] != true || ver.Body["anchored"] != true {
 			t.Fatalf("verify: %s", ver.Raw)
 		}
 		exp := raw(t, "GET", srv.URL+"/_enclave/audit/v1/export?format=jsonl", aud.AccessToken, nil)

@@ -159,7 +159,9 @@ func (a *API) verify(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	}); err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	return httpapi.JSON(http.StatusOK, map[string]any{"ok": res.OK(), "result": res.String(), "details": res})
+	// anchored: the chain holds a head exported off the database (the
+	// anchor or head file); without one a truncation would pass.
+	return httpapi.JSON(http.StatusOK, map[string]any{"ok": res.OK(), "anchored": res.OK() && res.AnchorN > 0, "result": res.String(), "details": res})
 }
 
 // GET /_enclave/audit/v1/export?since=&until=&format=jsonl|cef: streams the
