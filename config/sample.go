@@ -121,44 +121,62 @@ func yamlValue(v reflect.Value) (string, error) {
 // operator can still create the first users through the admin API.
 // An existing config file is never touched.
 func EnsureDataDir(dataDir string) (configPath string, created bool, err error) {
-	if err := os.MkdirAll(dataDir, 0o700); err != nil {
-		return "", false, fmt.Errorf("config: create data dir: %w", err)
-	}
-	configPath = filepath.Join(dataDir, ConfigFileName)
-	if _, err := os.Stat(configPath); err == nil {
-		return configPath, false, nil
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return "", false, fmt.Errorf("config: %w", err)
-	}
-
-	secret := make([]byte, 32)
-	if _, err := rand.Read(secret); err != nil {
-		return "", false, fmt.Errorf("config: generate shared secret: %w", err)
-	}
-	c := Default()
-	c.Registration.SharedSecret = hex.EncodeToString(secret)
-	data, err := MarshalAnnotated(c)
-	if err != nil {
-		return "", false, err
-	}
-	// O_EXCL: if another process created the file since the Stat, keep theirs.
-	f, err := os.OpenFile(configPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	configPath, err = WriteNewConfig(dataDir, "")
 	if errors.Is(err, fs.ErrExist) {
 		return configPath, false, nil
 	}
 	if err != nil {
-		return "", false, fmt.Errorf("config: %w", err)
+		return "", false, err
+	}
+	return configPath, true, nil
+}
+
+// WriteNewConfig is EnsureDataDir for `enclave init`: it writes the default
+// config with serverName (the default when empty) and fails with an error
+// wrapping fs.ErrExist when a config is already there, because an existing
+// deployment's settings and secret must never be replaced silently.
+func WriteNewConfig(dataDir, serverName string) (configPath string, err error) {
+	if err := os.MkdirAll(dataDir, 0o700); err != nil {
+		return "", fmt.Errorf("config: create data dir: %w", err)
+	}
+	configPath = filepath.Join(dataDir, ConfigFileName)
+	if _, err := os.Stat(configPath); err == nil {
+		return configPath, fmt.Errorf("config: %s: %w", configPath, fs.ErrExist)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("config: %w", err)
+	}
+
+	secret := make([]byte, 32)
+	if _, err := rand.Read(secret); err != nil {
+		return "", fmt.Errorf("config: generate shared secret: %w", err)
+	}
+	c := Default()
+	if serverName != "" {
+		c.ServerName = serverName
+	}
+	c.Registration.SharedSecret = hex.EncodeToString(secret)
+	data, err := MarshalAnnotated(c)
+	if err != nil {
+		return "", err
+	}
+	// O_EXCL: if another process created the file since the Stat, keep theirs.
+	f, err := os.OpenFile(configPath, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, fs.ErrExist) {
+		return configPath, fmt.Errorf("config: %s: %w", configPath, fs.ErrExist)
+	}
+	if err != nil {
+		return "", fmt.Errorf("config: %w", err)
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()
 		os.Remove(configPath)
-		return "", false, fmt.Errorf("config: write %s: %w", configPath, err)
+		return "", fmt.Errorf("config: write %s: %w", configPath, err)
 	}
 	if err := f.Close(); err != nil {
 		os.Remove(configPath)
-		return "", false, fmt.Errorf("config: write %s: %w", configPath, err)
+		return "", fmt.Errorf("config: write %s: %w", configPath, err)
 	}
-	return configPath, true, nil
+	return configPath, nil
 }
 
 // Mask replaces secret values in Print output.

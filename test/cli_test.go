@@ -99,6 +99,44 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("init writes config and key without serving, never overwrites", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "fresh")
+		out, err := run(nil, "init", "--data", dir, "--server-name", "chat.example.org")
+		if err != nil {
+			t.Fatalf("init: %v\n%s", err, out)
+		}
+		cfgPath := filepath.Join(dir, config.ConfigFileName)
+		cfg, err := config.Load(cfgPath, dir)
+		if err != nil || cfg.ServerName != "chat.example.org" {
+			t.Fatalf("config after init: %+v, %v", cfg, err)
+		}
+		if _, _, created, err := config.LoadOrCreateSigningKey(cfg.SigningKey); err != nil || created {
+			t.Fatalf("signing key after init: created=%v, %v", created, err)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "enclave.db")); !os.IsNotExist(err) {
+			t.Errorf("init created a database (it must not serve or migrate): %v", err)
+		}
+		before, _ := os.ReadFile(cfgPath)
+		out, err = run(nil, "init", "--data", dir, "--server-name", "other.example.org")
+		if err == nil || !strings.Contains(out, "already exists; not overwriting") {
+			t.Fatalf("a second init: %v\n%s", err, out)
+		}
+		if after, _ := os.ReadFile(cfgPath); string(after) != string(before) {
+			t.Fatal("a second init changed the config")
+		}
+		for _, args := range [][]string{
+			{"init", "--data", filepath.Join(t.TempDir(), "x")},
+			{"init", "--data", filepath.Join(t.TempDir(), "y"), "--server-name", "bad name!"},
+		} {
+			if out, err := run(nil, args...); err == nil {
+				t.Errorf("%v succeeded:\n%s", args, out)
+			}
+		}
+		if entries, _ := os.ReadDir(work); len(entries) != 0 {
+			t.Errorf("the working directory gained %v", entries)
+		}
+	})
+
 	t.Run("a misspelt environment variable is an error", func(t *testing.T) {
 		out, err := run([]string{"ENCLAVE_FEDERATON_ENABLED=true"}, "config", "--data", dataDir)
 		if err == nil || !strings.Contains(out, "ENCLAVE_FEDERATON_ENABLED matches no option (did you mean ENCLAVE_FEDERATION_ENABLED?)") {

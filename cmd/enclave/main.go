@@ -57,6 +57,7 @@ type command struct {
 // commands is every subcommand, in one table: adding one (audit, keys,
 // room export…) means adding its line here.
 var commands = map[string]*command{
+	"init":          {"create a data directory without serving: init --data DIR --server-name NAME (writes enclave.yaml and the signing key; never overwrites)", cmdInit},
 	"serve":         {"run the homeserver (creates DIR/enclave.yaml, signing key and database on first start)", cmdServe},
 	"config":        {"print the effective configuration with each option's environment variable", cmdConfig},
 	"generate-keys": {"create the server signing key (--force replaces an existing one)", cmdGenerateKeys},
@@ -206,6 +207,52 @@ func reload(path string, running *config.Config, srv *server.Server) {
 		return
 	}
 	logrus.Info("SIGHUP: configuration reloaded (log and federation policy applied)")
+}
+
+// cmdInit prepares a data directory for a deployment (a package's
+// post-install step, a container build) without starting the server, so
+// server_name is right before the first start creates anything that
+// depends on it.
+func cmdInit(args []string) error {
+	fl := flag.NewFlagSet("init", flag.ExitOnError)
+	dataDir := fl.String("data", "", "data directory to create")
+	serverName := fl.String("server-name", "", "the Matrix server name (the part after the colon in user IDs)")
+	if err := noArgs(fl, args); err != nil {
+		return err
+	}
+	if *dataDir == "" || *serverName == "" {
+		return errors.New("usage: enclave init --data DIR --server-name NAME")
+	}
+	if err := config.ValidateServerName(*serverName); err != nil {
+		return fmt.Errorf("init: --server-name %q: %v", *serverName, err)
+	}
+	abs, err := filepath.Abs(*dataDir)
+	if err != nil {
+		return err
+	}
+	path, err := config.WriteNewConfig(abs, *serverName)
+	if errors.Is(err, fs.ErrExist) {
+		return fmt.Errorf("init: %s already exists; not overwriting it (edit it, or remove it to start again)", path)
+	}
+	if err != nil {
+		return err
+	}
+	cfg, err := config.Load(path, abs)
+	if err != nil {
+		return err
+	}
+	keyID, _, err := config.GenerateSigningKey(cfg.SigningKey, false)
+	if errors.Is(err, fs.ErrExist) {
+		// A key left from an earlier deployment stays: replacing it would
+		// make other servers distrust this one's history.
+		fmt.Printf("kept the existing signing key %s\n", cfg.SigningKey)
+	} else if err != nil {
+		return err
+	} else {
+		fmt.Printf("wrote %s (%s)\n", cfg.SigningKey, keyID)
+	}
+	fmt.Printf("wrote %s (server_name %s)\nstart with: enclave serve --data %s\n", path, cfg.ServerName, *dataDir)
+	return nil
 }
 
 // cmdConfig prints the effective configuration; it never writes anything.
