@@ -1,6 +1,7 @@
 package clientapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -88,10 +89,63 @@ func (ad *accountData) putAccountData(r *http.Request, dev *httpapi.Device) http
 			}
 		}
 	}
+	if isEmptyObject(content) {
+		// MSC3391: an empty object deletes the blob.
+		return ad.deleteAccountData(r, dev)
+	}
 	if err := ad.writeAccountData(r, dev.UserID, roomID, typ, content); err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(200, map[string]any{})
+}
+
+func isEmptyObject(content json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	return json.Unmarshal(content, &m) == nil && len(m) == 0
+}
+
+// deleteAccountData (MSC3391) deletes a blob; the user's other clients see
+// it in /sync as the type with empty content. Deleting nothing succeeds.
+func (ad *accountData) deleteAccountData(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	roomID, typ, resp, ok := accountDataTarget(r, dev)
+	if !ok {
+		return resp
+	}
+	if typ == fullyReadType || typ == syncapi.PushRulesType {
+		return httpapi.Errf(http.StatusMethodNotAllowed, "M_BAD_JSON", "%s is managed by the server and cannot be deleted here", typ)
+	}
+	err := ad.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		return ad.deleteInTx(r.Context(), tx, dev.UserID, roomID, typ)
+	})
+	if err != nil {
+		return httpapi.InternalError(r, err)
+	}
+	return httpapi.JSON(200, map[string]any{})
+}
+
+// deleteInTx deletes a blob inside tx and wakes the user's syncs after
+// commit.
+func (ad *accountData) deleteInTx(ctx context.Context, tx *storage.Tx, userID, roomID, typ string) error {
+	pos, err := storage.DeleteAccountData(ctx, tx, userID, roomID, typ)
+	if err != nil || pos == 0 {
+		return err
+	}
+	tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
+	return nil
+}
+
+// localNotificationSettingsPrefix names a device's own notification
+// settings (MSC3890); they go when the device goes.
+const localNotificationSettingsPrefix = "org.matrix.msc3890.local_notification_settings."
+
+// deleteDeviceData deletes the account data kept for the given devices.
+func (ad *accountData) deleteDeviceData(ctx context.Context, tx *storage.Tx, userID string, deviceIDs []string) error {
+	for _, d := range deviceIDs {
+		if err := ad.deleteInTx(ctx, tx, userID, "", localNotificationSettingsPrefix+d); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeAccountData stores a blob and wakes the user's syncs.

@@ -46,6 +46,8 @@ type accounts struct {
 	opts Options
 	db   *storage.DB
 	rs   roomserver.API // leaves a deactivated user's rooms
+	// accountData deletes a device's own account data with the device.
+	accountData *accountData
 
 	tokens     tokenCache
 	nonces     nonceStore
@@ -397,6 +399,9 @@ func (ac *accounts) deleteDevices(ctx context.Context, userID string, deviceIDs 
 		if err := storage.DeleteDevices(ctx, tx, userID, deviceIDs); err != nil {
 			return err
 		}
+		if err := ac.accountData.deleteDeviceData(ctx, tx, userID, deviceIDs); err != nil {
+			return err
+		}
 		return ac.auditDevicesRemoved(ctx, tx, userID, deviceIDs, "deleted")
 	})
 	ac.invalidateUserTokens(userID)
@@ -545,6 +550,9 @@ func (ac *accounts) postLogout(r *http.Request, dev *httpapi.Device) httpapi.Res
 		if err := storage.DeleteDevices(ctx, tx, dev.UserID, []string{dev.DeviceID}); err != nil {
 			return err
 		}
+		if err := ac.accountData.deleteDeviceData(ctx, tx, dev.UserID, []string{dev.DeviceID}); err != nil {
+			return err
+		}
 		// A token without a device row (should not happen) is revoked too.
 		if err := storage.DeleteAccessToken(ctx, tx, dev.AccessTokenID); err != nil {
 			return err
@@ -566,6 +574,9 @@ func (ac *accounts) postLogoutAll(r *http.Request, dev *httpapi.Device) httpapi.
 	err := ac.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, "")
 		if err != nil {
+			return err
+		}
+		if err := ac.accountData.deleteDeviceData(r.Context(), tx, dev.UserID, ids); err != nil {
 			return err
 		}
 		if err := ac.opts.Audit.Record(r.Context(), tx, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID}, Action: auditapi.ActionLogout, Target: dev.DeviceID, Details: map[string]any{"all": true}}); err != nil {
@@ -619,6 +630,9 @@ func (ac *accounts) postPassword(r *http.Request, dev *httpapi.Device) httpapi.R
 		}
 		ids, err := storage.DeleteAllDevices(r.Context(), tx, dev.UserID, dev.DeviceID)
 		if err != nil {
+			return err
+		}
+		if err := ac.accountData.deleteDeviceData(r.Context(), tx, dev.UserID, ids); err != nil {
 			return err
 		}
 		if err := ac.auditDevicesRemoved(r.Context(), tx, dev.UserID, ids, "password_change"); err != nil {

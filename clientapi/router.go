@@ -96,6 +96,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
 	a.accountData = &accountData{db: db, sync: syncer}
 	a.rooms.accountData = a.accountData
+	a.accounts.accountData = a.accountData
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts, authorize: a.authorize}
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}

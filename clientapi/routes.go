@@ -92,6 +92,8 @@ func (a *API) routes() [][]route {
 		v3("PUT", "/user/{userId}/account_data/{type}", "account_data", perm.AnyUser, a.accountData.putAccountData),
 		v3("GET", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", perm.AnyUser, a.accountData.getAccountData),
 		v3("PUT", "/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", perm.AnyUser, a.accountData.putAccountData),
+		authed("DELETE", "/_matrix/client/unstable/org.matrix.msc3391/user/{userId}/account_data/{type}", "account_data", perm.AnyUser, a.accountData.deleteAccountData),
+		authed("DELETE", "/_matrix/client/unstable/org.matrix.msc3391/user/{userId}/rooms/{roomId}/account_data/{type}", "account_data", perm.AnyUser, a.accountData.deleteAccountData),
 
 		// Devices.
 		v3("GET", "/devices", "devices", perm.AnyUser, a.devices.listDevices),

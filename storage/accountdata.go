@@ -61,18 +61,35 @@ func LockAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string) er
 	return err
 }
 
-// GetAccountData loads one blob, or ErrNotFound.
+// DeletedAccountData is the content of a deleted blob (MSC3391): the row
+// stays, with a new stream position, so an incremental /sync tells the
+// clients that had it; reads and initial syncs treat it as absent.
+const DeletedAccountData = "{}"
+
+// DeleteAccountData deletes a blob inside tx. It reports the stream
+// position to publish, or 0 when there was nothing to delete.
+func DeleteAccountData(ctx context.Context, tx *Tx, userID, roomID, typ string) (int64, error) {
+	c, err := GetAccountData(ctx, tx, userID, roomID, typ)
+	if errors.Is(err, ErrNotFound) || (err == nil && len(c) == 0) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	return PutAccountData(ctx, tx, userID, roomID, typ, json.RawMessage(DeletedAccountData))
+}
+
+// GetAccountData loads one blob, or ErrNotFound (also for a deleted one).
 func GetAccountData(ctx context.Context, q Querier, userID, roomID, typ string) (json.RawMessage, error) {
 	var c string
 	err := q.QueryRowContext(ctx, `SELECT content FROM account_data WHERE user_id = $1 AND room_id = $2 AND type = $3`, userID, roomID, typ).Scan(&c)
-	if errors.Is(err, sql.ErrNoRows) {
+	if errors.Is(err, sql.ErrNoRows) || (err == nil && c == DeletedAccountData) {
 		return nil, ErrNotFound
 	}
 	return json.RawMessage(c), err
 }
 
 // AccountDataRange lists the user's blobs written with from < pos <= to
-// (from 0: all of them), oldest first.
+// (from 0: all of them but the deleted ones), oldest first.
 func AccountDataRange(ctx context.Context, q Querier, userID string, from, to int64) ([]AccountData, error) {
 	rows, err := q.QueryContext(ctx, `SELECT room_id, type, content, stream_pos FROM account_data
 		WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3 ORDER BY stream_pos`, userID, from, to)
@@ -86,6 +103,9 @@ func AccountDataRange(ctx context.Context, q Querier, userID string, from, to in
 		var c string
 		if err := rows.Scan(&a.RoomID, &a.Type, &c, &a.StreamPos); err != nil {
 			return nil, err
+		}
+		if from == 0 && c == DeletedAccountData {
+			continue
 		}
 		a.Content = json.RawMessage(c)
 		out = append(out, a)

@@ -1,0 +1,124 @@
+package test
+
+import (
+	"net/url"
+	"testing"
+
+	"maunium.net/go/mautrix"
+
+	"enclave/storage"
+)
+
+// syncRaw runs one /sync (since "" = initial, no wait) and returns it.
+func syncRaw(t testing.TB, base, token, since string) rawResp {
+	t.Helper()
+	u := base + "/_matrix/client/v3/sync?timeout=0"
+	if since != "" {
+		u += "&since=" + url.QueryEscape(since)
+	}
+	return mustOK(t, "sync", raw(t, "GET", u, token, nil))
+}
+
+// accountDataIn finds an account data event of typ in a sync response:
+// global when roomID is "", else in rooms.join[roomID].
+func accountDataIn(r rawResp, roomID, typ string) (map[string]any, bool) {
+	holder := r.Body
+	if roomID != "" {
+		rooms, _ := r.Body["rooms"].(map[string]any)
+		join, _ := rooms["join"].(map[string]any)
+		holder, _ = join[roomID].(map[string]any)
+	}
+	ad, _ := holder["account_data"].(map[string]any)
+	evs, _ := ad["events"].([]any)
+	for _, e := range evs {
+		ev, _ := e.(map[string]any)
+		if ev["type"] == typ {
+			c, _ := ev["content"].(map[string]any)
+			return c, true
+		}
+	}
+	return nil, false
+}
+
+// TestRemovingAccountData (MSC3391): DELETE on the unstable path, or a PUT
+// of {}, deletes global and room account data: GET answers 404, an
+// incremental /sync carries the type with empty content, an initial /sync
+// leaves it out. Deleting a device deletes its MSC3890 notification
+// settings the same way.
+func TestRemovingAccountData(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		ctx := ctxT(t)
+		reg := Register(t, srv.URL, "alice", "alice-pw", false)
+		alice := sessionClient(t, srv.URL, reg)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		roomID := string(room.RoomID)
+		const typ = "org.example.test"
+		c3 := srv.URL + "/_matrix/client/v3/user/" + reg.UserID
+		un := srv.URL + "/_matrix/client/unstable/org.matrix.msc3391/user/" + reg.UserID
+		for _, tc := range []struct {
+			name, roomID   string
+			viaDelete      bool
+			stable, delete string
+		}{
+			{"global DELETE", "", true, c3 + "/account_data/" + typ, un + "/account_data/" + typ},
+			{"global PUT {}", "", false, c3 + "/account_data/" + typ, ""},
+			{"room DELETE", roomID, true, c3 + "/rooms/" + roomID + "/account_data/" + typ, un + "/rooms/" + roomID + "/account_data/" + typ},
+			{"room PUT {}", roomID, false, c3 + "/rooms/" + roomID + "/account_data/" + typ, ""},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				mustOK(t, "put", raw(t, "PUT", tc.stable, reg.AccessToken, map[string]any{"test_data": 1}))
+				since := syncRaw(t, srv.URL, reg.AccessToken, "").Body["next_batch"].(string)
+				if got := mustOK(t, "get", raw(t, "GET", tc.stable, reg.AccessToken, nil)); got.Body["test_data"] != float64(1) {
+					t.Fatalf("stored: %s", got.Raw)
+				}
+				if tc.viaDelete {
+					mustOK(t, "delete", raw(t, "DELETE", tc.delete, reg.AccessToken, nil))
+				} else {
+					mustOK(t, "put {}", raw(t, "PUT", tc.stable, reg.AccessToken, map[string]any{}))
+				}
+				raw(t, "GET", tc.stable, reg.AccessToken, nil).wantErr(t, "get deleted", 404, "M_NOT_FOUND")
+				inc := syncRaw(t, srv.URL, reg.AccessToken, since)
+				if c, ok := accountDataIn(inc, tc.roomID, typ); !ok || len(c) != 0 {
+					t.Fatalf("incremental sync lacks the empty %s: %s", typ, inc.Raw)
+				}
+				if _, ok := accountDataIn(syncRaw(t, srv.URL, reg.AccessToken, ""), tc.roomID, typ); ok {
+					t.Fatal("initial sync still has the deleted type")
+				}
+			})
+		}
+		// Deleting what is not there succeeds; another user's data and the
+		// server-managed types are refused.
+		mustOK(t, "delete absent", raw(t, "DELETE", un+"/account_data/org.example.none", reg.AccessToken, nil))
+		bob := Register(t, srv.URL, "bob", "bob-pw", false)
+		raw(t, "DELETE", un+"/account_data/"+typ, bob.AccessToken, nil).wantErr(t, "other user", 403, "M_FORBIDDEN")
+		raw(t, "DELETE", un+"/account_data/m.push_rules", reg.AccessToken, nil).wantErr(t, "push rules", 405, "M_BAD_JSON")
+
+		t.Run("device deletion", func(t *testing.T) {
+			second := loginClient(t, srv.URL, "alice", "alice-pw")
+			settings := "org.matrix.msc3890.local_notification_settings." + string(second.DeviceID)
+			other := "org.matrix.msc3890.local_notification_settings." + reg.DeviceID
+			mustOK(t, "put", raw(t, "PUT", c3+"/account_data/"+settings, reg.AccessToken, map[string]any{"is_silenced": true}))
+			mustOK(t, "put own", raw(t, "PUT", c3+"/account_data/"+other, reg.AccessToken, map[string]any{"is_silenced": false}))
+			since := syncRaw(t, srv.URL, reg.AccessToken, "").Body["next_batch"].(string)
+			// Deleting a device needs UIA: the password of its owner.
+			del := srv.URL + "/_matrix/client/v3/devices/" + string(second.DeviceID)
+			first := raw(t, "DELETE", del, reg.AccessToken, map[string]any{})
+			if first.Status != 401 {
+				t.Fatalf("UIA step: %d %s", first.Status, first.Raw)
+			}
+			mustOK(t, "delete device", raw(t, "DELETE", del, reg.AccessToken, map[string]any{"auth": map[string]any{
+				"type": "m.login.password", "session": first.Body["session"],
+				"identifier": map[string]any{"type": "m.id.user", "user": "alice"}, "password": "alice-pw"}}))
+			raw(t, "GET", c3+"/account_data/"+settings, reg.AccessToken, nil).wantErr(t, "deleted device's settings", 404, "M_NOT_FOUND")
+			mustOK(t, "own settings stay", raw(t, "GET", c3+"/account_data/"+other, reg.AccessToken, nil))
+			inc := syncRaw(t, srv.URL, reg.AccessToken, since)
+			if c, ok := accountDataIn(inc, "", settings); !ok || len(c) != 0 {
+				t.Fatalf("incremental sync lacks the emptied settings: %s", inc.Raw)
+			}
+		})
+	})
+}
