@@ -70,10 +70,18 @@ type Options struct {
 type API struct {
 	Options
 	deletes sync.Map // delete_id -> *deleteStatus
+	// Handler groups with their own dependencies.
+	reports *reports
+	grants  *roleGrants
 }
 
 // New builds the admin API; Register mounts it.
-func New(o Options) *API { return &API{Options: o} }
+func New(o Options) *API {
+	a := &API{Options: o}
+	a.reports = &reports{db: o.DB, rooms: o.Rooms, record: a.record}
+	a.grants = &roleGrants{db: o.DB, rbac: o.RBAC, record: a.record, rolesBody: a.rolesBody}
+	return a
+}
 
 type handler func(r *http.Request, dev *httpapi.Device) httpapi.Response
 
@@ -136,9 +144,9 @@ func (a *API) Register() error {
 	}
 
 	// Event reports.
-	route("GET", s1+"/event_reports", rooms, a.listEventReports)
-	route("GET", s1+"/event_reports/{reportId}", rooms, a.getEventReport)
-	route("DELETE", s1+"/event_reports/{reportId}", rooms, a.deleteEventReport)
+	route("GET", s1+"/event_reports", rooms, a.reports.list)
+	route("GET", s1+"/event_reports/{reportId}", rooms, a.reports.get)
+	route("DELETE", s1+"/event_reports/{reportId}", rooms, a.reports.delete)
 
 	// Server notices.
 	route("POST", s1+"/send_server_notice", users, a.sendServerNotice)
@@ -148,9 +156,9 @@ func (a *API) Register() error {
 	route("GET", e1+"/roles", roles, a.listRoles)
 	route("GET", e1+"/users/{userId}/roles", roles, a.getUserRoles)
 	route("PUT", e1+"/users/{userId}/roles", roles, a.putUserRoles)
-	route("GET", e1+"/role_grants", roles, a.listRoleGrants)
-	route("POST", e1+"/role_grants/{grantId}/approve", roles, a.approveRoleGrant)
-	route("DELETE", e1+"/role_grants/{grantId}", roles, a.cancelRoleGrant)
+	route("GET", e1+"/role_grants", roles, a.grants.list)
+	route("POST", e1+"/role_grants/{grantId}/approve", roles, a.grants.approve)
+	route("DELETE", e1+"/role_grants/{grantId}", roles, a.grants.cancel)
 	route("GET", e1+"/legal_holds", rooms, a.listLegalHolds)
 	route("PUT", e1+"/legal_holds/{scope}/{target}", rooms, a.putLegalHold)
 	route("DELETE", e1+"/legal_holds/{scope}/{target}", perm.Needs(perm.UseAdminAPI, perm.LiftLegalHold), a.deleteLegalHold)

@@ -1,8 +1,6 @@
 package adminapi
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
@@ -78,7 +76,7 @@ func (a *API) putUserRoles(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return httpapi.InternalError(r, err)
 	}
 	if len(watchful) > 0 {
-		return a.requestRoleGrant(r, dev, acc.UserID, *req.Roles, watchful)
+		return a.grants.request(r, dev, acc.UserID, *req.Roles, watchful)
 	}
 	err = a.DB.WithTx(r.Context(), func(tx *storage.Tx) error {
 		_, _, err := a.RBAC.SetRoles(r.Context(), tx, acc.UserID, *req.Roles, dev.UserID)
@@ -91,97 +89,6 @@ func (a *API) putUserRoles(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return httpapi.InternalError(r, err)
 	}
 	return a.rolesBody(r, acc.UserID)
-}
-
-// requestRoleGrant stores a grant of watchful roles (they oversee the
-// other admins: audit, legal holds) to wait for a second admin, and answers
-// 202 with its ID. Nothing changes until another admin — neither the one
-// who asked nor the user receiving the roles — approves it; the host's
-// command line (enclave user role) remains the other way.
-func (a *API) requestRoleGrant(r *http.Request, dev *httpapi.Device, userID string, roles, watchful []string) httpapi.Response {
-	if _, err := rbac.ValidRoles(a.RBAC.Definitions(), roles); err != nil {
-		return badParam("%v", err)
-	}
-	b := make([]byte, 12)
-	_, _ = rand.Read(b)
-	g := storage.RoleGrantRequest{ID: hex.EncodeToString(b), UserID: userID, Roles: roles, RequestedBy: dev.UserID, RequestedTS: time.Now().UnixMilli()}
-	err := a.DB.WithTx(r.Context(), func(tx *storage.Tx) error {
-		if err := storage.InsertRoleGrantRequest(r.Context(), tx, g); err != nil {
-			return err
-		}
-		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionRoleGrant, Target: userID,
-			Details: map[string]any{"op": "requested", "grant_id": g.ID, "roles": roles, "watchful": watchful}})
-	})
-	if err != nil {
-		return httpapi.InternalError(r, err)
-	}
-	return httpapi.JSON(http.StatusAccepted, map[string]any{
-		"pending": g, "watchful_roles": watchful,
-		"approve": "POST /_enclave/admin/v1/role_grants/" + g.ID + "/approve by another admin",
-	})
-}
-
-// GET /_enclave/admin/v1/role_grants: grants waiting for a second admin.
-func (a *API) listRoleGrants(r *http.Request, _ *httpapi.Device) httpapi.Response {
-	grants, err := storage.ListRoleGrantRequests(r.Context(), a.DB)
-	if err != nil {
-		return httpapi.InternalError(r, err)
-	}
-	return httpapi.JSON(http.StatusOK, map[string]any{"role_grants": grants})
-}
-
-// errSelfApproval refuses an approval by the admin who asked or by the
-// user who would receive the roles.
-var errSelfApproval = errors.New("self approval")
-
-// POST /_enclave/admin/v1/role_grants/{grantId}/approve: a second admin
-// applies the pending grant.
-func (a *API) approveRoleGrant(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	var g *storage.RoleGrantRequest
-	err := a.DB.WithTx(r.Context(), func(tx *storage.Tx) error {
-		var err error
-		if g, err = storage.TakeRoleGrantRequest(r.Context(), tx, vars(r, "grantId")); err != nil {
-			return err
-		}
-		if g.RequestedBy == dev.UserID || g.UserID == dev.UserID {
-			return errSelfApproval
-		}
-		if _, _, err := a.RBAC.SetRoles(r.Context(), tx, g.UserID, g.Roles, dev.UserID); err != nil {
-			return err
-		}
-		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionRoleGrant, Target: g.UserID,
-			Details: map[string]any{"op": "approved", "grant_id": g.ID, "roles": g.Roles, "requested_by": g.RequestedBy}})
-	})
-	switch {
-	case errors.Is(err, storage.ErrNotFound):
-		return httpapi.NotFound("no such pending role grant")
-	case errors.Is(err, errSelfApproval):
-		return httpapi.Forbidden("a role grant must be approved by an admin other than the one who asked and the one who receives it")
-	case errors.Is(err, rbac.ErrUnknownRole):
-		return badParam("%v", err)
-	case err != nil:
-		return httpapi.InternalError(r, err)
-	}
-	return a.rolesBody(r, g.UserID)
-}
-
-// DELETE /_enclave/admin/v1/role_grants/{grantId}: withdraw a pending grant.
-func (a *API) cancelRoleGrant(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	err := a.DB.WithTx(r.Context(), func(tx *storage.Tx) error {
-		g, err := storage.TakeRoleGrantRequest(r.Context(), tx, vars(r, "grantId"))
-		if err != nil {
-			return err
-		}
-		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionRoleGrant, Target: g.UserID,
-			Details: map[string]any{"op": "cancelled", "grant_id": g.ID, "requested_by": g.RequestedBy}})
-	})
-	if errors.Is(err, storage.ErrNotFound) {
-		return httpapi.NotFound("no such pending role grant")
-	}
-	if err != nil {
-		return httpapi.InternalError(r, err)
-	}
-	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
 func contains(list []string, s string) bool {

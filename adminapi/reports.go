@@ -15,11 +15,19 @@ import (
 // Event reports, in the shapes of Synapse's Event Reports admin API
 // (synapse-admin's "Reports" page and synadm read them).
 
+// reports serves them: it reads the store and, for each report's room
+// label, the room server's current state.
+type reports struct {
+	db     *storage.DB
+	rooms  Rooms
+	record func(ctx context.Context, tx *storage.Tx, dev *httpapi.Device, e auditapi.Entry) error
+}
+
 // reportJSON renders a report as Synapse lists it, with the room's name
 // and canonical alias and the reported event's sender.
-func (a *API) reportJSON(ctx context.Context, rep *storage.Report) (map[string]any, *storage.Event) {
+func (rp *reports) reportJSON(ctx context.Context, rep *storage.Report) (map[string]any, *storage.Event) {
 	var name, alias, sender string
-	if state, err := a.Rooms.CurrentState(ctx, rep.RoomID); err == nil {
+	if state, err := rp.rooms.CurrentState(ctx, rep.RoomID); err == nil {
 		var c struct {
 			Name  string `json:"name"`
 			Alias string `json:"alias"`
@@ -31,7 +39,7 @@ func (a *API) reportJSON(ctx context.Context, rep *storage.Report) (map[string]a
 			alias = c.Alias
 		}
 	}
-	ev, err := storage.GetEvent(ctx, a.DB, rep.EventID)
+	ev, err := storage.GetEvent(ctx, rp.db, rep.EventID)
 	if err == nil {
 		sender = ev.Sender
 	} else {
@@ -49,7 +57,7 @@ func (a *API) reportJSON(ctx context.Context, rep *storage.Report) (map[string]a
 }
 
 // GET /_synapse/admin/v1/event_reports?from=&limit=&dir=&user_id=&room_id=
-func (a *API) listEventReports(r *http.Request, _ *httpapi.Device) httpapi.Response {
+func (rp *reports) list(r *http.Request, _ *httpapi.Device) httpapi.Response {
 	from, ok1 := intParam(r, "from", 0)
 	limit, ok2 := intParam(r, "limit", 100)
 	dir := r.URL.Query().Get("dir")
@@ -58,13 +66,13 @@ func (a *API) listEventReports(r *http.Request, _ *httpapi.Device) httpapi.Respo
 	}
 	f := storage.EventReportFilter{From: from, Limit: limit, Forward: dir == "f",
 		UserID: r.URL.Query().Get("user_id"), RoomID: r.URL.Query().Get("room_id")}
-	reps, total, err := storage.ListEventReports(r.Context(), a.DB, f)
+	reps, total, err := storage.ListEventReports(r.Context(), rp.db, f)
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	out := make([]map[string]any, 0, len(reps))
 	for _, rep := range reps {
-		j, _ := a.reportJSON(r.Context(), rep)
+		j, _ := rp.reportJSON(r.Context(), rep)
 		out = append(out, j)
 	}
 	body := map[string]any{"event_reports": out, "total": total}
@@ -74,12 +82,12 @@ func (a *API) listEventReports(r *http.Request, _ *httpapi.Device) httpapi.Respo
 	return httpapi.JSON(http.StatusOK, body)
 }
 
-func (a *API) loadReport(r *http.Request) (*storage.Report, httpapi.Response, bool) {
+func (rp *reports) load(r *http.Request) (*storage.Report, httpapi.Response, bool) {
 	id, err := strconv.ParseInt(vars(r, "reportId"), 10, 64)
 	if err != nil || id <= 0 {
 		return nil, badParam("the report ID is a positive integer"), false
 	}
-	rep, err := storage.GetReport(r.Context(), a.DB, id)
+	rep, err := storage.GetReport(r.Context(), rp.db, id)
 	if errors.Is(err, storage.ErrNotFound) || (err == nil && rep.Kind != storage.ReportEvent) {
 		return nil, httpapi.NotFound("no such event report"), false
 	}
@@ -91,12 +99,12 @@ func (a *API) loadReport(r *http.Request) (*storage.Report, httpapi.Response, bo
 
 // GET /_synapse/admin/v1/event_reports/{reportId}: the report with the
 // reported event's JSON.
-func (a *API) getEventReport(r *http.Request, _ *httpapi.Device) httpapi.Response {
-	rep, resp, ok := a.loadReport(r)
+func (rp *reports) get(r *http.Request, _ *httpapi.Device) httpapi.Response {
+	rep, resp, ok := rp.load(r)
 	if !ok {
 		return resp
 	}
-	body, ev := a.reportJSON(r.Context(), rep)
+	body, ev := rp.reportJSON(r.Context(), rep)
 	body["event_json"] = nil
 	if ev != nil {
 		body["event_json"] = json.RawMessage(ev.JSON)
@@ -105,16 +113,16 @@ func (a *API) getEventReport(r *http.Request, _ *httpapi.Device) httpapi.Respons
 }
 
 // DELETE /_synapse/admin/v1/event_reports/{reportId}
-func (a *API) deleteEventReport(r *http.Request, dev *httpapi.Device) httpapi.Response {
-	rep, resp, ok := a.loadReport(r)
+func (rp *reports) delete(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	rep, resp, ok := rp.load(r)
 	if !ok {
 		return resp
 	}
-	err := a.DB.WithTx(r.Context(), func(tx *storage.Tx) error {
+	err := rp.db.WithTx(r.Context(), func(tx *storage.Tx) error {
 		if _, err := storage.DeleteReport(r.Context(), tx, rep.ID); err != nil {
 			return err
 		}
-		return a.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionReportDelete, Target: strconv.FormatInt(rep.ID, 10), RoomID: rep.RoomID,
+		return rp.record(r.Context(), tx, dev, auditapi.Entry{Action: auditapi.ActionReportDelete, Target: strconv.FormatInt(rep.ID, 10), RoomID: rep.RoomID,
 			Details: map[string]any{"event_id": rep.EventID, "reporter": rep.Reporter}})
 	})
 	if err != nil {
