@@ -7,6 +7,7 @@ import (
 	"os"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // ErrStoreInUse is returned by LockForServing when another process already
@@ -19,6 +20,10 @@ var ErrStoreInUse = errors.New("storage: another Enclave process is serving this
 // serveLockKey is the PostgreSQL advisory lock key that marks a database
 // as served ("enclave!" in ASCII, so it is recognisable in pg_locks).
 const serveLockKey int64 = 0x656e636c61766521
+
+// serveLockWait is how long a start waits for a held PostgreSQL serving
+// lock before refusing (see LockForServing).
+const serveLockWait = 3 * time.Second
 
 // LockForServing takes the store's serving lock and returns its release.
 // On PostgreSQL it is a session advisory lock held on a connection set
@@ -35,10 +40,24 @@ func (db *DB) LockForServing(ctx context.Context) (release func(), err error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: serving lock: %w", err)
 	}
+	// A process killed a moment ago still holds the lock until its
+	// backend notices the closed connection and exits: an immediate
+	// restart (a supervisor's) waits that out rather than refusing.
 	var got bool
-	if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, serveLockKey).Scan(&got); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("storage: serving lock: %w", err)
+	for deadline := time.Now().Add(serveLockWait); ; {
+		if err := conn.QueryRowContext(ctx, `SELECT pg_try_advisory_lock($1)`, serveLockKey).Scan(&got); err != nil {
+			conn.Close()
+			return nil, fmt.Errorf("storage: serving lock: %w", err)
+		}
+		if got || time.Now().After(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			conn.Close()
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	if !got {
 		conn.Close()
