@@ -21,6 +21,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/internal/httpapi"
+	"enclave/roomserver"
 	"enclave/storage"
 )
 
@@ -327,12 +328,17 @@ func (f *Federation) deviceListWorker(ctx context.Context) {
 	x := f.ext()
 	for {
 		x.mu.Lock()
-		batch := x.devQ
-		x.devQ = nil
+		batch, joins := x.devQ, x.joinQ
+		x.devQ, x.joinQ = nil, nil
 		x.mu.Unlock()
-		if len(batch) > 0 {
+		if len(batch) > 0 || len(joins) > 0 {
 			if err := f.sendDeviceListChanges(ctx, batch); err != nil && ctx.Err() == nil {
 				logrus.WithError(err).Warn("federation: sending device list updates")
+			}
+			for _, j := range joins {
+				if err := f.sendDevicesTo(ctx, j); err != nil && ctx.Err() == nil {
+					logrus.WithError(err).Warn("federation: sending a joiner's devices")
+				}
 			}
 			continue
 		}
@@ -367,6 +373,78 @@ func (f *Federation) sendUserDeviceChanges(ctx context.Context, userID string, c
 	if err != nil || len(dests) == 0 {
 		return err
 	}
+	return f.sendUserDeviceChangesTo(ctx, userID, changes, dests)
+}
+
+// devicesTo is a local user who joined a room, and the servers in it that
+// shared no other room with them.
+type devicesTo struct {
+	userID string
+	dests  []spec.ServerName
+}
+
+// announceDevicesOnJoin arranges, once the join commits, that the servers
+// in the room which shared no other room with the joiner get an
+// m.device_list_update for each of the joiner's devices: the spec sends
+// them when a user joins a room with servers not yet receiving updates
+// for that user, so those servers can encrypt for the joiner at once.
+func (f *Federation) announceDevicesOnJoin(ctx context.Context, tx *storage.Tx, se *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
+	userID := string(ev.SenderID())
+	if m, _ := ev.Membership(); m != spec.Join || ev.StateKey() == nil || *ev.StateKey() != userID {
+		return nil
+	}
+	roomID := ev.RoomID().String()
+	if se != nil {
+		// A join after a join (a profile change) is nobody's news.
+		if prev, err := storage.LatestMembershipBefore(ctx, tx, roomID, userID, se.StreamPos-1); err == nil && prev.Membership == spec.Join {
+			return nil
+		}
+	}
+	others, err := storage.UsersSharingOtherRoomWith(ctx, tx, userID, roomID)
+	if err != nil {
+		return err
+	}
+	known := map[spec.ServerName]bool{f.serverName: true}
+	for _, s := range f.remoteServers(others) {
+		known[s] = true
+	}
+	var dests []spec.ServerName
+	for _, s := range ServersInRoom(st) {
+		if !known[s] {
+			dests = append(dests, s)
+		}
+	}
+	if len(dests) == 0 {
+		return nil
+	}
+	tx.AfterCommit(func() {
+		x := f.ext()
+		x.mu.Lock()
+		x.joinQ = append(x.joinQ, devicesTo{userID: userID, dests: dests})
+		x.mu.Unlock()
+		select {
+		case x.devWake <- struct{}{}:
+		default:
+		}
+	})
+	return nil
+}
+
+// sendDevicesTo sends every device of j's user to j's servers.
+func (f *Federation) sendDevicesTo(ctx context.Context, j devicesTo) error {
+	devs, err := storage.ListDevices(ctx, f.db, j.userID)
+	if err != nil || len(devs) == 0 {
+		return err
+	}
+	changes := make([]storage.DeviceListChange, 0, len(devs))
+	for _, d := range devs {
+		changes = append(changes, storage.DeviceListChange{UserID: j.userID, DeviceID: d.DeviceID})
+	}
+	return f.sendUserDeviceChangesTo(ctx, j.userID, changes, j.dests)
+}
+
+// sendUserDeviceChangesTo sends one user's changes to dests.
+func (f *Federation) sendUserDeviceChangesTo(ctx context.Context, userID string, changes []storage.DeviceListChange, dests []spec.ServerName) error {
 	var devices []storage.DeviceListChange
 	userLevel := false
 	for _, c := range changes {

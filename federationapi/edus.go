@@ -84,6 +84,7 @@ type extras struct {
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
 	devQ    []storage.DeviceListChange
+	joinQ   []devicesTo // joiners' devices for servers new to them
 	devWake chan struct{}
 	kick    chan struct{}
 }

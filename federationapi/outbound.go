@@ -136,10 +136,15 @@ func (j *joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, ev
 // the invitee's server (/invite) before it was stored. Events of remote senders,
 // including those that reached us over federation, are their origin's to
 // send.
-func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, _ *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
+func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, se *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
 	_, domain, err := gomatrixserverlib.SplitID('@', string(ev.SenderID()))
 	if err != nil || domain != f.serverName {
 		return nil
+	}
+	if ev.Type() == spec.MRoomMember {
+		if err := f.announceDevicesOnJoin(ctx, tx, se, ev, st); err != nil {
+			return fmt.Errorf("federation: devices of %s: %w", ev.SenderID(), err)
+		}
 	}
 	dests := map[spec.ServerName]bool{}
 	for _, s := range ServersInRoom(st) {

@@ -119,6 +119,13 @@ func UsersSharingRoomWith(ctx context.Context, q Querier, userID string) ([]stri
 	return queryStrings(ctx, q, `SELECT DISTINCT b.state_key FROM `+sharedJoin+` AND b.state_key <> $1`, userID)
 }
 
+// UsersSharingOtherRoomWith is UsersSharingRoomWith leaving out one room:
+// who already hears of userID's devices through another room than the
+// one userID is joining.
+func UsersSharingOtherRoomWith(ctx context.Context, q Querier, userID, exceptRoom string) ([]string, error) {
+	return queryStrings(ctx, q, `SELECT DISTINCT b.state_key FROM `+sharedJoin+` AND b.state_key <> $1 AND a.room_id <> $2`, userID, exceptRoom)
+}
+
 // SharingRoomWith returns which of users share a joined room with userID.
 func SharingRoomWith(ctx context.Context, q Querier, userID string, users []string) (map[string]bool, error) {
 	out := map[string]bool{}

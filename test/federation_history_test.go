@@ -1,8 +1,12 @@
 package test
 
 import (
+	"encoding/json"
 	"math"
 	"testing"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/id"
@@ -75,4 +79,53 @@ func TestFederationBackfillReachesAll(t *testing.T) {
 	fedJoin(t, alice, room2.RoomID, cn)
 	fedWantExactly(t, "alice's history of C's room", fedPagedBodies(t, alice, room2.RoomID, 120, "c "), want2)
 	fedWantExactly(t, "carol's own history", fedPagedBodies(t, carol, room2.RoomID, 120, "c "), want2)
+}
+
+// TestFederationDeviceListOnJoin (the suite's
+// TestDeviceListsUpdateOverFederationOnRoomJoin): alice joining a room on
+// a server she shared no room with sends it an m.device_list_update for
+// her device, so it can encrypt for her at once; a second room on the
+// same server is no news and sends none.
+func TestFederationDeviceListOnJoin(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			c.StartAll()
+			a := c.Nodes[0]
+			alice := fedUser(t, a, "alice")
+			updates := func() int {
+				n := 0
+				for _, txn := range peer.Transactions() {
+					for _, e := range txn.EDUs {
+						var u struct {
+							UserID   string `json:"user_id"`
+							DeviceID string `json:"device_id"`
+						}
+						if e.Type == "m.device_list_update" && json.Unmarshal(e.Content, &u) == nil &&
+							u.UserID == alice.UserID.String() && u.DeviceID == alice.DeviceID.String() {
+							n++
+						}
+					}
+				}
+				return n
+			}
+			r := peer.CreateRoom(t, gomatrixserverlib.RoomVersionV10, peer.UserID("bob"), nil)
+			fedJoinPeerRoom(t, alice, r.ID, string(peer.ServerName))
+			e2eeWait(t, "the peer told of alice's device", 20*time.Second, func() bool { return updates() == 1 })
+			// A recorded the update it sent (the next one names it as prev_id).
+			if sid, err := storage.DeviceListStreamID(ctxT(t), a.DB, alice.UserID.String()); err != nil || sid == 0 {
+				t.Fatalf("A's device-list stream for alice: %d, %v", sid, err)
+			}
+			r2 := peer.CreateRoom(t, gomatrixserverlib.RoomVersionV10, peer.UserID("bob"), nil)
+			fedJoinPeerRoom(t, alice, r2.ID, string(peer.ServerName))
+			if _, err := alice.SendText(ctxT(t), id.RoomID(r2.ID), "after"); err != nil {
+				t.Fatal(err)
+			}
+			peer.WaitPDU(t, 20*time.Second, "alice's message", func(e gomatrixserverlib.PDU) bool { return e.Type() == "m.room.message" })
+			if n := updates(); n != 1 {
+				t.Fatalf("the peer got %d updates of alice's device, want 1 (the second room is no news)", n)
+			}
+		})
+	}
 }
