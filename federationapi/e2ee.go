@@ -37,7 +37,8 @@ import (
 // their devices and cross-signing keys) while the user shares a room with
 // a local user — the case in which their server keeps us informed — and
 // dropped when an m.device_list_update or m.signing_key_update for the
-// user arrives (or after keyCacheTTL, in case one was lost). Changes of
+// user arrives (or after keyCacheTTL, in case one was lost), or when a
+// query finds no room shared any more. Changes of
 // local users' devices become EDUs to every server sharing a room with
 // them (DeviceListChanged, fed by storage.DB.OnDeviceListChange).
 
@@ -533,8 +534,13 @@ func (e RemoteE2EE) QueryKeys(ctx context.Context, server string, want map[strin
 			continue
 		}
 		if c := f.ext().keys.get(u); c != nil {
-			c.fill(res, u, devs)
-			continue
+			// Only while a room is shared does u's server tell us of
+			// changes: past that the copy may be stale and is dropped.
+			if shared, err := storage.SharesRoomWithServer(ctx, f.db, u, string(f.serverName)); err == nil && shared {
+				c.fill(res, u, devs)
+				continue
+			}
+			f.ext().keys.invalidate(u)
 		}
 		miss[u] = []string{}
 		tokens[u] = f.ext().keys.token(u)

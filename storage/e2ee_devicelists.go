@@ -126,6 +126,16 @@ func UsersSharingOtherRoomWith(ctx context.Context, q Querier, userID, exceptRoo
 	return queryStrings(ctx, q, `SELECT DISTINCT b.state_key FROM `+sharedJoin+` AND b.state_key <> $1 AND a.room_id <> $2`, userID, exceptRoom)
 }
 
+// SharesRoomWithServer reports whether a user of server (its users' IDs
+// end in ":"+server) is joined to a room userID is joined to: one row at
+// most, however large the rooms.
+func SharesRoomWithServer(ctx context.Context, q Querier, userID, server string) (bool, error) {
+	suffix := ":" + server
+	got, err := queryStrings(ctx, q, `SELECT b.state_key FROM `+sharedJoin+` AND b.state_key <> $1
+		AND substr(b.state_key, length(b.state_key) - length($2) + 1) = $2 LIMIT 1`, userID, suffix)
+	return len(got) > 0, err
+}
+
 // SharingRoomWith returns which of users share a joined room with userID.
 func SharingRoomWith(ctx context.Context, q Querier, userID string, users []string) (map[string]bool, error) {
 	out := map[string]bool{}

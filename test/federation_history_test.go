@@ -129,3 +129,54 @@ func TestFederationDeviceListOnJoin(t *testing.T) {
 		})
 	}
 }
+
+// TestFederationKeysNotStaleAfterLeave (the suite's TestDeviceListUpdates,
+// leave cases): once alice shares no room with bob, bob's server no
+// longer tells hers of his devices, so her /keys/query for bob must ask
+// again rather than answer from what it kept while they shared a room.
+func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bobReg := Register(t, b.URL, "bob", "pw", false)
+	bob := sessionClient(t, b.URL, bobReg)
+	dev1 := newE2EERaw(bobReg)
+	if r := e2eeUpload(t, b.URL, dev1, map[string]any{"device_keys": dev1.deviceKeys()}); r.Status != 200 {
+		t.Fatalf("bob's key upload: %d %s", r.Status, r.Raw)
+	}
+	devicesOfBob := func(n *FedNode, token string) map[string]any {
+		t.Helper()
+		r := raw(t, "POST", e2eeCS(n.URL)+"/keys/query", token, map[string]any{"device_keys": map[string]any{bob.UserID.String(): []string{}}})
+		if r.Status != 200 {
+			t.Fatalf("/keys/query on %s: %d %s", n.ServerName, r.Status, r.Raw)
+		}
+		dk, _ := r.Body["device_keys"].(map[string]any)
+		devs, _ := dk[bob.UserID.String()].(map[string]any)
+		return devs
+	}
+	room, err := bob.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedJoin(t, alice, room.RoomID, b)
+	if devs := devicesOfBob(a, alice.AccessToken); devs[bobReg.DeviceID] == nil {
+		t.Fatalf("alice does not see bob's device while they share a room: %v", devs)
+	}
+	if _, err := alice.LeaveRoom(ctxT(t), room.RoomID); err != nil {
+		t.Fatal(err)
+	}
+	// bob's new device after they share no room.
+	bob2 := loginClient(t, b.URL, "bob", "pw")
+	reg2 := RegisterResult{UserID: bob2.UserID.String(), AccessToken: bob2.AccessToken, DeviceID: bob2.DeviceID.String()}
+	dev2 := newE2EERaw(reg2)
+	if r := e2eeUpload(t, b.URL, dev2, map[string]any{"device_keys": dev2.deviceKeys()}); r.Status != 200 {
+		t.Fatalf("bob's second key upload: %d %s", r.Status, r.Raw)
+	}
+	if devs := devicesOfBob(b, bob.AccessToken); devs[reg2.DeviceID] == nil || devs[bobReg.DeviceID] == nil {
+		t.Fatalf("B does not serve both of bob's devices: %v", devs)
+	}
+	if devs := devicesOfBob(a, alice.AccessToken); devs[reg2.DeviceID] == nil || devs[bobReg.DeviceID] == nil {
+		t.Fatalf("A served stale keys for bob after alice left their only room: %v", devs)
+	}
+}
