@@ -41,6 +41,7 @@ func (a *API) Authenticate(r *http.Request) (dev *httpapi.Device, resp httpapi.R
 	if dev, resp, ok = a.accounts.authenticate(r); !ok {
 		return nil, resp, false
 	}
+	noteUser(r, dev.UserID)
 	if resp, limited := a.limiter.check(r, dev.UserID); limited {
 		return nil, resp, false
 	}

@@ -13,7 +13,6 @@ import (
 
 	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
@@ -90,7 +89,7 @@ func (a *API) SetAuthorizer(fn Authorizer) {
 // New wires the client API over the store, the room server and the syncer.
 // It fails if a route of the table carries no permission requirement.
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) (*API, error) {
-	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: mux.NewRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
+	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: newRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
 	a.accounts = newAccounts(opts, db, rs)
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
@@ -217,7 +216,7 @@ func (a *API) middleware(next http.Handler) http.Handler {
 		if a.opts.MaxRequestBytes > 0 && !strings.Contains(r.URL.Path, "/media/") {
 			r.Body = http.MaxBytesReader(w, r.Body, a.opts.MaxRequestBytes)
 		}
-		next.ServeHTTP(w, r)
+		withAccessLog(w, r, next)
 	})
 }
 
@@ -251,6 +250,7 @@ func (a *API) serveAuthed(need perm.Requirement, h authedHandler) http.HandlerFu
 			httpapi.WriteResponse(w, resp)
 			return
 		}
+		noteUser(r, dev.UserID)
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 		a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
@@ -284,14 +284,14 @@ func (a *API) instrument(group string, fn http.HandlerFunc) http.Handler {
 		fn(sw, r)
 		d := time.Since(start)
 		a.metrics.observe(group, r.Method, sw.code, d)
-		logrus.WithFields(logrus.Fields{
-			"request_id": httpapi.RequestID(r.Context()),
-			"method":     r.Method,
-			"path":       r.URL.Path,
-			"status":     sw.code,
-			"ms":         d.Milliseconds(),
-		}).Debug("request")
 	})
+}
+
+// newRouter is the client API's mux, with the route noted for the access log.
+func newRouter() *mux.Router {
+	r := mux.NewRouter()
+	r.Use(noteRoute)
+	return r
 }
 
 type statusWriter struct {

@@ -42,11 +42,19 @@ func main() {
 		usage()
 		os.Exit(2)
 	}
+	if errors.Is(err, errLogged) {
+		os.Exit(1)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "enclave:", err)
 		os.Exit(1)
 	}
 }
+
+// errLogged is a failure already written to the log (serve's, once the
+// log format is set), so main does not repeat it as a plain-text line
+// among JSON ones.
+var errLogged = errors.New("logged")
 
 // command is one subcommand.
 type command struct {
@@ -126,6 +134,7 @@ func noArgs(fl *flag.FlagSet, args []string) error {
 }
 
 func setupLogging(cfg *config.Config) {
+	server.RouteStdLog()
 	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
 		logrus.SetLevel(lvl)
 	}
@@ -153,11 +162,13 @@ func cmdServe(args []string) error {
 	ctx := context.Background()
 	srv, err := server.New(ctx, cfg)
 	if err != nil {
-		return err
+		logrus.WithError(err).Error("enclave did not start")
+		return errLogged
 	}
 	addr, err := srv.Start()
 	if err != nil {
-		return err
+		logrus.WithError(err).Error("enclave did not start")
+		return errLogged
 	}
 	logrus.WithFields(logrus.Fields{
 		"server_name": cfg.ServerName, "client": addr, "config": path, "database": cfg.DatabaseDialect(), "version": server.Version,
@@ -175,7 +186,11 @@ func cmdServe(args []string) error {
 		sctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 		err := srv.Shutdown(sctx)
 		cancel()
-		return err
+		if err != nil {
+			logrus.WithError(err).Error("shutdown")
+			return errLogged
+		}
+		return nil
 	}
 	return nil
 }

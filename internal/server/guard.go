@@ -34,7 +34,7 @@ const (
 // would cancel it.
 func (s *Server) newHTTPServer(h http.Handler) *http.Server {
 	l := s.Config.Listen
-	return &http.Server{Handler: bodyGuard(h, l.BodyTimeout.Duration, l.BodyMinRate), ReadHeaderTimeout: headerTimeout, IdleTimeout: idleTimeout}
+	return &http.Server{Handler: bodyGuard(h, l.BodyTimeout.Duration, l.BodyMinRate), ReadHeaderTimeout: headerTimeout, IdleTimeout: idleTimeout, ErrorLog: httpErrorLog()}
 }
 
 // raiseFileLimit lifts the soft descriptor limit to the hard one (an

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -186,7 +187,7 @@ func (s *Server) registerMetrics() {
 // Handler is the client listener's handler: the client API plus /health.
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
-	mux.HandleFunc("/health", s.health)
+	mux.HandleFunc("/health", s.clientHealth)
 	mux.Handle("/", s.Client.Handler())
 	// Federation is served on its own listener; here its paths only get
 	// the spec's unknown-endpoint and wrong-method answers.
@@ -195,17 +196,33 @@ func (s *Server) Handler() http.Handler {
 	return mux
 }
 
-// health answers liveness and store readiness.
-func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+// clientHealth is /health on the client listener, which anyone can reach:
+// just up or not, so it tells a scanner nothing about the store behind it.
+// The metrics listener's /health (health) has the details.
+func (s *Server) clientHealth(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
 	w.Header().Set("Content-Type", "application/json")
 	if err := s.DB.Ping(ctx); err != nil {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		_, _ = w.Write([]byte(`{"status":"unavailable","store":"unreachable"}`))
+		_, _ = w.Write([]byte(`{"status":"unavailable"}`))
 		return
 	}
-	_, _ = w.Write([]byte(`{"status":"ok","store":"ok"}`))
+	_, _ = w.Write([]byte(`{"status":"ok"}`))
+}
+
+// health answers liveness and store readiness, for the operator, with the
+// version and store kind a monitoring check wants to see.
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	w.Header().Set("Content-Type", "application/json")
+	body := map[string]any{"status": "ok", "store": "ok", "database": s.Config.DatabaseDialect(), "version": Version}
+	if err := s.DB.Ping(ctx); err != nil {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		body["status"], body["store"] = "unavailable", "unreachable"
+	}
+	_ = json.NewEncoder(w).Encode(body)
 }
 
 // Serve listens on l with h until Shutdown.
