@@ -43,6 +43,10 @@ type RoomEventFilter struct {
 	IncludeRedundantMembers bool      `json:"include_redundant_members,omitempty"`
 	ContainsURL             *bool     `json:"contains_url,omitempty"`
 	UnreadThreadNotes       bool      `json:"unread_thread_notifications,omitempty"`
+	// Relation filters (MSC3874): keep only events with (or without) one of
+	// these content.m.relates_to.rel_type values.
+	RelTypes    *[]string `json:"org.matrix.msc3874.rel_types,omitempty"`
+	NotRelTypes []string  `json:"org.matrix.msc3874.not_rel_types,omitempty"`
 }
 
 // ParseFilter decodes and sanity-checks a filter.
@@ -113,16 +117,42 @@ func allowsRoom(rooms *[]string, notRooms []string, roomID string) bool {
 	return rooms == nil || anyMatch(*rooms, roomID, false)
 }
 
-// AllowsEvent applies a room event filter to an event with its content.
-func (f *RoomEventFilter) AllowsEvent(roomID, typ, sender string, content []byte) bool {
+// AllowsEvent applies a room event filter to an event with its JSON (nil
+// when the caller has none: it then has no URL and no relation).
+func (f *RoomEventFilter) AllowsEvent(roomID, typ, sender string, event []byte) bool {
 	if !allowsRoom(f.Rooms, f.NotRooms, roomID) || !f.Allows(typ, sender) {
 		return false
 	}
 	if f.ContainsURL != nil {
-		has := strings.Contains(string(content), `"url"`)
+		has := strings.Contains(string(event), `"url"`)
 		if has != *f.ContainsURL {
 			return false
 		}
 	}
+	if f.RelTypes != nil || len(f.NotRelTypes) > 0 {
+		rel := relType(event)
+		if rel != "" && anyMatch(f.NotRelTypes, rel, false) {
+			return false
+		}
+		if f.RelTypes != nil && (rel == "" || !anyMatch(*f.RelTypes, rel, false)) {
+			return false
+		}
+	}
 	return true
+}
+
+// relType reads content.m.relates_to.rel_type of an event's JSON ("" for
+// none); it is parsed only when a filter asks.
+func relType(event []byte) string {
+	var e struct {
+		Content struct {
+			RelatesTo struct {
+				RelType string `json:"rel_type"`
+			} `json:"m.relates_to"`
+		} `json:"content"`
+	}
+	if len(event) == 0 || json.Unmarshal(event, &e) != nil {
+		return ""
+	}
+	return e.Content.RelatesTo.RelType
 }

@@ -2,6 +2,7 @@ package test
 
 import (
 	"net/url"
+	"strings"
 	"testing"
 
 	"maunium.net/go/mautrix"
@@ -120,5 +121,49 @@ func TestRemovingAccountData(t *testing.T) {
 				t.Fatalf("incremental sync lacks the emptied settings: %s", inc.Raw)
 			}
 		})
+	})
+}
+
+// TestFilterMessagesByRelType (MSC3874): the unstable rel_types and
+// not_rel_types of a RoomEventFilter select /messages by relation type.
+func TestFilterMessagesByRelType(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		ctx := ctxT(t)
+		reg := Register(t, srv.URL, "alice", "alice-pw", false)
+		alice := sessionClient(t, srv.URL, reg)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		from := syncRaw(t, srv.URL, reg.AccessToken, "").Body["next_batch"].(string)
+		base := srv.URL + "/_matrix/client/v3/rooms/" + string(room.RoomID)
+		send := func(txn string, content map[string]any) string {
+			return mustOK(t, "send", raw(t, "PUT", base+"/send/m.room.message/"+txn, reg.AccessToken, content)).Body["event_id"].(string)
+		}
+		root := send("t1", map[string]any{"msgtype": "m.text", "body": "root"})
+		thread := send("t2", map[string]any{"msgtype": "m.text", "body": "in thread", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": root}})
+		ref := send("t3", map[string]any{"msgtype": "m.text", "body": "reference", "m.relates_to": map[string]any{"rel_type": "m.reference", "event_id": root}})
+		for _, tc := range []struct {
+			filter string
+			want   []string
+		}{
+			{`{"org.matrix.msc3874.rel_types":["m.thread"]}`, []string{thread}},
+			{`{"org.matrix.msc3874.rel_types":["m.reference"]}`, []string{ref}},
+			{`{"org.matrix.msc3874.rel_types":["m.thread","m.reference"]}`, []string{thread, ref}},
+			{`{"org.matrix.msc3874.not_rel_types":["m.thread"]}`, []string{root, ref}},
+			{`{"org.matrix.msc3874.not_rel_types":["m.reference"]}`, []string{root, thread}},
+			{`{"org.matrix.msc3874.not_rel_types":["m.thread","m.reference"]}`, []string{root}},
+		} {
+			r := mustOK(t, tc.filter, raw(t, "GET", base+"/messages?dir=f&from="+url.QueryEscape(from)+"&filter="+url.QueryEscape(tc.filter), reg.AccessToken, nil))
+			chunk, _ := r.Body["chunk"].([]any)
+			var got []string
+			for _, e := range chunk {
+				got = append(got, e.(map[string]any)["event_id"].(string))
+			}
+			if strings.Join(got, ",") != strings.Join(tc.want, ",") {
+				t.Fatalf("%s: got %v, want %v", tc.filter, got, tc.want)
+			}
+		}
 	})
 }
