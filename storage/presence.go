@@ -4,6 +4,8 @@ import (
 	"context"
 	"database/sql"
 	"errors"
+	"fmt"
+	"strings"
 )
 
 // Presence: the latest presence of each local user. A row's stream
@@ -107,6 +109,39 @@ func PresenceRange(ctx context.Context, q Querier, userID string, from, to int64
 		out = append(out, p)
 	}
 	return out, rows.Err()
+}
+
+// PresenceOf loads the stored presence of these users (those without a
+// row are left out), 500 to a query.
+func PresenceOf(ctx context.Context, q Querier, userIDs []string) ([]*Presence, error) {
+	var out []*Presence
+	for start := 0; start < len(userIDs); start += 500 {
+		end := min(start+500, len(userIDs))
+		args := make([]any, 0, end-start)
+		ph := make([]string, 0, end-start)
+		for i, id := range userIDs[start:end] {
+			args = append(args, id)
+			ph = append(ph, fmt.Sprintf("$%d", i+1))
+		}
+		rows, err := q.QueryContext(ctx, `SELECT `+presenceCols+` FROM presence p WHERE p.user_id IN (`+strings.Join(ph, ",")+`) ORDER BY p.stream_pos`, args...)
+		if err != nil {
+			return nil, err
+		}
+		for rows.Next() {
+			p, err := scanPresence(rows)
+			if err != nil {
+				rows.Close()
+				return nil, err
+			}
+			out = append(out, p)
+		}
+		err = rows.Err()
+		rows.Close()
+		if err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // ActivePresence lists users not offline (the presence sweeper's start).

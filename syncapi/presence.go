@@ -2,7 +2,9 @@ package syncapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -274,12 +276,39 @@ type presenceExt struct{ p *Presence }
 func NewPresenceExtension(s *Syncer) Extension { return &presenceExt{p: s.presence} }
 
 func (e *presenceExt) Apply(ctx context.Context, req *Request, resp *Response) error {
-	if !e.p.Enabled() || !e.p.s.moved("presence", req) {
+	if !e.p.Enabled() {
 		return nil
 	}
-	rows, err := storage.PresenceRange(ctx, e.p.s.db, req.UserID, req.Since.Pos, req.To.Pos)
-	if err != nil || len(rows) == 0 {
-		return err
+	joiners := newJoiners(req, resp)
+	if len(joiners) == 0 && !e.p.s.moved("presence", req) {
+		return nil
+	}
+	var rows []*storage.Presence
+	var err error
+	if e.p.s.moved("presence", req) {
+		if rows, err = storage.PresenceRange(ctx, e.p.s.db, req.UserID, req.Since.Pos, req.To.Pos); err != nil {
+			return err
+		}
+	}
+	if len(joiners) > 0 {
+		// Users who came to share a room in range: their presence, however
+		// old, is new to this client. One query for all of them.
+		for _, r := range rows {
+			delete(joiners, r.UserID)
+		}
+		ids := make([]string, 0, len(joiners))
+		for id := range joiners {
+			ids = append(ids, id)
+		}
+		sort.Strings(ids)
+		more, err := storage.PresenceOf(ctx, e.p.s.db, ids)
+		if err != nil {
+			return err
+		}
+		rows = append(more, rows...)
+	}
+	if len(rows) == 0 {
+		return nil
 	}
 	ignored := e.p.s.IgnoredBy(req.UserID)
 	f := &req.Filter.Presence
@@ -306,4 +335,37 @@ func (e *presenceExt) Apply(ctx context.Context, req *Request, resp *Response) e
 		resp.Presence.Events = append(resp.Presence.Events, evs...)
 	}
 	return nil
+}
+
+// newJoiners are the other users whose joins this incremental response
+// carries (timeline or state of its joined rooms): a client learns of a
+// new room member's presence with the join. It reads only the response.
+func newJoiners(req *Request, resp *Response) map[string]bool {
+	if req.Initial {
+		return nil // an initial sync's presence already covers every member
+	}
+	var out map[string]bool
+	add := func(evs []ClientEvent) {
+		for i := range evs {
+			ev := &evs[i]
+			if ev.Type != "m.room.member" || ev.StateKey == nil || *ev.StateKey == req.UserID {
+				continue
+			}
+			var c struct {
+				Membership string `json:"membership"`
+			}
+			if json.Unmarshal(ev.Content, &c) != nil || c.Membership != "join" {
+				continue
+			}
+			if out == nil {
+				out = map[string]bool{}
+			}
+			out[*ev.StateKey] = true
+		}
+	}
+	for _, jr := range resp.Rooms.Join {
+		add(jr.State.Events)
+		add(jr.Timeline.Events)
+	}
+	return out
 }

@@ -316,15 +316,26 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 				}
 			}
 		case "leave", "ban":
+			// A leave in range is always shown, even of a room forgotten
+			// since: the user's other devices learn of it that way.
+			// include_leave brings back rooms left before `since` only
+			// when the client asks for everything (initial or full_state
+			// sync), and never forgotten ones.
+			if change != nil && !req.Initial {
+				if err := s.leftRoom(ctx, req, resp, roomID, change); err != nil {
+					return err
+				}
+				continue
+			}
+			if !rf.IncludeLeave || !(req.Initial || req.FullState) {
+				continue
+			}
 			if forgotten == nil {
 				if forgotten, err = storage.ForgottenRooms(ctx, s.db, req.UserID); err != nil {
 					return err
 				}
 			}
-			if forgotten[roomID] {
-				continue
-			}
-			if (change != nil && !req.Initial) || rf.IncludeLeave {
+			if !forgotten[roomID] {
 				if err := s.leftRoom(ctx, req, resp, roomID, change); err != nil {
 					return err
 				}
@@ -337,7 +348,14 @@ func (s *Syncer) rooms(ctx context.Context, req *Request, resp *Response) error 
 // timeline returns the visible, filtered timeline of a room in (from, to]
 // and whether it was cut short.
 func (s *Syncer) timeline(ctx context.Context, req *Request, roomID string, from, to int64) ([]*storage.Event, Memberships, bool, error) {
-	return s.recentEvents(ctx, req.UserID, roomID, from, to, req.Filter.Room.Timeline.LimitOr(10))
+	tf := &req.Filter.Room.Timeline
+	if tf.Limit != nil && *tf.Limit == 0 {
+		// limit 0: no events, only state (clients ask for it to learn a
+		// room's state without its history). Limited when there were any.
+		evs, err := s.roomRange(ctx, roomID, from, to, 1)
+		return nil, nil, len(evs) > 0, err
+	}
+	return s.recentEvents(ctx, req.UserID, roomID, from, to, tf.LimitOr(10))
 }
 
 // recentEvents returns the last limit events of (from, to] that userID may
@@ -589,10 +607,13 @@ func (s *Syncer) invitedRoom(ctx context.Context, userID, roomID string, invite 
 
 func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roomID string, leave *storage.Event) error {
 	to := req.To.Pos
+	if leave == nil {
+		if e, err := storage.LatestMembershipBefore(ctx, s.db, roomID, req.UserID, req.To.Pos); err == nil {
+			leave = e
+		}
+	}
 	if leave != nil {
 		to = leave.StreamPos
-	} else if e, err := storage.LatestMembershipBefore(ctx, s.db, roomID, req.UserID, req.To.Pos); err == nil {
-		to = e.StreamPos
 	}
 	from := req.Since.Pos
 	if from > to {
@@ -608,6 +629,23 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 	lr.Timeline.PrevBatch = Token{Pos: from}.String()
 	if len(evs) > 0 {
 		lr.Timeline.PrevBatch = Token{Pos: evs[0].StreamPos - 1}.String()
+	}
+	// State as for a joined room: the whole state at the timeline's start
+	// when the client has none of it, and with an empty timeline (limit
+	// 0) the state as the user left, their leave included.
+	var snap int64
+	switch {
+	case len(evs) == 0 && leave != nil:
+		snap = leave.SnapshotAfter
+	case len(evs) > 0 && (req.Initial || req.FullState):
+		snap = evs[0].SnapshotBefore
+	}
+	if snap != 0 {
+		st, err := s.rs.StateAtSnapshot(ctx, snap)
+		if err != nil {
+			return err
+		}
+		lr.State.Events = s.formatState(req, roomID, st.Events(), evs)
 	}
 	resp.Rooms.Leave[roomID] = lr
 	return nil

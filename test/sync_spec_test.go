@@ -1,0 +1,240 @@
+package test
+
+import (
+	"encoding/json"
+	"net/url"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/storage"
+)
+
+// syncRaw is one GET /sync with these query parameters (timeout 0 unless
+// given), decoded as JSON.
+func syncRaw(t testing.TB, base, token string, q url.Values) rawResp {
+	t.Helper()
+	if q == nil {
+		q = url.Values{}
+	}
+	if q.Get("timeout") == "" {
+		q.Set("timeout", "0")
+	}
+	r := raw(t, "GET", base+"/_matrix/client/v3/sync?"+q.Encode(), token, nil)
+	if r.Status != 200 {
+		t.Fatalf("sync %v: %d %s", q, r.Status, r.Raw)
+	}
+	return r
+}
+
+// dig walks a decoded JSON body by keys.
+func dig(v any, keys ...string) any {
+	for _, k := range keys {
+		m, ok := v.(map[string]any)
+		if !ok {
+			return nil
+		}
+		v = m[k]
+	}
+	return v
+}
+
+func digList(v any, keys ...string) []any { l, _ := dig(v, keys...).([]any); return l }
+
+func sendText(t testing.TB, cli *mautrix.Client, room id.RoomID, text string) id.EventID {
+	t.Helper()
+	resp, err := cli.SendText(ctxT(t), room, text)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.EventID
+}
+
+func mustJSON(v any) string { b, _ := json.Marshal(v); return string(b) }
+
+// TestSyncLeftRooms: rooms.leave as the spec and clients expect it
+// (complement TestArchivedRoomsHistory, TestOlderLeftRoomsNotInLeaveSection,
+// TestRoomForget): timeline.limit 0 gives an empty timeline and the state
+// as the user left; include_leave brings back earlier left rooms only in
+// initial and full_state syncs; a forgotten room is gone from them, but
+// its leave still reaches an incremental sync from before it.
+func TestSyncLeftRooms(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		bobSince := syncRaw(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
+		sendText(t, alice, room.RoomID, "before")
+		if _, err := alice.SendStateEvent(ctx, room.RoomID, event.Type{Type: "a.madeup.test.state", Class: event.StateEventType}, "", map[string]any{"my_key": "before"}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.LeaveRoom(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		sendText(t, alice, room.RoomID, "after")
+		if _, err := alice.SendStateEvent(ctx, room.RoomID, event.Type{Type: "a.madeup.test.state", Class: event.StateEventType}, "", map[string]any{"my_key": "after"}); err != nil {
+			t.Fatal(err)
+		}
+
+		zero := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 0}, "include_leave": true}})
+		for _, since := range []string{"", bobSince} {
+			q := url.Values{"filter": {zero}}
+			if since != "" {
+				q.Set("since", since)
+			}
+			r := syncRaw(t, srv.URL, bob.AccessToken, q)
+			lr := dig(r.Body, "rooms", "leave", string(room.RoomID))
+			if lr == nil {
+				t.Fatalf("since %q: left room missing: %s", since, r.Raw)
+			}
+			if tl, ok := dig(lr, "timeline", "events").([]any); !ok || len(tl) != 0 {
+				t.Fatalf("since %q: limit 0 timeline: %v", since, dig(lr, "timeline"))
+			}
+			var sawLeave, sawMadeup bool
+			for _, e := range digList(lr, "state", "events") {
+				switch dig(e, "type") {
+				case "a.madeup.test.state":
+					sawMadeup = true
+					if got := dig(e, "content", "my_key"); got != "before" {
+						t.Fatalf("since %q: state from after the leave: %v", since, got)
+					}
+				case "m.room.member":
+					if dig(e, "state_key") == string(bob.UserID) {
+						sawLeave = dig(e, "content", "membership") == "leave"
+					}
+				}
+			}
+			if !sawLeave || !sawMadeup {
+				t.Fatalf("since %q: state lacks the leave or the state before it: %s", since, mustJSON(lr))
+			}
+		}
+		// With events in the timeline and a state filter matching only the
+		// made-up type, the state section is empty (the event is in the
+		// timeline) and the timeline ends at the leave.
+		typed := mustJSON(map[string]any{"room": map[string]any{
+			"timeline": map[string]any{"types": []string{"m.room.message", "a.madeup.test.state"}},
+			"state":    map[string]any{"types": []string{"a.madeup.test.state"}}, "include_leave": true}})
+		for _, since := range []string{"", bobSince} {
+			q := url.Values{"filter": {typed}}
+			if since != "" {
+				q.Set("since", since)
+			}
+			lr := dig(syncRaw(t, srv.URL, bob.AccessToken, q).Body, "rooms", "leave", string(room.RoomID))
+			tl := digList(lr, "timeline", "events")
+			if len(tl) != 2 || dig(tl[0], "content", "body") != "before" {
+				t.Fatalf("since %q: timeline %s", since, mustJSON(tl))
+			}
+			if st := digList(lr, "state", "events"); len(st) != 0 {
+				t.Fatalf("since %q: state %s", since, mustJSON(st))
+			}
+		}
+
+		// A room left before `since` is not in an incremental sync's leave
+		// section, include_leave or not; an initial one with it has it.
+		incl := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 1}, "include_leave": true}})
+		after := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
+		if dig(after, "rooms", "leave", string(room.RoomID)) == nil {
+			t.Fatalf("initial include_leave sync lacks the left room")
+		}
+		other, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.JoinRoomByID(ctx, other.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			sendText(t, alice, other.RoomID, "filler")
+		}
+		inc := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}}).Body
+		if l, _ := dig(inc, "rooms", "leave").(map[string]any); len(l) != 0 {
+			t.Fatalf("incremental sync lists earlier left rooms: %s", mustJSON(l))
+		}
+		full := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}, "full_state": {"true"}}).Body
+		if dig(full, "rooms", "leave", string(room.RoomID)) == nil {
+			t.Fatalf("full_state include_leave sync lacks the left room")
+		}
+
+		// Forgetting: alice leaves `other`... bob leaves and forgets it;
+		// an incremental sync from before the leave still shows it, an
+		// initial include_leave one does not.
+		beforeLeave := syncRaw(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
+		if _, err := bob.LeaveRoom(ctx, other.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := bob.ForgetRoom(ctx, other.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		sendText(t, alice, other.RoomID, "after forget")
+		inc = syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {beforeLeave}}).Body
+		if dig(inc, "rooms", "leave", string(other.RoomID)) == nil {
+			t.Fatalf("the leave of a forgotten room is missing from the incremental sync: %s", mustJSON(dig(inc, "rooms")))
+		}
+		initial := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
+		for _, sec := range []string{"join", "invite", "leave"} {
+			if dig(initial, "rooms", sec, string(other.RoomID)) != nil {
+				t.Fatalf("forgotten room in rooms.%s of an include_leave initial sync", sec)
+			}
+		}
+		if dig(initial, "rooms", "leave", string(room.RoomID)) == nil {
+			t.Fatalf("the room left but not forgotten is missing")
+		}
+	})
+}
+
+// TestSyncNewMemberPresence: a member who joins shows their presence in
+// the next incremental sync of those already in the room, though it was
+// set before the sync's since token (complement TestMembersLocal, TestSync).
+func TestSyncNewMemberPresence(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r := raw(t, "PUT", srv.URL+"/_matrix/client/v3/presence/"+string(bob.UserID)+"/status", bob.AccessToken, map[string]any{"presence": "online", "status_msg": "here"}); r.Status != 200 {
+			t.Fatalf("set presence: %d %s", r.Status, r.Raw)
+		}
+		since := syncRaw(t, srv.URL, alice.AccessToken, nil).Body["next_batch"].(string)
+		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			r := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "timeout": {"2000"}}).Body
+			var joined, presence bool
+			for _, e := range digList(r, "rooms", "join", string(room.RoomID), "timeline", "events") {
+				joined = joined || (dig(e, "type") == "m.room.member" && dig(e, "state_key") == string(bob.UserID))
+			}
+			for _, e := range digList(r, "presence", "events") {
+				if dig(e, "sender") == string(bob.UserID) {
+					presence = dig(e, "content", "presence") == "online" && dig(e, "content", "status_msg") == "here"
+				}
+			}
+			if joined {
+				if !presence {
+					t.Fatalf("bob's join came without his presence: %s", mustJSON(r["presence"]))
+				}
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("bob's join never reached alice's sync")
+			}
+			since = r["next_batch"].(string)
+		}
+	})
+}
