@@ -56,6 +56,23 @@ func (sy *syncing) syncHandler(r *http.Request, dev *httpapi.Device) httpapi.Res
 	default:
 		return httpapi.InvalidParam("full_state must be true or false")
 	}
+	// MSC4222 (spec v1.16): state_after instead of state. The unstable
+	// flag answers under the unstable field name, as clients built
+	// against the MSC look for it there.
+	for _, f := range []struct {
+		name string
+		mode syncapi.StateAfterMode
+	}{{"use_state_after", syncapi.StateAfterStable}, {"org.matrix.msc4222.use_state_after", syncapi.StateAfterUnstable}} {
+		switch q.Get(f.name) {
+		case "", "false":
+		case "true":
+			if p.StateAfter == syncapi.StateAfterOff {
+				p.StateAfter = f.mode
+			}
+		default:
+			return httpapi.InvalidParam("%s must be true or false", f.name)
+		}
+	}
 	switch q.Get("set_presence") {
 	case "", "online", "offline", "unavailable":
 	default:

@@ -366,6 +366,11 @@ func newJoiners(req *Request, resp *Response) map[string]bool {
 	for _, jr := range resp.Rooms.Join {
 		add(jr.State.Events)
 		add(jr.Timeline.Events)
+		for _, sa := range []*StateList{jr.StateAfter, jr.StateAfterUnstable} {
+			if sa != nil {
+				add(sa.Events)
+			}
+		}
 	}
 	return out
 }

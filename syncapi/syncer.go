@@ -42,6 +42,8 @@ type Request struct {
 	Initial   bool
 	FullState bool
 	Filter    *Filter
+	// StateAfter: send MSC4222's state_after in place of state.
+	StateAfter StateAfterMode
 	// JoinedRooms are the rooms the user is joined to at To.
 	JoinedRooms []string
 }
@@ -165,7 +167,20 @@ type Params struct {
 	Timeout   time.Duration
 	FullState bool
 	Filter    *Filter
+	// StateAfter: see Request.StateAfter.
+	StateAfter StateAfterMode
 }
+
+// StateAfterMode is whether and under which name a sync sends MSC4222's
+// state_after.
+type StateAfterMode int
+
+// The state_after modes.
+const (
+	StateAfterOff StateAfterMode = iota
+	StateAfterStable
+	StateAfterUnstable
+)
 
 // Sync answers one /sync: at once when there is something to say (or for
 // an initial sync), otherwise when woken or when the timeout passes.
@@ -217,7 +232,7 @@ func (s *Syncer) build(ctx context.Context, p Params, to Token) (*Response, erro
 		NextBatch: to.String(),
 		Rooms:     Rooms{Join: map[string]*JoinedRoom{}, Invite: map[string]*InvitedRoom{}, Leave: map[string]*LeftRoom{}},
 	}
-	req := &Request{UserID: p.UserID, DeviceID: p.DeviceID, To: to, Initial: p.Since == nil, FullState: p.FullState, Filter: p.Filter}
+	req := &Request{UserID: p.UserID, DeviceID: p.DeviceID, To: to, Initial: p.Since == nil, FullState: p.FullState, Filter: p.Filter, StateAfter: p.StateAfter}
 	if p.Since != nil {
 		req.Since = *p.Since
 	}
@@ -230,6 +245,17 @@ func (s *Syncer) build(ctx context.Context, p Params, to Token) (*Response, erro
 	for _, e := range exts {
 		if err := e.Apply(ctx, req, resp); err != nil {
 			return nil, err
+		}
+	}
+	if req.StateAfter != StateAfterOff {
+		// Rooms only an extension filled (receipts, typing) carry an
+		// empty state_after too: its presence tells the client the
+		// server honoured the flag.
+		for _, jr := range resp.Rooms.Join {
+			if jr.StateAfter == nil && jr.StateAfterUnstable == nil {
+				jr.State.Events = nil
+				setStateAfter(req, &jr.StateAfter, &jr.StateAfterUnstable, nil)
+			}
 		}
 	}
 	return resp, nil
@@ -419,10 +445,25 @@ func (s *Syncer) joinedRoom(ctx context.Context, req *Request, resp *Response, r
 	if len(evs) > 0 {
 		jr.Timeline.PrevBatch = Token{Pos: evs[0].StreamPos - 1}.String()
 	}
+	if req.StateAfter != StateAfterOff {
+		end := int64(0)
+		if len(evs) > 0 {
+			end = evs[len(evs)-1].SnapshotAfter
+		} else if end, err = storage.SnapshotAtPos(ctx, s.db, roomID, req.To.Pos); err != nil {
+			return err
+		}
+		sa, err := s.stateAfter(ctx, req, roomID, evs, ms, full, limited, end)
+		if err != nil {
+			return err
+		}
+		jr.State.Events = nil
+		setStateAfter(req, &jr.StateAfter, &jr.StateAfterUnstable, sa)
+	}
 	// State: everything at the timeline's start when the client has none
 	// of it; otherwise what changed in the gap a limited timeline skipped.
 	var state []gomatrixserverlib.PDU
 	switch {
+	case req.StateAfter != StateAfterOff:
 	case full:
 		snap, err := s.snapshotAtTimelineStart(ctx, roomID, evs, req.To.Pos)
 		if err != nil {
@@ -452,7 +493,9 @@ func (s *Syncer) joinedRoom(ctx context.Context, req *Request, resp *Response, r
 			}
 		}
 	}
-	jr.State.Events = s.formatState(req, roomID, state, evs)
+	if req.StateAfter == StateAfterOff {
+		jr.State.Events = s.formatState(req, roomID, state, evs, true)
+	}
 	if full || hasMemberEvent(evs) {
 		jr.Summary, err = s.summary(ctx, req.UserID, roomID)
 		if err != nil {
@@ -489,7 +532,7 @@ func (s *Syncer) snapshotAtTimelineStart(ctx context.Context, roomID string, evs
 
 // formatState applies the state filter and lazy loading of members: only
 // the members who sent timeline events (and the user) are sent.
-func (s *Syncer) formatState(req *Request, roomID string, state []gomatrixserverlib.PDU, timeline []*storage.Event) []ClientEvent {
+func (s *Syncer) formatState(req *Request, roomID string, state []gomatrixserverlib.PDU, timeline []*storage.Event, skipTimeline bool) []ClientEvent {
 	sf := &req.Filter.Room.State
 	var senders map[string]bool
 	if sf.LazyLoadMembers {
@@ -505,7 +548,7 @@ func (s *Syncer) formatState(req *Request, roomID string, state []gomatrixserver
 	ids := make([]string, 0, len(state))
 	byID := map[string]gomatrixserverlib.PDU{}
 	for _, e := range state {
-		if inTimeline[e.EventID()] || !sf.AllowsEvent(roomID, e.Type(), string(e.SenderID()), nil) {
+		if (skipTimeline && inTimeline[e.EventID()]) || !sf.AllowsEvent(roomID, e.Type(), string(e.SenderID()), nil) {
 			continue
 		}
 		if senders != nil && e.Type() == "m.room.member" && !senders[*e.StateKey()] {
@@ -635,6 +678,18 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 	// 0) the state as the user left, their leave included.
 	var snap int64
 	switch {
+	case req.StateAfter != StateAfterOff:
+		if leave != nil {
+			full := req.Initial || req.FullState || len(evs) == 0
+			sa, err := s.stateAfter(ctx, req, roomID, evs, ms, full, limited, leave.SnapshotAfter)
+			if err != nil {
+				return err
+			}
+			setStateAfter(req, &lr.StateAfter, &lr.StateAfterUnstable, sa)
+		} else {
+			setStateAfter(req, &lr.StateAfter, &lr.StateAfterUnstable, []ClientEvent{})
+		}
+		lr.State.Events = nil
 	case len(evs) == 0 && leave != nil:
 		snap = leave.SnapshotAfter
 	case len(evs) > 0 && (req.Initial || req.FullState):
@@ -645,10 +700,66 @@ func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roo
 		if err != nil {
 			return err
 		}
-		lr.State.Events = s.formatState(req, roomID, st.Events(), evs)
+		lr.State.Events = s.formatState(req, roomID, st.Events(), evs, true)
 	}
 	resp.Rooms.Leave[roomID] = lr
 	return nil
+}
+
+// stateAfter is MSC4222's state_after: the room's state at the end of the
+// timeline (snapshot end) as far as the client does not have it — all of
+// it when full, else what changed since the client's last sync. Unlike
+// state, it repeats state events that are also in the timeline.
+func (s *Syncer) stateAfter(ctx context.Context, req *Request, roomID string, evs []*storage.Event, ms Memberships, full, limited bool, end int64) ([]ClientEvent, error) {
+	endState, err := s.rs.StateAtSnapshot(ctx, end)
+	if err != nil {
+		return nil, err
+	}
+	if !full && !limited {
+		// Every change since the last sync is in the timeline: those of
+		// its state events still in force at its end. No read needed.
+		var kept []*storage.Event
+		for _, e := range evs {
+			if e.StateKey == nil {
+				continue
+			}
+			if cur := endState.Get(e.Type, *e.StateKey); cur != nil && cur.EventID() == e.EventID {
+				kept = append(kept, e)
+			}
+		}
+		return s.format(req, kept, ms, &req.Filter.Room.State), nil
+	}
+	var state []gomatrixserverlib.PDU
+	if full {
+		state = endState.Events()
+	} else {
+		before, err := storage.SnapshotAtPos(ctx, s.db, roomID, req.Since.Pos)
+		if err != nil {
+			return nil, err
+		}
+		old, err := s.rs.StateAtSnapshot(ctx, before)
+		if err != nil {
+			return nil, err
+		}
+		for k, e := range endState {
+			if o := old[k]; o == nil || o.EventID() != e.EventID() {
+				state = append(state, e)
+			}
+		}
+	}
+	return s.formatState(req, roomID, state, evs, false), nil
+}
+
+// setStateAfter puts state_after under the name the client asked for.
+func setStateAfter(req *Request, stable, unstable **StateList, evs []ClientEvent) {
+	if evs == nil {
+		evs = []ClientEvent{}
+	}
+	if req.StateAfter == StateAfterUnstable {
+		*unstable = &StateList{Events: evs}
+	} else {
+		*stable = &StateList{Events: evs}
+	}
 }
 
 // rangeKey names one read of a room's timeline.

@@ -56,8 +56,11 @@ type UnreadNotifications struct {
 
 // JoinedRoom is one room under rooms.join.
 type JoinedRoom struct {
-	Summary                   *Summary                       `json:"summary,omitempty"`
-	State                     StateList                      `json:"state"`
+	Summary *Summary `json:"summary,omitempty"`
+	// State is left out (nil events) when the client asked for state_after.
+	State                     StateList                      `json:"state,omitzero"`
+	StateAfter                *StateList                     `json:"state_after,omitempty"`
+	StateAfterUnstable        *StateList                     `json:"org.matrix.msc4222.state_after,omitempty"`
 	Timeline                  Timeline                       `json:"timeline"`
 	Ephemeral                 EventList                      `json:"ephemeral"`
 	AccountData               EventList                      `json:"account_data"`
@@ -86,9 +89,11 @@ type KnockedRoom struct {
 
 // LeftRoom is one room under rooms.leave.
 type LeftRoom struct {
-	State       StateList `json:"state"`
-	Timeline    Timeline  `json:"timeline"`
-	AccountData EventList `json:"account_data"`
+	State              StateList  `json:"state,omitzero"`
+	StateAfter         *StateList `json:"state_after,omitempty"`
+	StateAfterUnstable *StateList `json:"org.matrix.msc4222.state_after,omitempty"`
+	Timeline           Timeline   `json:"timeline"`
+	AccountData        EventList  `json:"account_data"`
 }
 
 func newJoinedRoom() *JoinedRoom {

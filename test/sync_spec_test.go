@@ -238,3 +238,112 @@ func TestSyncNewMemberPresence(t *testing.T) {
 		}
 	})
 }
+
+// stateKeys lists "type|state_key" of a list of events.
+func stateKeys(evs []any) map[string]string {
+	out := map[string]string{}
+	for _, e := range evs {
+		k, _ := dig(e, "state_key").(string)
+		out[dig(e, "type").(string)+"|"+k], _ = dig(e, "event_id").(string)
+	}
+	return out
+}
+
+// TestSyncStateAfter: MSC4222 (spec v1.16). With use_state_after (or its
+// unstable name) a room carries state_after — the state at the end of the
+// timeline the client lacks, under the name matching the flag — and no
+// state (complement msc4222 TestSync).
+func TestSyncStateAfter(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rid := string(room.RoomID)
+		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		lazy := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 20}, "state": map[string]any{"lazy_load_members": true}}})
+
+		// Initial, lazy-loading, unstable name: members of every timeline sender.
+		r := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"filter": {lazy}, "org.matrix.msc4222.use_state_after": {"true"}}).Body
+		jr := dig(r, "rooms", "join", rid)
+		if dig(jr, "state") != nil || dig(jr, "state_after") != nil {
+			t.Fatalf("unstable flag: state or the stable field present: %s", mustJSON(jr))
+		}
+		sa := stateKeys(digList(jr, "org.matrix.msc4222.state_after", "events"))
+		for _, e := range digList(jr, "timeline", "events") {
+			if _, ok := sa["m.room.member|"+dig(e, "sender").(string)]; !ok {
+				t.Fatalf("state_after lacks the member event of timeline sender %v: %v", dig(e, "sender"), sa)
+			}
+		}
+		if sa["m.room.create|"] == "" || sa["m.room.join_rules|"] == "" {
+			t.Fatalf("initial state_after lacks the room's state: %v", sa)
+		}
+		since := r["next_batch"].(string)
+
+		// Incremental, not limited: the new state event is in both the
+		// timeline and state_after (stable name).
+		nameResp, err := alice.SendStateEvent(ctx, room.RoomID, event.StateRoomName, "", map[string]any{"name": "after"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sendText(t, alice, room.RoomID, "hello")
+		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
+		jr = dig(r, "rooms", "join", rid)
+		if dig(jr, "state") != nil {
+			t.Fatalf("state sent with use_state_after: %s", mustJSON(jr))
+		}
+		sa = stateKeys(digList(jr, "state_after", "events"))
+		if len(sa) != 1 || sa["m.room.name|"] != string(nameResp.EventID) {
+			t.Fatalf("incremental state_after: %v", sa)
+		}
+		since = r["next_batch"].(string)
+
+		// A message only: state_after present and empty.
+		sendText(t, alice, room.RoomID, "plain")
+		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
+		if l, ok := dig(r, "rooms", "join", rid, "state_after", "events").([]any); !ok || len(l) != 0 {
+			t.Fatalf("state_after of a message-only sync: %s", mustJSON(dig(r, "rooms", "join", rid)))
+		}
+		since = r["next_batch"].(string)
+
+		// Limited: the topic set before the messages that push it out of
+		// the timeline is in state_after; so is the newest name.
+		topic, err := alice.SendStateEvent(ctx, room.RoomID, event.StateTopic, "", map[string]any{"topic": "t1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		name2, err := alice.SendStateEvent(ctx, room.RoomID, event.StateRoomName, "", map[string]any{"name": "last"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for range 3 {
+			sendText(t, alice, room.RoomID, "filler")
+		}
+		one := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 1}}})
+		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}, "use_state_after": {"true"}}).Body
+		jr = dig(r, "rooms", "join", rid)
+		if dig(jr, "timeline", "limited") != true {
+			t.Fatalf("not limited: %s", mustJSON(jr))
+		}
+		sa = stateKeys(digList(jr, "state_after", "events"))
+		if len(sa) != 2 || sa["m.room.topic|"] != string(topic.EventID) || sa["m.room.name|"] != string(name2.EventID) {
+			t.Fatalf("limited state_after: %v", sa)
+		}
+
+		// Without the flag: state as before, no state_after.
+		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}}).Body
+		jr = dig(r, "rooms", "join", rid)
+		if dig(jr, "state_after") != nil || dig(jr, "state", "events") == nil {
+			t.Fatalf("without the flag: %s", mustJSON(jr))
+		}
+		if r := raw(t, "GET", srv.URL+"/_matrix/client/v3/sync?timeout=0&use_state_after=maybe", alice.AccessToken, nil); r.Status != 400 {
+			t.Fatalf("use_state_after=maybe: %d", r.Status)
+		}
+	})
+}
