@@ -145,9 +145,25 @@ func (eg *events) members(r *http.Request, dev *httpapi.Device) httpapi.Response
 		if err != nil {
 			return httpapi.InvalidParam("invalid at token")
 		}
-		snap, err := storage.SnapshotAtPos(r.Context(), eg.db, roomID, min(tok.Pos, acc.capPos))
+		pos := min(tok.Pos, acc.capPos)
+		snap, err := storage.SnapshotAtPos(r.Context(), eg.db, roomID, pos)
 		if err != nil {
 			return httpapi.InternalError(r, err)
+		}
+		if snap == 0 {
+			// The token precedes the room (an initial sync's prev_batch
+			// when its timeline starts at the room's creation): the
+			// members as the user first joined, the earliest state their
+			// timeline shows them.
+			joins, err := storage.UserJoinPositions(r.Context(), eg.db, roomID, dev.UserID)
+			if err != nil {
+				return httpapi.InternalError(r, err)
+			}
+			if len(joins) > 0 && joins[0] <= acc.capPos {
+				if snap, err = storage.SnapshotAtPos(r.Context(), eg.db, roomID, joins[0]); err != nil {
+					return httpapi.InternalError(r, err)
+				}
+			}
 		}
 		if state, err = eg.rs.StateAtSnapshot(r.Context(), snap); err != nil {
 			return httpapi.InternalError(r, err)

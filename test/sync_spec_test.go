@@ -347,3 +347,54 @@ func TestSyncStateAfter(t *testing.T) {
 		}
 	})
 }
+
+// TestMembersAtSyncToken: /members?at=<token from /sync> answers the
+// membership at that point, for an initial sync's prev_batch (which
+// precedes the room) and for next_batch (complement TestGetRoomMembersAtPoint).
+func TestMembersAtSyncToken(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rid := string(room.RoomID)
+		sendText(t, alice, room.RoomID, "Hello world!")
+		first := syncRaw(t, srv.URL, alice.AccessToken, nil).Body
+		prev, _ := dig(first, "rooms", "join", rid, "timeline", "prev_batch").(string)
+		next := first["next_batch"].(string)
+		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		sendText(t, bob, room.RoomID, "Hello back")
+		later := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {next}}).Body["next_batch"].(string)
+		members := func(at string) map[string]string {
+			r := raw(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(rid)+"/members?at="+url.QueryEscape(at), alice.AccessToken, nil)
+			if r.Status != 200 {
+				t.Fatalf("members at %s: %d %s", at, r.Status, r.Raw)
+			}
+			out := map[string]string{}
+			for _, e := range digList(r.Body, "chunk") {
+				if dig(e, "room_id") != rid || dig(e, "type") != "m.room.member" {
+					t.Fatalf("chunk entry %s", mustJSON(e))
+				}
+				out[dig(e, "state_key").(string)], _ = dig(e, "content", "membership").(string)
+			}
+			return out
+		}
+		for _, at := range []string{prev, next} {
+			if got := members(at); len(got) != 1 || got[string(alice.UserID)] != "join" {
+				t.Fatalf("members at %s: %v", at, got)
+			}
+		}
+		if got := members(later); len(got) != 2 || got[string(bob.UserID)] != "join" {
+			t.Fatalf("members after bob joined: %v", got)
+		}
+		if r := raw(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(rid)+"/members?at=bogus", alice.AccessToken, nil); r.Status != 400 {
+			t.Fatalf("bogus at: %d", r.Status)
+		}
+	})
+}
