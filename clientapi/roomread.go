@@ -355,7 +355,6 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	}
 	var evs []*storage.Event
 	var err error
-	more := false // backfill may hold older events than this page shows
 	if dir == "b" {
 		// Backfilled history has negative positions: no lower bound.
 		lo := int64(math.MinInt64)
@@ -373,7 +372,6 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 			if berr != nil || n == 0 {
 				break
 			}
-			more = true
 			evs, err = storage.RoomEventsRange(r.Context(), eg.db, roomID, lo, hi, limit, true)
 		}
 	} else {
@@ -387,7 +385,10 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		return httpapi.InternalError(r, err)
 	}
 	body := map[string]any{"start": syncapi.Token{Pos: from}.String()}
-	if (len(evs) == limit || more) && len(evs) > 0 {
+	// end is given whenever this page held events, as clients expect: a
+	// short page does not tell them the room is exhausted, the empty page
+	// after it (without end) does.
+	if len(evs) > 0 {
 		last := evs[len(evs)-1].StreamPos
 		if dir == "b" {
 			last--

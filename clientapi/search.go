@@ -94,9 +94,19 @@ func (eg *events) search(r *http.Request, dev *httpapi.Device) httpapi.Response 
 	}
 	// Pagination: "r<pos>" continues a recent-ordered search below pos,
 	// "k<offset>" a rank-ordered one after offset rows.
+	// A token may carry "_<count>": the first page's total, which later
+	// pages repeat (count is the total of all pages, not of this one).
 	var before int64
 	offset := 0
+	total := -1
 	if nb := r.URL.Query().Get("next_batch"); nb != "" {
+		if i := strings.LastIndexByte(nb, '_'); i > 0 {
+			c, err := strconv.Atoi(nb[i+1:])
+			if err != nil || c < 0 {
+				return httpapi.InvalidParam("unknown next_batch token")
+			}
+			total, nb = c, nb[:i]
+		}
 		n, err := strconv.ParseInt(nb[1:], 10, 64)
 		switch {
 		case err != nil || n == 0:
@@ -142,27 +152,33 @@ func (eg *events) search(r *http.Request, dev *httpapi.Device) httpapi.Response 
 			continue
 		}
 		if len(page) == limit {
-			// More visible results remain after this page.
-			if recent {
-				out["next_batch"] = "r" + strconv.FormatInt(page[len(page)-1].StreamPos, 10)
-			} else {
-				out["next_batch"] = "k" + strconv.Itoa(offset+lastRaw+1)
-			}
 			break
 		}
 		page = append(page, h)
 		lastRaw = i
 	}
+	if total < 0 {
+		total = len(visible)
+	}
+	if len(page) == limit {
+		// A full page: there may be more (clients page until a response
+		// has no next_batch, and an empty last page is how they learn it).
+		if recent {
+			out["next_batch"] = "r" + strconv.FormatInt(page[len(page)-1].StreamPos, 10) + "_" + strconv.Itoa(total)
+		} else {
+			out["next_batch"] = "k" + strconv.Itoa(offset+lastRaw+1) + "_" + strconv.Itoa(total)
+		}
+	}
 	if _, ok := out["next_batch"]; !ok && len(hits) == searchScan {
 		// The scan window ran out (perhaps on hits the user may not see):
 		// later rows may match too.
 		if recent {
-			out["next_batch"] = "r" + strconv.FormatInt(hits[len(hits)-1].StreamPos, 10)
+			out["next_batch"] = "r" + strconv.FormatInt(hits[len(hits)-1].StreamPos, 10) + "_" + strconv.Itoa(total)
 		} else {
-			out["next_batch"] = "k" + strconv.Itoa(offset+len(hits))
+			out["next_batch"] = "k" + strconv.Itoa(offset+len(hits)) + "_" + strconv.Itoa(total)
 		}
 	}
-	out["count"] = len(visible)
+	out["count"] = total
 	evs := make([]*storage.Event, len(page))
 	for i, h := range page {
 		evs[i] = visible[h.EventID]

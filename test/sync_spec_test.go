@@ -398,3 +398,100 @@ func TestMembersAtSyncToken(t *testing.T) {
 		}
 	})
 }
+
+// TestSearchAndMessagesTokens: /search hands out next_batch for every
+// full page, the page after the last is empty without it, and count is
+// the total on every page (complement TestSearch); /messages gives end
+// whenever a page held events, even one cut short by a filter, and the
+// empty page after it has none (complement TestRoomImageRoundtrip).
+func TestSearchAndMessagesTokens(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rid := string(room.RoomID)
+		var sent []string
+		for i := range 20 {
+			sent = append(sent, string(sendText(t, alice, room.RoomID, "Message number "+mustJSON(i))))
+		}
+		for _, order := range []string{"recent", "rank"} {
+			req := map[string]any{"search_categories": map[string]any{"room_events": map[string]any{
+				"keys": []string{"content.body"}, "search_term": "Message", "order_by": order,
+				"filter": map[string]any{"limit": 10, "rooms": []string{rid}}}}}
+			next := ""
+			var got []string
+			for page := 0; ; page++ {
+				u := srv.URL + "/_matrix/client/v3/search"
+				if next != "" {
+					u += "?next_batch=" + url.QueryEscape(next)
+				}
+				r := raw(t, "POST", u, alice.AccessToken, req)
+				re := dig(r.Body, "search_categories", "room_events")
+				if r.Status != 200 || dig(re, "count") != float64(20) {
+					t.Fatalf("%s page %d: %d %s", order, page, r.Status, r.Raw)
+				}
+				res := digList(re, "results")
+				for _, x := range res {
+					got = append(got, dig(x, "result", "event_id").(string))
+				}
+				nb, has := dig(re, "next_batch").(string)
+				switch {
+				case page < 2 && (len(res) != 10 || !has):
+					t.Fatalf("%s page %d: %d results, next_batch %q", order, page, len(res), nb)
+				case page == 2 && (len(res) != 0 || has):
+					t.Fatalf("%s page 2: %d results, next_batch %q", order, len(res), nb)
+				}
+				if !has {
+					break
+				}
+				next = nb
+			}
+			if len(got) != 20 {
+				t.Fatalf("%s: %d results over all pages", order, len(got))
+			}
+			if order == "recent" {
+				sameIDs(t, "recent order", toIDs(got), reversed(toIDs(sent)))
+			}
+			noDuplicates(t, order, toIDs(got))
+		}
+
+		// /messages: a filter leaves one event of a short page; end is
+		// still there, and the page from it is empty and has none.
+		if _, err := alice.SendMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.file", "body": "test.png", "url": "mxc://localhost/abc"}); err != nil {
+			t.Fatal(err)
+		}
+		msgs := func(from string) rawResp {
+			q := url.Values{"dir": {"b"}, "filter": {`{"contains_url":true}`}, "limit": {"50"}}
+			if from != "" {
+				q.Set("from", from)
+			}
+			r := raw(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(rid)+"/messages?"+q.Encode(), alice.AccessToken, nil)
+			if r.Status != 200 {
+				t.Fatalf("messages: %d %s", r.Status, r.Raw)
+			}
+			return r
+		}
+		first := msgs("")
+		start, _ := first.Body["start"].(string)
+		end, ok := first.Body["end"].(string)
+		if start == "" || !ok || end == "" || len(digList(first.Body, "chunk")) != 1 {
+			t.Fatalf("first page: %s", first.Raw)
+		}
+		last := msgs(end)
+		if _, has := last.Body["end"]; has || len(digList(last.Body, "chunk")) != 0 {
+			t.Fatalf("page after the last: %s", last.Raw)
+		}
+	})
+}
+
+func toIDs(s []string) []id.EventID {
+	out := make([]id.EventID, len(s))
+	for i, v := range s {
+		out[i] = id.EventID(v)
+	}
+	return out
+}
