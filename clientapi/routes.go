@@ -105,29 +105,32 @@ func (a *API) routes() [][]route {
 		// Space hierarchy.
 		authed("GET", "/_matrix/client/v1/rooms/{roomId}/hierarchy", "rooms", perm.AnyUser, a.rooms.hierarchy),
 
-		// Key backup.
-		v3("POST", "/room_keys/version", "keybackup", perm.AnyUser, a.keys.createBackupVersion),
-		v3("GET", "/room_keys/version", "keybackup", perm.AnyUser, a.keys.getBackupVersion),
-		v3("GET", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.getBackupVersion),
-		v3("PUT", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.putBackupVersion),
-		v3("DELETE", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.deleteBackupVersion),
-		v3("GET", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
-		v3("PUT", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
-		v3("DELETE", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
-		v3("GET", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
-		v3("PUT", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
-		v3("DELETE", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
-		v3("GET", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
-		v3("PUT", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
-		v3("DELETE", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
+		// Key backup. These and the cross-signing uploads predate r0's
+		// successor and released SDKs still call them under /unstable
+		// (matrix-js-sdk's legacy crypto posts device_signing/upload
+		// there; the Rust SDK's request history starts there): v3Unstable.
+		v3Unstable("POST", "/room_keys/version", "keybackup", perm.AnyUser, a.keys.createBackupVersion),
+		v3Unstable("GET", "/room_keys/version", "keybackup", perm.AnyUser, a.keys.getBackupVersion),
+		v3Unstable("GET", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.getBackupVersion),
+		v3Unstable("PUT", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.putBackupVersion),
+		v3Unstable("DELETE", "/room_keys/version/{version}", "keybackup", perm.AnyUser, a.keys.deleteBackupVersion),
+		v3Unstable("GET", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
+		v3Unstable("PUT", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
+		v3Unstable("DELETE", "/room_keys/keys", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
+		v3Unstable("GET", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
+		v3Unstable("PUT", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
+		v3Unstable("DELETE", "/room_keys/keys/{roomId}", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
+		v3Unstable("GET", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.getBackupKeys),
+		v3Unstable("PUT", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.putBackupKeys),
+		v3Unstable("DELETE", "/room_keys/keys/{roomId}/{sessionId}", "keybackup", perm.AnyUser, a.keys.deleteBackupKeys),
 
 		// End-to-end keys.
 		v3("POST", "/keys/upload", "keys", perm.AnyUser, a.keys.keysUpload),
 		v3("POST", "/keys/query", "keys", perm.AnyUser, a.keys.keysQuery),
 		v3("POST", "/keys/claim", "keys", perm.AnyUser, a.keys.keysClaim),
 		v3("GET", "/keys/changes", "keys", perm.AnyUser, a.keys.keysChanges),
-		v3("POST", "/keys/device_signing/upload", "keys", perm.AnyUser, a.keys.crossSigningUpload),
-		v3("POST", "/keys/signatures/upload", "keys", perm.AnyUser, a.keys.signaturesUpload),
+		v3Unstable("POST", "/keys/device_signing/upload", "keys", perm.AnyUser, a.keys.crossSigningUpload),
+		v3Unstable("POST", "/keys/signatures/upload", "keys", perm.AnyUser, a.keys.signaturesUpload),
 
 		// Knocking.
 		v3("POST", "/knock/{roomIdOrAlias}", "membership", n.join("roomIdOrAlias"), a.rooms.knock),
@@ -246,6 +249,12 @@ func authed(method, path, group string, need perm.Requirement, h authedHandler) 
 // alias.
 func v3(method, path, group string, need perm.Requirement, h authedHandler) []route {
 	return append(authed(method, "/_matrix/client/v3"+path, group, need, h), authed(method, "/_matrix/client/r0"+path, group, need, h)...)
+}
+
+// v3Unstable is v3 plus the same row under /_matrix/client/unstable, for
+// endpoints released SDKs still call there: same handler, same permission.
+func v3Unstable(method, path, group string, need perm.Requirement, h authedHandler) []route {
+	return append(v3(method, path, group, need, h), authed(method, "/_matrix/client/unstable"+path, group, need, h)...)
 }
 
 // openV3 is an open endpoint under /_matrix/client/v3 and its r0 alias.
