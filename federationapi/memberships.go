@@ -44,11 +44,18 @@ func (m Memberships) Backfill(ctx context.Context, roomID string, limit int) (in
 // inviteStrippedTypes are the state events an invitee is shown.
 var inviteStrippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
 
-// strippedState is the stripped state shown to invitees and knockers.
-func strippedState(st roomserver.StateMap) []gomatrixserverlib.InviteStrippedState {
+// strippedState is the stripped state shown to invitees and knockers;
+// with an inviter, also the inviter's member event (the invitee's client
+// shows their name and avatar with the invite).
+func strippedState(st roomserver.StateMap, inviter string) []gomatrixserverlib.InviteStrippedState {
 	var out []gomatrixserverlib.InviteStrippedState
 	for _, t := range inviteStrippedTypes {
 		if e := st.Get(t, ""); e != nil {
+			out = append(out, gomatrixserverlib.NewInviteStrippedState(e))
+		}
+	}
+	if inviter != "" {
+		if e := st.Get("m.room.member", inviter); e != nil {
 			out = append(out, gomatrixserverlib.NewInviteStrippedState(e))
 		}
 	}
@@ -66,7 +73,7 @@ func (m Memberships) CountersignInvite(ctx context.Context, ev gomatrixserverlib
 	if err != nil {
 		return nil, err
 	}
-	req, err := fclient.NewInviteV2Request(ev, strippedState(st))
+	req, err := fclient.NewInviteV2Request(ev, strippedState(st, string(ev.SenderID())))
 	if err != nil {
 		return nil, err
 	}

@@ -216,7 +216,7 @@ func (f *joins) sendMembership(membership string) roomHandler {
 		if membership == spec.Knock {
 			// The knocker's server shows the room with this stripped state.
 			st, _ := f.rs.CurrentState(r.Context(), roomID)
-			knockState := strippedState(st)
+			knockState := strippedState(st, "")
 			if knockState == nil {
 				knockState = []gomatrixserverlib.InviteStrippedState{}
 			}

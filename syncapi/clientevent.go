@@ -88,10 +88,14 @@ func FormatEvent(ev *storage.Event, pdu gomatrixserverlib.PDU, v Viewer, withRoo
 	return ce
 }
 
-// StrippedEvent is the stripped state shown with invites.
+// StrippedEvent is the stripped state shown with invites. The invite
+// itself also carries its event ID and timestamp (as other servers send
+// it): clients date the invite by them.
 type StrippedEvent struct {
-	Content  json.RawMessage `json:"content"`
-	Sender   string          `json:"sender"`
-	StateKey string          `json:"state_key"`
-	Type     string          `json:"type"`
+	Content        json.RawMessage `json:"content"`
+	Sender         string          `json:"sender"`
+	StateKey       string          `json:"state_key"`
+	Type           string          `json:"type"`
+	EventID        string          `json:"event_id,omitempty"`
+	OriginServerTS int64           `json:"origin_server_ts,omitempty"`
 }

@@ -644,8 +644,26 @@ func (s *Syncer) invitedRoom(ctx context.Context, userID, roomID string, invite 
 		ir.InviteState.Events = append(ir.InviteState.Events, u.State...)
 		own = pdu
 	}
-	ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: own.Content(), Sender: string(own.SenderID()), StateKey: userID, Type: "m.room.member"})
+	// The inviter's own member event, so clients show their name and
+	// avatar rather than a bare user ID (a remote room's comes with the
+	// invite's stripped state).
+	inviter := string(own.SenderID())
+	if e := st.Get("m.room.member", inviter); e != nil && inviter != userID && !hasStripped(ir.InviteState.Events, "m.room.member", inviter) {
+		ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: e.Content(), Sender: inviter, StateKey: inviter, Type: "m.room.member"})
+	}
+	// The invite itself with its ID and time: clients date the invite by it.
+	ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: own.Content(), Sender: inviter, StateKey: userID, Type: "m.room.member",
+		EventID: own.EventID(), OriginServerTS: int64(own.OriginServerTS())})
 	return ir, nil
+}
+
+func hasStripped(evs []StrippedEvent, typ, stateKey string) bool {
+	for _, e := range evs {
+		if e.Type == typ && e.StateKey == stateKey {
+			return true
+		}
+	}
+	return false
 }
 
 func (s *Syncer) leftRoom(ctx context.Context, req *Request, resp *Response, roomID string, leave *storage.Event) error {

@@ -730,3 +730,26 @@ func TestFederationInviteDeviceLists(t *testing.T) {
 	bob = fedRebase(t, bob, b)
 	fedDeviceListChanged(t, bob, bobSince, []id.UserID{alice.UserID}, 30*time.Second)
 }
+
+// TestFederationInviteStateShowsInvite: a remote user's invite_state on
+// their own server carries the invite's event_id and origin_server_ts and
+// the inviter's m.room.member, which the inviting server now sends in the
+// invite's stripped state.
+func TestFederationInviteStateShowsInvite(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	if err := alice.SetDisplayName(ctxT(t), "Alice A"); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "remote cards", Invite: []id.UserID{bob.UserID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inviteID, _, _ := fedMemberEvent(t, a, resp.RoomID, bob.UserID)
+	fedWaitMembership(t, b, resp.RoomID, bob.UserID, "invite", 10*time.Second)
+	r := syncRaw(t, b.URL, bob.AccessToken, nil).Body
+	checkInviteState(t, "remote invite", digList(r, "rooms", "invite", resp.RoomID.String(), "invite_state", "events"), alice.UserID.String(), bob.UserID.String(), inviteID, "Alice A")
+}

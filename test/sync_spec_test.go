@@ -495,3 +495,61 @@ func toIDs(s []string) []id.EventID {
 	}
 	return out
 }
+
+// checkInviteState asserts an invite_state as clients render it: the
+// invite with its event ID and timestamp, and the inviter's own member
+// event with their display name.
+func checkInviteState(t testing.TB, what string, evs []any, inviter, invitee, inviteID, inviterName string) {
+	t.Helper()
+	var sawInvite, sawInviter bool
+	for _, e := range evs {
+		if dig(e, "type") != "m.room.member" {
+			continue
+		}
+		switch dig(e, "state_key") {
+		case invitee:
+			ts, _ := dig(e, "origin_server_ts").(float64)
+			if dig(e, "event_id") != inviteID || ts < float64(time.Now().Add(-time.Hour).UnixMilli()) || dig(e, "sender") != inviter || dig(e, "content", "membership") != "invite" {
+				t.Fatalf("%s: the invite in invite_state: %s (want event %s)", what, mustJSON(e), inviteID)
+			}
+			sawInvite = true
+		case inviter:
+			if dig(e, "content", "membership") != "join" || dig(e, "content", "displayname") != inviterName {
+				t.Fatalf("%s: the inviter's member event: %s", what, mustJSON(e))
+			}
+			sawInviter = true
+		}
+	}
+	if !sawInvite || !sawInviter {
+		t.Fatalf("%s: invite_state lacks the invite (%v) or the inviter's member event (%v): %s", what, sawInvite, sawInviter, mustJSON(evs))
+	}
+}
+
+// TestInviteStateShowsInvite: invite_state carries the invite's event_id
+// and origin_server_ts and the inviter's m.room.member, as other servers
+// send it (Cinny showed "1 Jan 1970" and a bare user ID without them).
+func TestInviteStateShowsInvite(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		if err := alice.SetDisplayName(ctx, "Alice A"); err != nil {
+			t.Fatal(err)
+		}
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Name: "cards"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := alice.InviteUser(ctx, room.RoomID, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+			t.Fatal(err)
+		}
+		st, err := alice.State(ctx, room.RoomID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		inviteID := string(st[event.StateMember][bob.UserID.String()].ID)
+		r := syncRaw(t, srv.URL, bob.AccessToken, nil).Body
+		checkInviteState(t, "initial", digList(r, "rooms", "invite", string(room.RoomID), "invite_state", "events"), string(alice.UserID), string(bob.UserID), inviteID, "Alice A")
+	})
+}
