@@ -254,6 +254,18 @@ func markNotificationsRead(ctx context.Context, tx *Tx, userID, roomID, threadID
 	return err
 }
 
+// ClearUnreadBefore marks the user's notifications in the room below
+// eventPos read, as a read receipt there would, and returns the stream
+// position of the new totals. Called at a join: a room's counts start at
+// the join, so the invite that brought the user in is not counted.
+func ClearUnreadBefore(ctx context.Context, tx *Tx, userID, roomID string, eventPos int64) (int64, error) {
+	if err := lockUsers(ctx, tx, []string{userID}); err != nil {
+		return 0, err
+	}
+	pos := tx.NextPos("notifications")
+	return pos, markNotificationsRead(ctx, tx, userID, roomID, "", eventPos-1, pos)
+}
+
 // Counts are a room's (or thread's) unread notification counts.
 type Counts struct {
 	Notifications int

@@ -553,3 +553,47 @@ func TestInviteStateShowsInvite(t *testing.T) {
 		checkInviteState(t, "initial", digList(r, "rooms", "invite", string(room.RoomID), "invite_state", "events"), string(alice.UserID), string(bob.UserID), inviteID, "Alice A")
 	})
 }
+
+// TestUnreadCountsStartAtJoin: the invite notifies the invitee, but once
+// they join, the room's unread count starts at the join: five messages
+// after it count five, not six (Cinny's badge showed six).
+func TestUnreadCountsStartAtJoin(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := registerClient(t, srv.URL, "alice", "alice-pass-1")
+		bob := registerClient(t, srv.URL, "bob", "bob-pass-1")
+		ctx := ctxT(t)
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The invite is a notification of bob's.
+		waitNotifications(t, srv.URL, bob.AccessToken, 1)
+		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 5 {
+			sendText(t, alice, room.RoomID, "message "+mustJSON(i))
+		}
+		waitNotifications(t, srv.URL, bob.AccessToken, 6)
+		r := syncRaw(t, srv.URL, bob.AccessToken, nil).Body
+		if got := dig(r, "rooms", "join", string(room.RoomID), "unread_notifications", "notification_count"); got != float64(5) {
+			t.Fatalf("unread count after joining and five messages: %v", got)
+		}
+	})
+}
+
+// waitNotifications polls /notifications until it lists n rows.
+func waitNotifications(t testing.TB, base, token string, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		r := raw(t, "GET", base+"/_matrix/client/v3/notifications", token, nil)
+		if got := len(digList(r.Body, "notifications")); got >= n {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%d notifications listed, want %d: %s", got, n, r.Raw)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

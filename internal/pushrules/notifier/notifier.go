@@ -245,7 +245,8 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 			userSet[t.userID] = true
 		}
 	}
-	if len(works) == 0 {
+	joins := n.newJoins(ctx, batch)
+	if len(works) == 0 && len(joins) == 0 {
 		return false, nil
 	}
 	users := make([]string, 0, len(userSet))
@@ -285,7 +286,7 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 				ThreadID: w.thread, Highlight: res.Highlight, Actions: actions, TS: now})
 		}
 	}
-	if len(out) == 0 {
+	if len(out) == 0 && len(joins) == 0 {
 		return false, nil
 	}
 	err = n.db.WithTx(ctx, func(tx *storage.Tx) error {
@@ -307,6 +308,19 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 				list = append(list, o.UserID)
 			}
 		}
+		// After the batch's own rows: an invite and the join answering it
+		// may come in one batch.
+		for _, j := range joins {
+			p, err := storage.ClearUnreadBefore(ctx, tx, j.Sender, j.RoomID, j.StreamPos)
+			if err != nil {
+				return err
+			}
+			pos = max(pos, p)
+			if !woken[j.Sender] {
+				woken[j.Sender] = true
+				list = append(list, j.Sender)
+			}
+		}
 		tx.Publish(pos, func() {
 			if n.wake != nil {
 				n.wake(list...)
@@ -316,6 +330,24 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 		return nil
 	})
 	return err == nil, err
+}
+
+// newJoins are the batch's joins of local users who were not joined
+// before (not a profile change): their counts in the room restart there.
+// One membership read per such join, which is rare next to messages.
+func (n *Notifier) newJoins(ctx context.Context, batch []*storage.Event) []*storage.Event {
+	var out []*storage.Event
+	for _, e := range batch {
+		if e.Type != "m.room.member" || e.Membership != "join" || e.StateKey == nil || *e.StateKey != e.Sender || !n.isLocal(e.Sender) || e.StreamPos <= 0 {
+			continue
+		}
+		prev, err := storage.LatestMembershipBefore(ctx, n.db, e.RoomID, e.Sender, e.StreamPos-1)
+		if err == nil && prev.Membership == "join" {
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 // prepare finds who an event may notify: the room's joined local members
