@@ -274,6 +274,11 @@ func (ks *keys) keysUpload(r *http.Request, dev *httpapi.Device) httpapi.Respons
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	if len(otks) > 0 || len(fallback) > 0 {
+		// The device's key counts changed: its waiting /sync answers with
+		// them (a client that just logged in waits for them to go on).
+		ks.sync.NotifyUsers(dev.UserID)
+	}
 	if _, ok := counts[signedCurve25519]; !ok {
 		counts[signedCurve25519] = 0
 	}
@@ -433,6 +438,7 @@ func (ks *keys) keysClaim(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	wakeClaimed(ks.sync.NotifyUsers, keys)
 	failures := map[string]any{}
 	if len(remote) > 0 {
 		ks.claimRemoteKeys(ctx, remote, fedTimeout(req.Timeout), keys, failures)
@@ -503,4 +509,18 @@ func (ks *keys) keysChanges(r *http.Request, dev *httpapi.Device) httpapi.Respon
 		left = []string{}
 	}
 	return httpapi.JSON(http.StatusOK, map[string]any{"changed": changed, "left": left})
+}
+
+// wakeClaimed wakes the /sync long-polls of the users whose keys a claim
+// took: their devices' one-time key counts (or unused fallback keys) changed.
+func wakeClaimed(wake func(users ...string), claimed map[string]map[string]map[string]json.RawMessage) {
+	users := make([]string, 0, len(claimed))
+	for u, devs := range claimed {
+		if len(devs) > 0 {
+			users = append(users, u)
+		}
+	}
+	if len(users) > 0 {
+		wake(users...)
+	}
 }

@@ -115,6 +115,18 @@ func (f *userKeys) userKeysClaim(r *http.Request, origin spec.ServerName, body [
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	// The claimed devices' key counts changed: wake their /syncs.
+	if l := f.local(); l != nil && l.NotifyUsers != nil {
+		var users []string
+		for u, devs := range keys {
+			if len(devs) > 0 {
+				users = append(users, u)
+			}
+		}
+		if len(users) > 0 {
+			l.NotifyUsers(users...)
+		}
+	}
 	return httpapi.JSON(http.StatusOK, map[string]any{"one_time_keys": keys})
 }
 

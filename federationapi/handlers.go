@@ -95,6 +95,7 @@ type serverKeys struct {
 type userKeys struct {
 	db          *storage.DB
 	isLocalUser func(userID string) bool
+	local       func() *Local // NotifyUsers: a claim changes key counts
 }
 
 // media serves this server's media to other servers (multipart framing
@@ -112,6 +113,6 @@ func (f *Federation) newHandlers() {
 	f.history = &history{db: f.db, rs: f.rs, serverName: f.serverName}
 	f.queries = &queries{db: f.db, rs: f.rs, serverName: f.serverName}
 	f.srvKeys = &serverKeys{db: f.db, serverName: f.serverName, keyID: f.keyID, key: f.key, pol: f.pol}
-	f.userKeys = &userKeys{db: f.db, isLocalUser: f.isLocalUser}
+	f.userKeys = &userKeys{db: f.db, isLocalUser: f.isLocalUser, local: f.local}
 	f.media = &media{local: f.local}
 }

@@ -6,6 +6,8 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -66,6 +68,10 @@ type Syncer struct {
 	ranges   *lru.Cache[rangeKey, *rangeRead]
 	// wakesHandedOff: see Options.EventWakesHandedOff.
 	wakesHandedOff bool
+	// keyCounts is the key-count signature (keyCountsSig) each device was
+	// last answered with: a change wakes its long-poll and answers it,
+	// since key counts are not a stream the since token covers.
+	keyCounts *lru.Cache[string, string]
 	// The per-server state of the ephemeral streams and sliding sync.
 	typing   *Typing
 	presence *Presence
@@ -98,7 +104,7 @@ func New(db *storage.DB, rs RoomServer, opts Options) *Syncer {
 	maxBuilds = max(2, min(maxBuilds, 2*runtime.GOMAXPROCS(0)))
 	s := &Syncer{db: db, rs: rs, n: newWakeups(db), stopping: make(chan struct{}), builds: make(chan struct{}, maxBuilds),
 		ranges: lru.New[rangeKey, *rangeRead](1024), wakesHandedOff: opts.EventWakesHandedOff,
-		sliding: lru.New[string, *slidingConn](10000)}
+		sliding: lru.New[string, *slidingConn](10000), keyCounts: lru.New[string, string](100000)}
 	s.typing = &Typing{s: s, rooms: map[string]*typingRoom{}}
 	s.presence = newPresence(s, !opts.PresenceDisabled)
 	rs.Subscribe(s.onEvent)
@@ -208,7 +214,8 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		if err != nil {
 			return nil, err
 		}
-		if p.Since == nil || p.FullState || !resp.empty() || !time.Now().Before(deadline) || s.shuttingDown() {
+		if p.Since == nil || p.FullState || !resp.empty() || s.keyCountsChanged(p, resp) || !time.Now().Before(deadline) || s.shuttingDown() {
+			s.keyCounts.Put(p.UserID+"|"+p.DeviceID, keyCountsSig(resp))
 			return resp, nil
 		}
 		s.n.addWaiter(1)
@@ -225,6 +232,30 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		timer.Stop()
 		s.n.addWaiter(-1)
 	}
+}
+
+// keyCountsChanged reports whether the device's one-time key counts or
+// unused fallback key types differ from those it was last answered with.
+// A device not remembered (a restart) counts as unchanged.
+func (s *Syncer) keyCountsChanged(p Params, resp *Response) bool {
+	prev, ok := s.keyCounts.Get(p.UserID + "|" + p.DeviceID)
+	return ok && prev != keyCountsSig(resp)
+}
+
+// keyCountsSig is a comparable rendering of a response's key counts.
+func keyCountsSig(resp *Response) string {
+	algs := make([]string, 0, len(resp.DeviceOneTimeKeysCount))
+	for a, n := range resp.DeviceOneTimeKeysCount {
+		algs = append(algs, a+"="+strconv.Itoa(n))
+	}
+	sort.Strings(algs)
+	sig := strings.Join(algs, ",")
+	if resp.DeviceUnusedFallbackKeyTypes != nil {
+		fb := slices.Clone(*resp.DeviceUnusedFallbackKeyTypes)
+		sort.Strings(fb)
+		sig += "|" + strings.Join(fb, ",")
+	}
+	return sig
 }
 
 func (s *Syncer) build(ctx context.Context, p Params, to Token) (*Response, error) {

@@ -597,3 +597,84 @@ func waitNotifications(t testing.TB, base, token string, n int) {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// TestSyncWakesOnKeyCounts: a device's waiting /sync answers when its
+// one-time key counts or unused fallback key types change — its own
+// upload, or another user claiming a key — well within 2 s instead of at
+// the timeout (Cinny waited ~31 s at "Connecting…" after each login).
+func TestSyncWakesOnKeyCounts(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		alice := newE2EERaw(Register(t, srv.URL, "alice", "alice-pass-1", false))
+		bob := Register(t, srv.URL, "bob", "bob-pass-1", false)
+		since := e2eeSync(t, srv.URL, alice.token, "", 0).NextBatch
+		if r := raw(t, "POST", srv.URL+"/_matrix/client/v3/keys/upload", alice.token, map[string]any{"device_keys": alice.deviceKeys()}); r.Status != 200 {
+			t.Fatalf("device keys: %d %s", r.Status, r.Raw)
+		}
+		since = e2eeSync(t, srv.URL, alice.token, since, 0).NextBatch
+
+		// poll long-polls from since, runs change after 300 ms, and
+		// returns the response and how long after the change it came.
+		poll := func(what string, change func()) (*e2eeSyncResp, time.Duration) {
+			t.Helper()
+			type res struct {
+				r  *e2eeSyncResp
+				at time.Time
+			}
+			ch := make(chan res, 1)
+			go func() {
+				r := e2eeSync(t, srv.URL, alice.token, since, 20000)
+				ch <- res{r, time.Now()}
+			}()
+			time.Sleep(300 * time.Millisecond)
+			select {
+			case got := <-ch:
+				t.Fatalf("%s: the long-poll answered before the change: %+v", what, got.r)
+			default:
+			}
+			changed := time.Now()
+			change()
+			got := <-ch
+			since = got.r.NextBatch
+			return got.r, got.at.Sub(changed)
+		}
+
+		otks := map[string]any{}
+		for i := range 3 {
+			otks["signed_curve25519:AAA"+mustJSON(i)] = alice.otk(false)
+		}
+		r, took := poll("upload", func() {
+			if r := raw(t, "POST", srv.URL+"/_matrix/client/v3/keys/upload", alice.token, map[string]any{"one_time_keys": otks}); r.Status != 200 {
+				t.Fatalf("upload: %d %s", r.Status, r.Raw)
+			}
+		})
+		if took > 2*time.Second || r.OTKCounts["signed_curve25519"] != 3 {
+			t.Fatalf("after the upload: counts %v after %v", r.OTKCounts, took)
+		}
+
+		r, took = poll("fallback", func() {
+			if r := raw(t, "POST", srv.URL+"/_matrix/client/v3/keys/upload", alice.token, map[string]any{"fallback_keys": map[string]any{"signed_curve25519:FB1": alice.otk(true)}}); r.Status != 200 {
+				t.Fatalf("fallback upload: %d %s", r.Status, r.Raw)
+			}
+		})
+		if took > 2*time.Second || r.Fallback == nil || len(*r.Fallback) != 1 {
+			t.Fatalf("after the fallback upload: %v after %v", r.Fallback, took)
+		}
+
+		r, took = poll("claim", func() {
+			c := raw(t, "POST", srv.URL+"/_matrix/client/v3/keys/claim", bob.AccessToken, map[string]any{"one_time_keys": map[string]any{alice.userID: map[string]string{alice.deviceID: "signed_curve25519"}}})
+			if c.Status != 200 || dig(c.Body, "one_time_keys", alice.userID, alice.deviceID) == nil {
+				t.Fatalf("claim: %d %s", c.Status, c.Raw)
+			}
+		})
+		if took > 2*time.Second || r.OTKCounts["signed_curve25519"] != 2 {
+			t.Fatalf("after the claim: counts %v after %v", r.OTKCounts, took)
+		}
+
+		// Nothing changed: the long-poll waits out its timeout.
+		start := time.Now()
+		if r := e2eeSync(t, srv.URL, alice.token, since, 1000); time.Since(start) < 900*time.Millisecond {
+			t.Fatalf("an idle long-poll answered after %v: %+v", time.Since(start), r)
+		}
+	})
+}
