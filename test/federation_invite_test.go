@@ -750,6 +750,6 @@ func TestFederationInviteStateShowsInvite(t *testing.T) {
 	}
 	inviteID, _, _ := fedMemberEvent(t, a, resp.RoomID, bob.UserID)
 	fedWaitMembership(t, b, resp.RoomID, bob.UserID, "invite", 10*time.Second)
-	r := syncRaw(t, b.URL, bob.AccessToken, nil).Body
+	r := syncQuery(t, b.URL, bob.AccessToken, nil).Body
 	checkInviteState(t, "remote invite", digList(r, "rooms", "invite", resp.RoomID.String(), "invite_state", "events"), alice.UserID.String(), bob.UserID.String(), inviteID, "Alice A")
 }

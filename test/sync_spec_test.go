@@ -13,9 +13,9 @@ import (
 	"enclave/storage"
 )
 
-// syncRaw is one GET /sync with these query parameters (timeout 0 unless
+// syncQuery is one GET /sync with these query parameters (timeout 0 unless
 // given), decoded as JSON.
-func syncRaw(t testing.TB, base, token string, q url.Values) rawResp {
+func syncQuery(t testing.TB, base, token string, q url.Values) rawResp {
 	t.Helper()
 	if q == nil {
 		q = url.Values{}
@@ -74,7 +74,7 @@ func TestSyncLeftRooms(t *testing.T) {
 		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
 			t.Fatal(err)
 		}
-		bobSince := syncRaw(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
+		bobSince := syncQuery(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
 		sendText(t, alice, room.RoomID, "before")
 		if _, err := alice.SendStateEvent(ctx, room.RoomID, event.Type{Type: "a.madeup.test.state", Class: event.StateEventType}, "", map[string]any{"my_key": "before"}); err != nil {
 			t.Fatal(err)
@@ -93,7 +93,7 @@ func TestSyncLeftRooms(t *testing.T) {
 			if since != "" {
 				q.Set("since", since)
 			}
-			r := syncRaw(t, srv.URL, bob.AccessToken, q)
+			r := syncQuery(t, srv.URL, bob.AccessToken, q)
 			lr := dig(r.Body, "rooms", "leave", string(room.RoomID))
 			if lr == nil {
 				t.Fatalf("since %q: left room missing: %s", since, r.Raw)
@@ -130,7 +130,7 @@ func TestSyncLeftRooms(t *testing.T) {
 			if since != "" {
 				q.Set("since", since)
 			}
-			lr := dig(syncRaw(t, srv.URL, bob.AccessToken, q).Body, "rooms", "leave", string(room.RoomID))
+			lr := dig(syncQuery(t, srv.URL, bob.AccessToken, q).Body, "rooms", "leave", string(room.RoomID))
 			tl := digList(lr, "timeline", "events")
 			if len(tl) != 2 || dig(tl[0], "content", "body") != "before" {
 				t.Fatalf("since %q: timeline %s", since, mustJSON(tl))
@@ -143,7 +143,7 @@ func TestSyncLeftRooms(t *testing.T) {
 		// A room left before `since` is not in an incremental sync's leave
 		// section, include_leave or not; an initial one with it has it.
 		incl := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 1}, "include_leave": true}})
-		after := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
+		after := syncQuery(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
 		if dig(after, "rooms", "leave", string(room.RoomID)) == nil {
 			t.Fatalf("initial include_leave sync lacks the left room")
 		}
@@ -157,11 +157,11 @@ func TestSyncLeftRooms(t *testing.T) {
 		for range 3 {
 			sendText(t, alice, other.RoomID, "filler")
 		}
-		inc := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}}).Body
+		inc := syncQuery(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}}).Body
 		if l, _ := dig(inc, "rooms", "leave").(map[string]any); len(l) != 0 {
 			t.Fatalf("incremental sync lists earlier left rooms: %s", mustJSON(l))
 		}
-		full := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}, "full_state": {"true"}}).Body
+		full := syncQuery(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {after["next_batch"].(string)}, "full_state": {"true"}}).Body
 		if dig(full, "rooms", "leave", string(room.RoomID)) == nil {
 			t.Fatalf("full_state include_leave sync lacks the left room")
 		}
@@ -169,7 +169,7 @@ func TestSyncLeftRooms(t *testing.T) {
 		// Forgetting: alice leaves `other`... bob leaves and forgets it;
 		// an incremental sync from before the leave still shows it, an
 		// initial include_leave one does not.
-		beforeLeave := syncRaw(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
+		beforeLeave := syncQuery(t, srv.URL, bob.AccessToken, nil).Body["next_batch"].(string)
 		if _, err := bob.LeaveRoom(ctx, other.RoomID); err != nil {
 			t.Fatal(err)
 		}
@@ -177,11 +177,11 @@ func TestSyncLeftRooms(t *testing.T) {
 			t.Fatal(err)
 		}
 		sendText(t, alice, other.RoomID, "after forget")
-		inc = syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {beforeLeave}}).Body
+		inc = syncQuery(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}, "since": {beforeLeave}}).Body
 		if dig(inc, "rooms", "leave", string(other.RoomID)) == nil {
 			t.Fatalf("the leave of a forgotten room is missing from the incremental sync: %s", mustJSON(dig(inc, "rooms")))
 		}
-		initial := syncRaw(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
+		initial := syncQuery(t, srv.URL, bob.AccessToken, url.Values{"filter": {incl}}).Body
 		for _, sec := range []string{"join", "invite", "leave"} {
 			if dig(initial, "rooms", sec, string(other.RoomID)) != nil {
 				t.Fatalf("forgotten room in rooms.%s of an include_leave initial sync", sec)
@@ -209,13 +209,13 @@ func TestSyncNewMemberPresence(t *testing.T) {
 		if r := raw(t, "PUT", srv.URL+"/_matrix/client/v3/presence/"+string(bob.UserID)+"/status", bob.AccessToken, map[string]any{"presence": "online", "status_msg": "here"}); r.Status != 200 {
 			t.Fatalf("set presence: %d %s", r.Status, r.Raw)
 		}
-		since := syncRaw(t, srv.URL, alice.AccessToken, nil).Body["next_batch"].(string)
+		since := syncQuery(t, srv.URL, alice.AccessToken, nil).Body["next_batch"].(string)
 		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
 			t.Fatal(err)
 		}
 		deadline := time.Now().Add(10 * time.Second)
 		for {
-			r := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "timeout": {"2000"}}).Body
+			r := syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "timeout": {"2000"}}).Body
 			var joined, presence bool
 			for _, e := range digList(r, "rooms", "join", string(room.RoomID), "timeline", "events") {
 				joined = joined || (dig(e, "type") == "m.room.member" && dig(e, "state_key") == string(bob.UserID))
@@ -270,7 +270,7 @@ func TestSyncStateAfter(t *testing.T) {
 		lazy := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 20}, "state": map[string]any{"lazy_load_members": true}}})
 
 		// Initial, lazy-loading, unstable name: members of every timeline sender.
-		r := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"filter": {lazy}, "org.matrix.msc4222.use_state_after": {"true"}}).Body
+		r := syncQuery(t, srv.URL, alice.AccessToken, url.Values{"filter": {lazy}, "org.matrix.msc4222.use_state_after": {"true"}}).Body
 		jr := dig(r, "rooms", "join", rid)
 		if dig(jr, "state") != nil || dig(jr, "state_after") != nil {
 			t.Fatalf("unstable flag: state or the stable field present: %s", mustJSON(jr))
@@ -293,7 +293,7 @@ func TestSyncStateAfter(t *testing.T) {
 			t.Fatal(err)
 		}
 		sendText(t, alice, room.RoomID, "hello")
-		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
+		r = syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
 		jr = dig(r, "rooms", "join", rid)
 		if dig(jr, "state") != nil {
 			t.Fatalf("state sent with use_state_after: %s", mustJSON(jr))
@@ -306,7 +306,7 @@ func TestSyncStateAfter(t *testing.T) {
 
 		// A message only: state_after present and empty.
 		sendText(t, alice, room.RoomID, "plain")
-		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
+		r = syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "use_state_after": {"true"}}).Body
 		if l, ok := dig(r, "rooms", "join", rid, "state_after", "events").([]any); !ok || len(l) != 0 {
 			t.Fatalf("state_after of a message-only sync: %s", mustJSON(dig(r, "rooms", "join", rid)))
 		}
@@ -326,7 +326,7 @@ func TestSyncStateAfter(t *testing.T) {
 			sendText(t, alice, room.RoomID, "filler")
 		}
 		one := mustJSON(map[string]any{"room": map[string]any{"timeline": map[string]any{"limit": 1}}})
-		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}, "use_state_after": {"true"}}).Body
+		r = syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}, "use_state_after": {"true"}}).Body
 		jr = dig(r, "rooms", "join", rid)
 		if dig(jr, "timeline", "limited") != true {
 			t.Fatalf("not limited: %s", mustJSON(jr))
@@ -337,7 +337,7 @@ func TestSyncStateAfter(t *testing.T) {
 		}
 
 		// Without the flag: state as before, no state_after.
-		r = syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}}).Body
+		r = syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {since}, "filter": {one}}).Body
 		jr = dig(r, "rooms", "join", rid)
 		if dig(jr, "state_after") != nil || dig(jr, "state", "events") == nil {
 			t.Fatalf("without the flag: %s", mustJSON(jr))
@@ -363,14 +363,14 @@ func TestMembersAtSyncToken(t *testing.T) {
 		}
 		rid := string(room.RoomID)
 		sendText(t, alice, room.RoomID, "Hello world!")
-		first := syncRaw(t, srv.URL, alice.AccessToken, nil).Body
+		first := syncQuery(t, srv.URL, alice.AccessToken, nil).Body
 		prev, _ := dig(first, "rooms", "join", rid, "timeline", "prev_batch").(string)
 		next := first["next_batch"].(string)
 		if _, err := bob.JoinRoomByID(ctx, room.RoomID); err != nil {
 			t.Fatal(err)
 		}
 		sendText(t, bob, room.RoomID, "Hello back")
-		later := syncRaw(t, srv.URL, alice.AccessToken, url.Values{"since": {next}}).Body["next_batch"].(string)
+		later := syncQuery(t, srv.URL, alice.AccessToken, url.Values{"since": {next}}).Body["next_batch"].(string)
 		members := func(at string) map[string]string {
 			r := raw(t, "GET", srv.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(rid)+"/members?at="+url.QueryEscape(at), alice.AccessToken, nil)
 			if r.Status != 200 {
@@ -549,7 +549,7 @@ func TestInviteStateShowsInvite(t *testing.T) {
 			t.Fatal(err)
 		}
 		inviteID := string(st[event.StateMember][bob.UserID.String()].ID)
-		r := syncRaw(t, srv.URL, bob.AccessToken, nil).Body
+		r := syncQuery(t, srv.URL, bob.AccessToken, nil).Body
 		checkInviteState(t, "initial", digList(r, "rooms", "invite", string(room.RoomID), "invite_state", "events"), string(alice.UserID), string(bob.UserID), inviteID, "Alice A")
 	})
 }
@@ -576,7 +576,7 @@ func TestUnreadCountsStartAtJoin(t *testing.T) {
 			sendText(t, alice, room.RoomID, "message "+mustJSON(i))
 		}
 		waitNotifications(t, srv.URL, bob.AccessToken, 6)
-		r := syncRaw(t, srv.URL, bob.AccessToken, nil).Body
+		r := syncQuery(t, srv.URL, bob.AccessToken, nil).Body
 		if got := dig(r, "rooms", "join", string(room.RoomID), "unread_notifications", "notification_count"); got != float64(5) {
 			t.Fatalf("unread count after joining and five messages: %v", got)
 		}
