@@ -6,11 +6,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -374,6 +376,86 @@ func TestAuditKeySeparation(t *testing.T) {
 			"keys.server_signing_key/success/replaced", "keys.media_kek_rotate/success/rotated"}
 		if strings.Join(got, " ") != strings.Join(want, " ") {
 			t.Fatalf("key operations in the audit log:\n got %v\nwant %v", got, want)
+		}
+	})
+}
+
+// Each signed head also reaches a SIEM's syslog collector
+// (audit.syslog_address), and what the collector kept anchors
+// `enclave audit verify` with only the public key at hand.
+func TestAuditSyslogAnchor(t *testing.T) {
+	bin := enclaveBinary(t)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pc.Close()
+		var mu sync.Mutex
+		var received []string
+		go func() {
+			buf := make([]byte, 64<<10)
+			for {
+				n, _, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				mu.Lock()
+				received = append(received, string(buf[:n]))
+				mu.Unlock()
+			}
+		}()
+		dataDir := t.TempDir()
+		srv := Start(t, d, Options{DataDir: dataDir, Configure: func(c *config.Config) {
+			c.Audit.HeadSyslog = true
+			c.Audit.SyslogAddress = "udp://" + pc.LocalAddr().String()
+			c.Audit.AnchorFile = config.AnchorNone // the SIEM is the only anchor
+		}})
+		Register(t, srv.URL, "alice", "alice-pw", false)
+		_, pub := srv.Audit.PublicKey()
+		dbURL := srv.DBURL
+		srv.Stop()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			mu.Lock()
+			got := strings.Join(received, "\n")
+			mu.Unlock()
+			if strings.Contains(got, "server.stop") || time.Now().After(deadline) || strings.Count(got, "audit head {") >= 2 {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		mu.Lock()
+		siem := filepath.Join(t.TempDir(), "siem.log")
+		err = os.WriteFile(siem, []byte(strings.Join(received, "\n")+"\n"), 0o600)
+		mu.Unlock()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := config.EnsureDataDir(dataDir); err != nil {
+			t.Fatal(err)
+		}
+		// The private key is out of reach: only the public key verifies.
+		if err := os.Rename(dataDir+".audit.key", dataDir+".moved-away"); err != nil {
+			t.Fatal(err)
+		}
+		env := []string{"ENCLAVE_AUDIT_ANCHOR_FILE=none", "ENCLAVE_AUDIT_PUBLIC_KEY=" + base64.RawStdEncoding.EncodeToString(pub)}
+		out, err := verifyEnv(bin, dataDir, dbURL, env, "--anchor", siem)
+		if err != nil || !strings.Contains(out, "anchored: the chain holds the exported head") {
+			b, _ := os.ReadFile(siem)
+			t.Fatalf("verify against the SIEM's copy: %v\n%s\nsiem:\n%s", err, out, b)
+		}
+		// The collector's copy catches a truncation the store alone hides.
+		db, err := storage.Open(context.Background(), dbURL, storage.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		if _, err := db.ExecContext(context.Background(), `DELETE FROM audit_log WHERE n > 3`); err != nil {
+			t.Fatal(err)
+		}
+		if out, err := verifyEnv(bin, dataDir, dbURL, env, "--anchor", siem); err == nil || !strings.Contains(out, "shorter than the exported head") {
+			t.Fatalf("truncation against the SIEM's copy: %v\n%s", err, out)
 		}
 	})
 }
