@@ -73,3 +73,7 @@ const (
 	ActionServerStart = "server.start"
 	ActionServerStop  = "server.stop"
 )
+
+// ActionAppServiceLoad: an appservice registration was loaded at start
+// (actor: the server and the appservice id; target: its sender user).
+const ActionAppServiceLoad = "appservice.load"

@@ -35,6 +35,8 @@ type Actor struct {
 	IP        string `json:"ip,omitempty"`
 	UserAgent string `json:"user_agent,omitempty"`
 	Server    string `json:"server,omitempty"`
+	// AppService is the appservice that acted (as UserID, masquerading).
+	AppService string `json:"appservice,omitempty"`
 }
 
 // Entry is one action to record. Details holds metadata only: never

@@ -56,6 +56,8 @@ type accounts struct {
 	maintainMu sync.Mutex
 	lastMaint  time.Time
 	guard      *loginGuard // password-guessing defences of /login and /register
+	// appservices answers for as_tokens and namespaces (SetAppServices).
+	appservices AppServices
 }
 
 func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {
@@ -235,6 +237,11 @@ func (ac *accounts) authenticate(r *http.Request) (*httpapi.Device, httpapi.Resp
 	}
 	if token == "" {
 		return nil, httpapi.Errf(http.StatusUnauthorized, "M_MISSING_TOKEN", "missing access token"), false
+	}
+	if ac.appservices != nil {
+		if id, sender, ok := ac.appservices.ByToken(token); ok {
+			return ac.authenticateAppService(r, id, sender)
+		}
 	}
 	return ac.lookupAccessToken(r.Context(), token)
 }

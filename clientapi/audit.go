@@ -32,7 +32,7 @@ func RequestActor(r *http.Request, dev *httpapi.Device) auditapi.Actor {
 	}
 	act := auditapi.Actor{IP: ip, UserAgent: r.UserAgent()}
 	if dev != nil {
-		act.UserID, act.DeviceID = dev.UserID, dev.DeviceID
+		act.UserID, act.DeviceID, act.AppService = dev.UserID, dev.DeviceID, dev.AppService
 	}
 	return act
 }

@@ -18,6 +18,8 @@ type directory struct {
 	db     *storage.DB
 	rs     roomserver.API
 	events *events // room access for alias listings
+	// appservices reserves exclusive alias namespaces (nil: none).
+	appservices AppServices
 	// fed looks up other servers' aliases (nil with federation off).
 	fed Federation
 	// searchAllUsers is set by the assembly before serving: the user
@@ -73,6 +75,9 @@ func (dir *directory) putAlias(r *http.Request, dev *httpapi.Device) httpapi.Res
 	}
 	if !strings.HasSuffix(alias, ":"+dir.opts.ServerName) {
 		return httpapi.InvalidParam("alias must be on server %s", dir.opts.ServerName)
+	}
+	if resp, ok := aliasReserved(dir.appservices, dev, alias); !ok {
+		return resp
 	}
 	if !validRoomID.MatchString(body.RoomID) {
 		return httpapi.InvalidParam("invalid room_id")

@@ -42,6 +42,12 @@ type registerRequest struct {
 	InitialDeviceDisplayName string  `json:"initial_device_display_name"`
 	InhibitLogin             bool    `json:"inhibit_login"`
 	RefreshToken             bool    `json:"refresh_token"`
+	// Type is the legacy top-level login type, which appservices still
+	// send for m.login.application_service; Auth.Type the current one.
+	Type string `json:"type"`
+	Auth struct {
+		Type string `json:"type"`
+	} `json:"auth"`
 }
 
 var (
@@ -55,6 +61,16 @@ func userInUse() httpapi.Response {
 
 // POST /register
 func (ac *accounts) postRegister(r *http.Request) httpapi.Response {
+	if asID, ok := ac.appServiceToken(r); ok {
+		var req registerRequest
+		if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
+			return resp
+		}
+		if req.Type != appServiceLoginType && req.Auth.Type != appServiceLoginType {
+			return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN", "an application service registers with %s", appServiceLoginType)
+		}
+		return ac.registerAppServiceUser(r, asID, req)
+	}
 	if wait, ok := ac.guard.allowIP(requestIP(r)); !ok {
 		return limitExceeded(wait, "too many registration attempts from this address")
 	}
@@ -84,6 +100,9 @@ func (ac *accounts) postRegister(r *http.Request) httpapi.Response {
 	username := strings.ToLower(req.Username)
 	if username != "" {
 		if resp, ok := ac.checkNewLocalpart(username); !ok {
+			return resp
+		}
+		if resp, ok := ac.userReserved(ac.userID(username)); !ok {
 			return resp
 		}
 		taken, err := storage.AccountExists(ctx, ac.db, ac.userID(username))
@@ -240,6 +259,9 @@ func (ac *accounts) getRegisterAvailable(r *http.Request) httpapi.Response {
 		return httpapi.MissingParam("username is required")
 	}
 	if resp, ok := ac.checkNewLocalpart(username); !ok {
+		return resp
+	}
+	if resp, ok := ac.userReserved(ac.userID(username)); !ok {
 		return resp
 	}
 	taken, err := storage.AccountExists(r.Context(), ac.db, ac.userID(username))

@@ -148,6 +148,9 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 			// As PUT /directory/room refuses it: the spec bounds aliases.
 			return httpapi.InvalidParam("room alias %s… is longer than %d bytes", clipString(alias, 64), maxIDBytes)
 		}
+		if resp, ok := aliasReserved(rm.accounts.appservices, dev, alias); !ok {
+			return resp
+		}
 		if _, _, err := storage.GetAlias(r.Context(), rm.db, alias); err == nil {
 			return httpapi.Errf(400, "M_ROOM_IN_USE", "room alias %s already taken", alias)
 		}

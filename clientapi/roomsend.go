@@ -35,7 +35,11 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if id, ok := rm.sameState(r, roomID, dev.UserID, typ, key, content); ok {
 		return httpapi.JSON(200, map[string]string{"event_id": id})
 	}
-	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: typ, StateKey: &key, Content: content})
+	ts, resp, ok := massagedTS(r, dev)
+	if !ok {
+		return resp
+	}
+	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: typ, StateKey: &key, Content: content, TS: ts})
 	if !ok {
 		return resp
 	}
@@ -51,8 +55,12 @@ func (rm *rooms) send(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if !ok {
 		return resp
 	}
+	ts, resp, ok := massagedTS(r, dev)
+	if !ok {
+		return resp
+	}
 	v := httpapi.Vars(r)
-	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: v["eventType"], Content: content, TxnID: v["txnId"], DeviceID: dev.DeviceID})
+	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: v["eventType"], Content: content, TxnID: v["txnId"], DeviceID: dev.DeviceID, TS: ts})
 	if !ok {
 		return resp
 	}

@@ -86,6 +86,14 @@ func (a *API) SetAuthorizer(fn Authorizer) {
 	a.authorizer = fn
 }
 
+// SetAppServices installs the registered application services: their
+// as_tokens authenticate, and their exclusive namespaces are closed to
+// everyone else. Called before the listeners open.
+func (a *API) SetAppServices(as AppServices) {
+	a.accounts.appservices = as
+	a.directory.appservices = as
+}
+
 // New wires the client API over the store, the room server and the syncer.
 // It fails if a route of the table carries no permission requirement.
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) (*API, error) {
@@ -253,7 +261,9 @@ func (a *API) serveAuthed(need perm.Requirement, h authedHandler) http.HandlerFu
 		noteUser(r, dev.UserID)
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))
 		ip, _, _ := net.SplitHostPort(r.RemoteAddr)
-		a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
+		if dev.DeviceID != "" {
+			a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())
+		}
 		if resp, ok := a.authorize(r, dev, need); !ok {
 			httpapi.WriteResponse(w, resp)
 			return

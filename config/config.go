@@ -47,6 +47,12 @@ type Config struct {
 	Retention     RetentionConfig     `yaml:"retention" doc:"Message retention (MSC1763). Once an hour, timeline events older than their room's max_lifetime are deleted; state events, each room's latest events and every room under legal hold (or with a member under hold) are kept, and each purge is audited. Durations are Go duration strings (720h is 30 days)."`
 	RBAC          RBACConfig          `yaml:"rbac" doc:"Role-based access control. Built-in roles: admin (administers the server; cannot read the audit log), auditor (reads and exports the audit log only), operator (user plus room administration), user and guest."`
 	WellKnown     WellKnownConfig     `yaml:"well_known" doc:"Values served under /.well-known/matrix/."`
+	AppServices   AppServicesConfig   `yaml:"app_services" doc:"Application services (bridges, bots): their registration files."`
+}
+
+// AppServicesConfig lists the appservice registration files.
+type AppServicesConfig struct {
+	ConfigFiles []string `yaml:"config_files" doc:"Registration files (YAML, as bridges write them), relative to the data directory. The server pushes events to each one's url; an invalid file fails the start."`
 }
 
 // ListenConfig holds listener addresses; an empty address disables that listener.
@@ -335,6 +341,9 @@ func (c *Config) resolvePaths(dataDir string) error {
 		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath, &c.Audit.SigningKey,
 	} {
 		*p = c.resolve(*p)
+	}
+	for i, p := range c.AppServices.ConfigFiles {
+		c.AppServices.ConfigFiles[i] = c.resolve(p)
 	}
 	if c.DatabaseDialect() == "sqlite" {
 		p := c.SQLitePath()

@@ -103,6 +103,7 @@ func TestDefaults(t *testing.T) {
 		"federation.request_burst":           "200",
 		"presence.enabled":                   "true",
 		"user_directory.search_all_users":    "false",
+		"app_services.config_files":          "[]",
 		"profile.require_shared_room":        "false",
 		"turn.uris":                          "[]",
 		"turn.shared_secret":                 `""`,

@@ -85,6 +85,9 @@ type SendRequest struct {
 	// device see unsigned.transaction_id on its echo.
 	TxnID    string
 	DeviceID string
+	// TS, when set, is origin_server_ts in milliseconds: an application
+	// service importing history keeps each message's own time (?ts=).
+	TS int64
 }
 
 // InitialEvent is one event of a new room, after the create event.

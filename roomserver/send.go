@@ -72,7 +72,11 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	if len(prev) > maxPrevEvents {
 		prev = prev[len(prev)-maxPrevEvents:]
 	}
-	ev, err := s.build(h.version, req.RoomID, h.state, prev, h.maxDepth+1, req, time.Now())
+	at := time.Now()
+	if req.TS > 0 {
+		at = time.UnixMilli(req.TS)
+	}
+	ev, err := s.build(h.version, req.RoomID, h.state, prev, h.maxDepth+1, req, at)
 	if err != nil {
 		return nil, err
 	}

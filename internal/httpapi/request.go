@@ -16,6 +16,9 @@ type Device struct {
 	AccessTokenID int64
 	IsAdmin       bool
 	IsGuest       bool
+	// AppService is the id of the application service whose as_token
+	// made the request (the device is then none: DeviceID is empty).
+	AppService string
 }
 
 // Routes is the client listener as the components that mount endpoints on

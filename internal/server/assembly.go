@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/adminapi"
+	"enclave/appservice"
 	"enclave/auditapi"
 	"enclave/auditapi/endpoints"
 	"enclave/clientapi"
@@ -77,6 +78,7 @@ func (s *Server) build(ctx context.Context) error {
 		{"audit", s.buildAudit},           // its event hook is the first room hook
 		{"media", s.buildMedia},           // audited from the start
 		{"federation", s.buildFederation}, // after media (it fetches remote media) and audit (refusals)
+		{"appservices", s.buildAppServices},
 		{"e2ee", s.buildE2EE},
 		{"room index", s.buildRoomIndex},
 		{"social", s.buildSocial}, // after federation: the push notifier subscribes after it
@@ -321,6 +323,29 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	return nil
 }
 
+// buildAppServices: the registration files (an invalid one fails the
+// start), each appservice's sender user, the as_token authentication and
+// namespace reservations of the client API.
+func (s *Server) buildAppServices(ctx context.Context) error {
+	regs, err := appservice.LoadFiles(s.Config.AppServices.ConfigFiles)
+	if err != nil {
+		return err
+	}
+	as, err := appservice.New(appservice.Options{ServerName: s.Config.ServerName, Registrations: regs, DB: s.DB, Audit: s.Audit})
+	if err != nil {
+		return err
+	}
+	s.AppServices = as
+	if len(regs) == 0 {
+		return nil
+	}
+	if err := as.EnsureSenders(ctx); err != nil {
+		return err
+	}
+	s.Client.SetAppServices(as)
+	return nil
+}
+
 // mediaFetcher fetches other servers' media over federation for the media
 // repository.
 type mediaFetcher struct{ f *federationapi.Federation }
@@ -402,4 +427,5 @@ var (
 	_ clientapi.Federation     = federationapi.Memberships{}
 	_ clientapi.RemoteKeys     = federationapi.RemoteE2EE{}
 	_ clientapi.RemoteToDevice = federationapi.RemoteE2EE{}
+	_ clientapi.AppServices    = (*appservice.Service)(nil)
 )

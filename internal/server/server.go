@@ -18,6 +18,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/adminapi"
+	"enclave/appservice"
 	"enclave/auditapi"
 	"enclave/clientapi"
 	"enclave/config"
@@ -43,6 +44,9 @@ type Server struct {
 	Client   *clientapi.API
 	Registry *prometheus.Registry
 
+	// AppServices are the registered application services (always
+	// present, possibly with none).
+	AppServices *appservice.Service
 	// Media is the media repository (always present).
 	Media *mediaapi.Repo
 	// Federation is the federation component, nil when

@@ -1,0 +1,148 @@
+package clientapi
+
+// Application services as the client API sees them: an as_token is a
+// bearer token acting as the appservice's sender or, with ?user_id=, as a
+// user of its namespace (masquerading); puppets are registered with
+// m.login.application_service; exclusive namespaces are closed to ordinary
+// registration and alias creation; ?ts= sets an appservice's event time.
+
+import (
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"enclave/auditapi"
+	"enclave/internal/httpapi"
+	"enclave/storage"
+)
+
+// AppServices is what the client API asks of the registered appservices
+// (enclave/appservice implements it; the assembly connects them).
+type AppServices interface {
+	// ByToken finds the appservice whose as_token this is (compared in
+	// constant time) and its sender's user ID.
+	ByToken(token string) (id, sender string, ok bool)
+	// MayMasquerade reports whether appservice id may act as userID: the
+	// user is in its user namespace.
+	MayMasquerade(id, userID string) bool
+	// ExclusiveUserOwner and ExclusiveAliasOwner name the appservice that
+	// reserves the ID exclusively, or "".
+	ExclusiveUserOwner(userID string) string
+	ExclusiveAliasOwner(alias string) string
+}
+
+const appServiceLoginType = "m.login.application_service"
+
+// appServiceToken returns the appservice whose as_token the request
+// carries, if any.
+func (ac *accounts) appServiceToken(r *http.Request) (id string, ok bool) {
+	if ac.appservices == nil {
+		return "", false
+	}
+	token := r.URL.Query().Get("access_token")
+	if h := r.Header.Get("Authorization"); strings.HasPrefix(h, "Bearer ") {
+		token = strings.TrimPrefix(h, "Bearer ")
+	}
+	id, _, ok = ac.appservices.ByToken(token)
+	return id, ok
+}
+
+func exclusive(msg string) httpapi.Response {
+	return httpapi.Errf(http.StatusBadRequest, "M_EXCLUSIVE", "%s", msg)
+}
+
+// authenticateAppService is the device of a request made with an as_token:
+// no device, the sender or the masqueraded user.
+func (ac *accounts) authenticateAppService(r *http.Request, id, sender string) (*httpapi.Device, httpapi.Response, bool) {
+	userID := sender
+	if u := r.URL.Query().Get("user_id"); u != "" && u != sender {
+		if !ac.appservices.MayMasquerade(id, u) {
+			return nil, httpapi.Errf(http.StatusForbidden, "M_EXCLUSIVE", "the application service may not act as %s", u), false
+		}
+		acc, err := storage.GetAccount(r.Context(), ac.db, u)
+		if err != nil || acc.Deactivated {
+			return nil, httpapi.Forbidden("the application service has not registered %s", u), false
+		}
+		userID = u
+	}
+	return &httpapi.Device{UserID: userID, AppService: id}, httpapi.Response{}, true
+}
+
+// registerAppServiceUser is POST /register with m.login.application_service:
+// the appservice creates a user of its namespace, with no password.
+func (ac *accounts) registerAppServiceUser(r *http.Request, asID string, req registerRequest) httpapi.Response {
+	username := strings.ToLower(req.Username)
+	if resp, ok := ac.checkNewLocalpart(username); !ok {
+		return resp
+	}
+	userID := ac.userID(username)
+	dev := &httpapi.Device{UserID: userID, AppService: asID}
+	if !ac.appservices.MayMasquerade(asID, userID) {
+		return exclusive("the user ID is not in the application service's namespace")
+	}
+	now := time.Now()
+	ctx := auditapi.WithActor(r.Context(), RequestActor(r, dev))
+	var issued *issuedSession
+	err := ac.db.WithTx(ctx, func(tx *storage.Tx) error {
+		created, err := storage.CreateAccount(ctx, tx, &storage.Account{UserID: userID, Localpart: username, CreatedTS: now.UnixMilli(), DisplayName: username})
+		if err != nil {
+			return err
+		}
+		if !created {
+			return errRegUserInUse
+		}
+		if err := ac.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: RequestActor(r, dev), Action: auditapi.ActionRegister, Target: userID,
+			Details: map[string]any{"kind": "appservice", "appservice": dev.AppService}}); err != nil {
+			return err
+		}
+		if req.InhibitLogin {
+			return nil
+		}
+		issued, err = ac.issueSession(ctx, tx, userID, req.DeviceID, req.InitialDeviceDisplayName, req.RefreshToken, now)
+		return err
+	})
+	if err == errRegUserInUse {
+		return userInUse()
+	} else if err != nil {
+		return httpapi.InternalError(r, err)
+	}
+	out := &sessionResponse{UserID: userID, HomeServer: ac.opts.ServerName}
+	if issued != nil {
+		out.AccessToken, out.DeviceID, out.RefreshToken, out.ExpiresInMs = issued.AccessToken, issued.DeviceID, issued.RefreshToken, issued.ExpiresInMs
+	}
+	return httpapi.JSON(http.StatusOK, out)
+}
+
+// userReserved refuses an ordinary registration inside an exclusive
+// namespace.
+func (ac *accounts) userReserved(userID string) (httpapi.Response, bool) {
+	if ac.appservices != nil && ac.appservices.ExclusiveUserOwner(userID) != "" {
+		return exclusive("the user ID is reserved by an application service"), false
+	}
+	return httpapi.Response{}, true
+}
+
+// aliasReserved refuses an alias inside another's exclusive namespace.
+func aliasReserved(as AppServices, dev *httpapi.Device, alias string) (httpapi.Response, bool) {
+	if as == nil {
+		return httpapi.Response{}, true
+	}
+	if owner := as.ExclusiveAliasOwner(alias); owner != "" && owner != dev.AppService {
+		return exclusive("the alias is reserved by an application service"), false
+	}
+	return httpapi.Response{}, true
+}
+
+// massagedTS reads ?ts= (milliseconds), which only appservices may set.
+func massagedTS(r *http.Request, dev *httpapi.Device) (int64, httpapi.Response, bool) {
+	s := r.URL.Query().Get("ts")
+	if s == "" || dev.AppService == "" {
+		return 0, httpapi.Response{}, true
+	}
+	ts, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || ts <= 0 {
+		return 0, httpapi.InvalidParam("ts must be a positive integer of milliseconds"), false
+	}
+	return ts, httpapi.Response{}, true
+}

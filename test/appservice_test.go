@@ -1,0 +1,205 @@
+package test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/appservice"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/config"
+	"enclave/internal/server"
+	"enclave/storage"
+)
+
+// bridge is a mautrix appservice run as a bridge would, collecting the
+// events the server pushes to it.
+type bridge struct {
+	as     *appservice.AppService
+	mu     sync.Mutex
+	events []*event.Event
+	done   chan struct{}
+}
+
+func (b *bridge) start() {
+	b.done = make(chan struct{})
+	go func() { defer close(b.done); b.as.Start() }()
+	time.Sleep(100 * time.Millisecond)
+}
+
+func (b *bridge) stop() { b.as.Stop(); <-b.done }
+
+// messages returns the m.room.message events received in roomID, in order.
+func (b *bridge) messages(roomID id.RoomID) []*event.Event {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []*event.Event
+	for _, ev := range b.events {
+		if ev.RoomID == roomID && ev.Type == event.EventMessage {
+			out = append(out, ev)
+		}
+	}
+	return out
+}
+
+func (b *bridge) waitMessages(t *testing.T, roomID id.RoomID, n int) []*event.Event {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if got := b.messages(roomID); len(got) >= n {
+			return got
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("bridge got %d messages in %s, want %d", len(b.messages(roomID)), roomID, n)
+	return nil
+}
+
+// writeRegistration writes a registration as mautrix bridges do and
+// returns it with its path.
+func writeRegistration(t *testing.T, dir string, port int) (*appservice.Registration, string) {
+	reg := appservice.CreateRegistration()
+	reg.ID = "testbridge"
+	reg.URL = fmt.Sprintf("http://127.0.0.1:%d", port)
+	reg.SenderLocalpart = "bridgebot"
+	reg.RateLimited = new(bool)
+	reg.Namespaces.UserIDs.Register(regexp.MustCompile(`^@bridge_.*:localhost$`), true)
+	reg.Namespaces.RoomAliases.Register(regexp.MustCompile(`^#bridge_.*:localhost$`), true)
+	path := filepath.Join(dir, "bridge-registration.yaml")
+	y, err := reg.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return reg, path
+}
+
+func TestAppService(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		ctx := ctxT(t)
+		port := freePort(t)
+		reg, path := writeRegistration(t, t.TempDir(), port)
+		srv := Start(t, d, Options{Configure: func(c *config.Config) { c.AppServices.ConfigFiles = []string{path} }})
+		as, err := appservice.CreateFull(appservice.CreateOpts{Registration: reg, HomeserverDomain: "localhost", HomeserverURL: srv.URL,
+			HostConfig: appservice.HostConfig{Hostname: "127.0.0.1", Port: uint16(port)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &bridge{as: as}
+		go func() {
+			for ev := range as.Events {
+				b.mu.Lock()
+				b.events = append(b.events, ev)
+				b.mu.Unlock()
+			}
+		}()
+		b.start()
+		defer b.stop()
+
+		// Registration loaded: the as_token is the sender's.
+		who, err := as.BotClient().Whoami(ctx)
+		if err != nil || who.UserID != "@bridgebot:localhost" || who.DeviceID != "" {
+			t.Fatalf("whoami as the bridge: %+v %v", who, err)
+		}
+		// A puppet registered and masquerading.
+		puppet := as.Intent("@bridge_alice:localhost")
+		if err := puppet.EnsureRegistered(ctx); err != nil {
+			t.Fatalf("registering the puppet: %v", err)
+		}
+		pw, err := puppet.Whoami(ctx)
+		if err != nil || pw.UserID != "@bridge_alice:localhost" {
+			t.Fatalf("whoami as the puppet: %+v %v", pw, err)
+		}
+		alice := registerClient(t, srv.URL, "alice", "password-alice-1")
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{puppet.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := puppet.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatalf("puppet join: %v", err)
+		}
+		sent, err := puppet.SendText(ctx, room.RoomID, "from the partner network")
+		if err != nil {
+			t.Fatalf("puppet send: %v", err)
+		}
+		ev, err := alice.GetEvent(ctx, room.RoomID, sent.EventID)
+		if err != nil || ev.Sender != puppet.UserID {
+			t.Fatalf("puppet's message as alice reads it: %+v %v", ev, err)
+		}
+
+		t.Run("timestamp_massaging", func(t *testing.T) {
+			const ts = int64(1_600_000_000_000)
+			r, err := puppet.SendMassagedMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "old"}, ts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ev, err := alice.GetEvent(ctx, room.RoomID, r.EventID)
+			if err != nil || ev.Timestamp != ts {
+				t.Fatalf("massaged event: ts %d, want %d (%v)", ev.Timestamp, ts, err)
+			}
+			// An ordinary user's ts is ignored.
+			res := raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+string(room.RoomID)+"/send/m.room.message/tsx?ts=1000", alice.AccessToken, map[string]any{"msgtype": "m.text", "body": "now"})
+			if res.Status != 200 {
+				t.Fatalf("send with ts as alice: %d %s", res.Status, res.Raw)
+			}
+			ev, _ = alice.GetEvent(ctx, room.RoomID, id.EventID(res.Body["event_id"].(string)))
+			if ev.Timestamp == 1000 {
+				t.Fatal("an ordinary user set origin_server_ts")
+			}
+		})
+
+		t.Run("refusals", func(t *testing.T) {
+			// A wrong as_token is an unknown token.
+			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "not-the-as-token", nil).wantErr(t, "wrong as_token", 401, "M_UNKNOWN_TOKEN")
+			// Masquerading outside the namespace.
+			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami?user_id=@alice:localhost", reg.AppToken, nil).wantErr(t, "masquerade as alice", 403, "M_EXCLUSIVE")
+			// An ordinary user cannot register in the exclusive namespace;
+			// the appservice sees no such user.
+			raw(t, "POST", srv.URL+"/_matrix/client/v3/register", "", map[string]any{"username": "bridge_bob", "password": "password-bob-1", "auth": map[string]any{"type": "m.login.dummy"}}).
+				wantErr(t, "register bridge_bob", 400, "M_EXCLUSIVE")
+			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami?user_id=@bridge_bob:localhost", reg.AppToken, nil).wantErr(t, "bridge_bob read back", 403, "M_FORBIDDEN")
+			// Nor create an alias there.
+			raw(t, "PUT", srv.URL+"/_matrix/client/v3/directory/room/%23bridge_x:localhost", alice.AccessToken, map[string]any{"room_id": room.RoomID}).wantErr(t, "alias in the namespace", 400, "M_EXCLUSIVE")
+			raw(t, "GET", srv.URL+"/_matrix/client/v3/directory/room/%23bridge_x:localhost", alice.AccessToken, nil).wantErr(t, "alias read back", 404, "M_NOT_FOUND")
+			// The appservice itself may.
+			if res := raw(t, "PUT", srv.URL+"/_matrix/client/v3/directory/room/%23bridge_x:localhost?user_id=@bridge_alice:localhost", reg.AppToken, map[string]any{"room_id": room.RoomID}); res.Status != 200 {
+				t.Fatalf("alias by the appservice: %d %s", res.Status, res.Raw)
+			}
+		})
+	})
+}
+
+func TestAppServiceRegistrationInvalid(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct{ name, yaml, field string }{
+		{"no_as_token", "id: x\nurl: null\nhs_token: h\nsender_localpart: bot\n", "as_token"},
+		{"bad_regex", "id: x\nurl: http://127.0.0.1:1\nas_token: a\nhs_token: h\nsender_localpart: bot\nnamespaces:\n  users:\n  - regex: '@(['\n    exclusive: true\n", "namespaces.users[0].regex"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, c.name+".yaml")
+			if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cfg := TestConfig(t, storage.SQLite, Options{Configure: func(cfg *config.Config) { cfg.AppServices.ConfigFiles = []string{path} }})
+			srv, err := server.New(context.Background(), cfg)
+			if err == nil {
+				_ = srv.Shutdown(context.Background())
+				t.Fatal("the server started with a malformed registration")
+			}
+			if !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), c.field) {
+				t.Fatalf("error %q does not name %s and %s", err, path, c.field)
+			}
+		})
+	}
+}
