@@ -6,7 +6,7 @@ BIN       ?= bin/enclave
 VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS   := -s -w -X enclave/internal/server.Version=$(VERSION)
 
-.PHONY: run build test test-go test-node lint fmt vet bench clean notice
+.PHONY: run build test test-go test-node lint fmt vet bench clean notice dist
 
 ## run: build and serve on 127.0.0.1:8008 with SQLite under ./data (created on first start)
 run: build
@@ -41,5 +41,24 @@ lint: vet
 notice:
 	UPDATE_NOTICE=1 $(GO) test -tags $(TAGS) -count=1 -run '^TestNotice$$' ./test
 
+## dist: release tarball dist/out/enclave-VERSION-OS-ARCH.tar.gz (static binary,
+## systemd unit, Containerfile, docs, SHA256SUMS inside) and its .sha256 beside it
+DIST_OS   ?= $(shell $(GO) env GOOS)
+DIST_ARCH ?= $(shell $(GO) env GOARCH)
+DIST_OUT  ?= dist/out
+DIST_NAME := enclave-$(VERSION)-$(DIST_OS)-$(DIST_ARCH)
+DIST_DIR  := $(DIST_OUT)/$(DIST_NAME)
+dist:
+	rm -rf $(DIST_DIR) $(DIST_OUT)/$(DIST_NAME).tar.gz $(DIST_OUT)/$(DIST_NAME).tar.gz.sha256
+	mkdir -p $(DIST_DIR)/bin $(DIST_DIR)/docs
+	CGO_ENABLED=0 GOOS=$(DIST_OS) GOARCH=$(DIST_ARCH) $(GO) build -tags $(TAGS) -trimpath -ldflags '$(LDFLAGS)' -o $(DIST_DIR)/bin/enclave ./cmd/enclave
+	cp dist/enclave.service dist/Containerfile README.md LICENSE NOTICE CHANGELOG.md $(DIST_DIR)/
+	cp docs/*.md $(DIST_DIR)/docs/
+	cd $(DIST_DIR) && find . -type f ! -name SHA256SUMS | LC_ALL=C sort | sed 's|^\./||' | xargs sha256sum > SHA256SUMS
+	tar -C $(DIST_OUT) --owner=0 --group=0 --numeric-owner --sort=name -czf $(DIST_OUT)/$(DIST_NAME).tar.gz $(DIST_NAME)
+	cd $(DIST_OUT) && sha256sum $(DIST_NAME).tar.gz > $(DIST_NAME).tar.gz.sha256
+	rm -rf $(DIST_DIR)
+	@echo $(DIST_OUT)/$(DIST_NAME).tar.gz
+
 clean:
-	rm -rf bin
+	rm -rf bin dist/out
