@@ -79,6 +79,11 @@ func Start(t testing.TB, d storage.Dialect, o Options) *Server {
 // StartConfig runs a server in-process with the given config.
 func StartConfig(t testing.TB, cfg *config.Config) *Server {
 	t.Helper()
+	// The data directory as `enclave serve` leaves it (an enclave.yaml),
+	// so that tests can run the command-line tools against it.
+	if _, _, err := config.EnsureDataDir(cfg.DataDir); err != nil {
+		t.Fatalf("data directory: %v", err)
+	}
 	srv, err := server.New(context.Background(), cfg)
 	if err != nil {
 		t.Fatalf("starting server: %v", err)
