@@ -4,6 +4,7 @@ import (
 	"net/http"
 
 	"enclave/internal/httpapi"
+	"enclave/internal/invitefilter"
 	"enclave/roomserver"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -47,5 +48,7 @@ func capabilities(*http.Request, *httpapi.Device) httpapi.Response {
 		"m.3pid_changes":    map[string]bool{"enabled": false},
 		"m.get_login_token": map[string]bool{"enabled": false},
 		"m.profile_fields":  map[string]bool{"enabled": true},
+		// MSC4155: the server applies invite permission configs itself.
+		invitefilter.CapabilityEnforced: map[string]bool{"enabled": true},
 	}})
 }

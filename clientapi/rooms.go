@@ -236,6 +236,10 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 			remoteInvites = append(remoteInvites, u)
 			continue
 		}
+		if roomserver.InviteBlocked(r.Context(), rm.db, u, creator) {
+			// Refused before anything is created (MSC4155).
+			return httpapi.Forbidden("%s does not accept invites from %s", u, creator)
+		}
 		c := map[string]any{"membership": "invite"}
 		if req.IsDirect {
 			c["is_direct"] = true

@@ -50,6 +50,7 @@ type inboundEDUs struct {
 
 // joins answers make_join/leave/knock, send_join/leave/knock and invites.
 type joins struct {
+	db         *storage.DB // invitees' invite permission configs
 	rs         RoomServer
 	serverName spec.ServerName
 	keyID      gomatrixserverlib.KeyID
@@ -109,7 +110,7 @@ type media struct {
 func (f *Federation) newHandlers() {
 	f.in = &inbound{db: f.db, rs: f.rs, serverName: f.serverName, metrics: f.metrics, pol: f.pol}
 	f.inEDUs = &inboundEDUs{db: f.db, rs: f.rs, isLocalUser: f.isLocalUser, local: f.local, ext: f.ext}
-	f.joins = &joins{rs: f.rs, serverName: f.serverName, keyID: f.keyID, key: f.key, sendPDU: f.SendPDU}
+	f.joins = &joins{db: f.db, rs: f.rs, serverName: f.serverName, keyID: f.keyID, key: f.key, sendPDU: f.SendPDU}
 	f.history = &history{db: f.db, rs: f.rs, serverName: f.serverName}
 	f.queries = &queries{db: f.db, rs: f.rs, serverName: f.serverName}
 	f.srvKeys = &serverKeys{db: f.db, serverName: f.serverName, keyID: f.keyID, key: f.key, pol: f.pol}

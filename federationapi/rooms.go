@@ -319,6 +319,10 @@ func (f *joins) inviteV2(r *http.Request, origin spec.ServerName, body []byte) h
 	if err != nil || targetDomain != f.serverName {
 		return httpapi.Errf(400, "M_BAD_JSON", "the invitee is not on this server")
 	}
+	// The invitee's invite permission config (MSC4155) is ours to apply.
+	if roomserver.InviteBlocked(r.Context(), f.db, *ev.StateKey(), string(ev.SenderID())) {
+		return httpapi.Errf(403, "M_FORBIDDEN", "the invitee does not accept invites from %s", ev.SenderID())
+	}
 	// Countersign first: the signature check requires the invited
 	// server's signature on an invite, alongside the sender's.
 	signed := ev.Sign(string(f.serverName), f.keyID, f.key)

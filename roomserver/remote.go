@@ -11,6 +11,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
+	"enclave/internal/invitefilter"
 	"enclave/storage"
 )
 
@@ -264,4 +265,34 @@ func (s *RoomServer) isRemoteInvite(ev gomatrixserverlib.PDU) bool {
 	}
 	_, domain, err := gomatrixserverlib.SplitID('@', *ev.StateKey())
 	return err == nil && domain != s.serverName
+}
+
+// checkInviteFilter refuses an invite of a local user that their invite
+// permission config (MSC4155) blocks. The remote invitee's server decides
+// for its own users (see the federation /invite handler).
+func (s *RoomServer) checkInviteFilter(ctx context.Context, ev gomatrixserverlib.PDU) error {
+	if ev.Type() != spec.MRoomMember || ev.StateKey() == nil {
+		return nil
+	}
+	if m, _ := ev.Membership(); m != spec.Invite {
+		return nil
+	}
+	target := *ev.StateKey()
+	if _, domain, err := gomatrixserverlib.SplitID('@', target); err != nil || domain != s.serverName {
+		return nil
+	}
+	if InviteBlocked(ctx, s.db, target, string(ev.SenderID())) {
+		return &NotAllowedError{Reason: "the invitee does not accept invites from " + string(ev.SenderID())}
+	}
+	return nil
+}
+
+// InviteBlocked reports whether invitee's invite permission config blocks
+// invites from inviter (a config that cannot be read blocks nothing).
+func InviteBlocked(ctx context.Context, db *storage.DB, invitee, inviter string) bool {
+	c, err := storage.GetAccountData(ctx, db, invitee, "", invitefilter.Type)
+	if err != nil {
+		return false
+	}
+	return invitefilter.Decide(c, inviter) == invitefilter.Block
 }

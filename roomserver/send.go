@@ -83,6 +83,9 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	if err := checkAllowed(ev, h.state); err != nil {
 		return nil, err
 	}
+	if err := s.checkInviteFilter(ctx, ev); err != nil {
+		return nil, err
+	}
 	if s.inviteSigner != nil && s.isRemoteInvite(ev) {
 		// The invite is stored (and sent to the room) as the invitee's
 		// server countersigned it: every server checks that signature.

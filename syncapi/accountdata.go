@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 
+	"enclave/internal/invitefilter"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/storage"
 )
@@ -70,7 +71,7 @@ func (a *accountData) Apply(ctx context.Context, req *Request, resp *Response) e
 		}
 		resp.AccountData.Events = append(resp.AccountData.Events, global...)
 	}
-	a.dropIgnoredInvites(req.UserID, resp)
+	a.dropIgnoredInvites(ctx, req.UserID, resp)
 	return nil
 }
 
@@ -81,18 +82,21 @@ func accountDataEvent(typ string, content json.RawMessage) map[string]any {
 	return map[string]any{"type": typ, "content": content}
 }
 
-// dropIgnoredInvites removes invites sent by users the user ignores.
-func (a *accountData) dropIgnoredInvites(userID string, resp *Response) {
+// dropIgnoredInvites removes invites sent by users the user ignores, and
+// those their invite permission config (MSC4155) does not let through
+// (ignored ones are accepted but never shown).
+func (a *accountData) dropIgnoredInvites(ctx context.Context, userID string, resp *Response) {
 	if len(resp.Rooms.Invite) == 0 {
 		return
 	}
 	ignored := a.s.IgnoredBy(userID)
-	if len(ignored) == 0 {
+	filter, _ := storage.GetAccountData(ctx, a.s.db, userID, "", invitefilter.Type)
+	if len(ignored) == 0 && filter == nil {
 		return
 	}
 	for roomID, ir := range resp.Rooms.Invite {
 		for _, ev := range ir.InviteState.Events {
-			if ev.Type == "m.room.member" && ev.StateKey == userID && ignored[ev.Sender] {
+			if ev.Type == "m.room.member" && ev.StateKey == userID && (ignored[ev.Sender] || invitefilter.Decide(filter, ev.Sender) != invitefilter.Allow) {
 				delete(resp.Rooms.Invite, roomID)
 				break
 			}

@@ -2,10 +2,13 @@ package test
 
 import (
 	"net/url"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 
 	"enclave/storage"
 )
@@ -166,4 +169,109 @@ func TestFilterMessagesByRelType(t *testing.T) {
 			}
 		}
 	})
+}
+
+// inviteConfig sets the user's MSC4155 invite permission config.
+func inviteConfig(t *testing.T, base string, cli *mautrix.Client, cfg map[string]any) {
+	t.Helper()
+	mustOK(t, "invite config", raw(t, "PUT", base+"/_matrix/client/v3/user/"+string(cli.UserID)+"/account_data/org.matrix.msc4155.invite_permission_config", cli.AccessToken, cfg))
+}
+
+// inviteStatus creates a private room as inviter and invites invitee; it
+// returns the room and the raw /invite answer.
+func inviteStatus(t *testing.T, base string, inviter *mautrix.Client, invitee id.UserID) (string, rawResp) {
+	t.Helper()
+	room, err := inviter.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(room.RoomID), raw(t, "POST", base+"/_matrix/client/v3/rooms/"+string(room.RoomID)+"/invite", inviter.AccessToken, map[string]any{"user_id": invitee})
+}
+
+// invitedTo lists the rooms in an initial /sync's rooms.invite.
+func invitedTo(t *testing.T, base string, cli *mautrix.Client) map[string]any {
+	rooms, _ := syncRaw(t, base, cli.AccessToken, "").Body["rooms"].(map[string]any)
+	inv, _ := rooms["invite"].(map[string]any)
+	return inv
+}
+
+// TestInviteFiltering (MSC4155): the invitee's invite permission config
+// refuses blocked invites with 403 (nothing stored), accepts ignored ones
+// without showing them, and lets allowed users through from blocked
+// servers; user rules beat server rules; globs match.
+func TestInviteFiltering(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		bob := sessionClient(t, srv.URL, Register(t, srv.URL, "bob", "bob-pw", false))
+		eve := sessionClient(t, srv.URL, Register(t, srv.URL, "eve", "eve-pw", false))
+		caps := mustOK(t, "capabilities", raw(t, "GET", srv.URL+"/_matrix/client/v3/capabilities", bob.AccessToken, nil))
+		if c, _ := caps.Body["capabilities"].(map[string]any)["org.matrix.msc4155.invite_permission_config_enforced"].(map[string]any); c["enabled"] != true {
+			t.Fatalf("capability missing: %s", caps.Raw)
+		}
+		n := 0
+		fresh := func(cfg map[string]any) *mautrix.Client {
+			n++
+			a := sessionClient(t, srv.URL, Register(t, srv.URL, "alice"+strconv.Itoa(n), "pw", false))
+			inviteConfig(t, srv.URL, a, cfg)
+			return a
+		}
+		blocked := func(what string, inviter, alice *mautrix.Client) {
+			t.Helper()
+			room, r := inviteStatus(t, srv.URL, inviter, alice.UserID)
+			r.wantErr(t, what, 403, "M_FORBIDDEN")
+			if m, _ := bob.Members(ctxT(t), id.RoomID(room)); m != nil && len(m.Chunk) > 1 && inviter == bob {
+				t.Fatalf("%s: the refused invite was stored: %v", what, m.Chunk)
+			}
+		}
+		allowed := func(what string, inviter, alice *mautrix.Client) {
+			t.Helper()
+			room, r := inviteStatus(t, srv.URL, inviter, alice.UserID)
+			mustOK(t, what, r)
+			if _, ok := invitedTo(t, srv.URL, alice)[room]; !ok {
+				t.Fatalf("%s: invite not shown", what)
+			}
+		}
+		allowed("no rules", bob, fresh(map[string]any{}))
+		allowed("null fields", bob, fresh(map[string]any{"allowed_users": nil, "blocked_users": nil, "blocked_servers": nil}))
+		a := fresh(map[string]any{"blocked_users": []string{string(bob.UserID)}})
+		blocked("blocked user", bob, a)
+		allowed("other user", eve, a)
+		a = fresh(map[string]any{"ignored_users": []string{string(bob.UserID)}})
+		room, r := inviteStatus(t, srv.URL, bob, a.UserID)
+		mustOK(t, "ignored user's invite succeeds", r)
+		if _, ok := invitedTo(t, srv.URL, a)[room]; ok {
+			t.Fatal("ignored invite shown")
+		}
+		a = fresh(map[string]any{"blocked_servers": []string{"*"}, "allowed_users": []string{string(eve.UserID)}})
+		blocked("blocked server", bob, a)
+		allowed("allowed user on a blocked server", eve, a)
+		a = fresh(map[string]any{"blocked_users": []string{"@b?b:*"}, "allowed_servers": []string{"*"}})
+		blocked("globbed user on an allowed server", bob, a)
+		allowed("other user on the allowed server", eve, a)
+		a = fresh(map[string]any{"blocked_users": []string{string(bob.UserID)}})
+		_, err := bob.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{a.UserID}})
+		if err == nil {
+			t.Fatal("createRoom inviting a user who blocks the creator succeeded")
+		}
+		if len(invitedTo(t, srv.URL, a)) != 0 {
+			t.Fatal("blocked createRoom invite shown")
+		}
+	})
+}
+
+// TestInviteFilteringFederation: the invitee's server applies the config
+// to invites from other servers, and the inviter gets the 403.
+func TestInviteFilteringFederation(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	bob2 := fedUser(t, b, "bob2")
+	inviteConfig(t, a.URL, alice, map[string]any{"blocked_servers": []string{b.ServerName}, "allowed_users": []string{string(bob2.UserID)}})
+	_, r := inviteStatus(t, b.URL, bob, alice.UserID)
+	r.wantErr(t, "invite from a blocked server", 403, "M_FORBIDDEN")
+	room, r := inviteStatus(t, b.URL, bob2, alice.UserID)
+	mustOK(t, "allowed user on the blocked server", r)
+	fedWaitInvited(t, alice, id.RoomID(room), 10*time.Second)
 }

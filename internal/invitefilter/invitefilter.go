@@ -1,0 +1,105 @@
+// Package invitefilter evaluates a user's invite permission config
+// (MSC4155): which users and servers may invite them, which invites are
+// refused (block) and which are accepted but never shown (ignore). The
+// invitee's server decides, so local and federated invites get the same
+// answer.
+package invitefilter
+
+import (
+	"encoding/json"
+	"strings"
+)
+
+// Type is the (unstable) account data type holding the config.
+const Type = "org.matrix.msc4155.invite_permission_config"
+
+// CapabilityEnforced is the /capabilities key telling clients that the
+// server enforces the config (so they need not).
+const CapabilityEnforced = "org.matrix.msc4155.invite_permission_config_enforced"
+
+// Verdict is what happens to an invite.
+type Verdict int
+
+const (
+	Allow  Verdict = iota // deliver it
+	Ignore                // accept it, never show it to the invitee
+	Block                 // refuse it (403)
+)
+
+type config struct {
+	AllowedUsers   []string `json:"allowed_users"`
+	IgnoredUsers   []string `json:"ignored_users"`
+	BlockedUsers   []string `json:"blocked_users"`
+	AllowedServers []string `json:"allowed_servers"`
+	IgnoredServers []string `json:"ignored_servers"`
+	BlockedServers []string `json:"blocked_servers"`
+}
+
+// Decide applies the config content (nil or invalid: allow all) to an
+// invite from inviter: allow, then ignore, then block, first for the
+// user's own rules and only then for their server's, so a user can be
+// let in from a blocked server and shut out of an allowed one.
+func Decide(content json.RawMessage, inviter string) Verdict {
+	var c config
+	if len(content) == 0 || json.Unmarshal(content, &c) != nil {
+		return Allow
+	}
+	server := ""
+	if i := strings.IndexByte(inviter, ':'); i >= 0 {
+		server = inviter[i+1:]
+	}
+	switch {
+	case anyGlob(c.AllowedUsers, inviter):
+		return Allow
+	case anyGlob(c.IgnoredUsers, inviter):
+		return Ignore
+	case anyGlob(c.BlockedUsers, inviter):
+		return Block
+	case anyGlob(c.AllowedServers, server):
+		return Allow
+	case anyGlob(c.IgnoredServers, server):
+		return Ignore
+	case anyGlob(c.BlockedServers, server):
+		return Block
+	}
+	return Allow
+}
+
+func anyGlob(patterns []string, s string) bool {
+	if s == "" {
+		return false
+	}
+	for _, p := range patterns {
+		if glob(p, s) {
+			return true
+		}
+	}
+	return false
+}
+
+// glob matches s against p, where '*' is any run of characters and '?'
+// any one character (the spec's glob-style matching).
+func glob(p, s string) bool {
+	// Iterative matching with one backtrack point for the last '*'.
+	pi, si, star, mark := 0, 0, -1, 0
+	for si < len(s) {
+		switch {
+		case pi < len(p) && (p[pi] == '?' || p[pi] == s[si]):
+			pi++
+			si++
+		case pi < len(p) && p[pi] == '*':
+			star, mark = pi, si
+			pi++
+		case star >= 0:
+			pi = star + 1
+			mark++
+			si = mark
+		default:
+			return false
+		}
+	}
+	for pi < len(p) && p[pi] == '*' {
+		pi++
+	}
+	return pi == len(p)
+}
