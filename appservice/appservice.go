@@ -23,9 +23,10 @@ type Options struct {
 
 // Service is the set of registered appservices.
 type Service struct {
-	opts   Options
-	regs   []*Registration
-	client *http.Client
+	opts    Options
+	regs    []*Registration
+	client  *http.Client
+	senders []*sender // one per registration with a url
 }
 
 // New checks the registrations against the server name.
@@ -37,6 +38,9 @@ func New(opts Options) (*Service, error) {
 	for _, r := range s.regs {
 		if r.Sender(opts.ServerName) == "" {
 			return nil, fmt.Errorf("%s: sender_localpart: empty", r)
+		}
+		if r.PushURL() != "" {
+			s.senders = append(s.senders, &sender{s: s, reg: r, wake: make(chan struct{}, 1)})
 		}
 	}
 	return s, nil

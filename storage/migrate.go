@@ -52,6 +52,7 @@ var migrations = []migration{
 	{Component: "roles", Version: 2, SQL: rolesV2},
 	{Component: "accounts", Version: 2, SQL: accountsV2},
 	{Component: "e2ee", Version: 2, SQL: e2eeV2},
+	{Component: "appservice", Version: 1, SQL: appserviceV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

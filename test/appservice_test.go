@@ -112,6 +112,12 @@ func TestAppService(t *testing.T) {
 		if err != nil || who.UserID != "@bridgebot:localhost" || who.DeviceID != "" {
 			t.Fatalf("whoami as the bridge: %+v %v", who, err)
 		}
+		if resp, err := as.BotClient().AppservicePing(ctx, reg.ID, "ping-1"); err != nil {
+			t.Fatalf("ping: %v", err)
+		} else if resp.DurationMS < 0 {
+			t.Fatalf("ping: %+v", resp)
+		}
+
 		// A puppet registered and masquerading.
 		puppet := as.Intent("@bridge_alice:localhost")
 		if err := puppet.EnsureRegistered(ctx); err != nil {
@@ -138,6 +144,19 @@ func TestAppService(t *testing.T) {
 			t.Fatalf("puppet's message as alice reads it: %+v %v", ev, err)
 		}
 
+		t.Run("messages_in_order", func(t *testing.T) {
+			var want []id.EventID
+			for i := range 5 {
+				r, err := alice.SendText(ctx, room.RoomID, fmt.Sprintf("m%d", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, r.EventID)
+			}
+			got := b.waitMessages(t, room.RoomID, 6)
+			sameIDs(t, "bridge's messages", ids(got[1:6]), want)
+		})
+
 		t.Run("timestamp_massaging", func(t *testing.T) {
 			const ts = int64(1_600_000_000_000)
 			r, err := puppet.SendMassagedMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "old"}, ts)
@@ -159,9 +178,34 @@ func TestAppService(t *testing.T) {
 			}
 		})
 
+		t.Run("bridge_down_200", func(t *testing.T) {
+			before := len(b.waitMessages(t, room.RoomID, 8))
+			b.stop()
+			var want []id.EventID
+			for i := range 200 {
+				r, err := alice.SendText(ctx, room.RoomID, fmt.Sprintf("offline %d", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, r.EventID)
+			}
+			time.Sleep(time.Second)
+			b.start()
+			got := b.waitMessages(t, room.RoomID, before+200)
+			time.Sleep(2 * time.Second) // nothing more may come
+			got = b.messages(room.RoomID)
+			if len(got) != before+200 {
+				t.Fatalf("bridge got %d messages, want %d: some were sent twice", len(got), before+200)
+			}
+			sameIDs(t, "messages sent while the bridge was down", ids(got[before:]), want)
+		})
+
 		t.Run("refusals", func(t *testing.T) {
 			// A wrong as_token is an unknown token.
 			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "not-the-as-token", nil).wantErr(t, "wrong as_token", 401, "M_UNKNOWN_TOKEN")
+			// A wrong hs_token is refused by the bridge, so the server's
+			// own must be the registration's (it delivered above).
+			raw(t, "PUT", reg.URL+"/_matrix/app/v1/transactions/x", "not-the-hs-token", map[string]any{"events": []any{}}).wantErr(t, "wrong hs_token", 401, "M_UNKNOWN_TOKEN")
 			// Masquerading outside the namespace.
 			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami?user_id=@alice:localhost", reg.AppToken, nil).wantErr(t, "masquerade as alice", 403, "M_EXCLUSIVE")
 			// An ordinary user cannot register in the exclusive namespace;

@@ -39,7 +39,8 @@ const retentionInterval = time.Hour
 // order matters in four places, each noted at its step:
 //   - room server hooks run in the order added, inside each event's
 //     transaction: audit, then device lists, then the room index; then
-//     the state hooks: federation's outbound queue;
+//     the state hooks: federation's outbound queue, then the appservice
+//     queue;
 //   - room server subscribers run in the order added, after commit: the
 //     sync stream (syncapi.New), then the push notifier;
 //   - sync extensions fill a response in the order added: E2EE,
@@ -325,7 +326,10 @@ func (s *Server) buildFederation(ctx context.Context) error {
 
 // buildAppServices: the registration files (an invalid one fails the
 // start), each appservice's sender user, the as_token authentication and
-// namespace reservations of the client API.
+// namespace reservations of the client API, the ping route, and the
+// persistent transaction queue: filled by a state hook inside each event's
+// transaction, pushed by one sender per bridge that the room server's
+// subscriber wakes after commit.
 func (s *Server) buildAppServices(ctx context.Context) error {
 	regs, err := appservice.LoadFiles(s.Config.AppServices.ConfigFiles)
 	if err != nil {
@@ -343,6 +347,15 @@ func (s *Server) buildAppServices(ctx context.Context) error {
 		return err
 	}
 	s.Client.SetAppServices(as)
+	if err := as.Register(s.Client); err != nil {
+		return err
+	}
+	s.Rooms.AddStateHook(as.QueueRoomEvent)
+	s.Rooms.Subscribe(func(roomserver.OutputEvent) { as.Wake() })
+	s.OnStart(func() error {
+		s.OnShutdown(as.Start())
+		return nil
+	})
 	return nil
 }
 

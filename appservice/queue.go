@@ -1,0 +1,222 @@
+package appservice
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/sirupsen/logrus"
+
+	"enclave/roomserver"
+	"enclave/storage"
+	"enclave/syncapi"
+)
+
+const (
+	// txnMaxEvents bounds one transaction: a bridge that was down gets
+	// its backlog in order, a hundred at a time.
+	txnMaxEvents = 100
+	// backoffMin and backoffMax bound the wait after a failed push: a
+	// bridge that comes back is served within backoffMax.
+	backoffMin = 250 * time.Millisecond
+	backoffMax = 5 * time.Second
+	// pollInterval is the fallback when no wake arrives (another process
+	// wrote the queue, or a wake was missed).
+	pollInterval = 2 * time.Second
+)
+
+// QueueRoomEvent is the room server state hook: inside the event's own
+// transaction it queues the event for every appservice interested in it,
+// so an acknowledged event reaches its bridges even across a crash.
+func (s *Service) QueueRoomEvent(ctx context.Context, tx *storage.Tx, ev *storage.Event, pdu gomatrixserverlib.PDU, st roomserver.StateMap) error {
+	if ev.StreamPos <= 0 || ev.Outlier || ev.Rejected || ev.SoftFailed {
+		return nil
+	}
+	var js []byte
+	for _, r := range s.regs {
+		if r.PushURL() == "" || !s.interested(r, ev, st) {
+			continue
+		}
+		if js == nil {
+			var err error
+			if js, err = json.Marshal(syncapi.FormatEvent(ev, pdu, syncapi.Viewer{}, true)); err != nil {
+				return err
+			}
+		}
+		if err := storage.EnqueueAppServiceEvent(ctx, tx, r.ID, js); err != nil {
+			return fmt.Errorf("appservice %s: queueing %s: %w", r.ID, ev.EventID, err)
+		}
+	}
+	return nil
+}
+
+// interested: the sender or target is the appservice's, the room or one of
+// its aliases is in its namespaces, or one of its users is joined or
+// invited.
+func (s *Service) interested(r *Registration, ev *storage.Event, st roomserver.StateMap) bool {
+	sn := s.opts.ServerName
+	if r.OwnsUser(ev.Sender, sn) || (ev.Type == "m.room.member" && ev.StateKey != nil && r.OwnsUser(*ev.StateKey, sn)) {
+		return true
+	}
+	if r.WantsRoom(ev.RoomID) {
+		return true
+	}
+	if len(r.Namespaces.Aliases) > 0 {
+		if ca := st.Get("m.room.canonical_alias", ""); ca != nil {
+			var c struct {
+				Alias      string   `json:"alias"`
+				AltAliases []string `json:"alt_aliases"`
+			}
+			_ = json.Unmarshal(ca.Content(), &c)
+			for _, a := range append(c.AltAliases, c.Alias) {
+				if a != "" && r.OwnsAlias(a) {
+					return true
+				}
+			}
+		}
+	}
+	for k, m := range st {
+		if k.Type != "m.room.member" || !r.OwnsUser(k.StateKey, sn) {
+			continue
+		}
+		if ms, _ := m.Membership(); ms == "join" || ms == "invite" {
+			return true
+		}
+	}
+	return false
+}
+
+// sender pushes one appservice's queue to its url, one transaction at a
+// time, in order.
+type sender struct {
+	s    *Service
+	reg  *Registration
+	wake chan struct{}
+}
+
+// Start runs a sender per appservice with a url; stop ends them.
+func (s *Service) Start() (stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for _, sd := range s.senders {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sd.run(ctx)
+		}()
+	}
+	return func() {
+		cancel()
+		wg.Wait()
+	}
+}
+
+// Wake tells the senders that events were committed (a room server
+// subscriber, after commit).
+func (s *Service) Wake() {
+	for _, sd := range s.senders {
+		select {
+		case sd.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (sd *sender) run(ctx context.Context) {
+	backoff := backoffMin
+	for ctx.Err() == nil {
+		sent, err := sd.once(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			logrus.WithError(err).WithField("appservice", sd.reg.ID).Warn("appservice: transaction not delivered; retrying")
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, backoffMax)
+			continue
+		}
+		backoff = backoffMin
+		if sent {
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-sd.wake:
+		case <-time.After(pollInterval):
+		}
+	}
+}
+
+// once sends the transaction in flight, or makes one of the oldest queued
+// events; sent is false when the queue was empty.
+func (sd *sender) once(ctx context.Context) (sent bool, err error) {
+	db, id := sd.s.opts.DB, sd.reg.ID
+	txnID, evs, err := storage.PendingAppServiceTxn(ctx, db, id)
+	if err != nil {
+		return false, err
+	}
+	if txnID == "" {
+		if evs, err = storage.NextAppServiceEvents(ctx, db, id, txnMaxEvents); err != nil || len(evs) == 0 {
+			return false, err
+		}
+		// The last row's ID is unique for ever (the queue's serial), so
+		// a txnId is never reused for other content.
+		txnID = strconv.FormatInt(evs[len(evs)-1].ID, 10)
+		if err := storage.StartAppServiceTxn(ctx, db, id, txnID, evs); err != nil {
+			return false, err
+		}
+	}
+	if err := sd.push(ctx, txnID, evs); err != nil {
+		return false, err
+	}
+	return true, storage.CompleteAppServiceTxn(ctx, db, id, evs)
+}
+
+func (sd *sender) push(ctx context.Context, txnID string, evs []storage.AppServiceQueued) error {
+	var body bytes.Buffer
+	body.WriteString(`{"events":[`)
+	for i, e := range evs {
+		if i > 0 {
+			body.WriteByte(',')
+		}
+		body.Write(e.JSON)
+	}
+	body.WriteString(`]}`)
+	u := sd.reg.PushURL() + "/_matrix/app/v1/transactions/" + url.PathEscape(txnID)
+	_, err := sd.s.call(ctx, sd.reg, http.MethodPut, u, body.Bytes())
+	return err
+}
+
+// call makes one request to a bridge with the hs_token; a non-2xx answer
+// is an error carrying the status.
+func (s *Service) call(ctx context.Context, r *Registration, method, u string, body []byte) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
+	if err != nil {
+		return 0, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+r.HSToken)
+	resp, err := s.client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
+	if resp.StatusCode/100 != 2 {
+		return resp.StatusCode, fmt.Errorf("%s %s: status %d", method, r.ID, resp.StatusCode)
+	}
+	return resp.StatusCode, nil
+}
