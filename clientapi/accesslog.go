@@ -24,8 +24,6 @@ type accessNote struct {
 	user  string
 }
 
-const ctxAccess ctxKey = 100
-
 // noteUser records the authenticated user for the access log.
 func noteUser(r *http.Request, userID string) {
 	if n, ok := r.Context().Value(ctxAccess).(*accessNote); ok {

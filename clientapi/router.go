@@ -203,6 +203,7 @@ type ctxKey int
 const (
 	ctxDevice ctxKey = iota
 	ctxNeed          // a raw route's requirement, for Authenticate
+	ctxAccess        // the request's *accessNote, for the access log
 )
 
 func (a *API) middleware(next http.Handler) http.Handler {

@@ -139,9 +139,7 @@ func TestDist(t *testing.T) {
 		}
 		check := exec.Command(bin, "config", "--data", cfgDir)
 		check.Env = os.Environ()
-		for _, v := range keys["Environment"] {
-			check.Env = append(check.Env, v)
-		}
+		check.Env = append(check.Env, keys["Environment"]...)
 		if len(keys["Environment"]) == 0 {
 			t.Error("the unit sets no Environment")
 		}
@@ -161,6 +159,34 @@ func TestDist(t *testing.T) {
 		}
 		if b, err := exec.Command("systemd-analyze", "verify", "--man=no", filepath.Join(dir, "enclave.service")).CombinedOutput(); err != nil || len(strings.TrimSpace(string(b))) > 0 {
 			t.Errorf("systemd-analyze verify: %v\n%s", err, b)
+		}
+	})
+
+	t.Run("Containerfile", func(t *testing.T) {
+		// No container engine runs on the test machines: check the
+		// properties the image promises instead of building it.
+		cf, _ := os.ReadFile(filepath.Join(dest, "Containerfile"))
+		var final []string // the last stage's instructions
+		for _, line := range strings.Split(string(cf), "\n") {
+			line = strings.TrimSpace(line)
+			if strings.HasPrefix(line, "FROM ") {
+				final = nil
+			}
+			if line != "" && !strings.HasPrefix(line, "#") {
+				final = append(final, line)
+			}
+		}
+		stage := strings.Join(final, "\n")
+		for _, want := range []string{"FROM scratch", "USER 65532:65532", `VOLUME ["/data"]`, `CMD ["serve", "--data", "/data"]`} {
+			if !strings.Contains(stage, want) {
+				t.Errorf("the final stage lacks %q:\n%s", want, stage)
+			}
+		}
+		if !strings.Contains(string(cf), "CGO_ENABLED=0 go build") {
+			t.Error("the binary is not built static (CGO_ENABLED=0)")
+		}
+		if strings.Contains(stage, "USER root") || strings.Contains(stage, "USER 0") {
+			t.Error("the image runs as root")
 		}
 	})
 
