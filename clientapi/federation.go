@@ -30,6 +30,10 @@ type Federation interface {
 	KnockRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error
 	// LookupAlias asks an alias's server which room it names.
 	LookupAlias(ctx context.Context, alias string) (roomID string, servers []string, err error)
+	// TimestampToEvent asks the room's other servers for their event
+	// closest to ts in direction dir ("f" or "b"); storage.ErrNotFound
+	// when none has one.
+	TimestampToEvent(ctx context.Context, roomID string, ts int64, dir string) (eventID string, originTS int64, err error)
 }
 
 // EphemeralSender carries local users' typing, read receipts and presence

@@ -75,6 +75,8 @@ func (a *API) routes() [][]route {
 		v3("GET", "/rooms/{roomId}/event/{eventId}", "rooms", perm.AnyUser, a.events.getEvent),
 		v3("GET", "/rooms/{roomId}/messages", "messages", perm.AnyUser, a.events.messages),
 		v3("GET", "/rooms/{roomId}/context/{eventId}", "messages", perm.AnyUser, a.events.eventContext),
+		authed("GET", "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event", "messages", perm.AnyUser, a.events.timestampToEvent),
+		authed("GET", "/_matrix/client/unstable/org.matrix.msc3030/rooms/{roomId}/timestamp_to_event", "messages", perm.AnyUser, a.events.timestampToEvent),
 		v3("GET", "/directory/room/{roomAlias}", "directory", perm.AnyUser, a.directory.getAlias),
 		v3("PUT", "/directory/room/{roomAlias}", "directory", perm.AnyUser, a.directory.putAlias),
 		v3("DELETE", "/directory/room/{roomAlias}", "directory", perm.AnyUser, a.directory.deleteAlias),

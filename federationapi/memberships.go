@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -331,4 +334,30 @@ func (m Memberships) undoJoin(server spec.ServerName, join gomatrixserverlib.PDU
 			log.WithError(err).Warn("federation: recording the leave of a failed join")
 		}
 	}
+}
+
+// TimestampToEvent asks the other servers in the room, in turn, for their
+// event closest to ts (MSC3030); it returns the first answer, or
+// storage.ErrNotFound when none has one. Servers that fail are skipped.
+func (m Memberships) TimestampToEvent(ctx context.Context, roomID string, ts int64, dir string) (string, int64, error) {
+	f := m.f
+	st, err := f.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return "", 0, err
+	}
+	path := "/_matrix/federation/v1/timestamp_to_event/" + url.PathEscape(roomID) + "?ts=" + strconv.FormatInt(ts, 10) + "&dir=" + url.QueryEscape(dir)
+	for _, server := range ServersInRoom(st) {
+		if server == f.serverName {
+			continue
+		}
+		var out struct {
+			EventID  string `json:"event_id"`
+			OriginTS int64  `json:"origin_server_ts"`
+		}
+		if err := f.fedJSON(ctx, server, http.MethodGet, path, nil, &out, 64<<10); err != nil || out.EventID == "" {
+			continue
+		}
+		return out.EventID, out.OriginTS, nil
+	}
+	return "", 0, storage.ErrNotFound
 }

@@ -619,3 +619,28 @@ func (f *queries) queryProfile(r *http.Request, origin spec.ServerName, _ []byte
 
 // roomHandler is the shape of a signed federation endpoint.
 type roomHandler = func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response
+
+// timestampToEvent answers a server in the room with our event closest to
+// a time (MSC3030, spec v1.6).
+func (f *history) timestampToEvent(r *http.Request, origin spec.ServerName, _ []byte) httpapi.Response {
+	roomID := mux.Vars(r)["roomId"]
+	if _, ok := f.visibleToServer(r.Context(), roomID, origin); !ok {
+		return httpapi.Errf(403, "M_FORBIDDEN", "server not in room")
+	}
+	q := r.URL.Query()
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil {
+		return httpapi.Errf(400, "M_INVALID_PARAM", "ts must be a timestamp in milliseconds")
+	}
+	dir := q.Get("dir")
+	if dir != "f" && dir != "b" {
+		return httpapi.Errf(400, "M_INVALID_PARAM", "dir must be f or b")
+	}
+	id, ots, err := storage.EventAtTimestamp(r.Context(), f.db, roomID, ts, dir == "f")
+	if errors.Is(err, storage.ErrNotFound) {
+		return httpapi.Errf(404, "M_NOT_FOUND", "no event found")
+	} else if err != nil {
+		return httpapi.Errf(500, "M_UNKNOWN", "internal error")
+	}
+	return httpapi.JSON(200, map[string]any{"event_id": id, "origin_server_ts": ots})
+}

@@ -80,6 +80,7 @@ func (f *Federation) routes() []route {
 		signedRoute(http.MethodGet, v1+"/event/{eventId}", f.history.getEvent),
 		signedRoute(http.MethodGet, v1+"/event_auth/{roomId}/{eventId}", f.history.eventAuth),
 		signedRoute(http.MethodGet, v1+"/backfill/{roomId}", f.history.backfill),
+		signedRoute(http.MethodGet, v1+"/timestamp_to_event/{roomId}", f.history.timestampToEvent),
 		signedRoute(http.MethodPost, v1+"/get_missing_events/{roomId}", f.history.getMissingEvents),
 
 		// Queries and the room directory.

@@ -568,3 +568,23 @@ func UserJoinPositions(ctx context.Context, q Querier, roomID, userID string) ([
 	}
 	return out, rows.Err()
 }
+
+// EventAtTimestamp finds the room's event closest to ts in one direction
+// (jump to date, MSC3030): forward, the first at or after ts; backward,
+// the last at or before it. Ties on the timestamp go by stream order, so
+// of events sent in the same millisecond forward finds the first and
+// backward the last. Rejected and soft-failed events and outliers are
+// never answers. ErrNotFound when there is none.
+func EventAtTimestamp(ctx context.Context, q Querier, roomID string, ts int64, forward bool) (eventID string, originTS int64, err error) {
+	query := `SELECT event_id, origin_ts FROM events WHERE room_id = $1 AND stream_pos IS NOT NULL AND NOT outlier AND NOT rejected AND NOT soft_failed AND `
+	if forward {
+		query += `origin_ts >= $2 ORDER BY origin_ts, stream_pos LIMIT 1`
+	} else {
+		query += `origin_ts <= $2 ORDER BY origin_ts DESC, stream_pos DESC LIMIT 1`
+	}
+	err = q.QueryRowContext(ctx, query, roomID, ts).Scan(&eventID, &originTS)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", 0, ErrNotFound
+	}
+	return eventID, originTS, err
+}

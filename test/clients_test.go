@@ -1091,8 +1091,12 @@ func ccCalls() []ccCall {
 					e.t.Errorf("hierarchy: %s", ccShort(r.Raw))
 				}
 			}},
-		ccUnrecognized(ccElement, "GET", "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=1700000000000&dir=b",
-			"jump to date (spec v1.6): not implemented"),
+		{who: ccElement, as: "alice", method: "GET", path: "/_matrix/client/v1/rooms/{roomId}/timestamp_to_event?ts=4102444800000&dir=b", want: 200,
+			note: "jump to date (MSC3030, spec v1.6)", check: func(e *ccEnv, r ccResp) {
+				if id, _ := r.Body["event_id"].(string); id == "" {
+					e.t.Errorf("timestamp_to_event: %s", ccShort(r.Raw))
+				}
+			}},
 		{who: ccFloor, as: "alice", method: "GET", path: "/_matrix/client/unstable/im.nheko.summary/rooms/{roomId}/summary", want: 200,
 			note: "room summary (MSC3266), Cinny", check: func(e *ccEnv, r ccResp) { ccSummary(e, r) }},
 		{who: ccFloor, as: "alice", method: "GET", path: "/_matrix/client/unstable/im.nheko.summary/summary/{roomId}", want: 200,

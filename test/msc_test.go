@@ -275,3 +275,106 @@ func TestInviteFilteringFederation(t *testing.T) {
 	mustOK(t, "allowed user on the blocked server", r)
 	fedWaitInvited(t, alice, id.RoomID(room), 10*time.Second)
 }
+
+// jumpTo asks /timestamp_to_event and returns the event ID ("" on 404).
+func jumpTo(t *testing.T, base string, cli *mautrix.Client, room string, ts int64, dir string) string {
+	t.Helper()
+	r := raw(t, "GET", base+"/_matrix/client/v1/rooms/"+room+"/timestamp_to_event?ts="+strconv.FormatInt(ts, 10)+"&dir="+dir, cli.AccessToken, nil)
+	if r.Status == 404 && r.errcode() == "M_NOT_FOUND" {
+		return ""
+	}
+	mustOK(t, "timestamp_to_event", r)
+	if _, ok := r.Body["origin_server_ts"].(float64); !ok {
+		t.Fatalf("no origin_server_ts: %s", r.Raw)
+	}
+	return r.Body["event_id"].(string)
+}
+
+// TestJumpToDateEndpoint (MSC3030, spec v1.6): /timestamp_to_event finds
+// the closest event in either direction (ties by order in the room),
+// answers 404 M_NOT_FOUND outside the room's lifetime, 403 to non-members
+// and 400 M_INVALID_PARAM to bad parameters.
+func TestJumpToDateEndpoint(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		srv := Start(t, d, Options{})
+		reg := Register(t, srv.URL, "alice", "alice-pw", false)
+		alice := sessionClient(t, srv.URL, reg)
+		bob := sessionClient(t, srv.URL, Register(t, srv.URL, "bob", "bob-pw", false))
+		before := time.Now().UnixMilli() - 1
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := string(resp.RoomID)
+		time.Sleep(5 * time.Millisecond)
+		beforeA := time.Now().UnixMilli()
+		a, _ := alice.SendText(ctxT(t), resp.RoomID, "A")
+		time.Sleep(5 * time.Millisecond)
+		afterA := time.Now().UnixMilli()
+		time.Sleep(5 * time.Millisecond)
+		b, _ := alice.SendText(ctxT(t), resp.RoomID, "B")
+		time.Sleep(5 * time.Millisecond)
+		afterB := time.Now().UnixMilli()
+		for _, tc := range []struct {
+			ts   int64
+			dir  string
+			want string
+		}{
+			{beforeA, "f", string(a.EventID)},
+			{afterA, "b", string(a.EventID)},
+			{afterA, "f", string(b.EventID)},
+			{afterB, "b", string(b.EventID)},
+			{afterB, "f", ""},
+			{before, "b", ""},
+		} {
+			if got := jumpTo(t, srv.URL, alice, room, tc.ts, tc.dir); got != tc.want {
+				t.Fatalf("ts %d dir %s: got %q, want %q", tc.ts, tc.dir, got, tc.want)
+			}
+		}
+		// Of events sharing a millisecond, forward finds the first.
+		var same []string
+		for i := 0; i < 5; i++ {
+			s, _ := alice.SendText(ctxT(t), resp.RoomID, "same")
+			same = append(same, string(s.EventID))
+		}
+		ev, err := alice.GetEvent(ctxT(t), resp.RoomID, id.EventID(same[0]))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := jumpTo(t, srv.URL, alice, room, ev.Timestamp, "f"); got != same[0] {
+			t.Fatalf("forward at %d: %s, want the first of %v", ev.Timestamp, got, same)
+		}
+		raw(t, "GET", srv.URL+"/_matrix/client/v1/rooms/"+room+"/timestamp_to_event?ts=1&dir=f", bob.AccessToken, nil).wantErr(t, "non-member of a public room", 403, "M_FORBIDDEN")
+		raw(t, "GET", srv.URL+"/_matrix/client/v1/rooms/"+room+"/timestamp_to_event?ts=x&dir=f", alice.AccessToken, nil).wantErr(t, "bad ts", 400, "M_INVALID_PARAM")
+		raw(t, "GET", srv.URL+"/_matrix/client/v1/rooms/"+room+"/timestamp_to_event?ts=1&dir=up", alice.AccessToken, nil).wantErr(t, "bad dir", 400, "M_INVALID_PARAM")
+	})
+}
+
+// TestJumpToDateFederation: a server that joined late asks the room's
+// other servers (federation /timestamp_to_event) and finds the events
+// sent before its user joined.
+func TestJumpToDateFederation(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	charlie := fedUser(t, b, "charlie")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	beforeA := time.Now().UnixMilli()
+	evA, _ := alice.SendText(ctxT(t), resp.RoomID, "A")
+	evB, _ := alice.SendText(ctxT(t), resp.RoomID, "B")
+	time.Sleep(5 * time.Millisecond)
+	afterB := time.Now().UnixMilli()
+	time.Sleep(5 * time.Millisecond)
+	fedJoin(t, charlie, resp.RoomID, a)
+	if got := jumpTo(t, b.URL, charlie, string(resp.RoomID), beforeA, "f"); got != string(evA.EventID) {
+		t.Fatalf("forward from before A on the late server: %q, want %s", got, evA.EventID)
+	}
+	if got := jumpTo(t, b.URL, charlie, string(resp.RoomID), afterB, "b"); got != string(evB.EventID) {
+		t.Fatalf("backward from after B on the late server: %q, want %s", got, evB.EventID)
+	}
+}

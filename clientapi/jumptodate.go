@@ -1,0 +1,53 @@
+package clientapi
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+
+	"enclave/internal/httpapi"
+	"enclave/roomserver"
+	"enclave/storage"
+)
+
+// timestampToEvent (jump to date, MSC3030, spec v1.6) finds the room's
+// event closest to ts in direction dir, for members only. With federation
+// on, the room's other servers are asked too (we may lack what happened
+// before we joined) and the answer closer to ts wins.
+func (eg *events) timestampToEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
+	roomID, resp, ok := roomIDParam(r)
+	if !ok {
+		return resp
+	}
+	q := r.URL.Query()
+	ts, err := strconv.ParseInt(q.Get("ts"), 10, 64)
+	if err != nil {
+		return httpapi.InvalidParam("ts must be a timestamp in milliseconds")
+	}
+	dir := q.Get("dir")
+	if dir != "f" && dir != "b" {
+		return httpapi.InvalidParam("dir must be f or b")
+	}
+	m, err := eg.rs.Membership(r.Context(), roomID, dev.UserID)
+	if err != nil && !errors.Is(err, roomserver.ErrRoomNotFound) {
+		return httpapi.InternalError(r, err)
+	}
+	if m != "join" {
+		return httpapi.Forbidden("you are not a member of room %s", roomID)
+	}
+	forward := dir == "f"
+	id, ots, err := storage.EventAtTimestamp(r.Context(), eg.db, roomID, ts, forward)
+	if err != nil && !errors.Is(err, storage.ErrNotFound) {
+		return httpapi.InternalError(r, err)
+	}
+	if eg.fed != nil {
+		rid, rts, rerr := eg.fed.TimestampToEvent(r.Context(), roomID, ts, dir)
+		if rerr == nil && (id == "" || (forward && rts < ots) || (!forward && rts > ots)) {
+			id, ots = rid, rts
+		}
+	}
+	if id == "" {
+		return httpapi.NotFound("no event %s of %d in room %s", map[bool]string{true: "after", false: "before"}[forward], ts, roomID)
+	}
+	return httpapi.JSON(200, map[string]any{"event_id": id, "origin_server_ts": ots})
+}
