@@ -23,6 +23,10 @@ type Federation interface {
 	// Backfill fetches up to limit events older than the oldest we hold
 	// from the other servers in the room; it returns how many it stored.
 	Backfill(ctx context.Context, roomID string, limit int) (int, error)
+	// FillGap backfills up to limit events into the room's newest hole
+	// (events we missed, storage.Gap) whose free positions lie in
+	// (lo, hi]; it returns how many it stored (0: no such hole).
+	FillGap(ctx context.Context, roomID string, lo, hi int64, limit int) (int, error)
 	// LeaveRemote leaves a room this server takes no part in (rejecting
 	// an invite, retracting a knock) through another server.
 	LeaveRemote(ctx context.Context, userID, roomID string, via []string, content map[string]any) error

@@ -367,8 +367,17 @@ func (eg *events) messages(r *http.Request, dev *httpapi.Device) httpapi.Respons
 		// page at a time until this page is full. A server answers at
 		// most 100 events a request, so a larger limit takes several; the
 		// rounds are bounded so one request cannot pull a whole history.
-		for round := 0; err == nil && len(evs) < limit && !hasTo && eg.fed != nil && round < limit/50+2; round++ {
-			n, berr := eg.fed.Backfill(r.Context(), roomID, min(limit-len(evs), 100))
+		// A hole this page runs into (events we missed while away or
+		// partitioned) is filled first, the same way.
+		for round := 0; err == nil && eg.fed != nil && round < limit/50+2; round++ {
+			lowest := lo
+			if len(evs) == limit {
+				lowest = evs[len(evs)-1].StreamPos
+			}
+			n, berr := eg.fed.FillGap(r.Context(), roomID, lowest, hi, min(limit, 100))
+			if berr == nil && n == 0 && len(evs) < limit && !hasTo {
+				n, berr = eg.fed.Backfill(r.Context(), roomID, min(limit-len(evs), 100))
+			}
 			if berr != nil || n == 0 {
 				break
 			}

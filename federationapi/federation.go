@@ -42,6 +42,7 @@ type RoomServer interface {
 	SetFetcher(fetcher roomserver.EventFetcher)
 	StoreBackfilled(ctx context.Context, origin spec.ServerName, roomID string, pdus []gomatrixserverlib.PDU) (int, error)
 	EarliestEvents(ctx context.Context, roomID string) ([]string, error)
+	FillGap(ctx context.Context, origin spec.ServerName, roomID, gapEvent string, pdus []gomatrixserverlib.PDU) (int, error)
 }
 
 // EDUHandler processes one inbound EDU of a type in eduHandlers.

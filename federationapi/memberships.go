@@ -44,6 +44,64 @@ func (m Memberships) Backfill(ctx context.Context, roomID string, limit int) (in
 	return m.f.Backfill(ctx, roomID, limit)
 }
 
+// FillGap asks for the events missing in the room's newest hole whose
+// free positions lie in (lo, hi] (clientapi.Federation.FillGap): /backfill from
+// where the hole ends, to the server of the event above it first, then
+// the others in the room. A server that answers nothing we lack closes
+// the hole; one that cannot be reached leaves it for the next reader.
+func (m Memberships) FillGap(ctx context.Context, roomID string, lo, hi int64, limit int) (int, error) {
+	f := m.f
+	g, err := storage.GapBelow(ctx, f.db, roomID, lo, hi)
+	if errors.Is(err, storage.ErrNotFound) {
+		return 0, nil
+	} else if err != nil {
+		return 0, err
+	}
+	st, err := f.rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return 0, err
+	}
+	ver, err := f.rs.RoomVersion(ctx, roomID)
+	if err != nil {
+		return 0, err
+	}
+	vi, err := gomatrixserverlib.GetRoomVersion(ver)
+	if err != nil {
+		return 0, err
+	}
+	servers := ServersInRoom(st)
+	if above, err := storage.GetEvent(ctx, f.db, g.EventID); err == nil {
+		if _, origin, err := gomatrixserverlib.SplitID('@', above.Sender); err == nil {
+			servers = append([]spec.ServerName{origin}, servers...)
+		}
+	}
+	tried := map[spec.ServerName]bool{f.serverName: true}
+	for _, server := range servers {
+		if tried[server] {
+			continue
+		}
+		tried[server] = true
+		txn, err := f.client.Backfill(ctx, f.serverName, server, roomID, limit, g.PrevIDs)
+		if err != nil {
+			logrus.WithError(err).WithField("server", server).Debug("backfill of a gap failed")
+			continue
+		}
+		var pdus []gomatrixserverlib.PDU
+		for _, raw := range txn.PDUs {
+			ev, err := vi.NewEventFromUntrustedJSON(raw)
+			if err != nil {
+				continue
+			}
+			if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, f.keys, roomserver.UserIDForSender); err != nil {
+				continue
+			}
+			pdus = append(pdus, ev)
+		}
+		return f.rs.FillGap(ctx, server, roomID, g.EventID, pdus)
+	}
+	return 0, nil
+}
+
 // inviteStrippedTypes are the state events an invitee is shown.
 var inviteStrippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room.name", "m.room.avatar", "m.room.canonical_alias", "m.room.encryption", "m.room.topic"}
 

@@ -37,6 +37,9 @@ func (s *RoomServer) SetFetcher(f EventFetcher) { s.fetcher = f }
 const (
 	maxMissing       = 50
 	maxMissingRounds = 10
+	// gapSlots is how many stream positions a gap sets aside for the
+	// events missing in it (more than any backfill will fetch in one).
+	gapSlots = 100000
 )
 
 // InputRemoteEvents authorises and stores events that origin sent us
@@ -269,7 +272,9 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 				st[StateKey{e.Type(), *e.StateKey()}] = e
 			}
 		}
-		return &roomHead{version: h.version, state: st, maxDepth: h.maxDepth}, nil
+		// The events we lack before ev: a gap in our timeline that
+		// backfill can fill later (sync marks it limited).
+		return &roomHead{version: h.version, state: st, maxDepth: h.maxDepth, gapBelow: missing}, nil
 	}
 	if len(prevs) == 1 {
 		st, err := s.stateFromSnapshot(ctx, prevs[0].SnapshotAfter)

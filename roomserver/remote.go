@@ -26,6 +26,7 @@ func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName,
 	roomID := join.RoomID().String()
 	unlock := s.lock(roomID)
 	defer unlock()
+	var gap []string // a room we hold but left: what we missed meanwhile
 	if room, err := storage.GetRoom(ctx, s.db, roomID); err == nil && room.CurrentSnapshot != 0 {
 		h, err := s.head(ctx, roomID)
 		if err != nil {
@@ -33,6 +34,9 @@ func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName,
 		}
 		if ServerJoined(h.state, s.serverName) {
 			return s.inputLocked(ctx, origin, join, true)
+		}
+		if _, gap, err = s.timelineEvents(ctx, join.PrevEventIDs()); err != nil {
+			return err
 		}
 	} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
 		return err
@@ -72,7 +76,7 @@ func (s *RoomServer) JoinRemoteRoom(ctx context.Context, origin spec.ServerName,
 		if err != nil {
 			return err
 		}
-		before := &roomHead{version: ver, snapshot: id, state: st, maxDepth: maxDepth}
+		before := &roomHead{version: ver, snapshot: id, state: st, maxDepth: maxDepth, gapBelow: gap}
 		se, after, err := s.storeEvent(ctx, tx, roomID, before, join, false, SendRequest{})
 		if err != nil {
 			return err

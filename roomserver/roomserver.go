@@ -75,6 +75,9 @@ type roomHead struct {
 	chain       int64 // delta chain length of snapshot
 	maxDepth    int64
 	state       StateMap
+	// gapBelow, on the head an event is stored on, names the event's
+	// prev events we lack: positions are set aside below it for them.
+	gapBelow []string
 }
 
 // stateIDs returns the head's state as event IDs.

@@ -154,7 +154,12 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 	// previous content (clients read e.g. an accepted invite's is_direct
 	// from a join's prev_content); hooks get the event as it was signed.
 	stored := withPrevContent(ev, before.state)
-	pos := tx.NextPos("events")
+	var pos, gapLo int64
+	if len(before.gapBelow) > 0 {
+		gapLo, pos = tx.NextPosAfterGap("events", gapSlots)
+	} else {
+		pos = tx.NextPos("events")
+	}
 	se := &storage.Event{
 		StreamPos:      pos,
 		EventID:        ev.EventID(),
@@ -204,6 +209,12 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 			return nil, nil, fmt.Errorf("roomserver: event %s already stored", ev.EventID())
 		}
 		if err := storage.PromoteOutlier(ctx, tx, se); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(before.gapBelow) > 0 {
+		if err := storage.InsertGap(ctx, tx, &storage.Gap{RoomID: roomID, EventID: ev.EventID(), EventPos: pos,
+			NextPos: pos - 1, FloorPos: gapLo, PrevIDs: before.gapBelow}); err != nil {
 			return nil, nil, err
 		}
 	}

@@ -354,6 +354,14 @@ func (t *Tx) NextPos(table string) int64 {
 	return p
 }
 
+// NextPosAfterGap is NextPos with k positions set aside below it
+// (Stream.ReserveAfterGap); it returns the lowest of them and the row's.
+func (t *Tx) NextPosAfterGap(table string, k int64) (lo, p int64) {
+	lo, p = t.db.Stream.ReserveAfterGap(table, k)
+	t.reserved = append(t.reserved, p)
+	return lo, p
+}
+
 // Derived marks the transaction as holding only rows derived from others
 // already committed (and rebuilt or losable on a crash), so on PostgreSQL
 // its commit does not wait for the WAL flush. Call it first.

@@ -53,6 +53,7 @@ var migrations = []migration{
 	{Component: "accounts", Version: 2, SQL: accountsV2},
 	{Component: "e2ee", Version: 2, SQL: e2eeV2},
 	{Component: "appservice", Version: 1, SQL: appserviceV1},
+	{Component: "room_gaps", Version: 1, SQL: roomGapsV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

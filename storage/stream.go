@@ -88,6 +88,18 @@ func (s *Stream) Reserve(table string) int64 {
 	return p
 }
 
+// ReserveAfterGap sets k positions aside (never handed out: lo to
+// lo+k-1) and then reserves one for a row of table, above them. The
+// positions set aside give later rows a place below that row (a
+// timeline gap filled by backfill).
+func (s *Stream) ReserveAfterGap(table string, k int64) (lo, p int64) {
+	s.mu.Lock()
+	lo = s.next
+	s.next += k
+	s.mu.Unlock()
+	return lo, s.Reserve(table)
+}
+
 // Committed records that pos's transaction committed; call it before
 // Release(pos).
 func (s *Stream) Committed(pos int64) {

@@ -3,6 +3,7 @@ package syncapi
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"runtime"
 	"slices"
 	"sort"
@@ -427,6 +428,30 @@ func (s *Syncer) recentEvents(ctx context.Context, userID, roomID string, from, 
 	limited := len(evs) > limit
 	if limited {
 		evs = evs[:limit]
+	}
+	// A hole in the window (events this server missed: storage.Gap) cuts
+	// it: only what lies above the hole is sent, marked limited, so the
+	// client's prev_batch pages into the hole and backfill fills it.
+	if len(evs) > 0 {
+		lo := from
+		if limited {
+			lo = evs[len(evs)-1].StreamPos - 1
+		}
+		g, err := storage.GapBelow(ctx, s.db, roomID, lo-1, to-1)
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return nil, nil, false, err
+		}
+		if g != nil {
+			above := g.NextPos + 1
+			cut := len(evs)
+			for i, e := range evs {
+				if e.StreamPos < above {
+					cut = i
+					break
+				}
+			}
+			evs, limited = evs[:cut], true
+		}
 	}
 	slices.Reverse(evs)
 	evs, ms, err := s.VisibleAt(ctx, userID, roomID, evs)

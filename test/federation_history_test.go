@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
 	"enclave/storage"
@@ -178,5 +180,184 @@ func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
 	}
 	if devs := devicesOfBob(a, alice.AccessToken); devs[reg2.DeviceID] == nil || devs[bobReg.DeviceID] == nil {
 		t.Fatalf("A served stale keys for bob after alice left their only room: %v", devs)
+	}
+}
+
+// TestFederationBackfillAfterRejoin (the suite's TestMessagesOverFederation,
+// re-join case): bob leaves, 20 messages are sent, bob joins again; his
+// server missed them, and /messages pages back through them, in order,
+// into the history it kept from before. Both ways: a room on A (SQLite)
+// rejoined from B (PostgreSQL) and a room on B rejoined from A.
+func TestFederationBackfillAfterRejoin(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	for _, pair := range [][2]*FedNode{{c.Nodes[0], c.Nodes[1]}, {c.Nodes[1], c.Nodes[0]}} {
+		host, guest := pair[0], pair[1]
+		t.Run(string(host.Dialect)+"_host", func(t *testing.T) {
+			owner := fedUser(t, host, "owner"+string(host.Dialect))
+			visitor := fedUser(t, guest, "visitor"+string(host.Dialect))
+			room, err := owner.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before := fedSeq("before ", 5)
+			fedSendSeq(t, owner, room.RoomID, before)
+			fedJoin(t, visitor, room.RoomID, host)
+			fedWantExactly(t, "first join", fedPagedBodies(t, visitor, room.RoomID, 10, "before "), before)
+			if _, err := visitor.LeaveRoom(ctxT(t), room.RoomID); err != nil {
+				t.Fatal(err)
+			}
+			e2eeWait(t, "the host sees the visitor leave", 20*time.Second, func() bool {
+				return fedMembership(t, owner, room.RoomID, visitor.UserID.String()) == "leave"
+			})
+			meanwhile := fedSeq("meanwhile ", 20)
+			fedSendSeq(t, owner, room.RoomID, meanwhile)
+			fedJoin(t, visitor, room.RoomID, host)
+
+			// The rejoin's sync marks the hole: only the join, limited.
+			resp, err := visitor.SyncRequest(ctxT(t), 0, "", timelineFilter(t, visitor, 20), false, event.PresenceOnline)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tl := resp.Rooms.Join[room.RoomID].Timeline
+			if !tl.Limited || len(fedBodies(tl.Events, "")) != 0 {
+				t.Fatalf("rejoin sync: limited %v, messages %v; want limited and none from before the hole", tl.Limited, fedBodies(tl.Events, ""))
+			}
+			// Both page sizes reach every message, in order; from the
+			// sync's prev_batch too.
+			all := append(append([]string(nil), before...), meanwhile...)
+			fromSync := fedBodies(reversed(pageAll(t, visitor, room.RoomID, tl.PrevBatch, "", mautrix.DirectionBackward, 10)), "")
+			fedWantExactly(t, "visitor from prev_batch", fedFilter(fromSync, "before ", "meanwhile "), all)
+			fedWantExactly(t, "visitor, limit 10", fedFilter(fedPagedBodies(t, visitor, room.RoomID, 10, ""), "before ", "meanwhile "), all)
+			fedWantExactly(t, "visitor, limit 200", fedFilter(fedPagedBodies(t, visitor, room.RoomID, 200, ""), "before ", "meanwhile "), all)
+			fedWantExactly(t, "owner", fedFilter(fedPagedBodies(t, owner, room.RoomID, 200, ""), "before ", "meanwhile "), all)
+			// The guest's store now holds them in order too.
+			var stored []string
+			evs, err := storage.RoomEventsRange(ctxT(t), guest.DB, room.RoomID.String(), math.MinInt64, math.MaxInt64, 1000, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range evs {
+				var ct struct {
+					Content struct {
+						Body string `json:"body"`
+					} `json:"content"`
+				}
+				if e.Type == "m.room.message" && json.Unmarshal(e.JSON, &ct) == nil {
+					stored = append(stored, ct.Content.Body)
+				}
+			}
+			fedWantExactly(t, "guest's stored timeline", stored, all)
+		})
+	}
+}
+
+// fedFilter keeps the bodies with any of the prefixes.
+func fedFilter(bodies []string, prefixes ...string) []string {
+	var out []string
+	for _, b := range bodies {
+		for _, p := range prefixes {
+			if len(b) >= len(p) && b[:len(p)] == p {
+				out = append(out, b)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// TestFederationSyncTimelineGap (the suite's TestSyncTimelineGap): the
+// peer's charlie sends 50 messages A never gets, then one more that names
+// them; /get_missing_events gives A only the newest few. alice's /sync
+// shows charlie's messages after the hole as a limited timeline, without
+// her own earlier message, and its prev_batch pages back through all 50
+// (fetched with /backfill) to hers.
+func TestFederationSyncTimelineGap(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			peer.MissingHorizon = 10
+			c.StartAll()
+			a := c.Nodes[0]
+			alice := fedUser(t, a, "alice")
+			room, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			charlie := peer.UserID("charlie")
+			r := peer.Join(t, spec.ServerName(a.ServerName), room.RoomID.String(), charlie)
+			filter := timelineFilter(t, alice, 20)
+			first, err := alice.SyncRequest(ctxT(t), 0, "", filter, false, event.PresenceOnline)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := alice.SendText(ctxT(t), room.RoomID, "Hi from Alice"); err != nil {
+				t.Fatal(err)
+			}
+			peer.WaitPDU(t, 20*time.Second, "alice's message", func(e gomatrixserverlib.PDU) bool { return e.Type() == "m.room.message" })
+			want := fedSeq("remote ", 50)
+			for _, b := range want {
+				r.Add(r.Message(t, charlie, b))
+			}
+			end := r.Message(t, charlie, "End")
+			if res := peer.SendPDUs(t, spec.ServerName(a.ServerName), end); res[end.EventID()] != "" {
+				t.Fatalf("A refused the last event: %v", res)
+			}
+
+			resp, err := alice.SyncRequest(ctxT(t), 0, first.NextBatch, filter, false, event.PresenceOnline)
+			if err != nil {
+				t.Fatal(err)
+			}
+			tl := resp.Rooms.Join[room.RoomID].Timeline
+			if len(tl.Events) == 0 || tl.Events[len(tl.Events)-1].ID.String() != end.EventID() {
+				t.Fatalf("the sync's timeline does not end with the last event: %d events", len(tl.Events))
+			}
+			if !tl.Limited {
+				t.Fatal("the timeline after the hole is not limited")
+			}
+			for _, e := range tl.Events {
+				if e.Sender == alice.UserID {
+					t.Fatalf("alice's own message from before the hole is in the limited timeline: %s", e.ID)
+				}
+			}
+			got := fedBodies(tl.Events, "remote ")
+			older := fedBodies(reversed(pageAll(t, alice, room.RoomID, tl.PrevBatch, "", mautrix.DirectionBackward, 10)), "")
+			if len(older) == 0 || older[len(older)-1] == "" {
+				t.Fatalf("nothing before the hole: %v", older)
+			}
+			all := append(fedFilter(older, "remote "), got...)
+			fedWantExactly(t, "charlie's messages through prev_batch", all, want)
+			if hi := fedFilter(older, "Hi from Alice"); len(hi) != 1 || older[len(older)-len(fedFilter(older, "remote "))-1] != "Hi from Alice" {
+				t.Fatalf("alice's message is not right before charlie's: %v", older)
+			}
+			// A's store holds all of them in order, and the peer served
+			// the hole by /backfill (it had them all).
+			evs, err := storage.RoomEventsRange(ctxT(t), a.DB, room.RoomID.String(), math.MinInt64, math.MaxInt64, 1000, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var stored []string
+			for _, e := range evs {
+				var ct struct {
+					Content struct {
+						Body string `json:"body"`
+					} `json:"content"`
+				}
+				if e.Type == "m.room.message" && json.Unmarshal(e.JSON, &ct) == nil {
+					stored = append(stored, ct.Content.Body)
+				}
+			}
+			fedWantExactly(t, "A's stored timeline", stored, append(append([]string{"Hi from Alice"}, want...), "End"))
+			// A later sync from before the hole is limited the same way
+			// only while the hole is open: now it is closed.
+			again, err := alice.SyncRequest(ctxT(t), 0, first.NextBatch, filter, false, event.PresenceOnline)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := len(again.Rooms.Join[room.RoomID].Timeline.Events); n == 0 {
+				t.Fatal("a sync from before the hole shows nothing")
+			}
+		})
 	}
 }

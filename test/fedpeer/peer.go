@@ -58,6 +58,11 @@ type Peer struct {
 	// Reject, when set, decides the per-PDU error the peer answers for a
 	// PDU it is sent ("" accepts it): a test can play a peer that refuses.
 	Reject func(pdu json.RawMessage) string
+	// MissingHorizon, when set, limits /get_missing_events to events at
+	// most that many below the room's newest (by depth): a peer that
+	// cannot give the whole of a long gap, so the server under test keeps
+	// a hole in its timeline. /backfill still serves everything.
+	MissingHorizon int64
 }
 
 // New starts a peer; it stops when the test ends.
@@ -385,6 +390,7 @@ func (p *Peer) mux() *http.ServeMux {
 	m.HandleFunc("PUT /_matrix/federation/v1/send/{txnID}", p.signed(p.serveSend))
 	m.HandleFunc("GET /_matrix/federation/v1/event/{eventID}", p.signed(p.serveEvent))
 	m.HandleFunc("GET /_matrix/federation/v1/state_ids/{roomID}", p.signed(p.serveStateIDs))
+	m.HandleFunc("GET /_matrix/federation/v1/state/{roomID}", p.signed(p.serveState))
 	m.HandleFunc("GET /_matrix/federation/v1/backfill/{roomID}", p.signed(p.serveBackfill))
 	m.HandleFunc("POST /_matrix/federation/v1/get_missing_events/{roomID}", p.signed(p.serveMissing))
 	m.HandleFunc("GET /_matrix/federation/v1/make_join/{roomID}/{userID}", p.signed(p.serveMakeJoin))
@@ -516,6 +522,29 @@ func (p *Peer) serveStateIDs(w http.ResponseWriter, r *http.Request, _ *fclient.
 	writeJSON(w, http.StatusOK, map[string]any{"pdu_ids": state, "auth_chain_ids": auth})
 }
 
+// serveState answers /state with the room's current state (like
+// serveStateIDs, whatever the event asked about) and every state event
+// the peer holds as the auth chain.
+func (p *Peer) serveState(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest) {
+	room := p.Room(r.PathValue("roomID"))
+	if room == nil {
+		writeJSON(w, http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "unknown room"})
+		return
+	}
+	room.mu.Lock()
+	defer room.mu.Unlock()
+	state, auth := []json.RawMessage{}, []json.RawMessage{}
+	for _, e := range room.state {
+		state = append(state, e.JSON())
+	}
+	for _, e := range room.events {
+		if e.StateKey() != nil {
+			auth = append(auth, e.JSON())
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"pdus": state, "auth_chain": auth})
+}
+
 func (p *Peer) serveBackfill(w http.ResponseWriter, r *http.Request, _ *fclient.FederationRequest) {
 	room := p.Room(r.PathValue("roomID"))
 	if room == nil {
@@ -545,5 +574,18 @@ func (p *Peer) serveMissing(w http.ResponseWriter, r *http.Request, fr *fclient.
 	if req.Limit <= 0 {
 		req.Limit = 10
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"events": p.pduAnswer(room.walkBack(req.Latest, req.Earliest, req.Limit, false))["pdus"]})
+	evs := room.walkBack(req.Latest, req.Earliest, req.Limit, false)
+	if p.MissingHorizon > 0 {
+		room.mu.Lock()
+		floor := room.depth - p.MissingHorizon
+		room.mu.Unlock()
+		kept := evs[:0]
+		for _, e := range evs {
+			if e.Depth() >= floor {
+				kept = append(kept, e)
+			}
+		}
+		evs = kept
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"events": p.pduAnswer(evs)["pdus"]})
 }
