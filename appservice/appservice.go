@@ -116,6 +116,12 @@ func (s *Service) ExclusiveUserOwner(userID string) string {
 	return ""
 }
 
+// RateLimited implements clientapi.AppServices.
+func (s *Service) RateLimited(id string) bool {
+	r := s.byID(id)
+	return r == nil || r.IsRateLimited()
+}
+
 // ExclusiveAliasOwner implements clientapi.AppServices.
 func (s *Service) ExclusiveAliasOwner(alias string) string {
 	for _, r := range s.regs {

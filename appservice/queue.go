@@ -132,13 +132,19 @@ func (s *Service) Wake() {
 
 func (sd *sender) run(ctx context.Context) {
 	backoff := backoffMin
+	log := logrus.WithField("appservice", sd.reg.ID)
 	for ctx.Err() == nil {
 		sent, err := sd.once(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
-			logrus.WithError(err).WithField("appservice", sd.reg.ID).Warn("appservice: transaction not delivered; retrying")
+			// Said once per outage, not at every retry.
+			if backoff == backoffMin {
+				log.WithError(err).Warn("appservice: transaction not delivered; retrying with backoff")
+			} else {
+				log.WithError(err).Debug("appservice: transaction not delivered")
+			}
 			select {
 			case <-ctx.Done():
 				return
@@ -146,6 +152,9 @@ func (sd *sender) run(ctx context.Context) {
 			}
 			backoff = min(backoff*2, backoffMax)
 			continue
+		}
+		if backoff != backoffMin {
+			log.Info("appservice: delivering again")
 		}
 		backoff = backoffMin
 		if sent {

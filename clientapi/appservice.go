@@ -30,6 +30,14 @@ type AppServices interface {
 	// reserves the ID exclusively, or "".
 	ExclusiveUserOwner(userID string) string
 	ExclusiveAliasOwner(alias string) string
+	// RateLimited reports whether appservice id's requests are rate
+	// limited (its registration's rate_limited; bridges mostly say no).
+	RateLimited(id string) bool
+}
+
+// rateLimited reports whether dev's requests go through the limiter.
+func (ac *accounts) rateLimited(dev *httpapi.Device) bool {
+	return dev.AppService == "" || ac.appservices.RateLimited(dev.AppService)
 }
 
 const appServiceLoginType = "m.login.application_service"

@@ -42,8 +42,10 @@ func (a *API) Authenticate(r *http.Request) (dev *httpapi.Device, resp httpapi.R
 		return nil, resp, false
 	}
 	noteUser(r, dev.UserID)
-	if resp, limited := a.limiter.check(r, dev.UserID); limited {
-		return nil, resp, false
+	if a.accounts.rateLimited(dev) {
+		if resp, limited := a.limiter.check(r, dev.UserID); limited {
+			return nil, resp, false
+		}
 	}
 	ip, _, _ := net.SplitHostPort(r.RemoteAddr)
 	a.accounts.touchDevice(dev.UserID, dev.DeviceID, ip, r.UserAgent())

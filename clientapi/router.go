@@ -255,9 +255,11 @@ func (a *API) serveAuthed(need perm.Requirement, h authedHandler) http.HandlerFu
 			httpapi.WriteResponse(w, resp)
 			return
 		}
-		if resp, limited := a.limiter.check(r, dev.UserID); limited {
-			httpapi.WriteResponse(w, resp)
-			return
+		if a.accounts.rateLimited(dev) {
+			if resp, limited := a.limiter.check(r, dev.UserID); limited {
+				httpapi.WriteResponse(w, resp)
+				return
+			}
 		}
 		noteUser(r, dev.UserID)
 		r = r.WithContext(context.WithValue(r.Context(), ctxDevice, dev))

@@ -19,6 +19,7 @@ import (
 	"enclave/config"
 	"enclave/internal/server"
 	"enclave/storage"
+	"enclave/storage/storagetest"
 )
 
 // bridge is a mautrix appservice run as a bridge would, collecting the
@@ -246,4 +247,73 @@ func TestAppServiceRegistrationInvalid(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestAppServiceSIGKILL: the bridge is down while 200 events are sent, and
+// the server is killed with SIGKILL half-way and restarted on the same
+// store (the registration given by ENCLAVE_APP_SERVICES_CONFIG_FILES):
+// once the bridge is up it receives all 200, once each, in order.
+func TestAppServiceSIGKILL(t *testing.T) {
+	bin := enclaveBinary(t)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		ctx := ctxT(t)
+		dir := t.TempDir()
+		dbURL := storagetest.NewURL(t, d)
+		if d == storage.SQLite {
+			dbURL = "sqlite:" + filepath.Join(dir, "enclave.db")
+		}
+		port := freePort(t)
+		reg, path := writeRegistration(t, t.TempDir(), port)
+		env := "ENCLAVE_APP_SERVICES_CONFIG_FILES=" + path
+		p := startBinary(t, bin, dir, dbURL, env)
+		as, err := appservice.CreateFull(appservice.CreateOpts{Registration: reg, HomeserverDomain: "localhost", HomeserverURL: p.URL,
+			HostConfig: appservice.HostConfig{Hostname: "127.0.0.1", Port: uint16(port)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := &bridge{as: as}
+		go func() {
+			for ev := range as.Events {
+				b.mu.Lock()
+				b.events = append(b.events, ev)
+				b.mu.Unlock()
+			}
+		}()
+		puppet := as.Intent("@bridge_carol:localhost")
+		if err := puppet.EnsureRegistered(ctx); err != nil {
+			t.Fatal(err)
+		}
+		alice := sessionClient(t, p.URL, Register(t, p.URL, "alice", "pw", false))
+		room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{puppet.UserID}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := puppet.JoinRoomByID(ctx, room.RoomID); err != nil {
+			t.Fatal(err)
+		}
+		var want []id.EventID
+		send := func(cli *mautrix.Client, from, to int) {
+			for i := from; i < to; i++ {
+				r, err := cli.SendText(ctx, room.RoomID, fmt.Sprintf("m%d", i))
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, r.EventID)
+			}
+		}
+		send(alice, 0, 100)
+		time.Sleep(500 * time.Millisecond) // a transaction is in flight, failing
+		p.kill()
+		p = startBinary(t, bin, dir, dbURL, env)
+		send(rebase(t, alice, p.URL), 100, 200)
+		b.start()
+		defer b.stop()
+		b.waitMessages(t, room.RoomID, 200)
+		time.Sleep(2 * time.Second) // nothing more may come
+		got := b.messages(room.RoomID)
+		if len(got) != 200 {
+			t.Fatalf("bridge got %d messages, want 200", len(got))
+		}
+		sameIDs(t, "messages across the kill", ids(got), want)
+	})
 }
