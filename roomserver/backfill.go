@@ -119,7 +119,10 @@ func (s *RoomServer) FillGap(ctx context.Context, origin spec.ServerName, roomID
 		return 0, err
 	}
 	above, err := storage.GetEvent(ctx, s.db, gapEvent)
-	if err != nil {
+	if errors.Is(err, storage.ErrNotFound) {
+		g.PrevIDs = nil // the event above went (retention): so does the hole
+		return 0, storage.UpdateGap(ctx, s.db, g)
+	} else if err != nil {
 		return 0, err
 	}
 	sorted := append([]gomatrixserverlib.PDU(nil), pdus...)

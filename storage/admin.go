@@ -523,5 +523,10 @@ func PurgeExpiredEvents(ctx context.Context, q Querier, roomID string, beforeTS 
 	if err != nil {
 		return 0, err
 	}
+	// A hole below an expired event is history past retention: it is not
+	// to be fetched again.
+	if _, err := q.ExecContext(ctx, `DELETE FROM room_gaps WHERE room_id = $1 AND event_id NOT IN (SELECT event_id FROM events WHERE room_id = $1)`, roomID); err != nil {
+		return 0, err
+	}
 	return res.RowsAffected()
 }
