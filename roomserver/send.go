@@ -212,7 +212,7 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 			return nil, nil, err
 		}
 	}
-	if len(before.gapBelow) > 0 {
+	if len(before.gapBelow) > 0 && !softFailed { // a soft-failed event is in no timeline
 		if err := storage.InsertGap(ctx, tx, &storage.Gap{RoomID: roomID, EventID: ev.EventID(), EventPos: pos,
 			NextPos: pos - 1, FloorPos: gapLo, PrevIDs: before.gapBelow}); err != nil {
 			return nil, nil, err
