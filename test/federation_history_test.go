@@ -161,13 +161,29 @@ func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	since := e2eeSync(t, a.URL, alice.AccessToken, "", 0).NextBatch
 	fedJoin(t, alice, room.RoomID, b)
+	// Joining, alice hears bob's devices changed (she must fetch them).
+	sawChanged := false
+	e2eeWait(t, "bob in alice's device_lists.changed", 20*time.Second, func() bool {
+		s := e2eeSync(t, a.URL, alice.AccessToken, since, 1000)
+		since = s.NextBatch
+		sawChanged = sawChanged || e2eeContains(s.changed(), bob.UserID.String())
+		return sawChanged
+	})
 	if devs := devicesOfBob(a, alice.AccessToken); devs[bobReg.DeviceID] == nil {
 		t.Fatalf("alice does not see bob's device while they share a room: %v", devs)
 	}
 	if _, err := alice.LeaveRoom(ctxT(t), room.RoomID); err != nil {
 		t.Fatal(err)
 	}
+	sawLeft := false
+	e2eeWait(t, "bob in alice's device_lists.left", 20*time.Second, func() bool {
+		s := e2eeSync(t, a.URL, alice.AccessToken, since, 1000)
+		since = s.NextBatch
+		sawLeft = sawLeft || e2eeContains(s.left(), bob.UserID.String())
+		return sawLeft
+	})
 	// bob's new device after they share no room.
 	bob2 := loginClient(t, b.URL, "bob", "pw")
 	reg2 := RegisterResult{UserID: bob2.UserID.String(), AccessToken: bob2.AccessToken, DeviceID: bob2.DeviceID.String()}
@@ -180,6 +196,10 @@ func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
 	}
 	if devs := devicesOfBob(a, alice.AccessToken); devs[reg2.DeviceID] == nil || devs[bobReg.DeviceID] == nil {
 		t.Fatalf("A served stale keys for bob after alice left their only room: %v", devs)
+	}
+	// Sharing no room, alice is not told of bob's new device.
+	if s := e2eeSync(t, a.URL, alice.AccessToken, since, 0); e2eeContains(s.changed(), bob.UserID.String()) {
+		t.Fatalf("alice told of bob's device change though they share no room: %v", s.changed())
 	}
 }
 
