@@ -1,7 +1,9 @@
 package appservice
 
 import (
+	"crypto/rand"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/url"
@@ -182,4 +184,38 @@ func Parse(b []byte) (*Registration, error) {
 		}
 	}
 	return &r, nil
+}
+
+// NewRegistration makes a registration with fresh random tokens, for an
+// operator to hand to a bridge (enclave appservice register). userRegex
+// and aliasRegex, when set, are exclusive namespaces.
+func NewRegistration(id, pushURL, senderLocalpart, userRegex, aliasRegex string) (*Registration, error) {
+	r := &Registration{ID: id, ASToken: randomToken(), HSToken: randomToken(), SenderLocalpart: senderLocalpart, RateLimited: new(bool)}
+	if pushURL != "" {
+		r.URL = &pushURL
+	}
+	if userRegex != "" {
+		r.Namespaces.Users = []Namespace{{Regex: userRegex, Exclusive: true}}
+	}
+	if aliasRegex != "" {
+		r.Namespaces.Aliases = []Namespace{{Regex: aliasRegex, Exclusive: true}}
+	}
+	b, err := r.YAML()
+	if err != nil {
+		return nil, err
+	}
+	// Checked as the server will check it at start.
+	return Parse(b)
+}
+
+// YAML renders the registration as a registration file. It holds the
+// tokens: write it only where the operator asked.
+func (r *Registration) YAML() ([]byte, error) { return yaml.Marshal(r) }
+
+func randomToken() string {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return hex.EncodeToString(b)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"maunium.net/go/mautrix/event"
 	"maunium.net/go/mautrix/id"
 
+	enclaveas "enclave/appservice"
 	"enclave/config"
 	"enclave/internal/server"
 	"enclave/storage"
@@ -249,12 +251,26 @@ func TestAppServiceRegistrationInvalid(t *testing.T) {
 	}
 }
 
-// TestAppServiceSIGKILL: the bridge is down while 200 events are sent, and
+// TestAppServiceSIGKILL: enclave appservice register prints a registration
+// the server accepts. The bridge is down while 200 events are sent, and
 // the server is killed with SIGKILL half-way and restarted on the same
 // store (the registration given by ENCLAVE_APP_SERVICES_CONFIG_FILES):
 // once the bridge is up it receives all 200, once each, in order.
 func TestAppServiceSIGKILL(t *testing.T) {
 	bin := enclaveBinary(t)
+	t.Run("register_command", func(t *testing.T) {
+		out, err := exec.Command(bin, "appservice", "register", "--id", "x", "--sender", "xbot", "--url", "http://127.0.0.1:9", "--users", `@x_.*:localhost`).Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := enclaveas.Parse(out)
+		if err != nil || r.ID != "x" || len(r.ASToken) != 64 || r.PushURL() != "http://127.0.0.1:9" || !r.ExclusiveUser("@x_1:localhost") {
+			t.Fatalf("registration printed: %v\n%s", err, out)
+		}
+		if _, err := exec.Command(bin, "appservice", "register", "--id", "x").Output(); err == nil {
+			t.Fatal("a registration without a sender was printed")
+		}
+	})
 	EachStore(t, func(t *testing.T, d storage.Dialect) {
 		ctx := ctxT(t)
 		dir := t.TempDir()
