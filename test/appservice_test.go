@@ -333,3 +333,78 @@ func TestAppServiceSIGKILL(t *testing.T) {
 		sameIDs(t, "messages across the kill", ids(got), want)
 	})
 }
+
+// TestAppServiceFederatedJoin is the Complement scenario
+// TestJoinFederatedRoomFromApplicationServiceBridgeUser with two Enclaves:
+// a puppet of B's bridge joins a room on A over federation and speaks in
+// it, and what A's user says there reaches the bridge.
+func TestAppServiceFederatedJoin(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	a, b := c.Nodes[0], c.Nodes[1]
+	port := freePort(t)
+	reg := appservice.CreateRegistration()
+	reg.ID, reg.URL, reg.SenderLocalpart = "fedbridge", fmt.Sprintf("http://127.0.0.1:%d", port), "fedbot"
+	reg.Namespaces.UserIDs.Register(regexp.MustCompile(`^@bridge_.*:`+regexp.QuoteMeta(b.ServerName)+`$`), true)
+	y, err := reg.YAML()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "reg.yaml")
+	if err := os.WriteFile(path, []byte(y), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	b.Configure = func(cfg *config.Config) { cfg.AppServices.ConfigFiles = []string{path} }
+	c.StartAll()
+	ctx := ctxT(t)
+
+	as, err := appservice.CreateFull(appservice.CreateOpts{Registration: reg, HomeserverDomain: b.ServerName, HomeserverURL: b.URL,
+		HostConfig: appservice.HostConfig{Hostname: "127.0.0.1", Port: uint16(port)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	br := &bridge{as: as}
+	go func() {
+		for ev := range as.Events {
+			br.mu.Lock()
+			br.events = append(br.events, ev)
+			br.mu.Unlock()
+		}
+	}()
+	br.start()
+	defer br.stop()
+
+	alice := sessionClient(t, a.URL, Register(t, a.URL, "alice", "pw", false))
+	room, err := alice.CreateRoom(ctx, &mautrix.ReqCreateRoom{Preset: "public_chat"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	puppet := as.Intent(id.UserID("@bridge_dan:" + b.ServerName))
+	if err := puppet.EnsureRegistered(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := puppet.JoinRoom(ctx, room.RoomID.String(), &mautrix.ReqJoinRoom{Via: []string{a.ServerName}}); err != nil {
+		t.Fatalf("puppet joining over federation: %v", err)
+	}
+	if _, err := puppet.SendText(ctx, room.RoomID, "from the bridge"); err != nil {
+		t.Fatal(err)
+	}
+	waitForBody(t, alice, room.RoomID, "from the bridge", 30*time.Second)
+	sent, err := alice.SendText(ctx, room.RoomID, "to the bridge")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		found := false
+		for _, ev := range br.messages(room.RoomID) {
+			found = found || ev.ID == sent.EventID
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("alice's message did not reach the bridge: %d messages", len(br.messages(room.RoomID)))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
