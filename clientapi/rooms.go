@@ -30,6 +30,7 @@ type rooms struct {
 	accounts *accounts // optional authentication of preview endpoints
 	// accountData carries members' room push rules over an upgrade.
 	accountData *accountData
+	delayed     *delayedEvents // MSC4140 scheduling on /send and /state
 	// upgradeLocks serialises upgrades of the same room, so a double click
 	// cannot create two replacement rooms.
 	upgradeLocks sync.Map // room ID -> *sync.Mutex

@@ -32,6 +32,11 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 			return resp
 		}
 	}
+	if ms, set, resp, ok := delayOf(r); !ok {
+		return resp
+	} else if set {
+		return rm.delayed.schedule(r, dev, roomID, typ, &key, content, ms)
+	}
 	if id, ok := rm.sameState(r, roomID, dev.UserID, typ, key, content); ok {
 		return httpapi.JSON(200, map[string]string{"event_id": id})
 	}
@@ -43,6 +48,7 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if !ok {
 		return resp
 	}
+	rm.delayed.stateSet(r.Context(), roomID, typ, key)
 	return httpapi.JSON(200, map[string]string{"event_id": ev.EventID})
 }
 
@@ -60,6 +66,11 @@ func (rm *rooms) send(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return resp
 	}
 	v := httpapi.Vars(r)
+	if ms, set, resp, ok := delayOf(r); !ok {
+		return resp
+	} else if set {
+		return rm.delayed.schedule(r, dev, roomID, v["eventType"], nil, content, ms)
+	}
 	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: v["eventType"], Content: content, TxnID: v["txnId"], DeviceID: dev.DeviceID, TS: ts})
 	if !ok {
 		return resp

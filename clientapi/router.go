@@ -63,6 +63,7 @@ type API struct {
 	rooms       *rooms
 	keys        *keys
 	accountData *accountData
+	delayed     *delayedEvents
 	social      *social
 	events      *events
 	directory   *directory
@@ -104,6 +105,8 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accountData = &accountData{db: db, sync: syncer}
 	a.rooms.accountData = a.accountData
 	a.accounts.accountData = a.accountData
+	a.delayed = &delayedEvents{db: db, rs: rs}
+	a.rooms.delayed = a.delayed
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts, authorize: a.authorize}
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}

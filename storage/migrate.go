@@ -54,6 +54,7 @@ var migrations = []migration{
 	{Component: "e2ee", Version: 2, SQL: e2eeV2},
 	{Component: "appservice", Version: 1, SQL: appserviceV1},
 	{Component: "room_gaps", Version: 1, SQL: roomGapsV1},
+	{Component: "delayed_events", Version: 1, SQL: delayedEventsV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

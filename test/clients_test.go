@@ -1097,6 +1097,12 @@ func ccCalls() []ccCall {
 					e.t.Errorf("timestamp_to_event: %s", ccShort(r.Raw))
 				}
 			}},
+		{who: ccElement, as: "alice", method: "GET", path: "/_matrix/client/unstable/org.matrix.msc4140/delayed_events", want: 200,
+			note: "delayed events (MSC4140), Element Call", check: func(e *ccEnv, r ccResp) {
+				if _, ok := r.Body["delayed_events"].([]any); !ok {
+					e.t.Errorf("delayed_events: %s", ccShort(r.Raw))
+				}
+			}},
 		{who: ccFloor, as: "alice", method: "GET", path: "/_matrix/client/unstable/im.nheko.summary/rooms/{roomId}/summary", want: 200,
 			note: "room summary (MSC3266), Cinny", check: func(e *ccEnv, r ccResp) { ccSummary(e, r) }},
 		{who: ccFloor, as: "alice", method: "GET", path: "/_matrix/client/unstable/im.nheko.summary/summary/{roomId}", want: 200,

@@ -378,3 +378,120 @@ func TestJumpToDateFederation(t *testing.T) {
 		t.Fatalf("backward from after B on the late server: %q, want %s", got, evB.EventID)
 	}
 }
+
+// delayedList returns the user's scheduled events (MSC4140).
+func delayedList(t *testing.T, base, token string) []any {
+	t.Helper()
+	r := mustOK(t, "delayed_events", raw(t, "GET", base+"/_matrix/client/unstable/org.matrix.msc4140/delayed_events", token, nil))
+	l, ok := r.Body["delayed_events"].([]any)
+	if !ok {
+		t.Fatalf("no delayed_events list: %s", r.Raw)
+	}
+	return l
+}
+
+// waitState polls a state event until its content has key = want.
+func waitState(t *testing.T, url, token, key, want string, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r := raw(t, "GET", url, token, nil)
+		if r.Status == 200 && r.Body[key] == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("state %s: %d %s, want %s=%s", url, r.Status, r.Raw, key, want)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestDelayedEvents (MSC4140): ?org.matrix.msc4140.delay on /send and
+// /state schedules the event (delay_id), listed until sent; the server
+// sends it when due; cancel, restart and send act on it; newer state on
+// the same key cancels it; scheduled events survive a restart.
+func TestDelayedEvents(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		cfg := TestConfig(t, d, Options{})
+		srv := StartConfig(t, cfg)
+		reg := Register(t, srv.URL, "alice", "alice-pw", false)
+		alice := sessionClient(t, srv.URL, reg)
+		bob := Register(t, srv.URL, "bob", "bob-pw", false)
+		resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "trusted_private_chat"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := string(resp.RoomID)
+		tok := reg.AccessToken
+		const dp = "?org.matrix.msc4140.delay="
+		state := func(base, key string) string {
+			return base + "/_matrix/client/v3/rooms/" + room + "/state/com.example.test/" + key
+		}
+		de := func(base string) string { return base + "/_matrix/client/unstable/org.matrix.msc4140/delayed_events" }
+		if l := delayedList(t, srv.URL, tok); len(l) != 0 {
+			t.Fatalf("delayed events at start: %v", l)
+		}
+
+		// Sent on timeout, not before.
+		r := mustOK(t, "delayed state", raw(t, "PUT", state(srv.URL, "timeout")+dp+"500", tok, map[string]any{"setter": "on_timeout"}))
+		if id, _ := r.Body["delay_id"].(string); id == "" {
+			t.Fatalf("no delay_id: %s", r.Raw)
+		}
+		l := delayedList(t, srv.URL, tok)
+		if len(l) != 1 || l[0].(map[string]any)["content"].(map[string]any)["setter"] != "on_timeout" || l[0].(map[string]any)["state_key"] != "timeout" {
+			t.Fatalf("listed: %v", l)
+		}
+		raw(t, "GET", state(srv.URL, "timeout"), tok, nil).wantErr(t, "state before the delay", 404, "M_NOT_FOUND")
+		waitState(t, state(srv.URL, "timeout"), tok, "setter", "on_timeout", 5*time.Second)
+		if l := delayedList(t, srv.URL, tok); len(l) != 0 {
+			t.Fatalf("still listed after sending: %v", l)
+		}
+
+		// A delayed message event, sent at once by the send action.
+		r = mustOK(t, "delayed message", raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+room+"/send/m.room.message/d1"+dp+"60000", tok, map[string]any{"msgtype": "m.text", "body": "later"}))
+		msgID := r.Body["delay_id"].(string)
+		mustOK(t, "send now", raw(t, "POST", de(srv.URL)+"/"+msgID, tok, map[string]any{"action": "send"}))
+		msgs, err := alice.Messages(ctxT(t), resp.RoomID, "", "", mautrix.DirectionBackward, nil, 5)
+		if err != nil || len(msgs.Chunk) == 0 || body(msgs.Chunk[0]) != "later" {
+			t.Fatalf("sent message not in the room: %v %v", err, msgs)
+		}
+		raw(t, "POST", de(srv.URL)+"/"+msgID, tok, map[string]any{"action": "send"}).wantErr(t, "sent twice", 404, "M_NOT_FOUND")
+
+		// Cancel, restart; errors.
+		cancelID := mustOK(t, "to cancel", raw(t, "PUT", state(srv.URL, "cancelled")+dp+"400", tok, map[string]any{"setter": "x"})).Body["delay_id"].(string)
+		raw(t, "POST", de(srv.URL)+"/"+cancelID, bob.AccessToken, map[string]any{"action": "cancel"}).wantErr(t, "another user's", 404, "M_NOT_FOUND")
+		raw(t, "POST", de(srv.URL)+"/"+cancelID, tok, map[string]any{"action": "explode"}).wantErr(t, "bad action", 400, "M_INVALID_PARAM")
+		raw(t, "POST", de(srv.URL)+"/"+cancelID, tok, map[string]any{}).wantErr(t, "no action", 400, "M_MISSING_PARAM")
+		mustOK(t, "cancel", raw(t, "POST", de(srv.URL)+"/"+cancelID+"/cancel", tok, map[string]any{}))
+		restartID := mustOK(t, "to restart", raw(t, "PUT", state(srv.URL, "restarted")+dp+"1500", tok, map[string]any{"setter": "restarted"})).Body["delay_id"].(string)
+		time.Sleep(1000 * time.Millisecond)
+		mustOK(t, "restart", raw(t, "POST", de(srv.URL)+"/"+restartID, tok, map[string]any{"action": "restart"}))
+		time.Sleep(1000 * time.Millisecond)
+		raw(t, "GET", state(srv.URL, "restarted"), tok, nil).wantErr(t, "restarted event sent early", 404, "M_NOT_FOUND")
+		waitState(t, state(srv.URL, "restarted"), tok, "setter", "restarted", 5*time.Second)
+		raw(t, "GET", state(srv.URL, "cancelled"), tok, nil).wantErr(t, "cancelled event", 404, "M_NOT_FOUND")
+		raw(t, "PUT", state(srv.URL, "x")+dp+"999999999999", tok, map[string]any{}).wantErr(t, "delay too long", 400, "M_MAX_DELAY_EXCEEDED")
+		raw(t, "PUT", state(srv.URL, "x")+dp+"soon", tok, map[string]any{}).wantErr(t, "bad delay", 400, "M_INVALID_PARAM")
+		raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+room+"/state/com.example.test/x"+dp+"100", bob.AccessToken, map[string]any{}).wantErr(t, "non-member", 403, "M_FORBIDDEN")
+
+		// Newer state on the key cancels the scheduled one.
+		mustOK(t, "to supersede", raw(t, "PUT", state(srv.URL, "superseded")+dp+"400", tok, map[string]any{"setter": "on_timeout"}))
+		mustOK(t, "manual state", raw(t, "PUT", state(srv.URL, "superseded"), tok, map[string]any{"setter": "manual"}))
+		if l := delayedList(t, srv.URL, tok); len(l) != 0 {
+			t.Fatalf("superseded event still listed: %v", l)
+		}
+		time.Sleep(700 * time.Millisecond)
+		waitState(t, state(srv.URL, "superseded"), tok, "setter", "manual", time.Second)
+
+		// Kept over a restart: the one due while down is sent at start.
+		mustOK(t, "short", raw(t, "PUT", state(srv.URL, "1")+dp+"300", tok, map[string]any{"setter": "1"}))
+		mustOK(t, "long", raw(t, "PUT", state(srv.URL, "2")+dp+"60000", tok, map[string]any{"setter": "2"}))
+		srv.Stop()
+		time.Sleep(500 * time.Millisecond)
+		srv = StartConfig(t, cfg)
+		waitState(t, state(srv.URL, "1"), tok, "setter", "1", 5*time.Second)
+		if l := delayedList(t, srv.URL, tok); len(l) != 1 || l[0].(map[string]any)["state_key"] != "2" {
+			t.Fatalf("after restart: %v", l)
+		}
+	})
+}

@@ -70,6 +70,12 @@ func (s *Server) build(ctx context.Context) error {
 	}
 	s.Client = client
 	s.registerMetrics()
+	// Delayed events (MSC4140) are sent once the server serves, and not
+	// after it stops.
+	s.OnStart(func() error {
+		s.OnShutdown(client.StartDelayedEvents())
+		return nil
+	})
 
 	steps := []struct {
 		name string
