@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"strconv"
 	"strings"
 	"time"
@@ -102,6 +103,17 @@ func row(ctx context.Context, e Entry, now time.Time) (*storage.AuditRow, error)
 		if a.Server == "" {
 			a.Server = ca.Server
 		}
+		if a.AppService == "" {
+			a.AppService = ca.AppService
+		}
+	}
+	// An appservice acting (as its sender or a masqueraded user) is named
+	// in the details: the actor columns say only which user.
+	if a.AppService != "" {
+		d := make(map[string]any, len(e.Details)+1)
+		maps.Copy(d, e.Details)
+		d["appservice"] = a.AppService
+		e.Details = d
 	}
 	if e.Action == "" {
 		return nil, fmt.Errorf("audit: entry without action")

@@ -146,6 +146,16 @@ func TestAppService(t *testing.T) {
 		if err != nil || ev.Sender != puppet.UserID {
 			t.Fatalf("puppet's message as alice reads it: %+v %v", ev, err)
 		}
+		// The masqueraded send is audited with the appservice named.
+		var audited bool
+		for _, r := range auditRows(t, srv) {
+			if r.Target == string(sent.EventID) {
+				audited = r.ActorUser == string(puppet.UserID) && details(t, r)["appservice"] == reg.ID
+			}
+		}
+		if !audited {
+			t.Fatal("the puppet's message is not audited with the appservice id")
+		}
 
 		t.Run("messages_in_order", func(t *testing.T) {
 			var want []id.EventID
