@@ -13,7 +13,8 @@ import (
 // timestampToEvent (jump to date, MSC3030, spec v1.6) finds the room's
 // event closest to ts in direction dir, for members only. With federation
 // on, the room's other servers are asked too (we may lack what happened
-// before we joined) and the answer closer to ts wins.
+// before we joined), the answer closer to ts wins, and a remote one is
+// backfilled so that /context and /messages can start from it.
 func (eg *events) timestampToEvent(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	roomID, resp, ok := roomIDParam(r)
 	if !ok {
@@ -44,10 +45,25 @@ func (eg *events) timestampToEvent(r *http.Request, dev *httpapi.Device) httpapi
 		rid, rts, rerr := eg.fed.TimestampToEvent(r.Context(), roomID, ts, dir)
 		if rerr == nil && (id == "" || (forward && rts < ots) || (!forward && rts > ots)) {
 			id, ots = rid, rts
+			eg.fetchOlder(r, roomID, id)
 		}
 	}
 	if id == "" {
 		return httpapi.NotFound("no event %s of %d in room %s", map[bool]string{true: "after", false: "before"}[forward], ts, roomID)
 	}
 	return httpapi.JSON(200, map[string]any{"event_id": id, "origin_server_ts": ots})
+}
+
+// fetchOlder backfills (a few rounds) until a remote answer is stored
+// here, so the client can open /context and paginate from it. The answer
+// stands either way: the event exists on the room's servers.
+func (eg *events) fetchOlder(r *http.Request, roomID, eventID string) {
+	for round := 0; round < 3; round++ {
+		if _, err := storage.GetEvent(r.Context(), eg.db, eventID); err == nil {
+			return
+		}
+		if n, err := eg.fed.Backfill(r.Context(), roomID, 100); err != nil || n == 0 {
+			return
+		}
+	}
 }

@@ -352,7 +352,8 @@ func TestJumpToDateEndpoint(t *testing.T) {
 
 // TestJumpToDateFederation: a server that joined late asks the room's
 // other servers (federation /timestamp_to_event) and finds the events
-// sent before its user joined.
+// sent before its user joined, fetched so that /context and /messages
+// work from them.
 func TestJumpToDateFederation(t *testing.T) {
 	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
 	c.StartAll()
@@ -376,6 +377,17 @@ func TestJumpToDateFederation(t *testing.T) {
 	}
 	if got := jumpTo(t, b.URL, charlie, string(resp.RoomID), afterB, "b"); got != string(evB.EventID) {
 		t.Fatalf("backward from after B on the late server: %q, want %s", got, evB.EventID)
+	}
+	// The answer was fetched: the late server can open it and page back.
+	ctx := mustOK(t, "context", raw(t, "GET", b.URL+"/_matrix/client/v3/rooms/"+string(resp.RoomID)+"/context/"+string(evB.EventID)+"?limit=0", charlie.AccessToken, nil))
+	end, _ := ctx.Body["end"].(string)
+	page := mustOK(t, "messages", raw(t, "GET", b.URL+"/_matrix/client/v3/rooms/"+string(resp.RoomID)+"/messages?dir=b&limit=100&from="+url.QueryEscape(end), charlie.AccessToken, nil))
+	seen := map[string]bool{}
+	for _, e := range page.Body["chunk"].([]any) {
+		seen[e.(map[string]any)["event_id"].(string)] = true
+	}
+	if !seen[string(evA.EventID)] || !seen[string(evB.EventID)] {
+		t.Fatalf("paging back from B on the late server misses A or B: %s", page.Raw)
 	}
 }
 
