@@ -28,6 +28,16 @@ const maxEventDelay = 24 * time.Hour
 type delayedEvents struct {
 	db *storage.DB
 	rs roomserver.API
+	// wake tells the loop the schedule changed (it sleeps until the
+	// soonest event is due rather than polling the store).
+	wake chan struct{}
+}
+
+func (de *delayedEvents) poke() {
+	select {
+	case de.wake <- struct{}{}:
+	default:
+	}
 }
 
 // delay reads the delay of a /send or /state request; ok false with the
@@ -62,6 +72,7 @@ func (de *delayedEvents) schedule(r *http.Request, dev *httpapi.Device, roomID, 
 	if err := storage.InsertDelayedEvent(r.Context(), de.db, d); err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	de.poke()
 	return httpapi.JSON(200, map[string]string{"delay_id": d.DelayID})
 }
 
@@ -147,8 +158,8 @@ func (de *delayedEvents) stateSet(ctx context.Context, roomID, typ, stateKey str
 	}
 }
 
-// delayedTick is how often the loop looks for due events.
-const delayedTick = 200 * time.Millisecond
+// delayedIdle is the longest the loop sleeps without news.
+const delayedIdle = time.Minute
 
 // StartDelayedEvents runs the loop that sends delayed events when due
 // (those that fell due while the server was down go at once); stop ends
@@ -157,28 +168,47 @@ func (a *API) StartDelayedEvents() (stop func()) {
 	de := a.delayed
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(delayedTick)
-		defer t.Stop()
 		for {
+			wait := de.sendDue()
+			t := time.NewTimer(wait)
 			select {
 			case <-done:
+				t.Stop()
 				return
+			case <-de.wake:
 			case <-t.C:
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			due, err := storage.DueDelayedEvents(ctx, de.db, time.Now().UnixMilli(), 100)
-			if err != nil {
-				logrus.WithError(err).Warn("delayed events: listing due events")
-			}
-			for i := range due {
-				if err := de.sendNow(ctx, &due[i]); err != nil {
-					// Not allowed any more (left, lost power): dropped, as
-					// a client's own send would have failed.
-					logrus.WithError(err).WithField("delay_id", due[i].DelayID).Info("delayed events: not sent")
-				}
-			}
-			cancel()
+			t.Stop()
 		}
 	}()
 	return func() { close(done) }
+}
+
+// sendDue sends the events due now and returns how long to sleep.
+func (de *delayedEvents) sendDue() time.Duration {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	due, err := storage.DueDelayedEvents(ctx, de.db, time.Now().UnixMilli(), 100)
+	if err != nil {
+		logrus.WithError(err).Warn("delayed events: listing due events")
+		return time.Second
+	}
+	for i := range due {
+		if err := de.sendNow(ctx, &due[i]); err != nil {
+			// Not allowed any more (left, lost power): dropped, as a
+			// client's own send would have failed.
+			logrus.WithError(err).WithField("delay_id", due[i].DelayID).Info("delayed events: not sent")
+		}
+	}
+	if len(due) == 100 {
+		return 0
+	}
+	next, ok, err := storage.NextDelayedEventAt(ctx, de.db)
+	if err != nil {
+		return time.Second
+	}
+	if !ok {
+		return delayedIdle
+	}
+	return max(0, min(delayedIdle, time.Until(time.UnixMilli(next))))
 }

@@ -105,7 +105,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accountData = &accountData{db: db, sync: syncer}
 	a.rooms.accountData = a.accountData
 	a.accounts.accountData = a.accountData
-	a.delayed = &delayedEvents{db: db, rs: rs}
+	a.delayed = &delayedEvents{db: db, rs: rs, wake: make(chan struct{}, 1)}
 	a.rooms.delayed = a.delayed
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts, authorize: a.authorize}
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}

@@ -129,3 +129,13 @@ func stateKeyArg(k *string) any {
 	}
 	return *k
 }
+
+// NextDelayedEventAt is when the soonest scheduled event is due; ok false
+// when none is scheduled.
+func NextDelayedEventAt(ctx context.Context, q Querier) (at int64, ok bool, err error) {
+	var n sql.NullInt64
+	if err := q.QueryRowContext(ctx, `SELECT MIN(send_at) FROM delayed_events`).Scan(&n); err != nil {
+		return 0, false, err
+	}
+	return n.Int64, n.Valid, nil
+}
