@@ -77,3 +77,7 @@ const (
 // ActionAppServiceLoad: an appservice registration was loaded at start
 // (actor: the server and the appservice id; target: its sender user).
 const ActionAppServiceLoad = "appservice.load"
+
+// ActionAppServiceAddress: an appservice's as_token was used from an
+// address it had not used since start (details: appservice, ip).
+const ActionAppServiceAddress = "appservice.new_address"

@@ -58,6 +58,10 @@ type accounts struct {
 	guard      *loginGuard // password-guessing defences of /login and /register
 	// appservices answers for as_tokens and namespaces (SetAppServices).
 	appservices AppServices
+	// asSeen is each appservice's addresses its as_token was used from
+	// since start: a use from a new one is audited.
+	asSeenMu sync.Mutex
+	asSeen   map[string]bool // "id|ip"
 }
 
 func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {

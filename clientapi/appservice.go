@@ -74,7 +74,40 @@ func (ac *accounts) authenticateAppService(r *http.Request, id, sender string) (
 		}
 		userID = u
 	}
-	return &httpapi.Device{UserID: userID, AppService: id}, httpapi.Response{}, true
+	dev := &httpapi.Device{UserID: userID, AppService: id}
+	if resp, ok := ac.noteAppServiceAddress(r, dev); !ok {
+		return nil, resp, false
+	}
+	return dev, httpapi.Response{}, true
+}
+
+// asSeenMax bounds the addresses remembered; past it the memory restarts
+// (and the next use from each address is audited again).
+const asSeenMax = 4096
+
+// noteAppServiceAddress audits the first use of an as_token from each
+// address (since start): a bridge's token used from elsewhere stands out.
+func (ac *accounts) noteAppServiceAddress(r *http.Request, dev *httpapi.Device) (httpapi.Response, bool) {
+	ip := requestIP(r)
+	key := dev.AppService + "|" + ip
+	ac.asSeenMu.Lock()
+	seen := ac.asSeen[key]
+	ac.asSeenMu.Unlock()
+	if seen {
+		return httpapi.Response{}, true
+	}
+	err := ac.opts.Audit.Record(r.Context(), ac.db, auditapi.Entry{Actor: RequestActor(r, dev), Action: auditapi.ActionAppServiceAddress,
+		Target: dev.AppService, Details: map[string]any{"appservice": dev.AppService, "ip": ip}})
+	if err != nil {
+		return httpapi.InternalError(r, err), false
+	}
+	ac.asSeenMu.Lock()
+	if ac.asSeen == nil || len(ac.asSeen) >= asSeenMax {
+		ac.asSeen = map[string]bool{}
+	}
+	ac.asSeen[key] = true
+	ac.asSeenMu.Unlock()
+	return httpapi.Response{}, true
 }
 
 // registerAppServiceUser is POST /register with m.login.application_service:

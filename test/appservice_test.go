@@ -18,6 +18,7 @@ import (
 	"maunium.net/go/mautrix/id"
 
 	enclaveas "enclave/appservice"
+	"enclave/auditapi"
 	"enclave/config"
 	"enclave/internal/server"
 	"enclave/storage"
@@ -155,6 +156,16 @@ func TestAppService(t *testing.T) {
 		}
 		if !audited {
 			t.Fatal("the puppet's message is not audited with the appservice id")
+		}
+		// The token's first use from this address is audited, once.
+		var uses int
+		for _, r := range auditRows(t, srv) {
+			if r.Action == auditapi.ActionAppServiceAddress && r.Target == reg.ID && details(t, r)["ip"] == "127.0.0.1" {
+				uses++
+			}
+		}
+		if uses != 1 {
+			t.Fatalf("%d audit entries for the as_token's use from 127.0.0.1, want 1", uses)
 		}
 
 		t.Run("messages_in_order", func(t *testing.T) {
