@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/http"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"enclave/auditapi"
@@ -23,37 +25,55 @@ type Options struct {
 
 // Service is the set of registered appservices.
 type Service struct {
-	opts    Options
+	opts   Options
+	client *http.Client
+	// cur is the registrations in force and their senders, swapped whole
+	// by Reload: the room hook and every request read one consistent set.
+	cur atomic.Pointer[registered]
+
+	mu      sync.Mutex      // serialises Start, Reload and stop
+	runCtx  context.Context // nil until Start; senders run under it
+	stopped bool
+}
+
+// registered is one generation of registrations.
+type registered struct {
 	regs    []*Registration
-	client  *http.Client
 	senders []*sender // one per registration with a url
 }
 
-// New checks the registrations against the server name.
+// New takes the registrations loaded at start.
 func New(opts Options) (*Service, error) {
-	s := &Service{opts: opts, regs: opts.Registrations, client: opts.Client}
+	s := &Service{opts: opts, client: opts.Client}
 	if s.client == nil {
 		s.client = &http.Client{Timeout: 30 * time.Second}
 	}
-	for _, r := range s.regs {
-		if r.Sender(opts.ServerName) == "" {
-			return nil, fmt.Errorf("%s: sender_localpart: empty", r)
-		}
-		if r.PushURL() != "" {
-			s.senders = append(s.senders, &sender{s: s, reg: r, wake: make(chan struct{}, 1)})
-		}
-	}
+	s.cur.Store(s.generation(opts.Registrations))
 	return s, nil
 }
 
-// Registrations lists the loaded appservices.
-func (s *Service) Registrations() []*Registration { return s.regs }
+func (s *Service) generation(regs []*Registration) *registered {
+	g := &registered{regs: regs}
+	for _, r := range regs {
+		if r.PushURL() != "" {
+			g.senders = append(g.senders, &sender{s: s, reg: r, wake: make(chan struct{}, 1)})
+		}
+	}
+	return g
+}
+
+// Registrations lists the appservices in force.
+func (s *Service) Registrations() []*Registration { return s.cur.Load().regs }
 
 // EnsureSenders creates each appservice's sender user if it is missing
 // (it needs no password: only the as_token acts as it), and records the
 // load in the audit trail.
 func (s *Service) EnsureSenders(ctx context.Context) error {
-	for _, r := range s.regs {
+	return s.ensureSenders(ctx, s.Registrations())
+}
+
+func (s *Service) ensureSenders(ctx context.Context, regs []*Registration) error {
+	for _, r := range regs {
 		uid := r.Sender(s.opts.ServerName)
 		err := s.opts.DB.WithTx(ctx, func(tx *storage.Tx) error {
 			created, err := storage.CreateAccount(ctx, tx, &storage.Account{UserID: uid, Localpart: r.SenderLocalpart, CreatedTS: time.Now().UnixMilli(), DisplayName: r.SenderLocalpart})
@@ -74,7 +94,7 @@ func (s *Service) EnsureSenders(ctx context.Context) error {
 }
 
 func (s *Service) byID(id string) *Registration {
-	for _, r := range s.regs {
+	for _, r := range s.Registrations() {
 		if r.ID == id {
 			return r
 		}
@@ -89,7 +109,7 @@ func (s *Service) ByToken(token string) (id, sender string, ok bool) {
 		return "", "", false
 	}
 	var found *Registration
-	for _, r := range s.regs {
+	for _, r := range s.Registrations() {
 		if r.ASTokenIs(token) {
 			found = r
 		}
@@ -108,7 +128,7 @@ func (s *Service) MayMasquerade(id, userID string) bool {
 
 // ExclusiveUserOwner implements clientapi.AppServices.
 func (s *Service) ExclusiveUserOwner(userID string) string {
-	for _, r := range s.regs {
+	for _, r := range s.Registrations() {
 		if r.ExclusiveUser(userID) || userID == r.Sender(s.opts.ServerName) {
 			return r.ID
 		}
@@ -124,7 +144,7 @@ func (s *Service) RateLimited(id string) bool {
 
 // ExclusiveAliasOwner implements clientapi.AppServices.
 func (s *Service) ExclusiveAliasOwner(alias string) string {
-	for _, r := range s.regs {
+	for _, r := range s.Registrations() {
 		if r.ExclusiveAlias(alias) {
 			return r.ID
 		}

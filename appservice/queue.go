@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -41,7 +40,7 @@ func (s *Service) QueueRoomEvent(ctx context.Context, tx *storage.Tx, ev *storag
 		return nil
 	}
 	var js []byte
-	for _, r := range s.regs {
+	for _, r := range s.Registrations() {
 		if r.PushURL() == "" || !s.interested(r, ev, st) {
 			continue
 		}
@@ -97,32 +96,85 @@ func (s *Service) interested(r *Registration, ev *storage.Event, st roomserver.S
 // sender pushes one appservice's queue to its url, one transaction at a
 // time, in order.
 type sender struct {
-	s    *Service
-	reg  *Registration
-	wake chan struct{}
+	s      *Service
+	reg    *Registration
+	wake   chan struct{}
+	cancel context.CancelFunc // set when started
+	done   chan struct{}
 }
 
 // Start runs a sender per appservice with a url; stop ends them.
 func (s *Service) Start() (stop func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for _, sd := range s.senders {
-		wg.Add(1)
+	s.runCtx = ctx
+	s.startSenders(s.cur.Load())
+	return func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.stopped = true
+		cancel()
+		s.stopSenders(s.cur.Load())
+	}
+}
+
+// startSenders runs a generation's senders; s.mu is held.
+func (s *Service) startSenders(g *registered) {
+	for _, sd := range g.senders {
+		ctx, cancel := context.WithCancel(s.runCtx)
+		sd.cancel, sd.done = cancel, make(chan struct{})
 		go func() {
-			defer wg.Done()
+			defer close(sd.done)
 			sd.run(ctx)
 		}()
 	}
-	return func() {
-		cancel()
-		wg.Wait()
+}
+
+// stopSenders ends a generation's senders and waits for them: a push cut
+// short stays the transaction in flight, resent as it was by the next
+// generation. s.mu is held.
+func (s *Service) stopSenders(g *registered) {
+	for _, sd := range g.senders {
+		if sd.cancel != nil {
+			sd.cancel()
+			<-sd.done
+		}
 	}
+}
+
+// Reload replaces the registrations (SIGHUP): the files are read and
+// checked first, so a bad one leaves those in force. The old senders stop
+// before the new ones start, so no transaction is pushed twice at once.
+// Events of an appservice no longer registered stay queued.
+func (s *Service) Reload(ctx context.Context, files []string) error {
+	regs, err := LoadFiles(files)
+	if err != nil {
+		return err
+	}
+	if err := s.ensureSenders(ctx, regs); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return nil
+	}
+	old, g := s.cur.Load(), s.generation(regs)
+	if s.runCtx != nil {
+		s.stopSenders(old)
+	}
+	s.cur.Store(g)
+	if s.runCtx != nil {
+		s.startSenders(g)
+	}
+	return nil
 }
 
 // Wake tells the senders that events were committed (a room server
 // subscriber, after commit).
 func (s *Service) Wake() {
-	for _, sd := range s.senders {
+	for _, sd := range s.cur.Load().senders {
 		select {
 		case sd.wake <- struct{}{}:
 		default:

@@ -52,7 +52,7 @@ type Config struct {
 
 // AppServicesConfig lists the appservice registration files.
 type AppServicesConfig struct {
-	ConfigFiles []string `yaml:"config_files" doc:"Registration files (YAML, as bridges write them), relative to the data directory. The server pushes events to each one's url; an invalid file fails the start."`
+	ConfigFiles []string `yaml:"config_files" doc:"Registration files (YAML, as bridges write them), relative to the data directory. The server pushes events to each one's url; an invalid file fails the start. Re-read on SIGHUP."`
 }
 
 // ListenConfig holds listener addresses; an empty address disables that listener.

@@ -224,6 +224,42 @@ func TestAppService(t *testing.T) {
 			sameIDs(t, "messages sent while the bridge was down", ids(got[before:]), want)
 		})
 
+		t.Run("reload", func(t *testing.T) {
+			path2 := filepath.Join(t.TempDir(), "second.yaml")
+			if err := os.WriteFile(path2, []byte("id: second\nurl: null\nas_token: second-as-token\nhs_token: second-hs-token\nsender_localpart: secondbot\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			bad := filepath.Join(t.TempDir(), "bad.yaml")
+			if err := os.WriteFile(bad, []byte("id: bad\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.AppServices.Reload(ctx, []string{path, bad}); err == nil || !strings.Contains(err.Error(), "as_token") {
+				t.Fatalf("reload with a bad file: %v", err)
+			}
+			if err := srv.AppServices.Reload(ctx, []string{path, path2}); err != nil {
+				t.Fatal(err)
+			}
+			res := raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "second-as-token", nil)
+			if res.Status != 200 || res.Body["user_id"] != "@secondbot:localhost" {
+				t.Fatalf("whoami with the reloaded appservice's token: %d %s", res.Status, res.Raw)
+			}
+			// The first bridge still receives, once each.
+			before := len(b.messages(room.RoomID))
+			r, err := alice.SendText(ctx, room.RoomID, "after reload")
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := b.waitMessages(t, room.RoomID, before+1)
+			if got[len(got)-1].ID != r.EventID {
+				t.Fatalf("last message at the bridge %s, want %s", got[len(got)-1].ID, r.EventID)
+			}
+			// Dropped again: its token no longer works.
+			if err := srv.AppServices.Reload(ctx, []string{path}); err != nil {
+				t.Fatal(err)
+			}
+			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "second-as-token", nil).wantErr(t, "removed appservice's token", 401, "M_UNKNOWN_TOKEN")
+		})
+
 		t.Run("refusals", func(t *testing.T) {
 			// A wrong as_token is an unknown token.
 			raw(t, "GET", srv.URL+"/_matrix/client/v3/account/whoami", "not-the-as-token", nil).wantErr(t, "wrong as_token", 401, "M_UNKNOWN_TOKEN")

@@ -197,7 +197,8 @@ func cmdServe(args []string) error {
 }
 
 // reload re-reads the config file on SIGHUP and applies what can change
-// without a restart (log level and format, federation policy); the rest
+// without a restart (log level and format, federation policy, appservice
+// registrations); the rest
 // needs a restart.
 func reload(path string, running *config.Config, srv *server.Server) {
 	cfg, err := config.Load(path, running.DataDir)
@@ -218,11 +219,18 @@ func reload(path string, running *config.Config, srv *server.Server) {
 			logrus.Info("SIGHUP: federation policy reloaded")
 		}
 	}
+	// The appservice registrations are read again (a bad file keeps the
+	// ones in force).
+	if err := srv.AppServices.Reload(context.Background(), cfg.AppServices.ConfigFiles); err != nil {
+		logrus.WithError(err).Error("SIGHUP: appservice registrations not reloaded")
+	} else {
+		logrus.WithField("count", len(srv.AppServices.Registrations())).Info("SIGHUP: appservice registrations reloaded")
+	}
 	if len(restart) > 0 {
-		logrus.WithField("needs_restart", strings.Join(restart, ", ")).Warn("SIGHUP: configuration reloaded (log and federation policy applied); these changed settings take effect only after a restart")
+		logrus.WithField("needs_restart", strings.Join(restart, ", ")).Warn("SIGHUP: configuration reloaded (log, federation policy and appservices applied); these changed settings take effect only after a restart")
 		return
 	}
-	logrus.Info("SIGHUP: configuration reloaded (log and federation policy applied)")
+	logrus.Info("SIGHUP: configuration reloaded (log, federation policy and appservices applied)")
 }
 
 // cmdInit prepares a data directory for a deployment (a package's

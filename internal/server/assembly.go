@@ -346,9 +346,7 @@ func (s *Server) buildAppServices(ctx context.Context) error {
 		return err
 	}
 	s.AppServices = as
-	if len(regs) == 0 {
-		return nil
-	}
+	// Installed even with none registered: SIGHUP may add some.
 	if err := as.EnsureSenders(ctx); err != nil {
 		return err
 	}
