@@ -56,6 +56,8 @@ type DB struct {
 	ignores *ignoreCache
 	// erased is the set of erased users (Erased, accounts.go).
 	erased erasedSet
+	// gapRooms is the set of rooms with timeline holes (GapBelow, gaps.go).
+	gapRooms gapRoomSet
 	// fts is set once SQLite's event_search_fts is known to exist
 	// (hasFTS, search.go).
 	fts atomic.Bool

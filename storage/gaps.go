@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"sync"
 )
 
 // Timeline gaps. An event stored although some of its prev events are
@@ -43,13 +44,68 @@ func InsertGap(ctx context.Context, q Querier, g *Gap) error {
 	b, _ := json.Marshal(g.PrevIDs)
 	_, err := q.ExecContext(ctx, `INSERT INTO room_gaps (room_id, event_id, event_pos, next_pos, floor_pos, prev_ids) VALUES ($1, $2, $3, $4, $5, $6)
 		ON CONFLICT (room_id, event_id) DO NOTHING`, g.RoomID, g.EventID, g.EventPos, g.NextPos, g.FloorPos, string(b))
+	if err == nil {
+		room := g.RoomID
+		onCommit(q, func(db *DB) { db.gapRooms.add(room) })
+	}
 	return err
+}
+
+// gapRoomSet is the set of rooms that have (or had, since start) a hole:
+// every /sync response with events asks GapBelow, and almost no room ever
+// has a hole, so the question is answered from memory for all others.
+// A room stays in the set after its holes close (it then costs a query
+// that finds none); a room is added before its hole's positions become
+// visible (onCommit), so no reader misses one.
+type gapRoomSet struct {
+	mu     sync.RWMutex
+	loaded bool
+	rooms  map[string]bool
+}
+
+func (s *gapRoomSet) add(roomID string) {
+	s.mu.Lock()
+	if s.rooms == nil {
+		s.rooms = map[string]bool{}
+	}
+	s.rooms[roomID] = true
+	s.mu.Unlock()
+}
+
+// mayHave reports whether roomID may have a hole, loading the set once.
+func (s *gapRoomSet) mayHave(ctx context.Context, db *DB, roomID string) (bool, error) {
+	s.mu.RLock()
+	loaded, has := s.loaded, s.rooms[roomID]
+	s.mu.RUnlock()
+	if loaded {
+		return has, nil
+	}
+	rooms, err := queryStrings(ctx, db, `SELECT DISTINCT room_id FROM room_gaps`)
+	if err != nil {
+		return false, err
+	}
+	s.mu.Lock()
+	if s.rooms == nil {
+		s.rooms = map[string]bool{}
+	}
+	for _, r := range rooms {
+		s.rooms[r] = true
+	}
+	s.loaded = true
+	has = s.rooms[roomID]
+	s.mu.Unlock()
+	return has, nil
 }
 
 // GapBelow returns the room's newest hole whose next free position lies
 // in (lo, hi]: the one a page of history covering that range runs into.
 // ErrNotFound when there is none.
 func GapBelow(ctx context.Context, q Querier, roomID string, lo, hi int64) (*Gap, error) {
+	if may, err := q.Store().gapRooms.mayHave(ctx, q.Store(), roomID); err != nil {
+		return nil, err
+	} else if !may {
+		return nil, ErrNotFound
+	}
 	g := Gap{RoomID: roomID}
 	var prev string
 	err := q.QueryRowContext(ctx, `SELECT event_id, event_pos, next_pos, floor_pos, prev_ids FROM room_gaps WHERE room_id = $1 AND next_pos > $2 AND next_pos <= $3
