@@ -86,18 +86,7 @@ func (m Memberships) FillGap(ctx context.Context, roomID string, lo, hi int64, l
 			logrus.WithError(err).WithField("server", server).Debug("backfill of a gap failed")
 			continue
 		}
-		var pdus []gomatrixserverlib.PDU
-		for _, raw := range txn.PDUs {
-			ev, err := vi.NewEventFromUntrustedJSON(raw)
-			if err != nil {
-				continue
-			}
-			if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, f.keys, roomserver.UserIDForSender); err != nil {
-				continue
-			}
-			pdus = append(pdus, ev)
-		}
-		return f.rs.FillGap(ctx, server, roomID, g.EventID, pdus)
+		return f.rs.FillGap(ctx, server, roomID, g.EventID, verifiedPDUs(ctx, vi, f.keys, txn.PDUs))
 	}
 	return 0, nil
 }

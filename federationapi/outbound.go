@@ -2,6 +2,7 @@ package federationapi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -263,18 +264,7 @@ func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (in
 			logrus.WithError(err).WithField("server", server).Debug("backfill failed")
 			continue
 		}
-		var pdus []gomatrixserverlib.PDU
-		for _, raw := range txn.PDUs {
-			ev, err := vi.NewEventFromUntrustedJSON(raw)
-			if err != nil {
-				continue
-			}
-			if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, f.keys, roomserver.UserIDForSender); err != nil {
-				continue
-			}
-			pdus = append(pdus, ev)
-		}
-		n, err := rs.StoreBackfilled(ctx, server, roomID, pdus)
+		n, err := rs.StoreBackfilled(ctx, server, roomID, verifiedPDUs(ctx, vi, f.keys, txn.PDUs))
 		if err != nil {
 			return 0, err
 		}
@@ -283,4 +273,22 @@ func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (in
 		}
 	}
 	return 0, nil
+}
+
+// verifiedPDUs parses the events of a /backfill answer for the room
+// version and keeps those whose signatures verify; the room server checks
+// the rest (hashes, auth) as it stores them.
+func verifiedPDUs(ctx context.Context, vi gomatrixserverlib.IRoomVersion, keys gomatrixserverlib.JSONVerifier, raws []json.RawMessage) []gomatrixserverlib.PDU {
+	var pdus []gomatrixserverlib.PDU
+	for _, raw := range raws {
+		ev, err := vi.NewEventFromUntrustedJSON(raw)
+		if err != nil {
+			continue
+		}
+		if err := gomatrixserverlib.VerifyEventSignatures(ctx, ev, keys, roomserver.UserIDForSender); err != nil {
+			continue
+		}
+		pdus = append(pdus, ev)
+	}
+	return pdus
 }
