@@ -183,7 +183,7 @@ func TestAppService(t *testing.T) {
 
 		t.Run("timestamp_massaging", func(t *testing.T) {
 			const ts = int64(1_600_000_000_000)
-			r, err := puppet.SendMassagedMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "old"}, ts)
+			r, err := puppet.SendMessageEvent(ctx, room.RoomID, event.EventMessage, map[string]any{"msgtype": "m.text", "body": "old"}, mautrix.ReqSendEvent{Timestamp: ts})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -215,9 +215,9 @@ func TestAppService(t *testing.T) {
 			}
 			time.Sleep(time.Second)
 			b.start()
-			got := b.waitMessages(t, room.RoomID, before+200)
+			b.waitMessages(t, room.RoomID, before+200)
 			time.Sleep(2 * time.Second) // nothing more may come
-			got = b.messages(room.RoomID)
+			got := b.messages(room.RoomID)
 			if len(got) != before+200 {
 				t.Fatalf("bridge got %d messages, want %d: some were sent twice", len(got), before+200)
 			}
