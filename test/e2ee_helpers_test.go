@@ -92,24 +92,12 @@ func (d *e2eeDevice) close() {
 func (d *e2eeDevice) userID() id.UserID     { return d.cli.UserID }
 func (d *e2eeDevice) deviceID() id.DeviceID { return d.cli.DeviceID }
 
-// e2eeWait polls cond until it holds or the deadline passes.
-func e2eeWait(t testing.TB, what string, timeout time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
 // waitDecrypted waits until the device has decrypted the event and
 // returns its plaintext body.
 func (d *e2eeDevice) waitDecrypted(evID id.EventID) string {
 	d.t.Helper()
 	var got string
-	e2eeWait(d.t, fmt.Sprintf("%s to decrypt %s", d.name, evID), 20*time.Second, func() bool {
+	waitFor(d.t, fmt.Sprintf("%s to decrypt %s", d.name, evID), 20*time.Second, func() bool {
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		if err := d.failed[evID]; err != nil {
@@ -137,7 +125,7 @@ func (d *e2eeDevice) knowsDevice(user id.UserID, dev id.DeviceID) bool {
 // encrypted and has these joined members.
 func (d *e2eeDevice) waitRoomReady(roomID id.RoomID, members ...id.UserID) {
 	d.t.Helper()
-	e2eeWait(d.t, fmt.Sprintf("%s to see %s encrypted with %v", d.name, roomID, members), 20*time.Second, func() bool {
+	waitFor(d.t, fmt.Sprintf("%s to see %s encrypted with %v", d.name, roomID, members), 20*time.Second, func() bool {
 		ctx := context.Background()
 		if enc, _ := d.cli.StateStore.IsEncrypted(ctx, roomID); !enc {
 			return false

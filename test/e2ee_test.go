@@ -59,8 +59,8 @@ func TestE2EEMautrix(t *testing.T) {
 		// through its own user's entry.
 		a2 := newE2EEDevice(t, "A2", loginClient(t, srv.URL, "alice", pw), pw)
 		a2.waitRoomReady(roomID, a1.userID(), b1.userID())
-		e2eeWait(t, "B1 to learn of A2", 20e9, func() bool { return b1.knowsDevice(a2.userID(), a2.deviceID()) })
-		e2eeWait(t, "A1 to learn of A2", 20e9, func() bool { return a1.knowsDevice(a2.userID(), a2.deviceID()) })
+		waitFor(t, "B1 to learn of A2", 20e9, func() bool { return b1.knowsDevice(a2.userID(), a2.deviceID()) })
+		waitFor(t, "A1 to learn of A2", 20e9, func() bool { return a1.knowsDevice(a2.userID(), a2.deviceID()) })
 		ev3 := b1.send(roomID, "bob after A2")
 		if got := a2.waitDecrypted(ev3); got != "bob after A2" {
 			t.Fatalf("A2 decrypted %q", got)
@@ -79,14 +79,14 @@ func TestE2EEMautrix(t *testing.T) {
 		// encrypted to it.
 		b2 := newE2EEDevice(t, "B2", loginClient(t, srv.URL, "bob", pw), pw)
 		b2.waitRoomReady(roomID, a1.userID(), b1.userID())
-		e2eeWait(t, "A1 to learn of B2", 20e9, func() bool { return a1.knowsDevice(b2.userID(), b2.deviceID()) })
+		waitFor(t, "A1 to learn of B2", 20e9, func() bool { return a1.knowsDevice(b2.userID(), b2.deviceID()) })
 		ev5 := a1.send(roomID, "to both bobs")
 		b1.waitDecrypted(ev5)
 		if got := b2.waitDecrypted(ev5); got != "to both bobs" {
 			t.Fatalf("B2 decrypted %q", got)
 		}
 		e2eeDeleteDevice(t, b1, b2.deviceID())
-		e2eeWait(t, "A1 to drop B2 after device_lists", 20e9, func() bool { return !a1.knowsDevice(b2.userID(), b2.deviceID()) })
+		waitFor(t, "A1 to drop B2 after device_lists", 20e9, func() bool { return !a1.knowsDevice(b2.userID(), b2.deviceID()) })
 		ev6 := a1.send(roomID, "after B2 is gone")
 		if got := b1.waitDecrypted(ev6); got != "after B2 is gone" {
 			t.Fatalf("B1 decrypted %q", got)
@@ -145,7 +145,7 @@ func TestE2EEMautrix(t *testing.T) {
 		if err := b1.mach.PublishCrossSigningKeys(ctxT(t), bKeys, b1.passwordUIA(&calls)); err != nil {
 			t.Fatalf("bob publish: %v", err)
 		}
-		e2eeWait(t, "B1 to see Alice's cross-signed device", 20e9, func() bool {
+		waitFor(t, "B1 to see Alice's cross-signed device", 20e9, func() bool {
 			dev, err := b1.mach.CryptoStore.GetDevice(ctx, a1.userID(), a1.deviceID())
 			if err != nil || dev == nil {
 				return false
@@ -182,7 +182,7 @@ func TestE2EEMautrix(t *testing.T) {
 		if calls != 1 {
 			t.Fatalf("replacing cross-signing keys asked for UIA %d times, want 1", calls)
 		}
-		e2eeWait(t, "B1 to see Alice's new master key via device_lists", 20e9, func() bool {
+		waitFor(t, "B1 to see Alice's new master key via device_lists", 20e9, func() bool {
 			k, err := b1.mach.CryptoStore.GetCrossSigningKeys(ctx, a1.userID())
 			return err == nil && k[id.XSUsageMaster].Key == aKeys2.MasterKey.PublicKey()
 		})
@@ -650,7 +650,7 @@ func TestE2EEProtocol(t *testing.T) {
 		t.Run("devices", func(t *testing.T) {
 			r := Register(t, url, "devuser", pw, false)
 			other := e2eeLogin(t, url, "devuser", pw)
-			e2eeWait(t, "last_seen_ip", 5e9, func() bool {
+			waitFor(t, "last_seen_ip", 5e9, func() bool {
 				g := raw(t, "GET", cs+"/devices/"+r.DeviceID, r.AccessToken, nil)
 				return g.Status == 200 && g.Body["last_seen_ip"] == "127.0.0.1" && g.Body["last_seen_ts"].(float64) > 0
 			})

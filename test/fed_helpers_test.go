@@ -237,7 +237,7 @@ func fedMembership(t *testing.T, cli *mautrix.Client, room id.RoomID, user strin
 // fedQueueEmpty waits until n has nothing queued for dest.
 func fedQueueEmpty(t *testing.T, n *FedNode, dest *FedNode, timeout time.Duration) {
 	t.Helper()
-	fedWaitFor(t, n.ServerName+"'s queue to "+dest.ServerName+" to drain", timeout, func() bool {
+	waitFor(t, n.ServerName+"'s queue to "+dest.ServerName+" to drain", timeout, func() bool {
 		p, e, err := fedQueueDepth(n, dest)
 		return err == nil && p+e == 0
 	})

@@ -119,7 +119,7 @@ func TestFederationPartitionConflict(t *testing.T) {
 	room2 := mkRoom("tie", 100)
 	// Both sides agree before the partition.
 	for _, r := range []id.RoomID{room1, room2} {
-		fedWaitFor(t, "B to see the room as A does", 20*time.Second, func() bool {
+		waitFor(t, "B to see the room as A does", 20*time.Second, func() bool {
 			return len(fedStateDiff(fedStateIDs(t, alice, r), fedStateIDs(t, bob, r))) == 0
 		})
 	}

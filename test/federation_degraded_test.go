@@ -226,7 +226,7 @@ func TestFederationDegradedLink(t *testing.T) {
 			AND soft_failed = FALSE AND rejected = FALSE AND outlier = FALSE`, room.String()).Scan(&n)
 		return n - 1 // the warm-up
 	}
-	fedWaitFor(t, "B to receive all 500 messages over the degraded link", 90*time.Second, func() bool { return count() >= total })
+	waitFor(t, "B to receive all 500 messages over the degraded link", 90*time.Second, func() bool { return count() >= total })
 	drained := time.Since(start)
 	t.Logf("degraded link: %d messages sent on A in %v; all at B after %v (%.1f msg/s); A→B link: %s; B→A link: %s; A's transactions: %v ok, %v failed",
 		total, sent.Round(time.Millisecond), drained.Round(time.Millisecond), float64(total)/drained.Seconds(), links[1], links[0],

@@ -64,7 +64,7 @@ func TestFederationE2EE(t *testing.T) {
 		s := e2eeSync(t, a.URL, watcher.AccessToken, since, 2000)
 		since, seen = s.NextBatch, e2eeContains(s.changed(), rb.UserID)
 	}
-	e2eeWait(t, "A1 to learn of B2", 30*time.Second, func() bool { return a1.knowsDevice(b2.userID(), b2.deviceID()) })
+	waitFor(t, "A1 to learn of B2", 30*time.Second, func() bool { return a1.knowsDevice(b2.userID(), b2.deviceID()) })
 	ev3 := a1.send(roomID, "to both of bob's devices")
 	if got := b2.waitDecrypted(ev3); got != "to both of bob's devices" {
 		t.Fatalf("B2 decrypted %q", got)
@@ -180,4 +180,42 @@ func fedE2EERoom(t *testing.T, via string, creator, joiner *e2eeDevice) id.RoomI
 		d.waitRoomReady(resp.RoomID, creator.userID(), joiner.userID())
 	}
 	return resp.RoomID
+}
+
+// TestFederationInviteDeviceLists: once B's user accepts an invite into
+// an encrypted room on A, each side's sync reports the other's device
+// list as changed, and a new device of A's user, added while B is down,
+// reaches B's user after B restarts.
+func TestFederationInviteDeviceLists(t *testing.T) {
+	c := NewFedCluster(t, storage.Postgres, storage.SQLite)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice := fedUser(t, a, "alice")
+	bob := fedUser(t, b, "bob")
+	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},
+		InitialState: []*event.Event{{Type: event.StateEncryption, StateKey: ptr(""), Content: event.Content{Raw: map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	room := resp.RoomID
+	aliceSync, err := alice.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedWaitInvited(t, bob, room, 10*time.Second)
+	bobSync, err := bob.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fedJoin(t, bob, room, a)
+	fedDeviceListChanged(t, alice, aliceSync.NextBatch, []id.UserID{bob.UserID}, 20*time.Second)
+	bobSince := fedDeviceListChanged(t, bob, bobSync.NextBatch, []id.UserID{alice.UserID}, 20*time.Second)
+
+	b.Stop()
+	alice2 := loginClient(t, a.URL, "alice", "pw")
+	newE2EEDevice(t, "alice2", alice2, "pw")
+	time.Sleep(time.Second)
+	b.Start()
+	bob = fedRebase(t, bob, b)
+	fedDeviceListChanged(t, bob, bobSince, []id.UserID{alice.UserID}, 30*time.Second)
 }

@@ -114,7 +114,7 @@ func TestFederationDeviceListOnJoin(t *testing.T) {
 			}
 			r := peer.CreateRoom(t, gomatrixserverlib.RoomVersionV10, peer.UserID("bob"), nil)
 			fedJoinPeerRoom(t, alice, r.ID, string(peer.ServerName))
-			e2eeWait(t, "the peer told of alice's device", 20*time.Second, func() bool { return updates() == 1 })
+			waitFor(t, "the peer told of alice's device", 20*time.Second, func() bool { return updates() == 1 })
 			// A recorded the update it sent (the next one names it as prev_id).
 			if sid, err := storage.DeviceListStreamID(ctxT(t), a.DB, alice.UserID.String()); err != nil || sid == 0 {
 				t.Fatalf("A's device-list stream for alice: %d, %v", sid, err)
@@ -165,7 +165,7 @@ func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
 	fedJoin(t, alice, room.RoomID, b)
 	// Joining, alice hears bob's devices changed (she must fetch them).
 	sawChanged := false
-	e2eeWait(t, "bob in alice's device_lists.changed", 20*time.Second, func() bool {
+	waitFor(t, "bob in alice's device_lists.changed", 20*time.Second, func() bool {
 		s := e2eeSync(t, a.URL, alice.AccessToken, since, 1000)
 		since = s.NextBatch
 		sawChanged = sawChanged || e2eeContains(s.changed(), bob.UserID.String())
@@ -178,7 +178,7 @@ func TestFederationKeysNotStaleAfterLeave(t *testing.T) {
 		t.Fatal(err)
 	}
 	sawLeft := false
-	e2eeWait(t, "bob in alice's device_lists.left", 20*time.Second, func() bool {
+	waitFor(t, "bob in alice's device_lists.left", 20*time.Second, func() bool {
 		s := e2eeSync(t, a.URL, alice.AccessToken, since, 1000)
 		since = s.NextBatch
 		sawLeft = sawLeft || e2eeContains(s.left(), bob.UserID.String())
@@ -227,7 +227,7 @@ func TestFederationBackfillAfterRejoin(t *testing.T) {
 			if _, err := visitor.LeaveRoom(ctxT(t), room.RoomID); err != nil {
 				t.Fatal(err)
 			}
-			e2eeWait(t, "the host sees the visitor leave", 20*time.Second, func() bool {
+			waitFor(t, "the host sees the visitor leave", 20*time.Second, func() bool {
 				return fedMembership(t, owner, room.RoomID, visitor.UserID.String()) == "leave"
 			})
 			meanwhile := fedSeq("meanwhile ", 20)

@@ -693,44 +693,6 @@ func fedDeviceListChanged(t *testing.T, cli *mautrix.Client, since string, want 
 	return ""
 }
 
-// TestFederationInviteDeviceLists: once B's user accepts an invite into
-// an encrypted room on A, each side's sync reports the other's device
-// list as changed, and a new device of A's user, added while B is down,
-// reaches B's user after B restarts.
-func TestFederationInviteDeviceLists(t *testing.T) {
-	c := NewFedCluster(t, storage.Postgres, storage.SQLite)
-	c.StartAll()
-	a, b := c.Nodes[0], c.Nodes[1]
-	alice := fedUser(t, a, "alice")
-	bob := fedUser(t, b, "bob")
-	resp, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat", Invite: []id.UserID{bob.UserID},
-		InitialState: []*event.Event{{Type: event.StateEncryption, StateKey: ptr(""), Content: event.Content{Raw: map[string]any{"algorithm": "m.megolm.v1.aes-sha2"}}}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	room := resp.RoomID
-	aliceSync, err := alice.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fedWaitInvited(t, bob, room, 10*time.Second)
-	bobSync, err := bob.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fedJoin(t, bob, room, a)
-	fedDeviceListChanged(t, alice, aliceSync.NextBatch, []id.UserID{bob.UserID}, 20*time.Second)
-	bobSince := fedDeviceListChanged(t, bob, bobSync.NextBatch, []id.UserID{alice.UserID}, 20*time.Second)
-
-	b.Stop()
-	alice2 := loginClient(t, a.URL, "alice", "pw")
-	newE2EEDevice(t, "alice2", alice2, "pw")
-	time.Sleep(time.Second)
-	b.Start()
-	bob = fedRebase(t, bob, b)
-	fedDeviceListChanged(t, bob, bobSince, []id.UserID{alice.UserID}, 30*time.Second)
-}
-
 // TestFederationInviteStateShowsInvite: a remote user's invite_state on
 // their own server carries the invite's event_id and origin_server_ts and
 // the inviter's m.room.member, which the inviting server now sends in the

@@ -87,7 +87,7 @@ func TestFederationPolicyOutsider(t *testing.T) {
 	// O's user joins through C, which federates with O. C passes the join
 	// on to A, which rejects it: O's user is not in A's view of the room.
 	fedJoin(t, oscar, room, cc)
-	fedWaitFor(t, "C to pass O's join on to A", 20*time.Second, func() bool {
+	waitFor(t, "C to pass O's join on to A", 20*time.Second, func() bool {
 		return fedMetric(t, a.Server.Server, "enclave_federation_inbound_pdus_total", "rejected") >= 1
 	})
 	if m := fedMembership(t, alice, room, oscar.UserID.String()); m == "join" {

@@ -372,17 +372,6 @@ func fedCountEDUs(n *FedNode) *atomic.Int32 {
 	return &c
 }
 
-func fedWaitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
 // A PDU and an EDU queued for a server that is down survive the sender's
 // restart and are delivered exactly once when the destination comes up.
 func TestFederationQueuePersistence(t *testing.T) {
@@ -418,8 +407,8 @@ func TestFederationQueuePersistence(t *testing.T) {
 		if err := dest.Fed().SendEDU(ctx, []spec.ServerName{spec.ServerName(sender.ServerName)}, gomatrixserverlib.EDU{Type: "org.enclave.test.hello", Content: []byte(`{}`)}); err != nil {
 			t.Fatal(err)
 		}
-		fedWaitFor(t, "delivery", 20*time.Second, func() bool { return received.Load() >= 1 })
-		fedWaitFor(t, "the sender's queue to drain", 10*time.Second, func() bool {
+		waitFor(t, "delivery", 20*time.Second, func() bool { return received.Load() >= 1 })
+		waitFor(t, "the sender's queue to drain", 10*time.Second, func() bool {
 			p, e, err := storage.QueueDepth(ctx, sender.DB, dest.ServerName)
 			return err == nil && p+e == 0
 		})

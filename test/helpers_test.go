@@ -374,3 +374,15 @@ func setRolesApproved(t testing.TB, baseURL, adminToken, userID string, roles ..
 	second := Register(t, baseURL, "approver-"+hex.EncodeToString(b), "approver-pw", true)
 	return raw(t, "POST", baseURL+"/_enclave/admin/v1/role_grants/"+id+"/approve", second.AccessToken, nil)
 }
+
+// waitFor polls cond until it holds or the timeout passes.
+func waitFor(t testing.TB, what string, timeout time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
