@@ -27,8 +27,10 @@ test-node:
 test-go:
 	CGO_ENABLED=0 $(GO) test -tags $(TAGS) -count=1 -timeout 15m ./...
 
+## vet: with and without the goolm tag, so no untagged file leans on a goolm-only helper
 vet:
 	$(GO) vet -tags $(TAGS) ./...
+	$(GO) vet ./...
 
 fmt:
 	gofmt -w $$(git ls-files '*.go')
