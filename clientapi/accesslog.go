@@ -46,6 +46,10 @@ func noteRoute(next http.Handler) http.Handler {
 
 // withAccessLog serves r through next and logs the outcome.
 func withAccessLog(w http.ResponseWriter, r *http.Request, next http.Handler) {
+	if !logrus.IsLevelEnabled(logrus.InfoLevel) {
+		next.ServeHTTP(w, r) // no line to write: no note, no fields, no wrapper
+		return
+	}
 	start := time.Now()
 	n := &accessNote{}
 	r = r.WithContext(context.WithValue(r.Context(), ctxAccess, n))

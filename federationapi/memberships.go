@@ -57,15 +57,7 @@ func (m Memberships) FillGap(ctx context.Context, roomID string, lo, hi int64, l
 	} else if err != nil {
 		return 0, err
 	}
-	st, err := f.rs.CurrentState(ctx, roomID)
-	if err != nil {
-		return 0, err
-	}
-	ver, err := f.rs.RoomVersion(ctx, roomID)
-	if err != nil {
-		return 0, err
-	}
-	vi, err := gomatrixserverlib.GetRoomVersion(ver)
+	st, vi, err := stateAndVersion(ctx, f.rs, roomID)
 	if err != nil {
 		return 0, err
 	}

@@ -243,15 +243,7 @@ func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (in
 	if err != nil || len(from) == 0 {
 		return 0, err
 	}
-	st, err := f.rs.CurrentState(ctx, roomID)
-	if err != nil {
-		return 0, err
-	}
-	ver, err := f.rs.RoomVersion(ctx, roomID)
-	if err != nil {
-		return 0, err
-	}
-	vi, err := gomatrixserverlib.GetRoomVersion(ver)
+	st, vi, err := stateAndVersion(ctx, f.rs, roomID)
 	if err != nil {
 		return 0, err
 	}
@@ -291,4 +283,22 @@ func verifiedPDUs(ctx context.Context, vi gomatrixserverlib.IRoomVersion, keys g
 		pdus = append(pdus, ev)
 	}
 	return pdus
+}
+
+// stateAndVersion is what a history fetch needs of a room: its current
+// state (who to ask) and its room version (how to parse the answer).
+func stateAndVersion(ctx context.Context, rs RoomServer, roomID string) (roomserver.StateMap, gomatrixserverlib.IRoomVersion, error) {
+	st, err := rs.CurrentState(ctx, roomID)
+	if err != nil {
+		return nil, nil, err
+	}
+	ver, err := rs.RoomVersion(ctx, roomID)
+	if err != nil {
+		return nil, nil, err
+	}
+	vi, err := gomatrixserverlib.GetRoomVersion(ver)
+	if err != nil {
+		return nil, nil, err
+	}
+	return st, vi, nil
 }
