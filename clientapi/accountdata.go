@@ -114,24 +114,37 @@ func (ad *accountData) deleteAccountData(r *http.Request, dev *httpapi.Device) h
 	if typ == fullyReadType || typ == syncapi.PushRulesType {
 		return httpapi.Errf(http.StatusMethodNotAllowed, "M_BAD_JSON", "%s is managed by the server and cannot be deleted here", typ)
 	}
+	var pos int64
 	err := ad.db.WithTx(r.Context(), func(tx *storage.Tx) error {
-		return ad.deleteInTx(r.Context(), tx, dev.UserID, roomID, typ)
+		var err error
+		pos, err = ad.deleteInTx(r.Context(), tx, dev.UserID, roomID, typ)
+		return err
 	})
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	ad.readYourWrite(r, pos)
 	return httpapi.JSON(200, map[string]any{})
 }
 
-// deleteInTx deletes a blob inside tx and wakes the user's syncs after
-// commit.
-func (ad *accountData) deleteInTx(ctx context.Context, tx *storage.Tx, userID, roomID, typ string) error {
+// readYourWrite holds the answer until the write's stream position is
+// visible, as room sends do: a /sync the client makes next must see it,
+// even while a lower position (another writer's) is still uncommitted.
+func (ad *accountData) readYourWrite(r *http.Request, pos int64) {
+	if pos > 0 {
+		_ = ad.db.Stream.Wait(r.Context(), pos)
+	}
+}
+
+// deleteInTx deletes a blob inside tx, wakes the user's syncs after
+// commit, and returns the deletion's stream position (0: nothing there).
+func (ad *accountData) deleteInTx(ctx context.Context, tx *storage.Tx, userID, roomID, typ string) (int64, error) {
 	pos, err := storage.DeleteAccountData(ctx, tx, userID, roomID, typ)
 	if err != nil || pos == 0 {
-		return err
+		return 0, err
 	}
 	tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
-	return nil
+	return pos, nil
 }
 
 // localNotificationSettingsPrefix names a device's own notification
@@ -141,7 +154,7 @@ const localNotificationSettingsPrefix = "org.matrix.msc3890.local_notification_s
 // deleteDeviceData deletes the account data kept for the given devices.
 func (ad *accountData) deleteDeviceData(ctx context.Context, tx *storage.Tx, userID string, deviceIDs []string) error {
 	for _, d := range deviceIDs {
-		if err := ad.deleteInTx(ctx, tx, userID, "", localNotificationSettingsPrefix+d); err != nil {
+		if _, err := ad.deleteInTx(ctx, tx, userID, "", localNotificationSettingsPrefix+d); err != nil {
 			return err
 		}
 	}
@@ -150,12 +163,17 @@ func (ad *accountData) deleteDeviceData(ctx context.Context, tx *storage.Tx, use
 
 // writeAccountData stores a blob and wakes the user's syncs.
 func (ad *accountData) writeAccountData(r *http.Request, userID, roomID, typ string, content json.RawMessage) error {
-	return ad.db.WithTx(r.Context(), func(tx *storage.Tx) error {
-		pos, err := storage.PutAccountData(r.Context(), tx, userID, roomID, typ, content)
-		if err != nil {
+	var pos int64
+	err := ad.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		var err error
+		if pos, err = storage.PutAccountData(r.Context(), tx, userID, roomID, typ, content); err != nil {
 			return err
 		}
 		tx.Publish(pos, func() { ad.sync.NotifyUsers(userID) })
 		return nil
 	})
+	if err == nil {
+		ad.readYourWrite(r, pos)
+	}
+	return err
 }
