@@ -2,6 +2,10 @@ package test
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -96,6 +100,45 @@ func TestCLI(t *testing.T) {
 		after, _ := os.ReadFile(filepath.Join(dataDir, config.ConfigFileName))
 		if string(before) != string(after) {
 			t.Fatal("printing the config changed the file")
+		}
+	})
+
+	t.Run("keys show prints the published key and its fingerprint", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "keyed")
+		if out, err := run(nil, "init", "--data", dir, "--server-name", "matrix.alpha.gov:8448"); err != nil {
+			t.Fatalf("init: %v\n%s", err, out)
+		}
+		before, _ := os.ReadDir(dir)
+		out, err := run(nil, "keys", "show", "--data", dir)
+		if err != nil {
+			t.Fatalf("keys show: %v\n%s", err, out)
+		}
+		cfg, _ := config.Load(filepath.Join(dir, config.ConfigFileName), dir)
+		keyID, priv, _, err := config.LoadOrCreateSigningKey(cfg.SigningKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := priv.Public().(ed25519.PublicKey)
+		sum := sha256.Sum256(pub)
+		var pairs []string
+		for _, b := range sum {
+			pairs = append(pairs, strings.ToUpper(hex.EncodeToString([]byte{b})))
+		}
+		for _, want := range []string{
+			"server name: matrix.alpha.gov:8448\n",
+			"key id:      " + keyID + "\n",
+			"public key:  " + base64.RawStdEncoding.EncodeToString(pub) + "\n", // as verify_keys publishes it
+			"fingerprint: " + strings.Join(pairs, ":") + "\n",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("keys show lacks %q:\n%s", want, out)
+			}
+		}
+		if after, _ := os.ReadDir(dir); len(after) != len(before) {
+			t.Errorf("keys show changed the data directory: %v → %v", before, after)
+		}
+		if out, err := run(nil, "keys", "show", "--data", filepath.Join(t.TempDir(), "none")); err == nil {
+			t.Errorf("keys show on a missing directory succeeded: %s", out)
 		}
 	})
 

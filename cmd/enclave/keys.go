@@ -2,6 +2,7 @@ package main
 
 // enclave keys: media key-encryption key (KEK) management.
 //
+//	enclave keys show [--data DIR]
 //	enclave keys status [--data DIR]
 //	enclave keys rotate [--data DIR] [--new-kek-file F | --new-kek-env NAME]
 //
@@ -27,12 +28,15 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
 	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"enclave/auditapi"
 	"enclave/config"
@@ -43,15 +47,59 @@ import (
 
 func cmdKeys(args []string) error {
 	if len(args) < 1 {
-		return errors.New("usage: enclave keys status|rotate [--data DIR] [--new-kek-file F | --new-kek-env NAME]")
+		return errors.New("usage: enclave keys show|status|rotate [--data DIR] [--new-kek-file F | --new-kek-env NAME]")
 	}
 	switch args[0] {
+	case "show":
+		return cmdKeysShow(args[1:])
 	case "rotate":
 		return cmdKeysRotate(args[1:])
 	case "status":
 		return cmdKeysStatus(args[1:])
 	}
-	return fmt.Errorf("keys: unknown subcommand %q (want status or rotate)", args[0])
+	return fmt.Errorf("keys: unknown subcommand %q (want show, status or rotate)", args[0])
+}
+
+// cmdKeysShow prints this server's federation signing key as partners see
+// it at /_matrix/key/v2/server, and a SHA-256 fingerprint of it short enough
+// to read out over the phone when the agencies compare keys out of band.
+// It reads only the key file: it needs no store and writes nothing.
+func cmdKeysShow(args []string) error {
+	fl := flag.NewFlagSet("keys show", flag.ExitOnError)
+	dataDir := fl.String("data", "./data", "data directory")
+	if err := noArgs(fl, args); err != nil {
+		return err
+	}
+	cfg, _, _, err := loadConfig(*dataDir)
+	if err != nil {
+		return err
+	}
+	data, err := os.ReadFile(cfg.SigningKey)
+	if err != nil {
+		return fmt.Errorf("signing key: %w (the server creates it on first start, or run enclave generate-keys)", err)
+	}
+	keyID, priv, err := config.ParseSigningKey(data)
+	if err != nil {
+		return fmt.Errorf("signing key %s: %w", cfg.SigningKey, err)
+	}
+	pub := priv.Public().(ed25519.PublicKey)
+	fmt.Printf("server name: %s\n", cfg.ServerName)
+	fmt.Printf("key id:      %s\n", keyID)
+	fmt.Printf("public key:  %s\n", base64.RawStdEncoding.EncodeToString(pub))
+	fmt.Printf("fingerprint: %s\n", keyFingerprint(pub))
+	return nil
+}
+
+// keyFingerprint is the SHA-256 of an ed25519 public key, as colon-separated
+// hex pairs: what `enclave keys show` prints and what docs/FEDERATION.md has
+// partners compare with the key their server fetched.
+func keyFingerprint(pub ed25519.PublicKey) string {
+	sum := sha256.Sum256(pub)
+	parts := make([]string, len(sum))
+	for i, b := range sum {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":")
 }
 
 func cmdKeysStatus(args []string) error {
