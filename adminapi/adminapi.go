@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/gorilla/mux"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
@@ -64,6 +65,9 @@ type Options struct {
 	Media func() MediaAdmin
 	// Retention is the server-wide retention policy.
 	Retention RetentionPolicy
+	// Metrics is where the retention job's counter is registered (nil:
+	// nowhere, as in tests).
+	Metrics prometheus.Registerer
 }
 
 // API serves the admin endpoints.
@@ -73,11 +77,19 @@ type API struct {
 	// Handler groups with their own dependencies.
 	reports *reports
 	grants  *roleGrants
+	// retentionPurged counts the events retention deleted.
+	retentionPurged prometheus.Counter
 }
 
 // New builds the admin API; Register mounts it.
 func New(o Options) *API {
-	a := &API{Options: o}
+	a := &API{Options: o, retentionPurged: prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "enclave", Subsystem: "retention", Name: "purged_events_total",
+		Help: "Timeline events deleted by the retention job (room or server-wide max_lifetime).",
+	})}
+	if o.Metrics != nil {
+		o.Metrics.MustRegister(a.retentionPurged)
+	}
 	a.reports = &reports{db: o.DB, rooms: o.Rooms, record: a.record}
 	a.grants = &roleGrants{db: o.DB, rbac: o.RBAC, record: a.record, rolesBody: a.rolesBody}
 	return a

@@ -101,6 +101,7 @@ func (a *API) RunRetention(ctx context.Context) (map[string]int64, error) {
 		}
 		if n > 0 {
 			out[roomID] = n
+			a.retentionPurged.Add(float64(n))
 		}
 	}
 	return out, nil

@@ -53,6 +53,8 @@ type Log struct {
 	done   chan struct{}
 	wg     sync.WaitGroup
 
+	metrics *logMetrics
+
 	sealMu sync.Mutex // one sealing pass at a time
 	syslog headSyslog
 	anchor *anchorFile
@@ -81,7 +83,7 @@ func Open(ctx context.Context, db *storage.DB, opts Options) (*Log, error) {
 	if opts.Enabled && opts.Key == nil {
 		return nil, errors.New("audit: no audit signing key (audit.signing_key or audit.signing_key_env)")
 	}
-	l := &Log{db: db, opts: opts, kickCh: make(chan struct{}, 1), done: make(chan struct{}), hash: GenesisHash, lastCheckpoint: time.Now()}
+	l := &Log{db: db, opts: opts, kickCh: make(chan struct{}, 1), done: make(chan struct{}), hash: GenesisHash, lastCheckpoint: time.Now(), metrics: newLogMetrics()}
 	if a := opts.SyslogAddress; a != "" {
 		l.syslog.network, l.syslog.addr, _ = strings.Cut(a, "://")
 	}
@@ -220,11 +222,17 @@ func (l *Log) sealCheckpoint(ctx context.Context, force, final bool) error {
 		cpDue := func() bool {
 			return since > 0 && (final || since >= int64(l.opts.CheckpointEvery) || time.Since(lastCP) >= l.opts.CheckpointInterval)
 		}
-		if len(rows) == 0 && !cpDue() {
-			break
+		if len(rows) == 0 {
+			l.metrics.lag.Set(0)
+			if !cpDue() {
+				break
+			}
+		} else {
+			l.metrics.lag.Set(max(0, time.Since(time.UnixMilli(rows[0].TS)).Seconds()))
 		}
-		checkpointed := false
+		checkpointed, checkpoints := false, 0
 		err = l.db.WithTx(ctx, func(tx *storage.Tx) error {
+			checkpoints = 0
 			// Links go out in one statement per run of rows between checkpoints.
 			var links []storage.AuditSeal
 			flush := func() error {
@@ -250,6 +258,7 @@ func (l *Log) sealCheckpoint(ctx context.Context, force, final bool) error {
 						return err
 					}
 					since, lastCP, checkpointed = 0, time.Now(), true
+					checkpoints++
 				}
 			}
 			if err := flush(); err != nil {
@@ -261,12 +270,15 @@ func (l *Log) sealCheckpoint(ctx context.Context, force, final bool) error {
 					return err
 				}
 				since, lastCP, checkpointed = 0, time.Now(), true
+				checkpoints++
 			}
 			return nil
 		})
 		if err != nil {
 			return fmt.Errorf("audit: sealing: %w", err)
 		}
+		l.metrics.sealed.Add(float64(len(rows)))
+		l.metrics.checkpoints.Add(float64(checkpoints))
 		l.mu.Lock()
 		l.n, l.hash, l.sinceCheckpoint, l.lastCheckpoint = n, hash, since, lastCP
 		l.headDirty = true

@@ -56,6 +56,7 @@ type accounts struct {
 	maintainMu sync.Mutex
 	lastMaint  time.Time
 	guard      *loginGuard // password-guessing defences of /login and /register
+	metrics    *httpMetrics
 	// appservices answers for as_tokens and namespaces (SetAppServices).
 	appservices AppServices
 	// asSeen is each appservice's addresses its as_token was used from
@@ -71,6 +72,8 @@ func newAccounts(opts Options, db *storage.DB, rs roomserver.API) *accounts {
 		nonces: nonceStore{m: map[string]time.Time{}},
 		seen:   map[string]seenEntry{},
 		guard:  newLoginGuard(opts.LoginGuard),
+		// New replaces these with the API's registered metrics.
+		metrics: newHTTPMetrics(nil),
 	}
 }
 

@@ -57,6 +57,7 @@ func actorContext(r *http.Request) context.Context {
 // loginFailed records a failed login attempt and returns resp (or a 500 if
 // the attempt could not be recorded: unrecorded attempts are not allowed).
 func (ac *accounts) loginFailed(r *http.Request, userID, identifier, reason string, resp httpapi.Response) httpapi.Response {
+	ac.metrics.loginFailures.WithLabelValues(reason).Inc()
 	details := map[string]any{"reason": reason}
 	if identifier != "" {
 		details["identifier"] = clipString(identifier, 255)
@@ -78,6 +79,7 @@ func (ac *accounts) lockoutAfterFailure(r *http.Request, userID string) (httpapi
 	if lockout == 0 {
 		return httpapi.Response{}, false
 	}
+	ac.metrics.lockouts.Inc()
 	err := ac.opts.Audit.Record(actorContext(r), ac.db, auditapi.Entry{
 		Actor: auditapi.Actor{UserID: userID}, Action: auditapi.ActionLoginLockout, Target: userID,
 		Outcome: auditapi.OutcomeDenied, Details: map[string]any{"failures": count, "lockout_seconds": int64(lockout.Seconds())},

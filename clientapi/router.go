@@ -100,6 +100,7 @@ func (a *API) SetAppServices(as AppServices) {
 func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer, reg prometheus.Registerer) (*API, error) {
 	a := &API{opts: opts, db: db, rs: rs, sync: syncer, router: newRouter(), limiter: newLimiter(opts.RateLimit), metrics: newHTTPMetrics(reg)}
 	a.accounts = newAccounts(opts, db, rs)
+	a.accounts.metrics = a.metrics
 	a.rooms = &rooms{opts: opts, db: db, rs: rs, accounts: a.accounts}
 	a.keys = &keys{opts: opts, db: db, sync: syncer, accounts: a.accounts}
 	a.accountData = &accountData{db: db, sync: syncer}

@@ -142,7 +142,7 @@ func (r *Repo) serveDownload(w http.ResponseWriter, req *http.Request, origin, m
 	h.Set("Content-Type", ct)
 	h.Set("Content-Disposition", contentDisposition(ct, fileName))
 	r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "download")
-	http.ServeContent(w, req, "", time.UnixMilli(obj.row.UploadedTS), obj.r)
+	r.serveContent(w, req, time.UnixMilli(obj.row.UploadedTS), obj.r)
 }
 
 // openMedia finds media (fetching remote media through the federation

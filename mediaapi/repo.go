@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"enclave/auditapi"
 	"enclave/config"
 	"enclave/internal/httpapi"
@@ -102,6 +104,7 @@ type Repo struct {
 	audit    atomic.Pointer[AuditFunc]
 	remote   atomic.Pointer[remoteHolder]
 	fetchMu  keyedMutex
+	bytes    *prometheus.CounterVec // see newMediaBytes
 }
 
 type remoteHolder struct{ f RemoteFetcher }
@@ -127,7 +130,7 @@ func New(ctx context.Context, opts Options, db *storage.DB) (*Repo, error) {
 		return nil, err
 	}
 	return &Repo{opts: opts, db: db, kek: kek, blobs: blobs, thumbSem: make(chan struct{}, 2),
-		sources: sources{budget: newDecodeBudget(4 * opts.MaxImagePixels)}, waiters: waiters{m: map[string]chan struct{}{}}}, nil
+		sources: sources{budget: newDecodeBudget(4 * opts.MaxImagePixels)}, waiters: waiters{m: map[string]chan struct{}{}}, bytes: newMediaBytes()}, nil
 }
 
 // KEKID is the fingerprint of the key in use.

@@ -130,10 +130,10 @@ func (r *Repo) serveThumbnail(w http.ResponseWriter, req *http.Request, origin, 
 		return
 	}
 	r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "thumbnail")
-	writeThumb(w, req, ct, time.Now(), bytes.NewReader(data))
+	r.writeThumb(w, req, ct, time.Now(), bytes.NewReader(data))
 }
 
-func writeThumb(w http.ResponseWriter, req *http.Request, ct string, mod time.Time, body io.ReadSeeker) {
+func (r *Repo) writeThumb(w http.ResponseWriter, req *http.Request, ct string, mod time.Time, body io.ReadSeeker) {
 	h := w.Header()
 	securityHeaders(h)
 	h.Set("Content-Type", ct)
@@ -142,7 +142,7 @@ func writeThumb(w http.ResponseWriter, req *http.Request, ct string, mod time.Ti
 		name = "thumbnail.jpg"
 	}
 	h.Set("Content-Disposition", `inline; filename="`+name+`"`)
-	http.ServeContent(w, req, "", mod, body)
+	r.serveContent(w, req, mod, body)
 }
 
 // serveCachedThumb serves a cached thumbnail, reporting false on a miss.
@@ -168,7 +168,7 @@ func (r *Repo) serveCachedThumb(w http.ResponseWriter, req *http.Request, obj *o
 		return false
 	}
 	r.emit(req.Context(), user, obj.row.MediaID, obj.row.Size, obj.meta.SHA256, "thumbnail")
-	writeThumb(w, req, m.ContentType, time.UnixMilli(t.CreatedTS), sr)
+	r.writeThumb(w, req, m.ContentType, time.UnixMilli(t.CreatedTS), sr)
 	return true
 }
 

@@ -72,6 +72,7 @@ func (r *Repo) upload(w http.ResponseWriter, req *http.Request) {
 		httpapi.WriteResponse(w, r.storeError(req, err))
 		return
 	}
+	r.bytes.WithLabelValues("stored").Add(float64(blob.Size))
 	httpapi.WriteResponse(w, httpapi.JSON(http.StatusOK, map[string]string{"content_uri": mxc(row.Origin, row.MediaID)}))
 }
 
@@ -163,6 +164,7 @@ func (r *Repo) uploadTo(w http.ResponseWriter, req *http.Request) {
 		httpapi.WriteResponse(w, r.storeError(req, err))
 		return
 	}
+	r.bytes.WithLabelValues("stored").Add(float64(blob.Size))
 	r.waiters.wake(mediaKey(origin, mediaID))
 	httpapi.WriteResponse(w, httpapi.JSON(http.StatusOK, map[string]any{}))
 }

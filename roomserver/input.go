@@ -145,6 +145,7 @@ func (s *RoomServer) inputLocked(ctx context.Context, origin spec.ServerName, ev
 	// 3. Soft-fail against the current state.
 	softFailed := checkAllowed(ev, h.state) != nil
 	var next *roomHead
+	start := time.Now()
 	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {
 		if before.snapshot == 0 {
 			id, err := s.writeFullSnapshot(ctx, tx, roomID, before.state)
@@ -169,6 +170,7 @@ func (s *RoomServer) inputLocked(ctx context.Context, origin spec.ServerName, ev
 	if err != nil {
 		return err
 	}
+	s.observePersist("federation", start)
 	if next != nil {
 		s.setHead(roomID, next)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"enclave/internal/lru"
 	"enclave/storage"
@@ -64,6 +65,8 @@ type RoomServer struct {
 	hooks      []Hook
 	stateHooks []StateHook
 	listeners  []func(OutputEvent)
+
+	persist *prometheus.HistogramVec // see newPersistLatency
 }
 
 // roomHead is the in-memory copy of a room's tip: only changed under the
@@ -99,6 +102,7 @@ func New(db *storage.DB, serverName string, keyID string, key ed25519.PrivateKey
 		rooms:      map[string]*roomHead{},
 		events:     lru.New[string, gomatrixserverlib.PDU](50000),
 		snapshots:  lru.New[int64, map[StateKey]string](4096),
+		persist:    newPersistLatency(),
 	}
 }
 

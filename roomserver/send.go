@@ -97,6 +97,7 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	}
 	var stored *storage.Event
 	var next *roomHead
+	start := time.Now()
 	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
 		stored, next, err = s.appendLocal(ctx, tx, req.RoomID, h, ev, req)
@@ -122,6 +123,7 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	if err != nil {
 		return nil, err
 	}
+	s.observePersist("local", start)
 	s.setHead(req.RoomID, next)
 	return stored, nil
 }

@@ -114,12 +114,13 @@ func InsertAuditRow(ctx context.Context, q Querier, r *AuditRow, sealed bool) er
 type UnsealedAudit struct {
 	ID        int64
 	EntryHash string
+	TS        int64 // when it was recorded (ms): the sealer's lag
 }
 
 // UnsealedAuditRows lists up to limit unsealed rows with pos <= maxPos, in
 // the order they are to be chained.
 func UnsealedAuditRows(ctx context.Context, q Querier, maxPos int64, limit int) ([]UnsealedAudit, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, entry_hash FROM audit_log WHERE n IS NULL AND pos <= $1 ORDER BY pos, id LIMIT $2`, maxPos, limit)
+	rows, err := q.QueryContext(ctx, `SELECT id, entry_hash, ts FROM audit_log WHERE n IS NULL AND pos <= $1 ORDER BY pos, id LIMIT $2`, maxPos, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -127,7 +128,7 @@ func UnsealedAuditRows(ctx context.Context, q Querier, maxPos int64, limit int) 
 	var out []UnsealedAudit
 	for rows.Next() {
 		var u UnsealedAudit
-		if err := rows.Scan(&u.ID, &u.EntryHash); err != nil {
+		if err := rows.Scan(&u.ID, &u.EntryHash, &u.TS); err != nil {
 			return nil, err
 		}
 		out = append(out, u)

@@ -184,7 +184,7 @@ func (s *Syncer) Sliding(ctx context.Context, p SlidingParams) (*SlidingResponse
 		if p.Pos == nil || !empty || !time.Now().Before(deadline) || s.shuttingDown() {
 			return resp, nil
 		}
-		s.n.addWaiter(1)
+		s.n.addWaiter(SlidingWaiter, 1)
 		timer := time.NewTimer(time.Until(deadline))
 		select {
 		case <-wake:
@@ -192,11 +192,11 @@ func (s *Syncer) Sliding(ctx context.Context, p SlidingParams) (*SlidingResponse
 		case <-s.stopping:
 		case <-ctx.Done():
 			timer.Stop()
-			s.n.addWaiter(-1)
+			s.n.addWaiter(SlidingWaiter, -1)
 			return nil, ctx.Err()
 		}
 		timer.Stop()
-		s.n.addWaiter(-1)
+		s.n.addWaiter(SlidingWaiter, -1)
 	}
 }
 

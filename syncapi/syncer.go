@@ -163,8 +163,8 @@ func (s *Syncer) shuttingDown() bool {
 // Current is the token a sync would reach now.
 func (s *Syncer) Current() Token { return Token{Pos: s.db.Stream.Current(), Eph: s.eph.Load()} }
 
-// Waiters is the number of long-polls waiting now (metrics).
-func (s *Syncer) Waiters() int { return s.n.Waiters() }
+// Waiters is the number of long-polls of a kind waiting now (metrics).
+func (s *Syncer) Waiters(kind WaiterKind) int { return s.n.Waiters(kind) }
 
 // Params are the parsed query of GET /sync.
 type Params struct {
@@ -219,7 +219,7 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 			s.keyCounts.Put(p.UserID+"|"+p.DeviceID, keyCountsSig(resp))
 			return resp, nil
 		}
-		s.n.addWaiter(1)
+		s.n.addWaiter(SyncWaiter, 1)
 		timer := time.NewTimer(time.Until(deadline))
 		select {
 		case <-wake:
@@ -227,11 +227,11 @@ func (s *Syncer) Sync(ctx context.Context, p Params) (*Response, error) {
 		case <-s.stopping:
 		case <-ctx.Done():
 			timer.Stop()
-			s.n.addWaiter(-1)
+			s.n.addWaiter(SyncWaiter, -1)
 			return nil, ctx.Err()
 		}
 		timer.Stop()
-		s.n.addWaiter(-1)
+		s.n.addWaiter(SyncWaiter, -1)
 	}
 }
 

@@ -16,8 +16,16 @@ type wakeups struct {
 	mu      sync.Mutex
 	members map[string]map[string]bool // room -> users to wake
 	wake    map[string]chan struct{}   // user -> closed on the next wake-up
-	waiters int
+	waiters [2]int                     // by Waiter kind
 }
+
+// WaiterKind tells the long-polls apart in metrics.
+type WaiterKind int
+
+const (
+	SyncWaiter    WaiterKind = iota // GET /sync
+	SlidingWaiter                   // simplified sliding sync (MSC4186)
+)
 
 func newWakeups(db *storage.DB) *wakeups {
 	return &wakeups{db: db, members: map[string]map[string]bool{}, wake: map[string]chan struct{}{}}
@@ -92,15 +100,15 @@ func (n *wakeups) onMembership(ctx context.Context, roomID, userID, membership s
 	n.wakeLocked(userID)
 }
 
-func (n *wakeups) addWaiter(d int) {
+func (n *wakeups) addWaiter(kind WaiterKind, d int) {
 	n.mu.Lock()
-	n.waiters += d
+	n.waiters[kind] += d
 	n.mu.Unlock()
 }
 
-// Waiters is the number of /sync requests waiting now.
-func (n *wakeups) Waiters() int {
+// Waiters is the number of long-polls of a kind waiting now.
+func (n *wakeups) Waiters(kind WaiterKind) int {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	return n.waiters
+	return n.waiters[kind]
 }

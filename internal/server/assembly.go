@@ -132,7 +132,8 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 			AllowedMax:         s.Config.Retention.AllowedLifetimeMax.Duration,
 		},
 		// Read when a request comes, by which time buildMedia has run.
-		Media: func() adminapi.MediaAdmin { return s.Media },
+		Media:   func() adminapi.MediaAdmin { return s.Media },
+		Metrics: s.Registry,
 	})
 	if err := s.Admin.Register(); err != nil {
 		return err
@@ -245,6 +246,9 @@ func (s *Server) buildMedia(ctx context.Context) error {
 		return err
 	}
 	repo.SetAuditHook(s.Audit.MediaHook())
+	if err := repo.RegisterMetrics(s.Registry); err != nil {
+		return err
+	}
 	s.Media = repo
 	return nil
 }

@@ -174,9 +174,15 @@ func (s *Server) registerMetrics() {
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "enclave", Name: "stream_position", Help: "Highest visible position of the sync stream.",
 	}, func() float64 { return float64(s.DB.Stream.Current()) }))
-	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Namespace: "enclave", Name: "sync_waiters", Help: "Long-polling /sync requests waiting now.",
-	}, func() float64 { return float64(s.Sync.Waiters()) }))
+	for kind, name := range map[syncapi.WaiterKind]string{syncapi.SyncWaiter: "sync", syncapi.SlidingWaiter: "sliding"} {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "enclave", Name: "sync_waiters", Help: "Long-polls waiting now, by kind: sync (/sync) or sliding (MSC4186).",
+			ConstLabels: prometheus.Labels{"kind": name},
+		}, func() float64 { return float64(s.Sync.Waiters(kind)) }))
+	}
+	if err := errors.Join(s.Rooms.RegisterMetrics(reg), s.Audit.RegisterMetrics(reg)); err != nil {
+		panic(err) // a name registered twice: a programming error, as MustRegister treats it
+	}
 	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Namespace: "enclave", Subsystem: "store", Name: "open_connections", Help: "Open store connections.",
 	}, func() float64 { return float64(s.DB.Stats().OpenConnections) }))
