@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -141,7 +142,7 @@ func Export(ctx context.Context, db storage.Querier, w io.Writer, o ExportOption
 		err = storage.EachAuditRow(ctx, db, first, last, func(r *storage.AuditRow) error {
 			count++
 			if o.Format == FormatCEF {
-				_, err := bw.WriteString(cefLine(r, o.Version) + "\n")
+				_, err := bw.WriteString(CEFLine(r, o.Version) + "\n")
 				return err
 			}
 			return writeJSONLine(bw, ExportRow(r))
@@ -164,8 +165,14 @@ func writeJSONLine(w *bufio.Writer, v any) error {
 	return w.WriteByte('\n')
 }
 
-// cefLine renders a row as a CEF:0 record.
-func cefLine(r *storage.AuditRow, version string) string {
+// CEFLine renders a row as an ArcSight CEF:0 record:
+// CEF:0|Enclave|Enclave|version|action|action|severity|extension. The
+// extension maps the actor's user ID to suser and a target that is a user
+// ID to duser (never a room, event or path: those are cs1 roomId and cs5
+// target), the client address to src (only when it is an IP address), the
+// time to rt (ms), the action to act and the chain index to externalId
+// and cn1 (sequence), by which a collector removes duplicates.
+func CEFLine(r *storage.AuditRow, version string) string {
 	sev := "3"
 	switch {
 	case r.Outcome == OutcomeFailure || r.Outcome == OutcomeDenied:
@@ -191,18 +198,39 @@ func cefLine(r *storage.AuditRow, version string) string {
 			add(k, v)
 		}
 	}
+	add("act", r.Action)
 	add("suser", r.ActorUser)
-	add("sntdom", r.ActorServer)
-	add("src", r.ActorIP)
+	add("shost", r.ActorServer)
+	if ip := strings.Trim(r.ActorIP, "[]"); net.ParseIP(ip) != nil {
+		add("src", ip)
+	}
 	add("requestClientApplication", r.ActorUA)
-	add("duser", r.Target)
+	room, target := r.RoomID, r.Target
+	switch {
+	case isUserID(target):
+		add("duser", target)
+		target = ""
+	case room == "" && strings.HasPrefix(target, "!"):
+		room, target = target, ""
+	case target == room:
+		target = ""
+	}
 	add("outcome", r.Outcome)
-	labelled("cs1", "room", r.RoomID)
-	labelled("cs2", "device", r.ActorDevice)
+	if r.N > 0 {
+		add("externalId", strconv.FormatInt(r.N, 10))
+	}
+	labelled("cs1", "roomId", room)
+	labelled("cs2", "deviceId", r.ActorDevice)
 	labelled("cs3", "details", r.Details)
-	labelled("cs4", "chain_hash", r.ChainHash)
-	labelled("cn1", "n", strconv.FormatInt(r.N, 10))
+	labelled("cs4", "chainHash", r.ChainHash)
+	labelled("cs5", "target", target)
+	labelled("cn1", "sequence", strconv.FormatInt(r.N, 10))
 	return strings.Join(hdr, "|") + "|" + strings.Join(ext, " ")
+}
+
+// isUserID reports whether s has the shape of a Matrix user ID.
+func isUserID(s string) bool {
+	return len(s) > 3 && s[0] == '@' && strings.Contains(s[1:], ":")
 }
 
 func cefHeader(s string) string {

@@ -181,17 +181,47 @@ type TURNConfig struct {
 
 // AuditConfig controls the audit log and its integrity checkpoints.
 type AuditConfig struct {
-	Enabled            bool     `yaml:"enabled" doc:"Record security-relevant actions in the audit log."`
-	CheckpointEvery    int      `yaml:"checkpoint_every" doc:"Write an integrity checkpoint after this many audit entries."`
-	CheckpointInterval Duration `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
-	HeadExportPath     string   `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
-	HeadSyslog         bool     `yaml:"head_syslog" doc:"Also send the signed audit log head to syslog (facility auth, tag enclave-audit) whenever it is exported, so a copy leaves the host through syslog forwarding or straight to a SIEM (see syslog_address)."`
-	SyslogAddress      string   `yaml:"syslog_address" doc:"Where head_syslog sends: empty for the local syslog daemon, or udp://HOST:PORT or tcp://HOST:PORT for a SIEM's syslog collector."`
-	SigningKey         string   `yaml:"signing_key" doc:"File holding the ed25519 key that signs audit checkpoints and heads (Matrix key file format), created on first start. Keep it away from the data directory and the database: whoever holds it can re-sign a rewritten log. Empty: DATA.audit.key beside the data directory DATA (falling back, with a warning, to DATA/audit.key if that cannot be created). A key inside the data directory is warned about at every start."`
-	SigningKeyEnv      string   `yaml:"signing_key_env" doc:"Name of an environment variable holding the audit signing key (unpadded base64 of the 32-byte ed25519 seed, e.g. from a secrets manager); overrides signing_key."`
-	PublicKey          string   `yaml:"public_key" doc:"The audit public key (unpadded base64), or a file holding it, for enclave audit verify on a host that does not hold the private key. Empty: derived from the signing key."`
-	AnchorFile         string   `yaml:"anchor_file" doc:"Append-only JSONL file every signed head is appended to, the anchor enclave audit verify checks the chain against. Put it on storage the database's administrators cannot rewrite (a remote or append-only mount). Empty: DATA.audit-anchor.jsonl beside the data directory DATA; none disables the file (then anchor with head_syslog)."`
+	Enabled            bool            `yaml:"enabled" doc:"Record security-relevant actions in the audit log."`
+	CheckpointEvery    int             `yaml:"checkpoint_every" doc:"Write an integrity checkpoint after this many audit entries."`
+	CheckpointInterval Duration        `yaml:"checkpoint_interval" doc:"Also write a checkpoint at least this often while entries are being added."`
+	HeadExportPath     string          `yaml:"head_export_path" doc:"If set, the latest audit log head is also written to this file (relative to the data directory) so it can be copied off-host to detect tampering. Empty disables."`
+	HeadSyslog         bool            `yaml:"head_syslog" doc:"Also send the signed audit log head to syslog (facility auth, tag enclave-audit) whenever it is exported, so a copy leaves the host through syslog forwarding or straight to a SIEM (see syslog_address)."`
+	SyslogAddress      string          `yaml:"syslog_address" doc:"Where head_syslog sends: empty for the local syslog daemon, or udp://HOST:PORT or tcp://HOST:PORT for a SIEM's syslog collector."`
+	SigningKey         string          `yaml:"signing_key" doc:"File holding the ed25519 key that signs audit checkpoints and heads (Matrix key file format), created on first start. Keep it away from the data directory and the database: whoever holds it can re-sign a rewritten log. Empty: DATA.audit.key beside the data directory DATA (falling back, with a warning, to DATA/audit.key if that cannot be created). A key inside the data directory is warned about at every start."`
+	SigningKeyEnv      string          `yaml:"signing_key_env" doc:"Name of an environment variable holding the audit signing key (unpadded base64 of the 32-byte ed25519 seed, e.g. from a secrets manager); overrides signing_key."`
+	PublicKey          string          `yaml:"public_key" doc:"The audit public key (unpadded base64), or a file holding it, for enclave audit verify on a host that does not hold the private key. Empty: derived from the signing key."`
+	AnchorFile         string          `yaml:"anchor_file" doc:"Append-only JSONL file every signed head is appended to, the anchor enclave audit verify checks the chain against. Put it on storage the database's administrators cannot rewrite (a remote or append-only mount). Empty: DATA.audit-anchor.jsonl beside the data directory DATA; none disables the file (then anchor with head_syslog)."`
+	SIEM               AuditSIEMConfig `yaml:"siem" doc:"Streaming of every audit entry (checkpoints included) to a SIEM: a syslog collector and/or a rotated local file. Each sink keeps its position in the store, so entries a slow or unreachable collector has not taken wait in the store and are sent when it is back, also after a restart (at least once: each record carries its chain index n, by which a collector drops duplicates). Nothing is sent anywhere unless syslog.address or file.path is set."`
 }
+
+// AuditSIEMConfig selects the SIEM sinks and their record format.
+type AuditSIEMConfig struct {
+	Format string            `yaml:"format" doc:"Record format of both sinks: jsonl (one audit export entry per line, verifiable against the chain) or cef (ArcSight CEF:0: suser actor, duser target user, cs1 roomId, src client IP, rt time in ms, act action, externalId the chain index)."`
+	Syslog AuditSyslogConfig `yaml:"syslog" doc:"RFC 5424 syslog over TCP (optionally TLS), octet-counting framing (RFC 6587 / RFC 5425), facility auth, APP-NAME enclave, MSGID the action, [meta sequenceId] the chain index."`
+	File   AuditFileConfig   `yaml:"file" doc:"Append-only local file with size-based rotation (PATH, PATH.1 newest rotated, ..., PATH.N oldest), for a log shipper to pick up."`
+}
+
+// AuditSyslogConfig is the syslog collector of SIEM streaming.
+type AuditSyslogConfig struct {
+	Address  string `yaml:"address" doc:"HOST:PORT of the collector's TCP syslog listener. Empty disables the syslog sink."`
+	TLS      bool   `yaml:"tls" doc:"Connect with TLS (RFC 5425), verifying the collector's certificate against ca_file (or the system pool) and HOST."`
+	CAFile   string `yaml:"ca_file" doc:"PEM CA certificates the collector's certificate must chain to (with tls). Empty: the system pool. Relative to the data directory."`
+	CertFile string `yaml:"cert_file" doc:"PEM client certificate presented to the collector (mutual TLS; with key_file). Relative to the data directory."`
+	KeyFile  string `yaml:"key_file" doc:"PEM private key of cert_file. Relative to the data directory."`
+}
+
+// AuditFileConfig is the local file sink of SIEM streaming.
+type AuditFileConfig struct {
+	Path      string  `yaml:"path" doc:"File the records are appended to (fsynced before the sink's position advances). Empty disables the file sink. Relative to the data directory."`
+	MaxSizeMB float64 `yaml:"max_size_mb" doc:"Size in MB (may be fractional) at which the file is rotated: PATH becomes PATH.1, PATH.1 becomes PATH.2, and so on. A record is never split across files."`
+	MaxFiles  int     `yaml:"max_files" doc:"Rotated files kept besides PATH; the oldest beyond it is deleted."`
+}
+
+// SIEM formats.
+const (
+	SIEMFormatJSONL = "jsonl"
+	SIEMFormatCEF   = "cef"
+)
 
 // RetentionConfig is the server-wide retention policy: a default for rooms
 // that set none, and bounds on what rooms may set.
@@ -258,6 +288,8 @@ func Default() *Config {
 			Enabled:            true,
 			CheckpointEvery:    1000,
 			CheckpointInterval: Duration{5 * time.Minute},
+			SIEM: AuditSIEMConfig{Format: SIEMFormatJSONL,
+				File: AuditFileConfig{MaxSizeMB: 100, MaxFiles: 10}},
 		},
 		RBAC: RBACConfig{DefaultRole: "user"},
 	}
@@ -339,6 +371,7 @@ func (c *Config) resolvePaths(dataDir string) error {
 	for _, p := range []*string{
 		&c.SigningKey, &c.Media.Path, &c.Media.KEKFile,
 		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath, &c.Audit.SigningKey,
+		&c.Audit.SIEM.Syslog.CAFile, &c.Audit.SIEM.Syslog.CertFile, &c.Audit.SIEM.Syslog.KeyFile, &c.Audit.SIEM.File.Path,
 	} {
 		*p = c.resolve(*p)
 	}

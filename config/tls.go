@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"time"
@@ -108,4 +109,39 @@ func (c *Config) RootCAs() (*x509.CertPool, error) {
 		return nil, fmt.Errorf("config: tls.ca_bundle: no PEM certificates in %s", c.TLS.CABundle)
 	}
 	return pool, nil
+}
+
+// SIEMSyslogTLSConfig returns the client TLS config for the SIEM syslog
+// collector (audit.siem.syslog with tls), or nil for plain TCP: the
+// collector's certificate must chain to ca_file (or the system pool) and
+// name the address's host; cert_file/key_file are presented when set.
+func (c *Config) SIEMSyslogTLSConfig() (*tls.Config, error) {
+	y := c.Audit.SIEM.Syslog
+	if !y.TLS {
+		return nil, nil
+	}
+	host, _, err := net.SplitHostPort(y.Address)
+	if err != nil {
+		return nil, &FieldError{Path: "audit.siem.syslog.address", Msg: err.Error()}
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: host}
+	if y.CAFile != "" {
+		pem, err := os.ReadFile(y.CAFile)
+		if err != nil {
+			return nil, &FieldError{Path: "audit.siem.syslog.ca_file", Msg: err.Error()}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, &FieldError{Path: "audit.siem.syslog.ca_file", Msg: fmt.Sprintf("%s holds no PEM certificate", y.CAFile)}
+		}
+		tc.RootCAs = pool
+	}
+	if y.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(y.CertFile, y.KeyFile)
+		if err != nil {
+			return nil, &FieldError{Path: "audit.siem.syslog.cert_file", Msg: err.Error()}
+		}
+		tc.Certificates = []tls.Certificate{cert}
+	}
+	return tc, nil
 }

@@ -182,6 +182,7 @@ func (c *Config) Validate() error {
 	if a := c.Audit.SyslogAddress; a != "" && !strings.HasPrefix(a, "udp://") && !strings.HasPrefix(a, "tcp://") {
 		bad("audit.syslog_address", "must be udp://HOST:PORT or tcp://HOST:PORT (got %q)", a)
 	}
+	c.validateSIEM(bad)
 
 	notNegative("retention.default_max_lifetime", c.Retention.DefaultMaxLifetime)
 	notNegative("retention.allowed_lifetime_min", c.Retention.AllowedLifetimeMin)
@@ -289,4 +290,44 @@ func validateHost(host string) error {
 		}
 	}
 	return nil
+}
+
+// validateSIEM checks audit.siem: the sinks' addresses, TLS material and
+// rotation bounds, each problem naming its option.
+func (c *Config) validateSIEM(bad func(path, format string, args ...any)) {
+	s := c.Audit.SIEM
+	if s.Format != SIEMFormatJSONL && s.Format != SIEMFormatCEF {
+		bad("audit.siem.format", "must be one of jsonl, cef (got %q)", s.Format)
+	}
+	y := s.Syslog
+	if y.Address != "" {
+		if strings.Contains(y.Address, "://") {
+			bad("audit.siem.syslog.address", "must be HOST:PORT, without a scheme (TCP; set audit.siem.syslog.tls for TLS) (got %q)", y.Address)
+		} else if host, port, err := net.SplitHostPort(y.Address); err != nil || host == "" || port == "" {
+			bad("audit.siem.syslog.address", "must be HOST:PORT (got %q)", y.Address)
+		} else if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			bad("audit.siem.syslog.address", "port must be 1-65535 (got %q)", port)
+		}
+	}
+	tlsOnly := func(path, v string) {
+		if v != "" && !y.TLS {
+			bad(path, "is only used with audit.siem.syslog.tls: true")
+		}
+	}
+	tlsOnly("audit.siem.syslog.ca_file", y.CAFile)
+	tlsOnly("audit.siem.syslog.cert_file", y.CertFile)
+	tlsOnly("audit.siem.syslog.key_file", y.KeyFile)
+	if (y.CertFile == "") != (y.KeyFile == "") {
+		bad("audit.siem.syslog.cert_file", "cert_file and key_file must be set together")
+	}
+	if y.TLS && y.Address == "" {
+		bad("audit.siem.syslog.tls", "needs audit.siem.syslog.address")
+	}
+	f := s.File
+	if f.MaxSizeMB <= 0 {
+		bad("audit.siem.file.max_size_mb", "must be positive (got %v)", f.MaxSizeMB)
+	}
+	if f.MaxFiles < 1 {
+		bad("audit.siem.file.max_files", "must be at least 1 (got %d)", f.MaxFiles)
+	}
 }

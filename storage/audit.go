@@ -329,3 +329,39 @@ func EachAuditRow(ctx context.Context, q Querier, fromN, toN int64, fn func(*Aud
 		}
 	}
 }
+
+// SIEM streaming (auditapi/siem) keeps, per sink, the chain index of the
+// last row it delivered: the rows themselves wait in audit_log, so a slow
+// or unreachable collector never loses one, and a restart resumes there.
+const auditSIEMV1 = `
+CREATE TABLE audit_siem_cursor (
+	sink TEXT PRIMARY KEY,
+	n BIGINT NOT NULL,
+	updated_ts BIGINT NOT NULL
+)`
+
+// AuditSIEMCursor returns the chain index the sink last delivered (0 if
+// it never delivered any).
+func AuditSIEMCursor(ctx context.Context, q Querier, sink string) (int64, error) {
+	var n int64
+	err := q.QueryRowContext(ctx, `SELECT n FROM audit_siem_cursor WHERE sink = $1`, sink).Scan(&n)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, nil
+	}
+	return n, err
+}
+
+// SetAuditSIEMCursor records that the sink delivered every row up to n.
+// It never moves a cursor backwards.
+func SetAuditSIEMCursor(ctx context.Context, q Querier, sink string, n, nowMS int64) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO audit_siem_cursor (sink, n, updated_ts) VALUES ($1, $2, $3)
+		ON CONFLICT (sink) DO UPDATE SET n = excluded.n, updated_ts = excluded.updated_ts WHERE audit_siem_cursor.n < excluded.n`, sink, n, nowMS)
+	return err
+}
+
+// AuditSealedMax is the highest chain index sealed so far (0: none).
+func AuditSealedMax(ctx context.Context, q Querier) (int64, error) {
+	var n sql.NullInt64
+	err := q.QueryRowContext(ctx, `SELECT MAX(n) FROM audit_log`).Scan(&n)
+	return n.Int64, err
+}

@@ -98,3 +98,28 @@ func TestAuditRowsSealListFilter(t *testing.T) {
 		}
 	})
 }
+
+// The SIEM cursor: 0 before any delivery, set per sink, never moved back.
+func TestAuditSIEMCursor(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		if n, err := storage.AuditSIEMCursor(ctx, db, "syslog:a"); err != nil || n != 0 {
+			t.Fatalf("fresh cursor: %d, %v", n, err)
+		}
+		for _, step := range []struct {
+			sink string
+			set  int64
+			want int64
+		}{{"syslog:a", 5, 5}, {"syslog:a", 9, 9}, {"syslog:a", 3, 9}, {"file:b", 2, 2}} {
+			if err := storage.SetAuditSIEMCursor(ctx, db, step.sink, step.set, 1000); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := storage.AuditSIEMCursor(ctx, db, step.sink); err != nil || n != step.want {
+				t.Fatalf("%s after setting %d: %d, %v (want %d)", step.sink, step.set, n, err, step.want)
+			}
+		}
+		if n, _ := storage.AuditSIEMCursor(ctx, db, "syslog:a"); n != 9 {
+			t.Fatalf("another sink moved syslog:a to %d", n)
+		}
+	})
+}

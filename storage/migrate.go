@@ -55,6 +55,7 @@ var migrations = []migration{
 	{Component: "appservice", Version: 1, SQL: appserviceV1},
 	{Component: "room_gaps", Version: 1, SQL: roomGapsV1},
 	{Component: "delayed_events", Version: 1, SQL: delayedEventsV1},
+	{Component: "audit_siem", Version: 1, SQL: auditSIEMV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -16,6 +16,7 @@ import (
 	"enclave/appservice"
 	"enclave/auditapi"
 	"enclave/auditapi/endpoints"
+	"enclave/auditapi/siem"
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/federationapi"
@@ -200,8 +201,15 @@ func (s *Server) buildAudit(ctx context.Context) error {
 		Version: Version, HeadPath: c.HeadExportPath, AnchorPath: s.Config.AuditAnchorPath()}).Register(); err != nil {
 		return err
 	}
+	if err := s.buildSIEM(); err != nil {
+		return err
+	}
+	start := map[string]any{"version": Version}
+	if sinks := s.SIEM.Sinks(); len(sinks) > 0 {
+		start["siem_sinks"] = sinks
+	}
 	if err := l.Record(ctx, s.DB, auditapi.Entry{Actor: auditapi.Actor{Server: s.Config.ServerName},
-		Action: auditapi.ActionServerStart, Details: map[string]any{"version": Version}}); err != nil {
+		Action: auditapi.ActionServerStart, Details: start}); err != nil {
 		return err // New closes the log
 	}
 	for _, e := range s.keyOps {
@@ -217,6 +225,40 @@ func (s *Server) buildAudit(ctx context.Context) error {
 		if err := l.Close(); err != nil {
 			logrus.WithError(err).Error("audit: closing the log")
 		}
+		// After the log's last seal: the stop entry and final checkpoint
+		// go out in the streamer's last pass (or at the next start).
+		s.SIEM.Stop()
+	})
+	return nil
+}
+
+// buildSIEM: the audit.siem streamer, a reader of the sealed chain beside
+// the write path, with a position per sink in the store. It connects to
+// nothing unless a sink is configured, and runs while the server serves.
+func (s *Server) buildSIEM() error {
+	c := s.Config.Audit.SIEM
+	o := siem.Options{ServerName: s.Config.ServerName, Version: Version, Format: c.Format}
+	if c.Syslog.Address != "" {
+		tc, err := s.Config.SIEMSyslogTLSConfig()
+		if err != nil {
+			return err
+		}
+		o.Syslog = &siem.SyslogOptions{Address: c.Syslog.Address, TLS: tc}
+	}
+	if c.File.Path != "" {
+		o.File = &siem.FileOptions{Path: c.File.Path, MaxBytes: int64(c.File.MaxSizeMB * (1 << 20)), MaxFiles: c.File.MaxFiles}
+	}
+	st, err := siem.New(s.DB, o)
+	if err != nil || st == nil {
+		return err
+	}
+	if err := st.RegisterMetrics(s.Registry); err != nil {
+		return err
+	}
+	s.SIEM = st
+	s.OnStart(func() error {
+		st.Start()
+		return nil
 	})
 	return nil
 }

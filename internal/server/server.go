@@ -20,6 +20,7 @@ import (
 	"enclave/adminapi"
 	"enclave/appservice"
 	"enclave/auditapi"
+	"enclave/auditapi/siem"
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/federationapi"
@@ -60,6 +61,9 @@ type Server struct {
 	Admin *adminapi.API
 	// Audit is the audit trail.
 	Audit *auditapi.Log
+	// SIEM streams audit entries to the configured syslog collector and
+	// file (nil when audit.siem configures neither).
+	SIEM *siem.Streamer
 	// Push evaluates push rules after each event and wakes /sync once the
 	// event's unread counts are stored.
 	Push *pushnotify.Notifier
