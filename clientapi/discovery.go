@@ -17,7 +17,7 @@ var supportedVersions = []string{"r0.6.1", "v1.1", "v1.2", "v1.3", "v1.4", "v1.5
 func versions(*http.Request) httpapi.Response {
 	return httpapi.JSON(200, map[string]any{
 		"versions":          supportedVersions,
-		"unstable_features": map[string]bool{"org.matrix.msc3575": false, "org.matrix.simplified_msc3575": true},
+		"unstable_features": map[string]bool{"org.matrix.msc3575": false, "org.matrix.simplified_msc3575": true, "org.matrix.msc4306": true},
 	})
 }
 

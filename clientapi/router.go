@@ -64,6 +64,7 @@ type API struct {
 	keys        *keys
 	accountData *accountData
 	delayed     *delayedEvents
+	threadSubs  *threadSubs
 	social      *social
 	events      *events
 	directory   *directory
@@ -108,6 +109,7 @@ func New(opts Options, db *storage.DB, rs roomserver.API, syncer *syncapi.Syncer
 	a.accounts.accountData = a.accountData
 	a.delayed = &delayedEvents{db: db, rs: rs, wake: make(chan struct{}, 1)}
 	a.rooms.delayed = a.delayed
+	a.threadSubs = &threadSubs{db: db, rs: rs, sync: syncer}
 	a.social = &social{opts: opts, db: db, rs: rs, sync: syncer, accounts: a.accounts, authorize: a.authorize}
 	a.events = &events{opts: opts, db: db, rs: rs, sync: syncer}
 	a.directory = &directory{opts: opts, db: db, rs: rs, events: a.events}

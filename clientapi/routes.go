@@ -188,6 +188,11 @@ func (a *API) routes() [][]route {
 		authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}", "messages", perm.AnyUser, a.events.relations),
 		authed("GET", "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}/{eventType}", "messages", perm.AnyUser, a.events.relations),
 		authed("GET", "/_matrix/client/v1/rooms/{roomId}/threads", "messages", perm.AnyUser, a.events.threads),
+		// Thread subscriptions (MSC4306) and their changes (MSC4308).
+		authed("GET", "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription", "account_data", perm.AnyUser, a.threadSubs.get),
+		authed("PUT", "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription", "account_data", perm.AnyUser, a.threadSubs.put),
+		authed("DELETE", "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription", "account_data", perm.AnyUser, a.threadSubs.delete),
+		authed("GET", "/_matrix/client/unstable/io.element.msc4308/thread_subscriptions", "account_data", perm.AnyUser, a.threadSubs.list),
 		v3("POST", "/rooms/{roomId}/report/{eventId}", "report", perm.AnyUser, a.reportEvent),
 		v3("POST", "/rooms/{roomId}/report", "report", perm.AnyUser, a.reportRoom),
 		v3("POST", "/users/{userId}/report", "report", perm.AnyUser, a.reportUser),

@@ -27,13 +27,6 @@ const (
 func (sy *syncing) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	q := r.URL.Query()
 	p := syncapi.SlidingParams{UserID: dev.UserID, DeviceID: dev.DeviceID}
-	if s := q.Get("pos"); s != "" {
-		tok, err := syncapi.ParseToken(s)
-		if err != nil || tok.Pos < 0 {
-			return httpapi.Errf(400, "M_UNKNOWN_POS", "unknown pos")
-		}
-		p.Pos = &tok
-	}
 	if s := q.Get("timeout"); s != "" {
 		ms, err := strconv.ParseInt(s, 10, 64)
 		if err != nil || ms < 0 {
@@ -52,6 +45,17 @@ func (sy *syncing) slidingHandler(r *http.Request, dev *httpapi.Device) httpapi.
 	}
 	if c := q.Get("conn_id"); c != "" && req.ConnID == "" {
 		req.ConnID = c
+	}
+	pos := q.Get("pos")
+	if pos == "" {
+		pos = req.Pos
+	}
+	if pos != "" {
+		tok, err := syncapi.ParseToken(pos)
+		if err != nil || tok.Pos < 0 {
+			return httpapi.Errf(400, "M_UNKNOWN_POS", "unknown pos")
+		}
+		p.Pos = &tok
 	}
 	if resp, ok := checkSliding(&req); !ok {
 		return resp

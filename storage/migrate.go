@@ -56,6 +56,7 @@ var migrations = []migration{
 	{Component: "room_gaps", Version: 1, SQL: roomGapsV1},
 	{Component: "delayed_events", Version: 1, SQL: delayedEventsV1},
 	{Component: "audit_siem", Version: 1, SQL: auditSIEMV1},
+	{Component: "thread_subscriptions", Version: 1, SQL: threadSubscriptionsV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -46,11 +46,26 @@ type Receipt struct {
 // (a receipt for an older event than the current one is ignored) and
 // returns whether it did. A read receipt also marks the user's
 // notifications up to the event as read.
+//
+// A threaded receipt for the event the user's unthreaded receipt of the
+// same type already names is dropped (MSC4102): the unthreaded one must
+// win, and only dropping it here keeps it from winning in a later /sync
+// or over federation, where the two would travel apart.
 func PutReceipt(ctx context.Context, tx *Tx, r *Receipt) (bool, error) {
 	read := r.Type == ReceiptRead || r.Type == ReceiptReadPrivate
 	if read {
 		if err := lockUsers(ctx, tx, []string{r.UserID}); err != nil {
 			return false, err
+		}
+	}
+	if r.ThreadID != "" {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM receipts WHERE room_id = $1 AND receipt_type = $2 AND user_id = $3 AND thread_id = '' AND event_id = $4`,
+			r.RoomID, r.Type, r.UserID, r.EventID).Scan(&n); err != nil {
+			return false, err
+		}
+		if n > 0 {
+			return false, nil
 		}
 	}
 	r.StreamPos = tx.NextPos("receipts")

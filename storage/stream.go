@@ -55,6 +55,7 @@ var streamTables = []struct{ table, column string }{
 	{"e2ee_stream_mark", "pos"},
 	{"e2ee_member_changes", "pos"},
 	{"audit_log", "pos"},
+	{"thread_subscriptions", "stream_pos"},
 }
 
 func loadStream(ctx context.Context, db *DB) (*Stream, error) {

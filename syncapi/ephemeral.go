@@ -221,6 +221,10 @@ func (e *ephemeral) receipts(ctx context.Context, req *Request, resp *Response, 
 		}
 		info := map[string]any{"ts": r.TS}
 		if r.ThreadID != "" {
+			// An unthreaded receipt for the same event wins (MSC4102).
+			if prev, ok := users[r.UserID].(map[string]any); ok && prev["thread_id"] == nil {
+				continue
+			}
 			info["thread_id"] = r.ThreadID
 		}
 		users[r.UserID] = info

@@ -25,8 +25,11 @@ import (
 
 // SlidingRequest is the body (and query) of a sliding sync request.
 type SlidingRequest struct {
-	ConnID            string                       `json:"conn_id,omitempty"`
-	TxnID             string                       `json:"txn_id,omitempty"`
+	ConnID string `json:"conn_id,omitempty"`
+	TxnID  string `json:"txn_id,omitempty"`
+	// Pos in the body is accepted as well as the pos query parameter
+	// (Complement's MSC4308 tests send it there).
+	Pos               string                       `json:"pos,omitempty"`
 	Lists             map[string]SlidingList       `json:"lists,omitempty"`
 	RoomSubscriptions map[string]SlidingRoomConfig `json:"room_subscriptions,omitempty"`
 	Extensions        SlidingExtensionsRequest     `json:"extensions"`
@@ -64,6 +67,12 @@ type SlidingExtensionsRequest struct {
 	AccountData *slidingEnabled `json:"account_data,omitempty"`
 	Receipts    *slidingEnabled `json:"receipts,omitempty"`
 	Typing      *slidingEnabled `json:"typing,omitempty"`
+	// ThreadSubscriptions is MSC4308's extension: the user's thread
+	// subscription changes since pos, the newest limit of them.
+	ThreadSubscriptions *struct {
+		Enabled *bool `json:"enabled"`
+		Limit   *int  `json:"limit"`
+	} `json:"io.element.msc4308.thread_subscriptions,omitempty"`
 }
 
 type slidingEnabled struct {
@@ -746,6 +755,19 @@ func (s *Syncer) slidingExtensions(ctx context.Context, p SlidingParams, req *Re
 		}
 		if len(ad) > 0 {
 			out.Extensions["account_data"] = ad
+		}
+	}
+	if ts := x.ThreadSubscriptions; ts != nil && ts.Enabled != nil && *ts.Enabled && s.db.Stream.Moved("thread_subscriptions", req.Since.Pos) {
+		limit := defaultThreadSubscriptionsLimit
+		if ts.Limit != nil && *ts.Limit > 0 {
+			limit = min(*ts.Limit, defaultThreadSubscriptionsLimit)
+		}
+		page, err := ThreadSubscriptionPage(ctx, s.db, p.UserID, req.Since.Pos, req.To.Pos, limit)
+		if err != nil {
+			return err
+		}
+		if len(page) > 0 {
+			out.Extensions[threadSubscriptionsExtension] = page
 		}
 	}
 	for _, kind := range []struct {

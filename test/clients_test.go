@@ -1042,6 +1042,25 @@ func ccCalls() []ccCall {
 		{who: ccElement, as: "alice", method: "GET", path: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/m.thread?dir=b&limit=50", want: 200,
 			tmpl: "/_matrix/client/v1/rooms/{roomId}/relations/{eventId}/{relType}", note: "opening a thread",
 			check: func(e *ccEnv, r ccResp) { ccHasEvent(e, "thread", e.list(r, "chunk"), e.vars["threadReplyId"]) }},
+		{who: ccX, as: "alice", method: "PUT", path: "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{eventId}/subscription", want: 200,
+			tmpl: "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription", body: map[string]any{},
+			note: "thread subscription (MSC4306): following a thread", check: ccEmptyObject},
+		{who: ccX, as: "alice", method: "GET", path: "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{eventId}/subscription", want: 200,
+			tmpl: "/_matrix/client/unstable/io.element.msc4306/rooms/{roomId}/thread/{threadRootId}/subscription",
+			check: func(e *ccEnv, r ccResp) {
+				if r.Body["automatic"] != false {
+					e.t.Errorf("subscription: %s", ccShort(r.Raw))
+				}
+			}},
+		{who: ccX, as: "alice", method: "GET", path: "/_matrix/client/unstable/io.element.msc4308/thread_subscriptions?dir=b&limit=10", want: 200,
+			note: "thread subscription changes (MSC4308), paging back from a sliding sync prev_batch",
+			check: func(e *ccEnv, r ccResp) {
+				subs, _ := r.Body["subscribed"].(map[string]any)
+				room, _ := subs[e.vars["roomId"]].(map[string]any)
+				if _, ok := room[e.vars["eventId"]].(map[string]any); !ok {
+					e.t.Errorf("thread_subscriptions: %s", ccShort(r.Raw))
+				}
+			}},
 		{who: ccElement, as: "alice", method: "PUT", path: "/_matrix/client/v3/rooms/{roomId}/send/m.room.message/{txnId}", want: 200,
 			tmpl: "/_matrix/client/v3/rooms/{roomId}/send/{eventType}/{txnId}", note: "an edit",
 			body: func(e *ccEnv) any {

@@ -489,6 +489,12 @@ func socUnread(t *testing.T, srv *Server, alice, bob, carol *socUser) {
 
 	// Threads: counts per thread when the filter asks; a threaded receipt.
 	threaded := map[string]string{"filter": `{"room":{"timeline":{"unread_thread_notifications":true}}}`}
+	// Alice follows the thread (MSC4306): replies in threads she has not
+	// subscribed to would not notify her.
+	subPath := alice.HomeserverURL.String() + "/_matrix/client/unstable/io.element.msc4306/rooms/" + url.PathEscape(string(room)) + "/thread/" + url.PathEscape(string(first)) + "/subscription"
+	if _, err := alice.MakeRequest(ctx, "PUT", subPath, map[string]any{}, nil); err != nil {
+		t.Fatal(err)
+	}
 	reply := bob.send(t, room, map[string]any{"msgtype": "m.text", "body": "in thread", "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": string(first)}})
 	ts := alice.syncUntil(t, since, threaded, "thread counts", func(s *socSync) bool {
 		return s.room(room).Threads[string(first)].Notification == 1

@@ -33,6 +33,27 @@ func senderPermission(key string) Condition {
 	return Condition{Kind: "sender_notification_permission", Key: key}
 }
 
+// threadSubscription is MSC4306's condition (unstable name): the event is
+// in a thread the user is (or is not) subscribed to.
+func threadSubscription(subscribed bool) Condition {
+	return Condition{Kind: ThreadSubscriptionCondition, Subscribed: &subscribed}
+}
+
+// ThreadSubscriptionCondition is the unstable kind of MSC4306's condition.
+const ThreadSubscriptionCondition = "io.element.msc4306.thread_subscription"
+
+// pollRules are MSC3930's underride rules for one pair of poll event types
+// (start, end) under one rule ID prefix: each mirrors the m.room.message
+// rule it sits beside, one-to-one rooms first.
+func pollRules(prefix, start, end string) []*Rule {
+	return []*Rule{
+		rule(Underride, prefix+"poll_start_one_to_one", true, []Condition{memberCount("2"), match("type", start)}, notify(), sound("default")),
+		rule(Underride, prefix+"poll_start", true, []Condition{match("type", start)}, notify()),
+		rule(Underride, prefix+"poll_end_one_to_one", true, []Condition{memberCount("2"), match("type", end)}, notify(), sound("default")),
+		rule(Underride, prefix+"poll_end", true, []Condition{match("type", end)}, notify()),
+	}
+}
+
 func rule(k Kind, id string, enabled bool, conds []Condition, actions ...any) *Rule {
 	if actions == nil {
 		actions = []any{}
@@ -82,27 +103,50 @@ func Defaults(userID string) *Ruleset {
 			rule(Override, ".m.rule.suppress_edits", true, []Condition{
 				propertyIs(`content.m\.relates_to.rel_type`, "m.replace"),
 			}),
+			// MSC3930: poll responses (votes) never notify. Only the
+			// unstable event type exists: the stable m.poll.response
+			// matches no notifying rule anyway.
+			rule(Override, ".org.matrix.msc3930.rule.poll_response", true, []Condition{match("type", "org.matrix.msc3381.poll.response")}),
 		},
 		Content: []*Rule{
 			{Kind: Content, RuleID: ".m.rule.contains_user_name", Default: true, Enabled: true, Pattern: localpart,
 				Actions: []any{notify(), sound("default"), highlight()}},
 		},
-		Room:   []*Rule{},
-		Sender: []*Rule{},
-		Underride: []*Rule{
-			rule(Underride, ".m.rule.call", true, []Condition{match("type", "m.call.invite")}, notify(), sound("ring")),
-			rule(Underride, ".m.rule.encrypted_room_one_to_one", true, []Condition{
-				memberCount("2"),
-				match("type", "m.room.encrypted"),
-			}, notify(), sound("default")),
-			rule(Underride, ".m.rule.room_one_to_one", true, []Condition{
-				memberCount("2"),
-				match("type", "m.room.message"),
-			}, notify(), sound("default")),
-			rule(Underride, ".m.rule.message", true, []Condition{match("type", "m.room.message")}, notify()),
-			rule(Underride, ".m.rule.encrypted", true, []Condition{match("type", "m.room.encrypted")}, notify()),
+		// MSC4306 (unstable rule IDs, as Element and the MSC's tests
+		// look them up): events in threads the user has not subscribed
+		// to stay silent unless an override or content rule (a mention,
+		// a keyword) notified first; subscribed threads always notify.
+		PostContent: []*Rule{
+			rule(PostContent, ".io.element.msc4306.rule.unsubscribed_thread", true, []Condition{threadSubscription(false)}),
+			rule(PostContent, ".io.element.msc4306.rule.subscribed_thread", true, []Condition{threadSubscription(true)},
+				notify(), sound("default")),
 		},
+		Room:      []*Rule{},
+		Sender:    []*Rule{},
+		Underride: underride(),
 	}
+}
+
+func underride() []*Rule {
+	out := []*Rule{
+		rule(Underride, ".m.rule.call", true, []Condition{match("type", "m.call.invite")}, notify(), sound("ring")),
+		rule(Underride, ".m.rule.encrypted_room_one_to_one", true, []Condition{
+			memberCount("2"),
+			match("type", "m.room.encrypted"),
+		}, notify(), sound("default")),
+		rule(Underride, ".m.rule.room_one_to_one", true, []Condition{
+			memberCount("2"),
+			match("type", "m.room.message"),
+		}, notify(), sound("default")),
+	}
+	// MSC3930 polls: the stable rules for m.poll.* and the unstable ones
+	// for org.matrix.msc3381.poll.*, which Element still sends.
+	out = append(out, pollRules(".m.rule.", "m.poll.start", "m.poll.end")...)
+	out = append(out, pollRules(".org.matrix.msc3930.rule.", "org.matrix.msc3381.poll.start", "org.matrix.msc3381.poll.end")...)
+	return append(out,
+		rule(Underride, ".m.rule.message", true, []Condition{match("type", "m.room.message")}, notify()),
+		rule(Underride, ".m.rule.encrypted", true, []Condition{match("type", "m.room.encrypted")}, notify()),
+	)
 }
 
 // legacyMentionRules are deprecated since v1.7 and only apply to events

@@ -46,6 +46,10 @@ type Context struct {
 	// the room's power levels require for that notification type.
 	SenderPowerLevel  int64
 	NotificationLevel func(key string) int64
+	// ThreadSubscribed answers MSC4306's thread_subscription condition:
+	// nil when the event is in no thread, else whether the user is
+	// subscribed to its thread.
+	ThreadSubscribed *bool
 }
 
 // Result is the outcome of evaluating a rule set on an event.
@@ -99,7 +103,7 @@ func (r *Rule) matches(ev *Event, c *Context) bool {
 		return false
 	}
 	switch r.Kind {
-	case Override, Underride:
+	case Override, Underride, PostContent:
 		for i := range r.Conditions {
 			if !r.Conditions[i].matches(ev, c) {
 				return false
@@ -177,6 +181,8 @@ func (cd *Condition) matches(ev *Event, c *Context) bool {
 			need = c.NotificationLevel(cd.Key)
 		}
 		return c.SenderPowerLevel >= need
+	case ThreadSubscriptionCondition:
+		return cd.Subscribed != nil && c.ThreadSubscribed != nil && *c.ThreadSubscribed == *cd.Subscribed
 	}
 	return false // unrecognised conditions never match
 }

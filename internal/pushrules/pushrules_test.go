@@ -2,6 +2,7 @@ package pushrules
 
 import (
 	"encoding/json"
+	"errors"
 	"testing"
 )
 
@@ -40,8 +41,12 @@ func TestDefaultsOrderAndShape(t *testing.T) {
 	rs := Defaults(alice)
 	wantOverride := []string{".m.rule.master", ".m.rule.suppress_notices", ".m.rule.invite_for_me", ".m.rule.member_event",
 		".m.rule.is_user_mention", ".m.rule.contains_display_name", ".m.rule.is_room_mention", ".m.rule.roomnotif",
-		".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits"}
-	wantUnderride := []string{".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one", ".m.rule.message", ".m.rule.encrypted"}
+		".m.rule.tombstone", ".m.rule.reaction", ".m.rule.room.server_acl", ".m.rule.suppress_edits", ".org.matrix.msc3930.rule.poll_response"}
+	wantUnderride := []string{".m.rule.call", ".m.rule.encrypted_room_one_to_one", ".m.rule.room_one_to_one",
+		".m.rule.poll_start_one_to_one", ".m.rule.poll_start", ".m.rule.poll_end_one_to_one", ".m.rule.poll_end",
+		".org.matrix.msc3930.rule.poll_start_one_to_one", ".org.matrix.msc3930.rule.poll_start",
+		".org.matrix.msc3930.rule.poll_end_one_to_one", ".org.matrix.msc3930.rule.poll_end",
+		".m.rule.message", ".m.rule.encrypted"}
 	check := func(kind string, got []*Rule, want []string) {
 		if len(got) != len(want) {
 			t.Fatalf("%s: %d rules, want %d", kind, len(got), len(want))
@@ -55,6 +60,7 @@ func TestDefaultsOrderAndShape(t *testing.T) {
 	check("override", rs.Override, wantOverride)
 	check("underride", rs.Underride, wantUnderride)
 	check("content", rs.Content, []string{".m.rule.contains_user_name"})
+	check("postcontent", rs.PostContent, []string{".io.element.msc4306.rule.unsubscribed_thread", ".io.element.msc4306.rule.subscribed_thread"})
 	if rs.Content[0].Pattern != "alice" {
 		t.Fatalf("contains_user_name pattern %q", rs.Content[0].Pattern)
 	}
@@ -271,5 +277,91 @@ func TestValidate(t *testing.T) {
 	_ = json.Unmarshal(b, &got)
 	if got.Pattern != nil || len(got.Conditions) != 1 || len(got.Actions) != 2 {
 		t.Fatalf("stored body %s", b)
+	}
+}
+
+// Poll starts and ends notify as messages do (with a sound in one-to-one
+// rooms); votes never notify (MSC3930).
+func TestPollRules(t *testing.T) {
+	rs := Defaults(alice)
+	for _, c := range []struct {
+		typ     string
+		members int
+		rule    string
+		notify  bool
+		sound   bool
+	}{
+		{"m.poll.start", 2, ".m.rule.poll_start_one_to_one", true, true},
+		{"m.poll.start", 5, ".m.rule.poll_start", true, false},
+		{"m.poll.end", 2, ".m.rule.poll_end_one_to_one", true, true},
+		{"org.matrix.msc3381.poll.start", 2, ".org.matrix.msc3930.rule.poll_start_one_to_one", true, true},
+		{"org.matrix.msc3381.poll.end", 9, ".org.matrix.msc3930.rule.poll_end", true, false},
+		{"org.matrix.msc3381.poll.response", 2, ".org.matrix.msc3930.rule.poll_response", false, false},
+	} {
+		raw, _ := json.Marshal(map[string]any{"type": c.typ, "sender": "@bob:example.org", "room_id": "!r:example.org", "content": map[string]any{}})
+		ev, err := NewEvent(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res := rs.Evaluate(ev, ctx(c.members))
+		if res.Rule == nil || res.Rule.RuleID != c.rule || res.Notify != c.notify {
+			t.Fatalf("%s in %d members: rule %v notify %v, want %s %v", c.typ, c.members, res.Rule, res.Notify, c.rule, c.notify)
+		}
+		hasSound := false
+		for _, a := range res.Actions {
+			if m, ok := a.(map[string]any); ok && m["set_tweak"] == "sound" {
+				hasSound = true
+			}
+		}
+		if hasSound != c.sound {
+			t.Fatalf("%s: sound %v, want %v", c.typ, hasSound, c.sound)
+		}
+	}
+}
+
+// MSC4306: a thread message notifies only when subscribed, unless a
+// mention (override/content) notified first; the rules are postcontent,
+// which clients cannot create.
+func TestThreadSubscriptionRules(t *testing.T) {
+	rs := Defaults(alice)
+	threadMsg := func(body string) *Event {
+		raw, _ := json.Marshal(map[string]any{"type": "m.room.message", "sender": "@bob:example.org", "room_id": "!r:example.org",
+			"content": map[string]any{"msgtype": "m.text", "body": body, "m.relates_to": map[string]any{"rel_type": "m.thread", "event_id": "$root"}}})
+		ev, err := NewEvent(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ev
+	}
+	yes, no := true, false
+	c := ctx(5)
+	c.ThreadSubscribed = &no
+	if res := rs.Evaluate(threadMsg("hello"), c); res.Notify || res.Rule.RuleID != ".io.element.msc4306.rule.unsubscribed_thread" {
+		t.Fatalf("unsubscribed thread: %+v", res)
+	}
+	if res := rs.Evaluate(threadMsg("hello alice"), c); !res.Notify || !res.Highlight || res.Rule.RuleID != ".m.rule.contains_user_name" {
+		t.Fatalf("mention in unsubscribed thread: %+v", res)
+	}
+	c.ThreadSubscribed = &yes
+	if res := rs.Evaluate(threadMsg("hello"), c); !res.Notify || res.Rule.RuleID != ".io.element.msc4306.rule.subscribed_thread" {
+		t.Fatalf("subscribed thread: %+v", res)
+	}
+	c.ThreadSubscribed = nil
+	if res := rs.Evaluate(threadMsg("hello"), c); !res.Notify || res.Rule.RuleID != ".m.rule.message" {
+		t.Fatalf("no thread: %+v", res)
+	}
+	// Disabled, the rules step aside (how MSC4306-unaware tests run).
+	off := false
+	rs = ForUser(alice, []Stored{{Kind: PostContent, RuleID: ".io.element.msc4306.rule.unsubscribed_thread", Enabled: &off}})
+	c.ThreadSubscribed = &no
+	if res := rs.Evaluate(threadMsg("hello"), c); !res.Notify || res.Rule.RuleID != ".m.rule.message" {
+		t.Fatalf("disabled unsubscribed_thread: %+v", res)
+	}
+	if _, err := ValidateBody(PostContent, []byte(`{"actions":[],"conditions":[]}`)); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("postcontent PUT: %v", err)
+	}
+	b, _ := json.Marshal(Defaults(alice).PostContent[1])
+	if string(b) != `{"actions":["notify",{"set_tweak":"sound","value":"default"}],"conditions":[{"kind":"io.element.msc4306.thread_subscription","subscribed":true}],"default":true,"enabled":true,"rule_id":".io.element.msc4306.rule.subscribed_thread"}` {
+		t.Fatalf("subscribed_thread JSON %s", b)
 	}
 }

@@ -11,15 +11,20 @@ import (
 type Kind string
 
 const (
-	Override  Kind = "override"
-	Content   Kind = "content"
-	Room      Kind = "room"
-	Sender    Kind = "sender"
-	Underride Kind = "underride"
+	Override Kind = "override"
+	Content  Kind = "content"
+	// PostContent (MSC4306) sits between content and room: thread
+	// subscription rules must run after keyword mentions and before a
+	// room's own "all messages" or "mentions only" rule. Only the server
+	// defines rules of this kind.
+	PostContent Kind = "postcontent"
+	Room        Kind = "room"
+	Sender      Kind = "sender"
+	Underride   Kind = "underride"
 )
 
 // Kinds lists the kinds in evaluation order.
-var Kinds = []Kind{Override, Content, Room, Sender, Underride}
+var Kinds = []Kind{Override, Content, PostContent, Room, Sender, Underride}
 
 // ParseKind validates a kind from a URL.
 func ParseKind(s string) (Kind, bool) {
@@ -38,6 +43,9 @@ type Condition struct {
 	Pattern *string         `json:"pattern,omitempty"`
 	Value   json.RawMessage `json:"value,omitempty"`
 	Is      string          `json:"is,omitempty"`
+	// Subscribed is the argument of MSC4306's thread_subscription
+	// condition.
+	Subscribed *bool `json:"subscribed,omitempty"`
 }
 
 // Rule is one push rule as the client API shows it.
@@ -61,7 +69,7 @@ func (r *Rule) MarshalJSON() ([]byte, error) {
 		"actions": nonNilActions(r.Actions),
 	}
 	switch r.Kind {
-	case Override, Underride:
+	case Override, Underride, PostContent:
 		c := r.Conditions
 		if c == nil {
 			c = []Condition{}
@@ -82,11 +90,12 @@ func nonNilActions(a []any) []any {
 
 // Ruleset is a user's complete global rule set, each kind in priority order.
 type Ruleset struct {
-	Override  []*Rule
-	Content   []*Rule
-	Room      []*Rule
-	Sender    []*Rule
-	Underride []*Rule
+	Override    []*Rule
+	Content     []*Rule
+	PostContent []*Rule
+	Room        []*Rule
+	Sender      []*Rule
+	Underride   []*Rule
 }
 
 // MarshalJSON renders the spec's ruleset object.
@@ -98,11 +107,12 @@ func (rs *Ruleset) MarshalJSON() ([]byte, error) {
 		return rules
 	}
 	return json.Marshal(map[string]any{
-		"override":  f(rs.Override),
-		"content":   f(rs.Content),
-		"room":      f(rs.Room),
-		"sender":    f(rs.Sender),
-		"underride": f(rs.Underride),
+		"override":    f(rs.Override),
+		"content":     f(rs.Content),
+		"postcontent": f(rs.PostContent),
+		"room":        f(rs.Room),
+		"sender":      f(rs.Sender),
+		"underride":   f(rs.Underride),
 	})
 }
 
@@ -113,6 +123,8 @@ func (rs *Ruleset) List(k Kind) []*Rule {
 		return rs.Override
 	case Content:
 		return rs.Content
+	case PostContent:
+		return rs.PostContent
 	case Room:
 		return rs.Room
 	case Sender:
@@ -129,6 +141,8 @@ func (rs *Ruleset) set(k Kind, rules []*Rule) {
 		rs.Override = rules
 	case Content:
 		rs.Content = rules
+	case PostContent:
+		rs.PostContent = rules
 	case Room:
 		rs.Room = rules
 	case Sender:
@@ -201,7 +215,7 @@ func ForUser(userID string, stored []Stored) *Ruleset {
 			r.Enabled = *s.Enabled
 		}
 		switch s.Kind {
-		case Override, Underride:
+		case Override, Underride, PostContent:
 			r.Conditions = b.Conditions
 		case Content:
 			if b.Pattern != nil {
@@ -258,6 +272,9 @@ func ValidateActions(actions []any) error {
 // ValidateBody checks a client's PUT body for a rule of kind k and returns
 // the form to store. Unknown condition kinds are kept (they never match).
 func ValidateBody(k Kind, raw []byte) (json.RawMessage, error) {
+	if k == PostContent {
+		return nil, invalid("clients may not create postcontent rules (MSC4306)")
+	}
 	var b Body
 	if err := json.Unmarshal(raw, &b); err != nil {
 		return nil, invalid("body has the wrong shape: %v", err)

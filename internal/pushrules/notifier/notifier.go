@@ -262,9 +262,22 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 		return false, err
 	}
 	rulesets := map[string]*pushrules.Ruleset{}
+	// Who subscribed to each thread of the batch (MSC4306's condition),
+	// one read per thread.
+	subscribers := map[string]map[string]bool{}
 	now := time.Now().UnixMilli()
 	var out []storage.Notification
 	for _, w := range works {
+		var subs map[string]bool
+		if w.thread != "main" {
+			key := w.ev.RoomID + "\x00" + w.thread
+			if subs = subscribers[key]; subs == nil {
+				if subs, err = storage.ThreadSubscribers(ctx, n.db, w.ev.RoomID, w.thread); err != nil {
+					return false, err
+				}
+				subscribers[key] = subs
+			}
+		}
 		for _, t := range w.targets {
 			if ignores[t.userID][w.ev.Sender] {
 				continue
@@ -274,10 +287,15 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 				rs = n.ruleset(t.userID, rows[t.userID])
 				rulesets[t.userID] = rs
 			}
-			res := rs.Evaluate(w.pev, &pushrules.Context{
+			pc := &pushrules.Context{
 				UserID: t.userID, DisplayName: t.displayName, MemberCount: w.memberCount,
 				SenderPowerLevel: w.senderPL, NotificationLevel: w.pl,
-			})
+			}
+			if subs != nil {
+				subscribed := subs[t.userID]
+				pc.ThreadSubscribed = &subscribed
+			}
+			res := rs.Evaluate(w.pev, pc)
 			if !res.Notify {
 				continue
 			}
