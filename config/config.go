@@ -131,6 +131,12 @@ type LimitsConfig struct {
 type LogConfig struct {
 	Level  string `yaml:"level" doc:"Minimum level logged: trace, debug, info, warn or error."`
 	Format string `yaml:"format" doc:"Log encoding: text (human-readable) or json (for log shippers)."`
+	// File, when set, takes the log instead of stderr (for hosts without
+	// journald or a container runtime collecting stderr).
+	File       string `yaml:"file" doc:"Write the log to this file instead of stderr, rotating it by size (relative to the data directory; empty: stderr, for journald or a container runtime)."`
+	MaxSizeMB  int    `yaml:"max_size_mb" doc:"Rotate log.file when it reaches this many megabytes."`
+	MaxFiles   int    `yaml:"max_files" doc:"Rotated log files kept beside log.file (the oldest are deleted); 0 keeps them all."`
+	MaxAgeDays int    `yaml:"max_age_days" doc:"Delete rotated log files older than this many days; 0 keeps them whatever their age."`
 }
 
 // MediaConfig locates media storage and its encryption key.
@@ -276,7 +282,7 @@ func Default() *Config {
 			MaxRequestBytes: 1 << 20,
 			MaxUploadBytes:  100 << 20,
 		},
-		Log:      LogConfig{Level: "info", Format: "text"},
+		Log:      LogConfig{Level: "info", Format: "text", MaxSizeMB: 100, MaxFiles: 10},
 		Media:    MediaConfig{Path: "media", MaxImagePixels: 32_000_000},
 		Presence: PresenceConfig{Enabled: true},
 		Federation: FederationConfig{
@@ -370,7 +376,7 @@ func (c *Config) resolvePaths(dataDir string) error {
 	}
 	for _, p := range []*string{
 		&c.SigningKey, &c.Media.Path, &c.Media.KEKFile,
-		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath, &c.Audit.SigningKey,
+		&c.TLS.Cert, &c.TLS.Key, &c.TLS.CABundle, &c.Audit.HeadExportPath, &c.Audit.SigningKey, &c.Log.File,
 		&c.Audit.SIEM.Syslog.CAFile, &c.Audit.SIEM.Syslog.CertFile, &c.Audit.SIEM.Syslog.KeyFile, &c.Audit.SIEM.File.Path,
 	} {
 		*p = c.resolve(*p)

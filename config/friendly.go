@@ -168,7 +168,7 @@ func RestartNeeded(running, next *Config) []string {
 	var out []string
 	for i := range a {
 		p := a[i].Path
-		if strings.HasPrefix(p, "log.") || strings.HasPrefix(p, "federation.") || strings.HasPrefix(p, "app_services.") {
+		if p == "log.level" || p == "log.format" || strings.HasPrefix(p, "federation.") || strings.HasPrefix(p, "app_services.") {
 			continue
 		}
 		if !reflect.DeepEqual(a[i].Value.Interface(), b[i].Value.Interface()) {

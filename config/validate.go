@@ -146,6 +146,13 @@ func (c *Config) Validate() error {
 
 	oneOf("log.level", c.Log.Level, "trace", "debug", "info", "warn", "error")
 	oneOf("log.format", c.Log.Format, "text", "json")
+	positive("log.max_size_mb", float64(c.Log.MaxSizeMB))
+	if c.Log.MaxFiles < 0 {
+		bad("log.max_files", "must not be negative")
+	}
+	if c.Log.MaxAgeDays < 0 {
+		bad("log.max_age_days", "must not be negative")
+	}
 
 	if c.Media.Path == "" {
 		bad("media.path", "must be set")

@@ -224,3 +224,74 @@ func selfSignedCert(t testing.TB, dir string) (certFile, keyFile string) {
 	writePEM(t, keyFile, "EC PRIVATE KEY", kb)
 	return certFile, keyFile
 }
+
+// TestOpsLogFile runs the binary with log.file: the log goes to the file,
+// not stderr, and rotates by size keeping log.max_files old files (issue
+// 16: "optional log file with rotation").
+func TestOpsLogFile(t *testing.T) {
+	bin := enclaveBinary(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	logDir := t.TempDir()
+	logFile := filepath.Join(logDir, "enclave.log")
+	p := startBinary(t, bin, dir, "sqlite:"+filepath.Join(dir, "enclave.db"),
+		"ENCLAVE_LOG_FILE="+logFile, "ENCLAVE_LOG_MAX_SIZE_MB=1", "ENCLAVE_LOG_MAX_FILES=2",
+		"ENCLAVE_LOG_FORMAT=json", "ENCLAVE_LOG_LEVEL=info")
+	// Each request leaves an access line of about 200 bytes: 3 MB of
+	// them rotate the 1 MB file at least twice.
+	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	errs := make(chan error, 4)
+	for range 4 {
+		go func() {
+			for range 4500 {
+				resp, err := client.Get(p.URL + "/_matrix/client/versions")
+				if err != nil {
+					errs <- err
+					return
+				}
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+			errs <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.kill()
+	entries, err := os.ReadDir(logDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rotated []string
+	for _, e := range entries {
+		if e.Name() != "enclave.log" {
+			rotated = append(rotated, e.Name())
+		}
+		info, _ := e.Info()
+		if info.Size() > 1<<20+4096 {
+			t.Errorf("%s is %d bytes: not rotated at 1 MB", e.Name(), info.Size())
+		}
+	}
+	if len(rotated) != 2 {
+		t.Errorf("rotated files %v: want exactly log.max_files = 2 kept", rotated)
+	}
+	data, err := os.ReadFile(logFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(data)), "\n")
+	for _, l := range lines {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("not a JSON line in the log file: %q", l)
+		}
+	}
+	if !strings.Contains(string(data), `"/_matrix/client/versions"`) {
+		t.Errorf("no access line in the log file:\n%s", lines[len(lines)-1])
+	}
+	if strings.Contains(p.out.String(), "/_matrix/client/versions") {
+		t.Errorf("access lines still went to stderr:\n%.500s", p.out.String())
+	}
+}

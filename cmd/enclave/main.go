@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"gopkg.in/natefinch/lumberjack.v2"
 
 	"enclave/auditapi"
 	"enclave/clientapi"
@@ -134,8 +135,27 @@ func noArgs(fl *flag.FlagSet, args []string) error {
 	return nil
 }
 
-func setupLogging(cfg *config.Config) {
+// setupLogging applies log.*: level, encoding and, with log.file, a
+// size-rotated file instead of stderr (lumberjack: rotation by size with
+// a bounded count and age of old files, no external logrotate needed).
+// The returned function closes the file.
+func setupLogging(cfg *config.Config) (closeLog func()) {
 	server.RouteStdLog()
+	setLogLevelFormat(cfg)
+	closeLog = func() {}
+	if cfg.Log.File != "" {
+		f := &lumberjack.Logger{
+			Filename: cfg.Log.File, MaxSize: cfg.Log.MaxSizeMB, MaxBackups: cfg.Log.MaxFiles, MaxAge: cfg.Log.MaxAgeDays,
+		}
+		logrus.SetOutput(f)
+		closeLog = func() { _ = f.Close() }
+	}
+	return closeLog
+}
+
+// setLogLevelFormat applies log.level and log.format (also on SIGHUP; the
+// log file is opened once, at start).
+func setLogLevelFormat(cfg *config.Config) {
 	if lvl, err := logrus.ParseLevel(cfg.Log.Level); err == nil {
 		logrus.SetLevel(lvl)
 	}
@@ -156,7 +176,7 @@ func cmdServe(args []string) error {
 	if err != nil {
 		return err
 	}
-	setupLogging(cfg)
+	defer setupLogging(cfg)()
 	if created {
 		logrus.WithField("config", path).Info("first start: wrote a commented default config")
 	}
@@ -198,8 +218,7 @@ func cmdServe(args []string) error {
 
 // reload re-reads the config file on SIGHUP and applies what can change
 // without a restart (log level and format, federation policy, appservice
-// registrations); the rest
-// needs a restart.
+// registrations); the rest, log.file included, needs a restart.
 func reload(path string, running *config.Config, srv *server.Server) {
 	cfg, err := config.Load(path, running.DataDir)
 	if err != nil {
@@ -207,9 +226,9 @@ func reload(path string, running *config.Config, srv *server.Server) {
 		srv.ConfigReloaded(path, err)
 		return
 	}
-	setupLogging(cfg)
+	setLogLevelFormat(cfg)
 	restart := config.RestartNeeded(running, cfg)
-	running.Log = cfg.Log
+	running.Log.Level, running.Log.Format = cfg.Log.Level, cfg.Log.Format
 	srv.ConfigReloaded(path, nil)
 	if f := srv.Federation; f != nil {
 		// The policy keeps its own copy of the federation settings.
