@@ -3,7 +3,10 @@ GO        ?= go
 TAGS      ?= goolm
 DATA      ?= ./data
 BIN       ?= bin/enclave
-VERSION   ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# The release this tree is (bump on release); builds between releases are
+# RELEASE-dev+COMMIT, so server_version is a version, not a bare hash.
+RELEASE   := 0.1.0
+VERSION   ?= $(RELEASE)-dev+$(shell git describe --always --dirty 2>/dev/null || echo unknown)
 LDFLAGS   := -s -w -X enclave/internal/server.Version=$(VERSION)
 
 .PHONY: run build test test-go test-node lint fmt vet bench clean notice dist

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
@@ -28,6 +29,9 @@ type MediaAdmin interface {
 	UnquarantineMedia(ctx context.Context, serverName, mediaID string) error
 	DeleteUserMedia(ctx context.Context, userID string) (int, error)
 	ListUserMedia(ctx context.Context, userID string) ([]mediaapi.MediaInfo, error)
+	MediaDetails(ctx context.Context, serverName, mediaID string) (*mediaapi.MediaDetails, error)
+	DeleteMatching(ctx context.Context, f mediaapi.MediaFilter) ([]string, error)
+	UserMediaStats(ctx context.Context, fromTS, untilTS int64) ([]mediaapi.UserMediaStat, error)
 }
 
 // Rooms is what the admin API asks of the room server: the reads and
@@ -41,6 +45,8 @@ type Rooms interface {
 	Membership(ctx context.Context, roomID, userID string) (string, error)
 	PurgeRoom(ctx context.Context, roomID string, inTx func(tx *storage.Tx, events int64) error) (int64, error)
 	PurgeHistory(ctx context.Context, roomID string, beforeTS int64, inTx func(tx *storage.Tx, events int64) error) (int64, error)
+	PurgeHistoryKeeping(ctx context.Context, roomID string, beforeTS, beforePos int64, keepServer string, inTx func(tx *storage.Tx, events int64) error) (int64, error)
+	PDU(e *storage.Event) (gomatrixserverlib.PDU, error)
 }
 
 // ClientAPI is what the admin API needs of the client API: its listener to
@@ -50,6 +56,7 @@ type ClientAPI interface {
 	httpapi.Routes
 	InvalidateUserTokens(userID string)
 	LeaveAllRooms(ctx context.Context, userID string)
+	IssueAdminToken(ctx context.Context, userID, displayName string, validUntil int64, inTx func(tx *storage.Tx, deviceID string) error) (token, deviceID string, err error)
 }
 
 // Options are the admin API's dependencies.
@@ -68,6 +75,12 @@ type Options struct {
 	// Metrics is where the retention job's counter is registered (nil:
 	// nowhere, as in tests).
 	Metrics prometheus.Registerer
+	// Destinations returns the federation outbound queue, or nil when
+	// federation is off.
+	Destinations func() Destinations
+	// NotifyUser wakes the user's syncs after an account data change made
+	// here (the server-notice room's tag); nil wakes none.
+	NotifyUser func(userID string)
 }
 
 // API serves the admin endpoints.
@@ -79,6 +92,10 @@ type API struct {
 	grants  *roleGrants
 	// retentionPurged counts the events retention deleted.
 	retentionPurged prometheus.Counter
+	media           *mediaAdmin
+	fed             *federationAdmin
+	roomOps         *roomOps
+	userOps         *userOps
 }
 
 // New builds the admin API; Register mounts it.
@@ -92,6 +109,13 @@ func New(o Options) *API {
 	}
 	a.reports = &reports{db: o.DB, rooms: o.Rooms, record: a.record}
 	a.grants = &roleGrants{db: o.DB, rbac: o.RBAC, record: a.record, rolesBody: a.rolesBody}
+	a.media = &mediaAdmin{db: o.DB, serverName: o.ServerName, media: o.Media, audit: o.Audit}
+	a.fed = &federationAdmin{db: o.DB, dests: o.Destinations, audit: o.Audit}
+	a.roomOps = &roomOps{db: o.DB, rooms: o.Rooms, serverName: o.ServerName, record: a.record, audit: o.Audit}
+	a.userOps = &userOps{db: o.DB, client: o.Client, loadUser: a.loadUser, record: a.record}
+	if o.RBAC != nil {
+		a.userOps.can = o.RBAC.Can
+	}
 	return a
 }
 
@@ -128,6 +152,9 @@ func (a *API) Register() error {
 	route("GET", s1+"/users/{userId}/media", users, a.userMedia)
 	route("DELETE", s1+"/users/{userId}/media", users, a.deleteUserMedia)
 	route("GET", s1+"/username_available", users, a.usernameAvailable)
+	route("POST", s1+"/users/{userId}/login", perm.Needs(perm.UseAdminAPI, perm.ManageUsers, perm.LoginAsUser), a.userOps.login)
+	route("POST", s1+"/users/{userId}/shadow_ban", users, a.userOps.shadowBan(true))
+	route("DELETE", s1+"/users/{userId}/shadow_ban", users, a.userOps.shadowBan(false))
 
 	// Rooms.
 	route("GET", s1+"/rooms", rooms, a.listRooms)
@@ -140,6 +167,11 @@ func (a *API) Register() error {
 	route("GET", s2+"/rooms/delete_status/{deleteId}", rooms, a.deleteStatusByID)
 	route("GET", s1+"/rooms/{roomId}/block", rooms, a.getRoomBlock)
 	route("PUT", s1+"/rooms/{roomId}/block", rooms, a.putRoomBlock)
+	route("GET", s1+"/rooms/{roomId}/messages", rooms, a.roomOps.messages)
+	route("POST", s1+"/rooms/{roomId}/make_room_admin", rooms, a.roomOps.makeRoomAdmin)
+	route("POST", s1+"/purge_history/{roomId}", rooms, a.roomOps.purgeHistory)
+	route("GET", s1+"/purge_history_status/{purgeId}", rooms, a.roomOps.purgeStatus)
+	route("GET", s1+"/statistics/database/rooms", rooms, a.roomOps.databaseRooms)
 
 	// Registration tokens.
 	route("GET", s1+"/registration_tokens", users, a.listRegTokens)
@@ -154,6 +186,18 @@ func (a *API) Register() error {
 		route("POST", s1+"/media/unquarantine/{serverName}/{mediaId}"+p, rooms, a.mediaOp("unquarantine"))
 		route("DELETE", s1+"/media/{serverName}/{mediaId}"+p, rooms, a.mediaOp("delete"))
 	}
+	route("POST", s1+"/media/{serverName}/delete", rooms, a.media.deleteBefore)
+	route("POST", s1+"/media/delete", rooms, a.media.deleteBefore)
+	route("GET", s1+"/media/{serverName}/{mediaId}", rooms, a.media.info)
+	route("GET", s1+"/room/{roomId}/media", rooms, a.media.roomMedia)
+	route("POST", s1+"/purge_media_cache", rooms, a.media.purgeCache)
+	route("GET", s1+"/statistics/users/media", rooms, a.media.userStats)
+
+	// Federation.
+	route("GET", s1+"/federation/destinations", rooms, a.fed.list)
+	route("GET", s1+"/federation/destinations/{destination}", rooms, a.fed.get)
+	route("GET", s1+"/federation/destinations/{destination}/rooms", rooms, a.fed.rooms)
+	route("POST", s1+"/federation/destinations/{destination}/reset_connection", rooms, a.fed.reset)
 
 	// Event reports.
 	route("GET", s1+"/event_reports", rooms, a.reports.list)

@@ -1,6 +1,7 @@
 package adminapi
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -91,6 +92,9 @@ func (a *API) sendServerNotice(r *http.Request, dev *httpapi.Device) httpapi.Res
 			return httpapi.InternalError(r, err)
 		}
 	}
+	if err := a.tagNoticeRoom(ctx, req.UserID, roomID); err != nil {
+		return httpapi.InternalError(r, err)
+	}
 	ev, err := a.Rooms.SendEvent(ctx, roomserver.SendRequest{RoomID: roomID, Sender: sender, Type: req.Type, StateKey: req.StateKey,
 		Content: req.Content, TxnID: vars(r, "txnId"), DeviceID: dev.UserID})
 	if err != nil {
@@ -108,4 +112,44 @@ func (a *API) sendServerNotice(r *http.Request, dev *httpapi.Device) httpapi.Res
 		return httpapi.InternalError(r, err)
 	}
 	return httpapi.JSON(http.StatusOK, map[string]any{"event_id": ev.EventID})
+}
+
+// tagNoticeRoom gives the user's notice room the m.server_notice tag (in
+// their m.tag room account data, as Synapse does) so that clients show it
+// as the server's, keeping any tags the user set.
+func (a *API) tagNoticeRoom(ctx context.Context, userID, roomID string) error {
+	return a.DB.WithTx(ctx, func(tx *storage.Tx) error {
+		if err := storage.LockAccountData(ctx, tx, userID, roomID, "m.tag"); err != nil {
+			return err
+		}
+		var c struct {
+			Tags map[string]json.RawMessage `json:"tags"`
+		}
+		raw, err := storage.GetAccountData(ctx, tx, userID, roomID, "m.tag")
+		if err != nil && !errors.Is(err, storage.ErrNotFound) {
+			return err
+		}
+		if len(raw) > 0 {
+			_ = json.Unmarshal(raw, &c)
+		}
+		if _, ok := c.Tags["m.server_notice"]; ok {
+			return nil
+		}
+		if c.Tags == nil {
+			c.Tags = map[string]json.RawMessage{}
+		}
+		c.Tags["m.server_notice"] = json.RawMessage("{}")
+		content, err := json.Marshal(c)
+		if err != nil {
+			return err
+		}
+		pos, err := storage.PutAccountData(ctx, tx, userID, roomID, "m.tag", content)
+		if err != nil {
+			return err
+		}
+		if a.NotifyUser != nil {
+			tx.Publish(pos, func() { a.NotifyUser(userID) })
+		}
+		return nil
+	})
 }

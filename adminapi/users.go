@@ -33,7 +33,7 @@ func userJSON(acc *storage.Account, lastSeen int64, roles []string) map[string]a
 	out := map[string]any{
 		"name": acc.UserID, "displayname": dn, "avatar_url": av, "threepids": []any{}, "external_ids": []any{},
 		"is_guest": acc.IsGuest, "admin": acc.IsAdmin, "deactivated": acc.Deactivated, "erased": acc.Erased,
-		"shadow_banned": false, "locked": false, "suspended": false, "user_type": nil, "appservice_id": nil,
+		"shadow_banned": acc.ShadowBanned, "locked": false, "suspended": false, "user_type": nil, "appservice_id": nil,
 		"consent_server_notice_sent": nil, "consent_version": nil, "consent_ts": nil,
 		"creation_ts": acc.CreatedTS, "last_seen_ts": seen, "approved": true,
 	}

@@ -46,14 +46,19 @@ const (
 	ActionMediaAdmin    = "media.admin"    // quarantine / delete
 
 	// Administration.
-	ActionAdminCall    = "admin.call"          // every admin API request: details.method, route, status
-	ActionRoomBlock    = "admin.room_block"    // details.blocked
-	ActionRoomPurge    = "admin.room_purge"    // details.events
-	ActionLegalHold    = "admin.legal_hold"    // details.scope, held
-	ActionServerNotice = "admin.server_notice" // target: user
-	ActionReportDelete = "admin.report_delete" // target: report ID; details.event_id, reporter
-	ActionRetention    = "retention.purge"     // details.events, before_ts
-	ActionRoomExport   = "admin.room_export"   // target: room
+	ActionAdminCall    = "admin.call"             // every admin API request: details.method, route, status
+	ActionRoomBlock    = "admin.room_block"       // details.blocked
+	ActionRoomPurge    = "admin.room_purge"       // details.events
+	ActionLegalHold    = "admin.legal_hold"       // details.scope, held
+	ActionServerNotice = "admin.server_notice"    // target: user
+	ActionReportDelete = "admin.report_delete"    // target: report ID; details.event_id, reporter
+	ActionRetention    = "retention.purge"        // details.events, before_ts
+	ActionRoomExport   = "admin.room_export"      // target: room
+	ActionLoginAsUser  = "admin.login_as_user"    // target: user; details.device_id, valid_until_ms
+	ActionShadowBan    = "admin.shadow_ban"       // target: user; details.banned
+	ActionPurgeHistory = "admin.purge_history"    // target: room; details.events, before_ts, delete_local_events, purge_id
+	ActionRoomAdmin    = "admin.make_room_admin"  // target: user; details.event_id
+	ActionFedReset     = "admin.federation_reset" // target: destination
 
 	// Federation.
 	ActionFedTxnIn  = "federation.txn_in"  // actor server: origin; details: txn_id, pdus, edus

@@ -272,7 +272,7 @@ func (ac *accounts) lookupAccessToken(ctx context.Context, token string) (*httpa
 			return nil, unknownToken(false, "account deactivated"), false
 		}
 		e = cachedToken{
-			dev:       httpapi.Device{UserID: info.UserID, DeviceID: info.DeviceID, AccessTokenID: info.ID, IsAdmin: info.IsAdmin, IsGuest: info.IsGuest},
+			dev:       httpapi.Device{UserID: info.UserID, DeviceID: info.DeviceID, AccessTokenID: info.ID, IsAdmin: info.IsAdmin, IsGuest: info.IsGuest, ShadowBanned: info.ShadowBanned},
 			expiresTS: info.ExpiresTS,
 			cachedAt:  now,
 		}

@@ -17,6 +17,7 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"time"
 
 	"enclave/auditapi"
 	"enclave/internal/httpapi"
@@ -117,6 +118,29 @@ func clipString(s string, n int) string {
 // InvalidateUserTokens drops the user's cached access tokens after their
 // tokens were revoked in the store.
 func (a *API) InvalidateUserTokens(userID string) { a.accounts.invalidateUserTokens(userID) }
+
+// IssueAdminToken mints an access token for userID on a new device named
+// displayName: an administrator logging in as the user (Synapse's
+// POST /_synapse/admin/v1/users/{id}/login). The device shows in the
+// user's device list, so the user can see and end the session. validUntil
+// (ms, 0: the server's token lifetime) bounds the token; inTx runs in the
+// same transaction, for the audit entry.
+func (a *API) IssueAdminToken(ctx context.Context, userID, displayName string, validUntil int64, inTx func(tx *storage.Tx, deviceID string) error) (token, deviceID string, err error) {
+	err = a.accounts.db.WithTx(ctx, func(tx *storage.Tx) error {
+		s, err := a.accounts.issueSession(ctx, tx, userID, "", displayName, false, time.Now())
+		if err != nil {
+			return err
+		}
+		if validUntil > 0 {
+			if err := storage.SetAccessTokenExpiry(ctx, tx, hashToken(s.AccessToken), validUntil); err != nil {
+				return err
+			}
+		}
+		token, deviceID = s.AccessToken, s.DeviceID
+		return inTx(tx, s.DeviceID)
+	})
+	return token, deviceID, err
+}
 
 // LeaveAllRooms makes a (deactivated) user leave or reject every room.
 func (a *API) LeaveAllRooms(ctx context.Context, userID string) {

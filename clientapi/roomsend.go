@@ -4,6 +4,8 @@ package clientapi
 // Every write goes through the room server (rooms.sendEvent).
 
 import (
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -37,6 +39,9 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	} else if set {
 		return rm.delayed.schedule(r, dev, roomID, typ, &key, content, ms)
 	}
+	if dev.ShadowBanned {
+		return fakeSend()
+	}
 	if id, ok := rm.sameState(r, roomID, dev.UserID, typ, key, content); ok {
 		return httpapi.JSON(200, map[string]string{"event_id": id})
 	}
@@ -66,6 +71,9 @@ func (rm *rooms) send(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return resp
 	}
 	v := httpapi.Vars(r)
+	if dev.ShadowBanned {
+		return fakeSend()
+	}
 	if ms, set, resp, ok := delayOf(r); !ok {
 		return resp
 	} else if set {
@@ -102,6 +110,9 @@ func (rm *rooms) redact(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		return httpapi.NotFound("event not found")
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
+	}
+	if dev.ShadowBanned {
+		return fakeSend()
 	}
 	content, _ := json.Marshal(body)
 	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: "m.room.redaction", Redacts: v["eventId"], Content: content, TxnID: "redact:" + v["txnId"], DeviceID: dev.DeviceID})
@@ -177,4 +188,15 @@ func (rm *rooms) sameState(r *http.Request, roomID, sender, typ, key string, con
 		return "", false
 	}
 	return cur.EventID(), true
+}
+
+// fakeSend answers a shadow-banned user's send as a real one would, with
+// an event ID that names nothing: nothing is stored, relayed or audited
+// as sent, so the user cannot tell and no one else sees it.
+func fakeSend() httpapi.Response {
+	b := make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		panic("crypto/rand failed: " + err.Error())
+	}
+	return httpapi.JSON(200, map[string]string{"event_id": "$" + base64.RawURLEncoding.EncodeToString(b)})
 }

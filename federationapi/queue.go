@@ -62,6 +62,11 @@ type destQueue struct {
 	retry    chan struct{} // retry now: the peer is back, or the policy changed
 	running  bool
 	failures int
+	// For the admin API's destinations (ms; 0: never): the start of the
+	// current run of failures, the last attempt, the wait before the next
+	// one and the last delivery.
+	failureTS, lastAttemptTS, lastSuccessTS int64
+	retryInterval                           time.Duration
 }
 
 func newQueue(f *Federation) *queue {
@@ -138,7 +143,7 @@ func (q *queue) peerAlive(name spec.ServerName) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if d := q.dests[name]; d != nil && d.failures > 0 {
-		d.failures = 0
+		d.failures, d.failureTS, d.retryInterval = 0, 0, 0
 		signal(d.retry)
 	}
 }
@@ -261,6 +266,9 @@ func (q *queue) run(d *destQueue) {
 			q.f.metrics.queueDepth.WithLabelValues(string(d.name)).Set(0)
 			return
 		}
+		q.mu.Lock()
+		d.lastAttemptTS = time.Now().UnixMilli()
+		q.mu.Unlock()
 		err = q.send(d.name, batch)
 		if errors.Is(err, ErrRefused) {
 			continue // policy changed under us; handled at the top
@@ -277,7 +285,8 @@ func (q *queue) run(d *destQueue) {
 		q.f.metrics.txnsSent.WithLabelValues(string(d.name), "ok").Inc()
 		q.f.metrics.lastSuccess.WithLabelValues(string(d.name)).SetToCurrentTime()
 		q.mu.Lock()
-		d.failures = 0
+		d.failures, d.failureTS, d.retryInterval = 0, 0, 0
+		d.lastSuccessTS = time.Now().UnixMilli()
 		q.mu.Unlock()
 		// The context is not the queue's: a delivered transaction must be
 		// forgotten even if shutdown began meanwhile.
@@ -297,6 +306,9 @@ func (q *queue) backoff(d *destQueue) {
 	q.mu.Lock()
 	d.failures++
 	n := d.failures
+	if n == 1 {
+		d.failureTS = time.Now().UnixMilli()
+	}
 	q.mu.Unlock()
 	step := q.backoffMin
 	for i := 1; i < n && step < q.backoffMax; i++ {
@@ -304,6 +316,9 @@ func (q *queue) backoff(d *destQueue) {
 	}
 	step = min(step, q.backoffMax)
 	wait := step/2 + time.Duration(mrand.Int64N(int64(step/2)+1))
+	q.mu.Lock()
+	d.retryInterval = wait
+	q.mu.Unlock()
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {

@@ -61,12 +61,20 @@ func (s *RoomServer) PurgeRoom(ctx context.Context, roomID string, inTx func(tx 
 // head and snapshots stay true: they hold only state and extremities. A
 // room we do not know is storage.ErrNotFound.
 func (s *RoomServer) PurgeHistory(ctx context.Context, roomID string, beforeTS int64, inTx func(tx *storage.Tx, events int64) error) (int64, error) {
+	return s.PurgeHistoryKeeping(ctx, roomID, beforeTS, 0, "", inTx)
+}
+
+// PurgeHistoryKeeping is PurgeHistory that, with beforePos set, cuts at
+// that stream position rather than at beforeTS, and with keepServer set
+// keeps the events of that server's users (the admin purge_history API
+// deletes local events only when asked to).
+func (s *RoomServer) PurgeHistoryKeeping(ctx context.Context, roomID string, beforeTS, beforePos int64, keepServer string, inTx func(tx *storage.Tx, events int64) error) (int64, error) {
 	unlock := s.lock(roomID)
 	defer unlock()
 	var n int64
 	err := s.db.WithTx(ctx, func(tx *storage.Tx) error {
 		var err error
-		if n, err = storage.PurgeExpiredEvents(ctx, tx, roomID, beforeTS); err != nil {
+		if n, err = storage.PurgeEventsBefore(ctx, tx, roomID, beforeTS, beforePos, keepServer); err != nil {
 			return err
 		}
 		if inTx != nil {
@@ -81,7 +89,7 @@ func (s *RoomServer) PurgeHistory(ctx context.Context, roomID string, beforeTS i
 		// A superset of the deleted rows (extremities included): dropping
 		// a cached event that still exists only costs a reload.
 		s.events.RemoveIf(func(_ string, ev gomatrixserverlib.PDU) bool {
-			return ev.StateKey() == nil && int64(ev.OriginServerTS()) < beforeTS && ev.RoomID().String() == roomID
+			return ev.StateKey() == nil && (beforePos != 0 || int64(ev.OriginServerTS()) < beforeTS) && ev.RoomID().String() == roomID
 		})
 	}
 	return n, nil

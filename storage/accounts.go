@@ -109,17 +109,21 @@ type Account struct {
 	DisplayName  string // "" = unset
 	AvatarURL    string // "" = unset
 	Erased       bool   // deactivated with erase (GDPR): see Deactivate
+	ShadowBanned bool   // sends appear to succeed and reach no one (admin shadow ban)
 }
 
-const accountCols = `user_id, localpart, password_hash, created_ts, is_admin, is_guest, deactivated, displayname, avatar_url, erased`
+const accountCols = `user_id, localpart, password_hash, created_ts, is_admin, is_guest, deactivated, displayname, avatar_url, erased, shadow_banned`
 
 // accountsV2 marks erased accounts (Synapse's "erase" on deactivation).
 const accountsV2 = `ALTER TABLE accounts ADD COLUMN erased BOOLEAN NOT NULL DEFAULT FALSE`
 
+// accountsV3 marks shadow-banned accounts (Synapse's shadow_ban admin API).
+const accountsV3 = `ALTER TABLE accounts ADD COLUMN shadow_banned BOOLEAN NOT NULL DEFAULT FALSE`
+
 func scanAccount(sc interface{ Scan(...any) error }) (*Account, error) {
 	var a Account
 	var dn, av sql.NullString
-	if err := sc.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased); err != nil {
+	if err := sc.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased, &a.ShadowBanned); err != nil {
 		return nil, err
 	}
 	a.DisplayName, a.AvatarURL = dn.String, av.String
@@ -131,8 +135,8 @@ func scanAccount(sc interface{ Scan(...any) error }) (*Account, error) {
 func CreateAccount(ctx context.Context, q Querier, a *Account) (bool, error) {
 	// ON CONFLICT, not a caught error: a failed statement would abort a
 	// PostgreSQL transaction.
-	res, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT DO NOTHING`,
-		a.UserID, a.Localpart, a.PasswordHash, a.CreatedTS, a.IsAdmin, a.IsGuest, a.Deactivated, NullString(a.DisplayName), NullString(a.AvatarURL), a.Erased)
+	res, err := q.ExecContext(ctx, `INSERT INTO accounts (`+accountCols+`) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT DO NOTHING`,
+		a.UserID, a.Localpart, a.PasswordHash, a.CreatedTS, a.IsAdmin, a.IsGuest, a.Deactivated, NullString(a.DisplayName), NullString(a.AvatarURL), a.Erased, a.ShadowBanned)
 	if err != nil {
 		return false, err
 	}
@@ -402,15 +406,16 @@ type AccessTokenInfo struct {
 	IsAdmin        bool
 	IsGuest        bool
 	Deactivated    bool
+	ShadowBanned   bool
 }
 
 // LookupAccessToken finds a token by its hash, or ErrNotFound. Expiry is
 // not checked: the caller tells expired tokens (soft logout) from unknown.
 func LookupAccessToken(ctx context.Context, q Querier, tokenHash string) (*AccessTokenInfo, error) {
 	var t AccessTokenInfo
-	err := q.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.device_id, t.expires_ts, t.refresh_token_id, a.is_admin, a.is_guest, a.deactivated
+	err := q.QueryRowContext(ctx, `SELECT t.id, t.user_id, t.device_id, t.expires_ts, t.refresh_token_id, a.is_admin, a.is_guest, a.deactivated, a.shadow_banned
 		FROM access_tokens t JOIN accounts a ON a.user_id = t.user_id WHERE t.token_hash = $1`, tokenHash).
-		Scan(&t.ID, &t.UserID, &t.DeviceID, &t.ExpiresTS, &t.RefreshTokenID, &t.IsAdmin, &t.IsGuest, &t.Deactivated)
+		Scan(&t.ID, &t.UserID, &t.DeviceID, &t.ExpiresTS, &t.RefreshTokenID, &t.IsAdmin, &t.IsGuest, &t.Deactivated, &t.ShadowBanned)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, ErrNotFound
 	}
@@ -826,4 +831,23 @@ func Erased(ctx context.Context, db *DB, userID string) (bool, error) {
 	erased = e.users[userID]
 	e.mu.Unlock()
 	return erased, nil
+}
+
+// SetShadowBanned sets or clears the account's shadow ban. The caller
+// drops the user's cached tokens after commit (the flag rides on them).
+func SetShadowBanned(ctx context.Context, q Querier, userID string, banned bool) error {
+	res, err := q.ExecContext(ctx, `UPDATE accounts SET shadow_banned = $1 WHERE user_id = $2`, banned, userID)
+	if err != nil {
+		return err
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return ErrNotFound
+	}
+	return nil
+}
+
+// SetAccessTokenExpiry sets when a token stops working (ms; 0: never).
+func SetAccessTokenExpiry(ctx context.Context, q Querier, tokenHash string, expiresTS int64) error {
+	_, err := q.ExecContext(ctx, `UPDATE access_tokens SET expires_ts = $1 WHERE token_hash = $2`, expiresTS, tokenHash)
+	return err
 }

@@ -111,7 +111,7 @@ func ListAdminAccounts(ctx context.Context, q Querier, f AccountFilter) ([]*Admi
 	if limit <= 0 {
 		limit = 100
 	}
-	query := `SELECT a.user_id, a.localpart, a.password_hash, a.created_ts, a.is_admin, a.is_guest, a.deactivated, a.displayname, a.avatar_url, a.erased,
+	query := `SELECT a.user_id, a.localpart, a.password_hash, a.created_ts, a.is_admin, a.is_guest, a.deactivated, a.displayname, a.avatar_url, a.erased, a.shadow_banned,
 		COALESCE((SELECT MAX(d.last_seen_ts) FROM devices d WHERE d.user_id = a.user_id), 0) AS last_seen
 		FROM accounts a` + where + ` ORDER BY ` + col + ` ` + dir + `, a.user_id ASC LIMIT ` + arg(limit) + ` OFFSET ` + arg(max(f.From, 0))
 	rows, err := q.QueryContext(ctx, query, args...)
@@ -123,7 +123,7 @@ func ListAdminAccounts(ctx context.Context, q Querier, f AccountFilter) ([]*Admi
 	for rows.Next() {
 		var a AdminAccount
 		var dn, av sql.NullString
-		if err := rows.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased, &a.LastSeenTS); err != nil {
+		if err := rows.Scan(&a.UserID, &a.Localpart, &a.PasswordHash, &a.CreatedTS, &a.IsAdmin, &a.IsGuest, &a.Deactivated, &dn, &av, &a.Erased, &a.ShadowBanned, &a.LastSeenTS); err != nil {
 			return nil, 0, err
 		}
 		a.DisplayName, a.AvatarURL = dn.String, av.String
@@ -505,19 +505,36 @@ func RetentionPolicies(ctx context.Context, q Querier) ([]RetentionPolicy, error
 // sent before beforeTS, except the room's forward extremities, and
 // returns how many went.
 func PurgeExpiredEvents(ctx context.Context, q Querier, roomID string, beforeTS int64) (int64, error) {
+	return PurgeEventsBefore(ctx, q, roomID, beforeTS, 0, "")
+}
+
+// PurgeEventsBefore is PurgeExpiredEvents that, with beforePos set, cuts at
+// that stream position instead of a time (the admin purge_history up to an
+// event: events sent in the same millisecond are told apart) and, with
+// keepServer set, keeps the events sent by that server's users (the admin
+// purge_history without delete_local_events).
+func PurgeEventsBefore(ctx context.Context, q Querier, roomID string, beforeTS, beforePos int64, keepServer string) (int64, error) {
 	room, err := GetRoom(ctx, q, roomID)
 	if err != nil {
 		return 0, err
 	}
+	cut := `origin_ts < $2`
 	args := []any{roomID, beforeTS}
+	if beforePos != 0 {
+		cut, args[1] = `stream_pos < $2`, beforePos
+	}
 	keep := ""
 	for _, id := range room.ForwardExtremities {
 		args = append(args, id)
 		keep += fmt.Sprintf(",$%d", len(args))
 	}
-	query := `DELETE FROM events WHERE room_id = $1 AND state_key IS NULL AND origin_ts < $2`
+	query := `DELETE FROM events WHERE room_id = $1 AND state_key IS NULL AND ` + cut
 	if keep != "" {
 		query += ` AND event_id NOT IN (` + keep[1:] + `)`
+	}
+	if keepServer != "" {
+		args = append(args, "%:"+keepServer)
+		query += fmt.Sprintf(` AND sender NOT LIKE $%d`, len(args))
 	}
 	res, err := q.ExecContext(ctx, query, args...)
 	if err != nil {
@@ -529,4 +546,58 @@ func PurgeExpiredEvents(ctx context.Context, q Querier, roomID string, beforeTS 
 		return 0, err
 	}
 	return res.RowsAffected()
+}
+
+// RoomSize is a room's estimated footprint in the store.
+type RoomSize struct {
+	RoomID string
+	Bytes  int64
+}
+
+// RoomSizes estimates every room's size from its events' JSON, largest
+// first (the admin API's database statistics).
+func RoomSizes(ctx context.Context, q Querier) ([]RoomSize, error) {
+	rows, err := q.QueryContext(ctx, `SELECT room_id, SUM(LENGTH(json)) AS n FROM events GROUP BY room_id ORDER BY n DESC, room_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []RoomSize
+	for rows.Next() {
+		var r RoomSize
+		if err := rows.Scan(&r.RoomID, &r.Bytes); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AvatarURLs lists the mxc URIs in use as user avatars and room avatars
+// (what the admin media deletion keeps with keep_profiles).
+func AvatarURLs(ctx context.Context, q Querier) ([]string, error) {
+	out, err := queryStrings(ctx, q, `SELECT avatar_url FROM accounts WHERE avatar_url IS NOT NULL AND avatar_url <> ''`)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := q.QueryContext(ctx, `SELECT e.json FROM current_state c JOIN events e ON e.event_id = c.event_id WHERE c.type = 'm.room.avatar'`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var raw string
+		if err := rows.Scan(&raw); err != nil {
+			return nil, err
+		}
+		var ev struct {
+			Content struct {
+				URL string `json:"url"`
+			} `json:"content"`
+		}
+		if json.Unmarshal([]byte(raw), &ev) == nil && ev.Content.URL != "" {
+			out = append(out, ev.Content.URL)
+		}
+	}
+	return out, rows.Err()
 }

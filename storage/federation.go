@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -441,4 +442,51 @@ func LatestLocalEvent(ctx context.Context, q Querier, roomID, serverName string)
 		return nil, err
 	}
 	return []byte(s), nil
+}
+
+// JoinedRemoteServers lists the servers other than own with a user joined
+// to a room here (the destinations this server sends to), sorted.
+func JoinedRemoteServers(ctx context.Context, q Querier, own string) ([]string, error) {
+	users, err := queryStrings(ctx, q, `SELECT DISTINCT state_key FROM current_state WHERE type = 'm.room.member' AND membership = 'join'`)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	var out []string
+	for _, u := range users {
+		_, server, ok := strings.Cut(u, ":")
+		if !ok || server == own || seen[server] {
+			continue
+		}
+		seen[server] = true
+		out = append(out, server)
+	}
+	slices.Sort(out)
+	return out, nil
+}
+
+// RoomsWithServer lists the rooms where a user of server is joined, with
+// each room's latest stream position.
+func RoomsWithServer(ctx context.Context, q Querier, server string) ([]RoomPos, error) {
+	rows, err := q.QueryContext(ctx, `SELECT r.room_id, r.last_pos FROM rooms r WHERE EXISTS (SELECT 1 FROM current_state c
+		WHERE c.room_id = r.room_id AND c.type = 'm.room.member' AND c.membership = 'join' AND c.state_key LIKE $1) ORDER BY r.room_id`, "%:"+server)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []RoomPos
+	for rows.Next() {
+		var r RoomPos
+		if err := rows.Scan(&r.RoomID, &r.Pos); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// RoomPos is a room and a stream position in it.
+type RoomPos struct {
+	RoomID string
+	Pos    int64
 }

@@ -57,6 +57,7 @@ var migrations = []migration{
 	{Component: "delayed_events", Version: 1, SQL: delayedEventsV1},
 	{Component: "audit_siem", Version: 1, SQL: auditSIEMV1},
 	{Component: "thread_subscriptions", Version: 1, SQL: threadSubscriptionsV1},
+	{Component: "accounts", Version: 3, SQL: accountsV3},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -121,7 +121,7 @@ func TestArchitecture(t *testing.T) {
 	// that change events or room state are called from roomserver alone
 	// (storage itself and tests aside). Others ask the room server.
 	roomWriters := []string{"InsertEvent", "InsertRoom", "UpdateRoomHead", "SetRoomLastPos", "PromoteOutlier", "RedactEvent",
-		"InsertSnapshot", "SetCurrentState", "PurgeRoom", "PurgeRoomIndexes", "PurgeExpiredEvents"}
+		"InsertSnapshot", "SetCurrentState", "PurgeRoom", "PurgeRoomIndexes", "PurgeExpiredEvents", "PurgeEventsBefore"}
 	for path, f := range files {
 		if strings.HasPrefix(path, "roomserver/") || strings.HasPrefix(path, "storage/") || strings.HasPrefix(path, "test/") {
 			continue

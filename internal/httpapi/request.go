@@ -16,6 +16,9 @@ type Device struct {
 	AccessTokenID int64
 	IsAdmin       bool
 	IsGuest       bool
+	// ShadowBanned: the user's sends answer as if they worked and reach
+	// no one (the admin shadow ban).
+	ShadowBanned bool
 	// AppService is the id of the application service whose as_token
 	// made the request (the device is then none: DeviceID is empty).
 	AppService string

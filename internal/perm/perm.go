@@ -27,11 +27,15 @@ const (
 	// LiftLegalHold is apart from manage_rooms so that whoever purges
 	// rooms (operators) cannot also lift the hold that protects them.
 	LiftLegalHold Permission = "lift_legal_hold"
+	// LoginAsUser lets an administrator obtain an access token for a user
+	// (the admin login API): apart from manage_users because it lets its
+	// holder act, and read, as someone else.
+	LoginAsUser Permission = "login_as_user"
 )
 
 // All lists every permission.
 var All = []Permission{CreateRoom, CreatePublicRoom, InviteRemoteUsers, JoinRemoteRooms, Federate, UploadMedia,
-	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles, LiftLegalHold}
+	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles, LiftLegalHold, LoginAsUser}
 
 // Watchful are the permissions of the roles that oversee the others (the
 // audit trail, legal holds): granting a role that holds one through the

@@ -24,7 +24,7 @@ var userPerms = []perm.Permission{perm.CreateRoom, perm.CreatePublicRoom, perm.I
 // config may redefine the others.
 func builtin() map[string][]perm.Permission {
 	return map[string][]perm.Permission{
-		RoleAdmin:    append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageUsers, perm.ManageRooms, perm.ManageRoles, perm.LiftLegalHold),
+		RoleAdmin:    append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageUsers, perm.ManageRooms, perm.ManageRoles, perm.LiftLegalHold, perm.LoginAsUser),
 		RoleAuditor:  {perm.ReadAudit, perm.ExportAudit},
 		RoleOperator: append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageRooms),
 		RoleUser:     append([]perm.Permission{}, userPerms...),

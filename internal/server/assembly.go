@@ -135,6 +135,14 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 		// Read when a request comes, by which time buildMedia has run.
 		Media:   func() adminapi.MediaAdmin { return s.Media },
 		Metrics: s.Registry,
+		// Likewise after buildFederation; nil when federation is off.
+		Destinations: func() adminapi.Destinations {
+			if s.Federation == nil {
+				return nil
+			}
+			return federationapi.NewDestinations(s.Federation)
+		},
+		NotifyUser: func(userID string) { s.Sync.NotifyUsers(userID) },
 	})
 	if err := s.Admin.Register(); err != nil {
 		return err

@@ -32,7 +32,9 @@ import (
 	"enclave/syncapi"
 )
 
-// Version is the server version, set at build time with -ldflags.
+// Version is the server version (semantic: RELEASE-dev+COMMIT between
+// releases), set at build time with -ldflags by the Makefile; a plain
+// go build reports the release with -dev.
 var Version = "0.1.0-dev"
 
 // Server is one running homeserver process. It holds every component as a
