@@ -452,3 +452,65 @@ func eduMultipart(t *testing.T, c *FedCluster, from, to *FedNode, path string) (
 	}
 	return ct, parts
 }
+
+// TestThreadReceiptsInSyncMSC4102Federation: once alice's unthreaded
+// receipt for an event has reached bob on B, a threaded receipt for the
+// same event never reaches bob's /sync: A drops it when storing (so never
+// sends it), and B drops one that arrives anyway (sent here as an EDU
+// from A), so B's store keeps only the unthreaded receipt.
+func TestThreadReceiptsInSyncMSC4102Federation(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	ra := Register(t, a.URL, "alice", "pw", false)
+	rb := Register(t, b.URL, "bob", "pw", false)
+	alice, bob := sessionClient(t, a.URL, ra), sessionClient(t, b.URL, rb)
+	room := eduRoom(t, alice, bob, a.ServerName)
+	root := sendRaw(t, a.URL, ra.AccessToken, room.String(), "m.room.message", map[string]any{"msgtype": "m.text", "body": "Hello world!"})
+	reply := sendRaw(t, a.URL, ra.AccessToken, room.String(), "m.room.message", threadReply(root, "Start thread!"))
+	waitForBody(t, bob, room, "Start thread!", 30*time.Second)
+	rpath := a.URL + "/_matrix/client/v3/rooms/" + url.PathEscape(room.String()) + "/receipt/m.read/" + url.PathEscape(reply)
+	mustOK(t, "unthreaded", raw(t, "POST", rpath, ra.AccessToken, map[string]any{}))
+	sinceB := eduWatch(t, b.URL, rb.AccessToken, "", "bob to see alice's unthreaded receipt", 30*time.Second, func(s *eduSync) bool {
+		return s.readBy(room, id.EventID(reply), alice.UserID)
+	})
+
+	// The clash, by alice's client on A and by an EDU from A straight to B.
+	mustOK(t, "threaded", raw(t, "POST", rpath, ra.AccessToken, map[string]any{"thread_id": root}))
+	eduSend(t, c, a, b, "clash1", map[string]any{"edu_type": "m.receipt", "content": map[string]any{room.String(): map[string]any{
+		"m.read": map[string]any{ra.UserID: map[string]any{"event_ids": []string{reply}, "data": map[string]any{"ts": time.Now().UnixMilli(), "thread_id": root}}}}}})
+	marker := sendRaw(t, a.URL, ra.AccessToken, room.String(), "m.room.message", map[string]any{"msgtype": "m.text", "body": "Marker"})
+	deadline := time.Now().Add(30 * time.Second)
+	for seen := false; !seen; {
+		if time.Now().After(deadline) {
+			t.Fatal("timed out waiting for the marker on B")
+		}
+		r := mustOK(t, "sync B", raw(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=1000&since="+url.QueryEscape(sinceB), rb.AccessToken, nil))
+		sinceB = r.Body["next_batch"].(string)
+		jr := joinedRoom(r, room.String())
+		eph, _ := jr["ephemeral"].(map[string]any)
+		evs, _ := eph["events"].([]any)
+		for _, e := range evs {
+			ev, _ := e.(map[string]any)
+			content, _ := ev["content"].(map[string]any)
+			rc, _ := content[reply].(map[string]any)
+			read, _ := rc["m.read"].(map[string]any)
+			if info, ok := read[ra.UserID].(map[string]any); ok && info["thread_id"] != nil {
+				t.Fatalf("bob was served the clashing threaded receipt: %v", info)
+			}
+		}
+		tl, _ := jr["timeline"].(map[string]any)
+		tevs, _ := tl["events"].([]any)
+		for _, e := range tevs {
+			if e.(map[string]any)["event_id"] == marker {
+				seen = true
+			}
+		}
+	}
+	for _, n := range []*FedNode{a, b} {
+		rs, err := storage.UserReceipts(ctxT(t), n.DB, ra.UserID, room.String())
+		if err != nil || len(rs) != 1 || rs[0].ThreadID != "" || rs[0].EventID != reply {
+			t.Fatalf("%s stored %+v %v", n.ServerName, rs, err)
+		}
+	}
+}
