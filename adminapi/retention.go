@@ -1,11 +1,20 @@
 package adminapi
 
 import (
+	"archive/zip"
+	"bufio"
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
+	"os"
+	"strconv"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -142,7 +151,13 @@ func (a *API) runRetention(r *http.Request, _ *httpapi.Device) httpapi.Response 
 
 // GET /_enclave/admin/v1/rooms/{roomId}/export: the room's events as JSON
 // lines (federation format, as stored: encrypted rooms stay ciphertext),
-// after a header line, for legal discovery. Recorded before it streams.
+// after a header line, for legal discovery, with a signed manifest
+// (auditapi.ExportManifest: the body's SHA-256, the exporter, the audit
+// chain's head). The export is written to a temporary file first, so that
+// its audit entry, recorded before anything is sent, carries its hash and
+// the manifest can go out with it: in the Enclave-Export-Manifest header
+// (base64 of the JSON) or, with ?format=zip, as manifest.json beside
+// export.jsonl in a zip.
 func (a *API) exportRoom(w http.ResponseWriter, r *http.Request) {
 	dev, resp, ok := a.Client.Authenticate(r)
 	if !ok {
@@ -151,6 +166,11 @@ func (a *API) exportRoom(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx := r.Context() // Authenticate checked the route's use_admin_api + manage_rooms
 	roomID := vars(r, "roomId")
+	asZip := r.URL.Query().Get("format") == "zip"
+	if f := r.URL.Query().Get("format"); f != "" && f != "zip" && f != "jsonl" {
+		httpapi.WriteResponse(w, httpapi.InvalidParam("format must be jsonl or zip"))
+		return
+	}
 	last, err := storage.MaxEventPos(ctx, a.DB, roomID)
 	if err != nil {
 		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
@@ -160,30 +180,104 @@ func (a *API) exportRoom(w http.ResponseWriter, r *http.Request) {
 		httpapi.WriteResponse(w, httpapi.NotFound("room not found"))
 		return
 	}
-	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
-		Action: auditapi.ActionRoomExport, Target: roomID, RoomID: roomID, Details: map[string]any{"up_to_pos": last}}); err != nil {
+	tmp, err := os.CreateTemp("", "enclave-export-*.jsonl")
+	if err != nil {
 		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
 		return
 	}
-	w.Header().Set("Content-Type", "application/x-ndjson")
+	defer os.Remove(tmp.Name())
+	defer tmp.Close()
+	m := &auditapi.ExportManifest{Kind: "room", RoomID: roomID, ExportedBy: dev.UserID, ExportedTS: time.Now().UnixMilli()}
+	if m.SHA256, m.Size, err = writeRoomExport(ctx, a.DB, tmp, roomID, last, m.ExportedBy, m.ExportedTS); err != nil {
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
+		return
+	}
+	if err := a.Audit.Record(ctx, a.DB, auditapi.Entry{Actor: auditapi.Actor{UserID: dev.UserID, DeviceID: dev.DeviceID},
+		Action: auditapi.ActionRoomExport, Target: roomID, RoomID: roomID,
+		Details: map[string]any{"up_to_pos": last, "sha256": m.SHA256, "size": m.Size, "format": map[bool]string{false: "jsonl", true: "zip"}[asZip]}}); err != nil {
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
+		return
+	}
+	if err := a.Audit.SignManifest(ctx, m); err != nil {
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
+		return
+	}
+	mj, _ := json.MarshalIndent(m, "", "  ")
+	mj = append(mj, '\n')
+	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+		httpapi.WriteResponse(w, httpapi.InternalError(r, err))
+		return
+	}
+	if !asZip {
+		w.Header().Set("Content-Type", "application/x-ndjson")
+		w.Header().Set("Enclave-Export-Manifest", base64.StdEncoding.EncodeToString(mj))
+		w.Header().Set("Content-Length", strconv.FormatInt(m.Size, 10))
+		w.WriteHeader(http.StatusOK)
+		_, _ = io.Copy(w, tmp)
+		return
+	}
+	w.Header().Set("Content-Type", "application/zip")
+	w.Header().Set("Content-Disposition", `attachment; filename="room-export.zip"`)
 	w.WriteHeader(http.StatusOK)
-	enc := json.NewEncoder(w)
-	_ = enc.Encode(map[string]any{"format": "enclave-room-export", "version": 1, "room_id": roomID, "exported_ts": time.Now().UnixMilli(), "exported_by": dev.UserID})
-	from := int64(0)
-	for {
-		evs, err := storage.RoomEventsRange(ctx, a.DB, roomID, from, last, 500, false)
+	zw := zip.NewWriter(w)
+	modified := time.UnixMilli(m.ExportedTS)
+	for _, part := range []struct {
+		name string
+		body io.Reader
+	}{{"export.jsonl", tmp}, {"manifest.json", bytes.NewReader(mj)}} {
+		pw, err := zw.CreateHeader(&zip.FileHeader{Name: part.name, Method: zip.Deflate, Modified: modified})
 		if err != nil {
+			return
+		}
+		if _, err := io.Copy(pw, part.body); err != nil {
 			logrus.WithError(err).WithField("room_id", roomID).Error("admin: room export failed midway")
 			return
 		}
+	}
+	_ = zw.Close()
+}
+
+// writeRoomExport writes the export body (a header line, then the room's
+// events up to stream position last) to w and returns its SHA-256 (hex)
+// and size.
+func writeRoomExport(ctx context.Context, db storage.Querier, w io.Writer, roomID string, last int64, by string, ts int64) (string, int64, error) {
+	h := sha256.New()
+	cw := &countWriter{w: io.MultiWriter(w, h)}
+	bw := bufio.NewWriterSize(cw, 64<<10)
+	enc := json.NewEncoder(bw)
+	if err := enc.Encode(map[string]any{"format": "enclave-room-export", "version": 1, "room_id": roomID, "exported_ts": ts, "exported_by": by}); err != nil {
+		return "", 0, err
+	}
+	from := int64(0)
+	for {
+		evs, err := storage.RoomEventsRange(ctx, db, roomID, from, last, 500, false)
+		if err != nil {
+			return "", 0, err
+		}
 		for _, e := range evs {
-			if _, err := w.Write(append(append([]byte(nil), e.JSON...), '\n')); err != nil {
-				return
+			if _, err := bw.Write(append(append([]byte(nil), e.JSON...), '\n')); err != nil {
+				return "", 0, err
 			}
 			from = e.StreamPos
 		}
 		if len(evs) < 500 {
-			return
+			break
 		}
 	}
+	if err := bw.Flush(); err != nil {
+		return "", 0, err
+	}
+	return hex.EncodeToString(h.Sum(nil)), cw.n, nil
+}
+
+// countWriter counts the bytes written through it.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }

@@ -1,15 +1,20 @@
 package main
 
 import (
+	"archive/zip"
+	"bytes"
 	"context"
 	"crypto/ed25519"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/user"
 	"strings"
+	"time"
 
 	"enclave/auditapi"
 	"enclave/config"
@@ -21,6 +26,8 @@ const auditUsage = `usage:
   enclave audit export [--data DIR] [--since T] [--until T] [--format jsonl|cef] > FILE
   enclave audit verify --data DIR [--anchor FILE]... [--head FILE] [--pubkey KEY] [--allow-unanchored]
   enclave audit verify FILE [--anchor FILE]... [--pubkey KEY] [--allow-unanchored]   (an export, offline)
+  enclave audit verify-export EXPORT [MANIFEST] (--key KEY | --data DIR)   (a room export and its signed manifest, offline;
+      EXPORT may be the zip of ?format=zip, which holds the manifest)
 --anchor: exported heads kept off the host: the audit.anchor_file JSONL, a head file, or a syslog file
 with "audit head {...}" lines (default with --data: audit.anchor_file). Without an anchor, verify fails
 ("truncation and rewrite cannot be ruled out") unless --allow-unanchored. Verification needs only the
@@ -36,6 +43,8 @@ func cmdAudit(args []string) error {
 		return cmdAuditExport(args[1:])
 	case "verify":
 		return cmdAuditVerify(args[1:])
+	case "verify-export":
+		return cmdAuditVerifyExport(args[1:])
 	}
 	return errors.New(auditUsage)
 }
@@ -340,4 +349,89 @@ func verifyExportFile(path string, keys auditapi.Keys, anchors []string, headPat
 		text, isAnchored = anchorText(res, anchored)
 	}
 	return verifyOutcome(res, text, isAnchored, allowUnanchored)
+}
+
+// cmdAuditVerifyExport checks a discovery export against its signed
+// manifest with the server's audit public key (pinned: --key, or the
+// config of --data; never the key the manifest carries), offline.
+func cmdAuditVerifyExport(args []string) error {
+	fl := flag.NewFlagSet("audit verify-export", flag.ExitOnError)
+	keyS := fl.String("key", "", "the server's audit public key: base64, @FILE or a file holding it (e.g. the audit key's .pub)")
+	dataDir := fl.String("data", "", "take the audit public key from this data directory's config (audit.public_key or the audit key)")
+	pos, err := parseMixed(fl, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) < 1 || len(pos) > 2 {
+		return errors.New(auditUsage)
+	}
+	var pub ed25519.PublicKey
+	switch {
+	case *keyS != "":
+		s := *keyS
+		if _, err := os.Stat(s); err == nil && !strings.HasPrefix(s, "@") {
+			s = "@" + s
+		}
+		if pub, err = readPubKey(s); err != nil {
+			return fmt.Errorf("--key: %w", err)
+		}
+	case *dataDir != "":
+		cfg, _, _, err := loadConfig(*dataDir)
+		if err != nil {
+			return err
+		}
+		if _, pub, err = config.AuditPublicKey(cfg); err != nil {
+			return fmt.Errorf("audit public key: %w (give --key)", err)
+		}
+	default:
+		return errors.New("verify-export needs the server's audit public key: --key KEY or --data DIR (the key inside the manifest proves nothing: a forger puts their own there)")
+	}
+	body, manifest, err := readExportAndManifest(pos)
+	if err != nil {
+		return err
+	}
+	var m auditapi.ExportManifest
+	if err := json.Unmarshal(manifest, &m); err != nil {
+		return fmt.Errorf("manifest: not valid JSON: %w", err)
+	}
+	if err := auditapi.CheckExport(bytes.NewReader(body), &m, pub); err != nil {
+		return fmt.Errorf("export NOT verified: %w", err)
+	}
+	fmt.Printf("export verified: %d bytes, SHA-256 %s; %s export of %s by %s at %s on %s, signed by audit key %s; audit chain at entry %d (%s)\n",
+		m.Size, m.SHA256, m.Kind, m.RoomID, m.ExportedBy, time.UnixMilli(m.ExportedTS).UTC().Format(time.RFC3339), m.ServerName, m.KeyID, m.AuditN, m.AuditChainHash)
+	return nil
+}
+
+// readExportAndManifest reads EXPORT and MANIFEST, or the export.jsonl
+// and manifest.json members of a zip given alone.
+func readExportAndManifest(pos []string) (body, manifest []byte, err error) {
+	body, err = os.ReadFile(pos[0])
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(pos) == 2 {
+		if manifest, err = os.ReadFile(pos[1]); err != nil {
+			return nil, nil, err
+		}
+		return body, manifest, nil
+	}
+	zr, err := zip.NewReader(bytes.NewReader(body), int64(len(body)))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s is not a zip export; give the manifest file too: %w", pos[0], err)
+	}
+	read := func(name string) ([]byte, error) {
+		f, err := zr.Open(name)
+		if err != nil {
+			return nil, fmt.Errorf("%s: no %s in the zip", pos[0], name)
+		}
+		defer f.Close()
+		return io.ReadAll(f)
+	}
+	if body, err = read("export.jsonl"); err != nil {
+		return nil, nil, err
+	}
+	if manifest, err = read("manifest.json"); err != nil {
+		return nil, nil, err
+	}
+	return body, manifest, nil
 }

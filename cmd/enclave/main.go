@@ -74,7 +74,7 @@ var commands = map[string]*command{
 	"user":          {"manage users: user role USER [ROLE ...] | user role --add ROLE USER | user role --remove ROLE USER", cmdUser},
 	"keys":          {"server keys: keys show (signing key and its fingerprint, for partners) | keys status (media KEK, audit key) | keys rotate [--new-kek-file F | --new-kek-env NAME] (media KEK; audited)", cmdKeys},
 	"appservice":    {"application services: appservice register --id ID --sender LOCALPART [--url URL] [--users REGEX] [--aliases REGEX] (prints a registration with fresh tokens)", cmdAppService},
-	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify --data DIR [--anchor FILE] [--allow-unanchored] | audit verify FILE [--pubkey KEY] [--anchor FILE]", cmdAudit},
+	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify --data DIR [--anchor FILE] [--allow-unanchored] | audit verify FILE [--pubkey KEY] [--anchor FILE] | audit verify-export EXPORT [MANIFEST] --key KEY", cmdAudit},
 }
 
 func usage() {
