@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -205,14 +206,29 @@ func (l *Log) Close() error {
 
 const sealBatch = 500
 
+// foreignGrace is how long an entry above the stream's watermark waits
+// before it is chained anyway (see sealCheckpoint).
+const foreignGrace = 3 * time.Second
+
 // sealCheckpoint is seal that, with final, ends on a checkpoint whatever
 // the count and time since the last one (Close, and Open after a crash).
 func (l *Log) sealCheckpoint(ctx context.Context, force, final bool) error {
 	l.sealMu.Lock()
 	defer l.sealMu.Unlock()
 	for {
+		// Rows at or below the watermark are committed in position order.
+		// Rows above it are either this process's, committing out of
+		// order (left for a moment, so the chain follows positions), or
+		// another process's (the command line's: `enclave user role` on a
+		// running server), whose positions this stream never reaches on
+		// an idle server: those are chained once foreignGrace old. After
+		// the last writer (Close) or before the first (Open) everything
+		// committed is chained.
 		wm := l.db.Stream.Current()
-		rows, err := storage.UnsealedAuditRows(ctx, l.db, wm, sealBatch)
+		if final {
+			wm = math.MaxInt64
+		}
+		rows, err := storage.UnsealedAuditRows(ctx, l.db, wm, time.Now().Add(-foreignGrace).UnixMilli(), sealBatch)
 		if err != nil {
 			return fmt.Errorf("audit: reading unsealed entries: %w", err)
 		}

@@ -117,10 +117,11 @@ type UnsealedAudit struct {
 	TS        int64 // when it was recorded (ms): the sealer's lag
 }
 
-// UnsealedAuditRows lists up to limit unsealed rows with pos <= maxPos, in
-// the order they are to be chained.
-func UnsealedAuditRows(ctx context.Context, q Querier, maxPos int64, limit int) ([]UnsealedAudit, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, entry_hash, ts FROM audit_log WHERE n IS NULL AND pos <= $1 ORDER BY pos, id LIMIT $2`, maxPos, limit)
+// UnsealedAuditRows lists up to limit unsealed rows with pos <= maxPos, or
+// recorded before staleBefore (ms) whatever their pos, in the order they
+// are to be chained. (The partial index holds only unsealed rows.)
+func UnsealedAuditRows(ctx context.Context, q Querier, maxPos, staleBefore int64, limit int) ([]UnsealedAudit, error) {
+	rows, err := q.QueryContext(ctx, `SELECT id, entry_hash, ts FROM audit_log WHERE n IS NULL AND (pos <= $1 OR ts < $2) ORDER BY pos, id LIMIT $3`, maxPos, staleBefore, limit)
 	if err != nil {
 		return nil, err
 	}

@@ -22,14 +22,14 @@ func TestAuditRowsSealListFilter(t *testing.T) {
 			}
 		}
 		// Only rows at or below the watermark are offered, in pos order.
-		un, err := storage.UnsealedAuditRows(ctx, db, 5, 10)
+		un, err := storage.UnsealedAuditRows(ctx, db, 5, 0, 10)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if len(un) != 2 || un[0].EntryHash != "h2" || un[1].EntryHash != "h1" {
 			t.Fatalf("unsealed up to 5: %+v", un)
 		}
-		all, _ := storage.UnsealedAuditRows(ctx, db, 100, 10)
+		all, _ := storage.UnsealedAuditRows(ctx, db, 100, 0, 10)
 		if len(all) != 3 {
 			t.Fatalf("want 3 unsealed, got %d", len(all))
 		}
@@ -48,7 +48,7 @@ func TestAuditRowsSealListFilter(t *testing.T) {
 		if err := storage.InsertAuditRow(ctx, db, extra, false); err != nil {
 			t.Fatal(err)
 		}
-		un, _ = storage.UnsealedAuditRows(ctx, db, 100, 10)
+		un, _ = storage.UnsealedAuditRows(ctx, db, 100, 0, 10)
 		if _, err := storage.SealAuditRow(ctx, db, un[0].ID, 2, "p", "x"); err == nil {
 			t.Fatal("duplicate n accepted")
 		}

@@ -6,11 +6,15 @@ import (
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -100,6 +104,118 @@ func TestCLI(t *testing.T) {
 		after, _ := os.ReadFile(filepath.Join(dataDir, config.ConfigFileName))
 		if string(before) != string(after) {
 			t.Fatal("printing the config changed the file")
+		}
+	})
+
+	// A served data directory (the first start creates the audit key) for
+	// the commands that record into or read the audit trail; the server
+	// seals what the command line records.
+	served := filepath.Join(t.TempDir(), "served")
+	srvProc := startBinary(t, bin, served, "sqlite:"+filepath.Join(served, "enclave.db"))
+
+	t.Run("user role shows, sets, adds and removes roles", func(t *testing.T) {
+		dataDir := served
+		if out, err := run(nil, "create-user", "--data", dataDir, "grace", "grace-password"); err != nil {
+			t.Fatalf("create-user: %v\n%s", err, out)
+		}
+		roles := func() []string {
+			t.Helper()
+			cfg, _ := config.Load(filepath.Join(dataDir, config.ConfigFileName), dataDir)
+			db, err := storage.Open(context.Background(), cfg.Database.URL, storage.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			r, err := storage.UserRoles(context.Background(), db, "@grace:localhost")
+			if err != nil {
+				t.Fatal(err)
+			}
+			return r
+		}
+		if out, err := run(nil, "user", "role", "--data", dataDir, "grace"); err != nil || !strings.Contains(out, "@grace:localhost: user") {
+			t.Fatalf("user role (show): %v\n%s", err, out)
+		}
+		if out, err := run(nil, "user", "role", "--data", dataDir, "grace", "operator"); err != nil {
+			t.Fatalf("user role (set): %v\n%s", err, out)
+		}
+		if got := roles(); len(got) != 1 || got[0] != "operator" {
+			t.Fatalf("roles after set: %v", got)
+		}
+		if out, err := run(nil, "user", "role", "--data", dataDir, "--add", "auditor", "grace"); err != nil {
+			t.Fatalf("user role --add: %v\n%s", err, out)
+		}
+		if got := strings.Join(roles(), ","); !strings.Contains(got, "auditor") || !strings.Contains(got, "operator") {
+			t.Fatalf("roles after --add auditor: %v", got)
+		}
+		if out, err := run(nil, "user", "role", "--data", dataDir, "--remove", "operator", "grace"); err != nil {
+			t.Fatalf("user role --remove: %v\n%s", err, out)
+		}
+		if got := roles(); len(got) != 1 || got[0] != "auditor" {
+			t.Fatalf("roles after --remove operator: %v", got)
+		}
+		if out, err := run(nil, "user", "role", "--data", dataDir, "nobody-here"); err == nil || !strings.Contains(out, "no such user") {
+			t.Errorf("user role of an unknown user: %v\n%s", err, out)
+		}
+		// The running (idle) server chains what the command line recorded:
+		// its positions are beyond the server's own stream.
+		cfg, _ := config.Load(filepath.Join(dataDir, config.ConfigFileName), dataDir)
+		db, err := storage.Open(context.Background(), cfg.Database.URL, storage.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		waitFor(t, "the role changes chained by the running server", 15*time.Second, func() bool {
+			n, err := storage.CountUnsealedAudit(context.Background(), db)
+			return err == nil && n == 0
+		})
+	})
+
+	t.Run("audit export writes JSONL and CEF that verify offline", func(t *testing.T) {
+		dataDir := served
+		// A clean stop seals everything and writes the final checkpoint.
+		_ = srvProc.cmd.Process.Signal(syscall.SIGTERM)
+		<-srvProc.done
+		export := func(args ...string) string {
+			t.Helper()
+			cmd := exec.Command(bin, append([]string{"audit", "export", "--data", dataDir}, args...)...)
+			var stderr strings.Builder
+			cmd.Stderr = &stderr
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("audit export %v: %v\n%s", args, err, stderr.String())
+			}
+			return string(out)
+		}
+		out := export()
+		lines := strings.Split(strings.TrimSpace(out), "\n")
+		var roleChange bool
+		for _, l := range lines {
+			var e map[string]any
+			if err := json.Unmarshal([]byte(l), &e); err != nil {
+				t.Fatalf("export line is not JSON: %q", l)
+			}
+			if strings.HasPrefix(fmt.Sprint(e["action"]), "rbac.") && e["target"] == "@grace:localhost" {
+				roleChange = true
+			}
+		}
+		if !roleChange {
+			t.Errorf("the export lacks the role changes made above:\n%s", out)
+		}
+		exportFile := filepath.Join(t.TempDir(), "export.jsonl")
+		if err := os.WriteFile(exportFile, []byte(out), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, _ := config.Load(filepath.Join(dataDir, config.ConfigFileName), dataDir)
+		_, pub, err := config.AuditPublicKey(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key := base64.RawStdEncoding.EncodeToString(pub)
+		if out, err := run(nil, "audit", "verify", exportFile, "--pubkey", key, "--allow-unanchored"); err != nil {
+			t.Fatalf("audit verify of the export: %v\n%s", err, out)
+		}
+		if cef := export("--format", "cef"); !strings.HasPrefix(cef, "CEF:0|") || strings.Count(cef, "\n") != len(lines)-1 { // JSONL has a header line
+			t.Fatalf("audit export --format cef: %d lines for %d entries\n%.300s", strings.Count(cef, "\n"), len(lines), cef)
 		}
 	})
 
