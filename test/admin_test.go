@@ -148,7 +148,106 @@ func TestAdminSynadm(t *testing.T) {
 		if len(calls) != 13 {
 			t.Fatalf("%d admin calls recorded, want 13", len(calls))
 		}
+		synadmReplay(t, srv, admin, bob, r1, r2)
 	})
+}
+
+// synadmReplay sends the requests synadm's user, room, media and history
+// commands send (synadm/api.py: the same paths, bodies and query
+// parameters) and checks each answer has the keys synadm reads, and what
+// it changed is changed. synadm has no reports command; the event reports
+// list is replayed as synapse-admin asks for it.
+func synadmReplay(t *testing.T, srv *Server, admin, bob RegisterResult, r1, r2 string) {
+	base := srv.URL + "/_synapse/admin/"
+	do := func(method, path string, params url.Values, body any) rawResp {
+		t.Helper()
+		u := base + path
+		if params != nil {
+			u += "?" + params.Encode()
+		}
+		r := raw(t, method, u, admin.AccessToken, body)
+		if r.Status != 200 {
+			t.Fatalf("%s %s: %d %s", method, path, r.Status, r.Raw)
+		}
+		return r
+	}
+	upload := func(size int) string {
+		t.Helper()
+		r := raw(t, "POST", srv.URL+"/_matrix/media/v3/upload?filename=f.bin", bob.AccessToken, strings.Repeat("z", size))
+		if r.Status != 200 {
+			t.Fatalf("upload: %d %s", r.Status, r.Raw)
+		}
+		return strings.TrimPrefix(r.Body["content_uri"].(string), "mxc://localhost/")
+	}
+	m1, m2, m3 := upload(10), upload(4096), upload(20)
+	mustOK(t, "send file", raw(t, "PUT", cs(srv.URL)+"/rooms/"+r1+"/send/m.room.message/f1", bob.AccessToken, map[string]any{"msgtype": "m.file", "body": "f", "url": "mxc://localhost/" + m1}))
+
+	// synadm media list -r ROOM: v1/room/{room_id}/media.
+	rm := do("GET", "v1/room/"+r1+"/media", nil, nil)
+	wantKeys(t, "media list -r", rm.Body, map[string]string{"local": "array", "remote": "array"})
+	if l := rm.Body["local"].([]any); len(l) != 1 || l[0] != "mxc://localhost/"+m1 {
+		t.Fatalf("room media: %s", rm.Raw)
+	}
+	// synadm media list -u USER: v1/users/{id}/media with from and limit
+	// (order_by and dir only when given); it reads created_ts and
+	// last_access_ts of each item.
+	um := do("GET", "v1/users/"+bob.UserID+"/media", url.Values{"from": {"0"}, "limit": {"100"}}, nil)
+	wantKeys(t, "media list -u", um.Body, map[string]string{"media": "array", "total": "number"})
+	for _, m := range um.Body["media"].([]any) {
+		wantKeys(t, "user media item", m.(map[string]any), map[string]string{"media_id": "string", "created_ts": "number", "last_access_ts": "number|null", "media_length": "number"})
+	}
+	if um.Body["total"] != float64(3) {
+		t.Fatalf("user media: %s", um.Raw)
+	}
+	// synadm media delete -i ID: DELETE v1/media/{server}/{id}/ with {}.
+	del := do("DELETE", "v1/media/localhost/"+m3+"/", nil, map[string]any{})
+	wantKeys(t, "media delete -i", del.Body, map[string]string{"deleted_media": "array", "total": "number"})
+	// synadm media delete --before-ts T --size 2 --delete-profiles: the
+	// size in KiB times 1024, server_name repeated as a parameter.
+	bd := do("POST", "v1/media/localhost/delete", url.Values{"server_name": {"localhost"}, "before_ts": {fmt.Sprint(time.Now().UnixMilli() + 60000)},
+		"size_gt": {"2048"}, "keep_profiles": {"false"}}, map[string]any{})
+	if ids, _ := bd.Body["deleted_media"].([]any); len(ids) != 1 || ids[0] != m2 || bd.Body["total"] != float64(1) {
+		t.Fatalf("media delete by size: %s", bd.Raw)
+	}
+	if left := do("GET", "v1/users/"+bob.UserID+"/media", nil, nil); left.Body["total"] != float64(1) {
+		t.Fatalf("media left: %s", left.Raw)
+	}
+	// synadm media purge --before-ts T: v1/purge_media_cache, before_ts a string.
+	if p := do("POST", "v1/purge_media_cache", url.Values{"before_ts": {fmt.Sprint(time.Now().UnixMilli())}}, map[string]any{}); p.Body["deleted"] == nil {
+		t.Fatalf("media purge: %s", p.Raw)
+	}
+
+	// synadm history purge ROOM --before-ts T --delete-local, then
+	// history purge-status ID.
+	hp := do("POST", "v1/purge_history/"+r1, nil, map[string]any{"purge_up_to_ts": time.Now().UnixMilli() + 1000, "delete_local_events": true})
+	if st := do("GET", "v1/purge_history_status/"+hp.Body["purge_id"].(string), nil, nil); st.Body["status"] != "complete" {
+		t.Fatalf("purge status: %s", st.Raw)
+	}
+	// synadm room make-admin ROOM -u USER: {"user_id"}.
+	do("POST", "v1/rooms/"+r2+"/make_room_admin", nil, map[string]any{"user_id": admin.UserID})
+
+	// Reports, as synapse-admin lists them.
+	rep := do("GET", "v1/event_reports", url.Values{"from": {"0"}, "limit": {"10"}, "order_by": {"received_ts"}, "dir": {"b"}}, nil)
+	wantKeys(t, "reports", rep.Body, map[string]string{"event_reports": "array", "total": "number"})
+
+	// synadm user login USER: {"valid_until_ms"} (one day by default).
+	lg := do("POST", "v1/users/"+bob.UserID+"/login", nil, map[string]any{"valid_until_ms": time.Now().Add(24 * time.Hour).UnixMilli()})
+	wantKeys(t, "user login", lg.Body, map[string]string{"access_token": "string"})
+
+	// synadm room delete ROOM: DELETE v1/rooms/{id} {"block", "purge"}.
+	rd := do("DELETE", "v1/rooms/"+r2, nil, map[string]any{"block": false, "purge": true})
+	wantKeys(t, "room delete", rd.Body, map[string]string{"kicked_users": "array", "failed_to_kick_users": "array", "local_aliases": "array", "new_room_id": "null"})
+	raw(t, "GET", base+"v1/rooms/"+r2, admin.AccessToken, nil).wantErr(t, "deleted room", 404, "M_NOT_FOUND")
+
+	// synadm user deactivate USER: v1/deactivate/{id} {"erase": false}.
+	dv := do("POST", "v1/deactivate/"+bob.UserID, nil, map[string]any{"erase": false})
+	wantKeys(t, "user deactivate", dv.Body, map[string]string{"id_server_unbind_result": "string"})
+	if u := do("GET", "v2/users/"+bob.UserID, nil, nil); u.Body["deactivated"] != true {
+		t.Fatalf("deactivated: %s", u.Raw)
+	}
+	if r := raw(t, "GET", cs(srv.URL)+"/account/whoami", lg.Body["access_token"].(string), nil); r.Status != 401 {
+		t.Fatalf("the admin login token outlived the deactivation: %d %s", r.Status, r.Raw)
+	}
 }
 
 // TestAdminUsersRoomsTokens covers the rest of the admin API: user
