@@ -59,6 +59,10 @@ const (
 	ActionPurgeHistory = "admin.purge_history"    // target: room; details.events, before_ts, delete_local_events, purge_id
 	ActionRoomAdmin    = "admin.make_room_admin"  // target: user; details.event_id
 	ActionFedReset     = "admin.federation_reset" // target: destination
+	// An import of another platform's export (enclave import): target the
+	// import ID; details: platform, file, file_sha256, file_size,
+	// operator, op (start, finish), counts on finish.
+	ActionImport = "admin.import"
 
 	// Federation.
 	ActionFedTxnIn  = "federation.txn_in"  // actor server: origin; details: txn_id, pdus, edus

@@ -1,6 +1,7 @@
 package auditapi
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -12,6 +13,12 @@ import (
 
 	"enclave/storage"
 )
+
+// ImportSourceField is the content key under which an imported event
+// carries its source (importer package).
+const ImportSourceField = "gov.enclave.import.source"
+
+var importSourceKey = []byte(`"` + ImportSourceField + `"`)
 
 // EventHook returns the room server hook (roomserver.Hook) that records
 // every stored event — local or received over federation — in the event's
@@ -35,6 +42,18 @@ func (l *Log) EventHook() func(ctx context.Context, tx *storage.Tx, ev *storage.
 		}
 		if ev.Outlier {
 			details["outlier"] = true
+		}
+		// Imported history names its source (platform, workspace,
+		// channel, message ID, original time, import ID) in its audit
+		// entry too: chain of custody from the export to the event.
+		if bytes.Contains(content, importSourceKey) {
+			var c map[string]json.RawMessage
+			if json.Unmarshal(content, &c) == nil && len(c[ImportSourceField]) > 0 {
+				var src map[string]any
+				if json.Unmarshal(c[ImportSourceField], &src) == nil {
+					details["import"] = src
+				}
+			}
 		}
 		e := Entry{
 			Actor:   Actor{UserID: ev.Sender},

@@ -88,6 +88,9 @@ type SendRequest struct {
 	// TS, when set, is origin_server_ts in milliseconds: an application
 	// service importing history keeps each message's own time (?ts=).
 	TS int64
+	// Imported marks history brought from another platform: stored and
+	// shown like any event, but not pushed or counted as unread.
+	Imported bool
 }
 
 // InitialEvent is one event of a new room, after the create event.
@@ -108,6 +111,14 @@ type CreateRoomRequest struct {
 	Public        bool // listed in the room directory
 	// Alias, when set, is reserved in the same transaction.
 	Alias string
+	// TS, when set, is the origin_server_ts of the initial events (an
+	// imported room keeps its creation time).
+	TS int64
+	// Imported: the room's initial events are imported history.
+	Imported bool
+	// InTx, when set, runs inside the creating transaction (the importer
+	// records which source conversation the room is, atomically).
+	InTx func(tx *storage.Tx, roomID string) error
 }
 
 // NotAllowedError is an event the auth rules reject.

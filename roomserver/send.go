@@ -179,6 +179,7 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 		SnapshotAfter:  before.snapshot,
 		TxnID:          req.TxnID,
 		TxnDevice:      req.DeviceID,
+		Imported:       req.Imported,
 	}
 	if ev.Type() == spec.MRoomMember {
 		se.Membership, _ = ev.Membership()
@@ -344,6 +345,9 @@ func (s *RoomServer) CreateRoom(ctx context.Context, req CreateRoomRequest) (str
 		return "", err
 	}
 	now := time.Now()
+	if req.TS > 0 {
+		now = time.UnixMilli(req.TS)
+	}
 	content := map[string]any{}
 	for k, v := range req.CreateContent {
 		content[k] = v
@@ -421,12 +425,17 @@ func (s *RoomServer) CreateRoom(ctx context.Context, req CreateRoomRequest) (str
 		var last *storage.Event
 		for _, ev := range pdus {
 			var err error
-			last, cur, err = s.appendLocal(ctx, tx, roomID, cur, ev, SendRequest{})
+			last, cur, err = s.appendLocal(ctx, tx, roomID, cur, ev, SendRequest{Imported: req.Imported})
 			if err != nil {
 				return err
 			}
 		}
 		h = cur
+		if req.InTx != nil {
+			if err := req.InTx(tx, roomID); err != nil {
+				return err
+			}
+		}
 		return storage.UpdateRoomHead(ctx, tx, roomID, h.extremities, h.snapshot, h.maxDepth, last.StreamPos)
 	})
 	if err != nil {

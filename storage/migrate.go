@@ -58,6 +58,7 @@ var migrations = []migration{
 	{Component: "audit_siem", Version: 1, SQL: auditSIEMV1},
 	{Component: "thread_subscriptions", Version: 1, SQL: threadSubscriptionsV1},
 	{Component: "accounts", Version: 3, SQL: accountsV3},
+	{Component: "imports", Version: 1, SQL: importsV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

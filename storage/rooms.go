@@ -131,6 +131,9 @@ type Event struct {
 	SnapshotAfter   int64
 	TxnID           string
 	TxnDevice       string
+	// Imported marks, in memory only, an event the importer stored:
+	// history from another platform, never pushed or counted as news.
+	Imported bool
 }
 
 // InsertRoom creates a room row.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"archive/zip"
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/ed25519"
@@ -24,6 +25,7 @@ import (
 
 const auditUsage = `usage:
   enclave audit export [--data DIR] [--since T] [--until T] [--format jsonl|cef] > FILE
+  enclave audit export [--data DIR] --import ID > FILE      (what one import produced)
   enclave audit verify --data DIR [--anchor FILE]... [--head FILE] [--pubkey KEY] [--allow-unanchored]
   enclave audit verify FILE [--anchor FILE]... [--pubkey KEY] [--allow-unanchored]   (an export, offline)
   enclave audit verify-export EXPORT [MANIFEST] (--key KEY | --data DIR)   (a room export and its signed manifest, offline;
@@ -105,6 +107,7 @@ func cmdAuditExport(args []string) error {
 	sinceS := fl.String("since", "", "first time to export")
 	untilS := fl.String("until", "", "last time to export")
 	format := fl.String("format", auditapi.FormatJSONL, "jsonl (verifiable) or cef (for SIEMs)")
+	importID := fl.String("import", "", "list what one import produced (JSONL: the import, then each source record and what it became)")
 	if pos, err := parseMixed(fl, args); err != nil {
 		return err
 	} else if len(pos) > 0 {
@@ -120,6 +123,9 @@ func cmdAuditExport(args []string) error {
 	}
 	if *format != auditapi.FormatJSONL && *format != auditapi.FormatCEF {
 		return fmt.Errorf("--format must be jsonl or cef")
+	}
+	if *importID != "" {
+		return exportImport(*dataDir, *importID)
 	}
 	cfg, _, _, err := loadConfig(*dataDir)
 	if err != nil {
@@ -151,6 +157,54 @@ func cmdAuditExport(args []string) error {
 	if un, err := storage.CountUnsealedAudit(ctx, db); err == nil && un > 0 {
 		fmt.Fprintf(os.Stderr, "note: %d newer entries are not sealed into the chain yet (the server seals them) and were not exported\n", un)
 	}
+	return nil
+}
+
+// exportImport lists one import's record (the export file's hash, size,
+// operator, times, report) and every source record it turned into a user,
+// room, event or media object, as JSONL.
+func exportImport(dataDir, id string) error {
+	cfg, _, _, err := loadConfig(dataDir)
+	if err != nil {
+		return err
+	}
+	db, err := openStore(cfg)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	ctx := cliContext()
+	im, err := storage.GetImport(ctx, db, id)
+	if errors.Is(err, storage.ErrNotFound) {
+		return fmt.Errorf("no import %s", id)
+	} else if err != nil {
+		return err
+	}
+	if err := auditapi.RecordDetached(ctx, db, auditapi.Entry{Action: auditapi.ActionAuditExport, Target: id,
+		Details: map[string]any{"import": id, "via": "cli"}}); err != nil {
+		return err
+	}
+	w := bufio.NewWriter(os.Stdout)
+	enc := json.NewEncoder(w)
+	var report any
+	_ = json.Unmarshal([]byte(im.Report), &report)
+	if err := enc.Encode(map[string]any{"import": map[string]any{"import_id": im.ImportID, "platform": im.Platform, "workspace": im.Workspace,
+		"file": im.FileName, "file_sha256": im.FileSHA256, "file_size": im.FileSize, "operator": im.Operator,
+		"started_ts": im.StartedTS, "finished_ts": im.FinishedTS, "report": report}}); err != nil {
+		return err
+	}
+	n := 0
+	err = storage.ImportItems(ctx, db, id, "", func(it storage.ImportItem) error {
+		n++
+		return enc.Encode(map[string]any{"source": it.SourceKey, "kind": it.Kind, "value": it.Value, "ts": it.CreatedTS})
+	})
+	if err != nil {
+		return err
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	fmt.Fprintf(os.Stderr, "import %s: %d records\n", id, n)
 	return nil
 }
 

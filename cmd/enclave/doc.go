@@ -6,10 +6,12 @@
 //	enclave generate-keys [--data DIR]    create the signing key (--force replaces it)
 //	enclave create-user [--data DIR] [--admin] USER [PASSWORD]
 //	enclave appservice register --id ID --sender LOCALPART [--url URL] [--users REGEX]
+//	enclave import slack|mattermost [--dry-run] [--users-map CSV] EXPORT
 //	enclave version
 //
 // Imports: the assembly (internal/server) to serve, and config, storage,
-// auditapi, appservice, internal/rbac, internal/sealing and mediaapi for the
+// auditapi, appservice, importer (and its format packages), internal/rbac,
+// internal/sealing and mediaapi for the
 // maintenance subcommands. Called by: operators, and the integration tests
 // that start the binary.
 package main

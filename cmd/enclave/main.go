@@ -75,6 +75,7 @@ var commands = map[string]*command{
 	"keys":          {"server keys: keys show (signing key and its fingerprint, for partners) | keys status (media KEK, audit key) | keys rotate [--new-kek-file F | --new-kek-env NAME] (media KEK; audited)", cmdKeys},
 	"appservice":    {"application services: appservice register --id ID --sender LOCALPART [--url URL] [--users REGEX] [--aliases REGEX] (prints a registration with fresh tokens)", cmdAppService},
 	"audit":         {"audit trail: audit export [--since T] [--until T] [--format jsonl|cef] > FILE | audit verify --data DIR [--anchor FILE] [--allow-unanchored] | audit verify FILE [--pubkey KEY] [--anchor FILE] | audit verify-export EXPORT [MANIFEST] --key KEY", cmdAudit},
+	"import":        {"import another platform's history: import slack|mattermost [--dry-run] [--users-map CSV] EXPORT (resumable; see README \"Moving from Slack or Mattermost\")", cmdImport},
 }
 
 func usage() {

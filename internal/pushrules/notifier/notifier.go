@@ -76,7 +76,7 @@ func (n *Notifier) OnEvent(e *storage.Event) {
 	if e == nil {
 		return
 	}
-	if e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed {
+	if e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed || e.Imported {
 		n.wakeRooms([]*storage.Event{e})
 		return
 	}

@@ -1,0 +1,360 @@
+package test
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/event"
+	"maunium.net/go/mautrix/id"
+
+	"enclave/importer"
+	"enclave/storage"
+)
+
+// runImport runs `enclave import` against a stopped server's data
+// directory and returns its JSON report.
+func runImport(t testing.TB, bin, dataDir, dbURL string, args ...string) (*importer.Report, string) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"import"}, append(args, "--data", dataDir, "--json")...)...)
+	cmd.Env = append(os.Environ(), "ENCLAVE_DATABASE_URL="+dbURL, "ENCLAVE_LOG_LEVEL=error")
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("enclave import %v: %v\n%s\n%s", args, err, stdout.String(), stderr.String())
+	}
+	var rep importer.Report
+	if err := json.Unmarshal(stdout.Bytes(), &rep); err != nil {
+		t.Fatalf("report: %v\n%s", err, stdout.String())
+	}
+	return &rep, stderr.String()
+}
+
+func cli(t testing.TB, bin, dataDir, dbURL string, args ...string) (string, error) {
+	t.Helper()
+	cmd := exec.Command(bin, append(args, "--data", dataDir)...)
+	cmd.Env = append(os.Environ(), "ENCLAVE_DATABASE_URL="+dbURL, "ENCLAVE_LOG_LEVEL=error")
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+// allMessages pages /messages backwards to the start and returns the
+// room's events oldest first.
+func allMessages(t testing.TB, c *mautrix.Client, room id.RoomID) []*event.Event {
+	t.Helper()
+	var out []*event.Event
+	from := ""
+	for range 100 {
+		resp, err := c.Messages(ctxT(t), room, from, "", mautrix.DirectionBackward, nil, 100)
+		if err != nil {
+			t.Fatalf("messages: %v", err)
+		}
+		out = append(out, resp.Chunk...)
+		if resp.End == "" || len(resp.Chunk) == 0 {
+			break
+		}
+		from = resp.End
+	}
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out
+}
+
+// source returns an imported event's source record.
+func sourceOf(ev *event.Event) map[string]any {
+	s, _ := ev.Content.Raw[importer.SourceField].(map[string]any)
+	return s
+}
+
+// Issue 15, acceptance 1 and 4: a realistic Slack export imports with
+// every message's sender, time, thread, reactions, files and mentions
+// intact (read back by a real client), the dry run reports exactly what
+// the import does, a re-run imports nothing, the audit trail holds the
+// export's hash and verifies, and imported history notifies no one.
+func TestImportSlack(t *testing.T) {
+	bin := enclaveBinary(t)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		dataDir := t.TempDir()
+		srv := Start(t, d, Options{DataDir: dataDir})
+		dbURL := srv.DBURL
+		Register(t, srv.URL, "alice", "alice-pw", false) // an existing account: matched by username
+		srv.Stop()
+
+		fx := realisticSlack()
+		zipPath := filepath.Join(t.TempDir(), "acme-export.zip")
+		fx.write(t, zipPath)
+
+		dry, _ := runImport(t, bin, dataDir, dbURL, "slack", "--dry-run", zipPath)
+		if !dry.DryRun {
+			t.Fatal("dry run report not marked as such")
+		}
+		rep, _ := runImport(t, bin, dataDir, dbURL, "slack", zipPath)
+		a, _ := json.Marshal(dry.Comparable())
+		b, _ := json.Marshal(rep.Comparable())
+		if !bytes.Equal(a, b) {
+			t.Fatalf("dry run and import differ:\ndry:    %s\nimport: %s", a, b)
+		}
+		t.Logf("report: %s", b)
+		// The fixture's figures (counted from realisticSlack).
+		if rep.Users.Total != 5 || rep.Users.Matched != 1 || rep.Users.Created != 4 || rep.Rooms.Public != 2 || rep.Rooms.Private != 1 ||
+			rep.Rooms.Direct != 2 || rep.Messages != 17 || rep.Notices != 4 || rep.ThreadReplies != 2 || rep.Edited != 1 || rep.Reactions != 4 ||
+			rep.Files != 1 || len(rep.LinkedFiles) != 1 || len(rep.Unmappable) != 1 || !strings.Contains(rep.Unmappable[0].Reason, "U99GHOST") {
+			t.Fatalf("report figures: %s", b)
+		}
+		// The store agrees with the report.
+		db, err := storage.Open(ctxT(t), dbURL, storage.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts, err := storage.CountImportItems(ctxT(t), db, rep.ImportID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts["message"]+counts["file"] != int64(rep.Messages) || counts["reaction"] != int64(rep.Reactions) || counts["media"] != 1 || counts["room"] != 5 || counts["user"] != 5 {
+			t.Fatalf("import items %v vs report %s", counts, b)
+		}
+		for _, u := range []string{"@bob:localhost", "@carol:localhost", "@emile:localhost"} {
+			acc, err := storage.GetAccount(ctxT(t), db, u)
+			if err != nil || !acc.Deactivated || acc.PasswordHash != "" {
+				t.Fatalf("created account %s: %+v %v (want deactivated, no password)", u, acc, err)
+			}
+		}
+		db.Close()
+
+		// Again: nothing new.
+		again, _ := runImport(t, bin, dataDir, dbURL, "slack", zipPath)
+		if again.Messages != 0 || again.Reactions != 0 || again.Files != 0 || again.Skipped != rep.Messages+rep.Reactions {
+			t.Fatalf("re-run imported again: %+v", again)
+		}
+
+		// Chain of custody: the import's entries carry the export's hash;
+		// every imported event's entry names its source; the chain verifies.
+		out, err := cli(t, bin, dataDir, dbURL, "audit", "export", "--import", rep.ImportID)
+		if err != nil {
+			t.Fatalf("audit export --import: %v\n%s", err, out)
+		}
+		sc := bufio.NewScanner(strings.NewReader(out))
+		sc.Buffer(nil, 1<<20)
+		var lines []map[string]any
+		for sc.Scan() {
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				lines = append(lines, m)
+			}
+		}
+		if len(lines) < 2 {
+			t.Fatalf("audit export --import: %s", out)
+		}
+		head, _ := lines[0]["import"].(map[string]any)
+		if head["file_sha256"] != rep.SHA256 || head["file_size"] != float64(rep.Size) || head["operator"] == "" || head["finished_ts"] == float64(0) {
+			t.Fatalf("import record: %v (report sha %s size %d)", head, rep.SHA256, rep.Size)
+		}
+		if got := len(lines) - 1; int64(got) != counts["message"]+counts["file"]+counts["reaction"]+counts["media"]+counts["room"]+counts["user"] {
+			t.Fatalf("audit export --import listed %d records, want %v", got, counts)
+		}
+
+		srv = Start(t, d, Options{DataDir: dataDir, DBURL: dbURL})
+		if err := srv.Audit.Flush(ctxT(t)); err != nil {
+			t.Fatal(err)
+		}
+		rows := allAuditRows(t, srv.DB)
+		var starts, finishes, sourced int
+		for _, r := range rows {
+			if r.Action == "admin.import" && r.Target == rep.ImportID && strings.Contains(r.Details, rep.SHA256) {
+				if strings.Contains(r.Details, `"op":"start"`) {
+					starts++
+				}
+				if strings.Contains(r.Details, `"op":"finish"`) {
+					finishes++
+				}
+			}
+			if r.Action == "room.message" && strings.Contains(r.Details, `"import_id":"`+rep.ImportID+`"`) && strings.Contains(r.Details, `"platform":"slack"`) {
+				sourced++
+			}
+		}
+		if starts != 2 || finishes != 2 || sourced != rep.Messages+rep.Reactions {
+			t.Fatalf("audit: %d start and %d finish entries with the hash (want 2 each: two runs), %d sourced event entries (want %d)", starts, finishes, sourced, rep.Messages+rep.Reactions)
+		}
+		srv.Stop()
+		if out, err := verifyEnv(bin, dataDir, dbURL, nil); err != nil {
+			t.Fatalf("audit verify after import: %v\n%s", err, out)
+		}
+		srv = Start(t, d, Options{DataDir: dataDir, DBURL: dbURL})
+
+		// A real client reads the history.
+		alice := loginClient(t, srv.URL, "alice", "alice-pw")
+		joined, err := alice.JoinedRooms(ctxT(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(joined.JoinedRooms) != 5 {
+			t.Fatalf("alice is in %d rooms, want 5", len(joined.JoinedRooms))
+		}
+		rooms := map[string]id.RoomID{} // Slack conversation ID -> room
+		for _, r := range joined.JoinedRooms {
+			var create map[string]any
+			if err := alice.StateEvent(ctxT(t), r, event.StateCreate, "", &create); err != nil {
+				t.Fatal(err)
+			}
+			src, _ := create[importer.SourceField].(map[string]any)
+			rooms[src["channel"].(string)] = r
+		}
+		userOf := map[string]string{"U01ALICE": "@alice:localhost", "U02BOB": "@bob:localhost", "U03CAROL": "@carol:localhost",
+			"U04EMILE": "@emile:localhost", "U05DEPLOY": "@deploybot:localhost", "": "@import:localhost"}
+		convOf := map[string]string{"general": "C01GENERAL", "random": "C02RANDOM", "incident-response": "G01SECRET", "D01AB": "D01AB", "mpdm-alice--bob--emile-1": "G02MPIM"}
+		byMsg := map[string]*event.Event{}
+		for conv, room := range rooms {
+			for _, ev := range allMessages(t, alice, room) {
+				if ev.Type != event.EventMessage {
+					continue
+				}
+				src := sourceOf(ev)
+				if src == nil || src["channel"] != conv {
+					t.Fatalf("message %s without its source: %v", ev.ID, ev.Content.Raw)
+				}
+				key := conv + "/" + src["message_id"].(string)
+				if src["subtype"] == "file" {
+					key += "/file"
+				}
+				if byMsg[key] != nil {
+					t.Fatalf("message %s imported twice", key)
+				}
+				byMsg[key] = ev
+			}
+		}
+		if len(byMsg) != rep.Messages {
+			t.Fatalf("%d messages read back, report says %d", len(byMsg), rep.Messages)
+		}
+		for _, m := range fx.msgs {
+			user, _ := m.m["user"].(string)
+			if user == "U99GHOST" {
+				continue
+			}
+			ts := m.m["ts"].(string)
+			ev := byMsg[convOf[m.conv]+"/"+ts]
+			if ev == nil {
+				t.Fatalf("message %s/%s missing", m.conv, ts)
+			}
+			if ev.Sender.String() != userOf[user] || ev.Timestamp != tsMS(ts) {
+				t.Fatalf("message %s/%s: sender %s ts %d, want %s %d", m.conv, ts, ev.Sender, ev.Timestamp, userOf[user], tsMS(ts))
+			}
+			if st, _ := m.m["subtype"].(string); st != "" && ev.Content.Raw["msgtype"] != "m.notice" {
+				t.Fatalf("%s message is %v, want m.notice", st, ev.Content.Raw["msgtype"])
+			}
+		}
+		gen := "C01GENERAL/"
+		root := byMsg[gen+slackTS(10, 100)]
+		fb, _ := root.Content.Raw["formatted_body"].(string)
+		if !strings.Contains(fb, `<a href="https://matrix.to/#/@bob:localhost">Bob Baker</a>`) || !strings.Contains(fb, "<strong>the rules</strong>") ||
+			!strings.Contains(fb, "<em>be kind</em>") || !strings.Contains(fb, `<a href="https://intranet.example/rules">the rules page</a>`) ||
+			root.Content.Raw["body"] != "Welcome Bob Baker! Read *the rules* and _be kind_ & see the rules page (https://intranet.example/rules)" {
+			t.Fatalf("root message: %v", root.Content.Raw)
+		}
+		if mm, _ := root.Content.Raw["m.mentions"].(map[string]any); mm == nil || len(mm["user_ids"].([]any)) != 1 {
+			t.Fatalf("m.mentions: %v", root.Content.Raw)
+		}
+		if byMsg[gen+slackTS(30, 0)].Content.Raw["body"] != "Grüße aus Köln 🎉 日本語もOK" || byMsg[gen+slackTS(30, 0)].Content.Raw[importer.EditedField] == nil {
+			t.Fatalf("edited Unicode message: %v", byMsg[gen+slackTS(30, 0)].Content.Raw)
+		}
+		// The thread, through /relations.
+		th, err := alice.GetRelations(ctxT(t), rooms["C01GENERAL"], root.ID, &mautrix.ReqGetRelations{RelationType: event.RelThread})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var replies []string
+		for _, ev := range th.Chunk {
+			replies = append(replies, ev.Sender.String())
+		}
+		if len(th.Chunk) != 2 || !strings.Contains(strings.Join(replies, ","), "@bob:localhost") || !strings.Contains(strings.Join(replies, ","), "@emile:localhost") {
+			t.Fatalf("thread replies: %v", replies)
+		}
+		// The reactions, through /relations.
+		an, err := alice.GetRelations(ctxT(t), rooms["C01GENERAL"], root.ID, &mautrix.ReqGetRelations{RelationType: event.RelAnnotation})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]bool{}
+		for _, ev := range an.Chunk {
+			rel, _ := ev.Content.Raw["m.relates_to"].(map[string]any)
+			got[ev.Sender.String()+" "+rel["key"].(string)] = true
+			if ev.Timestamp != root.Timestamp {
+				t.Fatalf("reaction time %d, want the message's %d", ev.Timestamp, root.Timestamp)
+			}
+		}
+		if len(an.Chunk) != 3 || !got["@bob:localhost 👍"] || !got["@emile:localhost 👍"] || !got["@bob:localhost 🎉"] {
+			t.Fatalf("reactions: %v", got)
+		}
+		// The file the export carries, downloaded; the linked one listed.
+		fe := byMsg[gen+slackTS(61, 0)+"/file"]
+		if fe == nil || fe.Content.Raw["body"] != "report.pdf" || fe.Sender.String() != "@carol:localhost" {
+			t.Fatalf("file event: %v", fe)
+		}
+		uri, err := id.ParseContentURI(fe.Content.Raw["url"].(string))
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := alice.DownloadBytes(ctxT(t), uri)
+		if err != nil || string(data) != "%PDF-1.4 ok" {
+			t.Fatalf("download: %q %v", data, err)
+		}
+		if info, _ := fe.Content.Raw["info"].(map[string]any); info["size"] != float64(11) {
+			t.Fatalf("file info: %v", fe.Content.Raw)
+		}
+		if rep.LinkedFiles[0].Name != "chart.png" || !strings.Contains(rep.LinkedFiles[0].URL, "F02CHART") {
+			t.Fatalf("linked files: %+v", rep.LinkedFiles)
+		}
+		// Membership: carol joined, posted and left; topics; join rules.
+		var member map[string]any
+		if err := alice.StateEvent(ctxT(t), rooms["C01GENERAL"], event.StateMember, "@carol:localhost", &member); err != nil || member["membership"] != "leave" {
+			t.Fatalf("carol's membership: %v %v", member, err)
+		}
+		topics := map[string]string{"C01GENERAL": "Company-wide announcements", "C02RANDOM": "Off-topic chatter", "G01SECRET": "Private: IR team"}
+		for conv, want := range topics {
+			var tc map[string]any
+			if err := alice.StateEvent(ctxT(t), rooms[conv], event.StateTopic, "", &tc); err != nil || tc["topic"] != want {
+				t.Fatalf("topic of %s: %v %v", conv, tc, err)
+			}
+		}
+		for conv, want := range map[string]string{"C01GENERAL": "public", "G01SECRET": "invite", "D01AB": "invite"} {
+			var jr map[string]any
+			if err := alice.StateEvent(ctxT(t), rooms[conv], event.StateJoinRules, "", &jr); err != nil || jr["join_rule"] != want {
+				t.Fatalf("join rule of %s: %v %v", conv, jr, err)
+			}
+		}
+		var direct map[string][]string
+		if err := alice.GetAccountData(ctxT(t), "m.direct", &direct); err != nil {
+			t.Fatal(err)
+		}
+		if !contains(direct["@bob:localhost"], rooms["D01AB"].String()) || !contains(direct["@emile:localhost"], rooms["G02MPIM"].String()) {
+			t.Fatalf("m.direct: %v", direct)
+		}
+		// Imported history is not news: no notification for alice, though
+		// bob's imported reply mentions her.
+		n := mustOK(t, "notifications", raw(t, "GET", cs(srv.URL)+"/notifications", alice.AccessToken, nil))
+		if l, _ := n.Body["notifications"].([]any); len(l) != 0 {
+			t.Fatalf("imported history notified: %s", n.Raw)
+		}
+		// The import refuses to run beside the server.
+		cmd := exec.Command(bin, "import", "slack", "--data", dataDir, zipPath)
+		cmd.Env = append(os.Environ(), "ENCLAVE_DATABASE_URL="+dbURL, "ENCLAVE_LOG_LEVEL=error")
+		if out, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(out), "stop it") {
+			t.Fatalf("import beside a running server: %v\n%s", err, out)
+		}
+	})
+}
+
+func contains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
