@@ -68,7 +68,8 @@ func (uo *userOps) login(r *http.Request, dev *httpapi.Device) httpapi.Response 
 
 // POST /_synapse/admin/v1/users/{userId}/shadow_ban (and DELETE to lift):
 // the user's sends, state changes and redactions answer 200 with an event
-// ID that names nothing, and nothing is stored or relayed.
+// ID that names nothing, invites answer {}, and nothing is stored or
+// relayed.
 func (uo *userOps) shadowBan(ban bool) handler {
 	return func(r *http.Request, dev *httpapi.Device) httpapi.Response {
 		acc, resp, ok := uo.loadUser(r)

@@ -439,6 +439,9 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 		if _, _, err := gomatrixserverlib.SplitID('@', body.UserID); err != nil {
 			return httpapi.InvalidParam("invalid user_id %q", body.UserID)
 		}
+		if action == "invite" && dev.ShadowBanned {
+			return httpapi.JSON(200, map[string]any{}) // as if sent: the invitee never hears of it
+		}
 		membership := action
 		cur, err := rm.rs.Membership(r.Context(), roomID, body.UserID)
 		if errors.Is(err, roomserver.ErrRoomNotFound) {

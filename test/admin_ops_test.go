@@ -204,6 +204,10 @@ func TestAdminUserOps(t *testing.T) {
 		if err != nil || !strings.HasPrefix(string(hidden.EventID), "$") {
 			t.Fatalf("shadow-banned send: %v %v", hidden, err)
 		}
+		mustOK(t, "shadow-banned invite", raw(t, "POST", cs(srv.URL)+"/rooms/"+string(room.RoomID)+"/invite", bob.AccessToken, map[string]any{"user_id": other.UserID}))
+		if err := alice.StateEvent(ctx, room.RoomID, event.StateMember, other.UserID, &map[string]any{}); err == nil {
+			t.Fatal("the shadow-banned invite reached the room")
+		}
 		rename := raw(t, "PUT", cs(srv.URL)+"/rooms/"+string(room.RoomID)+"/state/m.room.topic", bob.AccessToken, map[string]any{"topic": "defaced"})
 		if rename.Status != 200 || rename.Body["event_id"] == nil {
 			t.Fatalf("shadow-banned state: %d %s", rename.Status, rename.Raw)
