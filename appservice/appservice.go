@@ -18,6 +18,9 @@ type Options struct {
 	Registrations []*Registration
 	DB            *storage.DB
 	Audit         *auditapi.Log
+	// TypingUsers is who is typing in a room now (the syncer's tracker),
+	// for the m.typing events pushed to bridges; nil: no typing.
+	TypingUsers func(roomID string) []string
 	// Client makes the calls to the bridges (transactions, ping); nil: a
 	// client with a 30 s timeout.
 	Client *http.Client
@@ -134,6 +137,20 @@ func (s *Service) ExclusiveUserOwner(userID string) string {
 		}
 	}
 	return ""
+}
+
+// MasqueradesDevices implements clientapi.AppServices: device_id
+// masquerading is for appservices that manage devices (MSC3202, MSC4190).
+func (s *Service) MasqueradesDevices(id string) bool {
+	r := s.byID(id)
+	return r != nil && (r.MSC3202 || r.MSC4190)
+}
+
+// ManagesDevices implements clientapi.AppServices: the appservice creates
+// and deletes its users' devices without login or UIA (MSC4190).
+func (s *Service) ManagesDevices(id string) bool {
+	r := s.byID(id)
+	return r != nil && r.MSC4190
 }
 
 // RateLimited implements clientapi.AppServices.

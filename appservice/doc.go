@@ -4,7 +4,9 @@
 // asks through the small interface it declares), and the persistent,
 // strictly ordered queue of transactions pushed to each bridge's url
 // (queue.go), filled inside each event's own transaction so nothing a
-// client was acknowledged can be lost.
+// client was acknowledged can be lost. The same queue carries ephemeral
+// events and, for encrypting bridges, their devices' to-device messages,
+// device lists and key counts (ephemeral.go: MSC2409, MSC3202).
 //
 // The server calls a bridge only because the operator configured its url:
 // nothing here discovers or contacts anything else.

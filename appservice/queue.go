@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"sort"
 	"strconv"
 	"time"
 
@@ -230,6 +231,9 @@ func (sd *sender) once(ctx context.Context) (sent bool, err error) {
 		return false, err
 	}
 	if txnID == "" {
+		if err := sd.collect(ctx); err != nil {
+			return false, err
+		}
 		if evs, err = storage.NextAppServiceEvents(ctx, db, id, txnMaxEvents); err != nil || len(evs) == 0 {
 			return false, err
 		}
@@ -247,18 +251,81 @@ func (sd *sender) once(ctx context.Context) (sent bool, err error) {
 }
 
 func (sd *sender) push(ctx context.Context, txnID string, evs []storage.AppServiceQueued) error {
+	u := sd.reg.PushURL() + "/_matrix/app/v1/transactions/" + url.PathEscape(txnID)
+	_, err := sd.s.call(ctx, sd.reg, http.MethodPut, u, transactionBody(evs))
+	return err
+}
+
+// transactionBody lays queued rows out as a transaction: room events in
+// events, ephemeral events under the stable and the MSC2409 key (mautrix
+// reads either), to-device messages under MSC2409's key, device-list
+// changes merged and the latest key counts per device under MSC3202's.
+func transactionBody(evs []storage.AppServiceQueued) []byte {
 	var body bytes.Buffer
 	body.WriteString(`{"events":[`)
-	for i, e := range evs {
-		if i > 0 {
-			body.WriteByte(',')
+	n := 0
+	var eph, toDev []json.RawMessage
+	changed := map[string]bool{}
+	otk := map[string]map[string]map[string]int{}
+	fallback := map[string]map[string][]string{}
+	for _, e := range evs {
+		switch e.Kind {
+		case storage.AppServiceKindEphemeral:
+			eph = append(eph, e.JSON)
+		case storage.AppServiceKindToDevice:
+			toDev = append(toDev, e.JSON)
+		case storage.AppServiceKindDeviceLists:
+			var dl struct {
+				Changed []string `json:"changed"`
+			}
+			_ = json.Unmarshal(e.JSON, &dl)
+			for _, u := range dl.Changed {
+				changed[u] = true
+			}
+		case storage.AppServiceKindKeyCounts:
+			var kc keyCounts
+			if json.Unmarshal(e.JSON, &kc) != nil {
+				continue
+			}
+			if otk[kc.UserID] == nil {
+				otk[kc.UserID], fallback[kc.UserID] = map[string]map[string]int{}, map[string][]string{}
+			}
+			otk[kc.UserID][kc.DeviceID], fallback[kc.UserID][kc.DeviceID] = kc.Counts, kc.Fallback
+		default:
+			if n > 0 {
+				body.WriteByte(',')
+			}
+			body.Write(e.JSON)
+			n++
 		}
-		body.Write(e.JSON)
 	}
-	body.WriteString(`]}`)
-	u := sd.reg.PushURL() + "/_matrix/app/v1/transactions/" + url.PathEscape(txnID)
-	_, err := sd.s.call(ctx, sd.reg, http.MethodPut, u, body.Bytes())
-	return err
+	body.WriteString(`]`)
+	field := func(key string, v any) {
+		b, _ := json.Marshal(v)
+		body.WriteString(`,"` + key + `":`)
+		body.Write(b)
+	}
+	if len(eph) > 0 {
+		field("ephemeral", eph)
+		field("de.sorunome.msc2409.ephemeral", eph)
+	}
+	if len(toDev) > 0 {
+		field("de.sorunome.msc2409.to_device", toDev)
+	}
+	if len(changed) > 0 {
+		list := make([]string, 0, len(changed))
+		for u := range changed {
+			list = append(list, u)
+		}
+		sort.Strings(list)
+		field("org.matrix.msc3202.device_lists", map[string][]string{"changed": list, "left": {}})
+	}
+	if len(otk) > 0 {
+		field("org.matrix.msc3202.device_one_time_keys_count", otk)
+		field("org.matrix.msc3202.device_unused_fallback_key_types", fallback)
+	}
+	body.WriteByte('}')
+	return body.Bytes()
 }
 
 // call makes one request to a bridge with the hs_token; a non-2xx answer

@@ -25,11 +25,16 @@ type Registration struct {
 	Namespaces      Namespaces `yaml:"namespaces"`
 	RateLimited     *bool      `yaml:"rate_limited"`
 	Protocols       []string   `yaml:"protocols"`
-	// Ephemeral events (receipts, typing, presence): read, not yet pushed.
+	// Ephemeral events (receipts, typing, presence) in transactions:
+	// either key (stable v1.13, or MSC2409's).
 	ReceiveEphemeral bool `yaml:"receive_ephemeral"`
 	PushEphemeral    bool `yaml:"de.sorunome.msc2409.push_ephemeral"`
-	MSC3202          bool `yaml:"org.matrix.msc3202"`
-	MSC4190          bool `yaml:"io.element.msc4190"`
+	// To-device messages, device lists and key counts in transactions,
+	// and device_id masquerading (MSC3202; MSC2409's to-device flag).
+	MSC3202      bool `yaml:"org.matrix.msc3202"`
+	PushToDevice bool `yaml:"de.sorunome.msc2409.push_to_device"`
+	// Device management without login (MSC4190).
+	MSC4190 bool `yaml:"io.element.msc4190"`
 
 	file string
 }

@@ -7,6 +7,7 @@ package clientapi
 // registration and alias creation; ?ts= sets an appservice's event time.
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -33,6 +34,15 @@ type AppServices interface {
 	// RateLimited reports whether appservice id's requests are rate
 	// limited (its registration's rate_limited; bridges mostly say no).
 	RateLimited(id string) bool
+	// MasqueradesDevices reports whether appservice id may name a device
+	// with ?device_id= (MSC3202/MSC4326); ManagesDevices whether it
+	// creates and deletes its users' devices without login or UIA
+	// (MSC4190).
+	MasqueradesDevices(id string) bool
+	ManagesDevices(id string) bool
+	// Wake tells the appservices' senders that something they push may
+	// have been stored (to-device messages for their devices).
+	Wake()
 }
 
 // rateLimited reports whether dev's requests go through the limiter.
@@ -75,10 +85,35 @@ func (ac *accounts) authenticateAppService(r *http.Request, id, sender string) (
 		userID = u
 	}
 	dev := &httpapi.Device{UserID: userID, AppService: id}
+	if resp, ok := ac.masqueradeDevice(r, dev); !ok {
+		return nil, resp, false
+	}
 	if resp, ok := ac.noteAppServiceAddress(r, dev); !ok {
 		return nil, resp, false
 	}
 	return dev, httpapi.Response{}, true
+}
+
+// masqueradeDevice applies ?device_id= (or MSC3202's
+// org.matrix.msc3202.device_id): the request acts as that device of the
+// user, which must exist. Ignored for appservices that do not manage
+// devices, as the parameter is unknown to them.
+func (ac *accounts) masqueradeDevice(r *http.Request, dev *httpapi.Device) (httpapi.Response, bool) {
+	q := r.URL.Query()
+	d := q.Get("org.matrix.msc3202.device_id")
+	if d == "" {
+		d = q.Get("device_id")
+	}
+	if d == "" || !ac.appservices.MasqueradesDevices(dev.AppService) {
+		return httpapi.Response{}, true
+	}
+	if _, err := storage.GetDevice(r.Context(), ac.db, dev.UserID, d); errors.Is(err, storage.ErrNotFound) {
+		return httpapi.Errf(http.StatusBadRequest, "M_UNKNOWN_DEVICE", "%s has no device %s", dev.UserID, d), false
+	} else if err != nil {
+		return httpapi.InternalError(r, err), false
+	}
+	dev.DeviceID = d
+	return httpapi.Response{}, true
 }
 
 // asSeenMax bounds the addresses remembered; past it the memory restarts

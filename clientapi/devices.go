@@ -71,6 +71,11 @@ func (dv *devices) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	}
 	deviceID := httpapi.Vars(r)["deviceId"]
 	ctx := r.Context()
+	if dev.AppService != "" && dv.accounts.appservices.ManagesDevices(dev.AppService) {
+		if resp, created := dv.createAppServiceDevice(r, dev, deviceID, req.DisplayName); created {
+			return resp
+		}
+	}
 	if req.DisplayName == nil {
 		if _, err := storage.GetDevice(ctx, dv.db, dev.UserID, deviceID); errors.Is(err, storage.ErrNotFound) {
 			return httpapi.NotFound("no such device")
@@ -117,6 +122,51 @@ func (dv *devices) putDevice(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	return httpapi.JSON(http.StatusOK, struct{}{})
 }
 
+// createAppServiceDevice is MSC4190's PUT /devices/{deviceId}: an
+// appservice creates a device for one of its users (no access token: the
+// appservice acts as it with ?device_id=) and hears its to-device
+// messages and key counts in its transactions. created is false when the
+// device exists (the ordinary rename follows).
+func (dv *devices) createAppServiceDevice(r *http.Request, dev *httpapi.Device, deviceID string, name *string) (httpapi.Response, bool) {
+	ctx := r.Context()
+	if deviceID == "" || len(deviceID) > 255 {
+		return httpapi.InvalidParam("device ID must be 1 to 255 bytes"), true
+	}
+	if name != nil && len(*name) > maxDeviceNameLen {
+		return httpapi.InvalidParam("display_name may not be longer than %d bytes", maxDeviceNameLen), true
+	}
+	created := false
+	err := dv.db.WithTx(ctx, func(tx *storage.Tx) error {
+		d := &storage.Device{UserID: dev.UserID, DeviceID: deviceID, CreatedTS: time.Now().UnixMilli()}
+		if name != nil {
+			d.DisplayName = *name
+		}
+		var err error
+		if created, err = storage.CreateDevice(ctx, tx, d); err != nil || !created {
+			return err
+		}
+		if err := storage.AddAppServiceDevice(ctx, tx, dev.AppService, dev.UserID, deviceID); err != nil {
+			return err
+		}
+		return dv.opts.Audit.Record(ctx, tx, auditapi.Entry{Actor: RequestActor(r, dev), Action: auditapi.ActionDeviceAdd, Target: deviceID,
+			Details: map[string]any{"appservice": dev.AppService}})
+	})
+	if err != nil {
+		return httpapi.InternalError(r, err), true
+	}
+	if !created {
+		return httpapi.Response{}, false
+	}
+	return httpapi.JSON(http.StatusCreated, struct{}{}), true
+}
+
+// appServiceNoUIA: an appservice that manages its users' devices
+// (MSC4190) deletes them without user-interactive auth (its users have no
+// password to give).
+func (dv *devices) appServiceNoUIA(dev *httpapi.Device) bool {
+	return dev.AppService != "" && dv.accounts.appservices.ManagesDevices(dev.AppService)
+}
+
 func (dv *devices) deleteDevice(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	body, resp, ok := httpapi.ReadBody(r)
 	if !ok {
@@ -129,8 +179,10 @@ func (dv *devices) deleteDevice(r *http.Request, dev *httpapi.Device) httpapi.Re
 	} else if err != nil {
 		return httpapi.InternalError(r, err)
 	}
-	if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
-		return resp
+	if !dv.appServiceNoUIA(dev) {
+		if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+			return resp
+		}
 	}
 	if err := dv.accounts.deleteDevices(ctx, dev.UserID, []string{deviceID}); err != nil {
 		return httpapi.InternalError(r, err)
@@ -155,8 +207,10 @@ func (dv *devices) postDeleteDevices(r *http.Request, dev *httpapi.Device) httpa
 	if len(req.Devices) > 1000 {
 		return httpapi.Errf(http.StatusRequestEntityTooLarge, "M_TOO_LARGE", "at most 1000 devices per request")
 	}
-	if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
-		return resp
+	if !dv.appServiceNoUIA(dev) {
+		if resp, ok := dv.accounts.requireUIA(r, body, dev, [][]string{{stagePassword}}); !ok {
+			return resp
+		}
 	}
 	if err := dv.accounts.deleteDevices(r.Context(), dev.UserID, req.Devices); err != nil {
 		return httpapi.InternalError(r, err)

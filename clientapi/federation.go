@@ -63,6 +63,38 @@ func (a *API) SetFederation(f Federation, e EphemeralSender) {
 	a.social.ephemeral = e
 }
 
+// AddEphemeralSender adds a listener of local typing, receipt and
+// presence changes after federation's (the appservices push them to
+// bridges).
+func (a *API) AddEphemeralSender(e EphemeralSender) {
+	if a.events.ephemeral != nil {
+		e = ephemeralSenders{a.events.ephemeral, e}
+	}
+	a.events.ephemeral = e
+	a.social.ephemeral = e
+}
+
+// ephemeralSenders tells each in turn.
+type ephemeralSenders []EphemeralSender
+
+func (es ephemeralSenders) SendTyping(ctx context.Context, roomID, userID string, typing bool, timeout time.Duration) {
+	for _, e := range es {
+		e.SendTyping(ctx, roomID, userID, typing, timeout)
+	}
+}
+
+func (es ephemeralSenders) ReceiptChanged() {
+	for _, e := range es {
+		e.ReceiptChanged()
+	}
+}
+
+func (es ephemeralSenders) PresenceChanged() {
+	for _, e := range es {
+		e.PresenceChanged()
+	}
+}
+
 // needsRemoteJoin reports whether a membership change in roomID must go
 // through another server: we do not hold the room's state (unknown, or
 // only an invite or knock), or we hold it but none of our users is joined

@@ -122,6 +122,9 @@ func (ks *keys) sendToDevice(r *http.Request, dev *httpapi.Device) httpapi.Respo
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
+	if as := ks.accounts.appservices; as != nil && len(msgs) > 0 {
+		as.Wake() // a recipient may be an appservice's device
+	}
 	if len(remote) > 0 {
 		ks.sendRemoteToDevice(context.WithoutCancel(ctx), dev, evType, txnID, remote)
 	}

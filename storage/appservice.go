@@ -25,21 +25,173 @@ CREATE TABLE appservice_txns (
 	ids TEXT NOT NULL
 )`
 
-// AppServiceQueued is one queued event.
+// appserviceV2 queues more than room events in the same ordered queue
+// (kind: ephemeral events, to-device messages, device-list changes and
+// key counts, MSC2409/MSC3202), records the devices appservices created
+// for their users (MSC4190) and how far each appservice's collection of
+// receipts, presence and device-list changes has read the stream.
+const appserviceV2 = `
+ALTER TABLE appservice_queue ADD COLUMN kind TEXT NOT NULL DEFAULT 'event';
+CREATE TABLE appservice_devices (
+	user_id TEXT NOT NULL,
+	device_id TEXT NOT NULL,
+	appservice_id TEXT NOT NULL,
+	otk_sent TEXT NOT NULL DEFAULT '',
+	PRIMARY KEY (user_id, device_id)
+);
+CREATE INDEX appservice_devices_as ON appservice_devices (appservice_id);
+CREATE TABLE appservice_stream (
+	appservice_id TEXT PRIMARY KEY,
+	pos BIGINT NOT NULL
+)`
+
+// Kinds of queued rows.
+const (
+	AppServiceKindEvent       = "event"
+	AppServiceKindEphemeral   = "ephemeral"
+	AppServiceKindToDevice    = "to_device"
+	AppServiceKindDeviceLists = "device_lists"
+	AppServiceKindKeyCounts   = "key_counts"
+)
+
+// AppServiceQueued is one queued row.
 type AppServiceQueued struct {
 	ID   int64
+	Kind string
 	JSON []byte
 }
 
 // EnqueueAppServiceEvent queues an event (client format) for an appservice.
 func EnqueueAppServiceEvent(ctx context.Context, q Querier, asID string, ev []byte) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO appservice_queue (appservice_id, event_json) VALUES ($1, $2)`, asID, string(ev))
+	return EnqueueAppService(ctx, q, asID, AppServiceKindEvent, ev)
+}
+
+// EnqueueAppService queues one row of a kind for an appservice.
+func EnqueueAppService(ctx context.Context, q Querier, asID, kind string, js []byte) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO appservice_queue (appservice_id, kind, event_json) VALUES ($1, $2, $3)`, asID, kind, string(js))
 	return err
+}
+
+// AppServiceDevice is a device an appservice created for one of its users.
+type AppServiceDevice struct {
+	UserID, DeviceID string
+	// OTKSent is the key counts last queued for it (JSON), so a change
+	// is queued once.
+	OTKSent string
+}
+
+// AddAppServiceDevice records a device an appservice created (MSC4190).
+func AddAppServiceDevice(ctx context.Context, q Querier, asID, userID, deviceID string) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO appservice_devices (user_id, device_id, appservice_id) VALUES ($1, $2, $3)
+		ON CONFLICT (user_id, device_id) DO UPDATE SET appservice_id = excluded.appservice_id`, userID, deviceID, asID)
+	return err
+}
+
+// AppServiceDevices lists an appservice's devices that still exist.
+func AppServiceDevices(ctx context.Context, q Querier, asID string) ([]AppServiceDevice, error) {
+	rows, err := q.QueryContext(ctx, `SELECT a.user_id, a.device_id, a.otk_sent FROM appservice_devices a
+		JOIN devices d ON d.user_id = a.user_id AND d.device_id = a.device_id
+		WHERE a.appservice_id = $1 ORDER BY a.user_id, a.device_id`, asID)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AppServiceDevice
+	for rows.Next() {
+		var d AppServiceDevice
+		if err := rows.Scan(&d.UserID, &d.DeviceID, &d.OTKSent); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// SetAppServiceOTKSent records the key counts queued for a device.
+func SetAppServiceOTKSent(ctx context.Context, q Querier, userID, deviceID, counts string) error {
+	_, err := q.ExecContext(ctx, `UPDATE appservice_devices SET otk_sent = $1 WHERE user_id = $2 AND device_id = $3`, counts, userID, deviceID)
+	return err
+}
+
+// AppServiceStreamPos is how far an appservice's collection has read the
+// stream; ok is false before the first collection.
+func AppServiceStreamPos(ctx context.Context, q Querier, asID string) (pos int64, ok bool, err error) {
+	err = q.QueryRowContext(ctx, `SELECT pos FROM appservice_stream WHERE appservice_id = $1`, asID).Scan(&pos)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	return pos, err == nil, err
+}
+
+// SetAppServiceStreamPos records how far the collection has read.
+func SetAppServiceStreamPos(ctx context.Context, q Querier, asID string, pos int64) error {
+	_, err := q.ExecContext(ctx, `INSERT INTO appservice_stream (appservice_id, pos) VALUES ($1, $2)
+		ON CONFLICT (appservice_id) DO UPDATE SET pos = excluded.pos`, asID, pos)
+	return err
+}
+
+// PublicReceiptsRange lists the receipts of every room with
+// from < pos <= to, private ones left out.
+func PublicReceiptsRange(ctx context.Context, q Querier, from, to int64) ([]Receipt, error) {
+	rows, err := q.QueryContext(ctx, `SELECT room_id, receipt_type, user_id, thread_id, event_id, event_pos, ts, stream_pos
+		FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND receipt_type <> 'm.read.private' ORDER BY stream_pos`, from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Receipt
+	for rows.Next() {
+		var r Receipt
+		if err := rows.Scan(&r.RoomID, &r.Type, &r.UserID, &r.ThreadID, &r.EventID, &r.EventPos, &r.TS, &r.StreamPos); err != nil {
+			return nil, err
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// AllPresenceRange lists every presence change with from < pos <= to.
+func AllPresenceRange(ctx context.Context, q Querier, from, to int64) ([]*Presence, error) {
+	rows, err := q.QueryContext(ctx, `SELECT `+presenceCols+` FROM presence p WHERE p.stream_pos > $1 AND p.stream_pos <= $2 ORDER BY p.stream_pos`, from, to)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []*Presence
+	for rows.Next() {
+		p, err := scanPresence(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// TakeToDeviceInbox removes up to limit of a device's to-device messages
+// inside tx and returns them, for a caller that queues them in the same
+// transaction (an appservice's device hears through its transactions,
+// not /sync).
+func TakeToDeviceInbox(ctx context.Context, tx *Tx, userID, deviceID string, limit int) ([]ToDeviceEvent, error) {
+	rows, err := readInbox(ctx, tx, userID, deviceID, 1<<62, limit)
+	if err != nil || len(rows) == 0 {
+		return nil, err
+	}
+	out := make([]ToDeviceEvent, len(rows))
+	var maxPos int64
+	for i, r := range rows {
+		out[i] = r.ev
+		if _, err := tx.ExecContext(ctx, `DELETE FROM e2ee_to_device WHERE id = $1`, r.id); err != nil {
+			return nil, err
+		}
+		maxPos = max(maxPos, r.pos)
+	}
+	return out, raiseStreamMark(ctx, tx, maxPos)
 }
 
 // NextAppServiceEvents returns the oldest queued events of an appservice.
 func NextAppServiceEvents(ctx context.Context, q Querier, asID string, limit int) ([]AppServiceQueued, error) {
-	rows, err := q.QueryContext(ctx, `SELECT id, event_json FROM appservice_queue WHERE appservice_id = $1 ORDER BY id LIMIT $2`, asID, limit)
+	rows, err := q.QueryContext(ctx, `SELECT id, kind, event_json FROM appservice_queue WHERE appservice_id = $1 ORDER BY id LIMIT $2`, asID, limit)
 	if err != nil {
 		return nil, err
 	}
@@ -48,7 +200,7 @@ func NextAppServiceEvents(ctx context.Context, q Querier, asID string, limit int
 	for rows.Next() {
 		var e AppServiceQueued
 		var js string
-		if err := rows.Scan(&e.ID, &js); err != nil {
+		if err := rows.Scan(&e.ID, &e.Kind, &js); err != nil {
 			return nil, err
 		}
 		e.JSON = []byte(js)
@@ -80,7 +232,7 @@ func PendingAppServiceTxn(ctx context.Context, q Querier, asID string) (txnID st
 		ph[i] = fmt.Sprintf("$%d", i+2)
 		args = append(args, id)
 	}
-	rows, err := q.QueryContext(ctx, `SELECT id, event_json FROM appservice_queue WHERE appservice_id = $1 AND id IN (`+strings.Join(ph, ",")+`) ORDER BY id`, args...)
+	rows, err := q.QueryContext(ctx, `SELECT id, kind, event_json FROM appservice_queue WHERE appservice_id = $1 AND id IN (`+strings.Join(ph, ",")+`) ORDER BY id`, args...)
 	if err != nil {
 		return "", nil, err
 	}
@@ -88,7 +240,7 @@ func PendingAppServiceTxn(ctx context.Context, q Querier, asID string) (txnID st
 	for rows.Next() {
 		var e AppServiceQueued
 		var js string
-		if err := rows.Scan(&e.ID, &js); err != nil {
+		if err := rows.Scan(&e.ID, &e.Kind, &js); err != nil {
 			return "", nil, err
 		}
 		e.JSON = []byte(js)

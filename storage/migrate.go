@@ -59,6 +59,7 @@ var migrations = []migration{
 	{Component: "thread_subscriptions", Version: 1, SQL: threadSubscriptionsV1},
 	{Component: "accounts", Version: 3, SQL: accountsV3},
 	{Component: "imports", Version: 1, SQL: importsV1},
+	{Component: "appservice", Version: 2, SQL: appserviceV2},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -395,7 +395,8 @@ func (s *Server) buildAppServices(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	as, err := appservice.New(appservice.Options{ServerName: s.Config.ServerName, Registrations: regs, DB: s.DB, Audit: s.Audit})
+	as, err := appservice.New(appservice.Options{ServerName: s.Config.ServerName, Registrations: regs, DB: s.DB, Audit: s.Audit,
+		TypingUsers: s.Sync.Typing().Users})
 	if err != nil {
 		return err
 	}
@@ -405,6 +406,11 @@ func (s *Server) buildAppServices(ctx context.Context) error {
 		return err
 	}
 	s.Client.SetAppServices(as)
+	// Local typing, receipts and presence reach the bridges that take
+	// ephemeral events (after federation hears of them).
+	s.Client.AddEphemeralSender(as)
+	// Device-list changes wake the senders of encrypting bridges.
+	s.DB.OnDeviceListChange(func([]storage.DeviceListChange) { as.Wake() })
 	if err := as.Register(s.Client); err != nil {
 		return err
 	}
