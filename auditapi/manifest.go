@@ -53,6 +53,12 @@ func (m *ExportManifest) message() []byte {
 // the export's own entry included), the audit key and the signature. With
 // no audit key the manifest stays unsigned (and fails verification).
 func (l *Log) SignManifest(ctx context.Context, m *ExportManifest) error {
+	// The export's entry committed with a stream position at or below
+	// Last; the sealer takes only visible positions, and a lower one may
+	// still be in flight in another transaction: wait until it is not.
+	if err := l.db.Stream.Wait(ctx, l.db.Stream.Last()); err != nil {
+		return err
+	}
 	if err := l.Seal(ctx); err != nil {
 		return err
 	}

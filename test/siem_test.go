@@ -159,6 +159,10 @@ func jsonlSeq(t testing.TB, msg string) auditapi.ExportedEntry {
 // sealedRows seals what is committed and returns every sealed row.
 func sealedRows(t testing.TB, srv *Server) []*storage.AuditRow {
 	t.Helper()
+	// Every entry committed so far becomes visible to the sealer first.
+	if err := srv.DB.Stream.Wait(ctxT(t), srv.DB.Stream.Last()); err != nil {
+		t.Fatal(err)
+	}
 	if err := srv.Audit.Seal(context.Background()); err != nil {
 		t.Fatal(err)
 	}
