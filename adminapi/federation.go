@@ -63,9 +63,10 @@ func nullInt(n int64) any {
 
 // GET /_synapse/admin/v1/federation/destinations?from=&limit=&destination=&order_by=&dir=
 func (fa *federationAdmin) list(r *http.Request, _ *httpapi.Device) httpapi.Response {
-	q, resp, ok := fa.queue()
+	q, _, ok := fa.queue()
 	if !ok {
-		return resp
+		// Federation off: no destinations (synapse-admin shows an empty page).
+		return httpapi.JSON(http.StatusOK, map[string]any{"destinations": []any{}, "total": 0})
 	}
 	from, ok1 := intParam(r, "from", 0)
 	limit, ok2 := intParam(r, "limit", 100)

@@ -356,6 +356,12 @@ func TestAdminRoomOps(t *testing.T) {
 			t.Fatalf("held room purged: %d", count())
 		}
 		findAudit(t, auditRows(t, srv), "admin.purge_history", func(r *storage.AuditRow) bool { return strings.Contains(r.Details, `"delete_local_events":true`) })
+
+		// Federation is off here: no destinations, and none to look up.
+		if ds := mustOK(t, "destinations", raw(t, "GET", s1+"federation/destinations", tok, nil)); ds.Body["total"] != float64(0) {
+			t.Fatalf("destinations without federation: %s", ds.Raw)
+		}
+		raw(t, "GET", s1+"federation/destinations/elsewhere.example", tok, nil).wantErr(t, "no federation", 404, "M_NOT_FOUND")
 	})
 }
 
