@@ -4,11 +4,15 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix"
 	"maunium.net/go/mautrix/event"
@@ -357,4 +361,162 @@ func contains(s []string, v string) bool {
 		}
 	}
 	return false
+}
+
+// importProc runs `enclave import` and returns its wall time, peak RSS
+// (KiB) and error; kill, when set, is called with the running process.
+func importProc(t testing.TB, bin, dataDir, dbURL string, kill func(*os.Process), args ...string) (time.Duration, int64, string, error) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"import"}, append(args, "--data", dataDir)...)...)
+	cmd.Env = append(os.Environ(), "ENCLAVE_DATABASE_URL="+dbURL, "ENCLAVE_LOG_LEVEL=error")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if kill != nil {
+		go kill(cmd.Process)
+	}
+	err := cmd.Wait()
+	var rss int64
+	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
+		rss = ru.Maxrss
+	}
+	return time.Since(start), rss, out.String(), err
+}
+
+// countImported reads every room of the bulk fixture back as user0 and
+// returns how many message events each source message became.
+func countImported(t testing.TB, baseURL string) map[string]int {
+	t.Helper()
+	c := loginClient(t, baseURL, "user0", "user0-pw")
+	joined, err := c.JoinedRooms(ctxT(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]int{}
+	for _, r := range joined.JoinedRooms {
+		from := ""
+		for {
+			resp, err := c.Messages(ctxT(t), r, from, "", mautrix.DirectionBackward, &mautrix.FilterPart{Types: []event.Type{event.EventMessage}}, 1000)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, ev := range resp.Chunk {
+				if src := sourceOf(ev); src != nil {
+					seen[src["channel"].(string)+"/"+src["message_id"].(string)]++
+				}
+			}
+			if resp.End == "" || len(resp.Chunk) == 0 {
+				break
+			}
+			from = resp.End
+		}
+	}
+	return seen
+}
+
+// Issue 15, acceptance 2: kill -9 at random points of an import, run it
+// again: exactly the export's messages, none doubled. 5,000 messages by
+// default; IMPORT_CRASH_N=50000 for the full figure.
+func TestImportCrash(t *testing.T) {
+	n := 5000
+	if v := os.Getenv("IMPORT_CRASH_N"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	bin := enclaveBinary(t)
+	fx := bulkSlack(n)
+	zipPath := filepath.Join(t.TempDir(), "bulk.zip")
+	fx.write(t, zipPath)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		dataDir := t.TempDir()
+		srv := Start(t, d, Options{DataDir: dataDir})
+		dbURL := srv.DBURL
+		Register(t, srv.URL, "user0", "user0-pw", false)
+		srv.Stop()
+		// A first run to learn how long a whole import takes here, on a
+		// throw-away store, then kills at random points of the real one.
+		probeDir := t.TempDir()
+		probe := Start(t, d, Options{DataDir: probeDir})
+		probeURL := probe.DBURL
+		probe.Stop()
+		full, _, out, err := importProc(t, bin, probeDir, probeURL, nil, "slack", zipPath)
+		if err != nil {
+			t.Fatalf("probe import: %v\n%s", err, out)
+		}
+		rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 15))
+		kills := 0
+		for i := range 4 {
+			at := time.Duration(float64(full) * (0.1 + 0.8*rng.Float64()))
+			_, _, out, err := importProc(t, bin, dataDir, dbURL, func(p *os.Process) {
+				time.Sleep(at)
+				_ = p.Signal(syscall.SIGKILL)
+			}, "slack", zipPath)
+			if err == nil {
+				t.Logf("run %d finished before the kill at %s", i, at)
+				continue
+			}
+			kills++
+			t.Logf("run %d killed after %s (a full import takes %s): %s", i, at, full, strings.TrimSpace(lastLine(out)))
+		}
+		if kills == 0 {
+			t.Fatal("no run was killed mid-import")
+		}
+		rep, _ := runImport(t, bin, dataDir, dbURL, "slack", zipPath)
+		t.Logf("after %d kills, the last run imported %d messages and skipped %d records", kills, rep.Messages, rep.Skipped)
+		srv = Start(t, d, Options{DataDir: dataDir, DBURL: dbURL})
+		seen := countImported(t, srv.URL)
+		if len(seen) != n {
+			t.Fatalf("%d distinct messages imported, want %d", len(seen), n)
+		}
+		for k, c := range seen {
+			if c != 1 {
+				t.Fatalf("message %s stored %d times", k, c)
+			}
+		}
+	})
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndexAny(s, "\r\n"); i >= 0 {
+		return s[i+1:]
+	}
+	return s
+}
+
+// TestImportBenchmark measures an import of IMPORT_BENCH messages
+// (100000 for BENCHMARKS.md) on both stores: messages per second of the
+// whole command and its peak RSS. Opt-in: it takes minutes.
+func TestImportBenchmark(t *testing.T) {
+	v := os.Getenv("IMPORT_BENCH")
+	if v == "" {
+		t.Skip("set IMPORT_BENCH=100000 to run")
+	}
+	n, _ := strconv.Atoi(v)
+	bin := enclaveBinary(t)
+	fx := bulkSlack(n)
+	zipPath := filepath.Join(t.TempDir(), "bench.zip")
+	fx.write(t, zipPath)
+	st, _ := os.Stat(zipPath)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		dataDir := t.TempDir()
+		srv := Start(t, d, Options{DataDir: dataDir})
+		dbURL := srv.DBURL
+		srv.Stop()
+		took, rss, out, err := importProc(t, bin, dataDir, dbURL, nil, "slack", "--json", zipPath)
+		if err != nil {
+			t.Fatalf("import: %v\n%s", err, out)
+		}
+		var rep importer.Report
+		if i := strings.Index(out, "{"); i >= 0 {
+			_ = json.Unmarshal([]byte(out[i:]), &rep)
+		}
+		if rep.Messages != n {
+			t.Fatalf("imported %d messages, want %d", rep.Messages, n)
+		}
+		t.Logf("BENCH %s: %d messages (+%d reactions, export %d bytes) in %s: %.0f messages/s, peak RSS %.1f MiB",
+			d, n, rep.Reactions, st.Size(), took.Round(time.Millisecond), float64(n)/took.Seconds(), float64(rss)/1024)
+	})
 }

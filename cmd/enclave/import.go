@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/user"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"time"
 
@@ -46,6 +47,7 @@ func cmdImport(args []string) error {
 	operator := fl.String("operator", "", "who runs the import, for the audit trail (default: the OS user)")
 	asJSON := fl.Bool("json", false, "print the report as JSON")
 	batch := fl.Int("batch", 500, "events per transaction")
+	cpuProfile := fl.String("cpuprofile", "", "write a CPU profile of the import to this file")
 	pos, err := parseMixed(fl, args[1:])
 	if err != nil {
 		return err
@@ -54,6 +56,16 @@ func cmdImport(args []string) error {
 		return errors.New(importUsage)
 	}
 	file := pos[0]
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	cfg, _, _, err := loadConfig(*dataDir)
 	if err != nil {
 		return err
