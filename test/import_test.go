@@ -1,6 +1,7 @@
 package test
 
 import (
+	"archive/zip"
 	"bufio"
 	"bytes"
 	"encoding/json"
@@ -518,5 +519,114 @@ func TestImportBenchmark(t *testing.T) {
 		}
 		t.Logf("BENCH %s: %d messages (+%d reactions, export %d bytes) in %s: %.0f messages/s, peak RSS %.1f MiB",
 			d, n, rep.Reactions, st.Size(), took.Round(time.Millisecond), float64(n)/took.Seconds(), float64(rss)/1024)
+	})
+}
+
+// Issue 15: a Mattermost bulk export (JSONL in a zip with its
+// attachments) imports through the same core: channels public and
+// private, a group DM, a thread, reactions, an @mention pill, an
+// attachment downloaded back; its dry run matches the import.
+func TestImportMattermost(t *testing.T) {
+	bin := enclaveBinary(t)
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		dataDir := t.TempDir()
+		srv := Start(t, d, Options{DataDir: dataDir})
+		dbURL := srv.DBURL
+		Register(t, srv.URL, "mia", "mia-pw", false)
+		srv.Stop()
+
+		const t0 = int64(1690000000000)
+		lines := []map[string]any{
+			{"type": "version", "version": 1},
+			{"type": "team", "team": map[string]any{"name": "ops", "display_name": "Operations", "type": "O"}},
+			{"type": "channel", "channel": map[string]any{"team": "ops", "name": "town-square", "display_name": "Town Square", "type": "O", "header": "Welcome all"}},
+			{"type": "channel", "channel": map[string]any{"team": "ops", "name": "sec", "display_name": "Security", "type": "P", "purpose": "closed group"}},
+			{"type": "user", "user": map[string]any{"username": "mia", "email": "mia@agency.example", "first_name": "Mia", "last_name": "Moss",
+				"teams": []any{map[string]any{"name": "ops", "channels": []any{map[string]any{"name": "town-square"}, map[string]any{"name": "sec"}}}}}},
+			{"type": "user", "user": map[string]any{"username": "noah", "email": "noah@agency.example", "first_name": "Noah", "last_name": "Nash",
+				"teams": []any{map[string]any{"name": "ops", "channels": []any{map[string]any{"name": "town-square"}, map[string]any{"name": "sec"}}}}}},
+			{"type": "user", "user": map[string]any{"username": "olga", "email": "olga@agency.example", "nickname": "Olga",
+				"teams": []any{map[string]any{"name": "ops", "channels": []any{map[string]any{"name": "town-square"}}}}}},
+			{"type": "post", "post": map[string]any{"team": "ops", "channel": "town-square", "user": "mia", "message": "Hello @noah, **welcome**", "create_at": t0,
+				"reactions": []any{map[string]any{"user": "noah", "emoji_name": "thumbsup", "create_at": t0 + 500}, map[string]any{"user": "olga", "emoji_name": "thumbsup", "create_at": t0 + 600}},
+				"replies": []any{map[string]any{"user": "noah", "message": "thanks!", "create_at": t0 + 1000}, map[string]any{"user": "olga", "message": "hi from Zürich", "create_at": t0 + 2000}}}},
+			{"type": "post", "post": map[string]any{"team": "ops", "channel": "sec", "user": "noah", "message": "see the attached log", "create_at": t0 + 3000,
+				"attachments": []any{map[string]any{"path": "data/logs/audit.log"}}}},
+			{"type": "direct_channel", "direct_channel": map[string]any{"members": []string{"mia", "noah", "olga"}}},
+			{"type": "direct_post", "direct_post": map[string]any{"channel_members": []string{"mia", "noah", "olga"}, "user": "olga", "message": "group chat", "create_at": t0 + 4000}},
+		}
+		zipPath := filepath.Join(t.TempDir(), "mm-export.zip")
+		f, err := os.Create(zipPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		zw := zip.NewWriter(f)
+		w, _ := zw.Create("export.jsonl")
+		for _, l := range lines {
+			b, _ := json.Marshal(l)
+			w.Write(append(b, '\n'))
+		}
+		w, _ = zw.Create("data/logs/audit.log")
+		w.Write([]byte("2023-07-22 login ok\n"))
+		if err := zw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+
+		dry, _ := runImport(t, bin, dataDir, dbURL, "mattermost", "--dry-run", zipPath)
+		rep, _ := runImport(t, bin, dataDir, dbURL, "mattermost", zipPath)
+		a, _ := json.Marshal(dry.Comparable())
+		b, _ := json.Marshal(rep.Comparable())
+		if !bytes.Equal(a, b) {
+			t.Fatalf("dry run and import differ:\ndry:    %s\nimport: %s", a, b)
+		}
+		if rep.Users.Total != 3 || rep.Users.Matched != 1 || rep.Rooms.Public != 1 || rep.Rooms.Private != 1 || rep.Rooms.Direct != 1 ||
+			rep.Messages != 6 || rep.ThreadReplies != 2 || rep.Reactions != 2 || rep.Files != 1 || len(rep.Unmappable) != 0 {
+			t.Fatalf("report: %s", b)
+		}
+		srv = Start(t, d, Options{DataDir: dataDir, DBURL: dbURL})
+		mia := loginClient(t, srv.URL, "mia", "mia-pw")
+		joined, err := mia.JoinedRooms(ctxT(t))
+		if err != nil || len(joined.JoinedRooms) != 3 {
+			t.Fatalf("mia's rooms: %v %v", joined, err)
+		}
+		var root, file *event.Event
+		for _, r := range joined.JoinedRooms {
+			for _, ev := range allMessages(t, mia, r) {
+				if ev.Type != event.EventMessage {
+					continue
+				}
+				switch ev.Content.Raw["body"] {
+				case "Hello Noah Nash, **welcome**":
+					root = ev
+				case "audit.log":
+					file = ev
+				}
+			}
+		}
+		if root == nil || root.Timestamp != t0 || root.Sender != "@mia:localhost" ||
+			!strings.Contains(root.Content.Raw["formatted_body"].(string), `<a href="https://matrix.to/#/@noah:localhost">Noah Nash</a>, <strong>welcome</strong>`) {
+			t.Fatalf("root post: %v", root)
+		}
+		th, err := mia.GetRelations(ctxT(t), root.RoomID, root.ID, &mautrix.ReqGetRelations{RelationType: event.RelThread})
+		if err != nil || len(th.Chunk) != 2 {
+			t.Fatalf("thread: %v %v", th, err)
+		}
+		for _, ev := range th.Chunk {
+			if ev.Content.Raw["body"] == "hi from Zürich" && (ev.Sender != "@olga:localhost" || ev.Timestamp != t0+2000) {
+				t.Fatalf("reply: %v", ev)
+			}
+		}
+		an, err := mia.GetRelations(ctxT(t), root.RoomID, root.ID, &mautrix.ReqGetRelations{RelationType: event.RelAnnotation})
+		if err != nil || len(an.Chunk) != 2 || an.Chunk[0].Content.Raw["m.relates_to"].(map[string]any)["key"] != "👍" {
+			t.Fatalf("reactions: %v %v", an, err)
+		}
+		if file == nil || file.Sender != "@noah:localhost" {
+			t.Fatalf("attachment event: %v", file)
+		}
+		uri, _ := id.ParseContentURI(file.Content.Raw["url"].(string))
+		if data, err := mia.DownloadBytes(ctxT(t), uri); err != nil || string(data) != "2023-07-22 login ok\n" {
+			t.Fatalf("attachment: %q %v", data, err)
+		}
 	})
 }
