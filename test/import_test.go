@@ -549,7 +549,7 @@ func TestImportMattermost(t *testing.T) {
 				"teams": []any{map[string]any{"name": "ops", "channels": []any{map[string]any{"name": "town-square"}}}}}},
 			{"type": "post", "post": map[string]any{"team": "ops", "channel": "town-square", "user": "mia", "message": "Hello @noah, **welcome**", "create_at": t0,
 				"reactions": []any{map[string]any{"user": "noah", "emoji_name": "thumbsup", "create_at": t0 + 500}, map[string]any{"user": "olga", "emoji_name": "thumbsup", "create_at": t0 + 600}},
-				"replies": []any{map[string]any{"user": "noah", "message": "thanks!", "create_at": t0 + 1000}, map[string]any{"user": "olga", "message": "hi from Zürich", "create_at": t0 + 2000}}}},
+				"replies":   []any{map[string]any{"user": "noah", "message": "thanks!", "create_at": t0 + 1000}, map[string]any{"user": "olga", "message": "hi from Zürich", "create_at": t0 + 2000}}}},
 			{"type": "post", "post": map[string]any{"team": "ops", "channel": "sec", "user": "noah", "message": "see the attached log", "create_at": t0 + 3000,
 				"attachments": []any{map[string]any{"path": "data/logs/audit.log"}}}},
 			{"type": "direct_channel", "direct_channel": map[string]any{"members": []string{"mia", "noah", "olga"}}},
