@@ -18,6 +18,7 @@ import (
 
 	"enclave/auditapi"
 	"enclave/config"
+	"enclave/internal/server"
 	"enclave/storage"
 )
 
@@ -294,6 +295,43 @@ func TestSIEMSyslog(t *testing.T) {
 	})
 }
 
+// TestSIEMSyslogUntrustedCollector: over TLS the collector must present a
+// certificate from audit.siem.syslog.ca_file: one from another CA gets
+// nothing, and the entries wait in the store (the lag counts them).
+func TestSIEMSyslogUntrustedCollector(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		trusted, other := NewFedCluster(t), NewFedCluster(t)
+		certFile, keyFile := other.issue("127.0.0.1", 91)
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		col := newSyslogCollector(t, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+		srv := Start(t, d, Options{Configure: siemSyslogConfig(col.addr, true, trusted.CAFile, "jsonl")})
+		siemActivity(t, srv, "", 1)
+		rows := sealedRows(t, srv)
+		sink := "syslog-tls:" + col.addr
+		waitFor(t, "a failed delivery", 10*time.Second, func() bool {
+			mf, _ := srv.Registry.Gather()
+			for _, f := range mf {
+				if f.GetName() == "enclave_audit_siem_delivery_failures_total" && f.GetMetric()[0].GetCounter().GetValue() > 0 {
+					return true
+				}
+			}
+			return false
+		})
+		if n := len(col.messages()); n != 0 {
+			t.Fatalf("an untrusted collector received %d messages", n)
+		}
+		if lag := srv.SIEM.Lag(context.Background(), sink); lag < int64(len(rows)) {
+			t.Fatalf("lag %d, want the %d entries waiting", lag, len(rows))
+		}
+		if c, err := storage.AuditSIEMCursor(context.Background(), srv.DB, sink); err != nil || c != 0 {
+			t.Fatalf("cursor %d, %v: nothing was delivered", c, err)
+		}
+	})
+}
+
 // TestSIEMCollectorOutage: the collector is down while 50 audited actions
 // happen, and the server restarts while it is still down; once it is back
 // it receives every entry (deduplicated by sequence, none missing), the
@@ -527,6 +565,27 @@ func TestSIEMFileRotation(t *testing.T) {
 			if e.N != rows[i].N || e.EntryHash != rows[i].EntryHash {
 				t.Fatalf("record %d is entry %d (%s), want %d", i, e.N, e.Action, rows[i].N)
 			}
+		}
+	})
+}
+
+// TestSIEMConfigErrors: SIEM settings that cannot work stop the start
+// with the option named, and none connects anywhere unless configured.
+func TestSIEMConfigErrors(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		cfg := TestConfig(t, d, Options{Configure: siemSyslogConfig("127.0.0.1:6514", true, "/nonexistent/ca.pem", "jsonl")})
+		if _, _, err := config.EnsureDataDir(cfg.DataDir); err != nil {
+			t.Fatal(err)
+		}
+		if s, err := server.New(context.Background(), cfg); err == nil || !strings.Contains(err.Error(), "audit.siem.syslog.ca_file") {
+			if s != nil {
+				_ = s.Shutdown(context.Background())
+			}
+			t.Fatalf("missing CA file: %v", err)
+		}
+		srv := Start(t, d, Options{})
+		if srv.SIEM != nil {
+			t.Fatalf("a streamer with no sink configured: %v", srv.SIEM.Sinks())
 		}
 	})
 }
