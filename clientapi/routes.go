@@ -138,6 +138,10 @@ func (a *API) routes() [][]route {
 		v3("GET", "/keys/changes", "keys", perm.AnyUser, a.keys.keysChanges),
 		v3Unstable("POST", "/keys/device_signing/upload", "keys", perm.AnyUser, a.keys.crossSigningUpload),
 		v3Unstable("POST", "/keys/signatures/upload", "keys", perm.AnyUser, a.keys.signaturesUpload),
+		authed("PUT", dehydratedPrefix, "keys", perm.AnyUser, a.keys.putDehydratedDevice),
+		authed("GET", dehydratedPrefix, "keys", perm.AnyUser, a.keys.getDehydratedDevice),
+		authed("DELETE", dehydratedPrefix, "keys", perm.AnyUser, a.keys.deleteDehydratedDevice),
+		authed("POST", dehydratedPrefix+"/{deviceId}/events", "keys", perm.AnyUser, a.keys.dehydratedEvents),
 
 		// Knocking.
 		v3("POST", "/knock/{roomIdOrAlias}", "membership", n.join("roomIdOrAlias"), a.rooms.knock),

@@ -227,6 +227,9 @@ func cleanupDevices(ctx context.Context, q Querier, userID string, deviceIDs []s
 	if err := cleanupE2EEDevices(ctx, q, userID, deviceIDs); err != nil {
 		return err
 	}
+	if err := cleanupDehydrated(ctx, q, userID, deviceIDs); err != nil {
+		return err
+	}
 	return cleanupPushers(ctx, q, userID, deviceIDs)
 }
 

@@ -60,6 +60,7 @@ var migrations = []migration{
 	{Component: "accounts", Version: 3, SQL: accountsV3},
 	{Component: "imports", Version: 1, SQL: importsV1},
 	{Component: "appservice", Version: 2, SQL: appserviceV2},
+	{Component: "dehydrated_devices", Version: 1, SQL: dehydratedV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -497,6 +497,28 @@ func ccKeysUpload(e *ccEnv) any {
 	}
 }
 
+// ccDehydratedDevice is the body matrix-rust-sdk's dehydrated device
+// upload sends: opaque device_data and the device's own signed keys.
+func ccDehydratedDevice(e *ccEnv) any {
+	u := e.users["alice"]
+	const dev = "DEHYDRATEDCC"
+	pub := e.keyPair("aliceDehydratedKey")
+	priv := e.priv["aliceDehydratedKey"]
+	keyID := "ed25519:" + dev
+	return map[string]any{
+		"device_id":                   dev,
+		"initial_device_display_name": "Dehydrated device",
+		"device_data":                 map[string]any{"algorithm": "org.matrix.msc3814.v1.olm", "device_pickle": ccRandKey()},
+		"device_keys": e2eeSign(map[string]any{
+			"user_id": u.UserID, "device_id": dev, "dehydrated": true,
+			"algorithms": []string{"m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"},
+			"keys":       map[string]string{"curve25519:" + dev: ccRandKey(), keyID: pub},
+		}, u.UserID, keyID, priv),
+		"one_time_keys": map[string]any{"signed_curve25519:AAAAAQ": e2eeSign(map[string]any{"key": ccRandKey()}, u.UserID, keyID, priv)},
+		"fallback_keys": map[string]any{"signed_curve25519:AAAAAg": e2eeSign(map[string]any{"key": ccRandKey(), "fallback": true}, u.UserID, keyID, priv)},
+	}
+}
+
 // ccCrossSigning is the cross-signing bootstrap: a master key and the
 // self- and user-signing keys it signs.
 func ccCrossSigning(e *ccEnv) map[string]any {
@@ -720,13 +742,41 @@ func ccCalls() []ccCall {
 			}},
 		{who: ccAll, as: "alice", method: "GET", path: "/_matrix/client/v3/room_keys/version", want: 404, errcode: "M_NOT_FOUND",
 			note: "404 M_NOT_FOUND until a backup exists"},
-		ccUnrecognized(ccElement, "GET", "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device",
-			"dehydrated devices (MSC3814) not offered: M_UNRECOGNIZED tells Rust crypto so"),
+		{who: ccElement, as: "alice", method: "GET", path: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device", want: 404, errcode: "M_NOT_FOUND",
+			note: "dehydrated devices (MSC3814): 404 M_NOT_FOUND until one is uploaded (M_UNRECOGNIZED would tell Rust crypto the server lacks them)"},
 		{who: ccAll, as: "alice", method: "POST", path: "/_matrix/client/v3/keys/upload", want: 200, body: ccKeysUpload,
 			note: "device keys, one-time and fallback keys",
 			check: func(e *ccEnv, r ccResp) {
 				if e.num(r, "one_time_key_counts", "signed_curve25519") != 1 {
 					e.t.Errorf("one-time key count: %s", r.Raw)
+				}
+			}},
+		{who: ccElement, as: "alice", method: "PUT", path: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device", want: 200, body: ccDehydratedDevice,
+			note: "the Rust crypto machine's dehydrated device: device_data, signed device keys, one-time and fallback keys",
+			check: func(e *ccEnv, r ccResp) {
+				if e.str(r, "device_id") != "DEHYDRATEDCC" {
+					e.t.Errorf("dehydrated device_id: %s", r.Raw)
+				}
+			}},
+		{who: ccElement, as: "alice", method: "GET", path: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device", want: 200,
+			note: "rehydration looks it up",
+			check: func(e *ccEnv, r ccResp) {
+				if e.str(r, "device_id") != "DEHYDRATEDCC" || e.str(r, "device_data", "algorithm") != "org.matrix.msc3814.v1.olm" {
+					e.t.Errorf("dehydrated device: %s", r.Raw)
+				}
+			}},
+		{who: ccElement, as: "alice", method: "POST", path: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/DEHYDRATEDCC/events", body: map[string]any{}, want: 200,
+			tmpl: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device/{deviceId}/events",
+			note: "its to-device messages, paged by next_batch (the last page is empty)",
+			check: func(e *ccEnv, r ccResp) {
+				if _, ok := r.Body["events"].([]any); !ok || e.str(r, "next_batch") == "" {
+					e.t.Errorf("dehydrated events: %s", r.Raw)
+				}
+			}},
+		{who: ccElement, as: "alice", method: "DELETE", path: "/_matrix/client/unstable/org.matrix.msc3814.v1/dehydrated_device", want: 200,
+			check: func(e *ccEnv, r ccResp) {
+				if e.str(r, "device_id") != "DEHYDRATEDCC" {
+					e.t.Errorf("deleted dehydrated device: %s", r.Raw)
 				}
 			}},
 		{who: ccAll, as: "alice", method: "POST", path: "/_matrix/client/v3/keys/query", want: 200,
