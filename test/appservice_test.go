@@ -401,6 +401,7 @@ func TestAppServiceFederatedJoin(t *testing.T) {
 	port := freePort(t)
 	reg := appservice.CreateRegistration()
 	reg.ID, reg.URL, reg.SenderLocalpart = "fedbridge", fmt.Sprintf("http://127.0.0.1:%d", port), "fedbot"
+	reg.EphemeralEvents = true
 	reg.Namespaces.UserIDs.Register(regexp.MustCompile(`^@bridge_.*:`+regexp.QuoteMeta(b.ServerName)+`$`), true)
 	y, err := reg.YAML()
 	if err != nil {
@@ -463,5 +464,37 @@ func TestAppServiceFederatedJoin(t *testing.T) {
 			t.Fatalf("alice's message did not reach the bridge: %d messages", len(br.messages(room.RoomID)))
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+
+	// The remote user's typing and read receipt reach the bridge too
+	// (federation EDUs into B, then B's transactions), once each.
+	if _, err := alice.UserTyping(ctx, room.RoomID, true, 20*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if err := alice.SendReceipt(ctx, room.RoomID, sent.EventID, event.ReceiptTypeRead, nil); err != nil {
+		t.Fatal(err)
+	}
+	count := func() (typing, receipts int) {
+		br.mu.Lock()
+		defer br.mu.Unlock()
+		for _, ev := range br.events {
+			switch {
+			case ev.RoomID != room.RoomID:
+			case ev.Type == event.EphemeralEventTyping:
+				if u := ev.Content.AsTyping().UserIDs; len(u) == 1 && u[0] == alice.UserID {
+					typing++
+				}
+			case ev.Type == event.EphemeralEventReceipt:
+				if _, ok := (*ev.Content.AsReceipt())[sent.EventID][event.ReceiptTypeRead][alice.UserID]; ok {
+					receipts++
+				}
+			}
+		}
+		return
+	}
+	waitFor(t, "the remote typing and receipt at the bridge", 30*time.Second, func() bool { ty, r := count(); return ty > 0 && r > 0 })
+	time.Sleep(2500 * time.Millisecond)
+	if ty, r := count(); ty != 1 || r != 1 {
+		t.Fatalf("bridge got alice's typing %d times and her receipt %d times, want once each", ty, r)
 	}
 }

@@ -354,10 +354,16 @@ func (s *Server) buildFederation(ctx context.Context) error {
 	// The local services federation delivers into: sync wake-ups, the
 	// typing tracker, local media. Started before the component itself.
 	s.OnStart(func() error {
+		// Remote typing, receipts, presence and to-device messages also
+		// reach the bridges (their senders are woken; typing is queued).
+		as := s.AppServices
 		f.StartLocal(federationapi.Local{
-			NotifyUsers:     s.Sync.NotifyUsers,
-			NotifyRoom:      s.Sync.NotifyRoom,
-			SetTyping:       s.Sync.Typing().Set,
+			NotifyUsers: func(users ...string) { s.Sync.NotifyUsers(users...); as.Wake() },
+			NotifyRoom:  func(roomID string) { s.Sync.NotifyRoom(roomID); as.Wake() },
+			SetTyping: func(roomID, userID string, typing bool, timeout time.Duration) {
+				s.Sync.Typing().Set(roomID, userID, typing, timeout)
+				as.SendTyping(context.Background(), roomID, userID, typing, timeout)
+			},
 			PresenceEnabled: s.Sync.Presence().Enabled,
 			StreamPos:       s.DB.Stream.Current,
 			Media:           s.Media,
