@@ -248,8 +248,23 @@ func (a *API) serveOpen(h handler) http.HandlerFunc {
 			httpapi.WriteResponse(w, resp)
 			return
 		}
-		httpapi.WriteResponse(w, h(r))
+		httpapi.WriteResponse(w, a.readYourWrites(r, h))
 	}
+}
+
+// readYourWrites runs a handler that may write and answers once every
+// stream position its transactions took is visible (storage.TrackWrites),
+// so the client's next read sees the write. Reads (GET, HEAD) skip it.
+func (a *API) readYourWrites(r *http.Request, h handler) httpapi.Response {
+	if r.Method == http.MethodGet || r.Method == http.MethodHead {
+		return h(r)
+	}
+	ctx, written := storage.TrackWrites(r.Context())
+	resp := h(r.WithContext(ctx))
+	if p := written(); p > 0 {
+		_ = a.db.Stream.Wait(r.Context(), p)
+	}
+	return resp
 }
 
 // serveAuthed serves an endpoint that needs a valid access token and
@@ -277,7 +292,7 @@ func (a *API) serveAuthed(need perm.Requirement, h authedHandler) http.HandlerFu
 			httpapi.WriteResponse(w, resp)
 			return
 		}
-		httpapi.WriteResponse(w, h(r, dev))
+		httpapi.WriteResponse(w, a.readYourWrites(r, func(r *http.Request) httpapi.Response { return h(r, dev) }))
 	}
 }
 

@@ -439,6 +439,9 @@ func (db *DB) WithTx(ctx context.Context, fn func(tx *Tx) error) error {
 	for _, p := range tx.reserved {
 		db.Stream.Committed(p)
 	}
+	if m, ok := ctx.Value(writesKey{}).(*writeMark); ok {
+		m.note(tx.reserved)
+	}
 	// Callbacks first register their Publish waits; releasing afterwards
 	// lets the stream fire them the moment the positions become visible.
 	for _, f := range tx.afterCommit {
@@ -460,3 +463,36 @@ func IsUniqueViolation(err error) bool {
 
 // NullString converts "" to SQL NULL.
 func NullString(s string) sql.NullString { return sql.NullString{String: s, Valid: s != ""} }
+
+// writesKey carries a *writeMark in a context (TrackWrites).
+type writesKey struct{}
+
+// writeMark is the highest stream position committed under a context.
+type writeMark struct {
+	mu  sync.Mutex
+	max int64
+}
+
+func (m *writeMark) note(positions []int64) {
+	m.mu.Lock()
+	for _, p := range positions {
+		m.max = max(m.max, p)
+	}
+	m.mu.Unlock()
+}
+
+// TrackWrites returns a context under which every transaction that
+// commits (WithTx) notes the stream positions it took, and a function
+// returning the highest so far (0: none). A request handler waits for it
+// (Stream.Wait) before answering, so that whatever the client reads next
+// (/sync above all) sees its write, even while another writer's lower
+// position is still uncommitted: read your writes for every write, not
+// only those that remember to wait.
+func TrackWrites(ctx context.Context) (context.Context, func() int64) {
+	m := &writeMark{}
+	return context.WithValue(ctx, writesKey{}, m), func() int64 {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		return m.max
+	}
+}
