@@ -143,9 +143,15 @@ func TestAppServiceE2EE(t *testing.T) {
 		})
 		epCtx, stopEP := context.WithCancel(context.Background())
 		ep.Start(epCtx)
-		done := make(chan struct{})
-		go func() { defer close(done); as.Start() }()
-		defer func() { as.Stop(); <-done; stopEP(); ep.Stop() }()
+		var done chan struct{}
+		startAS := func() {
+			done = make(chan struct{})
+			go func() { defer close(done); as.Start() }()
+			time.Sleep(100 * time.Millisecond)
+		}
+		stopAS := func() { as.Stop(); <-done }
+		startAS()
+		defer func() { stopAS(); stopEP(); ep.Stop() }()
 
 		// An ordinary Element-stack user (mautrix goolm, /sync).
 		alice := newE2EEDevice(t, "alice", registerClient(t, srv.URL, "alice", "password-alice-1"), "password-alice-1")
@@ -260,6 +266,37 @@ func TestAppServiceE2EE(t *testing.T) {
 				}
 			}
 			// Delivered through the transactions, so not left in the inbox.
+			if n, err := storage.PendingToDevice(ctx, srv.DB, string(puppet.UserID), string(pdev)); err != nil || n != 0 {
+				t.Fatalf("%d messages left in the bridge device's inbox (%v)", n, err)
+			}
+		})
+
+		t.Run("to_device_while_bridge_down", func(t *testing.T) {
+			b.mu.Lock()
+			before := len(b.toDevice)
+			b.mu.Unlock()
+			stopAS()
+			for i := range 5 {
+				msgs := map[id.UserID]map[id.DeviceID]*event.Content{puppet.UserID: {pdev: {Raw: map[string]any{"seq": 10 + i}}}}
+				if _, err := alice.cli.SendToDevice(ctx, ping, &mautrix.ReqSendToDevice{Messages: msgs}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(time.Second) // the sender retries against the stopped bridge
+			startAS()
+			waitFor(t, "five more to-device messages", 30*time.Second, func() bool { b.mu.Lock(); defer b.mu.Unlock(); return len(b.toDevice) >= before+5 })
+			time.Sleep(2500 * time.Millisecond)
+			b.mu.Lock()
+			got := append([]*event.Event(nil), b.toDevice[before:]...)
+			b.mu.Unlock()
+			if len(got) != 5 {
+				t.Fatalf("bridge got %d to-device messages after coming back, want 5 (once each)", len(got))
+			}
+			for i, e := range got {
+				if e.Content.Raw["seq"] != float64(10+i) {
+					t.Fatalf("message %d after the outage: %v (out of order)", i, e.Content.Raw)
+				}
+			}
 			if n, err := storage.PendingToDevice(ctx, srv.DB, string(puppet.UserID), string(pdev)); err != nil || n != 0 {
 				t.Fatalf("%d messages left in the bridge device's inbox (%v)", n, err)
 			}
