@@ -219,6 +219,35 @@ func TestCLI(t *testing.T) {
 		}
 	})
 
+	t.Run("keys status names the audit key and whether the media key opens the store", func(t *testing.T) {
+		out, err := run(nil, "keys", "status", "--data", served)
+		if err != nil {
+			t.Fatalf("keys status: %v\n%s", err, out)
+		}
+		cfg, _ := config.Load(filepath.Join(served, config.ConfigFileName), served)
+		keyID, pub, err := config.AuditPublicKey(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			"audit signing key: " + keyID + ", public key " + base64.RawStdEncoding.EncodeToString(pub),
+			"store sealed under key id: ",
+			"opens the store: true",
+		} {
+			if !strings.Contains(out, want) {
+				t.Errorf("keys status lacks %q:\n%s", want, out)
+			}
+		}
+		wrong := filepath.Join(t.TempDir(), "wrong.kek")
+		if err := os.WriteFile(wrong, []byte(base64.StdEncoding.EncodeToString(make([]byte, 32))+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err = run([]string{"ENCLAVE_MEDIA_KEK_FILE=" + wrong}, "keys", "status", "--data", served)
+		if err != nil || !strings.Contains(out, "opens the store: false") {
+			t.Errorf("keys status with a wrong media key: %v\n%s", err, out)
+		}
+	})
+
 	t.Run("keys show prints the published key and its fingerprint", func(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "keyed")
 		if out, err := run(nil, "init", "--data", dir, "--server-name", "matrix.alpha.gov:8448"); err != nil {
