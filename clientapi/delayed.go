@@ -19,6 +19,9 @@ import (
 // the event instead (MSC4140).
 const delayParam = "org.matrix.msc4140.delay"
 
+// errRepeated ends a schedule transaction whose txnId was seen before.
+var errRepeated = errors.New("delayed event already scheduled for this transaction ID")
+
 // maxEventDelay bounds a delay: a scheduled event is a promise the server
 // keeps across restarts, not a reminder service.
 const maxEventDelay = 24 * time.Hour
@@ -57,8 +60,11 @@ func delayOf(r *http.Request) (ms int64, set bool, resp httpapi.Response, ok boo
 	return ms, true, httpapi.Response{}, true
 }
 
-// schedule stores a delayed event for a member of the room.
-func (de *delayedEvents) schedule(r *http.Request, dev *httpapi.Device, roomID, typ string, stateKey *string, content []byte, ms int64) httpapi.Response {
+// schedule stores a delayed event for a member of the room. A /send
+// retried with the same transaction ID (txnID; "" for state, which has
+// none) answers the delay it scheduled the first time, as a send answers
+// its event: a client retrying after a lost answer schedules nothing new.
+func (de *delayedEvents) schedule(r *http.Request, dev *httpapi.Device, roomID, typ string, stateKey *string, content []byte, ms int64, txnID string) httpapi.Response {
 	m, err := de.rs.Membership(r.Context(), roomID, dev.UserID)
 	if err != nil && !errors.Is(err, roomserver.ErrRoomNotFound) {
 		return httpapi.InternalError(r, err)
@@ -69,7 +75,31 @@ func (de *delayedEvents) schedule(r *http.Request, dev *httpapi.Device, roomID, 
 	now := time.Now().UnixMilli()
 	d := &storage.DelayedEvent{DelayID: "syd" + rand.Text(), UserID: dev.UserID, DeviceID: dev.DeviceID, RoomID: roomID, Type: typ,
 		StateKey: stateKey, Content: content, DelayMS: ms, RunningSince: now, SendAt: now + ms}
-	if err := storage.InsertDelayedEvent(r.Context(), de.db, d); err != nil {
+	scope := "delayed:" + roomID
+	err = de.db.WithTx(r.Context(), func(tx *storage.Tx) error {
+		if txnID != "" {
+			if id, err := storage.GetTxn(r.Context(), tx, dev.UserID, dev.DeviceID, scope, txnID); err == nil {
+				d.DelayID = id
+				return errRepeated
+			} else if !errors.Is(err, storage.ErrNotFound) {
+				return err
+			}
+			if err := storage.PutTxn(r.Context(), tx, dev.UserID, dev.DeviceID, scope, txnID, d.DelayID, now); err != nil {
+				return err
+			}
+		}
+		return storage.InsertDelayedEvent(r.Context(), tx, d)
+	})
+	if err != nil && txnID != "" && storage.IsUniqueViolation(err) {
+		// A concurrent retry recorded the transaction ID first.
+		if id, gerr := storage.GetTxn(r.Context(), de.db, dev.UserID, dev.DeviceID, scope, txnID); gerr == nil {
+			d.DelayID, err = id, errRepeated
+		}
+	}
+	if errors.Is(err, errRepeated) {
+		return httpapi.JSON(200, map[string]string{"delay_id": d.DelayID})
+	}
+	if err != nil {
 		return httpapi.InternalError(r, err)
 	}
 	de.poke()

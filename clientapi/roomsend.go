@@ -37,7 +37,7 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	if ms, set, resp, ok := delayOf(r); !ok {
 		return resp
 	} else if set {
-		return rm.delayed.schedule(r, dev, roomID, typ, &key, content, ms)
+		return rm.delayed.schedule(r, dev, roomID, typ, &key, content, ms, "")
 	}
 	if dev.ShadowBanned {
 		return fakeSend()
@@ -77,7 +77,7 @@ func (rm *rooms) send(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	if ms, set, resp, ok := delayOf(r); !ok {
 		return resp
 	} else if set {
-		return rm.delayed.schedule(r, dev, roomID, v["eventType"], nil, content, ms)
+		return rm.delayed.schedule(r, dev, roomID, v["eventType"], nil, content, ms, v["txnId"])
 	}
 	ev, resp, ok := rm.sendEvent(r, roomserver.SendRequest{RoomID: roomID, Sender: dev.UserID, Type: v["eventType"], Content: content, TxnID: v["txnId"], DeviceID: dev.DeviceID, TS: ts})
 	if !ok {

@@ -462,6 +462,19 @@ func TestDelayedEvents(t *testing.T) {
 		// A delayed message event, sent at once by the send action.
 		r = mustOK(t, "delayed message", raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+room+"/send/m.room.message/d1"+dp+"60000", tok, map[string]any{"msgtype": "m.text", "body": "later"}))
 		msgID := r.Body["delay_id"].(string)
+		// The same txnId again (a retry after a lost answer) is the same
+		// scheduled event; another txnId is another.
+		if again := mustOK(t, "delayed message again", raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+room+"/send/m.room.message/d1"+dp+"60000", tok, map[string]any{"msgtype": "m.text", "body": "later"})).Body["delay_id"]; again != msgID {
+			t.Fatalf("a retried txnId scheduled %v, want the first delay %s", again, msgID)
+		}
+		if l := delayedList(t, srv.URL, tok); len(l) != 1 {
+			t.Fatalf("%d delayed events after a retried txnId, want 1: %v", len(l), l)
+		}
+		otherID := mustOK(t, "delayed message, new txnId", raw(t, "PUT", srv.URL+"/_matrix/client/v3/rooms/"+room+"/send/m.room.message/d2"+dp+"60000", tok, map[string]any{"msgtype": "m.text", "body": "other"})).Body["delay_id"].(string)
+		if otherID == msgID || len(delayedList(t, srv.URL, tok)) != 2 {
+			t.Fatalf("a new txnId did not schedule a second event")
+		}
+		mustOK(t, "cancel the other", raw(t, "POST", de(srv.URL)+"/"+otherID+"/cancel", tok, map[string]any{}))
 		mustOK(t, "send now", raw(t, "POST", de(srv.URL)+"/"+msgID, tok, map[string]any{"action": "send"}))
 		msgs, err := alice.Messages(ctxT(t), resp.RoomID, "", "", mautrix.DirectionBackward, nil, 5)
 		if err != nil || len(msgs.Chunk) == 0 || body(msgs.Chunk[0]) != "later" {
