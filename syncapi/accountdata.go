@@ -89,19 +89,40 @@ func (a *accountData) dropIgnoredInvites(ctx context.Context, userID string, res
 	if len(resp.Rooms.Invite) == 0 {
 		return
 	}
-	ignored := a.s.IgnoredBy(userID)
-	filter, _ := storage.GetAccountData(ctx, a.s.db, userID, "", invitefilter.Type)
-	if len(ignored) == 0 && filter == nil {
+	h := a.s.inviteHider(ctx, userID)
+	if !h.active() {
 		return
 	}
 	for roomID, ir := range resp.Rooms.Invite {
 		for _, ev := range ir.InviteState.Events {
-			if ev.Type == "m.room.member" && ev.StateKey == userID && (ignored[ev.Sender] || invitefilter.Decide(filter, ev.Sender) != invitefilter.Allow) {
+			if ev.Type == "m.room.member" && ev.StateKey == userID && h.hides(ev.Sender) {
 				delete(resp.Rooms.Invite, roomID)
 				break
 			}
 		}
 	}
+}
+
+// inviteHider decides which invites a user never sees: those from users
+// they ignore, and those their MSC4155 invite permission config does not
+// let through. /sync and sliding sync both ask it.
+type inviteHider struct {
+	ignored map[string]bool
+	filter  json.RawMessage
+}
+
+func (s *Syncer) inviteHider(ctx context.Context, userID string) *inviteHider {
+	filter, _ := storage.GetAccountData(ctx, s.db, userID, "", invitefilter.Type)
+	return &inviteHider{ignored: s.IgnoredBy(userID), filter: filter}
+}
+
+// active reports whether anything can be hidden (else callers skip the
+// state reads).
+func (h *inviteHider) active() bool { return len(h.ignored) > 0 || h.filter != nil }
+
+// hides reports whether an invite from sender is hidden.
+func (h *inviteHider) hides(sender string) bool {
+	return h.ignored[sender] || invitefilter.Decide(h.filter, sender) != invitefilter.Allow
 }
 
 // IgnoredBy returns the users userID ignores (m.ignored_user_list): their

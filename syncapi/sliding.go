@@ -238,7 +238,7 @@ func (s *Syncer) slidingBuild(ctx context.Context, p SlidingParams, conn *slidin
 	}
 	var all []*slidingRoomInfo
 	byID := map[string]*slidingRoomInfo{}
-	var ignored map[string]bool // read on the first invite
+	var hidden *inviteHider // read on the first invite
 	var joined []string
 	for id, ur := range userRooms {
 		r := &slidingRoomInfo{id: id, membership: ur.Membership, bump: ur.LastPos, memberPos: ur.MemberPos}
@@ -246,16 +246,16 @@ func (s *Syncer) slidingBuild(ctx context.Context, p SlidingParams, conn *slidin
 		case "join":
 			joined = append(joined, id)
 		case "invite":
-			if ignored == nil {
-				ignored = s.IgnoredBy(p.UserID)
+			if hidden == nil {
+				hidden = s.inviteHider(ctx, p.UserID)
 			}
-			if len(ignored) > 0 {
+			if hidden.active() {
 				st, err := s.roomState(ctx, r)
 				if err != nil {
 					return nil, false, err
 				}
-				if inv := st.Get("m.room.member", p.UserID); inv != nil && ignored[string(inv.SenderID())] {
-					continue // invites from ignored users are dropped
+				if inv := st.Get("m.room.member", p.UserID); inv != nil && hidden.hides(string(inv.SenderID())) {
+					continue // as in /sync: dropIgnoredInvites
 				}
 			}
 			if ur.MemberPos > 0 {

@@ -242,6 +242,18 @@ func TestInviteFiltering(t *testing.T) {
 		if _, ok := invitedTo(t, srv.URL, a)[room]; ok {
 			t.Fatal("ignored invite shown")
 		}
+		// Sliding sync hides it too, and still lists an invite it lets through.
+		shown, _ := inviteStatus(t, srv.URL, eve, a.UserID)
+		ss := mustOK(t, "sliding sync", slidingClient{t, srv.URL, a.AccessToken}.sync("", 0, map[string]any{
+			"lists": map[string]any{"all": map[string]any{"ranges": [][]int{{0, 20}}, "timeline_limit": 1}},
+		}))
+		rooms, _ := ss.Body["rooms"].(map[string]any)
+		if _, ok := rooms[room]; ok {
+			t.Fatalf("sliding sync shows the ignored invite: %s", ss.Raw)
+		}
+		if _, ok := rooms[shown]; !ok {
+			t.Fatalf("sliding sync lacks the allowed invite: %s", ss.Raw)
+		}
 		a = fresh(map[string]any{"blocked_servers": []string{"*"}, "allowed_users": []string{string(eve.UserID)}})
 		blocked("blocked server", bob, a)
 		allowed("allowed user on a blocked server", eve, a)
