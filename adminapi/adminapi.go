@@ -70,6 +70,8 @@ type Options struct {
 	Version    string
 	// Media returns the media repository, or nil if there is none.
 	Media func() MediaAdmin
+	// AppServices returns the registered appservices, or nil.
+	AppServices func() AppServices
 	// Retention is the server-wide retention policy.
 	Retention RetentionPolicy
 	// Metrics is where the retention job's counter is registered (nil:
@@ -96,6 +98,7 @@ type API struct {
 	fed             *federationAdmin
 	roomOps         *roomOps
 	userOps         *userOps
+	appsvcs         appServices
 }
 
 // New builds the admin API; Register mounts it.
@@ -108,6 +111,7 @@ func New(o Options) *API {
 		o.Metrics.MustRegister(a.retentionPurged)
 	}
 	a.reports = &reports{db: o.DB, rooms: o.Rooms, record: a.record}
+	a.appsvcs = appServices{get: o.AppServices}
 	a.grants = &roleGrants{db: o.DB, rbac: o.RBAC, record: a.record, rolesBody: a.rolesBody}
 	a.media = &mediaAdmin{db: o.DB, serverName: o.ServerName, media: o.Media, audit: o.Audit}
 	a.fed = &federationAdmin{db: o.DB, dests: o.Destinations, audit: o.Audit}
@@ -219,6 +223,7 @@ func (a *API) Register() error {
 	route("PUT", e1+"/legal_holds/{scope}/{target}", rooms, a.putLegalHold)
 	route("DELETE", e1+"/legal_holds/{scope}/{target}", perm.Needs(perm.UseAdminAPI, perm.LiftLegalHold), a.deleteLegalHold)
 	route("POST", e1+"/retention/run", rooms, a.runRetention)
+	route("GET", e1+"/appservices", perm.Needs(perm.UseAdminAPI, perm.ManageAppServices), a.appsvcs.list)
 	errs = append(errs, a.Client.HandleRaw("GET", e1+"/rooms/{roomId}/export", "admin", rooms, a.exportRoom))
 	return errors.Join(errs...)
 }

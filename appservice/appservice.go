@@ -21,6 +21,10 @@ type Options struct {
 	// TypingUsers is who is typing in a room now (the syncer's tracker),
 	// for the m.typing events pushed to bridges; nil: no typing.
 	TypingUsers func(roomID string) []string
+	// QueueMaxEvents and QueueMaxAge bound each appservice's queue
+	// (prune.go); 0: no bound.
+	QueueMaxEvents int
+	QueueMaxAge    time.Duration
 	// Client makes the calls to the bridges (transactions, ping); nil: a
 	// client with a 30 s timeout.
 	Client *http.Client
@@ -33,6 +37,11 @@ type Service struct {
 	// cur is the registrations in force and their senders, swapped whole
 	// by Reload: the room hook and every request read one consistent set.
 	cur atomic.Pointer[registered]
+
+	// stats is each appservice's delivery record since start, by id,
+	// kept across reloads (the operators' view).
+	statsMu sync.Mutex
+	stats   map[string]*Delivery
 
 	mu      sync.Mutex      // serialises Start, Reload and stop
 	runCtx  context.Context // nil until Start; senders run under it
@@ -167,4 +176,39 @@ func (s *Service) ExclusiveAliasOwner(alias string) string {
 		}
 	}
 	return ""
+}
+
+// Delivery is how an appservice's pushes have gone since start.
+type Delivery struct {
+	LastSuccess time.Time // the last transaction it acknowledged
+	LastFailure time.Time // the last one it did not
+	LastError   string    // why (no token or body: a status or a connection error)
+}
+
+// delivered records one push's outcome.
+func (s *Service) delivered(id string, err error) {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	if s.stats == nil {
+		s.stats = map[string]*Delivery{}
+	}
+	d := s.stats[id]
+	if d == nil {
+		d = &Delivery{}
+		s.stats[id] = d
+	}
+	if err == nil {
+		d.LastSuccess = time.Now()
+	} else {
+		d.LastFailure, d.LastError = time.Now(), err.Error()
+	}
+}
+
+func (s *Service) delivery(id string) Delivery {
+	s.statsMu.Lock()
+	defer s.statsMu.Unlock()
+	if d := s.stats[id]; d != nil {
+		return *d
+	}
+	return Delivery{}
 }

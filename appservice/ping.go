@@ -14,8 +14,13 @@ import (
 // Register mounts POST /_matrix/client/v1/appservice/{appserviceId}/ping
 // (MSC2659): an appservice asks the server to call its /ping, to check
 // both directions work.
+//
+// It also mounts the third-party lookups and the network directory
+// (thirdparty.go), which the appservices answer.
 func (s *Service) Register(routes httpapi.Routes) error {
-	return routes.HandleAuthed("POST", "/_matrix/client/v1/appservice/{appserviceId}/ping", "appservice", perm.AnyUser, s.ping)
+	return errors.Join(
+		routes.HandleAuthed("POST", "/_matrix/client/v1/appservice/{appserviceId}/ping", "appservice", perm.AnyUser, s.ping),
+		s.registerThirdParty(routes))
 }
 
 func (s *Service) ping(r *http.Request, dev *httpapi.Device) httpapi.Response {

@@ -111,6 +111,7 @@ func (s *Service) Start() (stop func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.runCtx = ctx
 	s.startSenders(s.cur.Load())
+	go s.pruneLoop(ctx)
 	return func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
@@ -147,7 +148,8 @@ func (s *Service) stopSenders(g *registered) {
 // Reload replaces the registrations (SIGHUP): the files are read and
 // checked first, so a bad one leaves those in force. The old senders stop
 // before the new ones start, so no transaction is pushed twice at once.
-// Events of an appservice no longer registered stay queued.
+// Events of an appservice no longer registered stay queued, within the
+// queue bounds (prune.go), so putting it back resumes its delivery.
 func (s *Service) Reload(ctx context.Context, files []string) error {
 	regs, err := LoadFiles(files)
 	if err != nil {
@@ -169,7 +171,7 @@ func (s *Service) Reload(ctx context.Context, files []string) error {
 	if s.runCtx != nil {
 		s.startSenders(g)
 	}
-	return nil
+	return s.PruneQueues(ctx)
 }
 
 // Wake tells the senders that events were committed (a room server
@@ -192,6 +194,7 @@ func (sd *sender) run(ctx context.Context) {
 			if ctx.Err() != nil {
 				return
 			}
+			sd.s.delivered(sd.reg.ID, err)
 			// Said once per outage, not at every retry.
 			if backoff == backoffMin {
 				log.WithError(err).Warn("appservice: transaction not delivered; retrying with backoff")
@@ -208,6 +211,9 @@ func (sd *sender) run(ctx context.Context) {
 		}
 		if backoff != backoffMin {
 			log.Info("appservice: delivering again")
+		}
+		if sent {
+			sd.s.delivered(sd.reg.ID, nil)
 		}
 		backoff = backoffMin
 		if sent {
@@ -331,20 +337,39 @@ func transactionBody(evs []storage.AppServiceQueued) []byte {
 // call makes one request to a bridge with the hs_token; a non-2xx answer
 // is an error carrying the status.
 func (s *Service) call(ctx context.Context, r *Registration, method, u string, body []byte) (int, error) {
-	req, err := http.NewRequestWithContext(ctx, method, u, bytes.NewReader(body))
-	if err != nil {
-		return 0, err
+	status, _, err := s.callBody(ctx, r, method, u, body, 0)
+	return status, err
+}
+
+// callBody is call keeping up to max bytes of the answer's body.
+func (s *Service) callBody(ctx context.Context, r *Registration, method, u string, body []byte, max int64) (int, []byte, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
 	}
-	req.Header.Set("Content-Type", "application/json")
+	req, err := http.NewRequestWithContext(ctx, method, u, rd)
+	if err != nil {
+		return 0, nil, err
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	req.Header.Set("Authorization", "Bearer "+r.HSToken)
 	resp, err := s.client.Do(req)
 	if err != nil {
-		return 0, err
+		return 0, nil, err
 	}
 	defer resp.Body.Close()
+	var out []byte
+	if max > 0 {
+		out, err = io.ReadAll(io.LimitReader(resp.Body, max))
+		if err != nil {
+			return resp.StatusCode, nil, err
+		}
+	}
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 1<<16))
 	if resp.StatusCode/100 != 2 {
-		return resp.StatusCode, fmt.Errorf("%s %s: status %d", method, r.ID, resp.StatusCode)
+		return resp.StatusCode, out, fmt.Errorf("%s %s: status %d", method, r.ID, resp.StatusCode)
 	}
-	return resp.StatusCode, nil
+	return resp.StatusCode, out, nil
 }

@@ -90,3 +90,13 @@ const ActionAppServiceLoad = "appservice.load"
 // ActionAppServiceAddress: an appservice's as_token was used from an
 // address it had not used since start (details: appservice, ip).
 const ActionAppServiceAddress = "appservice.new_address"
+
+// ActionAppServiceQueueDropped: queued events of an appservice were
+// dropped undelivered, past app_services.queue_max_events or
+// queue_max_age (details: appservice, dropped, registered, the limits).
+const ActionAppServiceQueueDropped = "appservice.queue_dropped"
+
+// ActionAppServiceNetworkRoom: an appservice published a room in (or
+// withdrew it from) one of its networks' room directories (details:
+// appservice, network_id, visibility).
+const ActionAppServiceNetworkRoom = "appservice.network_room"

@@ -7,6 +7,7 @@ package clientapi
 // registration and alias creation; ?ts= sets an appservice's event time.
 
 import (
+	"context"
 	"errors"
 	"net/http"
 	"strconv"
@@ -43,6 +44,29 @@ type AppServices interface {
 	// Wake tells the appservices' senders that something they push may
 	// have been stored (to-device messages for their devices).
 	Wake()
+	// QueryUser asks the appservices whose namespace holds userID, a
+	// local user, whether it exists if it has no account yet; true when
+	// the account exists afterwards. Called before an invite or a profile
+	// lookup names the user.
+	QueryUser(ctx context.Context, userID string) bool
+	// QueryAlias asks the appservices whose namespace holds alias, a local
+	// alias naming no room; true when one made it (resolve it again).
+	QueryAlias(ctx context.Context, alias string) bool
+}
+
+// queryUser is AppServices.QueryUser when appservices are installed.
+func queryUser(ctx context.Context, as AppServices, userID string) bool {
+	return as != nil && as.QueryUser(ctx, userID)
+}
+
+// resolveLocalAlias looks up a local alias, asking the appservices about
+// one that names nothing (their alias query) and looking again.
+func resolveLocalAlias(ctx context.Context, db *storage.DB, as AppServices, alias string) (string, error) {
+	roomID, _, err := storage.GetAlias(ctx, db, alias)
+	if errors.Is(err, storage.ErrNotFound) && as != nil && as.QueryAlias(ctx, alias) {
+		roomID, _, err = storage.GetAlias(ctx, db, alias)
+	}
+	return roomID, err
 }
 
 // rateLimited reports whether dev's requests go through the limiter.

@@ -53,7 +53,7 @@ func (dir *directory) getAlias(r *http.Request, dev *httpapi.Device) httpapi.Res
 		}
 		return httpapi.JSON(200, map[string]any{"room_id": roomID, "servers": servers})
 	}
-	roomID, _, err := storage.GetAlias(r.Context(), dir.db, alias)
+	roomID, err := resolveLocalAlias(r.Context(), dir.db, dir.appservices, alias)
 	if errors.Is(err, storage.ErrNotFound) {
 		return httpapi.NotFound("room alias %s not found", alias)
 	} else if err != nil {

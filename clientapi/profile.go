@@ -32,6 +32,7 @@ type social struct {
 	// Set by the assembly before serving, read-only after.
 	socialOpts     SocialOptions
 	remoteProfiles RemoteProfiles
+	appservices    AppServices     // user queries for unknown namespace users (nil: none)
 	ephemeral      EphemeralSender // federation's presence sender
 }
 
@@ -123,6 +124,9 @@ func (so *social) lookupProfile(r *http.Request) (*storage.Profile, httpapi.Resp
 		p, err = so.remoteProfile(r.Context(), target)
 	} else {
 		p, err = storage.GetProfile(r.Context(), so.db, target)
+		if errors.Is(err, storage.ErrNotFound) && queryUser(r.Context(), so.appservices, target) {
+			p, err = storage.GetProfile(r.Context(), so.db, target)
+		}
 	}
 	if errors.Is(err, storage.ErrNotFound) {
 		return nil, httpapi.NotFound("no such user"), false

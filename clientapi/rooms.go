@@ -237,6 +237,7 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 			remoteInvites = append(remoteInvites, u)
 			continue
 		}
+		queryUser(r.Context(), rm.accounts.appservices, u)
 		if roomserver.InviteBlocked(r.Context(), rm.db, u, creator) {
 			// Refused before anything is created (MSC4155).
 			return httpapi.Forbidden("%s does not accept invites from %s", u, creator)
@@ -305,7 +306,13 @@ func (rm *rooms) joinRoomIDOrAlias(r *http.Request, dev *httpapi.Device) httpapi
 	target := httpapi.Vars(r)["roomIdOrAlias"]
 	roomID := target
 	if strings.HasPrefix(target, "#") {
-		id, _, err := storage.GetAlias(r.Context(), rm.db, target)
+		var id string
+		var err error
+		if strings.HasSuffix(target, ":"+rm.opts.ServerName) {
+			id, err = resolveLocalAlias(r.Context(), rm.db, rm.accounts.appservices, target)
+		} else {
+			id, _, err = storage.GetAlias(r.Context(), rm.db, target)
+		}
 		if errors.Is(err, storage.ErrNotFound) && !strings.HasSuffix(target, ":"+rm.opts.ServerName) {
 			return rm.remoteJoin(r, dev, target, rm.joinContent(r.Context(), dev.UserID, ""))
 		}
@@ -463,6 +470,8 @@ func (rm *rooms) membershipOther(action string) authedHandler {
 			if cur == "invite" {
 				return httpapi.JSON(200, struct{}{})
 			}
+			// A bridge's user not made yet: its appservice makes it.
+			queryUser(r.Context(), rm.accounts.appservices, body.UserID)
 		}
 		content := map[string]any{"membership": membership}
 		if action == "invite" {

@@ -94,6 +94,7 @@ func (a *API) SetAuthorizer(fn Authorizer) {
 func (a *API) SetAppServices(as AppServices) {
 	a.accounts.appservices = as
 	a.directory.appservices = as
+	a.social.appservices = as
 }
 
 // New wires the client API over the store, the room server and the syncer.

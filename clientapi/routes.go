@@ -215,13 +215,8 @@ func (a *API) routes() [][]route {
 		v3("PUT", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", perm.AnyUser, a.accountData.putTag),
 		v3("DELETE", "/user/{userId}/rooms/{roomId}/tags/{tag}", "account_data", perm.AnyUser, a.accountData.deleteTag),
 
-		// Third-party networks and identifiers: none (see thirdparty.go).
-		v3("GET", "/thirdparty/protocols", "thirdparty", perm.AnyUser, thirdPartyProtocols),
-		v3("GET", "/thirdparty/protocol/{protocol}", "thirdparty", perm.AnyUser, thirdPartyProtocol),
-		v3("GET", "/thirdparty/location", "thirdparty", perm.AnyUser, thirdPartyLookup),
-		v3("GET", "/thirdparty/location/{protocol}", "thirdparty", perm.AnyUser, thirdPartyLookup),
-		v3("GET", "/thirdparty/user", "thirdparty", perm.AnyUser, thirdPartyLookup),
-		v3("GET", "/thirdparty/user/{protocol}", "thirdparty", perm.AnyUser, thirdPartyLookup),
+		// Third-party lookups and the network directory are the
+		// appservices' (enclave/appservice mounts them).
 		v3("POST", "/account/3pid", "account", perm.AnyUser, refuse3PID),
 		v3("POST", "/account/3pid/add", "account", perm.AnyUser, refuse3PID),
 		v3("POST", "/account/3pid/bind", "account", perm.AnyUser, refuse3PID),

@@ -53,6 +53,10 @@ type Config struct {
 // AppServicesConfig lists the appservice registration files.
 type AppServicesConfig struct {
 	ConfigFiles []string `yaml:"config_files" doc:"Registration files (YAML, as bridges write them), relative to the data directory. The server pushes events to each one's url; an invalid file fails the start. Re-read on SIGHUP."`
+	// The queue of a bridge that stays down (or was removed) is bounded,
+	// each drop audited as appservice.queue_dropped.
+	QueueMaxEvents int      `yaml:"queue_max_events" doc:"Most events kept queued for one appservice (a bridge that is down, or one no longer registered); past it the oldest are dropped, audited as appservice.queue_dropped. 0: no cap."`
+	QueueMaxAge    Duration `yaml:"queue_max_age" doc:"Queued events older than this are dropped (audited as appservice.queue_dropped), for registered and removed appservices alike. 0: kept until delivered."`
 }
 
 // ListenConfig holds listener addresses; an empty address disables that listener.
@@ -297,7 +301,8 @@ func Default() *Config {
 			SIEM: AuditSIEMConfig{Format: SIEMFormatJSONL,
 				File: AuditFileConfig{MaxSizeMB: 100, MaxFiles: 10}},
 		},
-		RBAC: RBACConfig{DefaultRole: "user"},
+		RBAC:        RBACConfig{DefaultRole: "user"},
+		AppServices: AppServicesConfig{QueueMaxEvents: 100_000, QueueMaxAge: Duration{7 * 24 * time.Hour}},
 	}
 }
 

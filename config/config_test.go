@@ -108,6 +108,8 @@ func TestDefaults(t *testing.T) {
 		"presence.enabled":                   "true",
 		"user_directory.search_all_users":    "false",
 		"app_services.config_files":          "[]",
+		"app_services.queue_max_events":      "100000",
+		"app_services.queue_max_age":         "168h",
 		"profile.require_shared_room":        "false",
 		"turn.uris":                          "[]",
 		"turn.shared_secret":                 `""`,

@@ -192,6 +192,10 @@ func (c *Config) Validate() error {
 	c.validateSIEM(bad)
 
 	notNegative("retention.default_max_lifetime", c.Retention.DefaultMaxLifetime)
+	notNegative("app_services.queue_max_age", c.AppServices.QueueMaxAge)
+	if c.AppServices.QueueMaxEvents < 0 {
+		bad("app_services.queue_max_events", "must not be negative")
+	}
 	notNegative("retention.allowed_lifetime_min", c.Retention.AllowedLifetimeMin)
 	notNegative("retention.allowed_lifetime_max", c.Retention.AllowedLifetimeMax)
 	if lo, hi := c.Retention.AllowedLifetimeMin, c.Retention.AllowedLifetimeMax; lo.Duration > 0 && hi.Duration > 0 && lo.Duration > hi.Duration {

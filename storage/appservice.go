@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // The appservice queue: each event a bridge must receive, written in the
@@ -68,7 +69,7 @@ func EnqueueAppServiceEvent(ctx context.Context, q Querier, asID string, ev []by
 
 // EnqueueAppService queues one row of a kind for an appservice.
 func EnqueueAppService(ctx context.Context, q Querier, asID, kind string, js []byte) error {
-	_, err := q.ExecContext(ctx, `INSERT INTO appservice_queue (appservice_id, kind, event_json) VALUES ($1, $2, $3)`, asID, kind, string(js))
+	_, err := q.ExecContext(ctx, `INSERT INTO appservice_queue (appservice_id, kind, event_json, queued_ts) VALUES ($1, $2, $3, $4)`, asID, kind, string(js), time.Now().UnixMilli())
 	return err
 }
 
@@ -272,4 +273,139 @@ func CompleteAppServiceTxn(ctx context.Context, db *DB, asID string, evs []AppSe
 		_, err := tx.ExecContext(ctx, `DELETE FROM appservice_txns WHERE appservice_id = $1`, asID)
 		return err
 	})
+}
+
+// The operator's controls: when each event was queued (so a queue can be
+// bounded by age), and the rooms each appservice publishes in its
+// networks' room directories (PUT /directory/list/appservice/...).
+const appserviceControlsV1 = `
+ALTER TABLE appservice_queue ADD COLUMN queued_ts BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE appservice_room_list (
+	appservice_id TEXT NOT NULL,
+	network_id TEXT NOT NULL,
+	room_id TEXT NOT NULL,
+	PRIMARY KEY (appservice_id, network_id, room_id)
+)`
+
+// SetAppServiceRoomListed publishes (or withdraws) a room in an
+// appservice's network directory.
+func SetAppServiceRoomListed(ctx context.Context, q Querier, asID, networkID, roomID string, listed bool) error {
+	if !listed {
+		_, err := q.ExecContext(ctx, `DELETE FROM appservice_room_list WHERE appservice_id = $1 AND network_id = $2 AND room_id = $3`, asID, networkID, roomID)
+		return err
+	}
+	_, err := q.ExecContext(ctx, `INSERT INTO appservice_room_list (appservice_id, network_id, room_id) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`, asID, networkID, roomID)
+	return err
+}
+
+// AppServiceQueueStat is one appservice's queue as operators see it.
+type AppServiceQueueStat struct {
+	Depth    int
+	OldestTS int64 // when the oldest queued event was queued (0: none or unknown)
+}
+
+// AppServiceQueueStats reports every queue, by appservice id (those of
+// appservices no longer registered included).
+func AppServiceQueueStats(ctx context.Context, q Querier) (map[string]AppServiceQueueStat, error) {
+	rows, err := q.QueryContext(ctx, `SELECT appservice_id, COUNT(*), COALESCE(MIN(NULLIF(queued_ts, 0)), 0) FROM appservice_queue GROUP BY appservice_id`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string]AppServiceQueueStat{}
+	for rows.Next() {
+		var id string
+		var st AppServiceQueueStat
+		if err := rows.Scan(&id, &st.Depth, &st.OldestTS); err != nil {
+			return nil, err
+		}
+		out[id] = st
+	}
+	return out, rows.Err()
+}
+
+// PruneAppServiceQueue drops an appservice's queued events queued before
+// olderThan (ms; 0: no age limit; rows queued before their time was kept
+// are not aged) and, oldest first, those beyond the
+// newest maxEvents (0: no cap). A transaction in flight that lost an
+// event is dropped too: the next one is made afresh, under a new txnId,
+// from what is left. It returns how many events were dropped.
+func PruneAppServiceQueue(ctx context.Context, db *DB, asID string, maxEvents int, olderThan int64) (int64, error) {
+	var dropped int64
+	err := db.WithTx(ctx, func(tx *Tx) error {
+		dropped = 0
+		if olderThan > 0 {
+			res, err := tx.ExecContext(ctx, `DELETE FROM appservice_queue WHERE appservice_id = $1 AND queued_ts > 0 AND queued_ts < $2`, asID, olderThan)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			dropped += n
+		}
+		if maxEvents > 0 {
+			// The id of the oldest event kept: everything below it goes.
+			var keepFrom int64
+			err := tx.QueryRowContext(ctx, `SELECT id FROM appservice_queue WHERE appservice_id = $1 ORDER BY id DESC LIMIT 1 OFFSET $2`, asID, maxEvents-1).Scan(&keepFrom)
+			if err != nil && !errors.Is(err, sql.ErrNoRows) {
+				return err
+			}
+			if err == nil {
+				res, err := tx.ExecContext(ctx, `DELETE FROM appservice_queue WHERE appservice_id = $1 AND id < $2`, asID, keepFrom)
+				if err != nil {
+					return err
+				}
+				n, _ := res.RowsAffected()
+				dropped += n
+			}
+		}
+		if dropped == 0 {
+			return nil
+		}
+		var idsJSON string
+		err := tx.QueryRowContext(ctx, `SELECT ids FROM appservice_txns WHERE appservice_id = $1`, asID).Scan(&idsJSON)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		var ids []int64
+		_ = json.Unmarshal([]byte(idsJSON), &ids)
+		var have int
+		for _, id := range ids {
+			var one int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM appservice_queue WHERE appservice_id = $1 AND id = $2`, asID, id).Scan(&one); err != nil {
+				return err
+			}
+			have += one
+		}
+		if have != len(ids) {
+			_, err = tx.ExecContext(ctx, `DELETE FROM appservice_txns WHERE appservice_id = $1`, asID)
+		}
+		return err
+	})
+	return dropped, err
+}
+
+// AppServiceMember is a local user's current join or invite.
+type AppServiceMember struct {
+	RoomID, UserID, Membership string
+}
+
+// LocalJoinsAndInvites lists the current joins and invites of users of
+// serverName, for the operators' view of the rooms each appservice sees.
+func LocalJoinsAndInvites(ctx context.Context, q Querier, serverName string) ([]AppServiceMember, error) {
+	rows, err := q.QueryContext(ctx, `SELECT room_id, state_key, membership FROM current_state WHERE type = 'm.room.member' AND membership IN ('join', 'invite') AND state_key LIKE $1 ORDER BY room_id, state_key`, "%:"+serverName)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []AppServiceMember
+	for rows.Next() {
+		var m AppServiceMember
+		if err := rows.Scan(&m.RoomID, &m.UserID, &m.Membership); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
 }

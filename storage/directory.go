@@ -182,6 +182,11 @@ type PublicRoomsQuery struct {
 	RoomTypes []string
 	Offset    int
 	Limit     int
+	// AllNetworks adds the rooms appservices publish in their networks'
+	// directories; AppService and Network, when set, list only the rooms
+	// of that one network instead of the server's own directory.
+	AllNetworks         bool
+	AppService, Network string
 }
 
 // likeEscape lowercases a user's search term and escapes LIKE's wildcards
@@ -196,11 +201,19 @@ func likePattern(term string) string { return "%" + likeEscape(term) + "%" }
 // PublicRooms returns a page of published rooms, largest first, and how
 // many rooms match in total.
 func PublicRooms(ctx context.Context, q Querier, pq PublicRoomsQuery) ([]*RoomStats, int, error) {
-	where := []string{"r.is_public = TRUE"}
+	var where []string
 	var args []any
 	arg := func(v any) string {
 		args = append(args, v)
 		return fmt.Sprintf("$%d", len(args))
+	}
+	switch {
+	case pq.AllNetworks:
+		where = append(where, "(r.is_public = TRUE OR EXISTS (SELECT 1 FROM appservice_room_list l WHERE l.room_id = r.room_id))")
+	case pq.AppService != "":
+		where = append(where, "EXISTS (SELECT 1 FROM appservice_room_list l WHERE l.room_id = r.room_id AND l.appservice_id = "+arg(pq.AppService)+" AND l.network_id = "+arg(pq.Network)+")")
+	default:
+		where = append(where, "r.is_public = TRUE")
 	}
 	if pq.Term != "" {
 		p := arg(likePattern(pq.Term))
@@ -322,11 +335,16 @@ func PublicRoomsPage(ctx context.Context, q Querier, req PublicRoomsRequest, max
 		offset = n
 	}
 	body := map[string]any{"chunk": []any{}, "total_room_count_estimate": 0}
-	// No application-service networks exist here: a specific one is empty.
+	pq := PublicRoomsQuery{Term: strings.TrimSpace(req.Filter.GenericSearchTerm), Offset: offset, Limit: limit + 1, AllNetworks: req.IncludeAllNetworks}
 	if req.ThirdPartyInstanceID != "" && !req.IncludeAllNetworks {
-		return body, nil
+		// An instance is "appservice|network", as /thirdparty/protocols
+		// names them; one this server never named lists nothing.
+		as, network, ok := strings.Cut(req.ThirdPartyInstanceID, "|")
+		if !ok || as == "" {
+			return body, nil
+		}
+		pq.AppService, pq.Network = as, network
 	}
-	pq := PublicRoomsQuery{Term: strings.TrimSpace(req.Filter.GenericSearchTerm), Offset: offset, Limit: limit + 1}
 	if req.Filter.RoomTypes != nil {
 		pq.RoomTypes = []string{}
 		for _, t := range req.Filter.RoomTypes {

@@ -61,6 +61,7 @@ var migrations = []migration{
 	{Component: "imports", Version: 1, SQL: importsV1},
 	{Component: "appservice", Version: 2, SQL: appserviceV2},
 	{Component: "dehydrated_devices", Version: 1, SQL: dehydratedV1},
+	{Component: "appservice_controls", Version: 1, SQL: appserviceControlsV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

@@ -34,6 +34,7 @@ func TestRBACEveryPermission(t *testing.T) {
 		perm.ManageRoles:       {"GET", "/_enclave/admin/v1/roles", nil},
 		perm.LiftLegalHold:     {"DELETE", "/_enclave/admin/v1/legal_holds/room/!held:localhost", nil},
 		perm.LoginAsUser:       {"POST", "/_synapse/admin/v1/users/@nobody:localhost/login", map[string]any{}},
+		perm.ManageAppServices: {"GET", "/_enclave/admin/v1/appservices", nil},
 	}
 	if len(cases) != len(perm.All) {
 		t.Fatalf("%d cases for %d permissions", len(cases), len(perm.All))

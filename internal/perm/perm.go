@@ -31,11 +31,14 @@ const (
 	// (the admin login API): apart from manage_users because it lets its
 	// holder act, and read, as someone else.
 	LoginAsUser Permission = "login_as_user"
+	// ManageAppServices is the operators' view of the bridges: their
+	// namespaces, the rooms they see, their queues.
+	ManageAppServices Permission = "appservice.manage"
 )
 
 // All lists every permission.
 var All = []Permission{CreateRoom, CreatePublicRoom, InviteRemoteUsers, JoinRemoteRooms, Federate, UploadMedia,
-	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles, LiftLegalHold, LoginAsUser}
+	UseAdminAPI, ManageUsers, ManageRooms, ReadAudit, ExportAudit, ManageRoles, LiftLegalHold, LoginAsUser, ManageAppServices}
 
 // Watchful are the permissions of the roles that oversee the others (the
 // audit trail, legal holds): granting a role that holds one through the

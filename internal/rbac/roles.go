@@ -24,9 +24,9 @@ var userPerms = []perm.Permission{perm.CreateRoom, perm.CreatePublicRoom, perm.I
 // config may redefine the others.
 func builtin() map[string][]perm.Permission {
 	return map[string][]perm.Permission{
-		RoleAdmin:    append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageUsers, perm.ManageRooms, perm.ManageRoles, perm.LiftLegalHold, perm.LoginAsUser),
+		RoleAdmin:    append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageUsers, perm.ManageRooms, perm.ManageRoles, perm.LiftLegalHold, perm.LoginAsUser, perm.ManageAppServices),
 		RoleAuditor:  {perm.ReadAudit, perm.ExportAudit},
-		RoleOperator: append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageRooms),
+		RoleOperator: append(append([]perm.Permission{}, userPerms...), perm.UseAdminAPI, perm.ManageRooms, perm.ManageAppServices),
 		RoleUser:     append([]perm.Permission{}, userPerms...),
 		RoleGuest:    {},
 	}
@@ -43,7 +43,7 @@ func ParseRoles(custom []string) (Roles, error) {
 		name, list, ok := strings.Cut(spec, "=")
 		name = strings.TrimSpace(name)
 		if !ok || !validRoleName(name) {
-			return nil, fmt.Errorf("rbac.roles: %q: want name=permission permission ... (name of a-z, 0-9, _ and -)", spec)
+			return nil, fmt.Errorf("rbac.roles: %q: want name=permission permission ... (name of a-z, 0-9, _, - and .)", spec)
 		}
 		if name == RoleAdmin || name == RoleAuditor {
 			return nil, fmt.Errorf("rbac.roles: the %s role is fixed and cannot be redefined", name)
@@ -74,7 +74,7 @@ func validRoleName(s string) bool {
 		return false
 	}
 	for _, c := range s {
-		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-') {
+		if !(c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
 			return false
 		}
 	}

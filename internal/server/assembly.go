@@ -143,6 +143,12 @@ func (s *Server) buildAdmin(ctx context.Context) error {
 			return federationapi.NewDestinations(s.Federation)
 		},
 		NotifyUser: func(userID string) { s.Sync.NotifyUsers(userID) },
+		AppServices: func() adminapi.AppServices {
+			if s.AppServices == nil {
+				return nil
+			}
+			return s.AppServices
+		},
 	})
 	if err := s.Admin.Register(); err != nil {
 		return err
@@ -402,7 +408,8 @@ func (s *Server) buildAppServices(ctx context.Context) error {
 		return err
 	}
 	as, err := appservice.New(appservice.Options{ServerName: s.Config.ServerName, Registrations: regs, DB: s.DB, Audit: s.Audit,
-		TypingUsers: s.Sync.Typing().Users})
+		TypingUsers:    s.Sync.Typing().Users,
+		QueueMaxEvents: s.Config.AppServices.QueueMaxEvents, QueueMaxAge: s.Config.AppServices.QueueMaxAge.Duration})
 	if err != nil {
 		return err
 	}
@@ -511,4 +518,5 @@ var (
 	_ clientapi.RemoteKeys     = federationapi.RemoteE2EE{}
 	_ clientapi.RemoteToDevice = federationapi.RemoteE2EE{}
 	_ clientapi.AppServices    = (*appservice.Service)(nil)
+	_ adminapi.AppServices     = (*appservice.Service)(nil)
 )
