@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
-	"strconv"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -102,6 +101,10 @@ type sender struct {
 	wake   chan struct{}
 	cancel context.CancelFunc // set when started
 	done   chan struct{}
+	// txnID and evs are the transaction in flight as the store records
+	// it ("": read it from the store); only run's goroutine uses them.
+	txnID string
+	evs   []storage.AppServiceQueued
 }
 
 // Start runs a sender per appservice with a url; stop ends them.
@@ -229,31 +232,52 @@ func (sd *sender) run(ctx context.Context) {
 }
 
 // once sends the transaction in flight, or makes one of the oldest queued
-// events; sent is false when the queue was empty.
+// events; sent is false when the queue was empty. Once a transaction is
+// acknowledged, dropping it and recording the next is one write
+// transaction (storage.NextAppServiceTxn): under a busy room the sender
+// goes from push to push with one write between, which on SQLite is what
+// waits for the write lock.
 func (sd *sender) once(ctx context.Context) (sent bool, err error) {
 	db, id := sd.s.opts.DB, sd.reg.ID
-	txnID, evs, err := storage.PendingAppServiceTxn(ctx, db, id)
+	if sd.txnID == "" {
+		txnID, evs, err := storage.PendingAppServiceTxn(ctx, db, id)
+		if err != nil {
+			return false, err
+		}
+		if txnID == "" {
+			if err := sd.collect(ctx); err != nil {
+				return false, err
+			}
+			// Read first: an empty queue costs no write.
+			if evs, err = storage.NextAppServiceEvents(ctx, db, id, 1); err != nil || len(evs) == 0 {
+				return false, err
+			}
+			if txnID, evs, err = storage.NextAppServiceTxn(ctx, db, id, nil, txnMaxEvents); err != nil || txnID == "" {
+				return false, err
+			}
+		}
+		sd.txnID, sd.evs = txnID, evs
+	}
+	if err := sd.push(ctx, sd.txnID, sd.evs); err != nil {
+		// Retried from the store: the queue bounds may drop it meanwhile.
+		sd.txnID, sd.evs = "", nil
+		return false, err
+	}
+	// What arrived for the bridge meanwhile (ephemeral, to-device) is
+	// queued before the next transaction is made, so nothing starves; a
+	// failure here must not keep the acknowledged transaction, so it is
+	// only logged (the next round collects again).
+	if err := sd.collect(ctx); err != nil {
+		logrus.WithError(err).WithField("appservice", id).Warn("appservice: collecting ephemeral and device updates")
+	}
+	txnID, evs, err := storage.NextAppServiceTxn(ctx, db, id, sd.evs, txnMaxEvents)
 	if err != nil {
-		return false, err
+		// What the store holds is read again on the next round.
+		sd.txnID, sd.evs = "", nil
+		return true, err
 	}
-	if txnID == "" {
-		if err := sd.collect(ctx); err != nil {
-			return false, err
-		}
-		if evs, err = storage.NextAppServiceEvents(ctx, db, id, txnMaxEvents); err != nil || len(evs) == 0 {
-			return false, err
-		}
-		// The last row's ID is unique for ever (the queue's serial), so
-		// a txnId is never reused for other content.
-		txnID = strconv.FormatInt(evs[len(evs)-1].ID, 10)
-		if err := storage.StartAppServiceTxn(ctx, db, id, txnID, evs); err != nil {
-			return false, err
-		}
-	}
-	if err := sd.push(ctx, txnID, evs); err != nil {
-		return false, err
-	}
-	return true, storage.CompleteAppServiceTxn(ctx, db, id, evs)
+	sd.txnID, sd.evs = txnID, evs
+	return true, nil
 }
 
 func (sd *sender) push(ctx context.Context, txnID string, evs []storage.AppServiceQueued) error {

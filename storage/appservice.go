@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -261,18 +262,41 @@ func StartAppServiceTxn(ctx context.Context, q Querier, asID, txnID string, evs 
 	return err
 }
 
-// CompleteAppServiceTxn drops a transaction the appservice acknowledged
-// and its events, in one transaction: they are never sent again.
-func CompleteAppServiceTxn(ctx context.Context, db *DB, asID string, evs []AppServiceQueued) error {
-	return db.WithTx(ctx, func(tx *Tx) error {
-		for _, e := range evs {
-			if _, err := tx.ExecContext(ctx, `DELETE FROM appservice_queue WHERE appservice_id = $1 AND id = $2`, asID, e.ID); err != nil {
+// NextAppServiceTxn drops the acknowledged transaction done (its events
+// and its record; none at first) and records the next one, of the oldest
+// queued events up to limit, in one transaction: acknowledged events are
+// never sent again, and the next transaction is resent as it is after a
+// crash. Its txnId is its last event's queue id, unique for ever. txnID
+// is "" when nothing is queued.
+func NextAppServiceTxn(ctx context.Context, db *DB, asID string, done []AppServiceQueued, limit int) (txnID string, evs []AppServiceQueued, err error) {
+	err = db.WithTx(ctx, func(tx *Tx) error {
+		txnID, evs = "", nil
+		if len(done) > 0 {
+			ph := make([]string, len(done))
+			args := []any{asID}
+			for i, e := range done {
+				ph[i] = fmt.Sprintf("$%d", i+2)
+				args = append(args, e.ID)
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM appservice_queue WHERE appservice_id = $1 AND id IN (`+strings.Join(ph, ",")+`)`, args...); err != nil {
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `DELETE FROM appservice_txns WHERE appservice_id = $1`, asID)
-		return err
+		if _, err := tx.ExecContext(ctx, `DELETE FROM appservice_txns WHERE appservice_id = $1`, asID); err != nil {
+			return err
+		}
+		next, err := NextAppServiceEvents(ctx, tx, asID, limit)
+		if err != nil || len(next) == 0 {
+			return err
+		}
+		id := strconv.FormatInt(next[len(next)-1].ID, 10)
+		if err := StartAppServiceTxn(ctx, tx, asID, id, next); err != nil {
+			return err
+		}
+		txnID, evs = id, next
+		return nil
 	})
+	return txnID, evs, err
 }
 
 // The operator's controls: when each event was queued (so a queue can be
