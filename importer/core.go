@@ -27,7 +27,7 @@ const EditedField = "gov.enclave.import.edited"
 // Rooms is what the import asks of the room server.
 type Rooms interface {
 	CreateRoom(ctx context.Context, req roomserver.CreateRoomRequest) (string, error)
-	ImportEvents(ctx context.Context, roomID string, n int, next func(i int) (roomserver.SendRequest, error), inTx func(tx *storage.Tx, i int, ev *storage.Event) error) ([]*storage.Event, error)
+	ImportEvents(ctx context.Context, roomID string, n int, next func(i int, prevID string) (roomserver.SendRequest, error), inTx func(tx *storage.Tx, i int, ev *storage.Event) error) ([]*storage.Event, error)
 	CurrentState(ctx context.Context, roomID string) (roomserver.StateMap, error)
 }
 
@@ -877,21 +877,27 @@ func (r *run) store(ctx context.Context, cs *convState) error {
 				}
 			}
 		} else {
-			_, err := r.o.Rooms.ImportEvents(ctx, cs.roomID, n, func(i int) (roomserver.SendRequest, error) { return batch[i].build() },
-				func(tx *storage.Tx, i int, ev *storage.Event) error {
-					p := batch[i]
-					if p.key != "" {
-						if _, err := storage.PutImportItem(ctx, tx, storage.ImportItem{SourceKey: p.key, ImportID: r.importID, Kind: p.kind,
-							Value: ev.EventID, CreatedTS: time.Now().UnixMilli()}); err != nil {
-							return err
-						}
-						r.prog.Messages++
+			// A part's done runs once its event is built (on the room
+			// server's building goroutine, before the next part is built).
+			out, err := r.o.Rooms.ImportEvents(ctx, cs.roomID, n, func(i int, prevID string) (roomserver.SendRequest, error) {
+				if i > 0 && batch[i-1].done != nil {
+					batch[i-1].done(prevID)
+				}
+				return batch[i].build()
+			}, func(tx *storage.Tx, i int, ev *storage.Event) error {
+				p := batch[i]
+				if p.key != "" {
+					if _, err := storage.PutImportItem(ctx, tx, storage.ImportItem{SourceKey: p.key, ImportID: r.importID, Kind: p.kind,
+						Value: ev.EventID, CreatedTS: time.Now().UnixMilli()}); err != nil {
+						return err
 					}
-					if p.done != nil {
-						p.done(ev.EventID)
-					}
-					return nil
-				})
+					r.prog.Messages++
+				}
+				return nil
+			})
+			if err == nil && batch[n-1].done != nil {
+				batch[n-1].done(out[n-1].EventID)
+			}
 			if err != nil {
 				return fmt.Errorf("storing %d events in %s (%s): %w", n, cs.roomID, cs.conv.ID, err)
 			}
