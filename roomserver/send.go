@@ -243,7 +243,9 @@ func (s *RoomServer) storeEvent(ctx context.Context, tx *storage.Tx, roomID stri
 			return nil, nil, fmt.Errorf("roomserver: state hook: %w", err)
 		}
 	}
-	tx.AfterCommit(func() { s.events.Put(ev.EventID(), stored) })
+	if !req.Imported { // an import's history would flush the cache of live rooms
+		tx.AfterCommit(func() { s.events.Put(ev.EventID(), stored) })
+	}
 	tx.Publish(pos, func() {
 		for _, l := range listeners {
 			l(OutputEvent{Event: se, PDU: stored})

@@ -2,8 +2,12 @@ package test
 
 import (
 	"archive/zip"
+	"bytes"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	"image/png"
 	"os"
 	"testing"
 	"time"
@@ -150,6 +154,9 @@ func realisticSlack() *slackFixture {
 			{"id": "F02CHART", "name": "chart.png", "title": "Chart", "mimetype": "image/png", "size": 999, "url_private": "https://files.slack.com/files-pri/T/F02CHART/chart.png"},
 		}})
 	f.uploads["__uploads/F01REPORT/report.pdf"] = []byte("%PDF-1.4 ok")
+	add("random", "2023-03-01", map[string]any{"user": "U01ALICE", "ts": slackTS(14, 0), "text": "",
+		"files": []map[string]any{{"id": "F03PHOTO", "name": "photo.png", "mimetype": "image/png", "size": 0}}})
+	f.uploads["C02RANDOM/attachments/F03PHOTO-photo.png"] = testPNG()
 	add("general", "2023-03-01", map[string]any{"subtype": "channel_leave", "user": "U03CAROL", "ts": slackTS(70, 0), "text": "<@U03CAROL> has left the channel"})
 	add("general", "2023-03-01", map[string]any{"user": "U99GHOST", "ts": slackTS(80, 0), "text": "who am I"})
 	add("general", "2023-03-02", map[string]any{"user": "U02BOB", "ts": slackTS(86400+5, 0), "text": "Next day, <!here> standup in <#C02RANDOM|random>"})
@@ -195,4 +202,17 @@ func bulkSlack(n int) *slackFixture {
 		f.msgs = append(f.msgs, slackMsg{c, fmt.Sprintf("2023-%02d-%02d", 1+k/perDay/28, 1+(k/perDay)%28), m})
 	}
 	return f
+}
+
+// testPNG is a small gradient image, to be thumbnailed.
+func testPNG() []byte {
+	img := image.NewRGBA(image.Rect(0, 0, 64, 48))
+	for x := range 64 {
+		for y := range 48 {
+			img.Set(x, y, color.RGBA{uint8(x * 4), uint8(y * 5), 128, 255})
+		}
+	}
+	var b bytes.Buffer
+	_ = png.Encode(&b, img)
+	return b.Bytes()
 }

@@ -10,6 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -29,9 +31,11 @@ import (
 const importUsage = `usage:
   enclave import slack [--data DIR] [--dry-run] [--workspace NAME] [--users-map CSV] [--operator NAME] [--json] EXPORT.zip
   enclave import mattermost [--data DIR] [--dry-run] [--workspace NAME] [--users-map CSV] [--operator NAME] [--json] EXPORT.jsonl|EXPORT.zip
+  enclave import slack|mattermost --server URL --token TOKEN|--token-file F [--dry-run] ... EXPORT   (into a running server)
 --dry-run reads the export and the store and prints what the import would do, writing nothing (safe beside a running server).
-The import itself needs the store to itself: stop the server first (it refuses while the server runs). It may be
-interrupted at any point (Ctrl-C, kill -9, power loss): run the same command again and it imports only what is missing.
+With --server the running server imports the export (an admin token with manage_users and manage_rooms). Without it the
+import needs the store to itself: it refuses while a server runs. It may be interrupted at any point (Ctrl-C, kill -9,
+power loss): run the same command again and it imports only what is missing.
 --users-map CSV: lines "source,local" (source: the platform's user ID, username or e-mail; local: localpart or @user:server).`
 
 func cmdImport(args []string) error {
@@ -48,6 +52,9 @@ func cmdImport(args []string) error {
 	asJSON := fl.Bool("json", false, "print the report as JSON")
 	batch := fl.Int("batch", 500, "events per transaction")
 	cpuProfile := fl.String("cpuprofile", "", "write a CPU profile of the import to this file")
+	serverURL := fl.String("server", "", "import through this running server (its client URL, e.g. http://127.0.0.1:8008) instead of the stopped store")
+	token := fl.String("token", "", "with --server: an access token of an admin who may manage users and rooms")
+	tokenFile := fl.String("token-file", "", "with --server: read the access token from this file")
 	pos, err := parseMixed(fl, args[1:])
 	if err != nil {
 		return err
@@ -56,6 +63,16 @@ func cmdImport(args []string) error {
 		return errors.New(importUsage)
 	}
 	file := pos[0]
+	if *serverURL != "" {
+		if *tokenFile != "" {
+			b, err := os.ReadFile(*tokenFile)
+			if err != nil {
+				return err
+			}
+			*token = strings.TrimSpace(string(b))
+		}
+		return importRemote(*serverURL, *token, platform, file, *dry, *workspace, *operator, *usersMap, *asJSON)
+	}
 	if *cpuProfile != "" {
 		f, err := os.Create(*cpuProfile)
 		if err != nil {
@@ -130,7 +147,7 @@ func cmdImport(args []string) error {
 		// store's serving lock held, so no server runs beside it.
 		srv, err := server.New(ctx, cfg)
 		if errors.Is(err, storage.ErrStoreInUse) {
-			return fmt.Errorf("%w\nthe server is running on this store: stop it, run the import (it can be interrupted and re-run), start it again; --dry-run works beside a running server", err)
+			return fmt.Errorf("%w\nthe server is running on this store: import through it with --server URL --token ADMIN_TOKEN, or stop it, import (it can be interrupted and re-run) and start it again; --dry-run works beside a running server", err)
 		}
 		if err != nil {
 			return err
@@ -248,4 +265,70 @@ func (p *progress) update(pr importer.Progress) {
 		return
 	}
 	fmt.Fprintf(p.w, "import: %.0f%% %d messages %d events %.0f msg/s elapsed %s eta %s\n", frac*100, pr.Messages, pr.Events, rate, pr.Elapsed.Round(time.Second), eta)
+}
+
+// importRemote sends the export to a running server's import endpoint
+// and prints the report it answers.
+func importRemote(base, token, platform, file string, dry bool, workspace, operator, usersMap string, asJSON bool) error {
+	if token == "" {
+		return errors.New("--server needs --token or --token-file (an admin's access token)")
+	}
+	m, err := readUsersMap(usersMap)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	q := url.Values{"file_name": {filepath.Base(file)}}
+	if dry {
+		q.Set("dry_run", "true")
+	}
+	if workspace != "" {
+		q.Set("workspace", workspace)
+	}
+	if operator != "" {
+		q.Set("operator", operator)
+	}
+	if len(m) > 0 {
+		b, _ := json.Marshal(m)
+		q.Set("users_map", string(b))
+	}
+	req, err := http.NewRequest(http.MethodPost, strings.TrimRight(base, "/")+"/_enclave/admin/v1/import/"+platform+"?"+q.Encode(), f)
+	if err != nil {
+		return err
+	}
+	req.ContentLength = st.Size()
+	req.Header.Set("Authorization", "Bearer "+token)
+	req.Header.Set("Content-Type", "application/octet-stream")
+	fmt.Fprintf(os.Stderr, "sending %s (%d bytes) to %s; the server imports it and answers the report\n", file, st.Size(), base)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("server answered %s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	var rep importer.Report
+	if err := json.Unmarshal(body, &rep); err != nil {
+		return fmt.Errorf("report: %w", err)
+	}
+	if asJSON {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(&rep)
+	}
+	rep.WriteText(os.Stdout)
+	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
@@ -20,6 +21,7 @@ import (
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/federationapi"
+	importsvc "enclave/importer/service"
 	"enclave/internal/httpapi"
 	"enclave/internal/perm"
 	pushnotify "enclave/internal/pushrules/notifier"
@@ -85,6 +87,7 @@ func (s *Server) build(ctx context.Context) error {
 		{"admin", s.buildAdmin},           // RBAC first: every authenticated route, audit's included, is checked by it
 		{"audit", s.buildAudit},           // its event hook is the first room hook
 		{"media", s.buildMedia},           // audited from the start
+		{"import", s.buildImport},         // writes through the room server and media
 		{"federation", s.buildFederation}, // after media (it fetches remote media) and audit (refusals)
 		{"appservices", s.buildAppServices},
 		{"e2ee", s.buildE2EE},
@@ -307,6 +310,15 @@ func (s *Server) buildMedia(ctx context.Context) error {
 	}
 	s.Media = repo
 	return nil
+}
+
+// buildImport: the admin endpoint that imports a Slack or Mattermost
+// export into the running server (enclave import --server), through the
+// same room server, media repository and audit log as every write.
+func (s *Server) buildImport(context.Context) error {
+	s.Import = &importsvc.Service{DB: s.DB, Rooms: s.Rooms, Media: s.Media, Audit: s.Audit, ServerName: s.Config.ServerName,
+		SpoolDir: filepath.Join(s.Config.DataDir, "import-spool")}
+	return s.Import.Register(s.Client)
 }
 
 // buildFederation: with federation.enabled, the federation component (key

@@ -24,6 +24,7 @@ import (
 	"enclave/clientapi"
 	"enclave/config"
 	"enclave/federationapi"
+	importsvc "enclave/importer/service"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/internal/rbac"
 	"enclave/mediaapi"
@@ -52,6 +53,8 @@ type Server struct {
 	AppServices *appservice.Service
 	// Media is the media repository (always present).
 	Media *mediaapi.Repo
+	// Import is the admin endpoint importing Slack and Mattermost exports.
+	Import *importsvc.Service
 	// Federation is the federation component, nil when
 	// federation.enabled is false. cmd/enclave's SIGHUP reload calls its
 	// ReloadPolicy.
