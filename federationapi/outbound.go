@@ -97,6 +97,12 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 // passes it on to the others in the room itself).
 type deliveredKey struct{}
 
+// relayKey marks in a context a membership event a remote server sent us
+// through send_join, send_leave or send_knock, with that server: the
+// event's transaction queues it for the room's other servers
+// (QueueRoomEvent), so a crash after we answered cannot leave them unaware.
+type relayKey struct{}
+
 type delivered struct {
 	eventID string
 	server  spec.ServerName
@@ -136,13 +142,18 @@ func (j *joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, ev
 // commit. A kicked or banned user's server is told too; an invite went to
 // the invitee's server (/invite) before it was stored. Events of remote senders,
 // including those that reached us over federation, are their origin's to
-// send.
+// send, except a membership a remote server gave us through send_join,
+// send_leave or send_knock (marked with relayKey): the joining server
+// talks only to us, so we pass it on to the others in the room, queued in
+// the same transaction as ours.
 func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, se *storage.Event, ev gomatrixserverlib.PDU, st roomserver.StateMap) error {
+	relay, relayed := ctx.Value(relayKey{}).(delivered)
+	relayed = relayed && relay.eventID == ev.EventID()
 	_, domain, err := gomatrixserverlib.SplitID('@', string(ev.SenderID()))
-	if err != nil || domain != f.serverName {
+	if (err != nil || domain != f.serverName) && !relayed {
 		return nil
 	}
-	if ev.Type() == spec.MRoomMember {
+	if ev.Type() == spec.MRoomMember && !relayed {
 		if err := f.announceDevicesOnJoin(ctx, tx, se, ev, st); err != nil {
 			return fmt.Errorf("federation: devices of %s: %w", ev.SenderID(), err)
 		}
@@ -164,6 +175,9 @@ func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, se *sto
 	delete(dests, f.serverName)
 	if d, ok := ctx.Value(deliveredKey{}).(delivered); ok && d.eventID == ev.EventID() {
 		delete(dests, d.server)
+	}
+	if relayed {
+		delete(dests, relay.server) // it sent us the event
 	}
 	if len(dests) == 0 {
 		return nil

@@ -13,7 +13,6 @@ import (
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
-	"github.com/sirupsen/logrus"
 
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
@@ -208,11 +207,13 @@ func (f *joins) sendMembership(membership string) roomHandler {
 		if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
 			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: "bad signature: " + err.Error()})
 		}
-		res := f.rs.InputRemoteEvents(r.Context(), origin, []gomatrixserverlib.PDU{ev})
+		// Stored with its relay to the room's other servers queued in the
+		// same transaction (QueueRoomEvent).
+		rctx := context.WithValue(r.Context(), relayKey{}, delivered{eventID: ev.EventID(), server: origin})
+		res := f.rs.InputRemoteEvents(rctx, origin, []gomatrixserverlib.PDU{ev})
 		if err := res[ev.EventID()]; err != nil {
 			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: err.Error()})
 		}
-		f.relayMembership(r.Context(), origin, ev)
 		if membership == spec.Knock {
 			// The knocker's server shows the room with this stripped state.
 			st, _ := f.rs.CurrentState(r.Context(), roomID)
@@ -254,31 +255,6 @@ func v1Membership(h roomHandler) roomHandler {
 			return resp
 		}
 		return httpapi.JSON(http.StatusOK, []any{http.StatusOK, resp.Body})
-	}
-}
-
-// relayMembership passes a membership event received through send_join,
-// send_leave or send_knock on to the other servers in the room: the
-// joining server talks only to us, and the others would otherwise learn of
-// it only when a later event refers to it. Servers our policy refuses are
-// skipped as for our own events.
-func (f *joins) relayMembership(ctx context.Context, origin spec.ServerName, ev gomatrixserverlib.PDU) {
-	st, err := f.rs.CurrentState(ctx, ev.RoomID().String())
-	if err != nil {
-		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
-		return
-	}
-	var dests []spec.ServerName
-	for _, s := range ServersInRoom(st) {
-		if s != origin && s != f.serverName {
-			dests = append(dests, s)
-		}
-	}
-	if len(dests) == 0 {
-		return
-	}
-	if err := f.sendPDU(ctx, dests, ev); err != nil {
-		logrus.WithError(err).WithField("event_id", ev.EventID()).Warn("federation: not relaying membership")
 	}
 }
 
