@@ -21,11 +21,13 @@ namespaces:
     exclusive: false
 de.sorunome.msc2409.push_ephemeral: true
 receive_ephemeral: true
+org.matrix.msc3202: true
+io.element.msc4190: true
 `))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r.PushURL() != "" || r.IsRateLimited() || !r.PushEphemeral || !r.ReceiveEphemeral {
+	if r.PushURL() != "" || r.IsRateLimited() || !r.PushEphemeral || !r.ReceiveEphemeral || !r.PushesEphemeral() || !r.PushesCrypto() || !r.MSC4190 {
 		t.Fatalf("parsed %+v", r)
 	}
 	if !r.ExclusiveUser("@telegram_1:example.org") || r.ExclusiveUser("@alice:example.org") || r.ExclusiveAlias("#telegram_x:example.org") || !r.OwnsAlias("#telegram_x:example.org") {
@@ -57,5 +59,15 @@ func TestParseInvalid(t *testing.T) {
 		if err != nil && (strings.Contains(err.Error(), "a\"") || strings.Contains(err.Error(), "secret")) {
 			t.Errorf("error shows a token: %v", err)
 		}
+	}
+}
+
+func TestParseToDeviceOnly(t *testing.T) {
+	r, err := Parse([]byte("id: x\nas_token: a\nhs_token: h\nsender_localpart: b\nde.sorunome.msc2409.push_to_device: true\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.PushesCrypto() || r.PushesEphemeral() || r.MSC4190 {
+		t.Fatalf("parsed %+v", r)
 	}
 }
