@@ -44,6 +44,7 @@ const (
 	ActionMediaUpload   = "media.upload"   // target: mxc URI; details: size, content_type, sha256
 	ActionMediaDownload = "media.download" // target: mxc URI
 	ActionMediaAdmin    = "media.admin"    // quarantine / delete
+	ActionMediaPreview  = "media.preview"  // a URL preview asked for: target: the host; details.result (fetched, cached, refused, failed)
 
 	// Administration.
 	ActionAdminCall    = "admin.call"             // every admin API request: details.method, route, status

@@ -155,6 +155,16 @@ type MediaConfig struct {
 	MaxImagePixels int64 `yaml:"max_image_pixels" doc:"Largest image, in pixels (width × height as its header declares), that thumbnails are made of; larger ones answer 413 M_TOO_LARGE. Decodes running together use at most 4 bytes per such pixel (128 MB at the default of 32 megapixels)."`
 
 	LegacyUnauthenticated bool `yaml:"legacy_unauthenticated" doc:"Keep serving the legacy /_matrix/media/v3 and r0 download and thumbnail paths, which take no access token, for clients older than Matrix 1.11; each read is audited with the requester's IP. Off by default: those paths answer 404 M_NOT_FOUND (as the spec allows since v1.11) and media is read only through the authenticated /_matrix/client/v1/media paths."`
+
+	URLPreview URLPreviewConfig `yaml:"url_preview" doc:"URL previews (GET /_matrix/client/v1/media/preview_url). Off by default: the server then makes no outbound request for a preview."`
+}
+
+// URLPreviewConfig bounds the server's fetches of pages for link previews.
+type URLPreviewConfig struct {
+	Enabled      bool     `yaml:"enabled" doc:"Fetch pages (and their og:image) for URL previews. Off: preview_url answers 404 M_UNRECOGNIZED and clients show no previews."`
+	AllowedHosts []string `yaml:"allowed_hosts" doc:"Globs of host names (or IP literals) that may be fetched (*.example.gov); nothing else is. Hosts resolving to loopback, private, link-local, ULA, CGNAT or cloud metadata addresses are refused unless listed exactly, without a wildcard. Checked at every connection and redirect."`
+	MaxBytes     int64    `yaml:"max_bytes" doc:"Bytes of a page read for its preview (the rest is not fetched); its og:image may be up to limits.max_upload_bytes."`
+	Timeout      Duration `yaml:"timeout" doc:"Time limit for fetching one preview, its redirects and image included."`
 }
 
 // FederationConfig controls server-server traffic.
@@ -287,7 +297,7 @@ func Default() *Config {
 			MaxUploadBytes:  100 << 20,
 		},
 		Log:      LogConfig{Level: "info", Format: "text", MaxSizeMB: 100, MaxFiles: 10},
-		Media:    MediaConfig{Path: "media", MaxImagePixels: 32_000_000},
+		Media:    MediaConfig{Path: "media", MaxImagePixels: 32_000_000, URLPreview: URLPreviewConfig{MaxBytes: 1 << 20, Timeout: Duration{10 * time.Second}}},
 		Presence: PresenceConfig{Enabled: true},
 		Federation: FederationConfig{
 			RequestsPerSecond: 50,

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -158,6 +159,13 @@ func (c *Config) Validate() error {
 		bad("media.path", "must be set")
 	}
 	positive("media.max_image_pixels", float64(c.Media.MaxImagePixels))
+	positive("media.url_preview.max_bytes", float64(c.Media.URLPreview.MaxBytes))
+	positive("media.url_preview.timeout", float64(c.Media.URLPreview.Timeout.Duration))
+	for _, g := range c.Media.URLPreview.AllowedHosts {
+		if _, err := path.Match(g, ""); err != nil || g == "" || strings.Contains(g, "/") {
+			bad("media.url_preview.allowed_hosts", "%q is not a host name glob", g)
+		}
+	}
 	if c.Media.KEKFile != "" && c.Media.KEKEnv != "" {
 		bad("media.kek_env", "set at most one of media.kek_file and media.kek_env")
 	}

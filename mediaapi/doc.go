@@ -14,8 +14,12 @@
 // inside one transaction. Their schema is in storage (media.go) so that it
 // runs in the store's one ordered list of migrations.
 //
+// URL previews (preview.go) are the one outbound fetch a user can ask for:
+// off unless configured, and then held to allowed hosts and public
+// addresses at every connection.
+//
 // Imports: storage, auditapi, config, internal/sealing, internal/httpapi,
-// internal/perm. Called by: the assembly (mounted on the client listener)
-// and federationapi (ServeFederation, through its LocalMedia interface);
+// internal/perm, internal/lru, golang.org/x/net/html. Called by: the
+// assembly (mounted on the client listener) and federationapi (ServeFederation, through its LocalMedia interface);
 // cmd/enclave for `keys rotate`.
 package mediaapi

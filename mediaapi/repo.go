@@ -42,6 +42,8 @@ type Options struct {
 	// DefaultMaxImagePixels. Decodes in flight together may take 4 bytes
 	// per allowed pixel.
 	MaxImagePixels int64
+	// Preview is media.url_preview (off unless Enabled).
+	Preview PreviewOptions
 }
 
 // DefaultMaxImagePixels is 32 megapixels (a 7000×4500 photo; at 4 bytes a
@@ -60,6 +62,8 @@ func OptionsFromConfig(cfg *config.Config) Options {
 
 		LegacyUnauthenticated: cfg.Media.LegacyUnauthenticated,
 		MaxImagePixels:        cfg.Media.MaxImagePixels,
+		Preview: PreviewOptions{Enabled: cfg.Media.URLPreview.Enabled, AllowedHosts: cfg.Media.URLPreview.AllowedHosts,
+			MaxBytes: cfg.Media.URLPreview.MaxBytes, Timeout: cfg.Media.URLPreview.Timeout.Duration},
 	}
 }
 
@@ -105,6 +109,7 @@ type Repo struct {
 	remote   atomic.Pointer[remoteHolder]
 	fetchMu  keyedMutex
 	bytes    *prometheus.CounterVec // see newMediaBytes
+	preview  *previewer             // nil: URL previews off
 }
 
 type remoteHolder struct{ f RemoteFetcher }
@@ -130,7 +135,8 @@ func New(ctx context.Context, opts Options, db *storage.DB) (*Repo, error) {
 		return nil, err
 	}
 	return &Repo{opts: opts, db: db, kek: kek, blobs: blobs, thumbSem: make(chan struct{}, 2),
-		sources: sources{budget: newDecodeBudget(4 * opts.MaxImagePixels)}, waiters: waiters{m: map[string]chan struct{}{}}, bytes: newMediaBytes()}, nil
+		sources: sources{budget: newDecodeBudget(4 * opts.MaxImagePixels)}, waiters: waiters{m: map[string]chan struct{}{}}, bytes: newMediaBytes(),
+		preview: newPreviewer(opts.Preview)}, nil
 }
 
 // KEKID is the fingerprint of the key in use.
@@ -172,6 +178,9 @@ func (r *Repo) Register(api httpapi.Routes) error {
 		api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}", "media_download", perm.AnyUser, r.download(true)),
 		api.HandleRaw(http.MethodGet, v1+"/download/{serverName}/{mediaId}/{fileName}", "media_download", perm.AnyUser, r.download(true)),
 		api.HandleRaw(http.MethodGet, v1+"/thumbnail/{serverName}/{mediaId}", "media_thumbnail", perm.AnyUser, r.thumbnail(true)),
+		api.HandleAuthed(http.MethodGet, v1+"/preview_url", "media_preview", perm.AnyUser, r.previewURL),
+		api.HandleAuthed(http.MethodGet, "/_matrix/media/v3/preview_url", "media_preview", perm.AnyUser, r.previewURL),
+		api.HandleAuthed(http.MethodGet, "/_matrix/media/r0/preview_url", "media_preview", perm.AnyUser, r.previewURL),
 
 		api.HandleAuthed(http.MethodPost, "/_matrix/media/v1/create", "media_upload", upload, r.create),
 

@@ -875,7 +875,7 @@ func ccCalls() []ccCall {
 				}
 			}},
 		ccUnrecognized(ccElement, "GET", "/_matrix/client/v1/media/preview_url?url=https://matrix.org/",
-			"URL previews: not implemented (Element shows no preview)"),
+			"URL previews off by default (`media.url_preview.enabled`; Element then shows no preview)"),
 
 		// A direct chat, created the way Element creates one.
 		{who: ccAll, as: "alice", method: "POST", path: "/_matrix/client/v3/createRoom", want: 200,

@@ -297,6 +297,13 @@ func (s *Server) ConfigReloaded(path string, err error) {
 func (s *Server) buildMedia(ctx context.Context) error {
 	mopts := mediaapi.OptionsFromConfig(s.Config)
 	mopts.Audit = s.Audit
+	if mopts.Preview.Enabled { // previews reach https sites the agency CA may sign
+		roots, err := s.Config.RootCAs()
+		if err != nil {
+			return err
+		}
+		mopts.Preview.RootCAs = roots
+	}
 	repo, err := mediaapi.New(ctx, mopts, s.DB)
 	if err != nil {
 		return err
