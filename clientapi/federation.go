@@ -132,13 +132,19 @@ func othersJoined(st roomserver.StateMap, local spec.ServerName) bool {
 }
 
 // remoteVia is the servers to reach a remote room through: the via and
-// server_name query parameters, the room ID's server, the sender of the
-// user's pending invite (the inviting server; v12 room IDs name none) and
-// the servers joined in our copy of the room.
+// server_name query parameters and the sender of the user's pending
+// invite (the inviting server; v12 room IDs name none); when the client
+// named no server, also the room ID's server and the servers joined in
+// our copy of the room. Servers the client named are the ones it means
+// (the residents of a restricted room that can authorise the join).
 func (rm *rooms) remoteVia(r *http.Request, userID, target string) []string {
 	q := r.URL.Query()
 	via := append(q["via"], q["server_name"]...)
-	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") {
+	named := len(via) > 0
+	// The room ID's server only when the client named none: a client that
+	// names servers (a restricted room's resident that can authorise the
+	// join, say) means those, and the room's creator may have left.
+	if i := strings.IndexByte(target, ':'); i > 0 && !strings.HasPrefix(target, "#") && len(via) == 0 {
 		via = append(via, target[i+1:])
 	}
 	if strings.HasPrefix(target, "!") {
@@ -147,7 +153,7 @@ func (rm *rooms) remoteVia(r *http.Request, userID, target string) []string {
 				via = append(via, string(d))
 			}
 		}
-		if st, err := rm.rs.CurrentState(r.Context(), target); err == nil {
+		if st, err := rm.rs.CurrentState(r.Context(), target); err == nil && !named {
 			for k, e := range st {
 				if m, _ := e.Membership(); k.Type != "m.room.member" || m != "join" {
 					continue

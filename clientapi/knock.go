@@ -5,10 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"net/http"
-	"sort"
 	"strings"
 
 	"github.com/matrix-org/gomatrix"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
@@ -84,19 +84,23 @@ func (rm *rooms) knock(r *http.Request, dev *httpapi.Device) httpapi.Response {
 // room the user is not invited to but is joined to one of the allowed
 // rooms of, a joined local member with the power to invite, most powerful
 // first. It returns "" when the join needs no authoriser or none can be
-// found (the auth rules then refuse the join).
-func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) string {
+// found here; remote is then true when the join is restricted and another
+// server in the room may have a member who can authorise it (a remote
+// join through that server, which signs the join, is the way in).
+func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) (via string, remote bool) {
 	st, err := rm.rs.CurrentState(ctx, roomID)
 	if err != nil {
-		return ""
+		return "", false
 	}
-	rule, allow := joinRuleAllow(st)
+	rule, allow := roomserver.JoinRule(st)
 	if rule != "restricted" && rule != "knock_restricted" {
-		return ""
+		return "", false
 	}
 	if m := st.Membership(userID); m == "join" || m == "invite" {
-		return ""
+		return "", false
 	}
+	local := spec.ServerName(rm.opts.ServerName)
+	canRemote := len(allow) > 0 && othersJoined(st, local)
 	allowed := false
 	for _, room := range allow {
 		if m, err := rm.rs.Membership(ctx, room, userID); err == nil && m == "join" {
@@ -105,30 +109,13 @@ func (rm *rooms) joinAuthoriser(ctx context.Context, roomID, userID string) stri
 		}
 	}
 	if !allowed {
-		return ""
+		// Another resident server may know the membership this one does not.
+		return "", canRemote
 	}
-	pl := roomserver.PowerLevels(st)
-	local := ":" + rm.opts.ServerName
-	var candidates []string
-	for k, ev := range st {
-		if k.Type != "m.room.member" || !strings.HasSuffix(k.StateKey, local) {
-			continue
-		}
-		if m, _ := ev.Membership(); m == "join" && roomserver.PowerLevel(st, k.StateKey) >= pl.Invite {
-			candidates = append(candidates, k.StateKey)
-		}
+	if c := roomserver.JoinAuthorisers(st, rm.opts.ServerName); len(c) > 0 {
+		return c[0], false
 	}
-	sort.Slice(candidates, func(i, j int) bool {
-		pi, pj := roomserver.PowerLevel(st, candidates[i]), roomserver.PowerLevel(st, candidates[j])
-		if pi != pj {
-			return pi > pj
-		}
-		return candidates[i] < candidates[j]
-	})
-	if len(candidates) == 0 {
-		return ""
-	}
-	return candidates[0]
+	return "", canRemote
 }
 
 // remoteMembershipError answers a failed join or knock through another

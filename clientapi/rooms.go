@@ -353,8 +353,11 @@ func (rm *rooms) join(r *http.Request, dev *httpapi.Device, roomID string) httpa
 	} else if m == "join" {
 		return httpapi.JSON(200, map[string]string{"room_id": roomID})
 	}
-	if via := rm.joinAuthoriser(r.Context(), roomID, dev.UserID); via != "" { // restricted rooms (knock.go)
+	via, remote := rm.joinAuthoriser(r.Context(), roomID, dev.UserID) // restricted rooms (knock.go)
+	if via != "" {
 		content["join_authorised_via_users_server"] = via
+	} else if remote && rm.fed != nil {
+		return rm.remoteJoin(r, dev, roomID, content)
 	}
 	cb, _ := json.Marshal(content)
 	uid := dev.UserID

@@ -2,7 +2,6 @@ package clientapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"net/http"
 	"strings"
@@ -63,32 +62,7 @@ func (rm *rooms) roomStats(ctx context.Context, roomID string) (*storage.RoomSta
 // joinRuleAllow returns the room IDs a restricted join rule allows
 // membership of (nil for other join rules).
 func joinRuleAllow(st roomserver.StateMap) (rule string, rooms []string) {
-	rule = "invite"
-	ev := st.Get("m.room.join_rules", "")
-	if ev == nil {
-		return rule, nil
-	}
-	var c struct {
-		JoinRule string `json:"join_rule"`
-		Allow    []struct {
-			Type   string `json:"type"`
-			RoomID string `json:"room_id"`
-		} `json:"allow"`
-	}
-	if json.Unmarshal(ev.Content(), &c) != nil {
-		return rule, nil
-	}
-	if c.JoinRule != "" {
-		rule = c.JoinRule
-	}
-	if rule == "restricted" || rule == "knock_restricted" {
-		for _, al := range c.Allow {
-			if al.Type == "m.room_membership" && al.RoomID != "" {
-				rooms = append(rooms, al.RoomID)
-			}
-		}
-	}
-	return rule, rooms
+	return roomserver.JoinRule(st)
 }
 
 // canPreview applies the "potential joiner" rules of /hierarchy and room

@@ -43,8 +43,8 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 		roomID = dir.RoomID
 		servers = append(servers, dir.Servers...)
 	}
-	if _, domain, err := gomatrixserverlib.SplitID('!', roomID); err == nil && domain != "" {
-		servers = append(servers, domain)
+	if _, domain, err := gomatrixserverlib.SplitID('!', roomID); err == nil && domain != "" && len(servers) == 0 {
+		servers = append(servers, domain) // a last resort: the via servers given are the caller's choice
 	}
 	uid, err := spec.NewUserID(userID, true)
 	if err != nil {

@@ -142,7 +142,17 @@ func (f *joins) makeMembership(membership string) roomHandler {
 				return httpapi.JSON(400, map[string]string{"errcode": "M_INCOMPATIBLE_ROOM_VERSION", "error": "room version not supported by your server", "room_version": string(ver.Version())})
 			}
 		}
-		content, _ := json.Marshal(map[string]string{"membership": membership})
+		cm := map[string]string{"membership": membership}
+		if membership == spec.Join {
+			via, resp := f.joinAuthoriser(r.Context(), st, userID)
+			if resp != nil {
+				return *resp
+			}
+			if via != "" {
+				cm["join_authorised_via_users_server"] = via
+			}
+		}
+		content, _ := json.Marshal(cm)
 		proto := gomatrixserverlib.ProtoEvent{SenderID: userID, RoomID: roomID, Type: spec.MRoomMember, StateKey: &userID, PrevEvents: prev, Depth: depth, Content: content, Version: ver}
 		provider, _ := gomatrixserverlib.NewAuthEvents(st.Events())
 		b := ver.NewEventBuilderFromProtoEvent(&proto)
@@ -203,6 +213,12 @@ func (f *joins) sendMembership(membership string) roomHandler {
 		}
 		if !aclAllows(st, origin) {
 			return httpapi.Errf(403, "M_FORBIDDEN", "server is denied by the room's ACL")
+		}
+		if membership == spec.Join {
+			var resp *httpapi.Response
+			if ev, resp = f.countersignJoin(r.Context(), st, ev); resp != nil {
+				return *resp
+			}
 		}
 		if err := gomatrixserverlib.VerifyEventSignatures(r.Context(), ev, f.keys, roomserver.UserIDForSender); err != nil {
 			return httpapi.JSON(403, &httpapi.MatrixError{ErrCode: "M_FORBIDDEN", Err: "bad signature: " + err.Error()})
