@@ -314,6 +314,9 @@ func globToRegexp(glob string) string {
 // substring of it that starts and ends at a word boundary.
 func globMatch(glob, value string, words bool) bool {
 	if words {
+		if !strings.ContainsAny(glob, "*?") && !mayContainFold(value, glob) {
+			return false
+		}
 		re := compile("w\x00"+glob, func() string {
 			return `(?is)(?:^|[^` + wordChar + `])` + globToRegexp(glob) + `(?:[^` + wordChar + `]|$)`
 		})
@@ -325,8 +328,49 @@ func globMatch(glob, value string, words bool) bool {
 
 // literalWordMatch finds s (taken literally) in value at word boundaries.
 func literalWordMatch(s, value string) bool {
+	if !mayContainFold(value, s) {
+		return false
+	}
 	re := compile("l\x00"+s, func() string {
 		return `(?is)(?:^|[^` + wordChar + `])` + regexp.QuoteMeta(s) + `(?:[^` + wordChar + `]|$)`
 	})
 	return re.MatchString(value)
+}
+
+// mayContainFold is false when value surely does not contain lit, case
+// folded: both ASCII and no ASCII case-insensitive occurrence. A cheap
+// test before the regular expressions, which every member's mention rules
+// run on every message (non-ASCII text can fold onto ASCII letters, as the
+// Kelvin sign onto k, so it goes to the regular expression).
+func mayContainFold(value, lit string) bool {
+	if !isASCII(value) || !isASCII(lit) {
+		return true
+	}
+	n := len(lit)
+	for i := 0; i+n <= len(value); i++ {
+		j := 0
+		for j < n && lowerASCII(value[i+j]) == lowerASCII(lit[j]) {
+			j++
+		}
+		if j == n {
+			return true
+		}
+	}
+	return false
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }

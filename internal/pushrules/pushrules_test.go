@@ -365,3 +365,30 @@ func TestThreadSubscriptionRules(t *testing.T) {
 		t.Fatalf("subscribed_thread JSON %s", b)
 	}
 }
+
+// TestMayContainFold: the pre-test never says no where the regular
+// expression would match (ASCII folding, non-ASCII text left to it).
+func TestMayContainFold(t *testing.T) {
+	for _, c := range []struct {
+		value, lit string
+		want       bool
+	}{
+		{"hello Alice!", "alice", true},
+		{"hello ALICE", "Alice", true},
+		{"hello bob", "alice", false},
+		{"", "alice", false},
+		{"ali", "alice", false},
+		{"\u212Aate", "kate", true}, // Kelvin sign folds onto k
+		{"kate", "K\u00e4te", true},
+	} {
+		if got := mayContainFold(c.value, c.lit); got != c.want {
+			t.Errorf("mayContainFold(%q, %q) = %v, want %v", c.value, c.lit, got, c.want)
+		}
+	}
+	if !literalWordMatch("Alice", "hi alice.") || literalWordMatch("Alice", "hi malice") || !literalWordMatch("kate", "\u212Aate here") {
+		t.Fatal("literalWordMatch with the pre-test")
+	}
+	if !globMatch("alice", "ping ALICE", true) || globMatch("alice", "ping bob", true) || !globMatch("al*e", "ping alice", true) {
+		t.Fatal("globMatch with the pre-test")
+	}
+}
