@@ -354,6 +354,13 @@ func (ac *accounts) issueSession(ctx context.Context, q storage.Querier, userID,
 			return nil, err
 		}
 		if !created {
+			// A dehydrated device (MSC3814) never gets a token: logging
+			// in as it would make it a session its owner cannot see.
+			if d, err := storage.GetDehydratedDevice(ctx, q, userID); err == nil && d.DeviceID == deviceID {
+				return nil, errDehydratedDeviceID
+			} else if err != nil && !errors.Is(err, storage.ErrNotFound) {
+				return nil, err
+			}
 			if err := storage.DeleteDeviceTokens(ctx, q, userID, deviceID); err != nil {
 				return nil, err
 			}

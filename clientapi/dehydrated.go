@@ -35,7 +35,10 @@ type putDehydratedRequest struct {
 	FallbackKeys             map[string]json.RawMessage `json:"fallback_keys"`
 }
 
-var errDeviceIDTaken = errors.New("device ID in use")
+var (
+	errDeviceIDTaken      = errors.New("device ID in use")
+	errDehydratedDeviceID = errors.New("device ID is the user's dehydrated device")
+)
 
 // PUT /dehydrated_device: the new device replaces the user's earlier
 // dehydrated device (deleted with its keys and inbox) in one transaction.

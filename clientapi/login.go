@@ -153,6 +153,9 @@ func (ac *accounts) postLogin(r *http.Request) httpapi.Response {
 	if req.DeviceID != "" {
 		ac.invalidateUserTokens(userID) // the device's old tokens were revoked
 	}
+	if errors.Is(err, errDehydratedDeviceID) {
+		return httpapi.InvalidParam("device_id %s is your dehydrated device; log in with another", req.DeviceID)
+	}
 	if err != nil {
 		return httpapi.InternalError(r, err)
 	}

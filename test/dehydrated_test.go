@@ -139,6 +139,12 @@ func TestDehydratedDevices(t *testing.T) {
 		if got.Body["device_id"] != "DEHYD2" || got.Body["device_data"].(map[string]any)["device_pickle"] != "pickle-of-DEHYD2" {
 			t.Fatalf("get after replacement: %s", got.Raw)
 		}
+		// Logging in with its device ID does not give it a token.
+		raw(t, "POST", cs+"/login", "", map[string]any{"type": "m.login.password", "identifier": map[string]any{"type": "m.id.user", "user": "alice"},
+			"password": "alice-pw", "device_id": "DEHYD2"}).wantErr(t, "login as the dehydrated device", 400, "M_INVALID_PARAM")
+		if n := countTokens(t, srv, alice.UserID, "DEHYD2"); n != 0 {
+			t.Fatalf("dehydrated device has %d access tokens after a login attempt", n)
+		}
 		// Another user does not see alice's.
 		raw(t, "GET", srv.URL+pfx, bob.AccessToken, nil).wantErr(t, "bob's dehydrated device", 404, "M_NOT_FOUND")
 
