@@ -18,6 +18,7 @@ import (
 	"enclave/internal/httpapi"
 
 	"github.com/gorilla/mux"
+	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 )
 
@@ -134,12 +135,19 @@ func (f *Federation) FetchMedia(ctx context.Context, server, mediaID string) (io
 	if err != nil {
 		return nil, "", "", err
 	}
-	if resp.StatusCode == http.StatusNotFound {
-		resp.Body.Close()
-		return nil, "", "", ErrMediaNotFound
-	}
 	if resp.StatusCode != http.StatusOK {
+		var e struct {
+			ErrCode string `json:"errcode"`
+		}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, mediaErrorLimit)).Decode(&e)
 		resp.Body.Close()
+		switch {
+		case e.ErrCode == "M_UNRECOGNIZED" || resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented:
+			// A server without authenticated media (before spec v1.11).
+			return f.fetchLegacyMedia(ctx, dest, mediaID)
+		case resp.StatusCode == http.StatusNotFound:
+			return nil, "", "", ErrMediaNotFound
+		}
 		return nil, "", "", &RemoteError{Code: resp.StatusCode}
 	}
 	mt, params, err := mime.ParseMediaType(resp.Header.Get("Content-Type"))
@@ -168,6 +176,34 @@ func (f *Federation) FetchMedia(ctx context.Context, server, mediaID string) (io
 	}
 	ct := part.Header.Get("Content-Type")
 	return readCloser{part, resp.Body}, ct, fileNameOf(part.Header.Get("Content-Disposition")), nil
+}
+
+// fetchLegacyMedia downloads from a server that does not serve the
+// federation media endpoints, through its legacy, unauthenticated
+// /_matrix/media/v3/download (allow_remote=false: the media is its own, it
+// must not fetch it from elsewhere). The spec keeps this fallback for
+// servers older than v1.11; the body is the media itself.
+func (f *Federation) fetchLegacyMedia(ctx context.Context, dest spec.ServerName, mediaID string) (io.ReadCloser, string, string, error) {
+	path := "/_matrix/media/v3/download/" + url.PathEscape(string(dest)) + "/" + url.PathEscape(mediaID) + "?allow_remote=false"
+	fr := fclient.NewFederationRequest(http.MethodGet, f.serverName, dest, path)
+	req, err := fr.HTTPRequest()
+	if err != nil {
+		return nil, "", "", err
+	}
+	req.Header.Set("User-Agent", "Enclave")
+	resp, err := (&http.Client{Transport: f.transport}).Do(req.WithContext(ctx))
+	if err != nil {
+		return nil, "", "", err
+	}
+	if resp.StatusCode == http.StatusNotFound {
+		resp.Body.Close()
+		return nil, "", "", ErrMediaNotFound
+	}
+	if resp.StatusCode != http.StatusOK {
+		resp.Body.Close()
+		return nil, "", "", &RemoteError{Code: resp.StatusCode}
+	}
+	return resp.Body, resp.Header.Get("Content-Type"), fileNameOf(resp.Header.Get("Content-Disposition")), nil
 }
 
 type readCloser struct {

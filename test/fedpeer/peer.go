@@ -63,6 +63,36 @@ type Peer struct {
 	// cannot give the whole of a long gap, so the server under test keeps
 	// a hole in its timeline. /backfill still serves everything.
 	MissingHorizon int64
+	// LegacyMedia, when set, is media the peer serves as a server without
+	// authenticated media does: only the legacy, unauthenticated
+	// /_matrix/media/v3/download (the federation media paths are 404
+	// M_UNRECOGNIZED), keyed by media ID. Set it before the peer is used;
+	// SetLegacyMedia changes it later.
+	LegacyMedia map[string][]byte
+	// legacyQueries is the query string of each legacy download served.
+	legacyQueries []string
+}
+
+// SetLegacyMedia sets (nil: removes) one legacy media item.
+func (p *Peer) SetLegacyMedia(mediaID string, b []byte) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.LegacyMedia == nil {
+		p.LegacyMedia = map[string][]byte{}
+	}
+	if b == nil {
+		delete(p.LegacyMedia, mediaID)
+	} else {
+		p.LegacyMedia[mediaID] = b
+	}
+}
+
+// LegacyMediaQueries returns the query string of every legacy media
+// download the peer was asked for, in order.
+func (p *Peer) LegacyMediaQueries() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.legacyQueries...)
 }
 
 // New starts a peer; it stops when the test ends.
@@ -395,10 +425,25 @@ func (p *Peer) mux() *http.ServeMux {
 	m.HandleFunc("POST /_matrix/federation/v1/get_missing_events/{roomID}", p.signed(p.serveMissing))
 	m.HandleFunc("GET /_matrix/federation/v1/make_join/{roomID}/{userID}", p.signed(p.serveMakeJoin))
 	m.HandleFunc("PUT /_matrix/federation/v2/send_join/{roomID}/{eventID}", p.signed(p.serveSendJoin))
+	m.HandleFunc("GET /_matrix/media/v3/download/{server}/{mediaID}", p.serveLegacyMedia)
 	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, map[string]string{"errcode": "M_UNRECOGNIZED", "error": "not served by fedpeer"})
 	})
 	return m
+}
+
+func (p *Peer) serveLegacyMedia(w http.ResponseWriter, r *http.Request) {
+	p.mu.Lock()
+	p.legacyQueries = append(p.legacyQueries, r.URL.RawQuery)
+	b, ok := p.LegacyMedia[r.PathValue("mediaID")]
+	p.mu.Unlock()
+	if !ok || spec.ServerName(r.PathValue("server")) != p.ServerName {
+		writeJSON(w, http.StatusNotFound, map[string]string{"errcode": "M_NOT_FOUND", "error": "no such media"})
+		return
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("Content-Disposition", `inline; filename="legacy.txt"`)
+	_, _ = w.Write(b)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
