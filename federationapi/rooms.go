@@ -246,6 +246,9 @@ func (f *joins) sendMembership(membership string) roomHandler {
 		if err != nil {
 			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
 		}
+		if r.URL.Query().Get("omit_members") == "true" {
+			return f.partialJoinAnswer(r.Context(), ev, before)
+		}
 		chain, err := f.rs.AuthChainOf(r.Context(), before.Events())
 		if err != nil {
 			return httpapi.Errf(500, "M_UNKNOWN", "internal error")
@@ -266,6 +269,11 @@ func (f *joins) sendMembership(membership string) roomHandler {
 // answer wrapped as [200, body] as v1 specifies (errors are unchanged).
 func v1Membership(h roomHandler) roomHandler {
 	return func(r *http.Request, origin spec.ServerName, body []byte) httpapi.Response {
+		// v1 has no omit_members: its answer is always the full state.
+		if r.URL.RawQuery != "" {
+			r = r.Clone(r.Context())
+			r.URL.RawQuery = ""
+		}
 		resp := h(r, origin, body)
 		if resp.Code != http.StatusOK {
 			return resp
