@@ -170,6 +170,12 @@ func TestUrlPreview(t *testing.T) {
 			t.Fatalf("big page preview: %s", big.Raw)
 		}
 
+		// An image URL is its own og:image.
+		img := mustOK(t, "image preview", preview(srv.URL, tok, site.URL+"/img/rock.png"))
+		if m, _ := img.Body["og:image"].(string); !strings.HasPrefix(m, "mxc://") || m == mxc || img.Body["og:image:width"] != float64(64) || img.Body["matrix:image:size"] != float64(len(png)) {
+			t.Fatalf("image preview: %s", img.Raw)
+		}
+
 		// Audited: who asked and which host, with the outcome.
 		rows := auditRows(t, srv)
 		results := map[string]int{}
@@ -181,7 +187,7 @@ func TestUrlPreview(t *testing.T) {
 				results[r.Target+" "+fmt.Sprint(details(t, r)["result"])]++
 			}
 		}
-		wantAudit := map[string]int{"127.0.0.1 fetched": 3, "127.0.0.1 cached": 3, "127.0.0.1 refused": 2, "127.0.0.2 refused": 1, "partner.example.org refused": 1}
+		wantAudit := map[string]int{"127.0.0.1 fetched": 4, "127.0.0.1 cached": 3, "127.0.0.1 refused": 2, "127.0.0.2 refused": 1, "partner.example.org refused": 1}
 		for k, n := range wantAudit {
 			if results[k] != n {
 				t.Errorf("audit %q: %d entries, want %d (all: %v)", k, results[k], n, results)
