@@ -144,7 +144,7 @@ func (f *Federation) FetchMedia(ctx context.Context, server, mediaID string) (io
 		switch {
 		case e.ErrCode == "M_UNRECOGNIZED" || resp.StatusCode == http.StatusMethodNotAllowed || resp.StatusCode == http.StatusNotImplemented:
 			// A server without authenticated media (before spec v1.11).
-			return f.fetchLegacyMedia(ctx, dest, mediaID)
+			return fetchLegacyMedia(ctx, f.transport, f.serverName, dest, mediaID)
 		case resp.StatusCode == http.StatusNotFound:
 			return nil, "", "", ErrMediaNotFound
 		}
@@ -183,15 +183,15 @@ func (f *Federation) FetchMedia(ctx context.Context, server, mediaID string) (io
 // /_matrix/media/v3/download (allow_remote=false: the media is its own, it
 // must not fetch it from elsewhere). The spec keeps this fallback for
 // servers older than v1.11; the body is the media itself.
-func (f *Federation) fetchLegacyMedia(ctx context.Context, dest spec.ServerName, mediaID string) (io.ReadCloser, string, string, error) {
+func fetchLegacyMedia(ctx context.Context, transport http.RoundTripper, origin, dest spec.ServerName, mediaID string) (io.ReadCloser, string, string, error) {
 	path := "/_matrix/media/v3/download/" + url.PathEscape(string(dest)) + "/" + url.PathEscape(mediaID) + "?allow_remote=false"
-	fr := fclient.NewFederationRequest(http.MethodGet, f.serverName, dest, path)
+	fr := fclient.NewFederationRequest(http.MethodGet, origin, dest, path)
 	req, err := fr.HTTPRequest()
 	if err != nil {
 		return nil, "", "", err
 	}
 	req.Header.Set("User-Agent", "Enclave")
-	resp, err := (&http.Client{Transport: f.transport}).Do(req.WithContext(ctx))
+	resp, err := (&http.Client{Transport: transport}).Do(req.WithContext(ctx))
 	if err != nil {
 		return nil, "", "", err
 	}
