@@ -482,11 +482,20 @@ func (s *RoomServer) resolve(ctx context.Context, ver gomatrixserverlib.IRoomVer
 		if err != nil {
 			return nil, err
 		}
+	} else if ver.StateResAlgorithm() == gomatrixserverlib.StateResV2_1 {
+		// v2.1 is ours (stateres21.go): the library's panics at the pin.
+		events := make(map[string]gomatrixserverlib.PDU, len(chain))
+		var create gomatrixserverlib.PDU
+		for _, e := range chain {
+			events[e.EventID()] = e
+			if e.Type() == spec.MRoomCreate && e.StateKey() != nil && *e.StateKey() == "" {
+				create = e
+			}
+		}
+		return resolveV21(sets, events, create, isRejected), nil
 	} else {
 		// A slot is conflicted when the sets disagree on it, including when
-		// some set lacks it. (The library's newer entry point for v2.1
-		// panics on v12 rooms at the pinned version, so the sets are split
-		// here and the v2 resolver applied.)
+		// some set lacks it.
 		conflicted, unconflicted := splitConflicted(sets)
 		resolved = gomatrixserverlib.ResolveStateConflictsV2(conflicted, unconflicted, chain, UserIDForSender, isRejected)
 	}
