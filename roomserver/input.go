@@ -198,7 +198,15 @@ func (s *RoomServer) advanceHead(ctx context.Context, tx *storage.Tx, roomID str
 	if len(ext) == 1 {
 		next.snapshot, next.chain, next.state = after.snapshot, after.chain, after.state
 	} else {
-		resolved, err := s.resolve(ctx, h.version, []StateMap{h.state, after.state})
+		// The current state is the resolution of the states at all forward
+		// extremities at once: resolving the old current state (itself a
+		// resolution) with the new one is not the same, and servers that
+		// received the branches in another order would disagree.
+		sets, err := s.extremityStates(ctx, ext[:len(ext)-1])
+		if err != nil {
+			return nil, err
+		}
+		resolved, err := s.resolve(ctx, h.version, append(sets, after.state))
 		if err != nil {
 			return nil, err
 		}
@@ -231,6 +239,32 @@ func (s *RoomServer) advanceHead(ctx context.Context, tx *storage.Tx, roomID str
 		}
 	}
 	return next, nil
+}
+
+// extremityStates loads the state after each of the given timeline
+// events, once per distinct snapshot.
+func (s *RoomServer) extremityStates(ctx context.Context, ids []string) ([]StateMap, error) {
+	evs, missing, err := s.timelineEvents(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("forward extremities %v not in the timeline", missing)
+	}
+	seen := map[int64]bool{}
+	var out []StateMap
+	for _, e := range evs {
+		if seen[e.SnapshotAfter] {
+			continue
+		}
+		seen[e.SnapshotAfter] = true
+		st, err := s.stateFromSnapshot(ctx, e.SnapshotAfter)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, st)
+	}
+	return out, nil
 }
 
 // stateBefore computes the state before ev from its prev events, fetching
@@ -336,7 +370,7 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 				ids = append(ids, m.EventID())
 			}
 		}
-		_, unknown, err := s.timelineEvents(ctx, ids)
+		unknown, err := s.unheldEvents(ctx, ids)
 		if err != nil {
 			return nil, err
 		}
@@ -362,7 +396,7 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 				}
 			}
 		}
-		_, lacking, err := s.timelineEvents(ctx, prevs)
+		lacking, err := s.unheldEvents(ctx, prevs)
 		if err != nil {
 			return nil, err
 		}
@@ -391,6 +425,33 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 		}
 		return out[i].EventID() < out[j].EventID()
 	})
+	return out, nil
+}
+
+// unheldEvents lists the IDs we hold neither in the timeline nor as
+// outliers. The gap walk stops at outliers: those are history from before
+// our join (send_join's auth chain and state), and taking them into the
+// timeline as new events would make each a forward extremity whose
+// ancient state gets resolved against the current one (members who
+// joined since were reset away). An event whose prev events are such
+// history takes its state from the origin instead.
+func (s *RoomServer) unheldEvents(ctx context.Context, ids []string) ([]string, error) {
+	got, err := storage.GetEvents(ctx, s.db, ids)
+	if err != nil {
+		return nil, err
+	}
+	have := map[string]bool{}
+	for _, e := range got {
+		if !e.Rejected {
+			have[e.EventID] = true
+		}
+	}
+	var out []string
+	for _, id := range ids {
+		if !have[id] {
+			out = append(out, id)
+		}
+	}
 	return out, nil
 }
 
@@ -482,8 +543,10 @@ func (s *RoomServer) resolve(ctx context.Context, ver gomatrixserverlib.IRoomVer
 		if err != nil {
 			return nil, err
 		}
-	} else if ver.StateResAlgorithm() == gomatrixserverlib.StateResV2_1 {
-		// v2.1 is ours (stateres21.go): the library's panics at the pin.
+	} else {
+		// v2 and v2.1 are ours (stateres21.go): the library's v2.1 panics
+		// on v12 rooms at the pin, and its v2 lost members in randomised
+		// partitions (TestFederationStateResRandomPartition).
 		events := make(map[string]gomatrixserverlib.PDU, len(chain))
 		var create gomatrixserverlib.PDU
 		for _, e := range chain {
@@ -492,12 +555,7 @@ func (s *RoomServer) resolve(ctx context.Context, ver gomatrixserverlib.IRoomVer
 				create = e
 			}
 		}
-		return resolveV21(sets, events, create, isRejected), nil
-	} else {
-		// A slot is conflicted when the sets disagree on it, including when
-		// some set lacks it.
-		conflicted, unconflicted := splitConflicted(sets)
-		resolved = gomatrixserverlib.ResolveStateConflictsV2(conflicted, unconflicted, chain, UserIDForSender, isRejected)
+		return resolveV2(sets, events, create, isRejected, ver.StateResAlgorithm() == gomatrixserverlib.StateResV2_1), nil
 	}
 	out := make(StateMap, len(resolved))
 	for _, e := range resolved {

@@ -21,10 +21,11 @@ import (
 // Everything else (the reverse topological power ordering, the mainline
 // ordering, the final reapplication of the unconflicted state) is v2.
 
-// resolveV21 resolves sets; events must hold every event of the sets'
-// auth chains by ID (missing ones are treated as not there). create is the
-// room's create event, which v12 events do not list in auth_events.
-func resolveV21(sets []StateMap, events map[string]gomatrixserverlib.PDU, create gomatrixserverlib.PDU, isRejected func(string) bool) StateMap {
+// resolveV2 resolves sets by state resolution v2, or with v21 by v2.1;
+// events must hold every event of the sets' auth chains by ID (missing
+// ones are treated as not there). create is the room's create event, which
+// v12 events do not list in auth_events.
+func resolveV2(sets []StateMap, events map[string]gomatrixserverlib.PDU, create gomatrixserverlib.PDU, isRejected func(string) bool, v21 bool) StateMap {
 	for _, st := range sets {
 		for _, e := range st {
 			events[e.EventID()] = e
@@ -52,8 +53,10 @@ func resolveV21(sets []StateMap, events map[string]gomatrixserverlib.PDU, create
 	for id := range g.authDifference(sets) {
 		full[id] = true
 	}
-	for id := range g.conflictedSubgraph(conflictedIDs) {
-		full[id] = true
+	if v21 {
+		for id := range g.conflictedSubgraph(conflictedIDs) {
+			full[id] = true
+		}
 	}
 	for id := range full {
 		if events[id] == nil || isRejected(id) {
@@ -76,7 +79,11 @@ func resolveV21(sets []StateMap, events map[string]gomatrixserverlib.PDU, create
 	}
 	pl := powerLevelOf{g: g, create: create}
 	ordered := g.reverseTopologicalPowerOrder(powerSet, pl.senderLevel)
-	partial := iterativeAuth(StateMap{}, ordered, events, create, isRejected)
+	start := unconf // v2 starts from the unconflicted state, v2.1 from nothing
+	if v21 {
+		start = StateMap{}
+	}
+	partial := iterativeAuth(start, ordered, events, create, isRejected)
 
 	// The remaining events in mainline order of the resolved power levels.
 	var others []gomatrixserverlib.PDU
