@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"regexp"
 	"slices"
@@ -11,6 +12,7 @@ import (
 	"sync"
 
 	"github.com/matrix-org/gomatrixserverlib"
+	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
 	"enclave/internal/httpapi"
@@ -101,6 +103,33 @@ type initialStateReq struct {
 
 var validAliasName = regexp.MustCompile(`^[^:\s#]+$`)
 
+// additionalCreators validates creation_content.additional_creators
+// (MSC4289): absent, or an array of valid user IDs.
+func additionalCreators(cc map[string]any) ([]string, error) {
+	v, ok := cc["additional_creators"]
+	if !ok {
+		return nil, nil
+	}
+	list, ok := v.([]any)
+	if !ok {
+		return nil, fmt.Errorf("additional_creators must be an array of user IDs")
+	}
+	out := make([]string, 0, len(list))
+	for _, e := range list {
+		u, ok := e.(string)
+		if !ok {
+			return nil, fmt.Errorf("additional_creators must hold user ID strings")
+		}
+		if _, err := spec.NewUserID(u, true); err != nil || len(u) > maxIDBytes {
+			return nil, fmt.Errorf("additional_creators: %q is not a valid user ID", clipString(u, maxIDBytes))
+		}
+		if !slices.Contains(out, u) {
+			out = append(out, u)
+		}
+	}
+	return out, nil
+}
+
 func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Response {
 	var req createRoomRequest
 	if resp, ok := httpapi.DecodeJSON(r, &req); !ok {
@@ -158,12 +187,45 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 	}
 	creator := dev.UserID
 	users := map[string]any{}
-	if !impl.PrivilegedCreators() {
+	tombstone := 100
+	var additional []string
+	if impl.PrivilegedCreators() {
+		// MSC4289: creators (the sender and additional_creators) have
+		// unlimited power and are not listed in power levels; the
+		// tombstone needs more than an ordinary admin (150), so only a
+		// creator or someone given that much can upgrade; a trusted
+		// private chat's invitees become creators.
+		tombstone = 150
+		var err error
+		if additional, err = additionalCreators(req.CreationContent); err != nil {
+			return httpapi.BadJSON("%v", err)
+		}
+		if preset == "trusted_private_chat" {
+			for _, u := range req.Invite {
+				if u != creator && !slices.Contains(additional, u) {
+					additional = append(additional, u)
+				}
+			}
+		}
+		if len(additional) > 0 {
+			if req.CreationContent == nil {
+				req.CreationContent = map[string]any{}
+			}
+			req.CreationContent["additional_creators"] = additional
+		}
+		if ou, ok := req.PowerLevelContentOverride["users"].(map[string]any); ok {
+			for _, c := range append([]string{creator}, additional...) {
+				if _, in := ou[c]; in {
+					return httpapi.BadJSON("%s is a room creator: creators have unlimited power and are not listed in power levels", c)
+				}
+			}
+		}
+	} else {
 		users[creator] = 100
-	}
-	if preset == "trusted_private_chat" {
-		for _, u := range req.Invite {
-			users[u] = 100
+		if preset == "trusted_private_chat" {
+			for _, u := range req.Invite {
+				users[u] = 100
+			}
 		}
 	}
 	pl := map[string]any{
@@ -171,7 +233,7 @@ func (rm *rooms) createRoom(r *http.Request, dev *httpapi.Device) httpapi.Respon
 		"ban": 50, "kick": 50, "redact": 50, "invite": 0,
 		"events": map[string]any{
 			"m.room.name": 50, "m.room.power_levels": 100, "m.room.history_visibility": 100,
-			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": 100,
+			"m.room.canonical_alias": 50, "m.room.avatar": 50, "m.room.tombstone": tombstone,
 			"m.room.server_acl": 100, "m.room.encryption": 100,
 		},
 		"notifications": map[string]any{"room": 50},

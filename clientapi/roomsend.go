@@ -29,6 +29,11 @@ func (rm *rooms) putState(r *http.Request, dev *httpapi.Device) httpapi.Response
 	}
 	v := httpapi.Vars(r)
 	typ, key := v["eventType"], v["stateKey"]
+	if typ == "m.room.create" {
+		// Before the unchanged-state shortcut: a room has one create event
+		// (from v12 its hash is the room ID, MSC4291).
+		return httpapi.BadJSON("a room has exactly one m.room.create event, sent when it is created")
+	}
 	if typ == "m.room.canonical_alias" {
 		if resp, ok := rm.checkCanonicalAlias(r, roomID, content); !ok {
 			return resp

@@ -47,6 +47,41 @@ func PowerLevels(state StateMap) gomatrixserverlib.PowerLevelContent {
 	return pl
 }
 
+// checkLocalState refuses, as malformed (400 M_BAD_JSON) rather than
+// forbidden, state a local user may not send in any room: a second create
+// event (MSC4291: the room ID is its hash), and in rooms with privileged
+// creators (MSC4289) power levels that list a creator, whose power is
+// infinite and never in power levels.
+func checkLocalState(h *roomHead, req SendRequest) error {
+	if req.StateKey == nil {
+		return nil
+	}
+	switch req.Type {
+	case spec.MRoomCreate:
+		return badRequest("a room has exactly one m.room.create event, sent when it is created")
+	case spec.MRoomPowerLevels:
+		if *req.StateKey != "" || !h.version.PrivilegedCreators() {
+			return nil
+		}
+		create := h.state.Get(spec.MRoomCreate, "")
+		if create == nil {
+			return nil
+		}
+		var c struct {
+			Users map[string]json.RawMessage `json:"users"`
+		}
+		if json.Unmarshal(req.Content, &c) != nil {
+			return nil // the auth rules judge malformed content
+		}
+		for _, u := range gomatrixserverlib.CreatorsFromCreateEvent(create) {
+			if _, ok := c.Users[u]; ok {
+				return badRequest("%s is a room creator: creators have unlimited power and are not listed in power levels", u)
+			}
+		}
+	}
+	return nil
+}
+
 // TxnScope is the scope a client's transaction ID is recorded under for a
 // send to roomID: the spec's idempotency key is device, room and txnId, so
 // the same txnId in another room is another event.
@@ -66,6 +101,9 @@ func (s *RoomServer) SendEvent(ctx context.Context, req SendRequest) (*storage.E
 	}
 	h, err := s.head(ctx, req.RoomID)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkLocalState(h, req); err != nil {
 		return nil, err
 	}
 	prev := h.extremities

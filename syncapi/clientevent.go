@@ -98,4 +98,5 @@ type StrippedEvent struct {
 	Type           string          `json:"type"`
 	EventID        string          `json:"event_id,omitempty"`
 	OriginServerTS int64           `json:"origin_server_ts,omitempty"`
+	RoomID         string          `json:"room_id,omitempty"`
 }

@@ -677,7 +677,13 @@ func (s *Syncer) invitedRoom(ctx context.Context, userID, roomID string, invite 
 	ir.InviteState.Events = []StrippedEvent{}
 	for _, t := range strippedTypes {
 		if e := st.Get(t, ""); e != nil {
-			ir.InviteState.Events = append(ir.InviteState.Events, StrippedEvent{Content: e.Content(), Sender: string(e.SenderID()), StateKey: "", Type: t})
+			se := StrippedEvent{Content: e.Content(), Sender: string(e.SenderID()), StateKey: "", Type: t}
+			if t == "m.room.create" {
+				// MSC4311: the whole create event, so the invitee can check
+				// the room ID is its hash and who the creators are.
+				se.EventID, se.OriginServerTS, se.RoomID = e.EventID(), int64(e.OriginServerTS()), roomID
+			}
+			ir.InviteState.Events = append(ir.InviteState.Events, se)
 		}
 	}
 	own := st.Get("m.room.member", userID)
