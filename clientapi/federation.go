@@ -38,6 +38,10 @@ type Federation interface {
 	// closest to ts in direction dir ("f" or "b"); storage.ErrNotFound
 	// when none has one.
 	TimestampToEvent(ctx context.Context, roomID string, ts int64, dir string) (eventID string, originTS int64, err error)
+	// RemoteHierarchy asks via's servers for a room's federation
+	// /hierarchy: the room, its children and those the requesting server
+	// may not see.
+	RemoteHierarchy(ctx context.Context, roomID string, via []string, suggestedOnly bool) (room map[string]any, children []map[string]any, inaccessible []string, err error)
 }
 
 // EphemeralSender carries local users' typing, read receipts and presence

@@ -11,6 +11,8 @@ type SpaceChild struct {
 	Order     string
 	TS        int64
 	Suggested bool
+	// Via is the servers the child can be reached through.
+	Via []string
 	// Stripped is the child event as /hierarchy's children_state shows it.
 	Stripped map[string]any
 }
@@ -38,7 +40,7 @@ func SpaceChildren(st StateMap) []SpaceChild {
 			order = ""
 		}
 		out = append(out, SpaceChild{
-			RoomID: k.StateKey, Order: order, TS: int64(ev.OriginServerTS()), Suggested: c.Suggested,
+			RoomID: k.StateKey, Order: order, TS: int64(ev.OriginServerTS()), Suggested: c.Suggested, Via: c.Via,
 			Stripped: map[string]any{"type": k.Type, "state_key": k.StateKey, "content": json.RawMessage(ev.Content()),
 				"sender": string(ev.SenderID()), "origin_server_ts": int64(ev.OriginServerTS())},
 		})
