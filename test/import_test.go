@@ -382,6 +382,13 @@ func contains(s []string, v string) bool {
 // importProc runs `enclave import` and returns its wall time, peak RSS
 // (KiB) and error; kill, when set, is called with the running process.
 func importProc(t testing.TB, bin, dataDir, dbURL string, kill func(*os.Process), args ...string) (time.Duration, int64, string, error) {
+	took, rss, _, out, err := importProcCPU(t, bin, dataDir, dbURL, kill, args...)
+	return took, rss, out, err
+}
+
+// importProcCPU is importProc that also returns the process's CPU time
+// (user and system).
+func importProcCPU(t testing.TB, bin, dataDir, dbURL string, kill func(*os.Process), args ...string) (time.Duration, int64, time.Duration, string, error) {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"import"}, append(args, "--data", dataDir)...)...)
 	cmd.Env = append(os.Environ(), "ENCLAVE_DATABASE_URL="+dbURL, "ENCLAVE_LOG_LEVEL=error")
@@ -396,10 +403,12 @@ func importProc(t testing.TB, bin, dataDir, dbURL string, kill func(*os.Process)
 	}
 	err := cmd.Wait()
 	var rss int64
+	var cpu time.Duration
 	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
 		rss = ru.Maxrss
+		cpu = time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 	}
-	return time.Since(start), rss, out.String(), err
+	return time.Since(start), rss, cpu, out.String(), err
 }
 
 // countImported reads every room of the bulk fixture back as user0 and
@@ -523,7 +532,11 @@ func TestImportBenchmark(t *testing.T) {
 		srv := Start(t, d, Options{DataDir: dataDir})
 		dbURL := srv.DBURL
 		srv.Stop()
-		took, rss, out, err := importProc(t, bin, dataDir, dbURL, nil, "slack", "--json", zipPath)
+		var load1 string
+		if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+			load1 = strings.Fields(string(b))[0]
+		}
+		took, rss, cpu, out, err := importProcCPU(t, bin, dataDir, dbURL, nil, "slack", "--json", zipPath)
 		if err != nil {
 			t.Fatalf("import: %v\n%s", err, out)
 		}
@@ -534,8 +547,8 @@ func TestImportBenchmark(t *testing.T) {
 		if rep.Messages != n {
 			t.Fatalf("imported %d messages, want %d", rep.Messages, n)
 		}
-		t.Logf("BENCH %s: %d messages (+%d reactions, export %d bytes) in %s: %.0f messages/s, peak RSS %.1f MiB",
-			d, n, rep.Reactions, st.Size(), took.Round(time.Millisecond), float64(n)/took.Seconds(), float64(rss)/1024)
+		t.Logf("BENCH %s: %d messages (+%d reactions, export %d bytes) in %s: %.0f messages/s, CPU %.3f ms/message, peak RSS %.1f MiB, load average at start %s",
+			d, n, rep.Reactions, st.Size(), took.Round(time.Millisecond), float64(n)/took.Seconds(), float64(cpu.Microseconds())/1000/float64(n), float64(rss)/1024, load1)
 	})
 }
 
