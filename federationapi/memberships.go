@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
-	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"github.com/sirupsen/logrus"
 
@@ -88,17 +87,28 @@ var inviteStrippedTypes = []string{"m.room.create", "m.room.join_rules", "m.room
 
 // strippedState is the stripped state shown to invitees and knockers;
 // with an inviter, also the inviter's member event (the invitee's client
-// shows their name and avatar with the invite).
-func strippedState(st roomserver.StateMap, inviter string) []gomatrixserverlib.InviteStrippedState {
-	var out []gomatrixserverlib.InviteStrippedState
+// shows their name and avatar with the invite). The create event goes
+// whole, signed as it is in the room (MSC4311): the invitee's server can
+// check it against the room ID (its hash, from v12) and name the creators.
+func strippedState(st roomserver.StateMap, inviter string) []json.RawMessage {
+	out := []json.RawMessage{}
+	add := func(e gomatrixserverlib.PDU) {
+		if e.Type() == spec.MRoomCreate {
+			out = append(out, json.RawMessage(e.JSON()))
+			return
+		}
+		if b, err := json.Marshal(gomatrixserverlib.NewInviteStrippedState(e)); err == nil {
+			out = append(out, b)
+		}
+	}
 	for _, t := range inviteStrippedTypes {
 		if e := st.Get(t, ""); e != nil {
-			out = append(out, gomatrixserverlib.NewInviteStrippedState(e))
+			add(e)
 		}
 	}
 	if inviter != "" {
 		if e := st.Get("m.room.member", inviter); e != nil {
-			out = append(out, gomatrixserverlib.NewInviteStrippedState(e))
+			add(e)
 		}
 	}
 	return out
@@ -115,14 +125,16 @@ func (m Memberships) CountersignInvite(ctx context.Context, ev gomatrixserverlib
 	if err != nil {
 		return nil, err
 	}
-	req, err := fclient.NewInviteV2Request(ev, strippedState(st, string(ev.SenderID())))
-	if err != nil {
-		return nil, err
+	// /invite v2 by hand: the library's request type strips every state
+	// event, the create event too.
+	content := map[string]any{"event": json.RawMessage(ev.JSON()), "room_version": ev.Version(), "invite_room_state": strippedState(st, string(ev.SenderID()))}
+	var resp struct {
+		Event json.RawMessage `json:"event"`
 	}
 	ctx, cancel := context.WithTimeout(ctx, remoteMembershipTimeout)
 	defer cancel()
-	resp, err := f.client.SendInviteV2(ctx, f.serverName, target, req)
-	if err != nil {
+	path := "/_matrix/federation/v2/invite/" + url.PathEscape(ev.RoomID().String()) + "/" + url.PathEscape(ev.EventID())
+	if err := f.fedJSON(ctx, target, http.MethodPut, path, content, &resp, 1<<20); err != nil {
 		return nil, err
 	}
 	ver, err := gomatrixserverlib.GetRoomVersion(ev.Version())

@@ -233,11 +233,7 @@ func (f *joins) sendMembership(membership string) roomHandler {
 		if membership == spec.Knock {
 			// The knocker's server shows the room with this stripped state.
 			st, _ := f.rs.CurrentState(r.Context(), roomID)
-			knockState := strippedState(st, "")
-			if knockState == nil {
-				knockState = []gomatrixserverlib.InviteStrippedState{}
-			}
-			return httpapi.JSON(200, map[string]any{"knock_room_state": knockState})
+			return httpapi.JSON(200, map[string]any{"knock_room_state": strippedState(st, "")})
 		}
 		if membership != spec.Join {
 			return httpapi.JSON(200, struct{}{})

@@ -1,8 +1,10 @@
 package test
 
 import (
+	"encoding/json"
 	"net/url"
 	"testing"
+	"time"
 
 	"maunium.net/go/mautrix/id"
 
@@ -151,4 +153,58 @@ func TestRoomV12PrivilegedCreators(t *testing.T) {
 			t.Fatal("no create event in bob's invite_state")
 		}
 	})
+}
+
+// TestFederationFullCreateEventInInviteState (MSC4311): a v12 room's
+// invite of a user on another server carries the whole signed create
+// event in invite_room_state; the invitee's /sync shows it with the
+// create event's origin_server_ts as the inviting server stored it.
+func TestFederationFullCreateEventInInviteState(t *testing.T) {
+	c := NewFedCluster(t, storage.SQLite, storage.Postgres)
+	c.StartAll()
+	a, b := c.Nodes[0], c.Nodes[1]
+	alice, bob := fedUser(t, a, "alice"), fedUser(t, b, "bob")
+	r := raw(t, "POST", a.URL+"/_matrix/client/v3/createRoom", alice.AccessToken, map[string]any{"room_version": "12", "preset": "private_chat", "invite": []string{bob.UserID.String()}})
+	if r.Status != 200 {
+		t.Fatalf("createRoom: %d %s", r.Status, r.Raw)
+	}
+	room := r.Body["room_id"].(string)
+	st := raw(t, "GET", a.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(room)+"/state", alice.AccessToken, nil)
+	var evs []map[string]any
+	if err := json.Unmarshal(st.Raw, &evs); err != nil {
+		t.Fatal(err)
+	}
+	var wantTS float64
+	for _, e := range evs {
+		if e["type"] == "m.room.create" {
+			wantTS, _ = e["origin_server_ts"].(float64)
+		}
+	}
+	if wantTS == 0 {
+		t.Fatalf("no create event in A's state: %s", st.Raw)
+	}
+	var got map[string]any
+	waitFor(t, "bob's invite", 20*time.Second, func() bool {
+		s := raw(t, "GET", b.URL+"/_matrix/client/v3/sync?timeout=0", bob.AccessToken, nil)
+		var body struct {
+			Rooms struct {
+				Invite map[string]struct {
+					InviteState struct {
+						Events []map[string]any `json:"events"`
+					} `json:"invite_state"`
+				} `json:"invite"`
+			} `json:"rooms"`
+		}
+		_ = json.Unmarshal(s.Raw, &body)
+		for _, e := range body.Rooms.Invite[room].InviteState.Events {
+			if e["type"] == "m.room.create" {
+				got = e
+				return true
+			}
+		}
+		return false
+	})
+	if got["origin_server_ts"] != wantTS || got["sender"] != alice.UserID.String() {
+		t.Fatalf("bob's stripped create event %v, want origin_server_ts %v from %s", got, wantTS, alice.UserID)
+	}
 }
