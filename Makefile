@@ -28,7 +28,7 @@ test-node:
 	cd test/node && npm ci --no-audit --no-fund
 
 test-go:
-	CGO_ENABLED=0 $(GO) test -tags $(TAGS) -count=1 -timeout 15m ./...
+	CGO_ENABLED=0 $(GO) test -tags $(TAGS) -count=1 -timeout 25m ./...
 
 ## vet: with and without the goolm tag, so no untagged file leans on a goolm-only helper
 vet:

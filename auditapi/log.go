@@ -177,8 +177,25 @@ func (l *Log) Seal(ctx context.Context) error { return l.seal(ctx, false) }
 // force writes the head export even if one was written recently.
 func (l *Log) seal(ctx context.Context, force bool) error { return l.sealCheckpoint(ctx, force, false) }
 
-// Flush seals every committed entry and writes the head export now.
-func (l *Log) Flush(ctx context.Context) error { return l.seal(ctx, true) }
+// Flush seals every entry committed before the call and writes the head
+// export now. An entry committed at a stream position above one still in
+// flight in another transaction is not yet visible to the sealer: Flush
+// first waits (at most flushWait) for every position handed out so far,
+// so a reader that flushes (the auditor API, exports, tests) sees what
+// was recorded before it asked.
+func (l *Log) Flush(ctx context.Context) error {
+	wctx, cancel := context.WithTimeout(ctx, flushWait)
+	err := l.db.Stream.Wait(wctx, l.db.Stream.Last())
+	cancel()
+	if err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return l.seal(ctx, true)
+}
+
+// flushWait bounds how long Flush waits for other transactions to end
+// (a long one only delays its own entries to the next pass).
+const flushWait = 5 * time.Second
 
 // Checkpoint seals what is committed and appends a checkpoint now (if
 // anything was appended since the last one).

@@ -54,12 +54,8 @@ func (m *ExportManifest) message() []byte {
 // no audit key the manifest stays unsigned (and fails verification).
 func (l *Log) SignManifest(ctx context.Context, m *ExportManifest) error {
 	// The export's entry committed with a stream position at or below
-	// Last; the sealer takes only visible positions, and a lower one may
-	// still be in flight in another transaction: wait until it is not.
-	if err := l.db.Stream.Wait(ctx, l.db.Stream.Last()); err != nil {
-		return err
-	}
-	if err := l.Seal(ctx); err != nil {
+	// Last; Flush waits until every lower one is visible and seals.
+	if err := l.Flush(ctx); err != nil {
 		return err
 	}
 	h := l.CurrentHead()
