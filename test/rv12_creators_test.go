@@ -68,6 +68,28 @@ func TestRoomV12PrivilegedCreators(t *testing.T) {
 			t.Fatalf("create event content now %v", c)
 		}
 
+		// An admin above any ordinary level still cannot kick the creator,
+		// and levels beyond canonical JSON's integers are refused.
+		if _, err := carol.JoinRoom(ctxT(t), room, nil); err != nil {
+			t.Fatal(err)
+		}
+		if r := raw(t, "PUT", v3+"/rooms/"+url.PathEscape(room)+"/state/m.room.power_levels/", alice.AccessToken,
+			map[string]any{"users": map[string]any{carol.UserID.String(): int64(1<<53 - 1)}}); r.Status != 200 {
+			t.Fatalf("carol at 2^53-1: %d %s", r.Status, r.Raw)
+		}
+		raw(t, "POST", v3+"/rooms/"+url.PathEscape(room)+"/kick", carol.AccessToken, map[string]any{"user_id": alice.UserID.String()}).
+			wantErr(t, "a 2^53-1 admin kicking the creator", 403, "M_FORBIDDEN")
+		if r := raw(t, "PUT", v3+"/rooms/"+url.PathEscape(room)+"/state/m.room.power_levels/", alice.AccessToken,
+			map[string]any{"users": map[string]any{carol.UserID.String(): int64(1 << 53)}}); r.Status != 400 {
+			t.Fatalf("carol at 2^53: %d %s, want 400", r.Status, r.Raw)
+		}
+		if users, _ := state(room, "m.room.power_levels")["users"].(map[string]any); users[carol.UserID.String()] != float64(1<<53-1) {
+			t.Fatalf("carol's stored level %v", users[carol.UserID.String()])
+		}
+		if m := raw(t, "GET", v3+"/rooms/"+url.PathEscape(room)+"/state/m.room.member/"+url.PathEscape(alice.UserID.String()), alice.AccessToken, nil); m.Body["membership"] != "join" {
+			t.Fatalf("alice's membership: %s", m.Raw)
+		}
+
 		// power_level_content_override naming the creator: 400, no room.
 		create(map[string]any{"power_level_content_override": map[string]any{"users": map[string]any{alice.UserID.String(): 100}}}).
 			wantErr(t, "override with the creator", 400, "M_BAD_JSON")
