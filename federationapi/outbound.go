@@ -202,7 +202,13 @@ func (x fetcher) MissingEvents(ctx context.Context, origin spec.ServerName, room
 	if err != nil {
 		return nil, err
 	}
-	return x.verified(ctx, res.Events.UntrustedEvents(ver)), nil
+	evs := x.verified(ctx, res.Events.UntrustedEvents(ver))
+	if len(evs) < len(res.Events) {
+		// Some events did not parse for the room version (bad JSON) or
+		// failed their signatures: the gap stays open where they were.
+		return evs, fmt.Errorf("%w: %d of %d events from %s", roomserver.ErrMalformedMissing, len(res.Events)-len(evs), len(res.Events), origin)
+	}
+	return evs, nil
 }
 
 func (x fetcher) StateBefore(ctx context.Context, origin spec.ServerName, roomID, eventID string, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, []gomatrixserverlib.PDU, error) {

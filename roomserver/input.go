@@ -20,12 +20,19 @@ import (
 type EventFetcher interface {
 	// MissingEvents returns events after `earliest` leading up to `latest`
 	// (the /get_missing_events walk), at most limit.
+	// An answer with events that are not valid for the room version
+	// (bad JSON, bad signatures) returns the valid ones and an error
+	// wrapping ErrMalformedMissing.
 	MissingEvents(ctx context.Context, origin spec.ServerName, roomID string, earliest, latest []string, limit int, ver gomatrixserverlib.RoomVersion) ([]gomatrixserverlib.PDU, error)
 	// StateBefore returns the room state before eventID and its auth chain.
 	StateBefore(ctx context.Context, origin spec.ServerName, roomID, eventID string, ver gomatrixserverlib.RoomVersion) (state, authChain []gomatrixserverlib.PDU, err error)
 	// Event fetches one event by ID.
 	Event(ctx context.Context, origin spec.ServerName, eventID string, ver gomatrixserverlib.RoomVersion) (gomatrixserverlib.PDU, error)
 }
+
+// ErrMalformedMissing marks a /get_missing_events answer that held events
+// not valid for the room version (EventFetcher.MissingEvents).
+var ErrMalformedMissing = errors.New("missing events answer holds invalid events")
 
 // SetFetcher installs the federation fetcher used to close gaps.
 func (s *RoomServer) SetFetcher(f EventFetcher) { s.fetcher = f }
@@ -276,8 +283,10 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 	if err != nil {
 		return nil, err
 	}
+	malformed := false
 	if len(missing) > 0 && fetchGaps && s.fetcher != nil {
-		fetched, err := s.fetchGap(ctx, origin, h, ev)
+		var fetched []gomatrixserverlib.PDU
+		fetched, malformed, err = s.fetchGap(ctx, origin, h, ev)
 		if err != nil {
 			return nil, err
 		}
@@ -293,6 +302,13 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 	if len(missing) > 0 {
 		if s.fetcher == nil {
 			return nil, fmt.Errorf("missing prev events %v", missing)
+		}
+		if malformed {
+			// The origin's own answer put invalid events in the gap: an
+			// event pushed on top of them is refused rather than taken
+			// in on the origin's word for its state (a later event can
+			// still bring the gap back to /get_missing_events).
+			return nil, fmt.Errorf("prev events %v: %w", missing, ErrMalformedMissing)
 		}
 		// The gap cannot be closed: take the state from origin.
 		state, authChain, err := s.fetcher.StateBefore(ctx, origin, roomID, ev.EventID(), h.version.Version())
@@ -354,12 +370,18 @@ func (s *RoomServer) stateBefore(ctx context.Context, origin spec.ServerName, h 
 // ev's prev events, page after page while the oldest fetched events still
 // have prev events we lack (a partition or outage longer than one page).
 // It returns the events we did not hold, oldest first.
-func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *roomHead, ev gomatrixserverlib.PDU) ([]gomatrixserverlib.PDU, error) {
+// malformed reports that an answer held events invalid for the room
+// version (they are skipped).
+func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *roomHead, ev gomatrixserverlib.PDU) (_ []gomatrixserverlib.PDU, malformed bool, _ error) {
 	roomID := ev.RoomID().String()
 	got := map[string]gomatrixserverlib.PDU{}
 	latest := []string{ev.EventID()}
 	for round := 0; round < maxMissingRounds && len(latest) > 0; round++ {
 		page, err := s.fetcher.MissingEvents(ctx, origin, roomID, h.extremities, latest, maxMissing, h.version.Version())
+		if errors.Is(err, ErrMalformedMissing) {
+			logrus.WithError(err).WithField("origin", origin).Warn("get_missing_events: invalid events skipped")
+			malformed, err = true, nil
+		}
 		if err != nil {
 			logrus.WithError(err).WithField("origin", origin).Warn("get_missing_events failed")
 			break
@@ -372,7 +394,7 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 		}
 		unknown, err := s.unheldEvents(ctx, ids)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		if len(unknown) == 0 {
 			break // nothing new: the walk reached events we hold
@@ -398,7 +420,7 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 		}
 		lacking, err := s.unheldEvents(ctx, prevs)
 		if err != nil {
-			return nil, err
+			return nil, false, err
 		}
 		lack := map[string]bool{}
 		for _, p := range lacking {
@@ -425,7 +447,7 @@ func (s *RoomServer) fetchGap(ctx context.Context, origin spec.ServerName, h *ro
 		}
 		return out[i].EventID() < out[j].EventID()
 	})
-	return out, nil
+	return out, malformed, nil
 }
 
 // unheldEvents lists the IDs we hold neither in the timeline nor as

@@ -71,6 +71,22 @@ type Peer struct {
 	LegacyMedia map[string][]byte
 	// legacyQueries is the query string of each legacy download served.
 	legacyQueries []string
+	// missingReqs is every /get_missing_events request body, in order.
+	missingReqs []MissingRequest
+}
+
+// MissingRequest is one /get_missing_events request the peer answered.
+type MissingRequest struct {
+	Earliest []string `json:"earliest_events"`
+	Latest   []string `json:"latest_events"`
+	Limit    int      `json:"limit"`
+}
+
+// MissingRequests returns the /get_missing_events requests so far.
+func (p *Peer) MissingRequests() []MissingRequest {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]MissingRequest(nil), p.missingReqs...)
 }
 
 // SetLegacyMedia sets (nil: removes) one legacy media item.
@@ -616,6 +632,9 @@ func (p *Peer) serveMissing(w http.ResponseWriter, r *http.Request, fr *fclient.
 		writeJSON(w, http.StatusBadRequest, map[string]string{"errcode": "M_NOT_JSON", "error": err.Error()})
 		return
 	}
+	p.mu.Lock()
+	p.missingReqs = append(p.missingReqs, MissingRequest{Earliest: req.Earliest, Latest: req.Latest, Limit: req.Limit})
+	p.mu.Unlock()
 	if req.Limit <= 0 {
 		req.Limit = 10
 	}
