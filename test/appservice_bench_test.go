@@ -35,7 +35,9 @@ import (
 //	ENCLAVE_APPSERVICE_BENCH=1 go test -tags goolm -count=1 ./test -run TestAppServiceFanoutBench -v
 //
 // Knobs: ENCLAVE_APPSERVICE_BENCH_MESSAGES (2000), _SENDERS (10),
-// _MEMBERS (50).
+// _MEMBERS (50), _RATE (messages per second over all senders; 0, the
+// default, is fanout's closed loop: each sender sends as soon as its last
+// PUT answered, which saturates the server).
 func TestAppServiceFanoutBench(t *testing.T) {
 	if os.Getenv("ENCLAVE_APPSERVICE_BENCH") == "" {
 		t.Skip("a benchmark: set ENCLAVE_APPSERVICE_BENCH=1 to run it")
@@ -46,11 +48,11 @@ func TestAppServiceFanoutBench(t *testing.T) {
 		}
 		return def
 	}
-	messages, senders, members := knob("MESSAGES", 2000), knob("SENDERS", 10), knob("MEMBERS", 50)
+	messages, senders, members, rate := knob("MESSAGES", 2000), knob("SENDERS", 10), knob("MEMBERS", 50), knob("RATE", 0)
 	EachStore(t, func(t *testing.T, d storage.Dialect) {
-		res := runAppServiceFanout(t, d, messages, senders, members)
-		t.Logf("RESULT store=%s messages=%d senders=%d members=%d send_msgs_per_s=%.1f put_p50_ms=%.1f put_p99_ms=%.1f bridge_p50_ms=%.1f bridge_p95_ms=%.1f bridge_p99_ms=%.1f bridge_max_ms=%.1f from_commit_p50_ms=%.1f from_commit_p99_ms=%.1f txns=%d undelivered=%d dup=%d",
-			d, messages, senders, members, res.rate, res.put[0], res.put[2], res.del[0], res.del[1], res.del[2], res.del[3], res.fromTS[0], res.fromTS[2], res.txns, res.undelivered, res.dups)
+		res := runAppServiceFanout(t, d, messages, senders, members, rate)
+		t.Logf("RESULT store=%s messages=%d senders=%d members=%d rate=%d send_msgs_per_s=%.1f put_p50_ms=%.1f put_p99_ms=%.1f bridge_p50_ms=%.1f bridge_p95_ms=%.1f bridge_p99_ms=%.1f bridge_max_ms=%.1f from_commit_p50_ms=%.1f from_commit_p99_ms=%.1f txns=%d undelivered=%d dup=%d",
+			d, messages, senders, members, rate, res.rate, res.put[0], res.put[2], res.del[0], res.del[1], res.del[2], res.del[3], res.fromTS[0], res.fromTS[2], res.txns, res.undelivered, res.dups)
 		if res.undelivered != 0 || res.dups != 0 {
 			t.Fatalf("%d messages never reached the bridge, %d reached it twice", res.undelivered, res.dups)
 		}
@@ -77,7 +79,7 @@ func pct(ms []float64) [4]float64 {
 	return [4]float64{at(0.50), at(0.95), at(0.99), ms[len(ms)-1]}
 }
 
-func runAppServiceFanout(t *testing.T, d storage.Dialect, messages, senders, members int) asFanoutResult {
+func runAppServiceFanout(t *testing.T, d storage.Dialect, messages, senders, members, rate int) asFanoutResult {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
@@ -232,6 +234,10 @@ func runAppServiceFanout(t *testing.T, d storage.Dialect, messages, senders, mem
 			defer wg.Done()
 			u := users[s%len(users)]
 			for i := range next {
+				if rate > 0 {
+					// Open loop: message i is due at i/rate.
+					time.Sleep(time.Until(t0.Add(time.Duration(i) * time.Second / time.Duration(rate))))
+				}
 				start[i] = time.Now()
 				_, err := call("PUT", fmt.Sprintf("%s/rooms/%s/send/m.room.message/b%d", v3, url.PathEscape(room.RoomID), i), u.AccessToken,
 					map[string]any{"msgtype": "m.text", "body": "bench " + strconv.Itoa(i), "bench_id": strconv.Itoa(i)}, nil)
