@@ -46,6 +46,7 @@ type DB struct {
 	// SQL parsing the largest CPU cost of /sync. pgx caches on its own.
 	stmts  sync.Map // string -> *sql.Stmt
 	nstmts atomic.Int64
+	nlarge atomic.Int64 // large statement shapes tried for the cache
 	// Stream orders every synced row; see stream.go.
 	Stream *Stream
 	// members caches UserRooms (userrooms.go), unread UnreadCounts
@@ -195,8 +196,13 @@ func (db *DB) checkpointWAL() {
 // maxCachedStmts bounds the statement cache (each entry is prepared on
 // every pool connection that runs it); past the bound queries run
 // unprepared. Queries with more than maxCachedParams parameters (generated
-// IN lists and multi-row inserts, which come in many shapes) are not cached.
+// IN lists and multi-row inserts, which come in many shapes) are not
+// cached, but for the first maxCachedLarge such shapes: a room's
+// notification rows and its members' push rules come in one shape per
+// member count, and preparing a 500-parameter insert for every event cost
+// more than running it.
 const (
+	maxCachedLarge  = 64
 	maxCachedStmts  = 256
 	maxCachedParams = 32
 )
@@ -223,7 +229,11 @@ func (db *DB) stmt(ctx context.Context, query string) *sql.Stmt {
 	if st := db.cachedStmt(query); st != nil {
 		return st
 	}
-	if db.nstmts.Load() >= maxCachedStmts || !cacheable(query) || strings.Count(query, "?") > maxCachedParams {
+	if db.nstmts.Load() >= maxCachedStmts || !cacheable(query) {
+		return nil
+	}
+	large := strings.Count(query, "?") > maxCachedParams
+	if large && db.nlarge.Add(1) > maxCachedLarge {
 		return nil
 	}
 	st, err := db.sql.PrepareContext(ctx, query)

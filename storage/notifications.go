@@ -138,11 +138,20 @@ func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64,
 	}
 	pos := tx.NextPos("notifications")
 	totals := map[[3]string]Counts{} // (user, room, thread)
+	// A row twice in the batch is stored (and counted) once.
+	seen := make(map[[2]string]bool, len(ns))
+	uniq := ns[:0:0]
+	for _, n := range ns {
+		if k := [2]string{n.UserID, n.EventID}; !seen[k] {
+			seen[k] = true
+			uniq = append(uniq, n)
+		}
+	}
 	const cols = 10
-	for start := 0; start < len(ns); start += 200 {
-		chunk := ns[start:min(start+200, len(ns))]
+	for start := 0; start < len(uniq); start += 200 {
+		chunk := uniq[start:min(start+200, len(uniq))]
 		args := make([]any, 0, len(chunk)*cols)
-		unread := make(map[[2]string]int, len(chunk)) // (user, event) -> index of an unread row
+		unread := make([]bool, len(chunk))
 		for i, n := range chunk {
 			actions := n.Actions
 			if len(actions) == 0 {
@@ -153,36 +162,35 @@ func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64,
 				thread = "main"
 			}
 			chunk[i].ThreadID = thread
-			u := read[[3]string{n.RoomID, n.UserID, ""}] < n.EventPos && read[[3]string{n.RoomID, n.UserID, thread}] < n.EventPos
-			if u {
-				unread[[2]string{n.UserID, n.EventID}] = i
-			}
-			args = append(args, n.UserID, n.RoomID, n.EventID, n.EventPos, thread, n.Highlight, string(actions), n.TS, pos, u)
+			unread[i] = read[[3]string{n.RoomID, n.UserID, ""}] < n.EventPos && read[[3]string{n.RoomID, n.UserID, thread}] < n.EventPos
+			args = append(args, n.UserID, n.RoomID, n.EventID, n.EventPos, thread, n.Highlight, string(actions), n.TS, pos, unread[i])
 		}
-		rows, err := tx.QueryContext(ctx, `INSERT INTO notifications (user_id, room_id, event_id, event_pos, thread_id, highlight, actions, ts, stream_pos, unread)
-			VALUES `+valuesRows(len(chunk), cols)+` ON CONFLICT (user_id, event_id) DO NOTHING RETURNING user_id, event_id`, args...)
+		res, err := tx.ExecContext(ctx, `INSERT INTO notifications (user_id, room_id, event_id, event_pos, thread_id, highlight, actions, ts, stream_pos, unread)
+			VALUES `+valuesRows(len(chunk), cols)+` ON CONFLICT (user_id, event_id) DO NOTHING`, args...)
 		if err != nil {
 			return 0, err
 		}
-		for rows.Next() {
-			var k [2]string
-			if err := rows.Scan(&k[0], &k[1]); err != nil {
-				rows.Close()
+		stored := func(int) bool { return true }
+		if n, err := res.RowsAffected(); err != nil || int(n) != len(chunk) {
+			// Some rows were there already (an event seen twice): the
+			// ones stored now are those at this batch's position.
+			now, err := storedAt(ctx, tx, chunk, pos)
+			if err != nil {
 				return 0, err
 			}
-			if i, ok := unread[k]; ok {
-				n := chunk[i]
-				c := totals[[3]string{n.UserID, n.RoomID, n.ThreadID}]
-				c.Notifications++
-				if n.Highlight {
-					c.Highlights++
-				}
-				totals[[3]string{n.UserID, n.RoomID, n.ThreadID}] = c
-			}
+			stored = func(i int) bool { return now[[2]string{chunk[i].UserID, chunk[i].EventID}] }
 		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return 0, err
+		for i, n := range chunk {
+			if !unread[i] || !stored(i) {
+				continue
+			}
+			k := [3]string{n.UserID, n.RoomID, n.ThreadID}
+			c := totals[k]
+			c.Notifications++
+			if n.Highlight {
+				c.Highlights++
+			}
+			totals[k] = c
 		}
 	}
 	if len(totals) == 0 {
@@ -199,6 +207,37 @@ func InsertNotifications(ctx context.Context, tx *Tx, ns []Notification) (int64,
 		onCommit(tx, func(db *DB) { db.unread.add(totals, pos) })
 	}
 	return pos, err
+}
+
+// storedAt returns which rows of chunk are stored at stream position pos
+// (by this batch, not before it).
+func storedAt(ctx context.Context, tx *Tx, chunk []Notification, pos int64) (map[[2]string]bool, error) {
+	users, events := map[string]bool{}, map[string]bool{}
+	for _, n := range chunk {
+		users[n.UserID], events[n.EventID] = true, true
+	}
+	args := []any{pos}
+	for u := range users {
+		args = append(args, u)
+	}
+	for e := range events {
+		args = append(args, e)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT user_id, event_id FROM notifications WHERE stream_pos = $1 AND user_id IN `+inPlaceholders(2, len(users))+
+		` AND event_id IN `+inPlaceholders(2+len(users), len(events)), args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[[2]string]bool{}
+	for rows.Next() {
+		var k [2]string
+		if err := rows.Scan(&k[0], &k[1]); err != nil {
+			return nil, err
+		}
+		out[k] = true
+	}
+	return out, rows.Err()
 }
 
 // readMarks returns the read receipts (public or private) in rooms: the

@@ -182,3 +182,34 @@ func TestUnreadCountsConcurrentWriters(t *testing.T) {
 		}
 	})
 }
+
+// TestNotificationBatchRepeats: a batch holding a stored row, a row twice
+// and a new row stores and counts the new row once.
+func TestNotificationBatchRepeats(t *testing.T) {
+	storagetest.Each(t, func(t *testing.T, db *storage.DB) {
+		ctx := context.Background()
+		n := func(ev string, pos int64, hl bool) storage.Notification {
+			return storage.Notification{UserID: "@a:test", RoomID: "!r:test", EventID: ev, EventPos: pos, Highlight: hl, Actions: []byte(`["notify"]`), TS: pos}
+		}
+		insertNotifs(t, db, n("$1", 1, true))
+		insertNotifs(t, db, n("$1", 1, true), n("$2", 2, false), n("$2", 2, false))
+		c, err := storage.UnreadCounts(ctx, db, "@a:test", nil, -1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c["!r:test"]["main"] != (storage.Counts{Notifications: 2, Highlights: 1}) {
+			t.Fatalf("counts %+v", c)
+		}
+		list, err := storage.ListNotifications(ctx, db, "@a:test", 0, 10, false)
+		if err != nil || len(list) != 2 {
+			t.Fatalf("rows %+v %v", list, err)
+		}
+		// Read back from the table (inside a transaction), not the cache.
+		_ = db.WithTx(ctx, func(tx *storage.Tx) error {
+			if c, _ := storage.UnreadCounts(ctx, tx, "@a:test", nil, -1); c["!r:test"]["main"] != (storage.Counts{Notifications: 2, Highlights: 1}) {
+				t.Errorf("stored counts %+v", c)
+			}
+			return nil
+		})
+	})
+}
