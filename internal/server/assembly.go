@@ -512,17 +512,12 @@ func (s *Server) buildSocial(ctx context.Context) error {
 		s.OnShutdown(s.Sync.Presence().Stop)
 	}
 
-	// Push rules run in each event's transaction; counts reach /sync
+	// Push rules run after each event commits; counts reach /sync
 	// through the notification rows' stream positions. The notifier wakes
 	// the rooms' long-polls once an event's counts are stored (the syncer
 	// was built with EventWakesHandedOff), so the event and its counts
 	// come in one response.
-	// Events the room server stores through its send path are evaluated
-	// inside their own transaction (a state hook); the rest (remote
-	// invites out of a room) through the notifier's queue.
-	pr := newPushRooms(s.Rooms)
-	s.Push = pushnotify.New(s.DB, pr, s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
-	s.Rooms.AddStateHook(pr.inTx(s.Push))
+	s.Push = pushnotify.New(s.DB, newPushRooms(s.Rooms), s.Config.ServerName, s.Sync.NotifyUsers, s.Sync.NotifyRoom)
 	s.Rooms.Subscribe(func(o roomserver.OutputEvent) { s.Push.OnEvent(o.Event) })
 	s.OnShutdown(s.Push.Close)
 	s.OnShutdown(s.Sync.Typing().Stop)

@@ -9,14 +9,13 @@ import (
 	"enclave/internal/lru"
 	pushnotify "enclave/internal/pushrules/notifier"
 	"enclave/roomserver"
-	"enclave/storage"
 )
 
 // pushRooms gives the push notifier the room state it evaluates rules
 // against, read from the room server (the notifier imports no component).
 // members caches what the notifier reads of a member event's content
-// (membership, display name), keyed by the content itself: every event
-// in a room would otherwise decode all its members' events again.
+// (membership, display name), keyed by the content itself: every event in
+// a room would otherwise decode all its members' events again.
 type pushRooms struct {
 	rs      roomserver.API
 	members *lru.Cache[string, memberInfo]
@@ -35,11 +34,6 @@ func (p pushRooms) PushContext(ctx context.Context, roomID, sender string) (*pus
 	if err != nil {
 		return nil, err
 	}
-	return p.room(state, sender), nil
-}
-
-// room builds the notifier's view of a room state.
-func (p pushRooms) room(state roomserver.StateMap, sender string) *pushnotify.Room {
 	room := &pushnotify.Room{Joined: map[string]string{}}
 	for k, ev := range state {
 		if k.Type != "m.room.member" {
@@ -52,7 +46,7 @@ func (p pushRooms) room(state roomserver.StateMap, sender string) *pushnotify.Ro
 	room.SenderPowerLevel = roomserver.PowerLevel(state, sender)
 	pl := roomserver.PowerLevels(state)
 	room.NotificationLevel = pl.NotificationLevel
-	return room
+	return room, nil
 }
 
 func (p pushRooms) member(ev gomatrixserverlib.PDU) memberInfo {
@@ -70,12 +64,4 @@ func (p pushRooms) member(ev gomatrixserverlib.PDU) memberInfo {
 		p.members.Put(string(content), m)
 	}
 	return m
-}
-
-// inTx is the room-server state hook that runs the push rules in the
-// event's own transaction.
-func (p pushRooms) inTx(n *pushnotify.Notifier) roomserver.StateHook {
-	return func(ctx context.Context, tx *storage.Tx, ev *storage.Event, _ gomatrixserverlib.PDU, state roomserver.StateMap) error {
-		return n.InTx(ctx, tx, ev, p.room(state, ev.Sender))
-	}
 }

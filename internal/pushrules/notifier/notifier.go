@@ -51,14 +51,7 @@ type Notifier struct {
 	inflight int // events queued and not yet processed
 	idle     *sync.Cond
 
-	rules *lru.Cache[string, cachedRules]
-
-	// handled holds the events InTx evaluated in their own transaction,
-	// from its commit until OnEvent sees them: true when the transaction
-	// also arranged the room's wake-up (it stored notifications).
-	handled sync.Map // *storage.Event -> bool
-
-	throttle roomThrottle
+	rules *lru.Cache[string, cachedRules] // the worker's alone
 }
 
 // maxBatch bounds how many events one transaction handles.
@@ -83,13 +76,7 @@ func (n *Notifier) OnEvent(e *storage.Event) {
 	if e == nil {
 		return
 	}
-	if v, ok := n.handled.LoadAndDelete(e); ok {
-		if !v.(bool) {
-			n.wakeRooms([]*storage.Event{e})
-		}
-		return
-	}
-	if !notifiable(e) {
+	if e.StreamPos <= 0 || e.Outlier || e.Rejected || e.SoftFailed || e.Imported {
 		n.wakeRooms([]*storage.Event{e})
 		return
 	}
@@ -106,64 +93,6 @@ func (n *Notifier) OnEvent(e *storage.Event) {
 	case n.signal <- struct{}{}:
 	default:
 	}
-}
-
-// notifiable tells whether an event may notify: outliers, rejected and
-// soft-failed events and imported or backfilled history (positions <= 0)
-// never do.
-func notifiable(e *storage.Event) bool {
-	return e.StreamPos > 0 && !e.Outlier && !e.Rejected && !e.SoftFailed && !e.Imported
-}
-
-// InTx evaluates a local or federated event inside the transaction that
-// stores it (a room-server state hook; room is the state right after the
-// event) and writes its notifications and unread totals there: no second
-// transaction and commit per event, no read of the room's state, and the
-// counts are durable with the event. The rows take their own stream
-// position, published with the users' and the room's wake-up, so the event
-// and its counts reach /sync in one response. Events that never pass
-// through here (remote invites out of a room) still go through OnEvent's
-// queue.
-func (n *Notifier) InTx(ctx context.Context, tx *storage.Tx, e *storage.Event, room *Room) error {
-	if e == nil || !notifiable(e) {
-		return nil
-	}
-	batch := []*storage.Event{e}
-	var works []*work
-	if w, err := n.prepareRoom(ctx, tx, e, room); err != nil {
-		logrus.WithError(err).WithField("event_id", e.EventID).Warn("push rules: skipping event")
-	} else if w != nil && len(w.targets) > 0 {
-		works = append(works, w)
-	}
-	out, err := n.evaluate(ctx, tx, works)
-	if err != nil {
-		return err
-	}
-	joins := n.newJoins(ctx, tx, batch)
-	if len(out) == 0 && len(joins) == 0 {
-		tx.AfterCommit(func() { n.handled.Store(e, false) })
-		return nil
-	}
-	pos, list, err := n.write(ctx, tx, out, joins)
-	if err != nil {
-		return err
-	}
-	// The room's wake-up reaches its joined and invited members; only
-	// users outside it (the target of an invite) are woken by name.
-	var others []string
-	for _, u := range list {
-		if _, joined := room.Joined[u]; !joined {
-			others = append(others, u)
-		}
-	}
-	tx.AfterCommit(func() { n.handled.Store(e, true) })
-	tx.Publish(pos, func() {
-		if n.wake != nil && len(others) > 0 {
-			n.wake(others...)
-		}
-		n.wakeRooms(batch)
-	})
-	return nil
 }
 
 // Flush waits until every event queued so far has been processed.
@@ -224,8 +153,7 @@ func (n *Notifier) run() {
 	}
 }
 
-// wakeRooms wakes the long-polls of the rooms of evs, each room once,
-// through the throttle.
+// wakeRooms wakes the long-polls of the rooms of evs, each room once.
 func (n *Notifier) wakeRooms(evs []*storage.Event) {
 	if n.wakeRoom == nil {
 		return
@@ -234,60 +162,9 @@ func (n *Notifier) wakeRooms(evs []*storage.Event) {
 	for _, e := range evs {
 		if !seen[e.RoomID] {
 			seen[e.RoomID] = true
-			n.throttle.wake(e.RoomID, n.wakeRoom)
+			n.wakeRoom(e.RoomID)
 		}
 	}
-}
-
-// wakeGap is the least time between two wake-ups of one room's long-polls.
-// Every wake-up makes each member's /sync build and send a response, so a
-// busy room (events each committing on their own) is woken at most this
-// often and its members get the events of the gap in one response; a quiet
-// room's event wakes at once.
-const wakeGap = 20 * time.Millisecond
-
-// roomThrottle spaces the wake-ups of each room by wakeGap: a wake-up
-// within the gap after the last one is deferred to its end, and those
-// asked for meanwhile ride along (the deferred one reads every event
-// visible when it runs, so none is missed).
-type roomThrottle struct {
-	mu      sync.Mutex
-	last    map[string]time.Time
-	pending map[string]bool
-}
-
-func (t *roomThrottle) wake(roomID string, wake func(string)) {
-	t.mu.Lock()
-	if t.last == nil {
-		t.last, t.pending = map[string]time.Time{}, map[string]bool{}
-	}
-	if t.pending[roomID] {
-		t.mu.Unlock()
-		return
-	}
-	now := time.Now()
-	if next := t.last[roomID].Add(wakeGap); now.Before(next) {
-		t.pending[roomID] = true
-		t.mu.Unlock()
-		time.AfterFunc(next.Sub(now), func() {
-			t.mu.Lock()
-			delete(t.pending, roomID)
-			t.last[roomID] = time.Now()
-			t.mu.Unlock()
-			wake(roomID)
-		})
-		return
-	}
-	if len(t.last) > 4096 { // forget rooms woken long ago
-		for r, at := range t.last {
-			if now.Sub(at) > wakeGap && !t.pending[r] {
-				delete(t.last, r)
-			}
-		}
-	}
-	t.last[roomID] = now
-	t.mu.Unlock()
-	wake(roomID)
 }
 
 // ruleset builds a user's rule set from their rows, reusing the last one
@@ -353,6 +230,7 @@ func (n *Notifier) process(ctx context.Context, batch []*storage.Event) error {
 // whether it arranged the wake-up.
 func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published bool, err error) {
 	var works []*work
+	userSet := map[string]bool{}
 	for _, e := range batch {
 		w, err := n.prepare(ctx, e)
 		if err != nil {
@@ -363,60 +241,25 @@ func (n *Notifier) store(ctx context.Context, batch []*storage.Event) (published
 			continue
 		}
 		works = append(works, w)
-	}
-	out, err := n.evaluate(ctx, n.db, works)
-	if err != nil {
-		return false, err
-	}
-	joins := n.newJoins(ctx, n.db, batch)
-	if len(out) == 0 && len(joins) == 0 {
-		return false, nil
-	}
-	err = n.db.WithTx(ctx, func(tx *storage.Tx) error {
-		// The queue is in memory: a crash loses the notifications of
-		// events not yet processed anyway, so the commit need not wait
-		// for the disk, and the wake-up it delays comes sooner.
-		if err := tx.Derived(ctx); err != nil {
-			return err
-		}
-		pos, list, err := n.write(ctx, tx, out, joins)
-		if err != nil {
-			return err
-		}
-		tx.Publish(pos, func() {
-			if n.wake != nil {
-				n.wake(list...)
-			}
-			n.wakeRooms(batch)
-		})
-		return nil
-	})
-	return err == nil, err
-}
-
-// evaluate runs the targets' push rules on the prepared events, reading
-// rules, ignore lists and thread subscriptions through q.
-func (n *Notifier) evaluate(ctx context.Context, q storage.Querier, works []*work) ([]storage.Notification, error) {
-	if len(works) == 0 {
-		return nil, nil
-	}
-	userSet := map[string]bool{}
-	for _, w := range works {
 		for _, t := range w.targets {
 			userSet[t.userID] = true
 		}
+	}
+	joins := n.newJoins(ctx, batch)
+	if len(works) == 0 && len(joins) == 0 {
+		return false, nil
 	}
 	users := make([]string, 0, len(userSet))
 	for u := range userSet {
 		users = append(users, u)
 	}
-	rows, err := storage.PushRulesMany(ctx, q, users)
+	rows, err := storage.PushRulesMany(ctx, n.db, users)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
-	ignores, err := storage.IgnoredUsersMany(ctx, q, users)
+	ignores, err := storage.IgnoredUsersMany(ctx, n.db, users)
 	if err != nil {
-		return nil, err
+		return false, err
 	}
 	rulesets := map[string]*pushrules.Ruleset{}
 	// Who subscribed to each thread of the batch (MSC4306's condition),
@@ -429,8 +272,8 @@ func (n *Notifier) evaluate(ctx context.Context, q storage.Querier, works []*wor
 		if w.thread != "main" {
 			key := w.ev.RoomID + "\x00" + w.thread
 			if subs = subscribers[key]; subs == nil {
-				if subs, err = storage.ThreadSubscribers(ctx, q, w.ev.RoomID, w.thread); err != nil {
-					return nil, err
+				if subs, err = storage.ThreadSubscribers(ctx, n.db, w.ev.RoomID, w.thread); err != nil {
+					return false, err
 				}
 				subscribers[key] = subs
 			}
@@ -461,51 +304,62 @@ func (n *Notifier) evaluate(ctx context.Context, q storage.Querier, works []*wor
 				ThreadID: w.thread, Highlight: res.Highlight, Actions: actions, TS: now})
 		}
 	}
-	return out, nil
-}
-
-// write stores notification rows and restarts the counts of new joins in
-// tx; it returns the stream position of the new totals and the users to
-// wake once it is visible.
-func (n *Notifier) write(ctx context.Context, tx *storage.Tx, out []storage.Notification, joins []*storage.Event) (int64, []string, error) {
-	pos, err := storage.InsertNotifications(ctx, tx, out)
-	if err != nil {
-		return 0, nil, err
+	if len(out) == 0 && len(joins) == 0 {
+		return false, nil
 	}
-	woken := map[string]bool{}
-	var list []string
-	for _, o := range out {
-		if !woken[o.UserID] {
-			woken[o.UserID] = true
-			list = append(list, o.UserID)
+	err = n.db.WithTx(ctx, func(tx *storage.Tx) error {
+		// The queue is in memory: a crash loses the notifications of
+		// events not yet processed anyway, so the commit need not wait
+		// for the disk, and the wake-up it delays comes sooner.
+		if err := tx.Derived(ctx); err != nil {
+			return err
 		}
-	}
-	// After the batch's own rows: an invite and the join answering it
-	// may come in one batch.
-	for _, j := range joins {
-		p, err := storage.ClearUnreadBefore(ctx, tx, j.Sender, j.RoomID, j.StreamPos)
+		pos, err := storage.InsertNotifications(ctx, tx, out)
 		if err != nil {
-			return 0, nil, err
+			return err
 		}
-		pos = max(pos, p)
-		if !woken[j.Sender] {
-			woken[j.Sender] = true
-			list = append(list, j.Sender)
+		woken := map[string]bool{}
+		var list []string
+		for _, o := range out {
+			if !woken[o.UserID] {
+				woken[o.UserID] = true
+				list = append(list, o.UserID)
+			}
 		}
-	}
-	return pos, list, nil
+		// After the batch's own rows: an invite and the join answering it
+		// may come in one batch.
+		for _, j := range joins {
+			p, err := storage.ClearUnreadBefore(ctx, tx, j.Sender, j.RoomID, j.StreamPos)
+			if err != nil {
+				return err
+			}
+			pos = max(pos, p)
+			if !woken[j.Sender] {
+				woken[j.Sender] = true
+				list = append(list, j.Sender)
+			}
+		}
+		tx.Publish(pos, func() {
+			if n.wake != nil {
+				n.wake(list...)
+			}
+			n.wakeRooms(batch)
+		})
+		return nil
+	})
+	return err == nil, err
 }
 
 // newJoins are the batch's joins of local users who were not joined
 // before (not a profile change): their counts in the room restart there.
 // One membership read per such join, which is rare next to messages.
-func (n *Notifier) newJoins(ctx context.Context, q storage.Querier, batch []*storage.Event) []*storage.Event {
+func (n *Notifier) newJoins(ctx context.Context, batch []*storage.Event) []*storage.Event {
 	var out []*storage.Event
 	for _, e := range batch {
 		if e.Type != "m.room.member" || e.Membership != "join" || e.StateKey == nil || *e.StateKey != e.Sender || !n.isLocal(e.Sender) || e.StreamPos <= 0 {
 			continue
 		}
-		prev, err := storage.LatestMembershipBefore(ctx, q, e.RoomID, e.Sender, e.StreamPos-1)
+		prev, err := storage.LatestMembershipBefore(ctx, n.db, e.RoomID, e.Sender, e.StreamPos-1)
 		if err == nil && prev.Membership == "join" {
 			continue
 		}
@@ -521,13 +375,6 @@ func (n *Notifier) prepare(ctx context.Context, e *storage.Event) (*work, error)
 	if err != nil {
 		return nil, err
 	}
-	return n.prepareRoom(ctx, n.db, e, room)
-}
-
-// prepareRoom is prepare against given room state, reading relations
-// through q.
-func (n *Notifier) prepareRoom(ctx context.Context, q storage.Querier, e *storage.Event, room *Room) (*work, error) {
-	var err error
 	w := &work{ev: e}
 	for userID, name := range room.Joined {
 		w.memberCount++
@@ -546,7 +393,7 @@ func (n *Notifier) prepareRoom(ctx context.Context, q storage.Querier, e *storag
 	}
 	w.senderPL = room.SenderPowerLevel
 	w.pl = room.NotificationLevel
-	w.thread = threadOf(ctx, q, e.JSON)
+	w.thread = n.threadOf(ctx, e.JSON)
 	return w, nil
 }
 
@@ -565,7 +412,7 @@ const maxThreadHops = 3
 
 // threadOf returns the thread an event belongs to: the root of an
 // m.thread relation found within a few relation hops, else "main".
-func threadOf(ctx context.Context, q storage.Querier, js []byte) string {
+func (n *Notifier) threadOf(ctx context.Context, js []byte) string {
 	for hop := 0; hop < maxThreadHops; hop++ {
 		var r relation
 		if json.Unmarshal(js, &r) != nil || r.Content.RelatesTo == nil || r.Content.RelatesTo.EventID == "" || r.Content.RelatesTo.RelType == "" {
@@ -574,7 +421,7 @@ func threadOf(ctx context.Context, q storage.Querier, js []byte) string {
 		if r.Content.RelatesTo.RelType == "m.thread" {
 			return r.Content.RelatesTo.EventID
 		}
-		parent, err := storage.GetEvent(ctx, q, r.Content.RelatesTo.EventID)
+		parent, err := storage.GetEvent(ctx, n.db, r.Content.RelatesTo.EventID)
 		if err != nil {
 			return "main"
 		}
