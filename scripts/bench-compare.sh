@@ -3,6 +3,9 @@
 # Alternating before/after mxbench runs (fanout, serial; 3 pairs; SQLite then
 # PostgreSQL), each on a new server and data directory; see BENCHMARKS.md.
 # Needs /tmp/mxbench (cd ../shared/mxbench && go build -o /tmp/mxbench .).
+# PAIRS (default 3), STORES (default "sqlite pg"), SCENARIOS (default
+# "fanout serial") and EXTRA (more mxbench flags, e.g. "-messages 500")
+# narrow a run.
 set -u
 OUT=$1; mkdir -p $OUT
 run() { # name bin store scenario-flags...
@@ -25,11 +28,11 @@ run() { # name bin store scenario-flags...
   [ $store = pg ] && psql -q -h 127.0.0.1 -U postgres -c "DROP DATABASE $dbn" >/dev/null
   sleep 5
 }
-for store in sqlite pg; do
-  for scen in fanout serial; do
-    for pair in 1 2 3; do
-      run ${store}_${scen}_${pair}_before ${BEFORE:?set BEFORE to the before binary} $store -scenario $scen
-      run ${store}_${scen}_${pair}_after ${AFTER:?set AFTER to the after binary} $store -scenario $scen
+for store in ${STORES:-sqlite pg}; do
+  for scen in ${SCENARIOS:-fanout serial}; do
+    for pair in $(seq 1 ${PAIRS:-3}); do
+      run ${store}_${scen}_${pair}_before ${BEFORE:?set BEFORE to the before binary} $store -scenario $scen ${EXTRA:-}
+      run ${store}_${scen}_${pair}_after ${AFTER:?set AFTER to the after binary} $store -scenario $scen ${EXTRA:-}
     done
   done
 done
