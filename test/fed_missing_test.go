@@ -112,3 +112,72 @@ func fedAliceTip(t *testing.T, peer interface {
 	t.Fatal("the peer has no event of the room from A")
 	return nil
 }
+
+// TestFederationCorruptedAuthChain (the suite's TestCorruptedAuthChain):
+// charlie on the peer changes his display name five times (A→E, each
+// member event authorised by the one before); the peer cannot serve B.
+// A message citing E as charlie's member event reaches A, which fetches
+// the auth events it lacks one by one (/event) and, B being unavailable,
+// refuses the message instead of taking C, D or E in on the strength of
+// an in-memory chain: none of them is stored, charlie's member event on
+// A carries none of their names, and the room still works.
+func TestFederationCorruptedAuthChain(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d)
+			peer := c.AddPeer()
+			peer.MissingHorizon = 1
+			c.StartAll()
+			a := c.Nodes[0]
+			aName := spec.ServerName(a.ServerName)
+			alice := fedUser(t, a, "alice")
+			created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat", RoomVersion: "10"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID
+			charlie := peer.UserID("charlie")
+			r := peer.Join(t, aName, room.String(), charlie)
+			base := []string{r.State("m.room.create", "").EventID(), r.State("m.room.power_levels", "").EventID(), r.State("m.room.join_rules", "").EventID()}
+			var names []gomatrixserverlib.PDU
+			prevMember := r.State("m.room.member", charlie).EventID()
+			for _, n := range []string{"A", "B", "C", "D", "E"} {
+				content, _ := json.Marshal(map[string]string{"membership": "join", "displayname": n})
+				ev := r.Build(t, gomatrixserverlib.ProtoEvent{SenderID: charlie, Type: "m.room.member", StateKey: &charlie, Content: content,
+					AuthEvents: append(append([]string{}, base...), prevMember)})
+				r.Add(ev)
+				names = append(names, ev)
+				prevMember = ev.EventID()
+			}
+			peer.Withhold = map[string]bool{names[1].EventID(): true}
+			for _, body := range []string{"for /state", "for /get_missing_events"} {
+				r.Add(r.Message(t, charlie, body))
+			}
+			last := r.Message(t, charlie, "for /send")
+			r.Add(last)
+			if res := peer.SendPDUs(t, aName, last); res[last.EventID()] == "" {
+				t.Fatalf("A accepted an event whose auth chain lacks B: %v", res)
+			}
+			for _, ev := range append(names[1:], last) {
+				if got := raw(t, "GET", a.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/event/"+url.PathEscape(ev.EventID()), alice.AccessToken, nil); got.Status != 404 {
+					t.Fatalf("A serves %s (%d): it hangs on the missing B", ev.EventID(), got.Status)
+				}
+			}
+			content := fedMemberContent(t, alice, room, charlie)
+			if content == nil {
+				t.Fatal("A lost charlie's member event")
+			}
+			if dn, _ := content["displayname"].(string); dn == "C" || dn == "D" || dn == "E" || dn == "B" {
+				t.Fatalf("charlie's member event on A is %q: an event hanging on the missing B was taken into the state", dn)
+			}
+			if _, err := alice.SendText(ctxT(t), room, "alice still sends"); err != nil {
+				t.Fatalf("the room is wedged on A: %v", err)
+			}
+			peer.WaitPDU(t, 20*time.Second, "alice's message", func(e gomatrixserverlib.PDU) bool {
+				var c struct{ Body string }
+				_ = json.Unmarshal(e.Content(), &c)
+				return c.Body == "alice still sends"
+			})
+		})
+	}
+}

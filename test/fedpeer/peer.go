@@ -71,6 +71,10 @@ type Peer struct {
 	LegacyMedia map[string][]byte
 	// legacyQueries is the query string of each legacy download served.
 	legacyQueries []string
+	// Withhold names events the peer never serves (/event, /state,
+	// /get_missing_events) though they are in its rooms: a peer whose
+	// answers cite an event it cannot give. Set it before the peer is used.
+	Withhold map[string]bool
 	// missingReqs is every /get_missing_events request body, in order.
 	missingReqs []MissingRequest
 }
@@ -536,6 +540,9 @@ func (p *Peer) findEvent(eventID string) gomatrixserverlib.PDU {
 		rooms = append(rooms, r)
 	}
 	p.mu.Unlock()
+	if p.Withhold[eventID] {
+		return nil
+	}
 	for _, r := range rooms {
 		if ev := r.Event(eventID); ev != nil {
 			return ev
@@ -596,10 +603,12 @@ func (p *Peer) serveState(w http.ResponseWriter, r *http.Request, _ *fclient.Fed
 	defer room.mu.Unlock()
 	state, auth := []json.RawMessage{}, []json.RawMessage{}
 	for _, e := range room.state {
-		state = append(state, e.JSON())
+		if !p.Withhold[e.EventID()] {
+			state = append(state, e.JSON())
+		}
 	}
 	for _, e := range room.events {
-		if e.StateKey() != nil {
+		if e.StateKey() != nil && !p.Withhold[e.EventID()] {
 			auth = append(auth, e.JSON())
 		}
 	}
@@ -645,7 +654,7 @@ func (p *Peer) serveMissing(w http.ResponseWriter, r *http.Request, fr *fclient.
 		room.mu.Unlock()
 		kept := evs[:0]
 		for _, e := range evs {
-			if e.Depth() >= floor {
+			if e.Depth() >= floor && !p.Withhold[e.EventID()] {
 				kept = append(kept, e)
 			}
 		}
