@@ -9,7 +9,7 @@ for f in sorted(glob.glob(out + '/*.json')):
     send = next((p for p in d['phases'] if p['name'].startswith('send') or p['name'].endswith(' send')), None)
     rec = dict(rate=r.get('send_msgs_per_s'), put=r.get('put_latency_ms', {}), dl=r.get('delivery_latency_ms') or {},
                undeliv=r.get('pairs_undelivered'), dup=r.get('duplicate_deliveries'), cpu=send and send['server_cpu_s'],
-               msgs=r.get('send_ok'), load=d['loadavg_start'].split()[0], hwm=d['server']['peak_rss_kib']/1024)
+               msgs=r.get('send_ok') or (r.get('send_msgs_per_s') and r.get('send_wall_s') and round(r['send_msgs_per_s'] * r['send_wall_s'])), load=d['loadavg_start'].split()[0], hwm=d['server']['peak_rss_kib']/1024)
     rows[(store, scen, pair, which)] = rec
 print("| store | scenario | pair | build | load | send msg/s | PUT p50 / p99 ms | delivery p50 / p99 ms | server CPU ms/msg (send phase) | undelivered | dup | peak RSS MiB |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -110,6 +110,12 @@ func TestUnreadCountsRecount(t *testing.T) {
 				read[who] = max(read[who], j)
 			}
 		}
+		// The notifier stores counts after the events commit, in order: once
+		// bob's notifications list a last message of alice's, every event
+		// before it has been counted.
+		end := sendText(t, clis[0], room.RoomID, "end")
+		log = append(log, sent{id: end, sender: 0, mention: -1})
+		waitNotified(t, srv.URL, clis[1].AccessToken, end)
 		for u, name := range names {
 			wantN, wantH := 0, 0
 			for j := read[u] + 1; j < len(log); j++ {
@@ -138,4 +144,19 @@ func countOf(v any) int {
 		return int(f)
 	}
 	return 0
+}
+
+// waitNotified polls /notifications until its newest row is eventID.
+func waitNotified(t testing.TB, base, token string, eventID id.EventID) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		r := raw(t, "GET", base+"/_matrix/client/v3/notifications?limit=1", token, nil)
+		if l := digList(r.Body, "notifications"); len(l) > 0 && dig(l[0], "event", "event_id") == string(eventID) {
+			return
+		} else if time.Now().After(deadline) {
+			t.Fatalf("%s not notified: %s", eventID, r.Raw)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
