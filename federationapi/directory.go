@@ -128,31 +128,9 @@ func (f *queries) hierarchyEntry(ctx context.Context, roomID string, st roomserv
 }
 
 // joinRule returns a room's join rule and, for restricted rules, the
-// rooms whose members may join.
+// rooms whose members may join (read as the auth rules read it).
 func joinRule(st roomserver.StateMap) (string, []string) {
-	ev := st.Get(spec.MRoomJoinRules, "")
-	if ev == nil {
-		return spec.Invite, nil
-	}
-	var c struct {
-		JoinRule string `json:"join_rule"`
-		Allow    []struct {
-			Type   string `json:"type"`
-			RoomID string `json:"room_id"`
-		} `json:"allow"`
-	}
-	if json.Unmarshal(ev.Content(), &c) != nil {
-		return spec.Invite, nil
-	}
-	var allow []string
-	if c.JoinRule == spec.Restricted || c.JoinRule == spec.KnockRestricted {
-		for _, a := range c.Allow {
-			if a.Type == "m.room_membership" && a.RoomID != "" {
-				allow = append(allow, a.RoomID)
-			}
-		}
-	}
-	return c.JoinRule, allow
+	return roomserver.JoinRule(st)
 }
 
 // serverMayPreview decides whether origin could peek at or join a room:
