@@ -396,6 +396,11 @@ func authProvider(state StateMap, ev gomatrixserverlib.PDU) (*gomatrixserverlib.
 
 // build makes a signed event of the room on top of prev.
 func (s *RoomServer) build(ver gomatrixserverlib.IRoomVersion, roomID string, state StateMap, prev []string, depth int64, req SendRequest, now time.Time) (gomatrixserverlib.PDU, error) {
+	if len(prev) == 0 && req.Type != spec.MRoomCreate {
+		// A room known only from an invite or knock (no events of it
+		// here): nothing to build on, and no standing to act in it.
+		return nil, &NotAllowedError{Reason: "this server does not take part in the room"}
+	}
 	proto := gomatrixserverlib.ProtoEvent{
 		SenderID:   req.Sender,
 		RoomID:     roomID,

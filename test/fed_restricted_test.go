@@ -207,3 +207,37 @@ func TestFederationRestrictedLocalJoinPowerLevels(t *testing.T) {
 		})
 	}
 }
+
+// TestFederationInviteInRoomNotHeld: a user whose server holds only an
+// invite to a room (not its state) cannot invite anyone into it: 403
+// M_FORBIDDEN, not a 400 from building an event without prev events, and
+// the inviting server stores no invite.
+func TestFederationInviteInRoomNotHeld(t *testing.T) {
+	for _, d := range []storage.Dialect{storage.SQLite, storage.Postgres} {
+		t.Run(string(d), func(t *testing.T) {
+			c := NewFedCluster(t, d, d)
+			c.StartAll()
+			a, b := c.Nodes[0], c.Nodes[1]
+			alice, bob, dave := fedUser(t, a, "alice"), fedUser(t, b, "bob"), fedUser(t, b, "dave")
+			created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "private_chat"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			room := created.RoomID
+			if _, err := alice.InviteUser(ctxT(t), room, &mautrix.ReqInviteUser{UserID: bob.UserID}); err != nil {
+				t.Fatal(err)
+			}
+			waitFor(t, "bob's invite on B", 15*time.Second, func() bool {
+				resp, err := bob.SyncRequest(ctxT(t), 0, "", "", false, event.PresenceOnline)
+				return err == nil && resp.Rooms.Invite[room] != nil
+			})
+			r := raw(t, "POST", b.URL+"/_matrix/client/v3/rooms/"+url.PathEscape(room.String())+"/invite", bob.AccessToken, map[string]string{"user_id": dave.UserID.String()})
+			if r.Status != 403 || r.errcode() != "M_FORBIDDEN" {
+				t.Fatalf("invite from a room B only has an invite to: %d %s, want 403 M_FORBIDDEN", r.Status, r.Raw)
+			}
+			if m := fedMembership(t, alice, room, dave.UserID.String()); m != "" {
+				t.Fatalf("A stores dave as %q", m)
+			}
+		})
+	}
+}
