@@ -135,39 +135,13 @@ func SetAppServiceStreamPos(ctx context.Context, q Querier, asID string, pos int
 // PublicReceiptsRange lists the receipts of every room with
 // from < pos <= to, private ones left out.
 func PublicReceiptsRange(ctx context.Context, q Querier, from, to int64) ([]Receipt, error) {
-	rows, err := q.QueryContext(ctx, `SELECT room_id, receipt_type, user_id, thread_id, event_id, event_pos, ts, stream_pos
-		FROM receipts WHERE stream_pos > $1 AND stream_pos <= $2 AND receipt_type <> 'm.read.private' ORDER BY stream_pos`, from, to)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Receipt
-	for rows.Next() {
-		var r Receipt
-		if err := rows.Scan(&r.RoomID, &r.Type, &r.UserID, &r.ThreadID, &r.EventID, &r.EventPos, &r.TS, &r.StreamPos); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, q, scanReceipt, `SELECT `+receiptCols+`
+		FROM receipts r WHERE r.stream_pos > $1 AND r.stream_pos <= $2 AND r.receipt_type <> 'm.read.private' ORDER BY r.stream_pos`, from, to)
 }
 
 // AllPresenceRange lists every presence change with from < pos <= to.
 func AllPresenceRange(ctx context.Context, q Querier, from, to int64) ([]*Presence, error) {
-	rows, err := q.QueryContext(ctx, `SELECT `+presenceCols+` FROM presence p WHERE p.stream_pos > $1 AND p.stream_pos <= $2 ORDER BY p.stream_pos`, from, to)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []*Presence
-	for rows.Next() {
-		p, err := scanPresence(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return PresenceChangesRange(ctx, q, from, to, 0)
 }
 
 // TakeToDeviceInbox removes up to limit of a device's to-device messages

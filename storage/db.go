@@ -537,3 +537,22 @@ func TrackWrites(ctx context.Context) (context.Context, func() int64) {
 		return m.max
 	}
 }
+
+// queryAll runs a query and scans each row with scan: the loop every
+// list read would otherwise repeat.
+func queryAll[T any](ctx context.Context, q Querier, scan func(sc interface{ Scan(...any) error }) (T, error), query string, args ...any) ([]T, error) {
+	rows, err := q.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []T
+	for rows.Next() {
+		v, err := scan(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}

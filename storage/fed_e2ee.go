@@ -106,22 +106,14 @@ func ReadReceiptsRange(ctx context.Context, q Querier, from, to int64, limit int
 }
 
 // PresenceChangesRange lists presence rows whose stream position is in
-// (from, to], oldest first: federation sends local users' changes from it.
+// (from, to], oldest first, at most limit (0: all): federation sends local
+// users' changes from it, appservices everyone's.
 func PresenceChangesRange(ctx context.Context, q Querier, from, to int64, limit int) ([]*Presence, error) {
-	rows, err := q.QueryContext(ctx, `SELECT `+presenceCols+` FROM presence p WHERE p.stream_pos > $1 AND p.stream_pos <= $2 ORDER BY p.stream_pos LIMIT $3`, from, to, limit)
-	if err != nil {
-		return nil, err
+	query := `SELECT ` + presenceCols + ` FROM presence p WHERE p.stream_pos > $1 AND p.stream_pos <= $2 ORDER BY p.stream_pos`
+	if limit > 0 {
+		return queryAll(ctx, q, scanPresence, query+` LIMIT $3`, from, to, limit)
 	}
-	defer rows.Close()
-	var out []*Presence
-	for rows.Next() {
-		p, err := scanPresence(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, p)
-	}
-	return out, rows.Err()
+	return queryAll(ctx, q, scanPresence, query, from, to)
 }
 
 // CurrentStateEventID returns the event ID in a slot of a room's current

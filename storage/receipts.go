@@ -93,25 +93,21 @@ func PutReceipt(ctx context.Context, tx *Tx, r *Receipt) (bool, error) {
 // ReceiptsRange lists receipts with from < pos <= to in the rooms userID
 // is joined to, leaving out other users' private receipts.
 func ReceiptsRange(ctx context.Context, q Querier, userID string, from, to int64) ([]Receipt, error) {
-	rows, err := q.QueryContext(ctx, `SELECT r.room_id, r.receipt_type, r.user_id, r.thread_id, r.event_id, r.event_pos, r.ts, r.stream_pos
+	return queryAll(ctx, q, scanReceipt, `SELECT `+receiptCols+`
 		FROM current_state cs JOIN receipts r ON r.room_id = cs.room_id
 		WHERE cs.state_key = $1 AND cs.type = 'm.room.member' AND cs.membership = 'join'
 		AND r.stream_pos > $2 AND r.stream_pos <= $3
 		AND (r.receipt_type <> 'm.read.private' OR r.user_id = $1)
 		ORDER BY r.stream_pos`, userID, from, to)
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	var out []Receipt
-	for rows.Next() {
-		var r Receipt
-		if err := rows.Scan(&r.RoomID, &r.Type, &r.UserID, &r.ThreadID, &r.EventID, &r.EventPos, &r.TS, &r.StreamPos); err != nil {
-			return nil, err
-		}
-		out = append(out, r)
-	}
-	return out, rows.Err()
+}
+
+// receiptCols are the columns scanReceipt reads (table alias r).
+const receiptCols = `r.room_id, r.receipt_type, r.user_id, r.thread_id, r.event_id, r.event_pos, r.ts, r.stream_pos`
+
+func scanReceipt(sc interface{ Scan(...any) error }) (Receipt, error) {
+	var r Receipt
+	err := sc.Scan(&r.RoomID, &r.Type, &r.UserID, &r.ThreadID, &r.EventID, &r.EventPos, &r.TS, &r.StreamPos)
+	return r, err
 }
 
 // UserReceipts lists a user's own receipts in a room (tests, read state).
