@@ -175,6 +175,7 @@ type FederationConfig struct {
 	KeyNotaries       []string `yaml:"key_notaries" doc:"Notary (perspective) servers to fetch other servers' signing keys through. When set, keys are fetched ONLY through them, never directly. Each entry is a server name, optionally followed by the notary's pinned keys as 'ed25519:<id>=<unpadded base64>' separated by spaces; without a pin the notary's own key is fetched from it over TLS on first use."`
 	RequestsPerSecond float64  `yaml:"requests_per_second" doc:"Sustained signed federation requests per second accepted from each remote server; 0 disables the limit."`
 	RequestBurst      int      `yaml:"request_burst" doc:"Requests a remote server may make at once before requests_per_second applies."`
+	FasterJoins       bool     `yaml:"faster_joins" doc:"Experimental: join remote rooms with partial state (MSC3706 omit_members): the join answers without the room's member events, which are fetched in the background. Off by default: history backfilled during the resync can miss events whose senders' memberships are not fetched yet."`
 }
 
 // PresenceConfig toggles presence.

@@ -43,6 +43,8 @@ type RoomServer interface {
 	StoreBackfilled(ctx context.Context, origin spec.ServerName, roomID string, pdus []gomatrixserverlib.PDU) (int, error)
 	EarliestEvents(ctx context.Context, roomID string) ([]string, error)
 	FillGap(ctx context.Context, origin spec.ServerName, roomID, gapEvent string, pdus []gomatrixserverlib.PDU) (int, error)
+	// PartialJoins stores faster joins (partialsync.go).
+	PartialJoins() roomserver.PartialJoins
 }
 
 // EDUHandler processes one inbound EDU of a type in eduHandlers.
@@ -85,6 +87,9 @@ type Federation struct {
 	srvKeys  *serverKeys
 	userKeys *userKeys
 	media    *media
+
+	// partial resyncs the rooms joined with partial state.
+	partial *partialSync
 
 	stopOnce sync.Once
 }
@@ -151,6 +156,7 @@ func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed
 	f.srvKeys.fetcher = f.fetcher
 	f.in.keys, f.joins.keys = f.keys, f.keys
 	f.queue = newQueue(f)
+	f.partial = newPartialSync(f)
 	f.in.edus = f.inEDUs.eduHandlers()
 	if err := f.mount(f.routes()); err != nil {
 		return nil, err
@@ -161,6 +167,7 @@ func New(cfg *config.Config, db *storage.DB, rs RoomServer, keyID string, key ed
 // Start resumes delivery to every destination with queued rows.
 func (f *Federation) Start() error {
 	go f.in.pruneInboundTxns()
+	f.partial.resume()
 	return f.queue.start()
 }
 
@@ -168,6 +175,7 @@ func (f *Federation) Start() error {
 // drops idle outbound connections.
 func (f *Federation) Stop() {
 	f.stopOnce.Do(func() {
+		f.partial.stop()
 		f.queue.stop(10 * time.Second)
 		f.transport.closeIdle()
 	})

@@ -60,7 +60,7 @@ func (m Memberships) FillGap(ctx context.Context, roomID string, lo, hi int64, l
 	if err != nil {
 		return 0, err
 	}
-	servers := ServersInRoom(st)
+	servers := f.partial.in(roomID, st)
 	if above, err := storage.GetEvent(ctx, f.db, g.EventID); err == nil {
 		if _, origin, err := gomatrixserverlib.SplitID('@', above.Sender); err == nil {
 			servers = append([]spec.ServerName{origin}, servers...)
@@ -305,7 +305,7 @@ func (m Memberships) candidates(ctx context.Context, userID, roomID string, via 
 		}
 	}
 	if st, err := f.rs.CurrentState(ctx, roomID); err == nil {
-		for _, s := range ServersInRoom(st) {
+		for _, s := range f.partial.in(roomID, st) {
 			add(s)
 		}
 	}
@@ -397,7 +397,7 @@ func (m Memberships) TimestampToEvent(ctx context.Context, roomID string, ts int
 		return "", 0, err
 	}
 	path := "/_matrix/federation/v1/timestamp_to_event/" + url.PathEscape(roomID) + "?ts=" + strconv.FormatInt(ts, 10) + "&dir=" + url.QueryEscape(dir)
-	for _, server := range ServersInRoom(st) {
+	for _, server := range f.partial.in(roomID, st) {
 		if server == f.serverName {
 			continue
 		}

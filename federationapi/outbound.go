@@ -82,6 +82,18 @@ func (f *Federation) JoinRemote(ctx context.Context, userID, roomIDOrAlias strin
 		state := resp.StateSnapshot.GetStateEvents().TrustedEvents(ver, false)
 		auth := resp.StateSnapshot.GetAuthEvents().TrustedEvents(ver, false)
 		jctx := context.WithValue(ctx, deliveredKey{}, delivered{eventID: resp.JoinEvent.EventID(), server: server})
+		if jc.answer != nil && jc.answer.MembersOmitted {
+			// A faster join: the members follow in the background.
+			servers := append([]string{string(server)}, jc.answer.ServersInRoom...)
+			f.partial.track(roomID, servers)
+			if err := f.rs.PartialJoins().JoinRemoteRoom(jctx, server, resp.JoinEvent, state, auth, servers); err != nil {
+				f.partial.done(roomID)
+				f.Memberships().undoJoin(server, resp.JoinEvent)
+				return "", err
+			}
+			f.partial.start(roomID, resp.JoinEvent.EventID(), ver, servers)
+			return roomID, nil
+		}
 		if err := f.rs.JoinRemoteRoom(jctx, server, resp.JoinEvent, state, auth); err != nil {
 			f.Memberships().undoJoin(server, resp.JoinEvent)
 			return "", err
@@ -111,7 +123,7 @@ type delivered struct {
 // joinClient adapts the federation client to PerformJoin for one join
 // attempt, remembering the join the other server accepted.
 func (f *Federation) joinClient() *joinClient {
-	return &joinClient{c: f.client}
+	return &joinClient{c: f.client, partial: f.cfg.Federation.FasterJoins}
 }
 
 type joinClient struct {
@@ -119,6 +131,10 @@ type joinClient struct {
 	// sent is the join send_join delivered: the other server has it even
 	// if PerformJoin then fails on the answer, and must be told we left.
 	sent gomatrixserverlib.PDU
+	// answer is send_join's answer (members_omitted, servers_in_room).
+	answer *fclient.RespSendJoin
+	// partial asks for omit_members (federation.faster_joins).
+	partial bool
 }
 
 func (j *joinClient) MakeJoin(ctx context.Context, origin, s spec.ServerName, roomID, userID string) (gomatrixserverlib.MakeJoinResponse, error) {
@@ -127,9 +143,16 @@ func (j *joinClient) MakeJoin(ctx context.Context, origin, s spec.ServerName, ro
 }
 
 func (j *joinClient) SendJoin(ctx context.Context, origin, s spec.ServerName, event gomatrixserverlib.PDU) (gomatrixserverlib.SendJoinResponse, error) {
-	r, err := j.c.SendJoin(ctx, origin, s, event)
+	// omit_members=true (MSC3706): a resident that knows it answers
+	// without the member events, one that does not with the full state.
+	send := j.c.SendJoin
+	if j.partial {
+		send = j.c.SendJoinPartialState
+	}
+	r, err := send(ctx, origin, s, event)
 	if err == nil {
 		j.sent = event
+		j.answer = &r
 	}
 	return &r, err
 }
@@ -171,6 +194,9 @@ func (f *Federation) QueueRoomEvent(ctx context.Context, tx *storage.Tx, se *sto
 				dests[target] = true
 			}
 		}
+	}
+	for _, s := range f.partial.servers(ev.RoomID().String()) {
+		dests[s] = true // the state does not name them yet
 	}
 	delete(dests, f.serverName)
 	if d, ok := ctx.Value(deliveredKey{}).(delivered); ok && d.eventID == ev.EventID() {
@@ -267,7 +293,7 @@ func (f *Federation) Backfill(ctx context.Context, roomID string, limit int) (in
 	if err != nil {
 		return 0, err
 	}
-	for _, server := range ServersInRoom(st) {
+	for _, server := range f.partial.in(roomID, st) {
 		if server == f.serverName {
 			continue
 		}

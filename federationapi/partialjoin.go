@@ -58,7 +58,7 @@ func partialState(before roomserver.StateMap, joiner string) []gomatrixserverlib
 // (before is the state before it). The auth chain covers the state sent
 // and the join's own auth events (the joiner's earlier membership, an
 // authorising user's join), less the events already in state, as MSC3706
-// allows.
+// allows, but for the create event.
 func (f *joins) partialJoinAnswer(ctx context.Context, ev gomatrixserverlib.PDU, before roomserver.StateMap) httpapi.Response {
 	state := partialState(before, string(ev.SenderID()))
 	roots := append([]gomatrixserverlib.PDU(nil), state...)
@@ -77,7 +77,9 @@ func (f *joins) partialJoinAnswer(ctx context.Context, ev gomatrixserverlib.PDU,
 	}
 	trimmed := chain[:0:0]
 	for _, e := range chain {
-		if !inState[e.EventID()] {
+		// The create event stays: gomatrixserverlib-based joiners
+		// (Dendrite, Enclave) look for it in the auth chain.
+		if !inState[e.EventID()] || e.Type() == spec.MRoomCreate {
 			trimmed = append(trimmed, e)
 		}
 	}

@@ -146,11 +146,28 @@ func (s *RoomServer) inputLocked(ctx context.Context, origin spec.ServerName, ev
 	if err != nil {
 		return err
 	}
+	// While the room's state is partial, what it lacks (members) is taken
+	// from the event's auth events (MSC3902); once complete, an event on a
+	// snapshot of the partial time takes them from the current state.
+	// The full check first: the fill is for the events it refuses.
+	status := s.partial.is(ctx, s.db, roomID)
 	if err := checkAllowed(ev, before.state); err != nil {
-		return &ErrRejected{Reason: err.Error()}
+		var fill StateMap
+		switch status {
+		case partialNow:
+			fill = authState
+		case partialComplete:
+			fill = memberSlots(h.state)
+		}
+		if fill == nil || checkAllowed(ev, fillFrom(before.state, fill)) != nil {
+			return &ErrRejected{Reason: err.Error()}
+		}
 	}
 	// 3. Soft-fail against the current state.
 	softFailed := checkAllowed(ev, h.state) != nil
+	if softFailed && status == partialNow {
+		softFailed = checkAllowed(ev, fillFrom(h.state, authState)) != nil
+	}
 	var next *roomHead
 	start := time.Now()
 	err = s.db.WithTx(ctx, func(tx *storage.Tx) error {

@@ -67,6 +67,9 @@ type RoomServer struct {
 	listeners  []func(OutputEvent)
 
 	persist *prometheus.HistogramVec // see newPersistLatency
+
+	// partial holds the rooms joined with partial state (partialstate.go).
+	partial partialRooms
 }
 
 // roomHead is the in-memory copy of a room's tip: only changed under the

@@ -62,6 +62,7 @@ var migrations = []migration{
 	{Component: "appservice", Version: 2, SQL: appserviceV2},
 	{Component: "dehydrated_devices", Version: 1, SQL: dehydratedV1},
 	{Component: "appservice_controls", Version: 1, SQL: appserviceControlsV1},
+	{Component: "partial_state", Version: 1, SQL: partialStateV1},
 }
 
 func (db *DB) rewriteDDL(s string) string {

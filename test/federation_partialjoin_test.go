@@ -7,11 +7,14 @@ import (
 	"net/http"
 	"net/url"
 	"testing"
+	"time"
 
 	"github.com/matrix-org/gomatrixserverlib"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 	"maunium.net/go/mautrix"
+	"maunium.net/go/mautrix/id"
 
+	"enclave/config"
 	"enclave/roomserver"
 	"enclave/storage"
 )
@@ -45,7 +48,7 @@ type sendJoinAnswer struct {
 // (MSC3706) is answered with members_omitted, servers_in_room and the state
 // without member events (a named room) or with only the heroes' (a nameless
 // one); the auth chain holds exactly what authorises that state and the
-// join, none of it repeated from state, and no member event that authorises
+// join, none of it but the create event repeated from state, and no member event that authorises
 // nothing. Without the flag, and on v1, the answer is the full state. The
 // resident stores the join either way.
 func TestPartialStateSendJoinResident(t *testing.T) {
@@ -145,7 +148,7 @@ func TestPartialStateSendJoinResident(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if state[ev.EventID()] != nil {
+					if state[ev.EventID()] != nil && ev.Type() != "m.room.create" {
 						t.Fatalf("%s is in both state and auth_chain", ev.EventID())
 					}
 					if ev.Type() == "m.room.member" && *ev.StateKey() != alice.UserID.String() && !stateMembers[*ev.StateKey()] {
@@ -183,6 +186,96 @@ func TestPartialStateSendJoinResident(t *testing.T) {
 			if ans.MembersOmitted || len(ans.State) != len(full)+3 {
 				t.Fatalf("v1: members_omitted %v, %d state events, want false and %d", ans.MembersOmitted, len(ans.State), len(full)+3)
 			}
+		}
+	})
+}
+
+// TestPartialStateJoin: with federation.faster_joins, a user on B joins a 40-member room on A. B asks
+// for omit_members (MSC3706) and stores the state before its join without
+// the members (read back from B's snapshot of that state); B's user and
+// A's members exchange messages (a member B had no event of among them);
+// the full state follows in the background: every member in B's current
+// state and /joined_members, and B's partial-state mark completed.
+func TestPartialStateJoin(t *testing.T) {
+	EachStore(t, func(t *testing.T, d storage.Dialect) {
+		c := NewFedCluster(t, d, d)
+		c.Nodes[1].Configure = func(cfg *config.Config) { cfg.Federation.FasterJoins = true }
+		c.StartAll()
+		a, b := c.Nodes[0], c.Nodes[1]
+		alice := fedUser(t, a, "alice")
+		bob := fedUser(t, b, "bob")
+		created, err := alice.CreateRoom(ctxT(t), &mautrix.ReqCreateRoom{Preset: "public_chat", Name: "faster"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		room := created.RoomID
+		members := fillMembers(t, a, room.String(), "m", 40)
+		fedJoin(t, bob, room, a)
+		ctx := context.Background()
+		joinID := ""
+		if st, err := b.Rooms.CurrentState(ctx, room.String()); err == nil {
+			if e := st.Get("m.room.member", bob.UserID.String()); e != nil {
+				joinID = e.EventID()
+			}
+		}
+		if joinID == "" {
+			t.Fatal("B has no join for bob")
+		}
+		before, err := b.Rooms.StateAt(ctx, joinID, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for k := range before {
+			if k.Type == "m.room.member" {
+				t.Fatalf("B's state before the join holds %s's member event: the join was not partial", k.StateKey)
+			}
+		}
+		if before.Get("m.room.name", "") == nil || before.Get("m.room.power_levels", "") == nil {
+			t.Fatal("B's partial state lacks the room's name or power levels")
+		}
+		// A member's message reaches B (its membership comes with the
+		// event's auth events if the resync has not brought it yet).
+		m := members[7]
+		body := `{"msgtype":"m.text","body":"from member 7"}`
+		if _, err := a.Rooms.ImportEvents(ctx, room.String(), 1, func(int, string) (roomserver.SendRequest, error) {
+			return roomserver.SendRequest{Sender: m, Type: "m.room.message", Content: json.RawMessage(body)}, nil
+		}, nil); err != nil {
+			t.Fatal(err)
+		}
+		waitForBody(t, bob, room, "from member 7", time.Minute)
+		if _, err := bob.SendText(ctxT(t), room, "from bob"); err != nil {
+			t.Fatal(err)
+		}
+		waitForBody(t, alice, room, "from bob", time.Minute)
+
+		deadline := time.Now().Add(time.Minute)
+		for {
+			rows, err := storage.PartialStateRooms(ctx, b.DB)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(rows) != 1 {
+				t.Fatalf("B marks %d rooms partial, want 1", len(rows))
+			}
+			if rows[0].CompleteTS != 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("B's room still partial after a minute: %+v", rows)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		joined, err := bob.JoinedMembers(ctxT(t), room)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range append(members, alice.UserID.String(), bob.UserID.String()) {
+			if _, ok := joined.Joined[id.UserID(u)]; !ok {
+				t.Fatalf("B's /joined_members lacks %s after the resync (%d members)", u, len(joined.Joined))
+			}
+		}
+		if len(joined.Joined) != len(members)+2 {
+			t.Fatalf("B lists %d joined members, want %d", len(joined.Joined), len(members)+2)
 		}
 	})
 }
