@@ -228,11 +228,16 @@ func (x fetcher) MissingEvents(ctx context.Context, origin spec.ServerName, room
 	if err != nil {
 		return nil, err
 	}
-	evs := x.verified(ctx, res.Events.UntrustedEvents(ver))
-	if len(evs) < len(res.Events) {
-		// Some events did not parse for the room version (bad JSON) or
-		// failed their signatures: the gap stays open where they were.
-		return evs, fmt.Errorf("%w: %d of %d events from %s", roomserver.ErrMalformedMissing, len(res.Events)-len(evs), len(res.Events), origin)
+	parsed := res.Events.UntrustedEvents(ver)
+	bad := len(res.Events) - len(parsed)
+	evs := x.verified(ctx, parsed)
+	if bad > 0 {
+		// Some events are not valid for the room version (bad JSON): the
+		// origin's answer is broken and the gap stays open where they
+		// were. Events merely failing their signatures (a server whose
+		// keys the policy does not let us fetch) are dropped as before,
+		// without condemning the answer.
+		return evs, fmt.Errorf("%w: %d of %d events from %s", roomserver.ErrMalformedMissing, bad, len(res.Events), origin)
 	}
 	return evs, nil
 }
