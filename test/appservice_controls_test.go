@@ -94,9 +94,9 @@ func TestAppServiceQueueBound(t *testing.T) {
 		// Back: the five newest, once each, in order.
 		b.start()
 		defer b.stop()
-		got := b.waitMessages(t, room.RoomID, 5)
+		b.waitMessages(t, room.RoomID, 5)
 		time.Sleep(time.Second)
-		got = b.messages(room.RoomID)
+		got := b.messages(room.RoomID)
 		sameIDs(t, "messages after the drop", ids(got), sent[5:])
 		waitFor(t, "an empty queue", 10*time.Second, func() bool { return depth() == 0 })
 

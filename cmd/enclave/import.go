@@ -36,7 +36,7 @@ const importUsage = `usage:
 With --server the running server imports the export (an admin token with manage_users and manage_rooms). Without it the
 import needs the store to itself: it refuses while a server runs. It may be interrupted at any point (Ctrl-C, kill -9,
 power loss): run the same command again and it imports only what is missing.
---users-map CSV: lines "source,local" (source: the platform's user ID, username or e-mail; local: localpart or @user:server).`
+--users-map CSV: lines "source,local" (source: the platform's user ID, username or e-mail; local: localpart or @user:server)`
 
 func cmdImport(args []string) error {
 	if len(args) == 0 || (args[0] != "slack" && args[0] != "mattermost") {
