@@ -104,6 +104,7 @@ func TestDefaults(t *testing.T) {
 		"media.url_preview.max_bytes":        "1048576",
 		"media.url_preview.timeout":          "10s",
 		"federation.enabled":                 "false",
+		"federation.faster_joins":            "false",
 		"federation.allowed_servers":         "[]",
 		"federation.denied_servers":          "[]",
 		"federation.key_notaries":            "[]",
