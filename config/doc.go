@@ -11,7 +11,7 @@
 // derived from it by reflection, so adding a field cannot leave one of them
 // behind.
 //
-// Imports: no other Enclave package (it is a leaf, so every component can
+// Imports: no other Enclave package but internal/glob (it is a leaf, so every component can
 // take its settings from it). Called by: the assembly (internal/server),
 // cmd/enclave, and the components that read their own section
 // (federationapi, mediaapi).

@@ -4,6 +4,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"enclave/internal/glob"
 )
 
 // ClientBaseURL is the homeserver base URL advertised to clients (no
@@ -65,7 +67,7 @@ func (c *Config) FederationAllowed(serverName string) bool {
 	matches := func(patterns []string) bool {
 		for _, g := range patterns {
 			ph, pp, withPort := splitServerName(strings.ToLower(g))
-			if (!withPort || globMatch(pp, port)) && globMatch(ph, host) {
+			if (!withPort || glob.Match(pp, port)) && glob.Match(ph, host) {
 				return true
 			}
 		}
@@ -94,10 +96,10 @@ func (c *Config) FederationDestinationAllowed(serverName string) bool {
 	host, port, hasPort := splitServerName(strings.ToLower(serverName))
 	for _, g := range c.Federation.AllowedServers {
 		ph, pp, withPort := splitServerName(strings.ToLower(g))
-		if withPort != hasPort || !globMatch(ph, host) {
+		if withPort != hasPort || !glob.Match(ph, host) {
 			continue
 		}
-		if !withPort || globMatch(pp, port) {
+		if !withPort || glob.Match(pp, port) {
 			return true
 		}
 	}
@@ -143,34 +145,6 @@ func serverPatternProblem(g string) string {
 		}
 	}
 	return ""
-}
-
-// globMatch matches s against pattern, where * matches any run of
-// characters and ? any single character. Unlike path.Match there are no
-// [character classes], because brackets are literal in IPv6 server names.
-func globMatch(pattern, s string) bool {
-	p, i := 0, 0
-	star, mark := -1, 0 // last * position in pattern, and where in s it began matching
-	for i < len(s) {
-		switch {
-		case p < len(pattern) && (pattern[p] == '?' || pattern[p] == s[i]):
-			p++
-			i++
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, i
-			p++
-		case star >= 0:
-			// Let the last * swallow one more character and retry.
-			mark++
-			p, i = star+1, mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }
 
 // validGlob accepts non-empty patterns made of server-name characters plus

@@ -9,7 +9,7 @@
 // from a room-server hook inside the event's transaction (QueueRoomEvent).
 //
 // Imports: roomserver (remote events, joins, backfill), storage (queues,
-// keys, server ACL state), config, internal/httpapi. Called by: the
+// keys, server ACL state), config, internal/httpapi, internal/glob. Called by: the
 // assembly, which gives the client API its remote faces (keys, to-device,
 // profiles, typing/receipts/presence) through small interfaces.
 package federationapi

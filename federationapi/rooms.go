@@ -14,6 +14,7 @@ import (
 	"github.com/matrix-org/gomatrixserverlib/fclient"
 	"github.com/matrix-org/gomatrixserverlib/spec"
 
+	"enclave/internal/glob"
 	"enclave/internal/httpapi"
 	"enclave/roomserver"
 	"enclave/storage"
@@ -82,12 +83,12 @@ func aclAllows(st roomserver.StateMap, server spec.ServerName) bool {
 		return false
 	}
 	for _, d := range acl.Deny {
-		if globMatch(d, host) {
+		if glob.Match(d, host) {
 			return false
 		}
 	}
 	for _, a := range acl.Allow {
-		if globMatch(a, host) {
+		if glob.Match(a, host) {
 			return true
 		}
 	}
@@ -96,26 +97,6 @@ func aclAllows(st roomserver.StateMap, server spec.ServerName) bool {
 
 func isIPLiteral(h string) bool {
 	return strings.Contains(h, ":") || strings.Trim(h, "0123456789.") == ""
-}
-
-// globMatch matches ACL globs (* and ?).
-func globMatch(pattern, s string) bool {
-	if pattern == "" {
-		return s == ""
-	}
-	switch pattern[0] {
-	case '*':
-		for i := 0; i <= len(s); i++ {
-			if globMatch(pattern[1:], s[i:]) {
-				return true
-			}
-		}
-		return false
-	case '?':
-		return s != "" && globMatch(pattern[1:], s[1:])
-	default:
-		return s != "" && pattern[0] == s[0] && globMatch(pattern[1:], s[1:])
-	}
 }
 
 // makeMembership answers make_join / make_leave / make_knock with an event

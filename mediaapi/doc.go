@@ -19,7 +19,7 @@
 // addresses at every connection.
 //
 // Imports: storage, auditapi, config, internal/sealing, internal/httpapi,
-// internal/perm, internal/lru, golang.org/x/net/html. Called by: the
+// internal/perm, internal/lru, internal/glob, golang.org/x/net/html. Called by: the
 // assembly (mounted on the client listener) and federationapi (ServeFederation, through its LocalMedia interface);
 // cmd/enclave for `keys rotate`.
 package mediaapi

@@ -45,6 +45,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"enclave/auditapi"
+	"enclave/internal/glob"
 	"enclave/internal/httpapi"
 	"enclave/internal/lru"
 	"enclave/storage"
@@ -130,7 +131,7 @@ func (p *previewer) allowed(host string) (allowed, explicit bool) {
 		if g == host && !strings.ContainsAny(g, "*?[") {
 			return true, true
 		}
-		if ok, _ := path.Match(g, host); ok {
+		if glob.Match(g, host) {
 			allowed = true
 		}
 	}

@@ -4,7 +4,7 @@
 // invitee's server decides, so local and federated invites get the same
 // answer.
 //
-// Imports: no component (encoding/json only). Called by: roomserver (local
+// Imports: no component (internal/glob for the patterns). Called by: roomserver (local
 // and createRoom invites, the federation /invite handler through it),
 // syncapi (hiding ignored invites) and clientapi (the capability).
 package invitefilter

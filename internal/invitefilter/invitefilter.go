@@ -3,6 +3,8 @@ package invitefilter
 import (
 	"encoding/json"
 	"strings"
+
+	"enclave/internal/glob"
 )
 
 // Type is the (unstable) account data type holding the config.
@@ -65,36 +67,9 @@ func anyGlob(patterns []string, s string) bool {
 		return false
 	}
 	for _, p := range patterns {
-		if glob(p, s) {
+		if glob.Match(p, s) {
 			return true
 		}
 	}
 	return false
-}
-
-// glob matches s against p, where '*' is any run of characters and '?'
-// any one character (the spec's glob-style matching).
-func glob(p, s string) bool {
-	// Iterative matching with one backtrack point for the last '*'.
-	pi, si, star, mark := 0, 0, -1, 0
-	for si < len(s) {
-		switch {
-		case pi < len(p) && (p[pi] == '?' || p[pi] == s[si]):
-			pi++
-			si++
-		case pi < len(p) && p[pi] == '*':
-			star, mark = pi, si
-			pi++
-		case star >= 0:
-			pi = star + 1
-			mark++
-			si = mark
-		default:
-			return false
-		}
-	}
-	for pi < len(p) && p[pi] == '*' {
-		pi++
-	}
-	return pi == len(p)
 }
