@@ -96,7 +96,7 @@ func TestBigRoomJoin(t *testing.T) {
 		defer wg.Done()
 		var ms runtime.MemStats
 		for {
-			if r := processRSS(); r > peakRSS.Load() {
+			if r := mediaRSS(); r > peakRSS.Load() {
 				peakRSS.Store(r)
 			}
 			runtime.ReadMemStats(&ms)
@@ -110,7 +110,7 @@ func TestBigRoomJoin(t *testing.T) {
 			}
 		}
 	}()
-	before := processRSS()
+	before := mediaRSS()
 	jctx, cancel := context.WithTimeout(context.Background(), 15*time.Minute)
 	defer cancel()
 	start = time.Now()
@@ -164,17 +164,3 @@ func benchEnv(name string, def int) int {
 	return def
 }
 
-// processRSS is this process's resident set size in bytes (/proc).
-func processRSS() int64 {
-	b, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}

@@ -1028,6 +1028,8 @@ func (g *mediaGenReader) Read(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// mediaRSS is this process's resident set size in bytes (/proc), for the
+// memory-bound tests and benchmarks.
 func mediaRSS() int64 {
 	b, err := os.ReadFile("/proc/self/status")
 	if err != nil {
