@@ -163,4 +163,3 @@ func benchEnv(name string, def int) int {
 	}
 	return def
 }
-
